@@ -1,0 +1,20 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sipgw",
+    version="0.1.0",
+    description="SIP calls as live streams for browsers (WCS-compatible REST and websocket)",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["sipgw", "sipgw.*"]) + ["twisted.plugins"],
+    install_requires=[
+        "twisted>=23.10",
+        "autobahn>=23.1",
+        "aiortc>=1.9",
+        "av>=12",
+        "service-identity>=24.1",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+    },
+)

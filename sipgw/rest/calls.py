@@ -1,0 +1,267 @@
+"""The WCS ``/call/*`` REST methods: validate the body at the boundary, hand the call manager
+typed values, and let ``sipgw.rest.errors`` turn refusals into responses.
+
+Field names and value forms are the ones the WCS SIP-as-RTMP pages send: every value may
+arrive as a string (``"5060"``, ``"true"``), an empty string means "not given".  Error
+messages name the field and never echo a value (the body carries ``sipPassword``).
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from typing import Any, Protocol
+
+from sipgw.calls import CallRequest, CallStatus
+from sipgw.rest.errors import BadRequest, NotFound
+from sipgw.rest.router import Router
+
+CALL_NOT_FOUND = "Call not found"
+DTMF_KINDS = ("RFC2833", "INFO")
+DEFAULT_SIP_PORT = 5060
+
+_ID_MAX = 128
+_NAME_MAX = 128
+_URI_PART_MAX = 256
+_PASSWORD_MAX = 256
+_HOST_MAX = 253
+_DTMF_MAX = 64
+
+# Characters that would break a SIP header or URI built from the value (RFC 3261 §25.1).
+_NOT_IN_TOKEN = frozenset(' <>"')
+# Stream names also become file names (recordings) and RTMP paths.
+_NOT_IN_STREAM_NAME = _NOT_IN_TOKEN | frozenset("/\\")
+_NOT_IN_DISPLAY_NAME = frozenset('<>"')
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+_DTMF = re.compile(r"[0-9*#A-D]+")
+_STATUSES = ", ".join(s.value for s in CallStatus)
+# Keys a call object must never carry out of the gateway, whatever the manager returns.
+_SECRET_KEYS = frozenset({"sipPassword", "password"})
+
+
+class CallManager(Protocol):
+    """What ``CallApi`` needs from the user agent side."""
+
+    def startup(self, request: CallRequest) -> None: ...
+
+    def find(self, call_id: str | None = None, status: str | None = None) -> list[dict]: ...
+
+    def terminate(self, call_id: str) -> None: ...
+
+    def send_dtmf(self, call_id: str, dtmf: str, kind: str) -> None: ...
+
+
+class CallApi:
+    """``/call/startup``, ``/call/find``, ``/call/find_all``, ``/call/terminate``, ``/call/send_dtmf``."""
+
+    router = Router()
+
+    def __init__(self, manager: CallManager) -> None:
+        self._manager = manager
+
+    @router.route("/call/startup")
+    def startup(self, request: Any, body: dict) -> None:
+        """200 with an empty body: accepted, the call goes on asynchronously."""
+        self._manager.startup(parse_call_request(body))
+        return None
+
+    @router.route("/call/find")
+    def find(self, request: Any, body: dict) -> list[dict]:
+        call_id = _string(body, "callId", max_len=_ID_MAX, forbidden=_NOT_IN_STREAM_NAME)
+        status = _status(body)
+        if not call_id and not status:
+            raise BadRequest("callId or status is required", "callId")
+        return _found(self._manager.find(call_id=call_id or None, status=status))
+
+    @router.route("/call/find_all")
+    def find_all(self, request: Any, body: dict) -> list[dict]:
+        return _found(self._manager.find())
+
+    @router.route("/call/terminate")
+    def terminate(self, request: Any, body: dict) -> None:
+        self._manager.terminate(_call_id(body))
+        return None
+
+    @router.route("/call/send_dtmf")
+    def send_dtmf(self, request: Any, body: dict) -> None:
+        call_id = _call_id(body)
+        self._manager.send_dtmf(call_id, _dtmf(body), _dtmf_kind(body))
+        return None
+
+
+def parse_call_request(body: dict) -> CallRequest:
+    """The ``/call/startup`` body as a ``CallRequest``; ``BadRequest`` names the first bad field."""
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    call_id = _string(body, "callId", max_len=_ID_MAX, forbidden=_NOT_IN_STREAM_NAME)
+    if not call_id:
+        call_id = str(uuid.uuid4())
+    callee = _string(body, "callee", required=True, max_len=_URI_PART_MAX)
+    sip_login = _string(body, "sipLogin", required=True, max_len=_NAME_MAX)
+    sip_domain = _string(body, "sipDomain", required=True, max_len=_HOST_MAX)
+    if not _is_host(sip_domain):
+        raise BadRequest("sipDomain must be a host name or IP address", "sipDomain")
+    proxy = _string(body, "sipOutboundProxy", max_len=_HOST_MAX + 8)
+    if proxy and not _is_host_port(proxy):
+        raise BadRequest("sipOutboundProxy must be host or host:port", "sipOutboundProxy")
+    to_stream = _string(body, "toStream", max_len=_NAME_MAX, forbidden=_NOT_IN_STREAM_NAME)
+    return CallRequest(
+        call_id=call_id,
+        callee=callee,
+        sip_login=sip_login,
+        sip_domain=sip_domain,
+        sip_password=_password(body),
+        sip_auth_name=_string(body, "sipAuthenticationName", max_len=_NAME_MAX),
+        sip_outbound_proxy=proxy,
+        sip_port=_port(body, "sipPort", DEFAULT_SIP_PORT),
+        sip_register_required=_boolean(body, "sipRegisterRequired", False),
+        to_stream=to_stream or call_id,
+        has_audio=_boolean(body, "hasAudio", True),
+        has_video=_boolean(body, "hasVideo", True),
+        app_key=_string(body, "appKey", max_len=_NAME_MAX),
+        visible_name=_string(
+            body, "visibleName", max_len=_NAME_MAX, forbidden=_NOT_IN_DISPLAY_NAME, spaces=True
+        ),
+    )
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _string(
+    body: dict,
+    name: str,
+    *,
+    max_len: int,
+    required: bool = False,
+    forbidden: frozenset[str] = _NOT_IN_TOKEN,
+    spaces: bool = False,
+) -> str:
+    """A string field, "" when absent; never echoes the value in an error."""
+    value = body.get(name)
+    if _missing(value):
+        if required:
+            raise BadRequest(f"{name} is required", name)
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string", name)
+    if len(value) > max_len:
+        raise BadRequest(f"{name} must be at most {max_len} characters", name)
+    if not value.isprintable():
+        raise BadRequest(f"{name} must not contain control characters (CR, LF, ...)", name)
+    if not spaces and any(c.isspace() for c in value):
+        raise BadRequest(f"{name} must not contain spaces", name)
+    bad = sorted(set(value) & forbidden - {" "})
+    if bad:
+        listed = " ".join(bad)
+        raise BadRequest(f"{name} must not contain any of {listed}", name)
+    return value
+
+
+def _password(body: dict) -> str:
+    value = body.get("sipPassword")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest("sipPassword must be a string", "sipPassword")
+    if len(value) > _PASSWORD_MAX:
+        raise BadRequest(f"sipPassword must be at most {_PASSWORD_MAX} characters", "sipPassword")
+    return value
+
+
+def _boolean(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name)
+    if _missing(value):
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise BadRequest(f"{name} must be true or false", name)
+
+
+def _port(body: dict, name: str, default: int) -> int:
+    value = body.get(name)
+    if _missing(value):
+        return default
+    port = _port_number(value)
+    if port is None:
+        raise BadRequest(f"{name} must be an integer from 1 to 65535", name)
+    return port
+
+
+def _port_number(value: Any) -> int | None:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 5:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 1 <= value <= 65535 else None
+
+
+def _is_host(text: str) -> bool:
+    if text.startswith("[") and text.endswith("]"):
+        return _is_ipv6(text[1:-1])
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return len(text) <= _HOST_MAX and _HOSTNAME.fullmatch(text) is not None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+def _is_host_port(text: str) -> bool:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not _is_ipv6(host):
+            return False
+        return not rest or (rest.startswith(":") and _port_number(rest[1:]) is not None)
+    if text.count(":") > 1:
+        return _is_ipv6(text)
+    host, colon, port = text.partition(":")
+    return _is_host(host) and (not colon or _port_number(port) is not None)
+
+
+def _call_id(body: dict) -> str:
+    return _string(body, "callId", required=True, max_len=_ID_MAX, forbidden=_NOT_IN_STREAM_NAME)
+
+
+def _status(body: dict) -> str | None:
+    value = body.get("status")
+    if _missing(value):
+        return None
+    if isinstance(value, str) and value.upper() in CallStatus.__members__:
+        return CallStatus[value.upper()].value
+    raise BadRequest(f"status must be one of {_STATUSES}", "status")
+
+
+def _dtmf(body: dict) -> str:
+    value = body.get("dtmf")
+    if _missing(value):
+        raise BadRequest("dtmf is required", "dtmf")
+    if isinstance(value, str) and len(value) <= _DTMF_MAX and _DTMF.fullmatch(value.upper()):
+        return value.upper()
+    raise BadRequest(f"dtmf must be 1 to {_DTMF_MAX} of 0-9 * # A-D", "dtmf")
+
+
+def _dtmf_kind(body: dict) -> str:
+    value = body.get("type")
+    if _missing(value):
+        return DTMF_KINDS[0]
+    if isinstance(value, str) and value.upper() in DTMF_KINDS:
+        return value.upper()
+    raise BadRequest("type must be RFC2833 or INFO", "type")
+
+
+def _found(calls: list[dict]) -> list[dict]:
+    if not calls:
+        raise NotFound(CALL_NOT_FOUND)
+    return [{k: v for k, v in call.items() if k not in _SECRET_KEYS} for call in calls]

@@ -1,0 +1,162 @@
+"""SIP requests and responses (RFC 3261 §7).
+
+A message keeps its headers in order as (canonical name, value) pairs; typed
+views (``via``, ``from_``, ``cseq`` ...) parse the raw value on access.
+"""
+from __future__ import annotations
+
+from .headers import (LIST_HEADERS, Address, CSeq, URI, Via, canonical_name,
+                      split_list)
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 200: "OK", 202: "Accepted", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 413: "Request Entity Too Large",
+    415: "Unsupported Media Type", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here", 491: "Request Pending",
+    500: "Server Internal Error", 501: "Not Implemented", 503: "Service Unavailable",
+    504: "Server Time-out", 505: "Version Not Supported", 513: "Message Too Large",
+    600: "Busy Everywhere", 603: "Decline",
+}
+
+
+class Message:
+    """Headers and body shared by requests and responses."""
+
+    def __init__(self, headers=None, body: bytes = b""):
+        self.headers: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in (headers or [])]
+        self.body = body
+
+    # -- raw header access ------------------------------------------------
+    def get(self, name: str, default: str | None = None) -> str | None:
+        name = canonical_name(name)
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a header, comma-separated lists split (RFC 3261 §7.3.1)."""
+        name = canonical_name(name)
+        values = [v for k, v in self.headers if k == name]
+        if name in LIST_HEADERS:
+            return [item for v in values for item in split_list(v)]
+        return values
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of a header by one."""
+        self.remove(name)
+        self.headers.append((canonical_name(name), value))
+
+    def add(self, name: str, value: str, first: bool = False) -> None:
+        entry = (canonical_name(name), value)
+        if first:
+            self.headers.insert(0, entry)
+        else:
+            self.headers.append(entry)
+
+    def remove(self, name: str) -> None:
+        name = canonical_name(name)
+        self.headers = [(k, v) for k, v in self.headers if k != name]
+
+    # -- typed views -------------------------------------------------------
+    @property
+    def vias(self) -> list[Via]:
+        return [Via.parse(v) for v in self.get_all("Via")]
+
+    @property
+    def top_via(self) -> Via:
+        return Via.parse(self.get_all("Via")[0])
+
+    @property
+    def from_(self) -> Address:
+        return Address.parse(self.get("From") or "")
+
+    @property
+    def to(self) -> Address:
+        return Address.parse(self.get("To") or "")
+
+    @property
+    def call_id(self) -> str:
+        return self.get("Call-ID") or ""
+
+    @property
+    def cseq(self) -> CSeq:
+        return CSeq.parse(self.get("CSeq") or "")
+
+    @property
+    def contacts(self) -> list[Address]:
+        return [Address.parse(v) for v in self.get_all("Contact")]
+
+    @property
+    def record_routes(self) -> list[Address]:
+        return [Address.parse(v) for v in self.get_all("Record-Route")]
+
+    @property
+    def routes(self) -> list[Address]:
+        return [Address.parse(v) for v in self.get_all("Route")]
+
+    @property
+    def content_type(self) -> str:
+        return (self.get("Content-Type") or "").split(";")[0].strip().lower()
+
+    def _header_bytes(self) -> bytes:
+        lines = [f"{k}: {v}" for k, v in self.headers if k != "Content-Length"]
+        lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and bytes(self) == bytes(other)
+
+    def __hash__(self):
+        return id(self)
+
+
+class Request(Message):
+    def __init__(self, method: str, uri: URI, headers=None, body: bytes = b""):
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri
+
+    @property
+    def first_line(self) -> str:
+        return f"{self.method} {self.uri} SIP/2.0"
+
+    def __bytes__(self) -> bytes:
+        return self.first_line.encode("utf-8") + b"\r\n" + self._header_bytes() + self.body
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri} call-id={self.call_id!r}>"
+
+
+class Response(Message):
+    def __init__(self, status: int, reason: str | None = None, headers=None, body: bytes = b""):
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = REASONS.get(status, "Unknown") if reason is None else reason
+
+    @property
+    def first_line(self) -> str:
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+    def __bytes__(self) -> bytes:
+        return self.first_line.encode("utf-8") + b"\r\n" + self._header_bytes() + self.body
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason} call-id={self.call_id!r}>"
+
+
+def make_response(request: Request, status: int, reason: str | None = None, *,
+                  to_tag: str | None = None, body: bytes = b"",
+                  extra: list[tuple[str, str]] = ()) -> Response:
+    """Build a response copying Via, From, To, Call-ID and CSeq (RFC 3261 §8.2.6.2)."""
+    headers = [("Via", v) for v in request.get_all("Via")]
+    to = request.get("To") or ""
+    if to_tag and ";tag=" not in to.replace(" ", "").lower():
+        to = f"{to};tag={to_tag}"
+    headers += [("From", request.get("From") or ""), ("To", to),
+                ("Call-ID", request.call_id), ("CSeq", request.get("CSeq") or "")]
+    headers += list(extra)
+    return Response(status, reason, headers, body)

@@ -1,0 +1,189 @@
+"""Bytes to SIP messages (RFC 3261 §7, §18.3): one datagram, or a TCP stream.
+
+Pure. Anything malformed raises ``ParseError``; when the bytes were a request
+whose Via, From, To, Call-ID and CSeq could be read, the error carries enough
+to answer 400 (RFC 3261 §21.4.1) without state.
+"""
+from __future__ import annotations
+
+import re
+
+from .headers import CSeq, HeaderError, URI, Address, Via, canonical_name, is_token
+from .message import Message, Request, Response
+
+MAX_MESSAGE_SIZE = 65535  # bytes; larger messages are refused (RFC 3261 §18.1.1 UDP limit)
+REQUIRED = ("To", "From", "CSeq", "Call-ID", "Via")  # RFC 3261 §8.1.1
+_REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) SIP/(\d+\.\d+)$")
+_STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3}) (.*)$")
+
+
+class ParseError(ValueError):
+    """Bytes that are not a valid SIP message; ``request`` is set when a 400 can be sent."""
+
+    def __init__(self, message: str, request: Request | None = None, status: int = 400):
+        super().__init__(message)
+        self.request = request
+        self.status = status
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        idx = data.find(sep)
+        if idx >= 0:
+            return data[:idx], data[idx + len(sep):]
+    raise ParseError("no blank line after the headers")
+
+
+def _unfold(head: str) -> list[str]:
+    """Split the head into lines, joining folded continuation lines (RFC 3261 §7.3.1)."""
+    lines: list[str] = []
+    for line in re.split(r"\r?\n", head):
+        if line[:1] in (" ", "\t") and lines:
+            lines[-1] += " " + line.strip()
+        else:
+            lines.append(line)
+    return lines
+
+
+def _parse_head(head: bytes) -> tuple[Message, int | None]:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # RFC 3261 allows UTF-8 only in a few places; latin-1 keeps bytes intact.
+        text = head.decode("latin-1")
+    lines = _unfold(text)
+    first = lines[0]
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise ParseError(f"header line without ':' {line[:60]!r}")
+        try:
+            headers.append((canonical_name(name.strip()), value.strip()))
+        except HeaderError as exc:
+            raise ParseError(str(exc)) from None
+    if first.startswith("SIP/"):
+        match = _STATUS_LINE.match(first)
+        if not match:
+            raise ParseError(f"bad status line {first[:80]!r}")
+        if match.group(1) != "2.0":
+            raise ParseError(f"unsupported SIP version {match.group(1)}", status=505)
+        status = int(match.group(2))
+        if not 100 <= status <= 699:
+            raise ParseError(f"status code out of range: {status}")
+        message: Message = Response(status, match.group(3), headers)
+    else:
+        match = _REQUEST_LINE.match(first)
+        if not match:
+            raise ParseError(f"bad request line {first[:80]!r}")
+        try:
+            uri = URI.parse(match.group(2))
+        except HeaderError as exc:
+            raise ParseError(f"bad Request-URI: {exc}") from None
+        message = Request(match.group(1), uri, headers)
+        if match.group(3) != "2.0":
+            raise ParseError(f"unsupported SIP version {match.group(3)}", _answerable(message), 505)
+    length_values = message.get_all("Content-Length")
+    length = None
+    if length_values:
+        if len(set(length_values)) > 1 or not length_values[0].isdigit():
+            raise ParseError(f"bad Content-Length {length_values!r}", _answerable(message))
+        length = int(length_values[0])
+    return message, length
+
+
+def _answerable(message: Message) -> Request | None:
+    """The request itself when it has what a stateless 400 needs, else None."""
+    if not isinstance(message, Request):
+        return None
+    try:
+        message.top_via, message.cseq  # noqa: B018 - parse to check
+    except (HeaderError, IndexError):
+        return None
+    if not message.call_id or message.get("From") is None or message.get("To") is None:
+        return None
+    return message
+
+
+def _validate(message: Message) -> None:
+    """Check the headers every message needs (RFC 3261 §8.1.1, §20)."""
+    request = _answerable(message)
+    for name in REQUIRED:
+        if message.get(name) is None:
+            raise ParseError(f"missing {name} header", request)
+    for name in ("To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Type"):
+        if len([1 for k, _ in message.headers if k == name]) > 1:
+            raise ParseError(f"more than one {name} header", request)
+    try:
+        message.vias
+        cseq = message.cseq
+        message.from_
+        message.to
+        if isinstance(message, Request):
+            if cseq.method != message.method:
+                raise ParseError(f"CSeq method {cseq.method} does not match {message.method}",
+                                 request)
+            for contact in message.get_all("Contact"):
+                Address.parse(contact)
+            max_forwards = message.get("Max-Forwards")
+            if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
+                raise ParseError(f"bad Max-Forwards {max_forwards!r}", request)
+    except HeaderError as exc:
+        raise ParseError(str(exc), request) from None
+    if not is_token(message.call_id.split("@")[0]):
+        raise ParseError(f"bad Call-ID {message.call_id!r}", request)
+
+
+def parse(data: bytes, max_size: int = MAX_MESSAGE_SIZE) -> Message:
+    """Parse one whole message, as received in a UDP datagram (RFC 3261 §18.3)."""
+    if len(data) > max_size:
+        raise ParseError(f"message of {len(data)} bytes is larger than {max_size}", status=513)
+    head, body = _split_head(data.lstrip(b"\r\n"))
+    message, length = _parse_head(head)
+    if length is not None:
+        if length > len(body):
+            raise ParseError(f"Content-Length {length} is larger than the body ({len(body)} bytes)",
+                             _answerable(message))
+        body = body[:length]  # §18.3: extra bytes in a datagram are discarded
+    message.body = body
+    _validate(message)
+    return message
+
+
+class StreamParser:
+    """Frames messages out of a byte stream by Content-Length (RFC 3261 §18.3).
+
+    ``feed`` returns the complete messages; a framing error raises ParseError
+    and the connection should be closed. CRLF keep-alives (RFC 5626 §3.5.1)
+    between messages are skipped.
+    """
+
+    def __init__(self, max_size: int = MAX_MESSAGE_SIZE):
+        self._buffer = b""
+        self._max_size = max_size
+
+    def feed(self, data: bytes) -> list[Message]:
+        self._buffer += data
+        messages = []
+        while True:
+            self._buffer = self._buffer.lstrip(b"\r\n")
+            idx = self._buffer.find(b"\r\n\r\n")
+            if idx < 0:
+                if len(self._buffer) > self._max_size:
+                    raise ParseError("headers larger than the size limit", status=513)
+                return messages
+            head = self._buffer[:idx]
+            message, length = _parse_head(head)
+            if length is None:
+                raise ParseError("missing Content-Length on a stream transport",
+                                 _answerable(message))
+            end = idx + 4 + length
+            if end > self._max_size:
+                raise ParseError(f"message of {end} bytes is larger than {self._max_size}",
+                                 status=513)
+            if len(self._buffer) < end:
+                return messages
+            message.body = self._buffer[idx + 4:end]
+            self._buffer = self._buffer[end:]
+            _validate(message)
+            messages.append(message)

@@ -1,0 +1,286 @@
+"""SIP transactions (RFC 3261 §17): four state machines and the layer that matches them.
+
+Timers run on the clock passed in (``callLater``), so every flow is testable
+on ``twisted.internet.task.Clock``. Bytes go through a ``sender`` object with
+``send(message, transport, host, port)`` and ``send_response(response, source)``.
+"""
+from __future__ import annotations
+
+import secrets
+
+from twisted.logger import Logger
+
+from .message import Request, Response, make_response
+
+log = Logger(namespace="sipgw.sip.transaction")
+
+T1, T2, T4 = 0.5, 4.0, 5.0  # RFC 3261 §17.1.1.1, seconds
+BRANCH_MAGIC = "z9hG4bK"  # §8.1.1.7
+
+
+def new_branch() -> str:
+    return BRANCH_MAGIC + secrets.token_hex(8)
+
+
+def local_response(request: Request, status: int, reason: str) -> Response:
+    """A response the stack makes up itself (timeout, transport error), §8.1.3.1."""
+    response = make_response(request, status, reason)
+    response.local = True
+    return response
+
+
+class _Transaction:
+    def __init__(self, layer: "TransactionLayer", request: Request, transport: str):
+        self.layer = layer
+        self.clock = layer.clock
+        self.request = request
+        self.transport = transport
+        self.reliable = transport != "UDP"
+        self.state = "init"
+        self._timers: dict[str, object] = {}
+
+    def _start_timer(self, name: str, delay: float, fn) -> None:
+        self._cancel_timer(name)
+        self._timers[name] = self.clock.callLater(delay, self._fire, name, fn)
+
+    def _fire(self, name: str, fn) -> None:
+        self._timers.pop(name, None)
+        fn()
+
+    def _cancel_timer(self, name: str) -> None:
+        call = self._timers.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _terminate(self) -> None:
+        self.state = "terminated"
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        self.layer.forget(self)
+
+
+class ClientTransaction(_Transaction):
+    """INVITE (§17.1.1) or non-INVITE (§17.1.2) client transaction.
+
+    ``on_response(response)`` gets every response the TU should see, including
+    a locally made 408 on Timer B/F and 503 on a transport error.
+    """
+
+    def __init__(self, layer, request, transport, host, port, on_response):
+        super().__init__(layer, request, transport)
+        self.host, self.port = host, port
+        self.on_response = on_response
+        self.invite = request.method == "INVITE"
+        self.key = (request.top_via.branch, request.method)
+        self._interval = T1
+        self.last_ack: Request | None = None
+
+    def start(self) -> None:
+        self.state = "calling" if self.invite else "trying"
+        self._send()
+        if not self.reliable:
+            self._start_timer("A/E", T1, self._retransmit)
+        self._start_timer("B/F", 64 * T1, self._timeout)
+
+    def _send(self) -> None:
+        self.layer.sender.send(self.request, self.transport, self.host, self.port)
+
+    def _retransmit(self) -> None:
+        if self.state not in ("calling", "trying", "proceeding"):
+            return
+        if self.invite and self.state != "calling":
+            return  # Timer A stops once a provisional arrives (§17.1.1.2)
+        self._send()
+        self._interval = self._interval * 2 if self.invite else min(self._interval * 2, T2)
+        if self.state == "proceeding":
+            self._interval = T2  # §17.1.2.2
+        self._start_timer("A/E", self._interval, self._retransmit)
+
+    def _timeout(self) -> None:
+        if self.state in ("calling", "trying", "proceeding"):
+            self._terminate()
+            self.on_response(local_response(self.request, 408, "Request Timeout"))
+
+    def transport_failed(self, why: str) -> None:
+        if self.state in ("calling", "trying", "proceeding"):
+            self._terminate()
+            self.on_response(local_response(self.request, 503, f"Transport Error: {why}"))
+
+    def receive(self, response: Response) -> None:
+        status = response.status
+        if self.invite:
+            if self.state in ("calling", "proceeding"):
+                if status < 200:
+                    # §17.1.1.2: in Proceeding neither A nor B runs; the TU owns
+                    # how long a call may ring.
+                    self.state = "proceeding"
+                    self._cancel_timer("A/E")
+                    self._cancel_timer("B/F")
+                    self.on_response(response)
+                elif status < 300:
+                    # §17.1.1.2: 2xx ends the transaction; the TU ACKs it.
+                    self._terminate()
+                    self.on_response(response)
+                else:
+                    self.state = "completed"
+                    self._cancel_timer("A/E")
+                    self._cancel_timer("B/F")
+                    self._send_ack(response)
+                    self._start_timer("D", 0 if self.reliable else 32.0, self._terminate)
+                    self.on_response(response)
+            elif self.state == "completed" and status >= 300:
+                self._send_ack(response)  # retransmitted final: ACK again
+        else:
+            if self.state in ("trying", "proceeding"):
+                if status < 200:
+                    self.state = "proceeding"
+                    self.on_response(response)
+                else:
+                    self.state = "completed"
+                    self._cancel_timer("A/E")
+                    self._cancel_timer("B/F")
+                    self._start_timer("K", 0 if self.reliable else T4, self._terminate)
+                    self.on_response(response)
+
+    def _send_ack(self, response: Response) -> None:
+        """ACK for a non-2xx final response (§17.1.1.3): same branch, To with the tag."""
+        if self.last_ack is None:
+            req = self.request
+            headers = [("Via", req.get_all("Via")[0]), ("Max-Forwards", "70"),
+                       ("From", req.get("From")), ("To", response.get("To")),
+                       ("Call-ID", req.call_id), ("CSeq", f"{req.cseq.seq} ACK")]
+            headers += [("Route", r) for r in req.get_all("Route")]
+            self.last_ack = Request("ACK", req.uri, headers)
+        self.layer.sender.send(self.last_ack, self.transport, self.host, self.port)
+
+
+class ServerTransaction(_Transaction):
+    """INVITE (§17.2.1) or non-INVITE (§17.2.2) server transaction."""
+
+    def __init__(self, layer, request, source):
+        super().__init__(layer, request, source.transport)
+        self.source = source
+        self.invite = request.method == "INVITE"
+        self.last_response: Response | None = None
+        self.state = "proceeding" if self.invite else "trying"
+        self._interval = T1
+        self.on_ack = None  # callback for the ACK of a non-2xx final (INVITE only)
+
+    def respond(self, response: Response) -> None:
+        if self.state in ("completed", "confirmed", "terminated"):
+            return
+        self.last_response = response
+        self._send_last()
+        status = response.status
+        if status < 200:
+            if not self.invite:
+                self.state = "proceeding"
+            return
+        if self.invite:
+            if status < 300:
+                # §17.2.1 (as updated by RFC 6026): the TU retransmits 2xx itself.
+                self._terminate()
+                return
+            self.state = "completed"
+            if not self.reliable:
+                self._start_timer("G", T1, self._retransmit)
+            self._start_timer("H", 64 * T1, self._terminate)
+        else:
+            self.state = "completed"
+            self._start_timer("J", 0 if self.reliable else 64 * T1, self._terminate)
+
+    def _send_last(self) -> None:
+        self.layer.sender.send_response(self.last_response, self.source)
+
+    def _retransmit(self) -> None:
+        if self.state != "completed":
+            return
+        self._send_last()
+        self._interval = min(self._interval * 2, T2)
+        self._start_timer("G", self._interval, self._retransmit)
+
+    def retransmission(self, request: Request) -> None:
+        """The same request again: resend the last response (§17.2.1, §17.2.2)."""
+        if request.method == "ACK":
+            if self.state == "completed":
+                self.state = "confirmed"
+                self._cancel_timer("G")
+                self._cancel_timer("H")
+                self._start_timer("I", 0 if self.reliable else T4, self._terminate)
+            return
+        if self.last_response is not None:
+            self._send_last()
+
+
+class TransactionLayer:
+    """Matches messages to transactions (§17.1.3, §17.2.3); the rest goes to the TU.
+
+    The TU implements ``request(request, transaction)`` for new server
+    transactions, ``stray_response(response, source)`` for responses matching
+    no transaction (2xx retransmissions), and ``ack(request, source)`` for ACKs
+    of 2xx, which are end-to-end (§13.2.2.4).
+    """
+
+    def __init__(self, clock, tu=None, sender=None):
+        self.clock = clock
+        self.tu = tu
+        self.sender = sender
+        self.client: dict[tuple, ClientTransaction] = {}
+        self.server: dict[tuple, ServerTransaction] = {}
+
+    @staticmethod
+    def _server_key(request: Request) -> tuple:
+        via = request.top_via
+        method = "INVITE" if request.method == "ACK" else request.method
+        return (via.branch, via.host, via.port, method)
+
+    def send_request(self, request: Request, transport: str, host: str, port: int,
+                     on_response) -> ClientTransaction:
+        tx = ClientTransaction(self, request, transport, host, port, on_response)
+        self.client[tx.key] = tx
+        tx.start()
+        return tx
+
+    def forget(self, tx) -> None:
+        if isinstance(tx, ClientTransaction):
+            if self.client.get(tx.key) is tx:
+                del self.client[tx.key]
+        else:
+            key = self._server_key(tx.request)
+            if self.server.get(key) is tx:
+                del self.server[key]
+
+    def find_server(self, request: Request) -> ServerTransaction | None:
+        return self.server.get(self._server_key(request))
+
+    # the transport's controller interface
+    def receive(self, message, source) -> None:
+        if isinstance(message, Response):
+            tx = self.client.get((message.top_via.branch, message.cseq.method))
+            if tx is not None:
+                tx.receive(message)
+            else:
+                self.tu.stray_response(message, source)
+            return
+        branch = message.top_via.branch or ""
+        if not branch.startswith(BRANCH_MAGIC):
+            # RFC 2543 peers: not supported; answer statelessly rather than guess.
+            if message.method != "ACK":
+                self.sender.send_response(make_response(
+                    message, 400, "Missing RFC 3261 branch in Via"), source)
+            return
+        tx = self.find_server(message)
+        if tx is not None:
+            tx.retransmission(message)
+            return
+        if message.method == "ACK":
+            self.tu.ack(message, source)
+            return
+        tx = ServerTransaction(self, message, source)
+        self.server[self._server_key(message)] = tx
+        self.tu.request(message, tx)
+
+    def transport_error(self, dest: tuple[str, int], why: str) -> None:
+        for tx in list(self.client.values()):
+            if (tx.host, tx.port) == dest:
+                tx.transport_failed(why)

@@ -1,0 +1,700 @@
+"""The user agent (RFC 3261 §8, §13-15): registrations and outgoing calls.
+
+``UserAgent`` is the transaction user: it places the INVITE of every
+``/call/startup``, registers accounts that ask for it, answers what peers send
+inside a dialog (BYE, re-INVITE, INFO, OPTIONS), and keeps each call's WCS
+status. It implements the manager interface the REST layer calls
+(``startup``, ``find``, ``terminate``, ``send_dtmf``).
+"""
+from __future__ import annotations
+
+import secrets
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..calls import (NORMAL_CLEARING, REQUEST_TIMEOUT, TERMINATED_BY_REST, CallRequest,
+                     CallStatus, Conflict, NotFound, CallError)
+from . import sdp as sdplib
+from .auth import AuthError, Challenge, DigestClient, pick_challenge
+from .dialog import Dialog
+from .headers import Address, HeaderError, URI
+from .message import Request, Response, make_response
+from .transaction import T1, T2, TransactionLayer, new_branch
+from .transport import TransportLayer, is_ip
+
+log = Logger(namespace="sipgw.sip.ua")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+DTMF_DURATION_MS = 160
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+class Destination:
+    """Where requests of one account go: transport, resolved host, port."""
+
+    def __init__(self, transport: str, host: str, port: int):
+        self.transport, self.host, self.port = transport, host, port
+
+    def __repr__(self):
+        return f"{self.transport}:{self.host}:{self.port}"
+
+
+class _Challenged:
+    """Answers 401/407 challenges for one request chain (RFC 3261 §22.2)."""
+
+    def __init__(self, digest: DigestClient):
+        self.digest = digest
+        self.answered: set[tuple[str, str]] = set()
+
+    def headers_for(self, response: Response, method: str, uri: str, body: bytes):
+        """Authorization headers for the retry, or None when retrying is pointless."""
+        name = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+        try:
+            challenges = [Challenge.parse(v, name) for v in response.get_all(name)]
+            challenge = pick_challenge(challenges)
+        except (AuthError, ValueError):
+            return None
+        key = (challenge.realm, challenge.nonce)
+        # The same nonce challenged again means the credentials were refused,
+        # unless the server says the nonce was merely stale.
+        if key in self.answered or (self.answered and not challenge.stale
+                                    and any(r == challenge.realm for r, _ in self.answered)):
+            return None
+        self.answered.add(key)
+        return [self.digest.authorize(challenge, method, uri, body)]
+
+
+class Registration:
+    """One account's binding at its registrar (RFC 3261 §10), refreshed before expiry."""
+
+    def __init__(self, ua: "UserAgent", request: CallRequest, dest: Destination):
+        self.ua = ua
+        self.key = UserAgent.account_key(request)
+        self.aor = URI("sip", request.sip_domain, user=request.sip_login)
+        self.registrar = URI("sip", request.sip_domain)
+        self.dest = dest
+        self.call_id = f"{secrets.token_hex(10)}@sipgw"
+        self.tag = new_tag()
+        self.cseq = 0
+        self.digest = DigestClient(request.auth_name, request.sip_password)
+        self.state = "idle"
+        self.waiters: list[defer.Deferred] = []
+        self.users = 0
+        self._refresh = None
+        self._auth = None
+
+    def ensure(self) -> defer.Deferred:
+        d = defer.Deferred()
+        if self.state == "registered":
+            d.callback(self)
+            return d
+        self.waiters.append(d)
+        if self.state != "registering":
+            self._start(self.ua.config.sip_register_expires)
+        return d
+
+    def _start(self, expires: int) -> None:
+        self.state = "registering" if expires else "unregistering"
+        self._auth = _Challenged(self.digest)
+        self._send(expires, [])
+
+    def _send(self, expires: int, auth_headers) -> None:
+        self.cseq += 1
+        ua = self.ua
+        headers = [("Via", ua.via(self.dest)), ("Max-Forwards", "70"),
+                   ("From", f"<{self.aor}>;tag={self.tag}"), ("To", f"<{self.aor}>"),
+                   ("Call-ID", self.call_id), ("CSeq", f"{self.cseq} REGISTER"),
+                   ("Contact", ua.contact(self.aor.user, self.dest)), ("Expires", str(expires)),
+                   ("User-Agent", ua.config.sip_user_agent)]
+        headers += auth_headers
+        request = Request("REGISTER", self.registrar, headers)
+        ua.transactions.send_request(request, self.dest.transport, self.dest.host, self.dest.port,
+                                     lambda r: self._on_response(request, expires, r))
+
+    def _on_response(self, request: Request, expires: int, response: Response) -> None:
+        if response.status < 200:
+            return
+        if response.status in (401, 407):
+            headers = self._auth.headers_for(response, "REGISTER", str(self.registrar), b"")
+            if headers is not None:
+                self._send(expires, headers)
+                return
+        if 200 <= response.status < 300:
+            if expires == 0:
+                self.state = "idle"
+                log.info("unregistered {aor}", aor=str(self.aor))
+                return
+            granted = self._granted(response, expires)
+            self.state = "registered"
+            log.info("registered {aor} at {dest} for {granted} s", aor=str(self.aor),
+                     dest=repr(self.dest), granted=granted)
+            # Refresh ahead of expiry (RFC 3261 §10.2.4).
+            delay = max(granted * 0.8, granted - 30, 1)
+            self._refresh = self.ua.reactor.callLater(delay, self._start, expires)
+            waiters, self.waiters = self.waiters, []
+            for d in waiters:
+                d.callback(self)
+            return
+        reason = f"{response.status} {response.reason}"
+        self.state = "failed" if expires else "idle"
+        log.warn("REGISTER {aor} failed: {reason}", aor=str(self.aor), reason=reason)
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            d.errback(CallError(f"Registration failed: {reason}"))
+        if expires:
+            self.ua.registrations.pop(self.key, None)
+
+    def _granted(self, response: Response, asked: int) -> int:
+        for contact in response.contacts:
+            value = contact.params.get("expires")
+            if value and value.isdigit() and contact.uri.host in (self.ua.transport.sent_by(self.dest.host),):
+                return int(value)
+        expires = response.get("Expires")
+        return int(expires) if expires and expires.isdigit() else asked
+
+    def release(self) -> None:
+        """A call of this account ended; unregister after the last one."""
+        self.users -= 1
+        if self.users > 0:
+            return
+        if self._refresh is not None and self._refresh.active():
+            self._refresh.cancel()
+        self.ua.registrations.pop(self.key, None)
+        if self.state == "registered":
+            self._start(0)
+
+
+class Call:
+    """One outgoing call: INVITE client side (§13.2), its dialog, and WCS status."""
+
+    def __init__(self, ua: "UserAgent", request: CallRequest):
+        self.ua = ua
+        self.request = request
+        self.status = CallStatus.NEW
+        self.history: list[str] = [CallStatus.NEW.value]
+        self.sip_status = 0
+        self.reason = ""
+        self.sip_call_id = f"{secrets.token_hex(12)}@sipgw"
+        self.local_tag = new_tag()
+        self.cseq = 0
+        self.dest: Destination | None = None
+        self.invite: Request | None = None
+        self.invite_tx = None
+        self.provisional = False
+        self.dialog: Dialog | None = None
+        self.ack: Request | None = None
+        self.offer: sdplib.SessionDescription | None = None
+        self.remote_sdp: bytes = b""
+        self.media: dict = {}
+        self.remote_media: dict = {}
+        self.media_port: int | None = None
+        self.registration: Registration | None = None
+        self.cancel_requested = False
+        self.ended_at: float | None = None
+        self._auth = None
+        self._timers: list = []
+        self._pending_2xx: tuple | None = None  # (response, reinvite tx) awaiting ACK
+
+    # -- status --------------------------------------------------------------
+    def set_status(self, status: CallStatus, reason: str = "") -> None:
+        if self.status.ended:
+            return
+        if status == self.status and not reason:
+            return
+        self.status = status
+        if reason:
+            self.reason = reason
+        self.history.append(status.value)
+        log.info("call {call_id} {status}{reason}", call_id=self.request.call_id,
+                 status=status.value, reason=f" ({reason})" if reason else "")
+        if status.ended:
+            self.ua.call_ended(self)
+
+    def to_json(self) -> dict:
+        r = self.request
+        return {"callId": r.call_id, "status": self.status.value, "sipStatus": self.sip_status,
+                "info": self.reason, "caller": f"{r.sip_login}@{r.sip_domain}",
+                "callee": r.callee, "incoming": False, "hasAudio": r.has_audio,
+                "hasVideo": r.has_video, "streamName": r.stream_name, "appKey": r.app_key,
+                "sessionId": self.sip_call_id, "visibleName": r.visible_name,
+                "sdp": self.remote_sdp.decode("utf-8", "replace"), "history": list(self.history)}
+
+    def later(self, delay: float, fn, *args):
+        call = self.ua.reactor.callLater(delay, fn, *args)
+        self._timers.append(call)
+        return call
+
+    def cancel_timers(self) -> None:
+        for call in self._timers:
+            if call.active():
+                call.cancel()
+        self._timers = []
+
+    # -- INVITE ------------------------------------------------------------
+    def target_uri(self) -> URI:
+        r = self.request
+        user, _, host = r.callee.partition("@")
+        port = None
+        if not host:
+            host = r.sip_domain
+            if not r.sip_outbound_proxy and r.sip_port != 5060:
+                port = r.sip_port
+        return URI("sip", host, user=user, port=port)
+
+    def send_invite(self, auth_headers=()) -> None:
+        ua, r = self.ua, self.request
+        self.cseq += 1
+        target = self.target_uri()
+        aor = URI("sip", r.sip_domain, user=r.sip_login)
+        display = f'"{r.visible_name}" ' if r.visible_name else ""
+        body = bytes(self.offer)
+        headers = [("Via", ua.via(self.dest)), ("Max-Forwards", "70"),
+                   ("From", f"{display}<{aor}>;tag={self.local_tag}"), ("To", f"<{target}>"),
+                   ("Call-ID", self.sip_call_id), ("CSeq", f"{self.cseq} INVITE"),
+                   ("Contact", ua.contact(r.sip_login, self.dest)), ("Allow", ALLOW),
+                   ("User-Agent", ua.config.sip_user_agent), ("Content-Type", "application/sdp")]
+        headers += list(auth_headers)
+        self.invite = Request("INVITE", target, headers, body)
+        self.provisional = False
+        self.invite_tx = ua.transactions.send_request(
+            self.invite, self.dest.transport, self.dest.host, self.dest.port, self.on_invite_response)
+
+    def on_invite_response(self, response: Response) -> None:
+        status = response.status
+        self.sip_status = status
+        if status < 200:
+            self.provisional = True
+            if self.cancel_requested:
+                self.send_cancel()
+                return
+            if status == 100:
+                self.set_status(CallStatus.TRYING)
+            elif response.body and response.content_type == "application/sdp":
+                self.take_answer(response)
+                self.set_status(CallStatus.RING_MEDIA)
+            elif status == 183:
+                self.set_status(CallStatus.SESSION_PROGRESS)
+            else:
+                self.set_status(CallStatus.RING)
+            return
+        if status < 300:
+            self.on_2xx(response)
+            return
+        if status in (401, 407) and not self.cancel_requested:
+            headers = self._auth.headers_for(response, "INVITE", str(self.invite.uri),
+                                             self.invite.body)
+            if headers is not None:
+                self.send_invite(headers)
+                return
+        if self.cancel_requested and status == 487:
+            self.set_status(CallStatus.FINISH, TERMINATED_BY_REST)
+        elif getattr(response, "local", False) and status == 408:
+            self.set_status(CallStatus.FAILED, REQUEST_TIMEOUT)
+        elif status in (486, 600):
+            self.set_status(CallStatus.BUSY, f"{status} {response.reason}")
+        else:
+            self.set_status(CallStatus.FAILED, f"{status} {response.reason}")
+
+    def take_answer(self, response: Response) -> None:
+        try:
+            answer = sdplib.SessionDescription.parse(response.body)
+            self.media = sdplib.negotiate(self.offer, answer)
+        except sdplib.SDPError as exc:
+            log.warn("call {call_id}: unusable SDP answer: {error}",
+                     call_id=self.request.call_id, error=str(exc))
+            return
+        self.remote_sdp = response.body
+
+    def on_2xx(self, response: Response) -> None:
+        if self.dialog is None:
+            try:
+                self.dialog = Dialog.from_uac(self.invite, response)
+            except (ValueError, HeaderError) as exc:
+                log.warn("call {call_id}: bad 2xx: {error}", call_id=self.request.call_id,
+                         error=str(exc))
+                self.set_status(CallStatus.FAILED, f"Bad 200 OK: {exc}")
+                return
+            self.ack = self.dialog.create_request(
+                "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
+                cseq=self.invite.cseq.seq)
+        elif response.to.tag != self.dialog.remote_tag:
+            # A second fork answered (§13.2.2.4): ACK it and hang it up.
+            self.ua.ack_and_bye_fork(self, response)
+            return
+        self.ua.send_in_dialog(self, self.ack)
+        if self.status in (CallStatus.ESTABLISHED, CallStatus.HOLD) or self.status.ended:
+            return  # a retransmitted 2xx: the ACK above is all it needs
+        if response.body:
+            self.take_answer(response)
+        if self.cancel_requested:
+            self.send_bye(TERMINATED_BY_REST)
+            return
+        if not self.media and self.offer is not None and (self.request.has_audio or self.request.has_video):
+            self.set_status(CallStatus.ESTABLISHED)
+            self.send_bye("No common codecs")
+            return
+        self.set_status(CallStatus.ESTABLISHED)
+
+    def dest_for_dialog(self) -> Destination:
+        return self.ua.in_dialog_destination(self)
+
+    # -- ending ------------------------------------------------------------
+    def terminate(self) -> None:
+        """``/call/terminate``: CANCEL before the answer, BYE after (§9, §15)."""
+        if self.status.ended:
+            return
+        if self.dialog is not None:
+            self.send_bye(TERMINATED_BY_REST)
+            return
+        self.cancel_requested = True
+        if self.invite is None:
+            self.set_status(CallStatus.FINISH, TERMINATED_BY_REST)
+        elif self.provisional:
+            self.send_cancel()
+        # else: §9.1, wait for a provisional response before sending CANCEL.
+
+    def send_cancel(self) -> None:
+        """CANCEL with the INVITE's Request-URI, Call-ID, From, To, top Via (§9.1)."""
+        inv = self.invite
+        headers = [("Via", inv.get_all("Via")[0]), ("Max-Forwards", "70"),
+                   ("From", inv.get("From")), ("To", inv.get("To")), ("Call-ID", inv.call_id),
+                   ("CSeq", f"{inv.cseq.seq} CANCEL")]
+        headers += [("Route", r) for r in inv.get_all("Route")]
+        cancel = Request("CANCEL", inv.uri, headers)
+        self.ua.transactions.send_request(cancel, self.dest.transport, self.dest.host,
+                                          self.dest.port, lambda r: None)
+        # If no final response arrives, the INVITE is as good as cancelled (§9.1).
+        self.later(64 * T1, self.set_status, CallStatus.FINISH, TERMINATED_BY_REST)
+
+    def send_bye(self, reason: str) -> None:
+        if self.status.ended or getattr(self, "_bye_sent", False):
+            return
+        self._bye_sent = True
+        bye = self.dialog.create_request("BYE", via=self.ua.via(self.dest_for_dialog()),
+                                         headers=[("User-Agent", self.ua.config.sip_user_agent)])
+        status = CallStatus.FAILED if reason == "No common codecs" else CallStatus.FINISH
+        self.ua.send_in_dialog(self, bye, lambda r: self.set_status(status, reason)
+                               if r.status >= 200 else None)
+
+    def send_info(self, content_type: str, body: bytes) -> None:
+        info = self.dialog.create_request("INFO", via=self.ua.via(self.dest_for_dialog()),
+                                          headers=[("Content-Type", content_type)], body=body)
+        self.ua.send_in_dialog(self, info, lambda r: None)
+
+
+class UserAgent:
+    """Transaction user for every call and registration of this daemon."""
+
+    def __init__(self, reactor, config, ports=None):
+        self.reactor = reactor
+        self.config = config
+        self.ports = ports
+        self.transactions = TransactionLayer(reactor, tu=self)
+        self.transport = TransportLayer(reactor, self.transactions,
+                                        bind_address=config.sip_bind_address,
+                                        port=config.sip_local_port,
+                                        advertised_address=config.sip_address,
+                                        max_size=config.sip_max_message_size)
+        self.transactions.sender = self.transport
+        self.calls: dict[str, Call] = {}
+        self.registrations: dict[tuple, Registration] = {}
+        self._session_version = int(time.time())
+
+    def start(self) -> None:
+        self.transport.start()
+
+    def stop(self) -> defer.Deferred:
+        for call in list(self.calls.values()):
+            call.terminate()
+        return defer.maybeDeferred(self.transport.stop)
+
+    # -- addressing --------------------------------------------------------
+    @staticmethod
+    def account_key(r: CallRequest) -> tuple:
+        return (r.sip_login, r.sip_domain, r.sip_outbound_proxy, r.sip_port)
+
+    def via(self, dest: Destination, branch: str | None = None) -> str:
+        host = self.transport.sent_by(dest.host)
+        return f"SIP/2.0/{dest.transport} {host}:{self.transport.port};branch={branch or new_branch()};rport"
+
+    def contact(self, user: str, dest: Destination) -> str:
+        host = self.transport.sent_by(dest.host)
+        params = ";transport=tcp" if dest.transport == "TCP" else ""
+        return f"<sip:{user}@{host}:{self.transport.port}{params}>"
+
+    def first_hop(self, r: CallRequest) -> tuple[str, str, int]:
+        """(transport, host, port) for out-of-dialog requests: the outbound proxy if
+        given, else the domain at sipPort."""
+        transport = "TCP" if self.config.sip_use_tcp_transport else "UDP"
+        if r.sip_outbound_proxy:
+            text = r.sip_outbound_proxy
+            uri = URI.parse(text if text.startswith(("sip:", "sips:")) else "sip:" + text)
+            if "transport" in uri.params:
+                transport = uri.transport.upper()
+            return transport, uri.host, uri.port or r.sip_port
+        return transport, r.sip_domain, r.sip_port
+
+    def resolve(self, host: str) -> defer.Deferred:
+        host = host.strip("[]")
+        if is_ip(host):
+            return defer.succeed(host)
+        return self.reactor.resolve(host)
+
+    def in_dialog_destination(self, call: Call) -> Destination:
+        """Next hop of an in-dialog request: the top route, else the outbound proxy,
+        else the remote target (§12.2.1.1)."""
+        dialog = call.dialog
+        if not dialog.route_set and call.request.sip_outbound_proxy:
+            return call.dest
+        uri = dialog.next_hop()
+        transport = uri.params.get("transport", call.dest.transport).upper()
+        host = uri.host.strip("[]")
+        if not is_ip(host):
+            return call.dest  # names other than the resolved first hop: reuse that hop
+        return Destination(transport, host, uri.port or 5060)
+
+    def send_in_dialog(self, call: Call, request: Request, on_response=None) -> None:
+        dest = self.in_dialog_destination(call)
+        if request.method == "ACK":
+            self.transport.send(request, dest.transport, dest.host, dest.port)
+            return
+        self.transactions.send_request(request, dest.transport, dest.host, dest.port,
+                                       on_response or (lambda r: None))
+
+    # -- the manager interface (REST) -----------------------------------------
+    def startup(self, request: CallRequest) -> None:
+        existing = self.calls.get(request.call_id)
+        if existing is not None and not existing.status.ended:
+            raise Conflict(f"callId {request.call_id} is already in use")
+        for call in self.calls.values():
+            if not call.status.ended and call.request.stream_name == request.stream_name:
+                raise Conflict("Stream name is already in use")
+        call = Call(self, request)
+        call._auth = _Challenged(DigestClient(request.auth_name, request.sip_password))
+        self.calls[request.call_id] = call
+        call.set_status(CallStatus.PENDING)
+        defer.ensureDeferred(self._place(call)).addErrback(self._place_failed, call)
+
+    async def _place(self, call: Call) -> None:
+        r = call.request
+        transport, host, port = self.first_hop(r)
+        try:
+            address = await self.resolve(host)
+        except Exception as exc:  # DNS failure: the call fails, the daemon goes on
+            call.set_status(CallStatus.FAILED, f"Cannot resolve {host}: {exc.__class__.__name__}")
+            return
+        call.dest = Destination(transport, address, port)
+        if r.sip_register_required:
+            key = self.account_key(r)
+            registration = self.registrations.get(key)
+            if registration is None:
+                registration = self.registrations[key] = Registration(self, r, call.dest)
+            registration.users += 1
+            call.registration = registration
+            await registration.ensure()
+        if call.status.ended:
+            return
+        self._prepare_offer(call)
+        if call.status.ended:
+            return
+        call.send_invite()
+        if self.config.sip_ring_timeout:
+            call.later(self.config.sip_ring_timeout, self._ring_timeout, call)
+
+    def _place_failed(self, failure, call: Call) -> None:
+        reason = failure.getErrorMessage() if failure.check(CallError) else "Internal error"
+        if not failure.check(CallError):
+            log.failure("placing call {call_id} failed", failure, call_id=call.request.call_id)
+        call.set_status(CallStatus.FAILED, reason)
+
+    def _prepare_offer(self, call: Call) -> None:
+        r = call.request
+        address = self.config.media_address or self.transport.sent_by(call.dest.host)
+        audio_port = video_port = None
+        if self.ports is not None:
+            try:
+                call.media_port = self.ports.allocate()
+            except RuntimeError as exc:
+                call.set_status(CallStatus.FAILED, str(exc))
+                return
+            # One pair for audio, the video pair follows it (issue: one pair per m-line).
+            audio_port = call.media_port
+        else:
+            audio_port = 0
+        if r.has_video:
+            video_port = (audio_port + 2) if audio_port else 0
+        if not r.has_audio:
+            video_port, audio_port = audio_port, None
+        if not r.has_audio and not r.has_video:
+            audio_port = call.media_port or 0
+        self._session_version += 1
+        call.offer = sdplib.make_offer(address, audio_port=audio_port, video_port=video_port,
+                                       session_id=self._session_version)
+
+    def _ring_timeout(self, call: Call) -> None:
+        if call.dialog is None and not call.status.ended:
+            call.cancel_requested = True
+            if call.provisional:
+                call.send_cancel()
+            call.set_status(CallStatus.FAILED, f"No answer within {self.config.sip_ring_timeout} s")
+
+    def find(self, call_id: str | None = None, status: str | None = None) -> list[dict]:
+        calls = list(self.calls.values())
+        if call_id is not None:
+            calls = [c for c in calls if c.request.call_id == call_id]
+        if status is not None:
+            calls = [c for c in calls if c.status.value == status.upper()]
+        return [c.to_json() for c in calls]
+
+    def terminate(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise NotFound("Call not found")
+        call.terminate()
+
+    def send_dtmf(self, call_id: str, dtmf: str, kind: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise NotFound("Call not found")
+        if call.dialog is None or call.status.ended:
+            raise CallError(f"call {call_id} is not established ({call.status.value})")
+        if kind.upper() != "INFO":
+            raise CallError("DTMF type RFC2833 needs the call's RTP session, not available yet; "
+                            "use type INFO")
+        for digit in dtmf:
+            body = f"Signal={digit}\r\nDuration={DTMF_DURATION_MS}\r\n".encode()
+            call.send_info("application/dtmf-relay", body)
+
+    def call_ended(self, call: Call) -> None:
+        call.ended_at = self.reactor.seconds()
+        call.cancel_timers()
+        if call.media_port is not None and self.ports is not None:
+            self.ports.release(call.media_port)
+            call.media_port = None
+        if call.registration is not None:
+            call.registration.release()
+            call.registration = None
+        self.reactor.callLater(self.config.call_retention, self._forget, call)
+
+    def _forget(self, call: Call) -> None:
+        if self.calls.get(call.request.call_id) is call:
+            del self.calls[call.request.call_id]
+
+    def _call_for(self, message) -> Call | None:
+        for call in self.calls.values():
+            if call.sip_call_id == message.call_id:
+                return call
+        return None
+
+    # -- the transaction user interface ---------------------------------------
+    def request(self, request: Request, tx) -> None:
+        method = request.method
+        call = self._call_for(request)
+        if method == "OPTIONS":
+            tx.respond(make_response(request, 200, to_tag=new_tag(), extra=[
+                ("Allow", ALLOW), ("Accept", "application/sdp"),
+                ("User-Agent", self.config.sip_user_agent)]))
+            return
+        if method == "CANCEL":
+            # We never have an unanswered INVITE from a peer for long: nothing to cancel.
+            tx.respond(make_response(request, 481))
+            return
+        if call is None or call.dialog is None or not call.dialog.matches(request):
+            if method == "INVITE" and not request.to.tag:
+                tx.respond(make_response(request, 603, "Incoming calls are not accepted",
+                                         to_tag=new_tag()))
+            else:
+                tx.respond(make_response(request, 481))
+            return
+        if not call.dialog.accept_remote_seq(request):
+            tx.respond(make_response(request, 500, "CSeq out of order"))
+            return
+        if method == "BYE":
+            tx.respond(make_response(request, 200))
+            call.set_status(CallStatus.FINISH, NORMAL_CLEARING)
+        elif method == "INVITE":
+            self._reinvite(call, request, tx)
+        elif method == "INFO":
+            tx.respond(make_response(request, 200))
+        else:
+            tx.respond(make_response(request, 501, extra=[("Allow", ALLOW)]))
+
+    def _reinvite(self, call: Call, request: Request, tx) -> None:
+        """A re-INVITE from the peer (§14.2): answer its offer, reflect hold."""
+        if call._pending_2xx is not None:
+            tx.respond(make_response(request, 491))
+            return
+        call.dialog.update_target(request)
+        body = b""
+        if request.body:
+            try:
+                offer = sdplib.SessionDescription.parse(request.body)
+                self._session_version += 1
+                ours = call.offer
+                answer, media = sdplib.make_answer(
+                    offer, address=ours.media_address(ours.media[0]),
+                    audio_port=self._our_port(call, "audio"),
+                    video_port=self._our_port(call, "video"),
+                    session_id=ours.origin.sess_id, version=self._session_version)
+            except sdplib.SDPError as exc:
+                tx.respond(make_response(request, 488, extra=[("Warning", f'399 sipgw "{exc}"')]))
+                return
+            body = bytes(answer)
+            call.remote_media = media
+            call.remote_sdp = request.body
+            call.set_status(CallStatus.HOLD if sdplib.is_hold(offer) else CallStatus.ESTABLISHED)
+        elif call.offer is not None:
+            body = bytes(call.offer)
+        response = make_response(request, 200, extra=[
+            ("Contact", self.contact(call.request.sip_login, call.dest)), ("Allow", ALLOW)]
+            + ([("Content-Type", "application/sdp")] if body else []), body=body)
+        tx.respond(response)
+        # §13.3.1.4: the UAS core retransmits 2xx until the ACK arrives.
+        call._pending_2xx = (response, tx.source, T1, T1)
+        call.later(T1, self._retransmit_2xx, call, response)
+
+    def _our_port(self, call: Call, kind: str) -> int | None:
+        if call.offer is None:
+            return None
+        for m in call.offer.media:
+            if m.kind == kind:
+                return m.port
+        return None
+
+    def _retransmit_2xx(self, call: Call, response: Response) -> None:
+        pending = call._pending_2xx
+        if pending is None or pending[0] is not response or call.status.ended:
+            return
+        _, source, interval, elapsed = pending
+        if elapsed >= 64 * T1:
+            call._pending_2xx = None
+            call.send_bye("No ACK for 200 OK")  # §13.3.1.4
+            return
+        self.transport.send_response(response, source)
+        interval = min(interval * 2, T2)
+        call._pending_2xx = (response, source, interval, elapsed + interval)
+        call.later(interval, self._retransmit_2xx, call, response)
+
+    def ack(self, request: Request, source) -> None:
+        call = self._call_for(request)
+        if call is not None and call._pending_2xx is not None:
+            call._pending_2xx = None
+
+    def stray_response(self, response: Response, source) -> None:
+        """2xx retransmissions of an INVITE arrive here (§13.2.2.4): ACK again."""
+        call = self._call_for(response)
+        if call is not None and response.cseq.method == "INVITE" and 200 <= response.status < 300:
+            call.on_2xx(response)
+
+    def ack_and_bye_fork(self, call: Call, response: Response) -> None:
+        fork = Dialog.from_uac(call.invite, response)
+        dest = call.dest
+        ack = fork.create_request("ACK", via=self.via(dest), cseq=call.invite.cseq.seq)
+        self.transport.send(ack, dest.transport, dest.host, dest.port)
+        bye = fork.create_request("BYE", via=self.via(dest))
+        self.transactions.send_request(bye, dest.transport, dest.host, dest.port, lambda r: None)

@@ -1,0 +1,51 @@
+"""``twistd sipgw``: command-line options and the service they make."""
+from __future__ import annotations
+
+import sys
+
+from twisted.python import usage
+
+from . import config as configlib
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH] [--set key=value ...]"
+    longdesc = ("Run the sipgw daemon. Settings come from the properties file "
+                "(default: the shipped etc/sipgw.properties) and --set overrides. "
+                "Needs --reactor=asyncio (twistd -n --reactor=asyncio sipgw).")
+    optParameters = [["config", "c", None, "Path to the sipgw.properties file."]]
+
+    def __init__(self):
+        super().__init__()
+        self["overrides"] = {}
+
+    def opt_set(self, value: str) -> None:
+        """Override one setting, e.g. --set rest_port=9081 (repeatable)."""
+        key, sep, raw = value.partition("=")
+        if not sep or not key.strip():
+            raise usage.UsageError(f"--set expects key=value, got {value!r}")
+        self["overrides"][key.strip()] = raw.strip()
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = configlib.load(self["config"], self["overrides"])
+        except configlib.ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+
+def _require_asyncio_reactor():
+    """aiortc runs on asyncio: the Twisted reactor must be the asyncio one."""
+    reactor_module = sys.modules.get("twisted.internet.reactor")
+    from twisted.internet import asyncioreactor
+    if reactor_module is None or not isinstance(reactor_module, asyncioreactor.AsyncioSelectorReactor):
+        name = type(reactor_module).__name__ if reactor_module is not None else "none installed"
+        raise usage.UsageError(
+            f"sipgw needs the asyncio reactor (found {name}): pass --reactor=asyncio, "
+            "e.g. twistd -n --reactor=asyncio sipgw")
+    return reactor_module
+
+
+def makeService(options):
+    reactor = _require_asyncio_reactor()
+    from .service import make_service
+    return make_service(options["settings"], reactor)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install the Debian packages that sipgw's interop tests start as real peers.
+# Idempotent: does nothing (and needs no network) when everything is present.
+# Python packages are not installed here: they come from setup.py extras.
+set -euo pipefail
+
+PACKAGES=(
+    sip-tester        # sipp: UAS/UAC scenarios and load
+    kamailio          # registrar + proxy with digest auth
+    baresip-core      # softphone callee (auto-answer)
+    baresip-ffmpeg    # baresip avformat (video file source) and avcodec (H264)
+    ffmpeg            # makes the test video; ffprobe checks media
+    iproute2          # ss, ip: socket checks and network namespaces
+    procps            # ps, for checking that no peer is left behind
+    coreutils         # stdbuf (line-buffered baresip log)
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    # "install ok installed" only once the package is fully configured
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-test-deps: all ${#PACKAGES[@]} packages present"
+    exit 0
+fi
+
+echo "install-test-deps: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+$SUDO env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
