@@ -39,6 +39,8 @@ ALLOW_METHODS = b"POST, OPTIONS"
 ALLOW_HEADERS = b"Content-Type"
 _MAX_LOGGED_PATH = 200
 
+_log = Logger(namespace="sipgw.rest")
+
 Handler = Callable[[server.Request, dict], Any]
 
 
@@ -88,7 +90,6 @@ class RestResource(resource.Resource):
     """Serves the routes of ``apis`` below the point where it is mounted (``/rest-api/``)."""
 
     isLeaf = True
-    _log = Logger(namespace="sipgw.rest")
 
     def __init__(
         self,
@@ -116,7 +117,9 @@ class RestResource(resource.Resource):
         if method == "OPTIONS":
             # CORS preflight (the pages POST application/json, which is not "simple").
             # Answered for any path so that the real POST gets a readable 404.
-            return self._respond(request, method, path, 204, None)
+            self._respond(request, method, path, 204, None)
+            request.finish()  # a returned b"" would add Content-Length, not allowed on a 204
+            return server.NOT_DONE_YET
         handler = self._routes.get(path)
         if handler is None:
             return self._fail(request, method, path, Failure(_unknown_method(path)))
@@ -155,7 +158,7 @@ class RestResource(resource.Resource):
 
         def write(payload: bytes) -> None:
             if gone:
-                self._log.info(
+                _log.info(
                     "{method} /rest-api{path}: client went away before the answer",
                     method=method,
                     path=_loggable(path),
@@ -169,7 +172,7 @@ class RestResource(resource.Resource):
             lambda failure: self._fail(request, method, path, failure),
         )
         d.addCallback(write)
-        d.addErrback(lambda f: self._log.failure("writing a REST answer failed", failure=f))
+        d.addErrback(lambda f: _log.failure("writing a REST answer failed", failure=f))
 
     def _succeed(self, request: server.Request, method: str, path: str, result: Any) -> bytes:
         if result is None:
@@ -190,7 +193,7 @@ class RestResource(resource.Resource):
         code, body = error_response(failure.value)
         if code >= 500:
             # The traceback goes to the log only; the client gets a generic message.
-            self._log.failure(
+            _log.failure(
                 "{method} /rest-api{path} failed",
                 failure=failure,
                 method=method,
@@ -218,7 +221,7 @@ class RestResource(resource.Resource):
             request.setHeader(b"Content-Type", b"application/json")
         if code != 204:
             request.setHeader(b"Content-Length", b"%d" % len(payload or b""))
-        self._log.info(
+        _log.info(
             "{method} /rest-api{path} -> {code}",
             method=method,
             path=_loggable(path),

@@ -23,6 +23,7 @@ from .headers import Address, HeaderError, URI
 from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
 from .transport import TransportLayer, is_ip
+from ..rtp.ports import PortPool, PortsExhausted
 
 log = Logger(namespace="sipgw.sip.ua")
 
@@ -192,7 +193,7 @@ class Call:
         self.remote_sdp: bytes = b""
         self.media: dict = {}
         self.remote_media: dict = {}
-        self.media_port: int | None = None
+        self.media_ports: list[int] = []
         self.registration: Registration | None = None
         self.cancel_requested = False
         self.ended_at: float | None = None
@@ -393,7 +394,8 @@ class UserAgent:
     def __init__(self, reactor, config, ports=None):
         self.reactor = reactor
         self.config = config
-        self.ports = ports
+        self.ports = ports or PortPool(config.media_port_from, config.media_port_to,
+                                       config.sip_bind_address)
         self.transactions = TransactionLayer(reactor, tu=self)
         self.transport = TransportLayer(reactor, self.transactions,
                                         bind_address=config.sip_bind_address,
@@ -513,27 +515,21 @@ class UserAgent:
         call.set_status(CallStatus.FAILED, reason)
 
     def _prepare_offer(self, call: Call) -> None:
+        """Take an RTP/RTCP port pair per media kind and build the SDP offer."""
         r = call.request
+        kinds = [k for k, wanted in (("audio", r.has_audio), ("video", r.has_video)) if wanted]
+        ports = {}
+        try:
+            for kind in kinds or ["audio"]:
+                ports[kind] = self.ports.allocate()
+                call.media_ports.append(ports[kind])
+        except PortsExhausted as exc:
+            call.set_status(CallStatus.FAILED, str(exc))
+            return
         address = self.config.media_address or self.transport.sent_by(call.dest.host)
-        audio_port = video_port = None
-        if self.ports is not None:
-            try:
-                call.media_port = self.ports.allocate()
-            except RuntimeError as exc:
-                call.set_status(CallStatus.FAILED, str(exc))
-                return
-            # One pair for audio, the video pair follows it (issue: one pair per m-line).
-            audio_port = call.media_port
-        else:
-            audio_port = 0
-        if r.has_video:
-            video_port = (audio_port + 2) if audio_port else 0
-        if not r.has_audio:
-            video_port, audio_port = audio_port, None
-        if not r.has_audio and not r.has_video:
-            audio_port = call.media_port or 0
         self._session_version += 1
-        call.offer = sdplib.make_offer(address, audio_port=audio_port, video_port=video_port,
+        call.offer = sdplib.make_offer(address, audio_port=ports.get("audio"),
+                                       video_port=ports.get("video"),
                                        session_id=self._session_version)
 
     def _ring_timeout(self, call: Call) -> None:
@@ -573,9 +569,9 @@ class UserAgent:
     def call_ended(self, call: Call) -> None:
         call.ended_at = self.reactor.seconds()
         call.cancel_timers()
-        if call.media_port is not None and self.ports is not None:
-            self.ports.release(call.media_port)
-            call.media_port = None
+        for port in call.media_ports:
+            self.ports.release(port)
+        call.media_ports = []
         if call.registration is not None:
             call.registration.release()
             call.registration = None

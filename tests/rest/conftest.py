@@ -32,7 +32,8 @@ class HttpResponse:
 class HttpExchange:
     """One request on its own connection; ``response`` parses what the server wrote so far."""
 
-    def __init__(self, site: Site, raw_request: bytes) -> None:
+    def __init__(self, site: Site, raw_request: bytes, head: bool = False) -> None:
+        self.head = head
         self.transport = StringTransport(peerAddress=CLIENT)
         self.protocol = site.buildProtocol(CLIENT)
         self.protocol.makeConnection(self.transport)
@@ -40,11 +41,11 @@ class HttpExchange:
 
     @property
     def done(self) -> bool:
-        return _parse(self.transport.value()) is not None
+        return _parse(self.transport.value(), self.head) is not None
 
     @property
     def response(self) -> HttpResponse:
-        parsed = _parse(self.transport.value())
+        parsed = _parse(self.transport.value(), self.head)
         assert parsed is not None, f"incomplete response: {self.transport.value()!r}"
         return parsed
 
@@ -80,7 +81,7 @@ class RestClient:
             lines.append(f"Content-Length: {len(body)}")
             payload = body
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        return HttpExchange(self.site, head + payload)
+        return HttpExchange(self.site, head + payload, head=method == "HEAD")
 
     def post(self, path: str, body: Any = None, raw: bytes | None = None, **kw: Any) -> HttpResponse:
         """POST ``body`` as JSON (or ``raw`` bytes as they are) and return the finished response."""
@@ -90,7 +91,7 @@ class RestClient:
         return self.send("POST", path, raw, headers=headers, **kw).response
 
 
-def _parse(data: bytes) -> HttpResponse | None:
+def _parse(data: bytes, head: bool = False) -> HttpResponse | None:
     head, sep, rest = data.partition(b"\r\n\r\n")
     if not sep:
         return None
@@ -101,7 +102,7 @@ def _parse(data: bytes) -> HttpResponse | None:
         name, _, value = line.partition(":")
         assert name.lower() not in headers, f"duplicate header {name}"
         headers[name.lower()] = value.strip()
-    if code == 204:
+    if code == 204 or head:
         return HttpResponse(code, headers, rest)
     if headers.get("transfer-encoding") == "chunked":
         body = _dechunk(rest)

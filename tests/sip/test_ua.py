@@ -1,0 +1,368 @@
+"""Whole call flows of the user agent (RFC 3261 §13-15, §22) under one task.Clock."""
+import pytest
+from twisted.logger import globalLogPublisher
+
+from conftest import PEER
+from sipgw.calls import CallRequest, Conflict, NotFound
+from sipgw.sip.message import Request, make_response
+from sipgw.sip.headers import URI
+from sipgw.sip.sdp import SessionDescription, make_offer
+from sipgw.sip.transaction import T1, new_branch
+
+ANSWER = bytes(make_offer("127.0.0.1", audio_port=6000, video_port=6002, session_id=9))
+
+
+def _call(**fields):
+    values = dict(call_id="call1", callee="bob", sip_login="alice", sip_domain="127.0.0.1",
+                  sip_password="s3cret-pw", sip_port=5060)
+    values.update(fields)
+    return CallRequest(**values)
+
+
+def _reply(invite, status, *, tag="b1", body=b"", extra=()):
+    headers = [("Contact", "<sip:bob@127.0.0.1:5060>")] + list(extra)
+    if body:
+        headers.append(("Content-Type", "application/sdp"))
+    return make_response(invite, status, to_tag=tag if status > 100 else None, body=body,
+                         extra=headers)
+
+
+def _status(ua, call_id="call1"):
+    return ua.find(call_id)[0]["status"]
+
+
+def _established(ua, sender, **fields):
+    ua.startup(_call(**fields))
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER, extra=[
+        ("Record-Route", "<sip:127.0.0.1:5060;lr>")]), PEER)
+    return invite
+
+
+def test_invite_goes_to_domain_and_port_with_an_sdp_offer(make_ua, sender):
+    """/call/startup sends INVITE sip:callee@domain:port carrying our SDP offer."""
+    ua = make_ua()
+    ua.startup(_call(sip_port=5099))
+    (msg, transport, host, port), = sender.sent
+    assert (msg.method, str(msg.uri), transport, host, port) == (
+        "INVITE", "sip:bob@127.0.0.1:5099", "UDP", "127.0.0.1", 5099)
+    offer = SessionDescription.parse(msg.body)
+    assert [m.kind for m in offer.media] == ["audio", "video"]
+    assert msg.from_.tag and msg.to.tag is None and msg.contacts
+    assert _status(ua) == "PENDING"
+
+
+def test_outbound_proxy_gets_the_invite_and_tcp_param_is_honoured(make_ua, sender):
+    """sipOutboundProxy with ;transport=tcp sends the INVITE there over TCP."""
+    ua = make_ua()
+    ua.startup(_call(sip_outbound_proxy="127.0.0.2:5080;transport=tcp", sip_domain="example.org"))
+    (msg, transport, host, port), = sender.sent
+    assert (str(msg.uri), transport, host, port) == ("sip:bob@example.org", "TCP", "127.0.0.2", 5080)
+    assert msg.top_via.transport == "TCP"
+
+
+def test_statuses_follow_100_180_200_and_2xx_is_acked(make_ua, sender):
+    """100, 180, 200 move the call TRYING, RING, ESTABLISHED; the ACK follows the route set."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 100), PEER)
+    assert _status(ua) == "TRYING"
+    ua.transactions.receive(_reply(invite, 180), PEER)
+    assert _status(ua) == "RING"
+    ok = _reply(invite, 200, body=ANSWER, extra=[("Record-Route", "<sip:127.0.0.9:5060;lr>")])
+    ua.transactions.receive(ok, PEER)
+    call = ua.find("call1")[0]
+    assert call["status"] == "ESTABLISHED" and call["sipStatus"] == 200
+    assert call["history"] == ["NEW", "PENDING", "TRYING", "RING", "ESTABLISHED"]
+    (ack, transport, host, port), = [s for s in sender.sent if getattr(s[0], "method", "") == "ACK"]
+    assert (host, port) == ("127.0.0.9", 5060)
+    assert ack.to.tag == "b1" and ack.cseq.seq == invite.cseq.seq and ack.routes
+    ua.transactions.receive(ok, PEER)  # a retransmitted 2xx is ACKed again
+    assert len(sender.requests("ACK")) == 2 and _status(ua) == "ESTABLISHED"
+
+
+def test_183_with_sdp_is_ring_media_and_without_is_session_progress(make_ua, sender):
+    """Early media (183 + SDP) is RING_MEDIA; a bare 183 is SESSION_PROGRESS."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 183), PEER)
+    assert _status(ua) == "SESSION_PROGRESS"
+    ua.transactions.receive(_reply(invite, 183, body=ANSWER), PEER)
+    assert _status(ua) == "RING_MEDIA"
+
+
+@pytest.mark.parametrize("status,expected", [(486, "BUSY"), (600, "BUSY"), (404, "FAILED"),
+                                             (503, "FAILED")])
+def test_final_failures_map_to_wcs_statuses(make_ua, sender, status, expected):
+    """486/600 end the call BUSY, other failures FAILED with the SIP reason."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, status), PEER)
+    call = ua.find("call1")[0]
+    assert call["status"] == expected and call["info"].startswith(str(status))
+
+
+def test_proxy_challenge_is_answered_once(make_ua, sender):
+    """A 407 gets one new INVITE with Proxy-Authorization, a higher CSeq and a new branch."""
+    ua = make_ua()
+    ua.startup(_call(sip_auth_name="alice-auth"))
+    first = sender.requests("INVITE")[0]
+    challenge = 'Digest realm="test", nonce="abc123", qop="auth", algorithm=MD5'
+    ua.transactions.receive(_reply(first, 407, extra=[("Proxy-Authenticate", challenge)]), PEER)
+    second = sender.requests("INVITE")[1]
+    assert second.cseq.seq == first.cseq.seq + 1 and second.call_id == first.call_id
+    assert second.top_via.branch != first.top_via.branch
+    assert second.from_.tag == first.from_.tag
+    auth = second.get("Proxy-Authorization")
+    assert 'username="alice-auth"' in auth and 'realm="test"' in auth and "nc=00000001" in auth
+    assert sender.requests("ACK")[0].cseq.method == "ACK"  # the 407 was ACKed
+    # the same challenge again means the password is wrong: no loop
+    ua.transactions.receive(_reply(second, 407, extra=[("Proxy-Authenticate", challenge)]), PEER)
+    assert len(sender.requests("INVITE")) == 2
+    assert ua.find("call1")[0]["status"] == "FAILED"
+
+
+def test_stale_nonce_is_retried(make_ua, sender):
+    """stale=true on a new challenge is answered again with the new nonce (RFC 7616 §3.3)."""
+    ua = make_ua()
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(first, 401, extra=[
+        ("WWW-Authenticate", 'Digest realm="r", nonce="n1"')]), PEER)
+    second = sender.requests("INVITE")[1]
+    ua.transactions.receive(_reply(second, 401, extra=[
+        ("WWW-Authenticate", 'Digest realm="r", nonce="n2", stale=true')]), PEER)
+    third = sender.requests("INVITE")[2]
+    assert 'nonce="n2"' in third.get("Authorization")
+
+
+def test_no_answer_fails_by_request_timeout(make_ua, sender, clock):
+    """A peer that never answers ends the call FAILED 'Failed by request timeout' (Timer B)."""
+    ua = make_ua()
+    ua.startup(_call())
+    clock.advance(64 * T1 + 0.1)
+    call = ua.find("call1")[0]
+    assert (call["status"], call["info"]) == ("FAILED", "Failed by request timeout")
+
+
+def test_terminate_while_ringing_sends_cancel_then_finish_on_487(make_ua, sender):
+    """/call/terminate before the answer CANCELs the INVITE; its 487 gives FINISH."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 180), PEER)
+    ua.terminate("call1")
+    cancel, = sender.requests("CANCEL")
+    assert cancel.top_via.branch == invite.top_via.branch and cancel.cseq.seq == invite.cseq.seq
+    assert str(cancel.uri) == str(invite.uri) and cancel.to.tag is None
+    ua.transactions.receive(make_response(cancel, 200), PEER)
+    ua.transactions.receive(_reply(invite, 487), PEER)
+    call = ua.find("call1")[0]
+    assert (call["status"], call["info"]) == ("FINISH", "Stopped by rest /terminate")
+
+
+def test_terminate_before_any_provisional_waits_for_one(make_ua, sender):
+    """§9.1: CANCEL is held until a provisional response arrives."""
+    ua = make_ua()
+    ua.startup(_call())
+    ua.terminate("call1")
+    assert sender.requests("CANCEL") == []
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 100), PEER)
+    assert len(sender.requests("CANCEL")) == 1
+
+
+def test_answer_racing_a_cancel_is_acked_and_hung_up(make_ua, sender):
+    """A 200 that crosses our CANCEL is ACKed and then ended with BYE."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 180), PEER)
+    ua.terminate("call1")
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER), PEER)
+    assert len(sender.requests("ACK")) == 1
+    bye, = sender.requests("BYE")
+    ua.transactions.receive(make_response(bye, 200), PEER)
+    assert _status(ua) == "FINISH"
+
+
+def test_terminate_established_sends_bye(make_ua, sender):
+    """/call/terminate after the answer sends BYE in the dialog; its 200 gives FINISH."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    ua.terminate("call1")
+    bye, = sender.requests("BYE")
+    assert bye.call_id == invite.call_id and bye.to.tag == "b1"
+    assert bye.cseq.seq == invite.cseq.seq + 1 and bye.routes
+    assert _status(ua) == "ESTABLISHED"
+    ua.transactions.receive(make_response(bye, 200), PEER)
+    assert _status(ua) == "FINISH"
+
+
+def _in_dialog(invite, method, cseq, body=b"", extra=()):
+    return Request(method, URI.parse("sip:alice@127.0.0.1:5070"), [
+        ("Via", f"SIP/2.0/UDP 127.0.0.1:5060;branch={new_branch()}"),
+        ("From", f"<sip:bob@127.0.0.1>;tag=b1"), ("To", f"{invite.get('From')}"),
+        ("Call-ID", invite.call_id), ("CSeq", f"{cseq} {method}"), ("Max-Forwards", "70"),
+        ("Contact", "<sip:bob@127.0.0.1:5060>")] + list(extra), body)
+
+
+def test_bye_from_callee_finishes_with_normal_clearing(make_ua, sender):
+    """A BYE from the peer gets 200 and the call is FINISH 'Normal call clearing'."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    ua.transactions.receive(_in_dialog(invite, "BYE", 1), PEER)
+    assert [r.status for r in sender.responses()] == [200]
+    call = ua.find("call1")[0]
+    assert (call["status"], call["info"]) == ("FINISH", "Normal call clearing")
+
+
+def test_bye_for_unknown_dialog_gets_481(make_ua, sender):
+    """A BYE matching no dialog is answered 481 (§12.2.2)."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    bye = _in_dialog(invite, "BYE", 1)
+    bye.set("Call-ID", "other@x")
+    ua.transactions.receive(bye, PEER)
+    assert [r.status for r in sender.responses()] == [481]
+
+
+def test_reinvite_hold_and_unhold_are_answered_and_reflected(make_ua, sender, clock):
+    """A sendonly re-INVITE is answered recvonly and shows HOLD; sendrecv brings ESTABLISHED."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    hold = make_offer("127.0.0.5", audio_port=7000, video_port=None, session_id=9, version=2)
+    hold.media[0].attributes = [a for a in hold.media[0].attributes if a[0] != "sendrecv"] + [
+        ("sendonly", None)]
+    ua.transactions.receive(_in_dialog(invite, "INVITE", 2, bytes(hold), [
+        ("Content-Type", "application/sdp")]), PEER)
+    ok = sender.responses(200)[-1]
+    answer = SessionDescription.parse(ok.body)
+    assert answer.media[0].direction() == "recvonly"
+    assert _status(ua) == "HOLD"
+    call = ua.calls["call1"]
+    assert call.remote_media["audio"].address == "127.0.0.5"
+    clock.advance(T1 + 0.01)
+    assert len(sender.responses(200)) == 2  # 2xx retransmitted until the ACK
+    ack = _in_dialog(invite, "ACK", 2)
+    ua.transactions.receive(ack, PEER)
+    clock.advance(10)
+    assert len(sender.responses(200)) == 2
+    unhold = make_offer("127.0.0.5", audio_port=7000, video_port=None, session_id=9, version=3)
+    ua.transactions.receive(_in_dialog(invite, "INVITE", 3, bytes(unhold), [
+        ("Content-Type", "application/sdp")]), PEER)
+    assert _status(ua) == "ESTABLISHED"
+
+
+def test_options_and_info_are_answered(make_ua, sender):
+    """OPTIONS gets 200 with Allow; an in-dialog INFO gets 200."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    options = _in_dialog(invite, "OPTIONS", 5)
+    options.set("Call-ID", "probe@x")
+    ua.transactions.receive(options, PEER)
+    ua.transactions.receive(_in_dialog(invite, "INFO", 6), PEER)
+    assert [r.status for r in sender.responses()] == [200, 200]
+    assert "INVITE" in sender.responses()[0].get("Allow")
+
+
+def test_send_dtmf_info_uses_dtmf_relay(make_ua, sender):
+    """/call/send_dtmf type INFO sends one application/dtmf-relay INFO per digit."""
+    ua = make_ua()
+    _established(ua, sender)
+    ua.send_dtmf("call1", "12#", "INFO")
+    infos = sender.requests("INFO")
+    assert [i.body.split(b"\r\n")[0] for i in infos] == [b"Signal=1", b"Signal=2", b"Signal=#"]
+    assert infos[0].get("Content-Type") == "application/dtmf-relay"
+
+
+def test_unknown_call_ids_raise_not_found(make_ua):
+    """terminate and send_dtmf of an unknown callId raise NotFound (REST 404)."""
+    ua = make_ua()
+    with pytest.raises(NotFound):
+        ua.terminate("nope")
+    with pytest.raises(NotFound):
+        ua.send_dtmf("nope", "1", "INFO")
+    assert ua.find("nope") == []
+
+
+def test_duplicate_call_id_and_stream_name_conflict(make_ua, sender):
+    """A live callId or stream name cannot be used twice (REST 409)."""
+    ua = make_ua()
+    ua.startup(_call(to_stream="s1"))
+    with pytest.raises(Conflict):
+        ua.startup(_call(to_stream="s2"))
+    with pytest.raises(Conflict, match="Stream name"):
+        ua.startup(_call(call_id="call2", to_stream="s1"))
+
+
+def test_ended_call_stays_findable_for_the_retention_time(make_ua, sender, clock):
+    """A finished call is listed until call_retention seconds have passed."""
+    ua = make_ua(call_retention=30)
+    ua.startup(_call())
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 486), PEER)
+    clock.advance(29)
+    assert _status(ua) == "BUSY"
+    clock.advance(2)
+    assert ua.find("call1") == []
+
+
+def test_register_first_then_invite_then_unregister(make_ua, sender):
+    """sipRegisterRequired registers (answering 401), calls, and unregisters after the call."""
+    ua = make_ua()
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    assert sender.requests("INVITE") == []
+    ua.transactions.receive(make_response(reg, 401, to_tag="r", extra=[
+        ("WWW-Authenticate", 'Digest realm="r", nonce="n1", qop="auth"')]), PEER)
+    reg2 = sender.requests("REGISTER")[1]
+    assert "Authorization" in dict(reg2.headers)
+    ua.transactions.receive(make_response(reg2, 200, to_tag="r", extra=[("Expires", "600")]), PEER)
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 486), PEER)
+    unreg = sender.requests("REGISTER")[2]
+    assert unreg.get("Expires") == "0"
+
+
+def test_register_refused_fails_the_call(make_ua, sender):
+    """A 403 to REGISTER ends the call FAILED naming the registration failure."""
+    ua = make_ua()
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 403, to_tag="r"), PEER)
+    call = ua.find("call1")[0]
+    assert call["status"] == "FAILED" and "403" in call["info"]
+    assert sender.requests("INVITE") == []
+
+
+def test_register_is_refreshed_before_expiry(make_ua, sender, clock):
+    """A registration granted for 600 s is refreshed before it lapses."""
+    ua = make_ua()
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[("Expires", "600")]), PEER)
+    clock.advance(590)
+    assert len(sender.requests("REGISTER")) == 2
+
+
+def test_password_and_digest_response_never_logged(make_ua, sender):
+    """No log event of an authenticated call contains the password or digest response."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        ua = make_ua()
+        ua.startup(_call())
+        first = sender.requests("INVITE")[0]
+        ua.transactions.receive(_reply(first, 401, extra=[
+            ("WWW-Authenticate", 'Digest realm="r", nonce="n1", qop="auth"')]), PEER)
+        ua.transactions.receive(_reply(sender.requests("INVITE")[1], 403), PEER)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    from twisted.logger import formatEvent
+    text = "\n".join(formatEvent(e) + repr(e) for e in events)
+    response = sender.requests("INVITE")[1].get("Authorization").split('response="')[1][:32]
+    assert events and "s3cret-pw" not in text and response not in text
+    assert "s3cret-pw" not in repr(ua.find("call1"))
