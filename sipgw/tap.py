@@ -27,6 +27,7 @@ class Options(usage.Options):
         self["overrides"][key.strip()] = raw.strip()
 
     def postOptions(self) -> None:
+        self["reactor"] = _require_asyncio_reactor()
         try:
             self["settings"] = configlib.load(self["config"], self["overrides"])
         except configlib.ConfigError as exc:
@@ -38,14 +39,13 @@ def _require_asyncio_reactor():
     reactor_module = sys.modules.get("twisted.internet.reactor")
     from twisted.internet import asyncioreactor
     if reactor_module is None or not isinstance(reactor_module, asyncioreactor.AsyncioSelectorReactor):
-        name = type(reactor_module).__name__ if reactor_module is not None else "none installed"
+        found = type(reactor_module).__name__ if reactor_module is not None else "the default"
         raise usage.UsageError(
-            f"sipgw needs the asyncio reactor (found {name}): pass --reactor=asyncio, "
+            f"sipgw needs the asyncio reactor, not {found}: pass --reactor=asyncio, "
             "e.g. twistd -n --reactor=asyncio sipgw")
     return reactor_module
 
 
 def makeService(options):
-    reactor = _require_asyncio_reactor()
     from .service import make_service
-    return make_service(options["settings"], reactor)
+    return make_service(options["settings"], options["reactor"])

@@ -51,7 +51,7 @@ class Challenge:
         """Parse a header value such as 'Digest realm="x", nonce="y", qop="auth"'."""
         if header.lower() not in _HEADERS:
             raise AuthError(f"not a challenge header: {header!r}")
-        scheme, _, rest = value.strip().partition(" ")
+        scheme, _, rest = value.strip().replace("\t", " ").partition(" ")
         if scheme.lower() != "digest":
             raise AuthError(f"not a Digest challenge: {scheme!r}")
         params: dict[str, str] = {}

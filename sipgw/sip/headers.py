@@ -142,7 +142,7 @@ class URI:
     params: dict[str, str | None] = field(default_factory=dict)
     headers: str | None = None
 
-    _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?$")
+    _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?$", re.ASCII)
 
     @classmethod
     def parse(cls, text: str) -> "URI":
@@ -156,8 +156,10 @@ class URI:
         if scheme not in ("sip", "sips"):
             # Other schemes (tel:, http:, urn:) are kept opaque.
             return cls(scheme=scheme, host=rest)
-        rest, _, headers = rest.partition("?")
+        # The last '@' ends the userinfo: '@' may not appear unescaped in uri-parameters
+        # or headers, while '?', ';' and ',' may appear in the user part (§25.1 user-unreserved).
         userinfo, at, hostpart = rest.rpartition("@")
+        hostpart, _, headers = hostpart.partition("?")
         user = password = None
         if at:
             user, _, pw = userinfo.partition(":")
@@ -234,13 +236,19 @@ class Address:
             uritext, close, paramtext = after.partition(">")
             if not close:
                 raise HeaderError(f"missing '>' in {text!r}")
+            if uritext != uritext.strip():  # LAQUOT/RAQUOT allow no LWS inside <> (§25.1)
+                raise HeaderError(f"whitespace inside <> in {text!r}")
             if paramtext.strip() and not paramtext.strip().startswith(";"):
                 raise HeaderError(f"junk after '>' in {text!r}")
             return cls(uri=URI.parse(uritext), display=display, params=parse_params(paramtext))
-        # addr-spec: parameters after the URI belong to the header (RFC 3261 §20.10).
-        if " " in text.strip():
-            raise HeaderError(f"bad address {text!r}")
+        # addr-spec: parameters after the URI belong to the header (RFC 3261 §20.10);
+        # SEMI and EQUAL allow LWS around them, the URI itself has none.
         uritext, _, paramtext = text.partition(";")
+        uritext = uritext.strip()
+        if any(c in uritext for c in " \t"):
+            raise HeaderError(f"bad address {text!r}")
+        if "?" in uritext:  # §20: a URI with ',', ';' or '?' MUST be enclosed in <>
+            raise HeaderError(f"URI with '?' not enclosed in <> in {text!r}")
         return cls(uri=URI.parse(uritext), params=parse_params(paramtext))
 
     def __str__(self) -> str:
@@ -266,7 +274,7 @@ class Via:
     params: dict[str, str | None] = field(default_factory=dict)
 
     _RE = re.compile(r"^SIP\s*/\s*2\.0\s*/\s*([A-Za-z]+)\s+([^\s;:]+|\[[^\]]+\])(?:\s*:\s*(\d+))?\s*(;.*)?$",
-                     re.S)
+                     re.S | re.ASCII)
 
     @classmethod
     def parse(cls, text: str) -> "Via":
@@ -296,7 +304,7 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> "CSeq":
         parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit() or not is_token(parts[1]):
+        if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit()) or not is_token(parts[1]):
             raise HeaderError(f"bad CSeq {text!r}")
         seq = int(parts[0])
         if seq >= 2**31:  # RFC 3261 §8.1.1.5

@@ -13,8 +13,9 @@ from .message import Message, Request, Response
 
 MAX_MESSAGE_SIZE = 65535  # bytes; larger messages are refused (RFC 3261 §18.1.1 UDP limit)
 REQUIRED = ("To", "From", "CSeq", "Call-ID", "Via")  # RFC 3261 §8.1.1
-_REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) SIP/(\d+\.\d+)$")
-_STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3}) (.*)$")
+# re.ASCII: DIGIT is 0-9 only (RFC 5234); a bare \d would also match '٢' and int() would take it.
+_REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) SIP/(\d+\.\d+)$", re.ASCII)
+_STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3}) (.*)$", re.ASCII)
 
 
 class ParseError(ValueError):
@@ -83,13 +84,21 @@ def _parse_head(head: bytes) -> tuple[Message, int | None]:
         message = Request(match.group(1), uri, headers)
         if match.group(3) != "2.0":
             raise ParseError(f"unsupported SIP version {match.group(3)}", _answerable(message), 505)
+        if uri.headers:  # RFC 3261 §19.1.1 table 1: no headers in a Request-URI
+            raise ParseError(f"Request-URI with headers {match.group(2)[:80]!r}",
+                             _answerable(message))
     length_values = message.get_all("Content-Length")
     length = None
     if length_values:
-        if len(set(length_values)) > 1 or not length_values[0].isdigit():
+        if len(set(length_values)) > 1 or not _is_digits(length_values[0]):
             raise ParseError(f"bad Content-Length {length_values!r}", _answerable(message))
         length = int(length_values[0])
     return message, length
+
+
+def _is_digits(text: str) -> bool:
+    """1*DIGIT with ASCII digits only (str.isdigit() also accepts '²', which int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def _answerable(message: Message) -> Request | None:
@@ -126,7 +135,7 @@ def _validate(message: Message) -> None:
             for contact in message.get_all("Contact"):
                 Address.parse(contact)
             max_forwards = message.get("Max-Forwards")
-            if max_forwards is not None and (not max_forwards.isdigit() or int(max_forwards) > 255):
+            if max_forwards is not None and (not _is_digits(max_forwards) or int(max_forwards) > 255):
                 raise ParseError(f"bad Max-Forwards {max_forwards!r}", request)
     except HeaderError as exc:
         raise ParseError(str(exc), request) from None

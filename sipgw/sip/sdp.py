@@ -223,6 +223,7 @@ class SessionDescription:
                 raise SDPError(f"SDP line {number}: not a <type>=<value> line {line!r}")
             kind, value = line[0], line[2:]
             current = sdp.media[-1] if sdp.media else None
+            section = sdp if current is None else current  # where b= and a= lines go
             if not seen_version:
                 # RFC 4566 §5: v=0 comes first.
                 if line != "v=0":
@@ -250,12 +251,12 @@ class SessionDescription:
                 elif current is not None and current.connection is None:
                     current.connection = address
             elif kind == "b":
-                (current or sdp).bandwidths.append(value)
+                section.bandwidths.append(value)
             elif kind == "a":
                 attr_name, sep, attr_value = value.partition(":")
                 if not attr_name:
                     raise SDPError(f"SDP line {number}: bad a= line {line!r}")
-                (current or sdp).attributes.append((attr_name, attr_value if sep else None))
+                section.attributes.append((attr_name, attr_value if sep else None))
             elif kind == "m":
                 sdp.media.append(_parse_media(value, number, line))
                 m_lines.append(number)

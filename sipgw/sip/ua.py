@@ -55,11 +55,15 @@ class _Challenged:
     def headers_for(self, response: Response, method: str, uri: str, body: bytes):
         """Authorization headers for the retry, or None when retrying is pointless."""
         name = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
-        try:
-            challenges = [Challenge.parse(v, name) for v in response.get_all(name)]
-            challenge = pick_challenge(challenges)
-        except (AuthError, ValueError):
+        challenges = []
+        for value in response.get_all(name):
+            try:
+                challenges.append(Challenge.parse(value, name))
+            except AuthError as exc:  # e.g. an algorithm we lack beside one we have
+                log.info("ignoring challenge: {error}", error=str(exc))
+        if not challenges:
             return None
+        challenge = pick_challenge(challenges)
         key = (challenge.realm, challenge.nonce)
         # The same nonce challenged again means the credentials were refused,
         # unless the server says the nonce was merely stale.
@@ -403,7 +407,9 @@ class UserAgent:
                                         advertised_address=config.sip_address,
                                         max_size=config.sip_max_message_size)
         self.transactions.sender = self.transport
-        self.calls: dict[str, Call] = {}
+        self.calls: dict[str, Call] = {}  # by WCS callId
+        self.by_sip_call_id: dict[str, Call] = {}
+        self.streams: dict[str, Call] = {}  # stream name -> the call publishing it
         self.registrations: dict[tuple, Registration] = {}
         self._session_version = int(time.time())
 
@@ -473,12 +479,16 @@ class UserAgent:
         existing = self.calls.get(request.call_id)
         if existing is not None and not existing.status.ended:
             raise Conflict(f"callId {request.call_id} is already in use")
-        for call in self.calls.values():
-            if not call.status.ended and call.request.stream_name == request.stream_name:
-                raise Conflict("Stream name is already in use")
+        holder = self.streams.get(request.stream_name)
+        if holder is not None and not holder.status.ended:
+            raise Conflict("Stream name is already in use")
+        if existing is not None:
+            self._forget(existing)
         call = Call(self, request)
         call._auth = _Challenged(DigestClient(request.auth_name, request.sip_password))
         self.calls[request.call_id] = call
+        self.by_sip_call_id[call.sip_call_id] = call
+        self.streams[request.stream_name] = call
         call.set_status(CallStatus.PENDING)
         defer.ensureDeferred(self._place(call)).addErrback(self._place_failed, call)
 
@@ -580,12 +590,12 @@ class UserAgent:
     def _forget(self, call: Call) -> None:
         if self.calls.get(call.request.call_id) is call:
             del self.calls[call.request.call_id]
+        self.by_sip_call_id.pop(call.sip_call_id, None)
+        if self.streams.get(call.request.stream_name) is call:
+            del self.streams[call.request.stream_name]
 
     def _call_for(self, message) -> Call | None:
-        for call in self.calls.values():
-            if call.sip_call_id == message.call_id:
-                return call
-        return None
+        return self.by_sip_call_id.get(message.call_id)
 
     # -- the transaction user interface ---------------------------------------
     def request(self, request: Request, tx) -> None:

@@ -267,7 +267,8 @@ def test_media_connection_overrides_session_connection():
 
 def test_port_count_and_flag_versus_empty_attribute_round_trip():
     """'5000/2', a flag attribute and an empty-valued attribute survive serialisation."""
-    text = crlf("v=0\no=- 1 1 IN IP4 a\ns=\nc=IN IP4 a\nt=0 0\nm=video 5000/2 RTP/AVP 96\na=flag\na=empty:\n")
+    text = crlf("v=0\no=- 1 1 IN IP4 a\ns=\nc=IN IP4 a\nt=0 0\n"
+                "m=video 5000/2 RTP/AVP 96\na=flag\na=empty:\n")
     s = SessionDescription.parse(text)
     assert s.session_name == ""
     assert (s.media[0].port, s.media[0].port_count) == (5000, 2)
@@ -556,8 +557,9 @@ def test_make_answer_to_baresip_offer():
     assert [c.packetization_mode for c in video.codecs] == [0, 1]
     assert audio.rtcp_port == 20001
     assert agreed["audio"].codec == theirs.media[0].codecs[0]
-    assert (agreed["audio"].address, agreed["audio"].port, agreed["audio"].dtmf_pt) == ("10.0.0.5", 10000, 101)
-    assert (agreed["video"].codec.pt, agreed["video"].recv_pt, agreed["video"].packetization_mode) == (98, 98, 0)
+    audio_agreed, video_agreed = agreed["audio"], agreed["video"]
+    assert (audio_agreed.address, audio_agreed.port, audio_agreed.dtmf_pt) == ("10.0.0.5", 10000, 101)
+    assert (video_agreed.codec.pt, video_agreed.recv_pt, video_agreed.packetization_mode) == (98, 98, 0)
     assert SessionDescription.parse(bytes(answer)) == answer
 
 
@@ -592,7 +594,8 @@ def test_make_answer_mirrors_session_level_direction():
 
 def test_make_answer_rejects_unwanted_kinds_with_port_zero():
     """Kinds we have no port for, or do not support, get port 0 and keep their formats."""
-    offer_sdp = SessionDescription.parse(BARESIP_OFFER + crlf("m=text 11000 RTP/AVP 98\na=rtpmap:98 t140/1000\n"))
+    text_stream = crlf("m=text 11000 RTP/AVP 98\na=rtpmap:98 t140/1000\n")
+    offer_sdp = SessionDescription.parse(BARESIP_OFFER + text_stream)
     answer, agreed = answer_to(offer_sdp, video_port=None)
     assert [(m.kind, m.port, m.formats) for m in answer.media] == [
         ("audio", 20000, ["96", "0", "8", "101"]), ("video", 0, ["98", "99"]), ("text", 0, ["98"])]
@@ -676,7 +679,8 @@ def descriptions(draw) -> SessionDescription:
         connection=TOKEN if connection is None else st.none() | TOKEN,
         attributes=ATTRIBUTES, bandwidths=BANDWIDTHS, port_count=st.none() | st.integers(1, 9)),
         max_size=3))
-    origin = draw(st.builds(Origin, TOKEN, st.integers(0, 2**64), st.integers(0, 2**64), TOKEN, TOKEN, TOKEN))
+    ids = st.integers(0, 2**64)
+    origin = draw(st.builds(Origin, TOKEN, ids, ids, TOKEN, TOKEN, TOKEN))
     return SessionDescription(
         origin=origin, session_name=draw(TEXT), connection=connection,
         times=draw(st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 2**40)), max_size=2)),
@@ -699,8 +703,15 @@ def test_arbitrary_bytes_raise_only_sdp_error(data):
 
 
 FRAGMENTS = [*"0123456789 /:-.abcINP46RTAV", "IN IP4 ", "RTP/AVP ", "rtpmap:", "fmtp:", "sendonly"]
-LINE = st.tuples(st.sampled_from("vosctbamiz"), st.lists(st.sampled_from(FRAGMENTS), max_size=12)
-                 ).map(lambda t: f"{t[0]}={''.join(t[1])}")
+GOOD_LINES = [
+    "m=audio 6000 RTP/AVP 0 8 96 101", "m=video 6002 RTP/AVP 96 97", "m=audio 0 RTP/AVP 0",
+    "a=rtpmap:96 opus/48000/2", "a=rtpmap:96 H264/90000", "a=rtpmap:97 H264/90000",
+    "a=fmtp:96 packetization-mode=1", "a=rtpmap:101 telephone-event/8000", "a=rtcp:7000",
+    "a=sendonly", "a=inactive", "c=IN IP4 0.0.0.0", "t=0 0",
+]
+LINE = st.sampled_from(GOOD_LINES) | st.tuples(
+    st.sampled_from("vosctbamiz"), st.lists(st.sampled_from(FRAGMENTS), max_size=12),
+).map(lambda t: f"{t[0]}={''.join(t[1])}")
 
 
 @given(st.lists(LINE, max_size=12))
@@ -717,5 +728,8 @@ def test_sdp_like_lines_parse_consistently(lines):
     try:
         is_hold(parsed)
         negotiate(parsed, parsed)
+        answer, _ = make_answer(parsed, address="192.0.2.9", audio_port=4000, video_port=4002,
+                                session_id=1, version=1)
+        assert len(answer.media) == len(parsed.media)
     except SDPError:
         pass

@@ -1,0 +1,122 @@
+"""The real sipgw daemon, run as `twistd -n --reactor=asyncio sipgw` in a child process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def _free_port() -> int:
+    """A port number free for both UDP and TCP on 127.0.0.1."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+
+
+class RestError(Exception):
+    def __init__(self, code: int, body: dict | None):
+        super().__init__(f"HTTP {code}: {body}")
+        self.code = code
+        self.body = body
+
+
+class Sipgw:
+    """Starts the daemon with test settings, talks to its REST API, stops it by pid."""
+
+    def __init__(self, workdir: str, **settings):
+        self.workdir = workdir
+        self.rest_port = _free_port()
+        self.sip_port = _free_port()
+        media_from = 40000 + (os.getpid() % 500) * 40
+        self.settings = {"rest_bind_address": "127.0.0.1", "rest_port": self.rest_port,
+                         "sip_bind_address": "127.0.0.1", "sip_local_port": self.sip_port,
+                         "media_port_from": media_from, "media_port_to": media_from + 39,
+                         "call_retention": 30}
+        self.settings.update(settings)
+        self.proc = None
+        self.log_path = os.path.join(workdir, "sipgw.log")
+
+    def start(self, timeout: float = 20) -> "Sipgw":
+        args = [sys.executable, "-m", "twisted", "-n", "--pidfile=", "--logfile", self.log_path,
+                "--reactor=asyncio", "sipgw"]
+        for key, value in self.settings.items():
+            args += ["--set", f"{key}={value}"]
+        self.proc = subprocess.Popen(args, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sipgw exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                self.rest("/call/find_all")
+            except RestError:
+                return self  # 404 (no calls) means REST is up
+            except OSError:
+                time.sleep(0.05)
+                continue
+            return self
+        self.stop()
+        raise RuntimeError(f"sipgw did not start in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    def rest(self, method: str, body: dict | None = None):
+        data = json.dumps(body or {}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.rest_port}/rest-api{method}",
+                                         data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                raw = response.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            raise RestError(exc.code, json.loads(raw) if raw else None) from None
+
+    def call(self, call_id: str) -> dict | None:
+        try:
+            return self.rest("/call/find", {"callId": call_id})[0]
+        except RestError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def wait_status(self, call_id: str, *statuses: str, timeout: float = 20) -> dict:
+        """Poll /call/find (as WCS pages do) until the call reaches one of ``statuses``."""
+        deadline = time.monotonic() + timeout
+        call = None
+        while time.monotonic() < deadline:
+            call = self.call(call_id)
+            if call is not None and call["status"] in statuses:
+                return call
+            time.sleep(0.05)
+        raise AssertionError(f"call {call_id} never reached {statuses}; last: {call}\n"
+                             f"{self.log()[-3000:]}")
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc and self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
