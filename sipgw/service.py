@@ -24,11 +24,17 @@ class _UserAgentService(service.Service):
 
 
 def make_root(config, ua: UserAgent) -> resource.Resource:
-    from .rest.calls import CallApi
-    from .rest.router import RestResource
+    from .rest import CallApi, RestResource
     root = resource.Resource()
-    root.putChild(b"rest-api", RestResource(CallApi(ua), cors_origin=config.rest_cors_origin))
+    root.putChild(b"rest-api", RestResource(CallApi(ua), allow_origin=config.rest_cors_origin))
     return root
+
+
+class _QuietSite(server.Site):
+    """The REST layer logs one line per request itself; no second access log."""
+
+    def log(self, request):
+        pass
 
 
 def make_service(config, reactor) -> service.MultiService:
@@ -37,7 +43,7 @@ def make_service(config, reactor) -> service.MultiService:
                      config.sip_bind_address)
     ua = UserAgent(reactor, config, ports=ports)
     _UserAgentService(ua).setServiceParent(top)
-    site = server.Site(make_root(config, ua))
+    site = _QuietSite(make_root(config, ua))
     rest = internet.TCPServer(config.rest_port, site, interface=config.rest_bind_address,
                               reactor=reactor)
     rest.setName("rest")

@@ -51,6 +51,7 @@ def is_ip(host: str) -> bool:
 
 
 class _UDPProtocol(protocol.DatagramProtocol):
+    noisy = False
     def __init__(self, layer: "TransportLayer"):
         self.layer = layer
 
@@ -106,6 +107,7 @@ class _TCPProtocol(protocol.Protocol):
 
 
 class _TCPFactory(protocol.ClientFactory):
+    noisy = False
     def __init__(self, layer: "TransportLayer"):
         self.layer = layer
 
@@ -159,24 +161,24 @@ class TransportLayer:
         return local_address_for(dest_host)
 
     # -- inbound -----------------------------------------------------------
+    @staticmethod
+    def _stamp_via(request: Request, source: Source) -> None:
+        """RFC 3261 §18.2.1 and RFC 3581 §4: note where the request came from."""
+        vias = request.get_all("Via")
+        via = request.top_via
+        if via.host == source.host and "rport" not in via.params:
+            return
+        via.params["received"] = source.host
+        if "rport" in via.params:
+            via.params["rport"] = str(source.port)
+        request.remove("Via")
+        request.add("Via", str(via))
+        for value in vias[1:]:
+            request.add("Via", value)
+
     def deliver(self, message, source: Source) -> None:
         if isinstance(message, Request):
-            # RFC 3261 §18.2.1 and RFC 3581 §4: note where the request came from.
-            via = message.top_via
-            changed = False
-            if via.host != source.host:
-                via.params["received"] = source.host
-                changed = True
-            if "rport" in via.params:
-                via.params["received"] = source.host
-                via.params["rport"] = str(source.port)
-                changed = True
-            if changed:
-                vias = message.get_all("Via")
-                message.remove("Via")
-                message.add("Via", str(via))
-                for value in vias[1:]:
-                    message.add("Via", value)
+            self._stamp_via(message, source)
         elif len(message.vias) != 1:
             # §18.1.2: a response with more than one Via is not ours; drop it.
             log.info("dropped response with {n} Via headers", n=len(message.vias))
@@ -188,6 +190,7 @@ class TransportLayer:
         log.info("malformed SIP from {host}:{port}: {error}", host=source.host, port=source.port,
                  error=str(error))
         if error.request is not None:
+            self._stamp_via(error.request, source)
             response = make_response(error.request, error.status, extra=[("Warning", (
                 '399 sipgw "' + str(error).replace('"', "'")[:200] + '"'))])
             self.send_response(response, source)
