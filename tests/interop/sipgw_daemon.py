@@ -50,7 +50,7 @@ class Sipgw:
         self.log_path = os.path.join(workdir, "sipgw.log")
 
     def start(self, timeout: float = 20) -> "Sipgw":
-        args = [sys.executable, "-m", "twisted", "-n", "--pidfile=", "--logfile", self.log_path,
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "--logfile", self.log_path,
                 "--reactor=asyncio", "sipgw"]
         for key, value in self.settings.items():
             args += ["--set", f"{key}={value}"]

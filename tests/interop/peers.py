@@ -1,0 +1,931 @@
+"""Real SIP peers for the interop tests: SIPp, Kamailio and baresip.
+
+Each peer is a foreground process that the test starts and stops by pid, in a
+process group of its own, bound to 127.0.0.1 only, with its files in a scratch
+directory.  ``start()`` returns once the peer is ready (its socket is bound, it
+answers OPTIONS, or it logged its registration), waiting on that event rather
+than sleeping a fixed time; ``stop()`` is always safe to call, twice too.
+
+Every process group started here is remembered, so that the test session can
+check at its end that none is left running (``leftover_processes()``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+HOST = "127.0.0.1"
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+INSTALL_HINT = "run tools/install-test-deps.sh (as root) to install the test peers"
+DEFAULT_USERS: Mapping[str, str] = {"alice": "alicepw", "bob": "bobpw"}
+
+# kamailio lives in /usr/sbin, which is not on every PATH
+_EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
+_POLL_S = 0.02
+
+T = TypeVar("T")
+
+
+class PeerError(RuntimeError):
+    """A peer failed to start, exited early or did not get ready in time."""
+
+
+class PeerMissing(PeerError):
+    """A peer's program is not installed."""
+
+
+def require_program(name: str) -> str:
+    """Return the path of ``name`` or raise PeerMissing with the install hint."""
+    path = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_PATH]))
+    if path is None:
+        raise PeerMissing(f"{name!r} is not installed: {INSTALL_HINT}")
+    return path
+
+
+# --------------------------------------------------------------------------
+# ports
+
+_handed_out: set[int] = set()
+
+
+def _can_bind(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(kind: str = "udp", count: int = 1) -> int:
+    """Return a port on 127.0.0.1 that is free for both UDP and TCP.
+
+    ``kind`` ("udp" or "tcp") is the transport the caller needs and is asked
+    from the kernel first; the port is checked free for the other one too.
+    With ``count`` > 1, ports ``p .. p+count-1`` are all free (RTP pairs).
+    A port is never handed out twice in one process, so two peers started
+    before either binds do not collide.
+    """
+    if kind not in ("udp", "tcp"):
+        raise ValueError(f"kind must be 'udp' or 'tcp', not {kind!r}")
+    sock_type = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, sock_type) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        block = range(port, port + count)
+        if port + count > 65535 or any(p in _handed_out for p in block):
+            continue
+        if all(_can_bind(p) for p in block):
+            _handed_out.update(block)
+            return port
+    raise PeerError(f"found no block of {count} free port(s) on {HOST}")
+
+
+def _proc_net_ports(pid: int, proto: str) -> set[int]:
+    """Ports of the IPv4 sockets that ``pid`` holds, bound (UDP) or listening (TCP)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    with open(f"/proc/net/{proto}") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if proto == "tcp" and state != "0A":  # TCP_LISTEN
+                continue
+            if inode in inodes:
+                ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+def wait_for(
+    condition: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    *,
+    process: subprocess.Popen | None = None,
+    log: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``condition`` until it returns something true, and return that.
+
+    Raise PeerError when ``timeout`` seconds pass or ``process`` exits first,
+    with the tail of ``log()`` in the message.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        exited = process is not None and process.poll() is not None
+        if exited or time.monotonic() > deadline:
+            reason = (
+                f"exited with code {process.returncode}" if exited else f"not within {timeout:g} s"
+            )
+            tail = log()[-3000:] if log is not None else ""
+            raise PeerError(f"{what}: {reason}\n--- log tail ---\n{tail}")
+        time.sleep(_POLL_S)
+
+
+# --------------------------------------------------------------------------
+# processes
+
+_started_groups: set[int] = set()
+
+
+def _no_core_dumps() -> None:
+    # baresip dumps a 60 MB core when it crashes
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command may contain spaces and parentheses: fields follow the last ')'
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state != "Z":
+            members.append(int(entry))
+    return members
+
+
+def leftover_processes() -> dict[int, list[str]]:
+    """Processes still alive in any group started here: {pgid: [pid command...]}."""
+    found = {}
+    for pgid in sorted(_started_groups):
+        rows = []
+        for pid in _group_members(pgid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            rows.append(f"{pid} {cmd}")
+        if rows:
+            found[pgid] = rows
+    return found
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every process still alive in a group started here."""
+    for pgid in leftover_processes():
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class _Peer:
+    """One peer program run in the foreground in its own process group."""
+
+    program = ""
+    #: SIGTERMs sent (each followed by ``term_wait`` seconds) before SIGKILL
+    terms = 1
+    term_wait = 3.0
+
+    def __init__(self, tmpdir: str | os.PathLike) -> None:
+        self.tmpdir = Path(tmpdir)
+        self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        """Everything the program printed (stdout and stderr) so far."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def _spawn(self, argv: Sequence[str], log_name: str) -> None:
+        if self.process is not None:
+            raise PeerError(f"{self.program} already started (pid {self.pid})")
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.tmpdir / log_name
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                list(argv),
+                cwd=self.tmpdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: pgid == pid
+                preexec_fn=_no_core_dumps,
+            )
+        _started_groups.add(self.process.pid)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the program to exit by itself; return its exit code."""
+        if self.process is None:
+            raise PeerError(f"{self.program} was never started")
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise PeerError(
+                f"{self.program} (pid {self.pid}) still running after {timeout:g} s\n"
+                f"--- log tail ---\n{self.log()[-3000:]}"
+            ) from None
+
+    def stop(self) -> int | None:
+        """SIGTERM (``terms`` times), then SIGKILL; reap; return the exit code."""
+        if self.process is None:
+            return None
+        proc = self.process
+        for _ in range(self.terms):
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.term_wait)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        # children the leader left behind (kamailio's workers after a SIGKILL)
+        if _group_members(proc.pid):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return proc.returncode
+
+
+# --------------------------------------------------------------------------
+# SIPp
+
+_COMPACT = {
+    "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length",
+    "c": "content-type", "f": "from", "s": "subject", "k": "supported", "t": "to",
+    "v": "via",
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedMessage:
+    """One SIP message that SIPp sent or received, from its -trace_msg file."""
+
+    direction: str  # "sent" or "received" (seen from SIPp)
+    transport: str  # "UDP" or "TCP"
+    first_line: str
+    text: str  # the whole message, lines joined with "\n"
+
+    @property
+    def method(self) -> str | None:
+        """Request method, or None for a response."""
+        if self.first_line.startswith("SIP/2.0 "):
+            return None
+        return self.first_line.split(" ", 1)[0]
+
+    @property
+    def status(self) -> int | None:
+        """Response status code, or None for a request."""
+        if not self.first_line.startswith("SIP/2.0 "):
+            return None
+        return int(self.first_line.split()[1])
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """(name, value) pairs in order, folded lines joined, names as written."""
+        head = self.text.split("\n\n", 1)[0].split("\n")[1:]
+        result: list[tuple[str, str]] = []
+        for line in head:
+            if line[:1] in (" ", "\t") and result:
+                name, value = result[-1]
+                result[-1] = (name, f"{value} {line.strip()}")
+            elif ":" in line:
+                name, value = line.split(":", 1)
+                result.append((name.strip(), value.strip()))
+        return result
+
+    def header_values(self, name: str) -> list[str]:
+        """All values of header ``name`` (any case, compact forms too)."""
+        wanted = _COMPACT.get(name.lower(), name.lower())
+        return [v for n, v in self.headers if _COMPACT.get(n.lower(), n.lower()) == wanted]
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name``, or None."""
+        values = self.header_values(name)
+        return values[0] if values else None
+
+    @property
+    def cseq_method(self) -> str | None:
+        cseq = self.header("CSeq")
+        return cseq.split()[-1] if cseq else None
+
+    @property
+    def body(self) -> str:
+        parts = self.text.split("\n\n", 1)
+        return parts[1] if len(parts) > 1 else ""
+
+
+_TRACE_SEPARATOR = re.compile(r"^-{20,} \d{4}-\d\d-\d\d [\d:.]+$", re.MULTILINE)
+_TRACE_HEADER = re.compile(r"^(UDP|TCP|TLS|SCTP) message (sent|received)\b")
+
+
+def parse_trace(text: str) -> list[TracedMessage]:
+    """Parse a SIPp -trace_msg file into messages, in file order."""
+    messages = []
+    for block in _TRACE_SEPARATOR.split(text.replace("\r\n", "\n")):
+        lines = block.strip("\n").split("\n")
+        match = _TRACE_HEADER.match(lines[0]) if lines else None
+        if match is None:
+            continue  # other notes SIPp writes in this file
+        message = "\n".join(lines[1:]).strip("\n")
+        if not message:
+            continue
+        first_line = message.split("\n", 1)[0]
+        messages.append(TracedMessage(match.group(2), match.group(1), first_line, message))
+    return messages
+
+
+class Sipp(_Peer):
+    """SIPp running one scenario in the foreground.
+
+    A UAS (``remote`` None) is ready when its SIP socket is bound (UDP) or
+    listening (TCP); a UAC when its control socket is bound.  Logs go to
+    ``tmpdir`` under ``sipp-<scenario>-<port>.*``: ``.out`` (screens),
+    ``.messages.log`` (-trace_msg), ``.errors.log``, ``.logs.log`` (<log>).
+
+    ``scenario`` is a file name in tests/interop/scenarios or a path.
+    ``calls`` is -m (exit after that many calls; None runs until stopped).
+    ``variables`` become ``-set NAME VALUE`` (for <Global variables>).
+    ``pause_ms`` is -d: the length of every <pause/> and <timewait/> without
+    milliseconds (the UAS scenarios' final timewait, the UACs' call length).
+    ``timeout_s`` is SIPp's own global timeout: it then exits with an error.
+    """
+
+    program = "sipp"
+    term_wait = 2.0
+
+    def __init__(
+        self,
+        scenario: str,
+        *,
+        port: int,
+        transport: str = "u1",
+        remote: str | None = None,
+        extra_args: Iterable[str] = (),
+        tmpdir: str | os.PathLike,
+        calls: int | None = 1,
+        variables: Mapping[str, str] | None = None,
+        pause_ms: int = 0,
+        timeout_s: float = 60,
+        trace: bool = True,
+    ) -> None:
+        super().__init__(tmpdir)
+        if transport not in ("u1", "t1", "un", "tn"):
+            raise ValueError(f"transport must be u1, t1, un or tn, not {transport!r}")
+        path = Path(scenario)
+        self.scenario = path if path.is_absolute() or path.exists() else SCENARIOS / scenario
+        if not self.scenario.is_file():
+            raise FileNotFoundError(f"no SIPp scenario {self.scenario}")
+        self.port = port
+        self.transport = transport
+        self.remote = remote
+        self.extra_args = list(extra_args)
+        self.calls = calls
+        self.variables = dict(variables or {})
+        self.pause_ms = pause_ms
+        self.timeout_s = timeout_s
+        self.trace = trace
+        self.control_port = free_port("udp")
+        self.media_port = free_port("udp", count=4)  # audio RTP/RTCP, video RTP/RTCP
+        self.name = f"sipp-{self.scenario.stem}-{port}"
+        self.messages_path = self.tmpdir / f"{self.name}.messages.log"
+        self.errors_path = self.tmpdir / f"{self.name}.errors.log"
+        self.actions_path = self.tmpdir / f"{self.name}.logs.log"
+
+    @property
+    def is_uas(self) -> bool:
+        return self.remote is None
+
+    @property
+    def uri_host(self) -> str:
+        """host:port to put in a SIP URI that reaches this SIPp."""
+        return f"{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        argv = [
+            require_program("sipp"),
+            "-sf", str(self.scenario),
+            "-t", self.transport,
+            "-i", HOST, "-p", str(self.port), "-bind_local",
+            "-ci", HOST, "-cp", str(self.control_port),
+            "-mi", HOST, "-mp", str(self.media_port),
+            "-nostdin",
+            "-d", str(self.pause_ms),
+            "-timeout", f"{self.timeout_s:g}s", "-timeout_error",
+            "-trace_err", "-error_file", str(self.errors_path),
+            "-trace_logs", "-log_file", str(self.actions_path),
+        ]  # fmt: skip
+        if self.trace:
+            argv += ["-trace_msg", "-message_file", str(self.messages_path)]
+        if self.transport.startswith("t"):
+            # keep a call when the peer closes its TCP connection (e.g. during
+            # the UAS timewait after the BYE): SIPp would count it failed
+            argv += ["-reconnect_close", "false"]
+        if self.calls is not None:
+            argv += ["-m", str(self.calls)]
+        for name, value in self.variables.items():
+            argv += ["-set", name, str(value)]
+        argv += self.extra_args
+        if self.remote is not None:
+            argv.append(self.remote)
+        return argv
+
+    def start(self, timeout: float = 10) -> Sipp:
+        self._spawn(self.command(), f"{self.name}.out")
+        proto = "udp" if self.transport.startswith("u") else "tcp"
+
+        def ready() -> bool:
+            assert self.pid is not None
+            if self.control_port not in _proc_net_ports(self.pid, "udp"):
+                return False
+            return not self.is_uas or self.port in _proc_net_ports(self.pid, proto)
+
+        wait_for(ready, timeout, f"{self.name} to bind", process=self.process, log=self.log)
+        return self
+
+    def messages(self) -> list[TracedMessage]:
+        """SIP messages SIPp sent and received so far, in order."""
+        if not self.messages_path.exists():
+            return []
+        return parse_trace(self.messages_path.read_text(errors="replace"))
+
+    def received(self, method_or_status: str | int | None = None) -> list[TracedMessage]:
+        """Messages SIPp received, optionally only one method or status code."""
+        return _select(self.messages(), "received", method_or_status)
+
+    def sent(self, method_or_status: str | int | None = None) -> list[TracedMessage]:
+        """Messages SIPp sent, optionally only one method or status code."""
+        return _select(self.messages(), "sent", method_or_status)
+
+    def errors(self) -> str:
+        return self.errors_path.read_text(errors="replace") if self.errors_path.exists() else ""
+
+
+def _select(
+    messages: list[TracedMessage], direction: str, key: str | int | None
+) -> list[TracedMessage]:
+    chosen = [m for m in messages if m.direction == direction]
+    if isinstance(key, int):
+        chosen = [m for m in chosen if m.status == key]
+    elif key is not None:
+        chosen = [m for m in chosen if m.method == key]
+    return chosen
+
+
+# --------------------------------------------------------------------------
+# Kamailio
+
+
+def sip_options(port: int, transport: str = "udp", timeout: float = 0.5) -> str | None:
+    """Send OPTIONS sip:127.0.0.1:port; return the response's first line or None."""
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.settimeout(timeout)
+        try:
+            s.bind((HOST, 0))
+            if kind == socket.SOCK_STREAM:
+                s.connect((HOST, port))
+            local_port = s.getsockname()[1]
+            branch = "z9hG4bK" + uuid.uuid4().hex
+            request = (
+                f"OPTIONS sip:{HOST}:{port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/{transport.upper()} {HOST}:{local_port};branch={branch};rport\r\n"
+                f"From: <sip:probe@{HOST}>;tag={uuid.uuid4().hex[:8]}\r\n"
+                f"To: <sip:{HOST}:{port}>\r\n"
+                f"Call-ID: {uuid.uuid4().hex}@{HOST}\r\n"
+                "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+            if kind == socket.SOCK_DGRAM:
+                s.sendto(request, (HOST, port))
+            else:
+                s.sendall(request)
+            data = s.recv(65536)
+        except OSError:
+            return None
+    first = data.split(b"\r\n", 1)[0].decode(errors="replace")
+    return first if first.startswith("SIP/2.0 ") else None
+
+
+class Kamailio(_Peer):
+    """Kamailio as registrar and authenticating proxy on 127.0.0.1:port (UDP + TCP).
+
+    REGISTER is challenged with 401 (realm = ``domain``) and saved in memory.
+    Initial requests are challenged with 407 unless they come from the source
+    address (ip:port;transport) of a registered binding of their From user;
+    requests for ``domain`` users are looked up in the location table, others
+    relayed by their Request-URI (so it also serves as an outbound proxy).
+    Dialog-forming requests are record-routed; in-dialog requests follow
+    loose routing; CANCEL is relayed statefully; OPTIONS to itself gets 200.
+    """
+
+    program = "kamailio"
+
+    def __init__(
+        self,
+        tmpdir: str | os.PathLike,
+        *,
+        port: int,
+        users: Mapping[str, str] | None = None,
+        domain: str = HOST,
+    ) -> None:
+        super().__init__(Path(tmpdir) / f"kamailio-{port}")
+        self.port = port
+        self.users = dict(DEFAULT_USERS if users is None else users)
+        self.domain = domain
+        self.cfg_path = self.tmpdir / "kamailio.cfg"
+        self.db_dir = self.tmpdir / "db"
+        self.run_dir = self.tmpdir / "run"
+        self.ctl_socket = self.run_dir / "kamailio_ctl"
+
+    @property
+    def uri_host(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def write_config(self) -> None:
+        self.db_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # db_text: every column filled, an empty ha1/ha1b reads as NULL and the
+        # whole table fails to load ("null value not allowed")
+        rows = ["id(int,auto) username(string) domain(string) password(string) "
+                "ha1(string) ha1b(string)"]  # fmt: skip
+        for n, (user, password) in enumerate(sorted(self.users.items()), start=1):
+            ha1 = _md5(f"{user}:{self.domain}:{password}")
+            ha1b = _md5(f"{user}@{self.domain}:{self.domain}:{password}")
+            rows.append(f"{n}:{user}:{self.domain}:{password}:{ha1}:{ha1b}")
+        (self.db_dir / "subscriber").write_text("\n".join(rows) + "\n")
+        (self.db_dir / "version").write_text(
+            "id(int,auto) table_name(string) table_version(int)\n1:subscriber:7\n"
+        )
+        self.cfg_path.write_text(_kamailio_cfg(self))
+
+    def start(self, timeout: float = 10) -> Kamailio:
+        require_program("kamailio")
+        self.write_config()
+        argv = [
+            require_program("kamailio"),
+            "-DD", "-E",  # foreground, log to stderr
+            "-f", str(self.cfg_path),
+            "-Y", str(self.run_dir),
+            "-w", str(self.tmpdir),
+            "-m", "64", "-M", "8",
+            "-a", "no",
+        ]  # fmt: skip
+        self._spawn(argv, "kamailio.log")
+
+        def answers() -> bool:
+            return bool(sip_options(self.port, "udp", 0.2) and sip_options(self.port, "tcp", 0.2))
+
+        wait_for(answers, timeout, "kamailio to answer OPTIONS", process=self.process, log=self.log)
+        return self
+
+    def contacts(self, user: str) -> list[str]:
+        """Contact URIs registered for ``user`` (needs kamcmd)."""
+        result = subprocess.run(
+            [require_program("kamcmd"), "-s", f"unix:{self.ctl_socket}",
+             "ul.lookup", "location", user],
+            capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
+        if result.returncode != 0:
+            return []  # "404 - AOR not found"
+        return re.findall(r"^\s*Address:\s*(\S+)", result.stdout, re.MULTILINE)
+
+    def registered(self, user: str) -> bool:
+        return bool(self.contacts(user))
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def _kamailio_cfg(k: Kamailio) -> str:
+    # A port-less alias of 127.0.0.1 would make every 127.0.0.1:<port> contact
+    # "myself" and loop in-dialog ACKs back here: only a name gets an alias.
+    alias = "" if re.fullmatch(r"[\d.]+", k.domain) else f'alias="{k.domain}"\n'
+    realm = k.domain
+    return f"""#!KAMAILIO
+# generated by tests/interop/peers.py for one test run
+debug=2
+log_stderror=yes
+children=2
+tcp_children=2
+auto_aliases=no
+dns=no
+rev_dns=no
+dns_try_ipv6=no
+dns_try_naptr=no
+dns_srv_lb=no
+use_dns_cache=off
+use_dns_failover=off
+tcp_connection_lifetime=3605
+listen=udp:{HOST}:{k.port}
+listen=tcp:{HOST}:{k.port}
+{alias}server_header="Server: sipgw-test-kamailio"
+user_agent_header="User-Agent: sipgw-test-kamailio"
+
+loadmodule "tm.so"
+loadmodule "tmx.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "sanity.so"
+loadmodule "ctl.so"
+loadmodule "db_text.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+loadmodule "auth_db.so"
+
+modparam("ctl", "binrpc", "unix:{k.ctl_socket}")
+modparam("tm", "fr_timer", 5000)
+modparam("tm", "fr_inv_timer", 30000)
+modparam("rr", "enable_full_lr", 1)
+modparam("rr", "append_fromtag", 1)
+modparam("usrloc", "db_mode", 0)
+modparam("usrloc", "use_domain", 0)
+modparam("registrar", "received_avp", "$avp(RECEIVED)")
+modparam("registrar", "xavp_cfg", "reg")
+modparam("registrar", "max_expires", 3600)
+modparam("auth_db", "db_url", "text://{k.db_dir}")
+modparam("auth_db", "calculate_ha1", 0)
+modparam("auth_db", "password_column", "ha1")
+modparam("auth_db", "use_domain", 0)
+modparam("auth_db", "load_credentials", "")
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }}
+    if (!sanity_check()) {{
+        xlog("L_WARN", "sanity check failed: $rm from $si:$sp\\n");
+        exit;
+    }}
+    xlog("L_INFO", "request $rm $ru from $si:$sp/$pr\\n");
+
+    if (is_method("CANCEL")) {{
+        if (t_check_trans()) {{
+            route(RELAY);
+        }}
+        exit;
+    }}
+
+    # retransmissions of requests already in a transaction
+    if (!is_method("ACK")) {{
+        if (t_precheck_trans()) {{
+            t_check_trans();
+            exit;
+        }}
+        t_check_trans();
+    }}
+
+    if (has_totag()) {{
+        if (loose_route()) {{
+            route(RELAY);
+        }}
+        if (is_method("ACK")) {{
+            # ACK of a non-2xx reply: absorbed by its transaction
+            if (t_check_trans()) {{
+                route(RELAY);
+            }}
+            exit;
+        }}
+        sl_send_reply("404", "Not here");
+        exit;
+    }}
+
+    if (is_method("OPTIONS") && uri == myself && $rU == $null) {{
+        sl_send_reply("200", "Keepalive");
+        exit;
+    }}
+
+    if (is_method("REGISTER")) {{
+        if (!www_authorize("{realm}", "subscriber")) {{
+            www_challenge("{realm}", "0");
+            exit;
+        }}
+        if ($au != $tU) {{
+            sl_send_reply("403", "Forbidden auth ID");
+            exit;
+        }}
+        consume_credentials();
+        $avp(RECEIVED) = "sip:" + $si + ":" + $sp + ";transport=" + $pr;
+        if (!save("location")) {{
+            sl_reply_error();
+        }}
+        xlog("L_INFO", "registered $tU from $si:$sp/$pr\\n");
+        exit;
+    }}
+
+    # initial requests: challenge unless sent from a registered binding
+    $xavp(reg=>match_received) = "sip:" + $si + ":" + $sp + ";transport=" + $pr;
+    if (!registered("location", "$fu", 2)) {{
+        if (!proxy_authorize("{realm}", "subscriber")) {{
+            proxy_challenge("{realm}", "0");
+            exit;
+        }}
+        consume_credentials();
+    }}
+
+    remove_hf("Route");
+    if (is_method("INVITE|SUBSCRIBE|REFER")) {{
+        record_route();
+    }}
+
+    if (uri == myself) {{
+        if (!lookup("location")) {{
+            sl_send_reply("404", "Not Found");
+            exit;
+        }}
+    }}
+    route(RELAY);
+}}
+
+route[RELAY] {{
+    if (!t_relay()) {{
+        sl_reply_error();
+    }}
+    exit;
+}}
+"""
+
+
+# --------------------------------------------------------------------------
+# baresip
+
+
+def make_test_video(path: str | os.PathLike, *, seconds: int = 10) -> Path:
+    """Write a 320x240 25 fps H264 baseline video WITHOUT audio (mkv), unless present.
+
+    baresip's avformat module crashes on any audio packet, so the file must
+    have no audio track.
+    """
+    path = Path(path)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.stem + ".partial" + path.suffix)
+    subprocess.run(
+        [
+            require_program("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "lavfi", "-i", f"testsrc=size=320x240:rate=25:duration={seconds}",
+            "-an", "-c:v", "libx264", "-profile:v", "baseline", "-level", "3.0",
+            "-pix_fmt", "yuv420p", "-g", "250", "-bf", "0", "-tune", "zerolatency",
+            str(partial),
+        ],
+        check=True, timeout=120,
+    )  # fmt: skip
+    partial.rename(path)
+    return path
+
+
+class Baresip(_Peer):
+    """baresip as an auto-answering callee registered at Kamailio.
+
+    Headless (no stdio module, stdin /dev/null); audio from ``ausine`` (no
+    audio player module is loaded: there is none that discards); video from
+    an H264 file via ``avformat`` and shown on ``fakevideo`` (so it answers
+    video sendrecv).  ``registrar_port`` None: no registration (regint=0).
+    ``start()`` waits for the 200 OK of its REGISTER.
+    """
+
+    program = "baresip"
+    terms = 2  # a second SIGTERM ends it when a transaction is still pending
+    term_wait = 2.0
+
+    def __init__(
+        self,
+        tmpdir: str | os.PathLike,
+        *,
+        user: str = "bob",
+        password: str = "bobpw",
+        registrar_port: int | None,
+        sip_port: int,
+        video: bool = True,
+        video_file: str | os.PathLike | None = None,
+        domain: str = HOST,
+        transport: str = "udp",
+    ) -> None:
+        super().__init__(Path(tmpdir) / f"baresip-{sip_port}")
+        self.user = user
+        self.password = password
+        self.registrar_port = registrar_port
+        self.sip_port = sip_port
+        self.video = video
+        self.video_file = Path(video_file) if video_file is not None else None
+        self.domain = domain
+        self.transport = transport
+        self.config_dir = self.tmpdir / "config"
+
+    @property
+    def aor(self) -> str:
+        """The address of record, e.g. sip:bob@127.0.0.1:5060 (Kamailio's port)."""
+        if self.registrar_port is None:
+            return f"sip:{self.user}@{HOST}:{self.sip_port}"
+        return f"sip:{self.user}@{self.domain}:{self.registrar_port}"
+
+    def write_config(self) -> None:
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        modules = ["g711.so", "opus.so", "ausine.so"]
+        video_lines = ""
+        if self.video:
+            if self.video_file is None:
+                self.video_file = make_test_video(self.tmpdir / "video.mkv")
+            modules += ["avcodec.so", "avformat.so", "fakevideo.so"]
+            video_lines = (
+                f"video_source\t\tavformat,{self.video_file}\n"
+                "video_display\t\tfakevideo,nil\n"
+                "video_size\t\t320x240\n"
+                "video_bitrate\t\t500000\n"
+                "video_fps\t\t25\n"
+            )
+        module_lines = "".join(f"module\t\t\t{m}\n" for m in modules)
+        (self.config_dir / "config").write_text(
+            "# generated by tests/interop/peers.py\n"
+            "poll_method\t\tepoll\n"
+            f"sip_listen\t\t{HOST}:{self.sip_port}\n"
+            f"sip_transports\t\t{self.transport}\n"
+            f"net_interface\t\t{HOST}\n"
+            "dns_server\t\t127.0.0.1:53\n"
+            "call_local_timeout\t120\n"
+            "call_max_calls\t\t4\n"
+            "audio_source\t\tausine,440\n"
+            "ausrc_srate\t\t48000\n"
+            "ausrc_channels\t\t2\n"
+            f"{video_lines}"
+            "rtp_ports\t\t20000-40000\n"
+            "module_path\t\t/usr/lib/baresip/modules\n"
+            f"{module_lines}"
+            "module_app\t\taccount.so\n"
+            "module_app\t\tmenu.so\n"
+        )
+        if self.registrar_port is None:
+            account = f"<{self.aor}>;answermode=auto;regint=0\n"
+        else:
+            account = (
+                f"<{self.aor};transport={self.transport}>;auth_pass={self.password};"
+                f"answermode=auto;regint=300;"
+                f'outbound="sip:{HOST}:{self.registrar_port};transport={self.transport}"\n'
+            )
+        (self.config_dir / "accounts").write_text(account)
+        (self.config_dir / "contacts").write_text("")
+
+    def start(self, timeout: float = 15) -> Baresip:
+        require_program("baresip")
+        stdbuf = require_program("stdbuf")
+        self.write_config()
+        # line-buffered stdout, else the ready lines never show in the log
+        argv = [stdbuf, "-oL", require_program("baresip"), "-f", str(self.config_dir)]
+        self._spawn(argv, "baresip.log")
+        if self.registrar_port is None:
+            marker = re.compile(r"baresip is ready")
+            what = "baresip to get ready"
+        else:
+            marker = re.compile(r"\b200 OK\b.*\[\d+ binding")
+            what = f"baresip to register {self.user} at 127.0.0.1:{self.registrar_port}"
+        wait_for(
+            lambda: marker.search(self.log()), timeout, what, process=self.process, log=self.log
+        )
+        return self

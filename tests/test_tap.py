@@ -1,0 +1,37 @@
+"""The twistd plugin options: reactor check, --config, --set."""
+import subprocess
+import sys
+
+import pytest
+from twisted.python import usage
+
+from sipgw import tap
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def test_plugin_is_found_by_twistd():
+    """`twistd --help` lists the sipgw plugin (twisted/plugins/sipgw_plugin.py)."""
+    out = subprocess.run(TWISTD + ["--help"], capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "sipgw" in out
+
+
+def test_refuses_a_reactor_other_than_asyncio():
+    """Without --reactor=asyncio twistd stops with a message saying to pass it."""
+    result = subprocess.run(TWISTD + ["-n", "--pidfile=", "sipgw"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "pass --reactor=asyncio" in result.stdout + result.stderr
+
+
+def test_bad_set_option_is_a_usage_error(monkeypatch):
+    """--set without '=' and unknown keys are UsageErrors naming the problem."""
+    monkeypatch.setattr(tap, "_require_asyncio_reactor", lambda: None)
+    with pytest.raises(usage.UsageError, match="--set expects key=value"):
+        tap.Options().parseOptions(["--set", "rest_port"])
+    with pytest.raises(usage.UsageError, match="unknown setting"):
+        tap.Options().parseOptions(["--set", "nope=1"])
+    options = tap.Options()
+    options.parseOptions(["--set", "rest_port=9999"])
+    assert options["settings"].rest_port == 9999
