@@ -13,6 +13,7 @@ import uuid
 from typing import Any, Protocol
 
 from sipgw.calls import CallRequest, CallStatus
+from sipgw.sip.headers import URI, HeaderError
 from sipgw.rest.errors import BadRequest, NotFound
 from sipgw.rest.router import Router
 
@@ -90,6 +91,21 @@ class CallApi:
         return None
 
 
+def _is_proxy(value: str) -> bool:
+    """host[:port][;transport=udp|tcp], with or without a sip: prefix."""
+    text = value[4:] if value.startswith("sip:") else value
+    hostport, _, params = text.partition(";")
+    if not _is_host_port(hostport):
+        return False
+    if not params:
+        return True
+    try:
+        uri = URI.parse("sip:" + text)
+    except HeaderError:
+        return False
+    return set(uri.params) <= {"transport", "lr"} and uri.transport in ("udp", "tcp")
+
+
 def parse_call_request(body: dict) -> CallRequest:
     """The ``/call/startup`` body as a ``CallRequest``; ``BadRequest`` names the first bad field."""
     if not isinstance(body, dict):
@@ -103,8 +119,9 @@ def parse_call_request(body: dict) -> CallRequest:
     if not _is_host(sip_domain):
         raise BadRequest("sipDomain must be a host name or IP address", "sipDomain")
     proxy = _string(body, "sipOutboundProxy", max_len=_HOST_MAX + 8)
-    if proxy and not _is_host_port(proxy):
-        raise BadRequest("sipOutboundProxy must be host or host:port", "sipOutboundProxy")
+    if proxy and not _is_proxy(proxy):
+        raise BadRequest("sipOutboundProxy must be host or host:port, optionally with "
+                         ";transport=udp or ;transport=tcp", "sipOutboundProxy")
     to_stream = _string(body, "toStream", max_len=_NAME_MAX, forbidden=_NOT_IN_STREAM_NAME)
     return CallRequest(
         call_id=call_id,

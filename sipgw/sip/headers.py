@@ -84,15 +84,19 @@ def split_list(value: str) -> list[str]:
 
 def _split_params(text: str) -> list[str]:
     """Split ';'-separated parameters, respecting quoted strings."""
-    parts, buf, quoted = [], [], False
+    parts, buf, quoted, escape = [], [], False, False
     for ch in text:
-        if ch == '"':
+        if escape:  # quoted-pair (RFC 3261 §25.1): '\"' does not end the quoted string
+            escape = False
+        elif quoted and ch == "\\":
+            escape = True
+        elif ch == '"':
             quoted = not quoted
-        if ch == ";" and not quoted:
+        elif ch == ";" and not quoted:
             parts.append("".join(buf))
             buf = []
-        else:
-            buf.append(ch)
+            continue
+        buf.append(ch)
     if quoted:
         raise HeaderError(f"unbalanced quotes in {text!r}")
     parts.append("".join(buf))

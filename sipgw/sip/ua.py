@@ -441,6 +441,9 @@ class UserAgent:
         transport = "TCP" if self.config.sip_use_tcp_transport else "UDP"
         if r.sip_outbound_proxy:
             text = r.sip_outbound_proxy
+            hostport = text.split(";")[0]
+            if hostport.count(":") > 1 and "[" not in hostport:  # a bare IPv6 address
+                text = f"[{hostport}]" + text[len(hostport):]
             uri = URI.parse(text if text.startswith(("sip:", "sips:")) else "sip:" + text)
             if "transport" in uri.params:
                 transport = uri.transport.upper()

@@ -96,19 +96,21 @@ def free_port(kind: str = "udp", count: int = 1) -> int:
     raise PeerError(f"found no block of {count} free port(s) on {HOST}")
 
 
-def _proc_net_ports(pid: int, proto: str) -> set[int]:
-    """Ports of the IPv4 sockets that ``pid`` holds, bound (UDP) or listening (TCP)."""
+def bound_ports(pids: Iterable[int], proto: str) -> set[int]:
+    """Ports of the IPv4 sockets that ``pids`` hold: bound (udp) or listening (tcp)."""
     inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
             try:
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
-    except OSError:
-        return set()
     ports = set()
     with open(f"/proc/net/{proto}") as table:
         next(table)
@@ -475,9 +477,9 @@ class Sipp(_Peer):
 
         def ready() -> bool:
             assert self.pid is not None
-            if self.control_port not in _proc_net_ports(self.pid, "udp"):
+            if self.control_port not in bound_ports([self.pid], "udp"):
                 return False
-            return not self.is_uas or self.port in _proc_net_ports(self.pid, proto)
+            return not self.is_uas or self.port in bound_ports([self.pid], proto)
 
         wait_for(ready, timeout, f"{self.name} to bind", process=self.process, log=self.log)
         return self
@@ -611,9 +613,15 @@ class Kamailio(_Peer):
         ]  # fmt: skip
         self._spawn(argv, "kamailio.log")
 
+        def bound() -> bool:
+            assert self.pid is not None
+            group = _group_members(self.pid)
+            return self.port in bound_ports(group, "udp") and self.port in bound_ports(group, "tcp")
+
         def answers() -> bool:
             return bool(sip_options(self.port, "udp", 0.2) and sip_options(self.port, "tcp", 0.2))
 
+        wait_for(bound, timeout, "kamailio to bind", process=self.process, log=self.log)
         wait_for(answers, timeout, "kamailio to answer OPTIONS", process=self.process, log=self.log)
         return self
 
