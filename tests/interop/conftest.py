@@ -1,0 +1,95 @@
+"""Fixtures that start real peers (SIPp, Kamailio, baresip) and stop them by pid.
+
+A missing peer program FAILS the test with a hint to run
+tools/install-test-deps.sh: an interop test that silently skips proves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import peers
+
+
+def require(*programs: str) -> None:
+    """Fail the current test unless every program is installed."""
+    for program in programs:
+        try:
+            peers.require_program(program)
+        except peers.PeerMissing as missing:
+            pytest.fail(str(missing), pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_peer_left_running() -> Iterator[None]:
+    """At the end of the session, no process started by these fixtures is alive."""
+    yield
+    left = peers.leftover_processes()
+    peers.kill_leftovers()
+    assert not left, f"peer processes left running (now killed): {left}"
+
+
+SippFactory = Callable[..., peers.Sipp]
+
+
+@pytest.fixture
+def sipp_factory(tmp_path: Path) -> Iterator[SippFactory]:
+    """Start SIPp instances: ``sipp_factory(scenario, port=None, **Sipp kwargs)``.
+
+    The port defaults to a free one; tmpdir to the test's tmp_path.  Returns
+    the started Sipp; all are stopped at teardown.
+    """
+    require("sipp")
+    started: list[peers.Sipp] = []
+
+    def start(scenario: str, *, port: int | None = None, **kwargs) -> peers.Sipp:
+        kwargs.setdefault("tmpdir", tmp_path)
+        if port is None:
+            kind = "tcp" if kwargs.get("transport", "u1").startswith("t") else "udp"
+            port = peers.free_port(kind)
+        sipp = peers.Sipp(scenario, port=port, **kwargs)
+        started.append(sipp)
+        return sipp.start()
+
+    yield start
+    for sipp in reversed(started):
+        sipp.stop()
+
+
+@pytest.fixture
+def kamailio(tmp_path: Path) -> Iterator[peers.Kamailio]:
+    """A fresh Kamailio (users alice/alicepw, bob/bobpw; realm 127.0.0.1)."""
+    require("kamailio")
+    proxy = peers.Kamailio(tmp_path, port=peers.free_port())
+    try:
+        yield proxy.start()
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def test_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10 s 320x240 H264 baseline mkv without audio, made once per session."""
+    require("ffmpeg")
+    return peers.make_test_video(tmp_path_factory.mktemp("media") / "testsrc-320x240.mkv")
+
+
+@pytest.fixture
+def baresip(kamailio: peers.Kamailio, tmp_path: Path, test_video: Path) -> Iterator[peers.Baresip]:
+    """baresip registered at ``kamailio`` as bob, auto-answering with H264 + audio."""
+    require("baresip", "stdbuf")
+    phone = peers.Baresip(
+        tmp_path,
+        user="bob",
+        password=kamailio.users["bob"],
+        registrar_port=kamailio.port,
+        sip_port=peers.free_port(count=2),  # TLS takes sip_port + 1
+        video_file=test_video,
+    )
+    try:
+        yield phone.start()
+    finally:
+        phone.stop()
