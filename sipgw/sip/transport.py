@@ -205,7 +205,12 @@ class TransportLayer:
                 conn = self._connect(host, port)
             conn.send(data)
         else:
-            self._udp.write(data, (host, port))
+            try:
+                self._udp.write(data, (host, port))
+            except OSError as exc:  # e.g. no route to host: fail the transaction, not us
+                log.warn("SIP UDP send to {host}:{port} failed: {why}", host=host, port=port,
+                         why=str(exc))
+                self.reactor.callLater(0, self.controller.transport_error, (host, port), str(exc))
 
     def _connect(self, host: str, port: int) -> _TCPProtocol:
         proto = _TCPProtocol(self)

@@ -1,6 +1,6 @@
 """The transport layer (RFC 3261 §18, RFC 3581): framing, received/rport, response routing."""
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from sipgw.sip.message import make_response
 from sipgw.sip.parser import parse
@@ -29,7 +29,7 @@ class FakeUDPPort:
         pass
 
 
-class UDPMemoryReactor(MemoryReactor):
+class UDPMemoryReactor(MemoryReactorClock):
     """MemoryReactor has no UDP; this one keeps the listenUDP protocol and port."""
 
     def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
@@ -191,3 +191,16 @@ def test_tcp_framing_error_answers_400_and_closes():
     proto, transport = _tcp_connection(layer)
     proto.dataReceived(INVITE.replace(b"Content-Length: 0\r\n", b"").replace(b"/UDP", b"/TCP"))
     assert transport.value().startswith(b"SIP/2.0 400 ") and transport.disconnecting
+
+
+def test_udp_send_error_becomes_a_transport_error():
+    """An OSError from the socket (no route) fails the transaction instead of raising."""
+    layer, reactor, controller = _layer()
+
+    def refuse(data, addr):
+        raise OSError(101, "Network is unreachable")
+    reactor.udp.write = refuse
+    layer.send(parse(INVITE), "UDP", "192.0.2.1", 5060)
+    assert controller.errors == []  # reported on the next turn, not re-entrantly
+    reactor.advance(0)
+    assert controller.errors == [(("192.0.2.1", 5060), "[Errno 101] Network is unreachable")]
