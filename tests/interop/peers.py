@@ -1,8 +1,10 @@
 """Real SIP peers for the interop tests: SIPp, Kamailio and baresip.
 
 Each peer is a foreground process that the test starts and stops by pid, in a
-process group of its own, bound to 127.0.0.1 only, with its files in a scratch
-directory.  ``start()`` returns once the peer is ready (its socket is bound, it
+process group of its own, talking only to 127.0.0.1, with its files in a
+scratch directory.  Every SIP and control socket is bound to 127.0.0.1; only
+baresip 1.0.0 binds its RTP and DNS-client sockets to the wildcard address
+(hard-coded in it), though it sends to 127.0.0.1 only.  ``start()`` returns once the peer is ready (its socket is bound, it
 answers OPTIONS, or it logged its registration), waiting on that event rather
 than sleeping a fixed time; ``stop()`` is always safe to call, twice too.
 
@@ -550,7 +552,8 @@ def sip_options(port: int, transport: str = "udp", timeout: float = 0.5) -> str 
 class Kamailio(_Peer):
     """Kamailio as registrar and authenticating proxy on 127.0.0.1:port (UDP + TCP).
 
-    REGISTER is challenged with 401 (realm = ``domain``) and saved in memory.
+    REGISTER is challenged with 401 (realm = ``domain``, qop="auth": the auth
+    module's default) and saved in memory (restart forgets it).
     Initial requests are challenged with 407 unless they come from the source
     address (ip:port;transport) of a registered binding of their From user;
     requests for ``domain`` users are looked up in the location table, others
@@ -837,6 +840,12 @@ class Baresip(_Peer):
     an H264 file via ``avformat`` and shown on ``fakevideo`` (so it answers
     video sendrecv).  ``registrar_port`` None: no registration (regint=0).
     ``start()`` waits for the 200 OK of its REGISTER.
+
+    baresip 1.0.0 always listens on UDP and TCP ``sip_port`` and on TLS
+    ``sip_port + 1``: take both from ``free_port(count=2)``.  Its RTP sockets
+    listen on 0.0.0.0 whatever ``net_interface`` says (it still sends only to
+    the 127.0.0.1 addresses in the SDP); run the test in a private network
+    namespace if a wildcard bind matters.
     """
 
     program = "baresip"
