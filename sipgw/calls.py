@@ -72,3 +72,5 @@ class CallRequest:
 NORMAL_CLEARING = "Normal call clearing"
 REQUEST_TIMEOUT = "Failed by request timeout"
 TERMINATED_BY_REST = "Stopped by rest /terminate"
+RTP_ACTIVITY = "Failed by RTP activity"
+NO_COMMON_CODECS = "No common codecs"

@@ -39,6 +39,9 @@ class Config:
     media_address: str = ""
     media_port_from: int = 31000
     media_port_to: int = 31999
+    rtp_activity_timeout: int = 60
+    rtp_session_init_always: bool = False
+    sip_single_route_only: bool = False
 
     def __post_init__(self):
         for name in ("rest_port", "ws_port", "sip_local_port", "media_port_from", "media_port_to"):
@@ -50,7 +53,7 @@ class Config:
         for name in ("sip_register_expires", "sip_max_message_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("call_retention", "sip_ring_timeout"):
+        for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
 

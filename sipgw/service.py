@@ -25,8 +25,10 @@ class _UserAgentService(service.Service):
 
 def make_root(config, ua: UserAgent) -> resource.Resource:
     from .rest import CallApi, RestResource
+    from .rest.streams import StreamApi
     root = resource.Resource()
-    root.putChild(b"rest-api", RestResource(CallApi(ua), allow_origin=config.rest_cors_origin))
+    root.putChild(b"rest-api", RestResource(CallApi(ua), StreamApi(ua.streams),
+                                            allow_origin=config.rest_cors_origin))
     return root
 
 

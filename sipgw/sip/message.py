@@ -5,7 +5,7 @@ views (``via``, ``from_``, ``cseq`` ...) parse the raw value on access.
 """
 from __future__ import annotations
 
-from .headers import (LIST_HEADERS, Address, CSeq, URI, Via, canonical_name,
+from .headers import (LIST_HEADERS, Address, CSeq, HeaderError, URI, Via, canonical_name,
                       split_list)
 
 REASONS = {
@@ -154,9 +154,17 @@ def make_response(request: Request, status: int, reason: str | None = None, *,
     """Build a response copying Via, From, To, Call-ID and CSeq (RFC 3261 §8.2.6.2)."""
     headers = [("Via", v) for v in request.get_all("Via")]
     to = request.get("To") or ""
-    if to_tag and ";tag=" not in to.replace(" ", "").lower():
+    if to_tag and not _has_tag(to):
         to = f"{to};tag={to_tag}"
     headers += [("From", request.get("From") or ""), ("To", to),
                 ("Call-ID", request.call_id), ("CSeq", request.get("CSeq") or "")]
     headers += list(extra)
     return Response(status, reason, headers, body)
+
+
+def _has_tag(value: str) -> bool:
+    """True when a To/From value carries a tag header parameter (not a 'tag' URI parameter)."""
+    try:
+        return Address.parse(value).tag is not None
+    except HeaderError:  # unparseable: fall back to a textual look, never add a second tag
+        return ";tag=" in value.replace(" ", "").lower()

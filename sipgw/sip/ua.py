@@ -14,8 +14,11 @@ import time
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ..calls import (NORMAL_CLEARING, REQUEST_TIMEOUT, TERMINATED_BY_REST, CallRequest,
-                     CallStatus, Conflict, NotFound, CallError)
+from ..calls import (NO_COMMON_CODECS, NORMAL_CLEARING, REQUEST_TIMEOUT, RTP_ACTIVITY,
+                     TERMINATED_BY_REST, CallError, CallRequest, CallStatus, Conflict, NotFound)
+from ..rtp.session import MediaSession
+from ..streams.registry import StreamExists, StreamRegistry
+from ..streams.stream import Stream, StreamStatus
 from . import sdp as sdplib
 from .auth import AuthError, Challenge, DigestClient, pick_challenge
 from .dialog import Dialog
@@ -29,6 +32,9 @@ log = Logger(namespace="sipgw.sip.ua")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
 DTMF_DURATION_MS = 160
+PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_control><vc_primitive>'
+                       b'<to_encoder><picture_fast_update/></to_encoder></vc_primitive>'
+                       b'</media_control>\r\n')
 
 
 def new_tag() -> str:
@@ -197,13 +203,15 @@ class Call:
         self.remote_sdp: bytes = b""
         self.media: dict = {}
         self.remote_media: dict = {}
-        self.media_ports: list[int] = []
         self.registration: Registration | None = None
         self.cancel_requested = False
         self.ended_at: float | None = None
         self._auth = None
         self._timers: list = []
         self._pending_2xx: tuple | None = None  # (response, reinvite tx) awaiting ACK
+        self._bye_sent = False
+        self.stream = None
+        self.media_session = None
 
     # -- status --------------------------------------------------------------
     def set_status(self, status: CallStatus, reason: str = "") -> None:
@@ -314,6 +322,8 @@ class Call:
                      call_id=self.request.call_id, error=str(exc))
             return
         self.remote_sdp = response.body
+        if self.media_session is not None:
+            self.media_session.negotiate(self.media)
 
     def on_2xx(self, response: Response) -> None:
         if self.dialog is None:
@@ -339,11 +349,13 @@ class Call:
         if self.cancel_requested:
             self.send_bye(TERMINATED_BY_REST)
             return
-        if not self.media and self.offer is not None and (self.request.has_audio or self.request.has_video):
+        if not self.media:
             self.set_status(CallStatus.ESTABLISHED)
-            self.send_bye("No common codecs")
+            self.send_bye(NO_COMMON_CODECS, CallStatus.FAILED)
             return
         self.set_status(CallStatus.ESTABLISHED)
+        if self.media_session is not None:
+            self.media_session.established()
 
     def dest_for_dialog(self) -> Destination:
         return self.ua.in_dialog_destination(self)
@@ -376,15 +388,27 @@ class Call:
         # If no final response arrives, the INVITE is as good as cancelled (§9.1).
         self.later(64 * T1, self.set_status, CallStatus.FINISH, TERMINATED_BY_REST)
 
-    def send_bye(self, reason: str) -> None:
-        if self.status.ended or getattr(self, "_bye_sent", False):
+    def send_bye(self, reason: str, status: CallStatus = CallStatus.FINISH,
+                 wait: bool = True) -> None:
+        """BYE (§15.1.1); the call ends when it is answered, or at once unless ``wait``."""
+        if self.status.ended or self._bye_sent:
             return
         self._bye_sent = True
         bye = self.dialog.create_request("BYE", via=self.ua.via(self.dest_for_dialog()),
                                          headers=[("User-Agent", self.ua.config.sip_user_agent)])
-        status = CallStatus.FAILED if reason == "No common codecs" else CallStatus.FINISH
         self.ua.send_in_dialog(self, bye, lambda r: self.set_status(status, reason)
                                if r.status >= 200 else None)
+        if not wait:
+            self.set_status(status, reason)
+
+    def rtp_timed_out(self) -> None:
+        """No RTP for rtp_activity_timeout: hang up and fail (WCS 'Failed by RTP activity')."""
+        self.send_bye(RTP_ACTIVITY, CallStatus.FAILED, wait=False)
+
+    def request_picture_update(self) -> None:
+        """SIP INFO picture_fast_update for callees that ignore RTCP PLI/FIR."""
+        if self.dialog is not None and not self.status.ended:
+            self.send_info("application/media_control+xml", PICTURE_FAST_UPDATE)
 
     def send_info(self, content_type: str, body: bytes) -> None:
         info = self.dialog.create_request("INFO", via=self.ua.via(self.dest_for_dialog()),
@@ -395,7 +419,7 @@ class Call:
 class UserAgent:
     """Transaction user for every call and registration of this daemon."""
 
-    def __init__(self, reactor, config, ports=None):
+    def __init__(self, reactor, config, ports=None, streams: StreamRegistry | None = None):
         self.reactor = reactor
         self.config = config
         self.ports = ports or PortPool(config.media_port_from, config.media_port_to,
@@ -409,7 +433,7 @@ class UserAgent:
         self.transactions.sender = self.transport
         self.calls: dict[str, Call] = {}  # by WCS callId
         self.by_sip_call_id: dict[str, Call] = {}
-        self.streams: dict[str, Call] = {}  # stream name -> the call publishing it
+        self.streams = streams if streams is not None else StreamRegistry()
         self.registrations: dict[tuple, Registration] = {}
         self._session_version = int(time.time())
 
@@ -482,8 +506,7 @@ class UserAgent:
         existing = self.calls.get(request.call_id)
         if existing is not None and not existing.status.ended:
             raise Conflict(f"callId {request.call_id} is already in use")
-        holder = self.streams.get(request.stream_name)
-        if holder is not None and not holder.status.ended:
+        if self.streams.get(request.stream_name) is not None:
             raise Conflict("Stream name is already in use")
         if existing is not None:
             self._forget(existing)
@@ -491,7 +514,13 @@ class UserAgent:
         call._auth = _Challenged(DigestClient(request.auth_name, request.sip_password))
         self.calls[request.call_id] = call
         self.by_sip_call_id[call.sip_call_id] = call
-        self.streams[request.stream_name] = call
+        call.stream = Stream(request.stream_name, has_audio=request.has_audio,
+                             has_video=request.has_video, call_id=request.call_id,
+                             on_terminate=call.terminate)
+        try:
+            self.streams.add(call.stream)
+        except StreamExists as exc:
+            raise Conflict(str(exc)) from None
         call.set_status(CallStatus.PENDING)
         defer.ensureDeferred(self._place(call)).addErrback(self._place_failed, call)
 
@@ -528,17 +557,22 @@ class UserAgent:
         call.set_status(CallStatus.FAILED, reason)
 
     def _prepare_offer(self, call: Call) -> None:
-        """Take an RTP/RTCP port pair per media kind and build the SDP offer."""
+        """Bind an RTP/RTCP pair per media kind and build the SDP offer from them."""
         r = call.request
         kinds = [k for k, wanted in (("audio", r.has_audio), ("video", r.has_video)) if wanted]
-        ports = {}
+        session = MediaSession(
+            self.reactor, call_id=r.call_id, stream=call.stream,
+            bind_address=self.config.sip_bind_address, ports=self.ports,
+            kinds=kinds or ["audio"], rtp_timeout=self.config.rtp_activity_timeout,
+            send_silence=self.config.rtp_session_init_always, on_timeout=call.rtp_timed_out,
+            on_keyframe_info=call.request_picture_update)
         try:
-            for kind in kinds or ["audio"]:
-                ports[kind] = self.ports.allocate()
-                call.media_ports.append(ports[kind])
+            ports = session.open()
         except PortsExhausted as exc:
             call.set_status(CallStatus.FAILED, str(exc))
             return
+        call.media_session = session
+        call.stream._on_keyframe_request = session.request_keyframe
         address = self.config.media_address or self.transport.sent_by(call.dest.host)
         self._session_version += 1
         call.offer = sdplib.make_offer(address, audio_port=ports.get("audio"),
@@ -573,8 +607,11 @@ class UserAgent:
         if call.dialog is None or call.status.ended:
             raise CallError(f"call {call_id} is not established ({call.status.value})")
         if kind.upper() != "INFO":
-            raise CallError("DTMF type RFC2833 needs the call's RTP session, not available yet; "
-                            "use type INFO")
+            try:
+                call.media_session.send_dtmf(dtmf, DTMF_DURATION_MS)
+            except (ValueError, AttributeError) as exc:
+                raise CallError(f"cannot send RFC2833 DTMF: {exc}") from None
+            return
         for digit in dtmf:
             body = f"Signal={digit}\r\nDuration={DTMF_DURATION_MS}\r\n".encode()
             call.send_info("application/dtmf-relay", body)
@@ -582,9 +619,13 @@ class UserAgent:
     def call_ended(self, call: Call) -> None:
         call.ended_at = self.reactor.seconds()
         call.cancel_timers()
-        for port in call.media_ports:
-            self.ports.release(port)
-        call.media_ports = []
+        if call.media_session is not None:
+            call.media_session.close()
+        if call.stream is not None:
+            failed = call.status != CallStatus.FINISH
+            call.stream.end(StreamStatus.FAILED if failed else StreamStatus.UNPUBLISHED,
+                            call.reason)
+            self.streams.remove(call.stream)
         if call.registration is not None:
             call.registration.release()
             call.registration = None
@@ -594,8 +635,6 @@ class UserAgent:
         if self.calls.get(call.request.call_id) is call:
             del self.calls[call.request.call_id]
         self.by_sip_call_id.pop(call.sip_call_id, None)
-        if self.streams.get(call.request.stream_name) is call:
-            del self.streams[call.request.stream_name]
 
     def _call_for(self, message) -> Call | None:
         return self.by_sip_call_id.get(message.call_id)
@@ -655,6 +694,8 @@ class UserAgent:
                 return
             body = bytes(answer)
             call.remote_media = media
+            if call.media_session is not None:
+                call.media_session.negotiate(media)
             call.remote_sdp = request.body
             call.set_status(CallStatus.HOLD if sdplib.is_hold(offer) else CallStatus.ESTABLISHED)
         elif call.offer is not None:

@@ -1,6 +1,7 @@
 """Fakes shared by the SIP layer tests: a sender that records what would go on the wire."""
 import pytest
-from twisted.internet.task import Clock
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock
 
 from sipgw.config import Config
 from sipgw.sip.parser import parse
@@ -42,9 +43,43 @@ class RecordingSender:
 PEER = Source("UDP", "127.0.0.1", 5060)
 
 
+class FakeUDPPort:
+    """What listenUDP returns: records the datagrams written."""
+
+    def __init__(self, reactor, port, proto, interface):
+        self.reactor, self.port, self.proto, self.interface = reactor, port, proto, interface
+        self.written = []
+
+    def write(self, data, addr):
+        self.written.append((data, addr))
+
+    def getHost(self):
+        return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
+
+    def stopListening(self):
+        self.reactor.udp_ports.pop(self.port, None)
+
+
+class UDPMemoryReactor(MemoryReactorClock):
+    """MemoryReactorClock (a task.Clock too) with the UDP that MemoryReactor lacks."""
+
+    def __init__(self):
+        super().__init__()
+        self.udp_ports = {}
+        self._next_port = 40000
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        if port == 0:
+            port, self._next_port = self._next_port, self._next_port + 1
+        fake = FakeUDPPort(self, port, protocol, interface)
+        self.udp_ports[port] = fake
+        protocol.makeConnection(fake)
+        return fake
+
+
 @pytest.fixture
 def clock():
-    return Clock()
+    return UDPMemoryReactor()
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """The transport layer (RFC 3261 §18, RFC 3581): framing, received/rport, response routing."""
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
+
+from conftest import UDPMemoryReactor
 
 from sipgw.sip.message import make_response
 from sipgw.sip.parser import parse
@@ -10,32 +12,6 @@ INVITE = (b"INVITE sip:bob@127.0.0.1 SIP/2.0\r\n"
           b"Via: SIP/2.0/UDP 10.0.0.7:5062;branch=z9hG4bK1;rport\r\n"
           b"From: <sip:alice@example.org>;tag=1\r\nTo: <sip:bob@example.org>\r\n"
           b"Call-ID: c@x\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
-
-
-class FakeUDPPort:
-    """What listenUDP returns: records datagrams written."""
-
-    def __init__(self, proto):
-        self.proto = proto
-        self.written = []
-
-    def write(self, data, addr):
-        self.written.append((data, addr))
-
-    def getHost(self):
-        return IPv4Address("UDP", "127.0.0.1", 5070)
-
-    def stopListening(self):
-        pass
-
-
-class UDPMemoryReactor(MemoryReactorClock):
-    """MemoryReactor has no UDP; this one keeps the listenUDP protocol and port."""
-
-    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
-        self.udp = FakeUDPPort(protocol)
-        protocol.makeConnection(self.udp)
-        return self.udp
 
 
 class RecordingController:
@@ -63,7 +39,7 @@ def _layer():
 def test_udp_request_gets_received_and_rport_stamped():
     """A request's top Via records the source address and port (§18.2.1, RFC 3581 §4)."""
     layer, reactor, controller = _layer()
-    reactor.udp.proto.datagramReceived(INVITE, ("192.0.2.1", 40000))
+    reactor.udp_ports[layer.port].proto.datagramReceived(INVITE, ("192.0.2.1", 40000))
     (message, source), = controller.received
     via = message.top_via
     assert (via.params["received"], via.params["rport"]) == ("192.0.2.1", "40000")
@@ -73,10 +49,10 @@ def test_udp_request_gets_received_and_rport_stamped():
 def test_response_goes_to_received_and_rport():
     """A response to such a request is sent to the address it really came from."""
     layer, reactor, controller = _layer()
-    reactor.udp.proto.datagramReceived(INVITE, ("192.0.2.1", 40000))
+    reactor.udp_ports[layer.port].proto.datagramReceived(INVITE, ("192.0.2.1", 40000))
     (message, source), = controller.received
     layer.send_response(make_response(message, 200), source)
-    (data, addr), = reactor.udp.written
+    (data, addr), = reactor.udp_ports[layer.port].written
     assert addr == ("192.0.2.1", 40000) and data.startswith(b"SIP/2.0 200 OK")
 
 
@@ -84,18 +60,18 @@ def test_malformed_request_gets_stateless_400_and_is_not_delivered():
     """A request with a broken CSeq is answered 400 by the transport, never handed up."""
     layer, reactor, controller = _layer()
     bad = INVITE.replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE")
-    reactor.udp.proto.datagramReceived(bad, ("192.0.2.1", 40000))
+    reactor.udp_ports[layer.port].proto.datagramReceived(bad, ("192.0.2.1", 40000))
     assert controller.received == []
-    (data, addr), = reactor.udp.written
+    (data, addr), = reactor.udp_ports[layer.port].written
     assert data.startswith(b"SIP/2.0 400 ") and addr == ("192.0.2.1", 40000)
 
 
 def test_garbage_is_dropped_silently():
     """Bytes that are not SIP at all get no answer and raise nothing."""
     layer, reactor, controller = _layer()
-    reactor.udp.proto.datagramReceived(b"\x00\xffhello", ("192.0.2.1", 1))
-    reactor.udp.proto.datagramReceived(b"\r\n\r\n", ("192.0.2.1", 1))  # keep-alive
-    assert controller.received == [] and reactor.udp.written == []
+    reactor.udp_ports[layer.port].proto.datagramReceived(b"\x00\xffhello", ("192.0.2.1", 1))
+    reactor.udp_ports[layer.port].proto.datagramReceived(b"\r\n\r\n", ("192.0.2.1", 1))  # keep-alive
+    assert controller.received == [] and reactor.udp_ports[layer.port].written == []
 
 
 def test_oversized_datagram_is_refused():
@@ -104,7 +80,7 @@ def test_oversized_datagram_is_refused():
     controller = RecordingController()
     layer = TransportLayer(reactor, controller, bind_address="127.0.0.1", port=0, max_size=200)
     layer.start()
-    reactor.udp.proto.datagramReceived(INVITE, ("192.0.2.1", 40000))
+    reactor.udp_ports[layer.port].proto.datagramReceived(INVITE, ("192.0.2.1", 40000))
     assert controller.received == []
 
 
@@ -114,7 +90,7 @@ def test_response_with_two_vias_is_dropped():
     response = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa\r\n"
                 b"Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKb\r\nFrom: <sip:a@x>;tag=1\r\n"
                 b"To: <sip:b@x>;tag=2\r\nCall-ID: c@x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
-    reactor.udp.proto.datagramReceived(response, ("127.0.0.1", 5060))
+    reactor.udp_ports[layer.port].proto.datagramReceived(response, ("127.0.0.1", 5060))
     assert controller.received == []
 
 
@@ -199,7 +175,7 @@ def test_udp_send_error_becomes_a_transport_error():
 
     def refuse(data, addr):
         raise OSError(101, "Network is unreachable")
-    reactor.udp.write = refuse
+    reactor.udp_ports[layer.port].write = refuse
     layer.send(parse(INVITE), "UDP", "192.0.2.1", 5060)
     assert controller.errors == []  # reported on the next turn, not re-entrantly
     reactor.advance(0)

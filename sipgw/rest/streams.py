@@ -1,0 +1,49 @@
+"""The WCS ``/stream/*`` REST methods over the stream registry."""
+from __future__ import annotations
+
+from typing import Any
+
+from sipgw.rest.calls import _string
+from sipgw.rest.errors import BadRequest, NotFound
+from sipgw.rest.router import Router
+
+STREAM_NOT_FOUND = "Stream not found"
+TERMINATION_RECEIVED = "Stream termination request is received"
+_MAX = 128
+
+
+class StreamApi:
+    """``/stream/find``, ``/stream/find_all``, ``/stream/terminate``."""
+
+    router = Router()
+
+    def __init__(self, registry):
+        self._registry = registry
+
+    def _lookup(self, body: dict):
+        name = _string(body, "name", max_len=_MAX, spaces=True)
+        session_id = _string(body, "mediaSessionId", max_len=_MAX)
+        if not name and not session_id:
+            raise BadRequest("name or mediaSessionId is required", "name")
+        stream = (self._registry.get(name=name) if name
+                  else self._registry.get(media_session_id=session_id))
+        if stream is None or (name and session_id and stream.media_session_id != session_id):
+            raise NotFound(STREAM_NOT_FOUND)
+        return stream
+
+    @router.route("/stream/find")
+    def find(self, request: Any, body: dict) -> list[dict]:
+        return [self._lookup(body).to_json()]
+
+    @router.route("/stream/find_all")
+    def find_all(self, request: Any, body: dict) -> list[dict]:
+        streams = self._registry.all()
+        if not streams:
+            raise NotFound(STREAM_NOT_FOUND)
+        return [s.to_json() for s in streams]
+
+    @router.route("/stream/terminate")
+    def terminate(self, request: Any, body: dict) -> dict:
+        """Ends the call publishing the stream (BYE, or CANCEL before the answer)."""
+        self._lookup(body).terminate()
+        return {"info": TERMINATION_RECEIVED}

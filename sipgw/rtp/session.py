@@ -1,0 +1,433 @@
+"""One call's RTP: a UDP RTP/RTCP pair per media kind, demuxed into a Stream.
+
+Twisted side of ``sipgw/rtp``: ``MediaSession`` binds the ports offered in SDP,
+latches to where the peer really sends from (symmetric RTP), puts packets in
+order, rebuilds H264 access units and audio frames, publishes them to the
+call's ``Stream``, sends RTCP receiver reports and keyframe requests (PLI,
+FIR), watches for RTP inactivity, and sends silence and RFC 4733 DTMF when
+asked. Every malformed packet is counted and dropped; nothing here raises
+into the reactor.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+
+from twisted.internet import error, protocol
+from twisted.logger import Logger
+
+from ..streams.stream import MediaFrame
+from .h264 import H264Depacketizer
+from .jitter import ReceptionStats, ReorderBuffer
+from .packet import (Bye, FullIntraRequest, PacketError, PictureLossIndication, ReceiverReport,
+                     RtpPacket, SenderReport, SourceDescription, is_rtcp, parse_rtcp)
+from .ports import PortsExhausted
+
+log = Logger(namespace="sipgw.rtp")
+
+RTCP_INTERVAL = 5.0  # seconds between receiver reports (RFC 3550 §6.2 minimum)
+KEYFRAME_MIN_INTERVAL = 0.5  # coalesce keyframe requests of many consumers
+KEYFRAME_INFO_AFTER = 1.5  # no IDR this long after RTCP requests: try SIP INFO
+SILENCE = {"PCMU": b"\xff" * 160, "PCMA": b"\xd5" * 160, "opus": b"\xf8\xff\xfe"}
+DTMF_EVENTS = {d: i for i, d in enumerate("0123456789*#ABCD")}
+
+
+def _counters() -> dict:
+    return {"packets": 0, "bytes": 0, "lost": 0, "jitter": 0, "frames": 0, "keyframes": 0,
+            "dropped_frames": 0, "bad_packets": 0, "wrong_source": 0, "wrong_payload_type": 0,
+            "bad_payloads": 0, "late": 0, "duplicates": 0, "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0}
+
+
+class _Socket(protocol.DatagramProtocol):
+    noisy = False
+
+    def __init__(self, endpoint: "Endpoint", rtcp: bool):
+        self.endpoint = endpoint
+        self.rtcp = rtcp
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        if self.rtcp or is_rtcp(data):
+            self.endpoint.rtcp_received(data, addr)
+        else:
+            self.endpoint.rtp_received(data, addr)
+
+
+class Endpoint:
+    """RTP and RTCP of one media kind (m-line) of a call."""
+
+    def __init__(self, session: "MediaSession", kind: str, port: int):
+        self.session = session
+        self.kind = kind
+        self.port = port
+        self.counters = _counters()
+        self.media = None  # NegotiatedMedia once the answer is known
+        self.accepted_pts: set[int] = set()
+        self.remote_rtp: tuple[str, int] | None = None
+        self.remote_rtcp: tuple[str, int] | None = None
+        self.latched = False
+        self.ssrc: int | None = None
+        self.reorder = ReorderBuffer(window=16 if kind == "video" else 4)
+        self.stats: ReceptionStats | None = None
+        self.depacketizer = H264Depacketizer() if kind == "video" else None
+        self.last_rtp = 0.0
+        self.last_sr: tuple[int, float] | None = None  # (middle 32 bits of NTP, arrival)
+        self.rtp_port = self.rtcp_port = None
+        # our own sending state (silence, DTMF)
+        self.local_ssrc = secrets.randbits(32)
+        self.seq = secrets.randbits(16)
+        self.ts = secrets.randbits(32)
+        self.sent_packets = 0
+        self.sent_octets = 0
+
+    def listen(self, reactor, address: str) -> None:
+        self.rtp_port = reactor.listenUDP(self.port, _Socket(self, False), interface=address)
+        try:
+            self.rtcp_port = reactor.listenUDP(self.port + 1, _Socket(self, True),
+                                               interface=address)
+        except error.CannotListenError:
+            self.rtp_port.stopListening()
+            raise
+
+    def close(self) -> None:
+        for port in (self.rtp_port, self.rtcp_port):
+            if port is not None:
+                port.stopListening()
+        self.rtp_port = self.rtcp_port = None
+
+    def negotiate(self, media) -> None:
+        """Apply the SDP answer (or a re-INVITE's new address): where to send, what PTs."""
+        self.media = media
+        self.accepted_pts = {pt for pt in (media.recv_pt, media.codec.pt) if pt is not None}
+        dtmf = {pt for pt in (media.recv_dtmf_pt, media.dtmf_pt) if pt is not None}
+        self.dtmf_pts = dtmf
+        new_rtp = (media.address, media.port)
+        if new_rtp != self.remote_rtp:
+            self.remote_rtp = new_rtp
+            self.remote_rtcp = (media.address, media.rtcp_port)
+            self.latched = False  # a new media address: latch again (symmetric RTP)
+        if self.stats is None:
+            self.stats = ReceptionStats(media.codec.clock)
+
+    # -- RTP in --------------------------------------------------------------
+    def _source_ok(self, addr) -> bool:
+        """Symmetric RTP: latch to the first source, then accept only from it."""
+        if not self.latched:
+            self.latched = True
+            if addr != self.remote_rtp:
+                log.info("{kind} RTP of call {call} latched to {host}:{port} (SDP said {sdp})",
+                         kind=self.kind, call=self.session.call_id, host=addr[0], port=addr[1],
+                         sdp=self.remote_rtp)
+            self.remote_rtp = addr
+            return True
+        return addr == self.remote_rtp
+
+    def rtp_received(self, data: bytes, addr) -> None:
+        counters = self.counters
+        if self.media is None:
+            counters["wrong_source"] += 1  # before any answer: nobody should send yet
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except PacketError:
+            counters["bad_packets"] += 1
+            return
+        if not self._source_ok(addr):
+            counters["wrong_source"] += 1
+            return
+        pt = packet.payload_type
+        if pt in self.dtmf_pts:
+            return  # telephone-events from the peer: not part of the stream
+        if pt not in self.accepted_pts:
+            counters["wrong_payload_type"] += 1
+            return
+        now = self.session.clock.seconds()
+        self.last_rtp = now
+        counters["packets"] += 1
+        counters["bytes"] += len(data)
+        if packet.ssrc != self.ssrc:
+            if self.ssrc is not None:
+                counters["ssrc_changes"] += 1
+                log.info("{kind} SSRC of call {call} changed to {ssrc:08x}", kind=self.kind,
+                         call=self.session.call_id, ssrc=packet.ssrc)
+                self.reorder.reset()
+                self.stats.reset()
+            self.ssrc = packet.ssrc
+        self.stats.update(packet, now)
+        for ordered in self.reorder.push(packet):
+            self._deliver(ordered)
+        counters["late"] = self.reorder.late
+        counters["duplicates"] = self.reorder.duplicates
+
+    def _deliver(self, packet: RtpPacket) -> None:
+        stream = self.session.stream
+        codec = self.media.codec
+        if self.depacketizer is None:
+            self.counters["frames"] += 1
+            stream.publish(MediaFrame("audio", codec.name, codec.clock, packet.timestamp,
+                                      packet.payload))
+            return
+        dep = self.depacketizer
+        for unit in dep.push(packet):
+            stream.publish(MediaFrame("video", "H264", 90000, unit.timestamp, unit.data,
+                                      unit.keyframe))
+            if unit.keyframe:
+                self.session.keyframe_arrived()
+        c = self.counters
+        c["frames"], c["keyframes"] = dep.frames, dep.keyframes
+        c["dropped_frames"], c["bad_payloads"] = dep.dropped_frames, dep.bad_packets
+        if dep.width and (stream.width, stream.height) != (dep.width, dep.height):
+            stream.width, stream.height = dep.width, dep.height
+        if dep.needs_keyframe:
+            self.session.request_keyframe()
+
+    # -- RTCP ----------------------------------------------------------------
+    def rtcp_received(self, data: bytes, addr) -> None:
+        try:
+            packets = parse_rtcp(data)
+        except PacketError:
+            self.counters["rtcp_bad"] += 1
+            return
+        self.counters["rtcp_packets"] += 1
+        if self.remote_rtp is not None and addr[0] == self.remote_rtp[0]:
+            self.remote_rtcp = addr  # symmetric RTCP
+        for packet in packets:
+            if isinstance(packet, SenderReport):
+                self.last_sr = ((packet.ntp_timestamp >> 16) & 0xFFFFFFFF,
+                                self.session.clock.seconds())
+            elif isinstance(packet, Bye):
+                log.info("{kind} RTCP BYE from call {call}", kind=self.kind,
+                         call=self.session.call_id)
+
+    def send_rtcp(self, *packets) -> None:
+        if self.remote_rtcp is None or self.rtcp_port is None:
+            return
+        data = b"".join(bytes(p) for p in packets)
+        try:
+            self.rtcp_port.write(data, self.remote_rtcp)
+        except OSError as exc:
+            log.debug("RTCP send failed: {error}", error=str(exc))
+
+    def report(self) -> None:
+        """RTCP RR + SDES CNAME (RFC 3550 §6.4.2, §6.5.1)."""
+        if self.stats is None or self.ssrc is None:
+            return
+        lsr = dlsr = 0
+        if self.last_sr is not None:
+            lsr = self.last_sr[0]
+            dlsr = int((self.session.clock.seconds() - self.last_sr[1]) * 65536)
+        block = self.stats.report_block(self.ssrc, lsr, dlsr)
+        self.counters["lost"] = block.packets_lost
+        self.counters["jitter"] = block.jitter
+        sdes = SourceDescription([(self.local_ssrc, [(1, self.session.cname)])])
+        self.send_rtcp(ReceiverReport(self.local_ssrc, [block]), sdes)
+
+    # -- RTP out (silence, DTMF) ----------------------------------------------
+    def send_rtp(self, payload_type: int, payload: bytes, *, marker: bool = False,
+                 timestamp: int | None = None) -> None:
+        if self.remote_rtp is None or self.rtp_port is None:
+            return
+        packet = RtpPacket(payload_type=payload_type, sequence_number=self.seq,
+                           timestamp=self.ts if timestamp is None else timestamp,
+                           ssrc=self.local_ssrc, marker=marker, payload=payload)
+        self.seq = (self.seq + 1) & 0xFFFF
+        try:
+            self.rtp_port.write(bytes(packet), self.remote_rtp)
+        except OSError as exc:
+            log.debug("RTP send failed: {error}", error=str(exc))
+            return
+        self.sent_packets += 1
+        self.sent_octets += len(payload)
+
+
+class MediaSession:
+    """The RTP side of one call. ``clock`` is the reactor (callLater, seconds)."""
+
+    def __init__(self, reactor, *, call_id: str, stream, bind_address: str, ports,
+                 kinds: list[str], rtp_timeout: float = 0, send_silence: bool = False,
+                 on_timeout=None, on_keyframe_info=None):
+        self.reactor = self.clock = reactor
+        self.call_id = call_id
+        self.stream = stream
+        self.bind_address = bind_address
+        self.pool = ports
+        self.kinds = kinds
+        self.rtp_timeout = rtp_timeout
+        self.send_silence = send_silence
+        self.on_timeout = on_timeout
+        self.on_keyframe_info = on_keyframe_info
+        self.cname = f"sipgw-{os.getpid()}@{call_id}".encode()[:255]
+        self.endpoints: dict[str, Endpoint] = {}
+        self.established_at: float | None = None
+        self.paused = False
+        self._timers: dict[str, object] = {}
+        self._last_keyframe_request = -1e9
+        self._keyframe_pending = False
+        self._rtcp_requests_since_idr = 0
+        self._last_info = -1e9
+        self._fir_seq = 0
+        self.closed = False
+
+    # -- life cycle ----------------------------------------------------------
+    def open(self) -> dict[str, int]:
+        """Bind an RTP/RTCP pair per kind; returns kind -> RTP port for the SDP offer."""
+        tries = 0
+        for kind in self.kinds:
+            while True:
+                port = self.pool.allocate()
+                endpoint = Endpoint(self, kind, port)
+                try:
+                    endpoint.listen(self.reactor, self.bind_address)
+                except error.CannotListenError:
+                    self.pool.release(port)
+                    tries += 1
+                    if tries > 20:
+                        self.close()
+                        raise PortsExhausted("no bindable RTP port pair in the media range")
+                    continue
+                self.endpoints[kind] = endpoint
+                break
+        return {kind: ep.port for kind, ep in self.endpoints.items()}
+
+    def negotiate(self, media: dict) -> None:
+        """Apply negotiated media (answer, early answer, or a peer's re-INVITE offer)."""
+        for kind, endpoint in self.endpoints.items():
+            if kind in media:
+                endpoint.negotiate(media[kind])
+        streams = self.stream
+        if "audio" in media:
+            streams.audio_codec = media["audio"].codec.name
+        if "video" in media:
+            streams.video_codec = "H264"
+        # 'inactive' or 'recvonly' from our side means the peer is not sending.
+        self.paused = all(m.direction in ("inactive", "sendonly") for m in media.values())
+
+    def established(self) -> None:
+        self.established_at = self.clock.seconds()
+        for endpoint in self.endpoints.values():
+            endpoint.last_rtp = self.established_at
+        self._every("rtcp", RTCP_INTERVAL, self._report)
+        if self.rtp_timeout:
+            self._every("timeout", 1.0, self._check_activity)
+        if self.send_silence and "audio" in self.endpoints:
+            self._every("silence", 0.02, self._silence)
+        if self.stream.has_video and "video" in self.endpoints:
+            self.request_keyframe()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for call in self._timers.values():
+            if call.active():
+                call.cancel()
+        self._timers = {}
+        for endpoint in self.endpoints.values():
+            if endpoint.stats is not None and endpoint.ssrc is not None:
+                endpoint.send_rtcp(Bye([endpoint.local_ssrc]))
+            endpoint.close()
+            self.pool.release(endpoint.port)
+
+    def _every(self, name: str, interval: float, fn) -> None:
+        def tick():
+            if self.closed:
+                return
+            fn()
+            if not self.closed:
+                self._timers[name] = self.clock.callLater(interval, tick)
+        self._timers[name] = self.clock.callLater(interval, tick)
+
+    def counters(self) -> dict:
+        return {kind: dict(ep.counters) for kind, ep in self.endpoints.items()}
+
+    def _report(self) -> None:
+        for endpoint in self.endpoints.values():
+            endpoint.report()
+        self.stream.counters = self.counters()
+
+    # -- RTP inactivity ------------------------------------------------------
+    def _check_activity(self) -> None:
+        if self.paused:
+            for endpoint in self.endpoints.values():
+                endpoint.last_rtp = self.clock.seconds()
+            return
+        last = max(ep.last_rtp for ep in self.endpoints.values())
+        if self.clock.seconds() - last >= self.rtp_timeout:
+            log.warn("call {call}: no RTP for {t} s", call=self.call_id, t=self.rtp_timeout)
+            self.close()
+            if self.on_timeout is not None:
+                self.on_timeout()
+
+    # -- keyframes (RFC 4585 PLI, RFC 5104 FIR, then SIP INFO) ---------------------
+    def request_keyframe(self) -> None:
+        """Ask the callee for an IDR; many requests within 0.5 s become one."""
+        video = self.endpoints.get("video")
+        if video is None or self.closed:
+            return
+        now = self.clock.seconds()
+        wait = self._last_keyframe_request + KEYFRAME_MIN_INTERVAL - now
+        if wait > 0:
+            if not self._keyframe_pending:
+                self._keyframe_pending = True
+                self._timers["keyframe"] = self.clock.callLater(wait, self._send_keyframe_request)
+            return
+        self._send_keyframe_request()
+
+    def _send_keyframe_request(self) -> None:
+        self._keyframe_pending = False
+        video = self.endpoints.get("video")
+        if video is None or self.closed:
+            return
+        self._last_keyframe_request = self.clock.seconds()
+        if video.ssrc is not None:
+            self._fir_seq = (self._fir_seq + 1) & 0xFF
+            video.send_rtcp(PictureLossIndication(video.local_ssrc, video.ssrc),
+                            FullIntraRequest(video.local_ssrc, [(video.ssrc, self._fir_seq)]))
+        self._rtcp_requests_since_idr += 1
+        # A callee that ignores RTCP feedback gets SIP INFO picture_fast_update.
+        if (self._rtcp_requests_since_idr >= 2 and self.on_keyframe_info is not None
+                and self._last_keyframe_request - self._last_info >= KEYFRAME_INFO_AFTER):
+            self._last_info = self._last_keyframe_request
+            self.on_keyframe_info()
+
+    def keyframe_arrived(self) -> None:
+        self._rtcp_requests_since_idr = 0
+
+    # -- sending ---------------------------------------------------------------
+    def _silence(self) -> None:
+        audio = self.endpoints["audio"]
+        if audio.media is None:
+            return
+        codec = audio.media.codec
+        payload = SILENCE.get(codec.name)
+        if payload is None:
+            return
+        audio.send_rtp(codec.pt, payload)
+        audio.ts = (audio.ts + codec.clock // 50) & 0xFFFFFFFF
+
+    def send_dtmf(self, digits: str, duration_ms: int = 160) -> None:
+        """RFC 4733 telephone-events on the call's audio RTP, one digit after another."""
+        audio = self.endpoints.get("audio")
+        if audio is None or audio.media is None or audio.media.dtmf_pt is None:
+            raise ValueError("the callee did not accept telephone-event (RFC 2833) in SDP")
+        step = audio.media.codec.clock // 50  # 20 ms of timestamp
+        total = max(duration_ms * audio.media.codec.clock // 1000, step)
+        delay = 0.0
+        for digit in digits:
+            event = DTMF_EVENTS[digit.upper()]
+            start_ts = (audio.ts + int(delay * audio.media.codec.clock)) & 0xFFFFFFFF
+            packets = []
+            for duration in range(step, total + 1, step):
+                packets.append((duration, False))
+            packets += [(total, True)] * 3  # the end packet three times (§2.5.1.4)
+            for i, (duration, end) in enumerate(packets):
+                payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, duration)
+                when = delay + min(i, len(packets) - 3) * 0.02
+                self.clock.callLater(when, self._send_event, audio, payload, i == 0, start_ts)
+            delay += total / audio.media.codec.clock + 0.06  # inter-digit gap
+        audio.ts = (audio.ts + int(delay * audio.media.codec.clock)) & 0xFFFFFFFF
+
+    def _send_event(self, audio: Endpoint, payload: bytes, marker: bool, timestamp: int) -> None:
+        if not self.closed:
+            audio.send_rtp(audio.media.dtmf_pt, payload, marker=marker, timestamp=timestamp)
+

@@ -1,0 +1,188 @@
+"""A live stream: the media of one call, fanned out to any number of sinks.
+
+Runs on the reactor thread. ``publish`` never blocks and never waits for a
+consumer: each sink has its own bounded queue, and a sink that falls behind
+drops to the next keyframe (its queue is emptied), never delaying the others.
+"""
+from __future__ import annotations
+
+import collections
+import enum
+import secrets
+
+from twisted.internet import defer
+
+
+class StreamStatus(str, enum.Enum):
+    NEW = "NEW"
+    PENDING = "PENDING"
+    PUBLISHING = "PUBLISHING"
+    UNPUBLISHED = "UNPUBLISHED"
+    FAILED = "FAILED"
+
+
+class MediaFrame:
+    """One access unit (video, Annex-B) or one audio frame, with its RTP timestamp."""
+
+    __slots__ = ("kind", "codec", "clock_rate", "timestamp", "data", "keyframe")
+
+    def __init__(self, kind: str, codec: str, clock_rate: int, timestamp: int, data: bytes,
+                 keyframe: bool = False):
+        self.kind = kind
+        self.codec = codec
+        self.clock_rate = clock_rate
+        self.timestamp = timestamp
+        self.data = data
+        self.keyframe = keyframe
+
+    def __repr__(self):
+        return (f"<MediaFrame {self.kind} {self.codec} ts={self.timestamp} {len(self.data)}B"
+                f"{' key' if self.keyframe else ''}>")
+
+
+class Sink:
+    """A consumer's bounded queue. ``get()`` gives a Deferred firing with the next frame,
+    or with None once the stream has ended."""
+
+    def __init__(self, stream: "Stream", maxlen: int = 256, name: str = "sink"):
+        self.stream = stream
+        self.name = name
+        self.maxlen = maxlen
+        self.queue: collections.deque[MediaFrame] = collections.deque()
+        self.waiting_keyframe = stream.has_video
+        self.dropped = 0
+        self.closed = False
+        self._waiter: defer.Deferred | None = None
+
+    def offer(self, frame: MediaFrame) -> None:
+        if self.closed:
+            return
+        if frame.kind == "video" and self.waiting_keyframe:
+            if not frame.keyframe:
+                self.dropped += 1
+                return
+            self.waiting_keyframe = False
+        if len(self.queue) >= self.maxlen:
+            # Too slow: throw away what is queued and restart at the next keyframe.
+            self.dropped += len(self.queue) + 1
+            self.queue.clear()
+            if self.stream.has_video:
+                self.waiting_keyframe = True
+                self.stream.request_keyframe()
+                if not (frame.kind == "video" and frame.keyframe):
+                    return
+                self.waiting_keyframe = False
+        self.queue.append(frame)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and (self.queue or self.closed):
+            waiter, self._waiter = self._waiter, None
+            waiter.callback(self.queue.popleft() if self.queue else None)
+
+    def get(self) -> defer.Deferred:
+        if self._waiter is not None:
+            raise RuntimeError("Sink.get() called again before the previous frame arrived")
+        if self.queue:
+            return defer.succeed(self.queue.popleft())
+        if self.closed:
+            return defer.succeed(None)
+        self._waiter = defer.Deferred()
+        return self._waiter
+
+    def close(self) -> None:
+        """Stop receiving; a pending get() fires with None."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stream.sinks.discard(self)
+        self._wake()
+
+
+class Stream:
+    """A named stream published by a call."""
+
+    def __init__(self, name: str, *, has_audio: bool = True, has_video: bool = True,
+                 call_id: str = "", on_terminate=None, on_keyframe_request=None):
+        self.name = name
+        self.media_session_id = secrets.token_hex(16)
+        self.call_id = call_id
+        self.has_audio = has_audio
+        self.has_video = has_video
+        self.status = StreamStatus.PENDING
+        self.info = ""
+        self.audio_codec = ""
+        self.video_codec = ""
+        self.width = 0
+        self.height = 0
+        self.counters = {"audio": {}, "video": {}}
+        self.sinks: set[Sink] = set()
+        self.sps: bytes | None = None
+        self.pps: bytes | None = None
+        self.gop: list[MediaFrame] = []  # since the last keyframe, for late subscribers
+        self.gop_limit = 600
+        self._on_terminate = on_terminate
+        self._on_keyframe_request = on_keyframe_request
+        self.keyframe_requests = 0
+
+    # -- producer side (the call's RTP) ---------------------------------------
+    def publish(self, frame: MediaFrame) -> None:
+        if self.status in (StreamStatus.UNPUBLISHED, StreamStatus.FAILED):
+            return
+        if self.status != StreamStatus.PUBLISHING:
+            self.status = StreamStatus.PUBLISHING
+        if frame.kind == "video":
+            if frame.keyframe:
+                self.gop = [frame]
+            elif self.gop and len(self.gop) < self.gop_limit:
+                self.gop.append(frame)
+        for sink in list(self.sinks):
+            sink.offer(frame)
+
+    def end(self, status: StreamStatus = StreamStatus.UNPUBLISHED, info: str = "") -> None:
+        """The call is over: every sink gets None after what it has queued."""
+        if self.status in (StreamStatus.UNPUBLISHED, StreamStatus.FAILED):
+            return
+        self.status = status
+        self.info = info
+        self.gop = []
+        for sink in list(self.sinks):
+            sink.close()
+
+    @property
+    def ended(self) -> bool:
+        return self.status in (StreamStatus.UNPUBLISHED, StreamStatus.FAILED)
+
+    # -- consumer side ---------------------------------------------------------
+    def subscribe(self, maxlen: int = 256, name: str = "sink", burst: bool = True) -> Sink:
+        """A new sink; with ``burst`` it starts with the cached GOP (fast start)."""
+        sink = Sink(self, maxlen, name)
+        if self.ended:
+            sink.close()
+            return sink
+        self.sinks.add(sink)
+        if self.has_video:
+            if burst and self.gop:
+                for frame in self.gop[-maxlen:]:
+                    sink.offer(frame)
+            else:
+                self.request_keyframe()
+        return sink
+
+    def request_keyframe(self) -> None:
+        self.keyframe_requests += 1
+        if self._on_keyframe_request is not None:
+            self._on_keyframe_request()
+
+    def terminate(self) -> None:
+        """/stream/terminate: end the call that publishes this stream."""
+        if self._on_terminate is not None:
+            self._on_terminate()
+
+    def to_json(self) -> dict:
+        return {"mediaSessionId": self.media_session_id, "name": self.name, "published": True,
+                "status": self.status.value, "info": self.info, "hasAudio": self.has_audio,
+                "hasVideo": self.has_video, "audioCodec": self.audio_codec,
+                "videoCodec": self.video_codec, "width": self.width, "height": self.height,
+                "callId": self.call_id, "viewers": len(self.sinks),
+                "counters": self.counters}
