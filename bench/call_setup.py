@@ -399,8 +399,11 @@ def sipgw_step(gw: Sipgw, workdir: Path, rate: int, step_s: float, hold_ms: int)
         if alive():
             rest = Rest(gw.rest_port)
             deadline = time.monotonic() + 5
-            while (left := rest.count(ACTIVE)) and time.monotonic() < deadline:
-                time.sleep(0.2)
+            try:
+                while (left := rest.count(ACTIVE)) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            except (OSError, http.client.HTTPException, HarnessError):
+                left = -1
             rest.close()
         watch.finish()
         cpu2 = cpu_ms(gw.proc.pid) if alive() else math.nan
@@ -542,6 +545,19 @@ def memory_run(gw: Sipgw, workdir: Path) -> Memory:
     total = WARMUP_CALLS + MEMORY_CALLS
     uas = sipp_uas(workdir / "memory", UAS_HOLD, total, hold_ms=0, timeout_s=600).start()
     try:
+        _measure_memory(gw, rest, uas, mem)
+    except (OSError, http.client.HTTPException, HarnessError) as exc:
+        state = "running" if gw.proc.poll() is None else f"exited with {gw.proc.returncode}"
+        mem.problems.append(f"sipgw {state}: {type(exc).__name__}: {exc}")
+    finally:
+        rest.close()
+        uas.stop()
+    if len(mem.points) > 1:
+        mem.slope_kb = slope(mem.points)
+    return mem
+
+
+def _measure_memory(gw: Sipgw, rest: Rest, uas: Sipp, mem: Memory) -> None:
         pid = gw.proc.pid
         watch = FailureWatch(gw.rest_port, "")
         watch.start()
@@ -567,7 +583,6 @@ def memory_run(gw: Sipgw, workdir: Path) -> Memory:
             rss = rss_kb(pid)
             established = len(rest.find(status="ESTABLISHED"))
             mem.points.append((established, rss))
-        mem.slope_kb = slope(mem.points)
         if mem.points[-1][0] != MEMORY_CALLS:
             mem.problems.append(f"{mem.points[-1][0]} of {MEMORY_CALLS} calls established")
 
@@ -586,10 +601,6 @@ def memory_run(gw: Sipgw, workdir: Path) -> Memory:
             mem.problems.append(f"{len(watch.failed)} calls FAILED/BUSY")
         wait_until(lambda: not rest.find(), RETENTION_S + 20, 0.5)
         mem.after_kb = rss_kb(pid)
-        return mem
-    finally:
-        rest.close()
-        uas.stop()
 
 
 # --------------------------------------------------------------------------

@@ -318,6 +318,8 @@ class MediaSession:
         if self.closed:
             return
         self.closed = True
+        self.stream.counters = self.counters()  # the final figures stay readable
+        self.stream.counters_source = None
         for call in self._timers.values():
             if call.active():
                 call.cancel()
@@ -343,7 +345,6 @@ class MediaSession:
     def _report(self) -> None:
         for endpoint in self.endpoints.values():
             endpoint.report()
-        self.stream.counters = self.counters()
 
     # -- RTP inactivity ------------------------------------------------------
     def _check_activity(self) -> None:

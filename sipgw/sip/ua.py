@@ -573,6 +573,7 @@ class UserAgent:
             return
         call.media_session = session
         call.stream._on_keyframe_request = session.request_keyframe
+        call.stream.counters_source = session.counters
         address = self.config.media_address or self.transport.sent_by(call.dest.host)
         self._session_version += 1
         call.offer = sdplib.make_offer(address, audio_port=ports.get("audio"),

@@ -116,6 +116,7 @@ class Stream:
         self.width = 0
         self.height = 0
         self.counters = {"audio": {}, "video": {}}
+        self.counters_source = None  # callable giving live counters (the call's RTP)
         self.sinks: set[Sink] = set()
         self.sps: bytes | None = None
         self.pps: bytes | None = None
@@ -185,4 +186,4 @@ class Stream:
                 "hasVideo": self.has_video, "audioCodec": self.audio_codec,
                 "videoCodec": self.video_codec, "width": self.width, "height": self.height,
                 "callId": self.call_id, "viewers": len(self.sinks),
-                "counters": self.counters}
+                "counters": self.counters_source() if self.counters_source else self.counters}
