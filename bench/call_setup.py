@@ -60,7 +60,6 @@ MEMORY_CALLS, MEMORY_BATCHES, MEMORY_RATE, WARMUP_CALLS = 1000, 4, 200, 20
 BUSY_PCT = 10  # other processes above this % of a core: the figures are flagged
 TARGET_RATE, TARGET_CPU_MS, TARGET_KB = 300, 3.0, 300
 
-ENDED = ("BUSY", "FINISH", "FAILED")
 UNSETTLED = ("NEW", "PENDING", "TRYING", "RING", "RING_MEDIA", "SESSION_PROGRESS")
 ACTIVE = UNSETTLED + ("ESTABLISHED", "HOLD")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -558,10 +557,12 @@ def memory_run(gw: Sipgw, workdir: Path) -> Memory:
 
 
 def _measure_memory(gw: Sipgw, rest: Rest, uas: Sipp, mem: Memory) -> None:
-        pid = gw.proc.pid
-        watch = FailureWatch(gw.rest_port, "")
-        watch.start()
-        # warm-up: a few calls placed, hung up and forgotten, so that first-use costs
+    """Warm up, take RSS at 0, 250 .. 1000 established calls, hang them all up."""
+    pid = gw.proc.pid
+    watch = FailureWatch(gw.rest_port, "")
+    watch.start()
+    try:
+        # a few calls placed, hung up and forgotten first, so that first-use costs
         # (imports, caches) are not counted per call
         drive(gw.rest_port, "/call/startup", startup_body("w", uas.port), WARMUP_CALLS, 50)
         wait_until(lambda: rest.count(UNSETTLED) == 0, 20)
@@ -573,34 +574,34 @@ def _measure_memory(gw: Sipgw, rest: Rest, uas: Sipp, mem: Memory) -> None:
         body = startup_body("m", uas.port)
         for b in range(MEMORY_BATCHES):
             first = b * batch
-            load = drive(gw.rest_port, "/call/startup",
-                         lambda i: body(first + i), batch, MEMORY_RATE)
+            load = drive(gw.rest_port, "/call/startup", lambda i: body(first + i), batch,
+                         MEMORY_RATE)
             if load.ok != batch:
                 mem.problems.append(f"REST {load.ok}/{batch} accepted {load.errors}")
             if not wait_until(lambda: rest.count(UNSETTLED) == 0, 30):
                 mem.problems.append("calls still unanswered after 30 s")
             time.sleep(0.5)
-            rss = rss_kb(pid)
-            established = len(rest.find(status="ESTABLISHED"))
-            mem.points.append((established, rss))
+            rss = rss_kb(pid)  # before the find below allocates its JSON
+            mem.points.append((len(rest.find(status="ESTABLISHED")), rss))
         if mem.points[-1][0] != MEMORY_CALLS:
             mem.problems.append(f"{mem.points[-1][0]} of {MEMORY_CALLS} calls established")
 
-        load = drive(gw.rest_port, "/call/terminate", terminate_body("m"), MEMORY_CALLS, MEMORY_RATE)
+        load = drive(gw.rest_port, "/call/terminate", terminate_body("m"), MEMORY_CALLS,
+                     MEMORY_RATE)
         if load.ok != MEMORY_CALLS:
             mem.problems.append(f"terminate: {load.ok}/{MEMORY_CALLS} accepted {load.errors}")
         rc = wait_exit(uas, time.monotonic() + 60, lambda: gw.proc.poll() is None)
         if rc != 0:
             mem.problems.append(f"SIPp UAS exit {rc} after terminate"
                                 if rc is not None else "SIPp UAS did not see every BYE")
-        left = rest.count(ACTIVE)
-        if left:
+        if left := rest.count(ACTIVE):
             mem.problems.append(f"{left} calls still active after terminate")
+    finally:
         watch.finish()
-        if watch.failed:
-            mem.problems.append(f"{len(watch.failed)} calls FAILED/BUSY")
-        wait_until(lambda: not rest.find(), RETENTION_S + 20, 0.5)
-        mem.after_kb = rss_kb(pid)
+    if watch.failed:
+        mem.problems.append(f"{len(watch.failed)} calls FAILED/BUSY")
+    wait_until(lambda: not rest.find(), RETENTION_S + 20, 0.5)
+    mem.after_kb = rss_kb(pid)
 
 
 # --------------------------------------------------------------------------
@@ -744,11 +745,12 @@ def main() -> int:
         for line in stops:
             say(f"  ({line})")
         mem_note = f"; problems: {'; '.join(mem.problems)}" if mem.problems else ""
-        say(f"memory: {mem.slope_kb:.0f} KB RSS per established call "
-            f"(slope over {mem.points[-1][0]}){mem_note}")
+        most = mem.points[-1][0] if mem.points else 0
+        say(f"memory: {fmt(mem.slope_kb, '.0f')} KB RSS per established call "
+            f"(slope over {most}){mem_note}")
         rate_ok = bool(best) and best.rate >= TARGET_RATE
         cpu_ok = bool(best) and best.cpu_ms_per_call <= TARGET_CPU_MS
-        mem_ok = not mem.problems and mem.slope_kb <= TARGET_KB
+        mem_ok = not mem.problems and not math.isnan(mem.slope_kb) and mem.slope_kb <= TARGET_KB
         note = f" (--quick: {step_s} s steps, the target asks 30 s)" if args.quick else ""
         say(f"targets: ≥ {TARGET_RATE} calls/s {met(rate_ok)}; ≤ {TARGET_CPU_MS:g} ms CPU/call "
             f"{met(cpu_ok)}; ≤ {TARGET_KB} KB/call {met(mem_ok)}{note}")

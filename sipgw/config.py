@@ -25,6 +25,14 @@ class Config:
     rest_port: int = 8081
     rest_cors_origin: str = "*"
     ws_port: int = 8080
+    ws_bind_address: str = "0.0.0.0"
+    wss_port: int = 8443
+    wss_certificate: str = ""
+    wss_private_key: str = ""
+    ws_auth_tokens: str = ""
+    ws_connection_timeout: int = 10
+    webrtc_ice_address: str = ""
+    webrtc_ice_servers: str = ""
     # SIP user agent
     sip_bind_address: str = "0.0.0.0"
     sip_local_port: int = 5070
@@ -44,16 +52,19 @@ class Config:
     sip_single_route_only: bool = False
 
     def __post_init__(self):
-        for name in ("rest_port", "ws_port", "sip_local_port", "media_port_from", "media_port_to"):
+        for name in ("rest_port", "ws_port", "wss_port", "sip_local_port", "media_port_from", "media_port_to"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name}={value}: a port must be between 0 and 65535")
+        if bool(self.wss_certificate) != bool(self.wss_private_key):
+            raise ConfigError("wss_certificate and wss_private_key go together")
         if self.media_port_from > self.media_port_to - 1:
             raise ConfigError("media_port_from must be below media_port_to")
         for name in ("sip_register_expires", "sip_max_message_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout"):
+        for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",
+                     "ws_connection_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
 

@@ -1,11 +1,16 @@
 """The one place that wires the layers into a MultiService."""
 from __future__ import annotations
 
+import os
+
 from twisted.application import internet, service
-from twisted.web import resource, server
+from twisted.web import resource, server, static
 
 from .rtp.ports import PortPool
 from .sip.ua import UserAgent
+
+
+WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 
 
 class _UserAgentService(service.Service):
@@ -26,10 +31,31 @@ class _UserAgentService(service.Service):
 def make_root(config, ua: UserAgent) -> resource.Resource:
     from .rest import CallApi, RestResource
     from .rest.streams import StreamApi
-    root = resource.Resource()
+    root = static.File(WEB_DIR)  # the daemon's own pages (SIP as stream, Player)
     root.putChild(b"rest-api", RestResource(CallApi(ua), StreamApi(ua.streams),
                                             allow_origin=config.rest_cors_origin))
     return root
+
+
+def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService) -> None:
+    """Websocket signalling for players: ws on ws_port, wss when a certificate is set."""
+    from .webrtc.viewer import pin_ice_host
+    from .ws.signalling import SignallingFactory
+    pin_ice_host(config.webrtc_ice_address)
+    factory = SignallingFactory(config, ua.streams, reactor)
+    ws = internet.TCPServer(config.ws_port, factory, interface=config.ws_bind_address,
+                            reactor=reactor)
+    ws.setName("ws")
+    ws.setServiceParent(parent)
+    if config.wss_certificate:
+        from twisted.internet import ssl
+        with open(config.wss_certificate, "rb") as cert, open(config.wss_private_key, "rb") as key:
+            options = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+        wss = internet.SSLServer(config.wss_port, factory, options,
+                                 interface=config.ws_bind_address, reactor=reactor)
+        wss.setName("wss")
+        wss.setServiceParent(parent)
+    parent.signalling = factory
 
 
 class _QuietSite(server.Site):
@@ -50,5 +76,6 @@ def make_service(config, reactor) -> service.MultiService:
                               reactor=reactor)
     rest.setName("rest")
     rest.setServiceParent(top)
+    make_signalling(config, ua, reactor, top)
     top.ua = ua
     return top

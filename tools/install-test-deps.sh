@@ -13,6 +13,8 @@ PACKAGES=(
     iproute2          # ss, ip: socket checks and network namespaces
     procps            # ps, for checking that no peer is left behind
     coreutils         # stdbuf (line-buffered baresip log)
+    nginx-light       # RTMP server for /push (with the module below)
+    libnginx-mod-rtmp # nginx-rtmp: live RTMP read-back of pushed streams
 )
 
 missing=()

@@ -44,18 +44,21 @@ class Sink:
     """A consumer's bounded queue. ``get()`` gives a Deferred firing with the next frame,
     or with None once the stream has ended."""
 
-    def __init__(self, stream: "Stream", maxlen: int = 256, name: str = "sink"):
+    def __init__(self, stream: "Stream", maxlen: int = 256, name: str = "sink",
+                 kinds: tuple[str, ...] = ("audio", "video")):
         self.stream = stream
         self.name = name
         self.maxlen = maxlen
+        self.kinds = kinds
+        self.video = stream.has_video and "video" in kinds
         self.queue: collections.deque[MediaFrame] = collections.deque()
-        self.waiting_keyframe = stream.has_video
+        self.waiting_keyframe = self.video
         self.dropped = 0
         self.closed = False
         self._waiter: defer.Deferred | None = None
 
     def offer(self, frame: MediaFrame) -> None:
-        if self.closed:
+        if self.closed or frame.kind not in self.kinds:
             return
         if frame.kind == "video" and self.waiting_keyframe:
             if not frame.keyframe:
@@ -66,7 +69,7 @@ class Sink:
             # Too slow: throw away what is queued and restart at the next keyframe.
             self.dropped += len(self.queue) + 1
             self.queue.clear()
-            if self.stream.has_video:
+            if self.video:
                 self.waiting_keyframe = True
                 self.stream.request_keyframe()
                 if not (frame.kind == "video" and frame.keyframe):
@@ -155,14 +158,15 @@ class Stream:
         return self.status in (StreamStatus.UNPUBLISHED, StreamStatus.FAILED)
 
     # -- consumer side ---------------------------------------------------------
-    def subscribe(self, maxlen: int = 256, name: str = "sink", burst: bool = True) -> Sink:
+    def subscribe(self, maxlen: int = 256, name: str = "sink", burst: bool = True,
+                  kinds: tuple[str, ...] = ("audio", "video")) -> Sink:
         """A new sink; with ``burst`` it starts with the cached GOP (fast start)."""
-        sink = Sink(self, maxlen, name)
+        sink = Sink(self, maxlen, name, kinds)
         if self.ended:
             sink.close()
             return sink
         self.sinks.add(sink)
-        if self.has_video:
+        if sink.video:
             if burst and self.gop:
                 for frame in self.gop[-maxlen:]:
                     sink.offer(frame)

@@ -54,8 +54,9 @@ class Sipgw:
                 "--reactor=asyncio", "sipgw"]
         for key, value in self.settings.items():
             args += ["--set", f"{key}={value}"]
-        self.proc = subprocess.Popen(args, cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        with open(os.path.join(self.workdir, "sipgw.out"), "wb") as out:
+            self.proc = subprocess.Popen(args, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -72,11 +73,15 @@ class Sipgw:
         raise RuntimeError(f"sipgw did not start in {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
-                return handle.read()
-        except OSError:
-            return ""
+        """The daemon's log file, after whatever it printed before logging started."""
+        text = ""
+        for path in (os.path.join(self.workdir, "sipgw.out"), self.log_path):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    text += handle.read()
+            except OSError:
+                pass
+        return text
 
     def rest(self, method: str, body: dict | None = None):
         data = json.dumps(body or {}).encode()

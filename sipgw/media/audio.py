@@ -1,0 +1,122 @@
+"""Audio from RTP payloads (PCMU, PCMA, opus) to AAC with PyAV.  Runs on a worker thread.
+
+Input frames are placed on the timeline by their position (seconds since the origin);
+the AAC output is kept contiguous: a gap of lost packets is filled with silence (so
+audio stays in step with video), a frame overlapping what was already encoded is
+dropped, and a gap longer than ``max_fill`` seconds restarts the audio clock there.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy
+
+DECODERS = {"PCMU": "pcm_mulaw", "PCMA": "pcm_alaw", "opus": "libopus"}
+_DTYPES = {"u8": "u1", "s16": "<i2", "s32": "<i4", "flt": "<f4", "dbl": "<f8"}
+_TOLERANCE = 0.030  # s: jitter accepted before a frame is called early or late
+
+
+def output_rate(codec: str, clock_rate: int) -> int:
+    """AAC sample rate for a source: 16 kHz for narrow-band G.711, 48 kHz otherwise."""
+    return 16000 if clock_rate <= 16000 else 48000
+
+
+class AacEncoder:
+    """RTP audio payloads in, (pts in 1/rate, raw AAC frame) out."""
+
+    def __init__(self, codec: str, clock_rate: int, bit_rate: int = 48000,
+                 max_fill: float = 5.0):
+        if codec not in DECODERS:
+            raise ValueError(f"no AAC transcoding from {codec!r}")
+        self.codec = codec
+        self.in_rate = clock_rate
+        self.rate = output_rate(codec, clock_rate)
+        self.max_fill = max_fill
+        self.filled = 0  # seconds of silence inserted for lost packets
+        self.dropped = 0
+        name = DECODERS[codec]
+        if name == "libopus" and name not in av.codecs_available:
+            name = "opus"
+        self._decoder = av.CodecContext.create(name, "r")
+        self._decoder.sample_rate = clock_rate
+        self._decoder.layout = "stereo" if codec == "opus" else "mono"
+        self._encoder = av.CodecContext.create("aac", "w")
+        self._encoder.sample_rate = self.rate
+        self._encoder.layout = "mono"
+        self._encoder.format = "fltp"
+        self._encoder.bit_rate = bit_rate
+        self._encoder.time_base = Fraction(1, self.rate)
+        self._encoder.open()
+        self.frame_size = self._encoder.frame_size or 1024
+        self._resampler = av.AudioResampler(format="fltp", layout="mono", rate=self.rate,
+                                            frame_size=self.frame_size)
+        self._next: int | None = None  # next input sample position (1/in_rate)
+        self._in_tb = Fraction(1, clock_rate)
+
+    @property
+    def extradata(self) -> bytes:
+        """The AudioSpecificConfig (FLV's AAC sequence header, MP4's esds)."""
+        return bytes(self._encoder.extradata or b"")
+
+    def push(self, payload: bytes, position: float) -> list[tuple[int, bytes]]:
+        try:
+            frames = self._decoder.decode(av.Packet(payload))
+        except av.FFmpegError:
+            self.dropped += 1
+            return []
+        out = []
+        for frame in frames:
+            out += self._place(frame, position)
+            position += frame.samples / self.in_rate
+        return out
+
+    def _place(self, frame: av.AudioFrame, position: float) -> list[tuple[int, bytes]]:
+        at = round(position * self.in_rate)
+        out = []
+        if self._next is None:
+            self._next = at
+        gap = (at - self._next) / self.in_rate
+        if gap > self.max_fill:
+            self._next = at  # a long silence (hold): restart the audio clock here
+        elif gap > _TOLERANCE:
+            out += self._silence(at - self._next, frame)
+        elif gap < -_TOLERANCE - frame.samples / self.in_rate:
+            self.dropped += 1  # overlaps what was already encoded
+            return out
+        frame.pts = self._next
+        frame.time_base = self._in_tb
+        self._next += frame.samples
+        out += self._encode(frame)
+        return out
+
+    def _silence(self, samples: int, like: av.AudioFrame) -> list[tuple[int, bytes]]:
+        out = []
+        self.filled += samples / self.in_rate
+        channels = len(like.layout.channels)
+        while samples > 0:
+            n = min(samples, like.samples or 160)
+            shape = (channels, n) if like.format.is_planar else (1, n * channels)
+            dtype = _DTYPES[like.format.name.rstrip("p")]
+            silent = av.AudioFrame.from_ndarray(numpy.zeros(shape, dtype=dtype),
+                                                format=like.format.name, layout=like.layout.name)
+            silent.sample_rate = self.in_rate
+            silent.pts = self._next
+            silent.time_base = self._in_tb
+            self._next += n
+            samples -= n
+            out += self._encode(silent)
+        return out
+
+    def _encode(self, frame: av.AudioFrame | None) -> list[tuple[int, bytes]]:
+        out = []
+        for resampled in self._resampler.resample(frame):
+            for packet in self._encoder.encode(resampled):
+                out.append((packet.pts, bytes(packet)))
+        return out
+
+    def flush(self) -> list[tuple[int, bytes]]:
+        out = self._encode(None)
+        for packet in self._encoder.encode(None):
+            out.append((packet.pts, bytes(packet)))
+        return out

@@ -1,0 +1,203 @@
+"""One WebRTC viewer of a stream: an aiortc RTCPeerConnection fed from a Sink.
+
+H264 access units are passed through as ``av.Packet`` (aiortc packetizes them,
+nothing is decoded or re-encoded). Audio is passed through when the browser
+accepted the callee's codec; otherwise it is decoded here and handed to aiortc
+as frames, which aiortc encodes to opus in its executor, off the event loop.
+Runs on the asyncio loop that the Twisted asyncio reactor drives.
+"""
+from __future__ import annotations
+
+import asyncio
+import fractions
+
+import aioice.ice
+import av
+from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender,
+                    RTCSessionDescription)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+from twisted.logger import Logger
+
+log = Logger(namespace="sipgw.webrtc")
+
+AUDIO_CODECS = {"PCMU": "audio/PCMU", "PCMA": "audio/PCMA", "opus": "audio/opus"}
+
+
+class NoCommonCodecs(ValueError):
+    """The browser's offer has no codec the stream can be sent with."""
+
+
+def pin_ice_host(address: str) -> None:
+    """Gather ICE host candidates on ``address`` only (aioice has no option for it;
+    it also skips 127.0.0.1, which loopback tests need)."""
+    if address:
+        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [address]
+
+
+def ice_configuration(urls: list[str]) -> RTCConfiguration:
+    """No public STUN unless configured (aiortc would use Google's by default)."""
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in urls])
+
+
+class SinkTrack(MediaStreamTrack):
+    """A track whose frames come from a Sink of the stream, one kind only."""
+
+    def __init__(self, kind: str, sink, viewer: "Viewer"):
+        super().__init__()
+        self.kind = kind
+        self.sink = sink
+        self.viewer = viewer
+        self.first_ts: int | None = None
+        self.last_ts = 0
+        self.decoder = None  # audio transcoding only
+        self.frames = 0
+
+    def _pts(self, timestamp: int) -> int:
+        """RTP timestamps (32-bit, wrapping) to a growing pts from 0."""
+        if self.first_ts is None:
+            self.first_ts = timestamp
+            self.last_ts = 0
+            return 0
+        delta = (timestamp - self.first_ts - self.last_ts) & 0xFFFFFFFF
+        if delta > 0x7FFFFFFF:
+            delta -= 0x100000000
+        self.last_ts += delta
+        return max(self.last_ts, 0)
+
+    async def recv(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            frame = await self.sink.get().asFuture(loop)
+            if frame is None:
+                self.stop()
+                raise MediaStreamError
+            if frame.kind != self.kind:
+                continue
+            self.frames += 1
+            if self.frames == 1:
+                self.viewer.first_media(self.kind)
+            pts = self._pts(frame.timestamp)
+            if self.kind == "audio" and self.viewer.transcode_audio:
+                decoded = self._decode(frame, pts)
+                if decoded is None:
+                    continue
+                return decoded
+            packet = av.Packet(frame.data)
+            packet.pts = pts
+            packet.time_base = fractions.Fraction(1, frame.clock_rate)
+            return packet
+
+    def _decode(self, frame, pts):
+        """Callee codec the browser did not take: decode; aiortc encodes opus."""
+        if self.decoder is None:
+            name = {"PCMU": "pcm_mulaw", "PCMA": "pcm_alaw", "opus": "opus"}[frame.codec]
+            self.decoder = av.CodecContext.create(name, "r")
+            self.decoder.sample_rate = frame.clock_rate
+            self.decoder.layout = "mono"
+        packet = av.Packet(frame.data)
+        packet.pts = pts
+        packet.time_base = fractions.Fraction(1, frame.clock_rate)
+        decoded = self.decoder.decode(packet)
+        if not decoded:
+            return None
+        out = decoded[0]
+        out.pts = pts
+        out.time_base = fractions.Fraction(1, frame.clock_rate)
+        return out
+
+
+class Viewer:
+    """A browser playing a stream: its peer connection, tracks and sinks."""
+
+    def __init__(self, stream, *, media_session_id: str, ice_servers: list[str],
+                 on_state=None, queue_frames: int = 256):
+        self.stream = stream
+        self.media_session_id = media_session_id
+        self.pc = RTCPeerConnection(ice_configuration(ice_servers))
+        self.on_state = on_state  # callable(status, info)
+        self.queue_frames = queue_frames
+        self.transcode_audio = False
+        self.tracks: list[SinkTrack] = []
+        self.playing = False
+        self.closed = False
+
+        @self.pc.on("connectionstatechange")
+        def _state():
+            state = self.pc.connectionState
+            if state in ("failed", "closed") and not self.closed:
+                self._notify("FAILED" if state == "failed" else "STOPPED",
+                             "WebRTC connection " + state)
+
+    def _notify(self, status: str, info: str = "") -> None:
+        if self.on_state is not None:
+            self.on_state(status, info)
+
+    def first_media(self, kind: str) -> None:
+        if not self.playing:
+            self.playing = True
+            self._notify("PLAYING")
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply the browser's recvonly offer and return our answer with its candidates."""
+        stream = self.stream
+        kinds = [k for k, on in (("video", stream.has_video), ("audio", stream.has_audio)) if on]
+        for kind in kinds:
+            sink = stream.subscribe(maxlen=self.queue_frames, name=f"webrtc-{kind}",
+                                    kinds=(kind,))
+            track = SinkTrack(kind, sink, self)
+            self.tracks.append(track)
+            transceiver = self.pc.addTransceiver(track, direction="sendonly")
+            transceiver.setCodecPreferences(self._preferences(kind))
+            self._forward_keyframe_requests(transceiver.sender)
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        answer = await self.pc.createAnswer()
+        if not any(f"m={k}" in answer.sdp and f"m={k} 0 " not in answer.sdp for k in kinds):
+            raise NoCommonCodecs("No common codecs")
+        await self.pc.setLocalDescription(answer)
+        self._check_audio_codec()
+        return self.pc.localDescription.sdp
+
+    def _preferences(self, kind: str):
+        capabilities = RTCRtpSender.getCapabilities(kind).codecs
+        if kind == "video":
+            # H264 Constrained Baseline, packetization-mode 1 first (baresip sends 42e01f).
+            def rank(c):
+                params = c.parameters or {}
+                return (params.get("packetization-mode") != "1",
+                        not str(params.get("profile-level-id", "")).startswith("42e0"))
+            return sorted([c for c in capabilities if c.mimeType == "video/H264"], key=rank)
+        wanted = AUDIO_CODECS.get(self.stream.audio_codec)
+        order = [wanted] if wanted else []
+        order += [m for m in ("audio/opus", "audio/PCMU", "audio/PCMA") if m not in order]
+        return [c for m in order for c in capabilities if c.mimeType == m]
+
+    def _check_audio_codec(self) -> None:
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind != "audio" or not transceiver._codecs:
+                continue
+            chosen = transceiver._codecs[0].mimeType
+            source = AUDIO_CODECS.get(self.stream.audio_codec)
+            self.transcode_audio = source is not None and chosen != source
+            if self.transcode_audio:
+                log.info("viewer {id}: browser took {chosen}, stream is {source}: transcoding",
+                         id=self.media_session_id, chosen=chosen, source=source)
+
+    def _forward_keyframe_requests(self, sender) -> None:
+        """Browser PLI/FIR go upstream: aiortc ignores them for passed-through packets."""
+        handle = sender._handle_rtcp_packet
+        stream = self.stream
+
+        async def handle_rtcp(packet):
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                stream.request_keyframe()
+            await handle(packet)
+        sender._handle_rtcp_packet = handle_rtcp
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for track in self.tracks:
+            track.sink.close()
+        await self.pc.close()

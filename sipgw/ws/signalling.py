@@ -1,0 +1,224 @@
+"""WCS websocket signalling (as ``flashphoner-core.js`` speaks it) for stream players.
+
+Every frame is JSON ``{"message": NAME, "data": [obj, ...]}``. A client sends
+``connection`` (answered ``getUserData``), then ``playStream`` with its
+recvonly offer (answered ``setRemoteSDP`` and ``notifyStreamStatusEvent``
+PLAYING once media flows), ``stopStream``, ``ping``/``pong``. Anything else gets
+a ``fail``; nothing a client sends drops the socket, except not saying
+``connection`` in time or a refused auth token.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..webrtc.viewer import NoCommonCodecs, Viewer
+
+log = Logger(namespace="sipgw.ws")
+
+STREAM_NOT_FOUND = "Stream not found"
+MAX_MESSAGE = 256 * 1024
+
+
+class SignallingProtocol(WebSocketServerProtocol):
+    def __init__(self):
+        super().__init__()
+        self.established = False
+        self.viewers: dict[str, Viewer] = {}
+        self.session_id = secrets.token_hex(8)
+        self._connect_timer = None
+
+    # -- websocket events --------------------------------------------------------
+    def onOpen(self):
+        timeout = self.factory.config.ws_connection_timeout
+        if timeout:
+            self._connect_timer = self.factory.reactor.callLater(timeout, self._no_connection)
+
+    def _no_connection(self):
+        self._connect_timer = None
+        if not self.established:
+            log.info("ws {peer}: no 'connection' within the timeout, closing", peer=self.peer)
+            self.sendClose(4000, "no connection message")
+
+    def onMessage(self, payload: bytes, isBinary: bool):
+        if isBinary:
+            self.fail("binary", "binary frames are not supported")
+            return
+        try:
+            frame = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            self.fail("unknown", "frame is not JSON")
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("message"), str):
+            self.fail("unknown", "frame has no 'message'")
+            return
+        data = frame.get("data")
+        obj = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
+        name = frame["message"]
+        handler = self.HANDLERS.get(name)
+        if handler is None:
+            self.fail(name, f"{name} is not supported by sipgw", obj.get("mediaSessionId"))
+            return
+        if name not in ("connection", "ping", "pong") and not self.established:
+            self.fail(name, "send 'connection' first", obj.get("mediaSessionId"))
+            return
+        handler(self, obj)
+
+    def onClose(self, wasClean, code, reason):
+        if self._connect_timer is not None and self._connect_timer.active():
+            self._connect_timer.cancel()
+        for media_session_id in list(self.viewers):
+            self._stop_viewer(media_session_id, notify=False)
+
+    # -- sending -------------------------------------------------------------
+    def send(self, message: str, *data) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendMessage(json.dumps({"message": message, "data": list(data)}).encode())
+
+    def fail(self, api_method: str, info: str, media_session_id=None) -> None:
+        self.send("fail", {"apiMethod": "StreamStatusEvent" if media_session_id else api_method,
+                           "id": media_session_id, "info": info})
+
+    def status(self, media_session_id: str, name: str, status: str, info: str = "") -> None:
+        self.send("notifyStreamStatusEvent", {"mediaSessionId": media_session_id, "name": name,
+                                              "published": False, "status": status,
+                                              "info": info})
+
+    # -- handlers --------------------------------------------------------------
+    def on_connection(self, obj: dict) -> None:
+        tokens = self.factory.auth_tokens
+        if tokens and obj.get("authToken") not in tokens and obj.get("appKey") not in tokens:
+            log.info("ws {peer}: connection refused (bad appKey/authToken)", peer=self.peer)
+            self.fail("connection", "authentication failed")
+            self.sendClose(4003, "authentication failed")
+            return
+        self.established = True
+        if self._connect_timer is not None and self._connect_timer.active():
+            self._connect_timer.cancel()
+        self.send("getUserData", {"authToken": self.session_id, "sessionId": self.session_id,
+                                  "status": "ESTABLISHED", "mediaProviders": ["WebRTC"]})
+
+    def on_ping(self, obj: dict) -> None:
+        self.send("pong", None)
+
+    def on_pong(self, obj: dict) -> None:
+        pass
+
+    def on_play_stream(self, obj: dict) -> None:
+        media_session_id = obj.get("mediaSessionId")
+        name = obj.get("name")
+        sdp = obj.get("sdp")
+        if not isinstance(media_session_id, str) or not media_session_id:
+            self.fail("playStream", "mediaSessionId is required")
+            return
+        if not isinstance(name, str) or not name:
+            self.status(media_session_id, "", "FAILED", "name is required")
+            return
+        if media_session_id in self.viewers:
+            self.status(media_session_id, name, "FAILED", "mediaSessionId is already playing")
+            return
+        stream = self.factory.registry.get(name=name)
+        if stream is None or stream.ended:
+            self.status(media_session_id, name, "FAILED", STREAM_NOT_FOUND)
+            return
+        if not isinstance(sdp, str) or "v=0" not in sdp:
+            self.status(media_session_id, name, "FAILED", "playStream needs the offer SDP")
+            return
+        viewer = Viewer(stream, media_session_id=media_session_id,
+                        ice_servers=self.factory.ice_servers,
+                        on_state=lambda status, info: self._viewer_state(media_session_id, name,
+                                                                         status, info))
+        self.viewers[media_session_id] = viewer
+        self.factory.watch(stream, self, media_session_id)
+        log.info("ws {peer}: play {name} as {id}", peer=self.peer, name=name, id=media_session_id)
+        future = asyncio.ensure_future(viewer.answer(sdp))
+        d = defer.Deferred.fromFuture(future)
+        d.addCallbacks(lambda answer: self._answered(media_session_id, name, answer),
+                       lambda failure: self._answer_failed(media_session_id, name, failure))
+
+    def _answered(self, media_session_id: str, name: str, answer: str) -> None:
+        if media_session_id in self.viewers:
+            self.send("setRemoteSDP", media_session_id, answer)
+
+    def _answer_failed(self, media_session_id: str, name: str, failure) -> None:
+        if failure.check(NoCommonCodecs):
+            info = "No common codecs"
+        else:
+            info = f"Bad SDP: {failure.getErrorMessage()}"[:200]
+            log.info("ws play {id} failed: {info}", id=media_session_id, info=info)
+        self._stop_viewer(media_session_id, notify=False)
+        self.status(media_session_id, name, "FAILED", info)
+
+    def _viewer_state(self, media_session_id: str, name: str, status: str, info: str) -> None:
+        if media_session_id not in self.viewers:
+            return
+        if status in ("STOPPED", "FAILED"):
+            self._stop_viewer(media_session_id, notify=False)
+        self.status(media_session_id, name, status, info)
+
+    def on_stop_stream(self, obj: dict) -> None:
+        media_session_id = obj.get("mediaSessionId")
+        viewer = self.viewers.get(media_session_id)
+        if viewer is None:
+            self.fail("stopStream", "unknown mediaSessionId", media_session_id)
+            return
+        self._stop_viewer(media_session_id, notify=False)
+        self.status(media_session_id, viewer.stream.name, "STOPPED")
+
+    def stream_ended(self, media_session_id: str, stream) -> None:
+        """The call behind a played stream ended: STOPPED, or FAILED with the reason."""
+        if media_session_id not in self.viewers:
+            return
+        self._stop_viewer(media_session_id, notify=False)
+        status = "FAILED" if stream.status.value == "FAILED" else "STOPPED"
+        self.status(media_session_id, stream.name, status, stream.info)
+
+    def _stop_viewer(self, media_session_id: str, notify: bool) -> None:
+        viewer = self.viewers.pop(media_session_id, None)
+        if viewer is not None:
+            self.factory.unwatch(viewer.stream, self, media_session_id)
+            defer.Deferred.fromFuture(asyncio.ensure_future(viewer.close()))
+
+    HANDLERS = {"connection": on_connection, "ping": on_ping, "pong": on_pong,
+                "playStream": on_play_stream, "stopStream": on_stop_stream}
+
+
+class SignallingFactory(WebSocketServerFactory):
+    protocol = SignallingProtocol
+
+    def __init__(self, config, registry, reactor, url: str | None = None):
+        super().__init__(url, reactor=reactor)
+        self.config = config
+        self.registry = registry
+        self.reactor = reactor
+        self.ice_servers = [u.strip() for u in config.webrtc_ice_servers.split(",") if u.strip()]
+        self.auth_tokens = {t.strip() for t in config.ws_auth_tokens.split(",") if t.strip()}
+        self.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE,
+                                maxFramePayloadSize=MAX_MESSAGE, autoPingInterval=30,
+                                autoPingTimeout=30)
+        self._watchers: dict[str, set] = {}  # stream mediaSessionId -> {(proto, viewer id)}
+        registry.listeners.append(self._stream_event)
+
+    def watch(self, stream, proto, media_session_id) -> None:
+        self._watchers.setdefault(stream.media_session_id, set()).add((proto, media_session_id))
+
+    def unwatch(self, stream, proto, media_session_id) -> None:
+        watchers = self._watchers.get(stream.media_session_id)
+        if watchers is not None:
+            watchers.discard((proto, media_session_id))
+            if not watchers:
+                del self._watchers[stream.media_session_id]
+
+    def _stream_event(self, stream, event: str) -> None:
+        if event != "ended":
+            return
+        for proto, media_session_id in list(self._watchers.pop(stream.media_session_id, ())):
+            proto.stream_ended(media_session_id, stream)
+
+    def viewer_count(self) -> int:
+        return sum(len(w) for w in self._watchers.values())

@@ -1,0 +1,141 @@
+"""A WCS websocket player built on aiortc, as a browser page would play a stream:
+connection -> getUserData, playStream with a recvonly offer -> setRemoteSDP -> PLAYING.
+
+Used by the interop tests and the fan-out benchmark (which counts packets, no decode)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
+
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
+class _Protocol(WebSocketClientProtocol):
+    def onOpen(self):
+        self.factory.opened.set_result(self)
+
+    def onMessage(self, payload, isBinary):
+        self.factory.messages.put_nowait(json.loads(payload))
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.messages.put_nowait({"message": "__closed__", "data": [{"code": code}]})
+        if not self.factory.opened.done():
+            self.factory.opened.set_exception(ConnectionError(reason))
+
+
+class WcsSession:
+    """One websocket session; ``play`` adds a viewer of a stream."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.events: list[dict] = []  # every message received, in order
+        self.taken: set[int] = set()
+
+    async def connect(self, **connection):
+        loop = asyncio.get_running_loop()
+        factory = WebSocketClientFactory(self.url)
+        factory.protocol = _Protocol
+        factory.opened = loop.create_future()
+        factory.messages = asyncio.Queue()
+        self.factory = factory
+        host, port = self.url.split("//")[1].split(":")
+        await loop.create_connection(factory, host, int(port))
+        self.proto = await factory.opened
+        self.send("connection", {"appKey": "defaultApp", "mediaProviders": ["WebRTC"],
+                                 "clientVersion": "2.0", **connection})
+        return await self.wait_for(lambda m: m["message"] in ("getUserData", "fail", "__closed__"))
+
+    def send(self, message, obj):
+        self.proto.sendMessage(json.dumps({"message": message, "data": [obj]}).encode())
+
+    def send_raw(self, payload: bytes):
+        self.proto.sendMessage(payload)
+
+    async def wait_for(self, predicate, timeout: float = 15):
+        """The first message, received or to come, that matches and was not taken before."""
+        async def loop():
+            index = 0
+            while True:
+                while index < len(self.events):
+                    message = self.events[index]
+                    index += 1
+                    if id(message) not in self.taken and predicate(message):
+                        self.taken.add(id(message))
+                        return message
+                self.events.append(await self.factory.messages.get())
+        return await asyncio.wait_for(loop(), timeout)
+
+    async def status(self, media_session_id, *statuses, timeout: float = 15):
+        return (await self.wait_for(
+            lambda m: m["message"] == "notifyStreamStatusEvent"
+            and m["data"][0].get("mediaSessionId") == media_session_id
+            and m["data"][0].get("status") in statuses, timeout))["data"][0]
+
+    async def play(self, name: str, decode: bool = True) -> "Player":
+        player = Player(self, name, decode)
+        await player.start()
+        return player
+
+    def close(self):
+        self.proto.sendClose()
+
+
+class Player:
+    """An aiortc peer connection receiving one stream; counts what arrives."""
+
+    def __init__(self, session: WcsSession, name: str, decode: bool):
+        self.session = session
+        self.name = name
+        self.decode = decode
+        self.id = str(uuid.uuid4())
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.frames = {"video": 0, "audio": 0}
+        self.size = None
+        self.first_frame_at = None
+        self.started_at = None
+        self.tasks = []
+
+    async def start(self):
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver("audio", direction="recvonly")
+
+        @self.pc.on("track")
+        def on_track(track):
+            self.tasks.append(asyncio.ensure_future(self._consume(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self.started_at = time.monotonic()
+        self.session.send("playStream", {"mediaSessionId": self.id, "name": self.name,
+                                         "published": False, "hasVideo": True,
+                                         "hasAudio": True, "sdp": self.pc.localDescription.sdp})
+        answer = await self.session.wait_for(
+            lambda m: (m["message"] == "setRemoteSDP" and m["data"][0] == self.id) or
+            (m["message"] == "notifyStreamStatusEvent" and m["data"][0].get("mediaSessionId")
+             == self.id and m["data"][0].get("status") == "FAILED"))
+        if answer["message"] != "setRemoteSDP":
+            raise RuntimeError(answer["data"][0].get("info"))
+        self.answer_sdp = answer["data"][1]
+        await self.pc.setRemoteDescription(RTCSessionDescription(self.answer_sdp, "answer"))
+
+    async def _consume(self, track):
+        try:
+            while True:
+                frame = await track.recv()
+                self.frames[track.kind] += 1
+                if track.kind == "video":
+                    if self.first_frame_at is None:
+                        self.first_frame_at = time.monotonic()
+                    self.size = (frame.width, frame.height)
+        except Exception:
+            return
+
+    async def close(self):
+        for task in self.tasks:
+            task.cancel()
+        await self.pc.close()

@@ -1,0 +1,565 @@
+"""One call's RTP session (sipgw/rtp/session.py) on a fake reactor clock: binding, symmetric RTP
+latching, demux into the Stream, malformed input, RTCP RR/BYE (RFC 3550 §6), PLI/FIR (RFC 4585
+§6.3.1, RFC 5104 §4.3.1) with the SIP INFO fallback, inactivity, silence and RFC 4733 DTMF.
+
+No real sockets: the peer's datagrams go straight to the fake port's protocol and what the
+session sends is read back from ``written``.
+"""
+import struct
+
+import pytest
+from twisted.internet import error
+
+from sipgw.rtp.packet import (Bye, FullIntraRequest, PictureLossIndication, ReceiverReport,
+                              RtpPacket, SenderReport, SourceDescription, ntp_short, parse_rtcp)
+from sipgw.rtp.ports import PortPool, PortsExhausted
+from sipgw.rtp.session import MediaSession
+from sipgw.sip.sdp import SessionDescription, make_offer, negotiate
+from sipgw.streams.stream import Stream
+
+PEER = "127.0.0.1"
+AUDIO_PORT, VIDEO_PORT = 30000, 30002
+AUDIO_SRC = (PEER, AUDIO_PORT)
+VIDEO_SRC = (PEER, VIDEO_PORT)
+AUDIO_SSRC, VIDEO_SSRC = 0xA0D10, 0x71DE0
+START = b"\x00\x00\x00\x01"
+SPS_320x240 = bytes.fromhex("6742c00dda0507e840000003004000000f23c50aa8")
+PPS = bytes.fromhex("68ce0fc8")
+IDR = b"\x65\x88\x84" + bytes(range(40))
+SLICE = b"\x41\x9a" + bytes(range(256)) * 3  # non-IDR slice (type 1), sent as three FU-As
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def answer(ports: dict, *, address: str = PEER, audio_port: int = AUDIO_PORT,
+           video_port: int = VIDEO_PORT, direction: str = "sendrecv", dtmf: bool = True) -> dict:
+    """Negotiate our real offer for ``ports`` against a callee's answer (PCMU, H264 pm=1)."""
+    offer = make_offer("127.0.0.1", audio_port=ports.get("audio"), video_port=ports.get("video"),
+                       session_id=1)
+    lines = ["v=0", f"o=- 1 1 IN IP4 {address}", "s=-", f"c=IN IP4 {address}", "t=0 0"]
+    if "audio" in ports:
+        lines += [f"m=audio {audio_port} RTP/AVP 0" + (" 96" if dtmf else ""),
+                  "a=rtpmap:0 PCMU/8000", f"a={direction}"]
+        if dtmf:  # the callee's own telephone-event PT, not our 101
+            lines += ["a=rtpmap:96 telephone-event/8000", "a=fmtp:96 0-16"]
+    if "video" in ports:
+        lines += [f"m=video {video_port} RTP/AVP 102", "a=rtpmap:102 H264/90000",
+                  "a=fmtp:102 profile-level-id=42e01f;packetization-mode=1", f"a={direction}"]
+    return negotiate(offer, SessionDescription.parse("\r\n".join(lines) + "\r\n"))
+
+
+def make_session(clock, pool, kinds=("audio", "video"), **kwargs):
+    """An opened MediaSession publishing to a fresh Stream; returns (session, stream, ports)."""
+    stream = Stream("s1", has_audio="audio" in kinds, has_video="video" in kinds, call_id="c1")
+    session = MediaSession(clock, call_id="c1", stream=stream, bind_address="127.0.0.1",
+                           ports=pool, kinds=list(kinds), **kwargs)
+    ports = session.open()
+    return session, stream, ports
+
+
+def start(clock, pool, kinds=("audio", "video"), **kwargs):
+    """An answered, established session; returns (session, stream, ports, sink)."""
+    session, stream, ports = make_session(clock, pool, kinds, **kwargs)
+    sink = stream.subscribe(name="test")
+    session.negotiate(answer(ports))
+    session.established()
+    return session, stream, ports, sink
+
+
+def rtp(seq: int, *, ts: int = 0, pt: int = 0, ssrc: int = AUDIO_SSRC,
+        payload: bytes = b"\x55" * 160, marker: bool = False) -> bytes:
+    return bytes(RtpPacket(payload_type=pt, marker=marker, sequence_number=seq, timestamp=ts,
+                           ssrc=ssrc, payload=payload))
+
+
+def receive(clock, port: int, data: bytes, source) -> None:
+    """A datagram from ``source`` arrives on our local UDP ``port``."""
+    clock.udp_ports[port].proto.datagramReceived(data, source)
+
+
+def send_audio(clock, ports, seqs, *, source=AUDIO_SRC, ssrc=AUDIO_SSRC, pt=0):
+    for seq in seqs:
+        receive(clock, ports["audio"], rtp(seq, ts=160 * seq, pt=pt, ssrc=ssrc,
+                                           payload=bytes([seq & 0xFF]) * 160), source)
+
+
+def keyframe_packets(seq: int, ts: int) -> list[bytes]:
+    """SPS, PPS and an IDR slice, each a single NAL unit packet (RFC 6184 §5.6)."""
+    nals = [SPS_320x240, PPS, IDR]
+    return [rtp(seq + i, ts=ts, pt=102, ssrc=VIDEO_SSRC, payload=nal, marker=i == 2)
+            for i, nal in enumerate(nals)]
+
+
+def fu_a_packets(nal: bytes, seq: int, ts: int, size: int = 300) -> list[bytes]:
+    """One NAL unit split into FU-A fragments (RFC 6184 §5.8)."""
+    body = nal[1:]
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    out = []
+    for i, chunk in enumerate(chunks):
+        fu_header = (0x80 if i == 0 else 0) | (0x40 if i == len(chunks) - 1 else 0) | nal[0] & 0x1F
+        out.append(rtp(seq + i, ts=ts, pt=102, ssrc=VIDEO_SSRC, marker=i == len(chunks) - 1,
+                       payload=bytes([nal[0] & 0xE0 | 28, fu_header]) + chunk))
+    return out
+
+
+def send_video(clock, ports, packets, source=VIDEO_SRC):
+    for data in packets:
+        receive(clock, ports["video"], data, source)
+
+
+def written(clock, port: int) -> list:
+    return clock.udp_ports[port].written
+
+
+def rtcp_sent(clock, ports, kind: str) -> list:
+    """Every RTCP compound packet sent on ``kind``'s RTCP port, parsed, with its destination."""
+    return [(parse_rtcp(data), addr) for data, addr in written(clock, ports[kind] + 1)]
+
+
+def keyframe_requests(clock, ports) -> list:
+    return [packets for packets, _ in rtcp_sent(clock, ports, "video")
+            if any(isinstance(p, PictureLossIndication) for p in packets)]
+
+
+# --- binding ------------------------------------------------------------------------------------
+
+def test_open_binds_an_rtp_and_rtcp_pair_per_kind(clock, pool):
+    """open() binds RTP on an even port and RTCP on the next one per kind and returns the RTP ports."""
+    session, _, ports = make_session(clock, pool)
+    assert set(ports) == {"audio", "video"}
+    for port in ports.values():
+        assert port % 2 == 0 and 45000 <= port < 45999
+        assert clock.udp_ports[port].interface == "127.0.0.1"
+        assert clock.udp_ports[port + 1].interface == "127.0.0.1"
+    assert len(clock.udp_ports) == 4
+    assert pool.in_use == set(ports.values())
+
+
+def test_open_skips_a_pair_whose_rtcp_port_is_taken(clock, pool, monkeypatch):
+    """A pair whose RTCP port cannot be bound is given back whole and the next pair is used."""
+    first = PortPool(45000, 45999, "127.0.0.1").allocate()  # what `pool` will hand out first
+    listen = clock.listenUDP
+
+    def taken_by_someone_else(port, protocol, interface="", maxPacketSize=8192):
+        if port == first + 1:
+            raise error.CannotListenError(interface, port, OSError("Address already in use"))
+        return listen(port, protocol, interface, maxPacketSize)
+
+    monkeypatch.setattr(clock, "listenUDP", taken_by_someone_else)
+    session, _, ports = make_session(clock, pool, kinds=("audio",))
+    assert ports["audio"] != first
+    assert first not in clock.udp_ports and first not in pool.in_use
+    assert set(clock.udp_ports) == {ports["audio"], ports["audio"] + 1}
+
+
+def test_open_gives_back_bound_ports_when_the_range_runs_out(clock):
+    """When the second kind finds no free pair, the first kind's ports are closed and released."""
+    pool = PortPool(45010, 45011, "127.0.0.1")  # room for one pair only
+    stream = Stream("s1", call_id="c1")
+    session = MediaSession(clock, call_id="c1", stream=stream, bind_address="127.0.0.1",
+                           ports=pool, kinds=["audio", "video"])
+    with pytest.raises(PortsExhausted):
+        session.open()
+    assert clock.udp_ports == {}
+    assert pool.in_use == set()
+
+
+# --- receiving ----------------------------------------------------------------------------------
+
+def test_pcmu_from_the_sdp_address_is_published_as_audio_frames(clock, pool):
+    """PCMU packets from the answer's address become one audio MediaFrame each, in order."""
+    session, stream, ports, sink = start(clock, pool, kinds=("audio",))
+    send_audio(clock, ports, [0, 1, 2])
+    frames = list(sink.queue)
+    assert [(f.kind, f.codec, f.clock_rate, f.timestamp) for f in frames] == [
+        ("audio", "PCMU", 8000, 0), ("audio", "PCMU", 8000, 160), ("audio", "PCMU", 8000, 320)]
+    assert [f.data for f in frames] == [bytes([n]) * 160 for n in range(3)]
+    assert stream.audio_codec == "PCMU" and stream.status.value == "PUBLISHING"
+    counters = session.counters()["audio"]
+    assert counters["packets"] == 3 and counters["frames"] == 3
+    assert counters["bytes"] == 3 * (12 + 160)
+
+
+def test_h264_single_nals_and_fu_a_are_published_as_access_units(clock, pool):
+    """SPS/PPS/IDR single NAL packets make a keyframe and an FU-A-split slice the next frame."""
+    session, stream, ports, sink = start(clock, pool)
+    send_video(clock, ports, keyframe_packets(0, 0) + fu_a_packets(SLICE, 3, 3000))
+    frames = list(sink.queue)
+    assert [(f.kind, f.codec, f.clock_rate, f.timestamp, f.keyframe) for f in frames] == [
+        ("video", "H264", 90000, 0, True), ("video", "H264", 90000, 3000, False)]
+    assert frames[0].data == START + SPS_320x240 + START + PPS + START + IDR
+    assert frames[1].data == START + SLICE
+    assert (stream.video_codec, stream.width, stream.height) == ("H264", 320, 240)
+    counters = session.counters()["video"]
+    assert counters["frames"] == 2 and counters["keyframes"] == 1 and counters["packets"] == 6
+
+
+def test_first_source_is_latched_and_other_sources_are_dropped(clock, pool):
+    """The first sender is latched (symmetric RTP); packets from anywhere else are counted and dropped."""
+    session, _, ports, sink = start(clock, pool, kinds=("audio",))
+    nat = ("127.0.0.9", 41000)  # not the SDP address: a NATed callee
+    send_audio(clock, ports, [0, 1], source=nat)
+    send_audio(clock, ports, [2], source=AUDIO_SRC)
+    send_audio(clock, ports, [3], source=("127.0.0.9", 41002))
+    send_audio(clock, ports, [4], source=nat)
+    assert [f.timestamp for f in sink.queue] == [0, 160, 640]
+    counters = session.counters()["audio"]
+    assert counters["wrong_source"] == 2 and counters["packets"] == 3
+
+
+def test_renegotiation_with_a_new_address_relatches(clock, pool):
+    """A re-INVITE that moves the media relatches to the new sender; the old one is then dropped."""
+    session, _, ports, sink = start(clock, pool, kinds=("audio",))
+    send_audio(clock, ports, [0, 1])
+    session.negotiate(answer(ports, address="127.0.0.2", audio_port=32000))
+    new = ("127.0.0.2", 32000)
+    send_audio(clock, ports, [2, 3], source=new)
+    send_audio(clock, ports, [4], source=AUDIO_SRC)
+    assert [f.timestamp for f in sink.queue] == [0, 160, 320, 480]
+    assert session.counters()["audio"]["wrong_source"] == 1
+    assert session.endpoints["audio"].remote_rtp == new
+
+
+def test_renegotiation_with_the_same_address_keeps_the_latch(clock, pool):
+    """A re-INVITE with unchanged media keeps the latched source."""
+    session, _, ports, sink = start(clock, pool, kinds=("audio",))
+    nat = ("127.0.0.9", 41000)
+    send_audio(clock, ports, [0], source=nat)
+    session.negotiate(answer(ports))
+    send_audio(clock, ports, [1], source=nat)
+    assert len(sink.queue) == 2 and session.counters()["audio"]["wrong_source"] == 0
+
+
+def test_packets_before_the_answer_are_dropped(clock, pool):
+    """RTP arriving before any answer was negotiated is dropped and does not latch."""
+    session, stream, ports = make_session(clock, pool, kinds=("audio",))
+    sink = stream.subscribe()
+    send_audio(clock, ports, [0], source=("127.0.0.9", 41000))
+    session.negotiate(answer(ports))
+    send_audio(clock, ports, [1])
+    assert [f.timestamp for f in sink.queue] == [160]
+    assert session.counters()["audio"]["wrong_source"] == 1
+
+
+GOOD = rtp(0)
+MALFORMED_RTP = {
+    "version 1": bytes([0x40]) + GOOD[1:],
+    "version 0": bytes([0x00]) + GOOD[1:],
+    "truncated header": GOOD[:11],
+    "one byte": b"\x80",
+    "empty": b"",
+    "padding longer than the packet": bytes([0xA0]) + GOOD[1:12] + b"\x00\x00\x00\xff",
+    "zero padding count": bytes([0xA0]) + GOOD[1:] + b"\x00",
+    "CSRC count past the end": bytes([0x8F]) + GOOD[1:12] + b"\x00" * 8,
+    "extension past the end": bytes([0x90]) + GOOD[1:12] + b"\xbe\xde\x00\x09",
+}
+
+
+@pytest.mark.parametrize("data", MALFORMED_RTP.values(), ids=MALFORMED_RTP.keys())
+def test_malformed_rtp_is_counted_and_dropped(clock, pool, data):
+    """A malformed RTP packet counts in bad_packets, raises nothing, and does not latch."""
+    session, _, ports, sink = start(clock, pool, kinds=("audio",))
+    receive(clock, ports["audio"], data, ("127.0.0.9", 41000))
+    send_audio(clock, ports, [1])
+    assert len(sink.queue) == 1
+    counters = session.counters()["audio"]
+    assert counters["bad_packets"] == 1 and counters["wrong_source"] == 0
+
+
+RTCP_GARBAGE = {
+    "empty": (1, b""),
+    "version 1": (1, b"\x40\xc9\x00\x01\x00\x00\x00\x01"),
+    "length past the end": (1, b"\x80\xc9\x00\x09\x00\x00\x00\x01"),
+    "truncated header": (1, b"\x80\xc9"),
+    "report blocks past the end": (1, b"\x81\xc9\x00\x01\x00\x00\x00\x01"),
+    "bad padding": (1, b"\xa0\xc9\x00\x01\x00\x00\x00\x09"),
+    "muxed on the RTP port": (0, b"\x80\xc8\x00\xff\x00"),
+}
+
+
+@pytest.mark.parametrize("offset,data", RTCP_GARBAGE.values(), ids=RTCP_GARBAGE.keys())
+def test_rtcp_garbage_is_counted(clock, pool, offset, data):
+    """Unparseable RTCP (on the RTCP port, or RFC 5761-muxed on the RTP port) counts in rtcp_bad."""
+    session, _, ports, _ = start(clock, pool, kinds=("audio",))
+    receive(clock, ports["audio"] + offset, data, (PEER, AUDIO_PORT + offset))
+    counters = session.counters()["audio"]
+    assert counters["rtcp_bad"] == 1 and counters["rtcp_packets"] == 0
+    assert counters["bad_packets"] == 0
+
+
+def test_wrong_payload_type_is_counted_and_dropped(clock, pool):
+    """A payload type the answer did not agree on is counted and dropped; DTMF from the peer is not."""
+    session, _, ports, sink = start(clock, pool, kinds=("audio",))
+    send_audio(clock, ports, [0])
+    send_audio(clock, ports, [1], pt=8)
+    receive(clock, ports["audio"], rtp(2, pt=96, payload=b"\x01\x0a\x00\xa0"), AUDIO_SRC)
+    send_audio(clock, ports, [3])
+    assert [f.timestamp for f in sink.queue] == [0, 480]
+    counters = session.counters()["audio"]
+    assert counters["wrong_payload_type"] == 1 and counters["packets"] == 2
+
+
+def test_ssrc_change_is_counted_and_the_stream_goes_on(clock, pool):
+    """A new SSRC (the callee restarted its sender) is counted and its packets keep flowing."""
+    session, _, ports, sink = start(clock, pool, kinds=("audio",))
+    send_audio(clock, ports, [0, 1, 2])
+    send_audio(clock, ports, [5000, 5001, 5002], ssrc=0xBEEF)
+    assert len(sink.queue) == 6
+    counters = session.counters()["audio"]
+    assert counters["ssrc_changes"] == 1 and counters["packets"] == 6
+    assert session.endpoints["audio"].ssrc == 0xBEEF
+
+
+# --- RTCP out -------------------------------------------------------------------------------
+
+def test_receiver_report_every_five_seconds(clock, pool):
+    """Every 5 s an RR + SDES CNAME goes to the RTCP address, about the sender's SSRC, with its losses."""
+    session, stream, ports, _ = start(clock, pool, kinds=("audio",))
+    send_audio(clock, ports, [0, 1, 3, 4, 5, 6, 7])  # 2 is lost
+    clock.advance(4.99)
+    assert rtcp_sent(clock, ports, "audio") == []
+    clock.advance(0.01)
+    [(packets, addr)] = rtcp_sent(clock, ports, "audio")
+    assert addr == (PEER, AUDIO_PORT + 1)
+    rr, sdes = packets
+    local = session.endpoints["audio"].local_ssrc
+    assert isinstance(rr, ReceiverReport) and rr.ssrc == local
+    [block] = rr.reports
+    assert block.ssrc == AUDIO_SSRC and block.packets_lost == 1
+    assert block.highest_sequence == 7 and block.fraction_lost == 256 // 8
+    assert sdes == SourceDescription([(local, [(1, session.cname)])])
+    counters = session.counters()["audio"]
+    assert counters["lost"] == 1 and counters["packets"] == 7
+    clock.advance(5)
+    assert len(rtcp_sent(clock, ports, "audio")) == 2
+
+
+def test_receiver_report_echoes_the_last_sender_report(clock, pool):
+    """The RR's LSR is the middle of the last SR's NTP time and DLSR the delay since, in 1/65536 s."""
+    session, _, ports, _ = start(clock, pool, kinds=("audio",))
+    send_audio(clock, ports, [0, 1])
+    clock.advance(6)
+    ntp = 0xE1234567_89ABCDEF
+    sr = SenderReport(AUDIO_SSRC, ntp_timestamp=ntp, rtp_timestamp=320, packet_count=2)
+    receive(clock, ports["audio"] + 1, bytes(sr), (PEER, AUDIO_PORT + 1))
+    clock.advance(4)
+    packets, _ = rtcp_sent(clock, ports, "audio")[-1]
+    block = packets[0].reports[0]
+    assert block.lsr == ntp_short(ntp) and block.dlsr == 4 * 65536
+    assert session.counters()["audio"]["rtcp_packets"] == 1
+
+
+def test_rtcp_goes_where_the_peer_sends_its_rtcp_from(clock, pool):
+    """RTCP from the peer's host on another port (NAT) becomes the RR destination (symmetric RTCP)."""
+    session, _, ports, _ = start(clock, pool, kinds=("audio",))
+    send_audio(clock, ports, [0])
+    receive(clock, ports["audio"] + 1, bytes(ReceiverReport(AUDIO_SSRC)), (PEER, 50001))
+    clock.advance(5)
+    [(_, addr)] = rtcp_sent(clock, ports, "audio")
+    assert addr == (PEER, 50001)
+
+
+def test_keyframe_requests_are_coalesced(clock, pool):
+    """Ten requests within 0.1 s send one PLI+FIR at once and one more 0.5 s after the first."""
+    session, _, ports, _ = start(clock, pool)
+    send_video(clock, ports, keyframe_packets(0, 0))  # the callee's SSRC is known now
+    clock.advance(1)
+    written(clock, ports["video"] + 1).clear()
+    for _ in range(10):
+        session.request_keyframe()
+        clock.advance(0.01)
+    assert len(keyframe_requests(clock, ports)) == 1
+    clock.advance(0.39)  # t = 1.49
+    assert len(keyframe_requests(clock, ports)) == 1
+    clock.advance(0.02)
+    assert len(keyframe_requests(clock, ports)) == 2
+    clock.advance(3)
+    requests = keyframe_requests(clock, ports)
+    assert len(requests) == 2
+    local = session.endpoints["video"].local_ssrc
+    (pli1, fir1), (pli2, fir2) = requests
+    assert pli1 == pli2 == PictureLossIndication(local, VIDEO_SSRC)
+    assert isinstance(fir1, FullIntraRequest) and fir1.sender_ssrc == local
+    assert fir1.entries[0][0] == fir2.entries[0][0] == VIDEO_SSRC
+    assert fir2.entries[0][1] == (fir1.entries[0][1] + 1) & 0xFF  # RFC 5104 §4.3.1.2
+
+
+def test_sip_info_after_two_unanswered_rtcp_requests_and_rate_limited(clock, pool):
+    """on_keyframe_info fires at the second unanswered PLI+FIR, then at most every 1.5 s, and a
+    keyframe starts the count again."""
+    infos = []
+    session, _, ports, _ = start(clock, pool, on_keyframe_info=lambda: infos.append(clock.seconds()))
+    send_video(clock, ports, [rtp(0, ts=0, pt=102, ssrc=VIDEO_SSRC, payload=SLICE, marker=True)])
+    assert len(keyframe_requests(clock, ports)) == 1 and infos == []  # mid-GOP start: ask once
+    for _ in range(6):  # t = 0.5 ... 3.0
+        clock.advance(0.5)
+        session.request_keyframe()
+    assert len(keyframe_requests(clock, ports)) == 7
+    assert infos == [0.5, 2.0]
+    clock.advance(0.2)  # t = 3.2: the IDR arrives (its SPS packet asks once more, at 3.5)
+    send_video(clock, ports, keyframe_packets(1, 3000))
+    clock.advance(0.3)
+    assert len(keyframe_requests(clock, ports)) == 8 and infos == [0.5, 2.0]
+    clock.advance(0.5)
+    session.request_keyframe()  # t = 4.0: the second unanswered request since the IDR
+    assert infos == [0.5, 2.0, 4.0]
+
+
+def test_keyframe_request_before_any_video_is_not_counted(clock, pool):
+    """established() asks for a keyframe before the callee sends video: that is no RTCP request,
+    so the first real PLI goes out with the first packet and no SIP INFO follows it."""
+    infos = []
+    session, _, ports, _ = start(clock, pool, on_keyframe_info=lambda: infos.append(clock.seconds()))
+    clock.advance(0.1)
+    send_video(clock, ports, [rtp(0, ts=0, pt=102, ssrc=VIDEO_SSRC, payload=SLICE, marker=True)])
+    assert len(keyframe_requests(clock, ports)) == 1
+    clock.advance(1)
+    assert len(keyframe_requests(clock, ports)) == 1 and infos == []
+
+
+def test_keyframe_request_without_video_does_nothing(clock, pool):
+    """An audio-only session ignores keyframe requests."""
+    session, _, ports, _ = start(clock, pool, kinds=("audio",), on_keyframe_info=pytest.fail)
+    for _ in range(5):
+        session.request_keyframe()
+        clock.advance(1)
+    assert rtcp_sent(clock, ports, "audio") == [] or all(
+        isinstance(p[0], ReceiverReport) for p, _ in rtcp_sent(clock, ports, "audio"))
+
+
+# --- RTP inactivity -------------------------------------------------------------------------
+
+def test_rtp_timeout_calls_on_timeout(clock, pool):
+    """rtp_timeout seconds without RTP close the session and call on_timeout once."""
+    timeouts = []
+    session, _, ports, _ = start(clock, pool, kinds=("audio",), rtp_timeout=3,
+                                 on_timeout=lambda: timeouts.append(clock.seconds()))
+    clock.advance(1)
+    send_audio(clock, ports, [0])
+    clock.advance(2.5)  # t = 3.5: 2.5 s of silence
+    assert timeouts == [] and not session.closed
+    clock.advance(0.5)
+    assert timeouts == [4.0] and session.closed
+    clock.advance(10)
+    assert timeouts == [4.0]
+    assert clock.getDelayedCalls() == []
+
+
+def test_no_rtp_timeout_while_paused(clock, pool):
+    """With the media inactive (hold) no timeout fires; once resumed, silence times out again."""
+    timeouts = []
+    session, stream, ports = make_session(clock, pool, kinds=("audio",), rtp_timeout=3,
+                                          on_timeout=lambda: timeouts.append(clock.seconds()))
+    session.negotiate(answer(ports, direction="inactive"))
+    assert session.paused
+    session.established()
+    clock.advance(30)
+    assert timeouts == [] and not session.closed
+    session.negotiate(answer(ports))
+    assert not session.paused
+    clock.advance(3)
+    assert timeouts == [33.0]
+
+
+# --- sending --------------------------------------------------------------------------------
+
+def test_silence_every_20_ms_when_asked(clock, pool):
+    """send_silence sends 160 bytes of PCMU silence every 20 ms to the remote RTP address."""
+    session, _, ports, _ = start(clock, pool, kinds=("audio",), send_silence=True)
+    for _ in range(10):
+        clock.advance(0.02)
+    sent = written(clock, ports["audio"])
+    assert len(sent) == 10 and {addr for _, addr in sent} == {AUDIO_SRC}
+    packets = [RtpPacket.parse(data) for data, _ in sent]
+    assert {(p.payload_type, p.payload, p.ssrc) for p in packets} == {
+        (0, b"\xff" * 160, session.endpoints["audio"].local_ssrc)}
+    assert [(p.sequence_number - packets[0].sequence_number) & 0xFFFF for p in packets] == list(range(10))
+    assert [(p.timestamp - packets[0].timestamp) & 0xFFFFFFFF for p in packets] == [
+        160 * i for i in range(10)]
+
+
+def test_no_silence_by_default(clock, pool):
+    """Without send_silence nothing is sent on the RTP port."""
+    _, _, ports, _ = start(clock, pool, kinds=("audio",))
+    clock.advance(1)
+    assert written(clock, ports["audio"]) == []
+
+
+def test_dtmf_is_sent_as_rfc4733_events(clock, pool):
+    """send_dtmf("1#") sends two events on the callee's telephone-event PT: marker on the first
+    packet, one timestamp per event, growing duration, the end packet three times."""
+    session, _, ports, _ = start(clock, pool, kinds=("audio",))
+    session.send_dtmf("1#", duration_ms=100)
+    clock.pump([0.01] * 100)
+    sent = written(clock, ports["audio"])
+    assert {addr for _, addr in sent} == {AUDIO_SRC}
+    packets = [RtpPacket.parse(data) for data, _ in sent]
+    assert {p.payload_type for p in packets} == {96}
+    seqs = [p.sequence_number for p in packets]
+    assert [(s - seqs[0]) & 0xFFFF for s in seqs] == list(range(len(seqs)))
+    events = {}
+    for p in packets:
+        events.setdefault(p.timestamp, []).append(p)
+    assert len(events) == 2
+    (ts1, first), (ts2, second) = sorted(events.items())
+    for digit, event in ((1, first), (11, second)):
+        fields = [struct.unpack("!BBH", p.payload) for p in event]
+        assert {f[0] for f in fields} == {digit}
+        assert [p.marker for p in event] == [True] + [False] * (len(event) - 1)
+        ends = [bool(f[1] & 0x80) for f in fields]
+        assert ends == [False] * (len(event) - 3) + [True] * 3
+        durations = [f[2] for f in fields]
+        assert durations == sorted(durations) and durations[0] == 160 and durations[-1] == 800
+        assert len(set(durations[-3:])) == 1
+    assert (ts2 - ts1) & 0xFFFFFFFF >= 800
+
+
+def test_dtmf_without_telephone_event_raises(clock, pool):
+    """send_dtmf raises ValueError when the callee did not accept telephone-event, and sends nothing."""
+    session, _, ports = make_session(clock, pool, kinds=("audio",))
+    session.negotiate(answer(ports, dtmf=False))
+    session.established()
+    with pytest.raises(ValueError, match="telephone-event"):
+        session.send_dtmf("1")
+    clock.advance(1)
+    assert written(clock, ports["audio"]) == []
+
+
+def test_dtmf_with_an_unknown_digit_raises_before_sending(clock, pool):
+    """A digit outside 0-9 * # A-D raises ValueError and no event of the string is sent."""
+    session, _, ports, _ = start(clock, pool, kinds=("audio",))
+    with pytest.raises(ValueError, match="DTMF"):
+        session.send_dtmf("12x")
+    clock.advance(2)
+    assert written(clock, ports["audio"]) == []
+
+
+# --- closing --------------------------------------------------------------------------------
+
+def test_close_releases_ports_and_sends_rtcp_bye(clock, pool):
+    """close() sends a final RR + SDES + BYE per kind, unbinds both ports, releases them, stops timers."""
+    session, _, ports, _ = start(clock, pool)
+    send_audio(clock, ports, [0, 1])
+    send_video(clock, ports, keyframe_packets(0, 0))
+    rtcp_ports = {kind: clock.udp_ports[port + 1] for kind, port in ports.items()}
+    for port in rtcp_ports.values():
+        port.written.clear()
+    session.close()
+    for kind, port in rtcp_ports.items():
+        [(data, addr)] = port.written
+        assert addr == (PEER, (AUDIO_PORT if kind == "audio" else VIDEO_PORT) + 1)
+        packets = parse_rtcp(data)
+        local = session.endpoints[kind].local_ssrc
+        assert isinstance(packets[0], ReceiverReport)  # RFC 3550 §6.1: a compound packet
+        assert isinstance(packets[1], SourceDescription)
+        assert packets[-1] == Bye([local])
+    assert clock.udp_ports == {} and pool.in_use == set()
+    assert clock.getDelayedCalls() == []
+    session.close()  # twice is harmless
+
+
+def test_close_before_any_media_sends_no_bye(clock, pool):
+    """A session closed before anything was received just releases its ports."""
+    session, _, ports = make_session(clock, pool)
+    session.close()
+    assert clock.udp_ports == {} and pool.in_use == set()
