@@ -16,6 +16,7 @@ setup(
         "service-identity>=24.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
+                 "selenium>=4.20"],  # drives Debian's chromium via /usr/bin/chromedriver
     },
 )

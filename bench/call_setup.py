@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import http.client
 import json
 import math
@@ -64,6 +65,20 @@ UNSETTLED = ("NEW", "PENDING", "TRYING", "RING", "RING_MEDIA", "SESSION_PROGRESS
 ACTIVE = UNSETTLED + ("ESTABLISHED", "HOLD")
 TICKS = os.sysconf("SC_CLK_TCK")
 HEADERS = {"Content-Type": "application/json"}
+
+
+def daemon_settings(workdir: Path) -> dict:
+    """``--set`` overrides for a bench daemon: short retention, a wide media range, and
+    every other listener on 127.0.0.1 at a free port (only the keys this sipgw knows)."""
+    wanted = {"call_retention": RETENTION_S, "media_port_from": 20000, "media_port_to": 60000,
+              "ws_bind_address": "127.0.0.1", "ws_port": free_port("tcp"),
+              "wss_port": free_port("tcp"), "record_dir": str(workdir / "records")}
+    try:
+        from sipgw.config import Config
+    except ImportError:
+        return {k: wanted[k] for k in ("call_retention", "media_port_from", "media_port_to")}
+    known = {f.name for f in dataclasses.fields(Config)}
+    return {k: v for k, v in wanted.items() if k in known}
 
 
 class HarnessError(RuntimeError):
@@ -681,7 +696,6 @@ def main() -> int:
     daemons: list[Sipgw] = []
     started = time.monotonic()
     keep = args.keep
-    settings = {"call_retention": RETENTION_S, "media_port_from": 20000, "media_port_to": 60000}
     try:
         peers.require_program("sipp")
         say(f"call setup bench: {step_s} s steps, SIPp UAS hangs up after {HOLD_MS} ms, "
@@ -693,7 +707,7 @@ def main() -> int:
 
         say("\n== sipgw (one process) -> SIPp UAS ==")
         (workdir / "rate").mkdir()
-        gw = Sipgw(str(workdir / "rate"), **settings)
+        gw = Sipgw(str(workdir / "rate"), **daemon_settings(workdir / "rate"))
         daemons.append(gw)
         gw.start()
         say(SIPGW_HEAD)
@@ -712,7 +726,7 @@ def main() -> int:
 
         say(f"\n== memory: {MEMORY_CALLS} concurrent calls on a fresh sipgw ==")
         (workdir / "mem").mkdir()
-        gw2 = Sipgw(str(workdir / "mem"), **settings)
+        gw2 = Sipgw(str(workdir / "mem"), **daemon_settings(workdir / "mem"))
         daemons.append(gw2)
         gw2.start()
         mem = memory_run(gw2, workdir)

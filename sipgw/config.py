@@ -50,6 +50,13 @@ class Config:
     rtp_activity_timeout: int = 60
     rtp_session_init_always: bool = False
     sip_single_route_only: bool = False
+    # recording and RTMP republishing (/push/*)
+    record_dir: str = "/var/lib/sipgw/records"
+    record_file_template: str = "{streamName}-{startTimeMillis}"
+    sip_record_stream: bool = False
+    rtmp_reconnect_delay: int = 1
+    rtmp_reconnect_max_delay: int = 30
+    rtmp_timeout: int = 10
 
     def __post_init__(self):
         for name in ("rest_port", "ws_port", "wss_port", "sip_local_port", "media_port_from", "media_port_to"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from twisted.application import internet, service
+from twisted.internet import defer
 from twisted.web import resource, server, static
 
 from .rtp.ports import PortPool
@@ -28,12 +29,46 @@ class _UserAgentService(service.Service):
         return self.ua.stop()
 
 
-def make_root(config, ua: UserAgent) -> resource.Resource:
+class _MediaService(service.Service):
+    """RTMP pushes and recordings; stopping it finalizes every open recording."""
+
+    name = "media"
+
+    def __init__(self, pushes, recorders):
+        self.pushes = pushes
+        self.recorders = recorders
+
+    def stopService(self):
+        super().stopService()
+        return defer.DeferredList([self.recorders.close(), self.pushes.close()])
+
+
+def make_media(config, reactor, registry) -> _MediaService:
+    """/push/* and recording (sip_record_stream): PyAV work on worker threads."""
+    from .config import ConfigError
+    from .media.push import PushManager
+    from .media.recorder import BadFileName, RecorderManager
+    pushes = PushManager(reactor, registry, reconnect_min=config.rtmp_reconnect_delay,
+                         reconnect_max=config.rtmp_reconnect_max_delay,
+                         timeout=config.rtmp_timeout)
+    try:
+        recorders = RecorderManager(reactor, registry, config.record_dir,
+                                    config.record_file_template, auto=config.sip_record_stream)
+    except BadFileName as exc:
+        raise ConfigError(f"record_file_template: {exc}") from None
+    return _MediaService(pushes, recorders)
+
+
+def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> resource.Resource:
     from .rest import CallApi, RestResource
     from .rest.streams import StreamApi
+    apis = [CallApi(ua), StreamApi(ua.streams)]
+    if media is not None:
+        from .rest.push import PushApi
+        from .rest.recorder import RecorderApi
+        apis += [PushApi(media.pushes), RecorderApi(media.recorders, ua.streams)]
     root = static.File(WEB_DIR)  # the daemon's own pages (SIP as stream, Player)
-    root.putChild(b"rest-api", RestResource(CallApi(ua), StreamApi(ua.streams),
-                                            allow_origin=config.rest_cors_origin))
+    root.putChild(b"rest-api", RestResource(*apis, allow_origin=config.rest_cors_origin))
     return root
 
 
@@ -71,11 +106,14 @@ def make_service(config, reactor) -> service.MultiService:
                      config.sip_bind_address)
     ua = UserAgent(reactor, config, ports=ports)
     _UserAgentService(ua).setServiceParent(top)
-    site = _QuietSite(make_root(config, ua))
+    media = make_media(config, reactor, ua.streams)
+    media.setServiceParent(top)  # added after the UA: stopped before it
+    site = _QuietSite(make_root(config, ua, media))
     rest = internet.TCPServer(config.rest_port, site, interface=config.rest_bind_address,
                               reactor=reactor)
     rest.setName("rest")
     rest.setServiceParent(top)
     make_signalling(config, ua, reactor, top)
     top.ua = ua
+    top.media = media
     return top

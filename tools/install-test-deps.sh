@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages that sipgw's interop tests start as real peers.
+# Install the Debian packages that sipgw's interop tests start as real peers, and the
+# npm package whose pages the browser tests serve (into var/npm, ignored by git).
 # Idempotent: does nothing (and needs no network) when everything is present.
 # Python packages are not installed here: they come from setup.py extras.
 set -euo pipefail
@@ -15,7 +16,28 @@ PACKAGES=(
     coreutils         # stdbuf (line-buffered baresip log)
     nginx-light       # RTMP server for /push (with the module below)
     libnginx-mod-rtmp # nginx-rtmp: live RTMP read-back of pushed streams
+    chromium          # headless browser playing streams over WebRTC
+    chromium-driver   # /usr/bin/chromedriver for selenium (nothing downloaded)
 )
+if ! command -v npm >/dev/null 2>&1; then
+    PACKAGES+=(npm)   # installs the WebSDK below (Debian's npm brings nodejs)
+fi
+
+# The WCS WebSDK (MIT): its unchanged Player page is the acceptance test of the signalling.
+WEBSDK_VERSION=2.0.276
+NPM_PREFIX="$(cd "$(dirname "$0")/.." && pwd)/var/npm"
+install_websdk() {
+    if [ -f "$NPM_PREFIX/node_modules/@flashphoner/websdk/flashphoner.js" ] &&
+        grep -q "\"version\": \"$WEBSDK_VERSION\"" \
+            "$NPM_PREFIX/node_modules/@flashphoner/websdk/package.json"; then
+        echo "install-test-deps: @flashphoner/websdk@$WEBSDK_VERSION present"
+        return
+    fi
+    echo "install-test-deps: npm install @flashphoner/websdk@$WEBSDK_VERSION into $NPM_PREFIX"
+    mkdir -p "$NPM_PREFIX"
+    npm install --prefix "$NPM_PREFIX" --no-audit --no-fund --loglevel=error \
+        "@flashphoner/websdk@$WEBSDK_VERSION"
+}
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -27,6 +49,7 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "install-test-deps: all ${#PACKAGES[@]} packages present"
+    install_websdk
     exit 0
 fi
 
@@ -38,3 +61,4 @@ fi
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
 $SUDO env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+install_websdk

@@ -136,11 +136,14 @@ class Endpoint:
             counters["wrong_source"] += 1
             return
         pt = packet.payload_type
-        if pt in self.dtmf_pts:
-            return  # telephone-events from the peer: not part of the stream
         if pt not in self.accepted_pts:
-            counters["wrong_payload_type"] += 1
-            return
+            if pt not in self.dtmf_pts:
+                counters["wrong_payload_type"] += 1
+            if packet.ssrc != self.ssrc:
+                return  # another source's packets: leave the followed SSRC's state alone
+            # The followed SSRC's own sequence numbers (RFC 4733 events ride on the audio's):
+            # keep the packet in order and in the statistics, or its hole looks like a loss and
+            # stalls the reorder buffer; _deliver does not publish it.
         now = self.session.clock.seconds()
         self.last_rtp = now
         counters["packets"] += 1
@@ -160,6 +163,8 @@ class Endpoint:
         counters["duplicates"] = self.reorder.duplicates
 
     def _deliver(self, packet: RtpPacket) -> None:
+        if packet.payload_type not in self.accepted_pts:
+            return  # telephone-event (or a stray payload type): not part of the stream
         stream = self.session.stream
         codec = self.media.codec
         if self.depacketizer is None:
@@ -208,8 +213,8 @@ class Endpoint:
         except OSError as exc:
             log.debug("RTCP send failed: {error}", error=str(exc))
 
-    def report(self) -> None:
-        """RTCP RR + SDES CNAME (RFC 3550 §6.4.2, §6.5.1)."""
+    def report(self, bye: bool = False) -> None:
+        """RTCP RR + SDES CNAME (RFC 3550 §6.4.2, §6.5.1), then BYE when leaving (§6.6)."""
         if self.stats is None or self.ssrc is None:
             return
         lsr = dlsr = 0
@@ -220,7 +225,8 @@ class Endpoint:
         self.counters["lost"] = block.packets_lost
         self.counters["jitter"] = block.jitter
         sdes = SourceDescription([(self.local_ssrc, [(1, self.session.cname)])])
-        self.send_rtcp(ReceiverReport(self.local_ssrc, [block]), sdes)
+        self.send_rtcp(ReceiverReport(self.local_ssrc, [block]), sdes,
+                       *([Bye([self.local_ssrc])] if bye else []))
 
     # -- RTP out (silence, DTMF) ----------------------------------------------
     def send_rtp(self, payload_type: int, payload: bytes, *, marker: bool = False,
@@ -274,7 +280,11 @@ class MediaSession:
         tries = 0
         for kind in self.kinds:
             while True:
-                port = self.pool.allocate()
+                try:
+                    port = self.pool.allocate()
+                except PortsExhausted:
+                    self.close()  # give back the pairs already bound for the other kinds
+                    raise
                 endpoint = Endpoint(self, kind, port)
                 try:
                     endpoint.listen(self.reactor, self.bind_address)
@@ -325,8 +335,7 @@ class MediaSession:
                 call.cancel()
         self._timers = {}
         for endpoint in self.endpoints.values():
-            if endpoint.stats is not None and endpoint.ssrc is not None:
-                endpoint.send_rtcp(Bye([endpoint.local_ssrc]))
+            endpoint.report(bye=True)  # a compound RR + SDES + BYE (RFC 3550 §6.1)
             endpoint.close()
             self.pool.release(endpoint.port)
 
@@ -377,13 +386,12 @@ class MediaSession:
     def _send_keyframe_request(self) -> None:
         self._keyframe_pending = False
         video = self.endpoints.get("video")
-        if video is None or self.closed:
-            return
+        if video is None or self.closed or video.ssrc is None:
+            return  # no video yet: nothing to ask, and its first packet asks (needs_keyframe)
         self._last_keyframe_request = self.clock.seconds()
-        if video.ssrc is not None:
-            self._fir_seq = (self._fir_seq + 1) & 0xFF
-            video.send_rtcp(PictureLossIndication(video.local_ssrc, video.ssrc),
-                            FullIntraRequest(video.local_ssrc, [(video.ssrc, self._fir_seq)]))
+        self._fir_seq = (self._fir_seq + 1) & 0xFF
+        video.send_rtcp(PictureLossIndication(video.local_ssrc, video.ssrc),
+                        FullIntraRequest(video.local_ssrc, [(video.ssrc, self._fir_seq)]))
         self._rtcp_requests_since_idr += 1
         # A callee that ignores RTCP feedback gets SIP INFO picture_fast_update.
         if (self._rtcp_requests_since_idr >= 2 and self.on_keyframe_info is not None
@@ -411,6 +419,9 @@ class MediaSession:
         audio = self.endpoints.get("audio")
         if audio is None or audio.media is None or audio.media.dtmf_pt is None:
             raise ValueError("the callee did not accept telephone-event (RFC 2833) in SDP")
+        for digit in digits:
+            if digit.upper() not in DTMF_EVENTS:
+                raise ValueError(f"{digit!r} is not a DTMF digit (0-9, *, #, A-D)")
         step = audio.media.codec.clock // 50  # 20 ms of timestamp
         total = max(duration_ms * audio.media.codec.clock // 1000, step)
         delay = 0.0

@@ -128,12 +128,14 @@ def _validate(message: Message) -> None:
         cseq = message.cseq
         message.from_
         message.to
+        # Responses too: the dialog layer reads Contact and Record-Route of a 2xx (§12.1.2).
+        for name in ("Contact", "Record-Route", "Route"):
+            for value in message.get_all(name):
+                Address.parse(value)
         if isinstance(message, Request):
             if cseq.method != message.method:
                 raise ParseError(f"CSeq method {cseq.method} does not match {message.method}",
                                  request)
-            for contact in message.get_all("Contact"):
-                Address.parse(contact)
             max_forwards = message.get("Max-Forwards")
             if max_forwards is not None and (not _is_digits(max_forwards) or int(max_forwards) > 255):
                 raise ParseError(f"bad Max-Forwards {max_forwards!r}", request)

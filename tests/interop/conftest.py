@@ -93,3 +93,43 @@ def baresip(kamailio: peers.Kamailio, tmp_path: Path, test_video: Path) -> Itera
         yield phone.start()
     finally:
         phone.stop()
+
+
+@pytest.fixture
+def nginx_rtmp(tmp_path: Path) -> Iterator[peers.NginxRtmp]:
+    """nginx-rtmp on 127.0.0.1 (application ``live``, recording every stream as FLV)."""
+    require("nginx")
+    server = peers.NginxRtmp(tmp_path, port=peers.free_port("tcp"), record=True)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[peers.Chromium]:
+    """Headless Chromium (selenium + /usr/bin/chromedriver), loopback ICE on; killed by pid."""
+    require("chromium", "chromedriver")
+    try:
+        import selenium  # noqa: F401  (setup.py test extra)
+    except ImportError:
+        pytest.fail("selenium is not installed: pip install -e '.[test]'", pytrace=False)
+    browser = peers.Chromium(tmp_path)
+    try:
+        yield browser.start()
+    finally:
+        browser.stop()
+
+
+@pytest.fixture(scope="session")
+def websdk_site() -> Iterator[peers.StaticSite]:
+    """The installed @flashphoner/websdk npm package, served unchanged over HTTP on 127.0.0.1."""
+    try:
+        root = peers.websdk_dir()
+    except peers.PeerMissing as missing:
+        pytest.fail(str(missing), pytrace=False)
+    site = peers.StaticSite(root).start()
+    try:
+        yield site
+    finally:
+        site.stop()

@@ -307,6 +307,15 @@ def test_non_ascii_digits_are_refused_not_crashing():
             parse(data)
 
 
+def test_response_with_malformed_contact_or_record_route_is_refused():
+    """A 2xx whose Contact or Record-Route does not parse is refused at the boundary (no request)."""
+    ok = _request().replace(b"OPTIONS sip:bob@example.com SIP/2.0", b"SIP/2.0 200 OK")
+    for bad in (b"Contact: <sip:a@b\r\n", b"Record-Route: junk <sip:p@q>x\r\n", b"Contact: \"x\r\n"):
+        with pytest.raises(ParseError) as caught:
+            parse(ok.replace(b"Max-Forwards: 70\r\n", bad))
+        assert caught.value.request is None
+
+
 def test_escaped_headers_in_request_uri_are_refused():
     """A Request-URI with ?headers is refused (RFC 3261 §19.1.1), one in a Contact is kept."""
     with pytest.raises(ParseError) as caught:
@@ -459,6 +468,34 @@ def test_mutated_torture_messages_raise_only_parse_error(data):
         StreamParser().feed(bytes(message))
     except ParseError:
         pass
+
+
+_HEADER_NAMES = ["Via", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Length", "Max-Forwards",
+                 "Route", "Record-Route", "v", "m", "l"]
+_HEADER_BITS = st.sampled_from(list('abcsip:@;=,<>"\\ \t/?%[].0129\u00b2\u0662\x00\xff-') + [
+    "SIP/2.0/UDP ", "sip:", "<sip:a@b>", "tag=", "branch=z9hG4bK", "\r\n ", "\r\n"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_HEADER_NAMES), st.lists(_HEADER_BITS, max_size=20).map("".join)),
+                min_size=1, max_size=4),
+       st.sampled_from(["OPTIONS sip:a@b SIP/2.0", "SIP/2.0 200 OK"]))
+def test_odd_header_values_parse_fully_or_raise_parse_error(extra, first):
+    """Odd values in known headers raise ParseError, or give a message whose typed views all work."""
+    lines = [first, "Via: SIP/2.0/UDP h;branch=z9hG4bKx", "From: <sip:a@b>;tag=1", "To: <sip:a@b>",
+             "Call-ID: c", "CSeq: 1 OPTIONS", "Content-Length: 0", *(f"{k}: {v}" for k, v in extra)]
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    for read in (lambda d: [parse(d)], StreamParser().feed):
+        try:
+            messages = read(data)
+        except ParseError as exc:
+            if exc.request is not None:
+                assert exc.request.top_via and make_response(exc.request, exc.status, to_tag="t")
+            continue
+        for message in messages:
+            assert parse(bytes(message)) == message
+            message.vias, message.from_, message.to, message.cseq  # noqa: B018 - must not raise
+            message.contacts, message.routes, message.record_routes  # noqa: B018
 
 
 # Strategies building messages whose typed views must survive bytes -> parse unchanged.

@@ -1,0 +1,224 @@
+"""Republishing a stream to an RTMP server (WCS ``/push/*``): FLV tags over RTMP.
+
+H.264 passes through (the AVC sequence header is the avcC built from the in-band
+SPS/PPS, sent again whenever they change); audio is transcoded to AAC.  Each
+connection starts at a keyframe (one is requested upstream).  When the server drops
+the connection or refuses it, the push goes RECONNECTING and retries with an
+exponential backoff up to ``reconnect_max`` seconds; it ends when its stream ends
+(UNPUBLISHED) or on ``/push/terminate`` (STOPPED).
+"""
+from __future__ import annotations
+
+import secrets
+
+from twisted.logger import Logger
+
+from . import flv
+from .avc import length_prefixed
+from .pipeline import Pipeline
+from .rtmp import RtmpError, RtmpPublisher, RtmpTarget
+from .worker import MediaJob
+
+log = Logger(namespace="sipgw.media.push")
+
+PENDING = "PENDING"
+PUBLISHING = "PUBLISHING"
+RECONNECTING = "RECONNECTING"
+STOPPED = "STOPPED"
+UNPUBLISHED = "UNPUBLISHED"
+FAILED = "FAILED"
+ENDED = (STOPPED, UNPUBLISHED, FAILED)
+
+
+class RtmpPush(MediaJob):
+    kind = "push"
+
+    def __init__(self, reactor, stream, where: RtmpTarget, *, rtmp_url: str,
+                 published_name: str, options: dict | None = None, reconnect_min: float = 1.0,
+                 reconnect_max: float = 30.0, timeout: float = 10.0,
+                 queue_frames: int | None = None):
+        kwargs = {} if queue_frames is None else {"queue_frames": queue_frames}
+        super().__init__(reactor, stream, **kwargs)
+        self.media_session_id = secrets.token_hex(16)
+        self.target = where
+        self.rtmp_url = rtmp_url  # as the client gave it: only for matching, never shown
+        self.published_name = published_name
+        self.options = options or {}
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = max(reconnect_max, reconnect_min)
+        self.timeout = timeout
+        self.state = PENDING
+        self.reconnects = 0
+        self.sent = {"audio": 0, "video": 0, "bytes": 0}
+        self._final = (UNPUBLISHED, "")
+
+    def stop(self, info: str = "", discard: bool = True):
+        if not self._stopping:
+            self._final = (STOPPED, info)
+        return super().stop(info, discard=discard)
+
+    def on_state(self, state: str, info: str) -> None:
+        log.info("push of {name} to {url}: {state}{info}", name=self.stream.name,
+                 url=self.target.redacted, state=state, info=f" ({info})" if info else "")
+
+    def to_json(self) -> dict:
+        stream = self.stream
+        return {"mediaSessionId": self.media_session_id, "streamName": self.published_name,
+                "rtmpUrl": self.target.redacted.split(" (")[0], "sourceStream": stream.name,
+                "sourceMediaSessionId": stream.media_session_id, "status": self.state,
+                "info": self.info, "width": stream.width, "height": stream.height,
+                "muted": False, "soundEnabled": stream.has_audio, "options": self.options,
+                "reconnects": self.reconnects, "dropped": self.queue.dropped,
+                "sent": dict(self.sent)}
+
+    # -- worker thread --------------------------------------------------------------
+    def work(self) -> tuple[str, str]:
+        attempt = 0
+        first = True
+        while True:
+            publisher = RtmpPublisher(self.target, self.timeout)
+            try:
+                publisher.open()
+                self.report(PUBLISHING, "")
+                if not first:
+                    self.call(self.stream.request_keyframe)
+                first = False
+                if self._publish(publisher):
+                    publisher.close()
+                    return self._final
+                attempt = 0
+            except RtmpError as exc:
+                publisher.close()
+                reason = str(exc)
+                if self.queue.closed:
+                    return self._final
+                delay = min(self.reconnect_max, self.reconnect_min * (2 ** attempt))
+                attempt += 1
+                self.reconnects += 1
+                self.report(RECONNECTING, f"{reason}; next try in {delay:g} s")
+                self.queue.clear()
+                if self.queue.wait_closed(delay):
+                    return self._final
+                self.queue.clear()
+
+    def _publish(self, publisher: RtmpPublisher) -> bool:
+        """Send frames until the queue ends (True); RtmpError when the server goes away."""
+        stream = self.stream
+        pipe = Pipeline(stream.has_video, stream.has_audio)
+        audio_rate = 16000 if stream.audio_codec in ("PCMU", "PCMA") else 48000
+        publisher.send(flv.TAG_SCRIPT, 0, flv.metadata(
+            width=stream.width, height=stream.height, has_video=stream.has_video,
+            has_audio=stream.has_audio, audio_rate=audio_rate, with_set_data_frame=True))
+        audio_header = video_header = False
+        while True:
+            item = self.next_frame()
+            events = pipe.feed(*item) if item is not None else pipe.flush()
+            for event in events:
+                if event[0] == "video":
+                    _, position, nals, keyframe, changed = event
+                    ms = round(position * 1000)
+                    if changed or not video_header:
+                        publisher.send(flv.TAG_VIDEO, ms,
+                                       flv.avc_sequence_header(pipe.params.record()))
+                        video_header = True
+                    body = flv.avc_nalus(length_prefixed(nals), keyframe)
+                    publisher.send(flv.TAG_VIDEO, ms, body)
+                    self.sent["video"] += 1
+                else:
+                    _, pts, raw = event
+                    ms = max(0, round(pts * 1000 / pipe.aac.rate))
+                    if not audio_header:
+                        publisher.send(flv.TAG_AUDIO, ms,
+                                       flv.aac_sequence_header(pipe.aac.extradata))
+                        audio_header = True
+                    body = flv.aac_frame(raw)
+                    publisher.send(flv.TAG_AUDIO, ms, body)
+                    self.sent["audio"] += 1
+                self.sent["bytes"] += len(body)
+            if item is None:
+                return True
+
+
+
+class PushError(Exception):
+    """A push that cannot start; ``code`` is the REST status (400, 404, 409)."""
+
+    def __init__(self, code: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+
+class PushManager:
+    """Every running push, by its mediaSessionId (reactor thread)."""
+
+    prefix = "rtmp_"
+
+    def __init__(self, reactor, registry, *, reconnect_min: float = 1.0,
+                 reconnect_max: float = 30.0, timeout: float = 10.0,
+                 queue_frames: int | None = None):
+        self.reactor = reactor
+        self.registry = registry
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.timeout = timeout
+        self.queue_frames = queue_frames
+        self.pushes: dict[str, RtmpPush] = {}
+
+    def startup(self, stream_name: str, rtmp_url: str, full_url: bool = False,
+                options: dict | None = None) -> RtmpPush:
+        from .rtmp import target
+        stream = self.registry.get(name=stream_name)
+        if stream is None or stream.ended:
+            raise PushError(404, "Stream not found", "streamName")
+        published = self.prefix + stream_name
+        try:
+            where = target(rtmp_url, published, full_url)
+        except ValueError as exc:
+            raise PushError(400, str(exc), "rtmpUrl") from None
+        if full_url:
+            published = where.stream.split("?")[0]
+        for push in self.pushes.values():
+            same = (push.target.host, push.target.port, push.target.app, push.target.stream)
+            if push.stream is stream and same == (where.host, where.port, where.app, where.stream):
+                raise PushError(409, "The stream is already pushed to this RTMP URL", "rtmpUrl")
+        push = RtmpPush(self.reactor, stream, where, rtmp_url=rtmp_url, published_name=published,
+                        options=options, reconnect_min=self.reconnect_min,
+                        reconnect_max=self.reconnect_max, timeout=self.timeout,
+                        queue_frames=self.queue_frames)
+        self.pushes[push.media_session_id] = push
+        push.done.addCallback(self._ended)
+        log.info("push of {name} to {url} started ({id})", name=stream.name, url=where.redacted,
+                 id=push.media_session_id)
+        return push.start()
+
+    def _ended(self, push: RtmpPush) -> None:
+        self.pushes.pop(push.media_session_id, None)
+
+    def find(self, stream_name: str = "", rtmp_url: str = "",
+             media_session_id: str = "") -> list[RtmpPush]:
+        found = []
+        for push in self.pushes.values():
+            if media_session_id and push.media_session_id != media_session_id:
+                continue
+            if stream_name and stream_name not in (push.published_name, push.stream.name):
+                continue
+            if rtmp_url and rtmp_url != push.rtmp_url:
+                continue
+            found.append(push)
+        return found
+
+    def terminate(self, media_session_id: str) -> RtmpPush:
+        push = self.pushes.get(media_session_id)
+        if push is None:
+            raise PushError(404, "Push not found", "mediaSessionId")
+        push.stop("Stopped by rest /terminate")
+        return push
+
+    def close(self):
+        """Stop every push (daemon shutdown); fires when their workers are done."""
+        from twisted.internet import defer
+        jobs = list(self.pushes.values())
+        for push in jobs:
+            push.stop("Stopped: server shutdown")
+        return defer.DeferredList([push.done for push in jobs])

@@ -1,0 +1,358 @@
+"""Recording a stream to MP4 (H.264 passed through + AAC) on a worker thread.
+
+The file is a fragmented MP4: its header goes out with the first fragment
+(``delay_moov``, so an audio track that starts late keeps its place through an edit
+list), then a fragment at every keyframe and at least every second.  Whatever happens
+to the daemon, the file on disk plays up to its last complete fragment.  The file name comes
+from a template (WCS tokens, see ``render``); a template with end tokens
+(``{endTime}``, ``{endTimeMillis}``, ``{duration}``) is written under a temporary
+``.recording.mp4`` name and renamed when the recording ends.  A name that is not one
+plain file name inside the record folder is refused.  A write error (a full disk)
+fails that recording with the reason; the call goes on.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+from fractions import Fraction
+
+import av
+from twisted.logger import Logger
+
+from .audio import DECODERS, output_rate
+from .pipeline import Pipeline
+from .worker import MediaJob
+
+log = Logger(namespace="sipgw.media.recorder")
+
+PENDING = "PENDING"
+RECORDING = "RECORDING"
+FINISHED = "FINISHED"
+FAILED = "FAILED"
+
+TOKENS = ("streamName", "startTime", "endTime", "duration", "startTimeMillis",
+          "endTimeMillis", "mediaSessionId", "audioCodec", "videoCodec")
+END_TOKENS = frozenset({"endTime", "endTimeMillis", "duration"})
+EXTENSION = ".mp4"
+PARTIAL = ".recording"
+MAX_NAME = 200
+MP4_OPTIONS = {"movflags": "frag_keyframe+delay_moov+default_base_moof",
+               "frag_duration": "1000000"}
+_TOKEN = re.compile(r"\{([^{}]*)\}")
+_BAD_NAME_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+class BadFileName(ValueError):
+    """A template or file name that cannot be used (REST 400)."""
+
+
+def check_template(template: str) -> None:
+    if not isinstance(template, str) or not template.strip():
+        raise BadFileName("the file name template is empty")
+    for token in _TOKEN.findall(template):
+        if token not in TOKENS:
+            raise BadFileName(f"unknown token {{{token}}} in the file name template "
+                              f"(known: {', '.join('{' + t + '}' for t in TOKENS)})")
+    # what the name looks like with every token replaced by a harmless value
+    check_name(_TOKEN.sub("x", template))
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is one plain file name (no folder, no way out of the record folder)."""
+    if _BAD_NAME_CHARS.search(name):
+        raise BadFileName("the file name must not contain '/', '\\' or control characters")
+    if name in ("", ".", "..") or name.startswith("."):
+        raise BadFileName("the file name must not be empty or start with '.'")
+    if len(name.encode("utf-8")) > MAX_NAME:
+        raise BadFileName(f"the file name is longer than {MAX_NAME} bytes")
+    return name
+
+
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d_%H-%M-%S", time.gmtime(seconds))
+
+
+def render(template: str, values: dict) -> str:
+    """The file name: tokens replaced, ``.mp4`` added unless present; BadFileName if unusable.
+
+    ``{startTime}``/``{endTime}`` are UTC ``YYYY-MM-DD_HH-MM-SS``, ``*Millis`` Unix time
+    in ms, ``{duration}`` ms.  Missing end values render as empty."""
+    name = _TOKEN.sub(lambda m: str(values.get(m.group(1), "")), template)
+    if not name.lower().endswith(EXTENSION):
+        name += EXTENSION
+    return check_name(name)
+
+
+class Recording(MediaJob):
+    kind = "recording"
+
+    def __init__(self, reactor, stream, folder: str, template: str, *, wall=time.time,
+                 opener=None, queue_frames: int | None = None, file_name: str | None = None):
+        kwargs = {} if queue_frames is None else {"queue_frames": queue_frames}
+        super().__init__(reactor, stream, **kwargs)
+        self.folder = os.path.abspath(folder)
+        self.template = file_name or template
+        check_template(self.template)
+        self.state = PENDING
+        self.wall = wall
+        self.opener = opener or (lambda path: open(path, "xb"))
+        self.started_at = wall()
+        self.ended_at: float | None = None
+        self.values = {"streamName": stream.name, "startTime": _stamp(self.started_at),
+                       "startTimeMillis": int(self.started_at * 1000),
+                       "mediaSessionId": stream.media_session_id,
+                       "audioCodec": "aac" if stream.has_audio else "",
+                       "videoCodec": "h264" if stream.has_video else ""}
+        self.file_name = render(self.template, self.values)
+        self._partial = bool(END_TOKENS & set(_TOKEN.findall(self.template)))
+        self.written = {"audio": 0, "video": 0}
+        self.duration = 0.0
+
+    @property
+    def media_session_id(self) -> str:
+        return self.stream.media_session_id
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.folder, self.file_name)
+
+    def on_state(self, state: str, info: str) -> None:
+        log.info("recording of {name} to {file}: {state}{info}", name=self.stream.name,
+                 file=self.file_name, state=state, info=f" ({info})" if info else "")
+
+    def to_json(self) -> dict:
+        return {"fileName": self.file_name, "mediaSessionId": self.media_session_id,
+                "streamName": self.stream.name, "status": self.state, "info": self.info,
+                "startTimeMillis": int(self.started_at * 1000),
+                "endTimeMillis": int(self.ended_at * 1000) if self.ended_at else None,
+                "duration": round(self.duration * 1000), "written": dict(self.written)}
+
+    def _done(self, state: str, info: str) -> None:
+        self.ended_at = self.ended_at or self.wall()
+        super()._done(state, info)
+
+    # -- worker thread --------------------------------------------------------------
+    def work(self) -> tuple[str, str]:
+        stream = self.stream
+        pipe = Pipeline(stream.has_video, stream.has_audio)
+        out = None
+        try:
+            while True:
+                item = self.next_frame()
+                events = pipe.feed(*item) if item is not None else pipe.flush()
+                for event in events:
+                    if out is None:
+                        out = self._open(pipe)
+                        self.report(RECORDING, "")
+                    out.write(event, pipe)
+                    self.written[event[0]] += 1
+                    self.duration = max(self.duration, out.last_position)
+                if item is None:
+                    break
+            if out is None:
+                return FINISHED, "nothing to record: no keyframe arrived"
+            out.close()
+            out = None
+            return FINISHED, self._finish_name()
+        except (OSError, av.FFmpegError) as exc:
+            reason = _reason(exc)
+            if out is not None:
+                out.abort()
+            return FAILED, f"cannot write {self.file_name}: {reason}"
+
+    def _open(self, pipe: Pipeline) -> "_Mp4":
+        os.makedirs(self.folder, exist_ok=True)
+        name = self.file_name
+        if self._partial:
+            name = render(self.template, self.values)[:-len(EXTENSION)] + PARTIAL + EXTENSION
+        base, n = name[:-len(EXTENSION)], 0
+        while True:
+            path = os.path.join(self.folder, name)
+            try:
+                handle = self.opener(path)
+                break
+            except FileExistsError:
+                n += 1
+                name = f"{base}-{n}{EXTENSION}"
+        if not self._partial:
+            self.file_name = name
+        self._open_name = name
+        stream = self.stream
+        width, height = stream.width, stream.height
+        if not width and pipe.params.sps:
+            from ..rtp.h264 import parse_sps
+            info = parse_sps(pipe.params.sps)
+            width, height = info.width, info.height
+        audio = None
+        codec = stream.audio_codec or ""
+        if stream.has_audio and codec in DECODERS:
+            audio = output_rate(codec, 48000 if codec == "opus" else 8000)
+        return _Mp4(handle, stream.has_video, width, height, audio)
+
+    def _finish_name(self) -> str:
+        """Rename a partial file now that the end tokens are known."""
+        if not self._partial:
+            return ""
+        self.ended_at = self.wall()
+        self.values.update(endTime=_stamp(self.ended_at), endTimeMillis=int(self.ended_at * 1000),
+                           duration=round((self.ended_at - self.started_at) * 1000))
+        final = render(self.template, self.values)
+        source = os.path.join(self.folder, self._open_name)
+        target = os.path.join(self.folder, final)
+        if os.path.exists(target):
+            final = final[:-len(EXTENSION)] + "-" + self.values["mediaSessionId"][:8] + EXTENSION
+            target = os.path.join(self.folder, final)
+        os.rename(source, target)
+        self.file_name = final
+        return ""
+
+
+class _Mp4:
+    """One fragmented MP4 file: H.264 passed through, AAC from the pipeline."""
+
+    def __init__(self, handle, has_video: bool, width: int, height: int, audio_rate: int | None):
+        self.handle = handle
+        self.container = av.open(handle, "w", format="mp4", container_options=MP4_OPTIONS)
+        self.video = None
+        self.audio = None
+        self.last_position = 0.0
+        if has_video:
+            self.video = self.container.add_mux_stream("h264", width=width, height=height)
+            self.video.time_base = Fraction(1, 90000)
+        if audio_rate:
+            # The container's own AAC context only gives the file its AudioSpecificConfig;
+            # the pipeline's encoder (same rate, layout, profile) makes the packets.
+            self.audio = self.container.add_stream("aac", rate=audio_rate, layout="mono")
+            self.audio.time_base = Fraction(1, audio_rate)
+        self._last_video = -1
+
+    def write(self, event: tuple, pipe: Pipeline) -> None:
+        if event[0] == "video":
+            if self.video is None:
+                return
+            _, position, nals, keyframe, _changed = event
+            ticks = max(round(position * 90000), self._last_video + 1)
+            self._last_video = ticks
+            packet = av.Packet(b"".join(b"\x00\x00\x00\x01" + n for n in nals))
+            packet.pts = packet.dts = ticks
+            packet.time_base = self.video.time_base
+            packet.stream = self.video
+            packet.is_keyframe = keyframe
+            self.last_position = max(self.last_position, position)
+        else:
+            if self.audio is None or pipe.aac is None or pipe.aac.rate != self.audio.rate:
+                return
+            _, pts, raw = event
+            packet = av.Packet(raw)
+            packet.pts = packet.dts = pts
+            packet.time_base = self.audio.time_base
+            packet.stream = self.audio
+            self.last_position = max(self.last_position, pts / pipe.aac.rate)
+        self.container.mux(packet)
+
+    def close(self) -> None:
+        try:
+            self.container.close()
+        finally:
+            self.handle.close()
+
+    def abort(self) -> None:
+        """After a write error: release what can be released, ignore further errors."""
+        for close in (self.container.close, self.handle.close):
+            try:
+                close()
+            except Exception:
+                pass
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "No space left on device"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or exc.__class__.__name__
+
+
+class RecordingError(Exception):
+    """A recording that cannot start or stop; ``code`` is the REST status."""
+
+    def __init__(self, code: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+
+class RecorderManager:
+    """Every recording, active and finished (reactor thread).
+
+    With ``auto`` (``sip_record_stream=true``) every stream the registry publishes is
+    recorded from its first keyframe to its end.
+    """
+
+    def __init__(self, reactor, registry, folder: str, template: str, *, auto: bool = False,
+                 history: int = 1000, queue_frames: int | None = None):
+        check_template(template)
+        self.reactor = reactor
+        self.registry = registry
+        self.folder = folder
+        self.template = template
+        self.queue_frames = queue_frames
+        self.active: dict[str, Recording] = {}
+        self.history: list[Recording] = []
+        self.history_limit = history
+        if auto:
+            registry.listeners.append(self._stream_event)
+
+    def _stream_event(self, stream, event: str) -> None:
+        if event == "published" and stream.media_session_id not in self.active:
+            try:
+                self.start(stream)
+            except RecordingError as exc:
+                log.error("cannot record {name}: {why}", name=stream.name, why=str(exc))
+
+    def start(self, stream, template: str | None = None,
+              file_name: str | None = None) -> Recording:
+        if stream.media_session_id in self.active:
+            raise RecordingError(409, "The stream is already being recorded", "mediaSessionId")
+        if stream.ended:
+            raise RecordingError(404, "Stream not found", "mediaSessionId")
+        try:
+            recording = Recording(self.reactor, stream, self.folder, template or self.template,
+                                  file_name=file_name, queue_frames=self.queue_frames)
+        except BadFileName as exc:
+            raise RecordingError(400, str(exc), "fileName" if file_name else "fileTemplate")
+        self.active[stream.media_session_id] = recording
+        recording.done.addCallback(self._ended)
+        log.info("recording {name} to {file}", name=stream.name, file=recording.file_name)
+        return recording.start()
+
+    def _ended(self, recording: Recording) -> None:
+        if self.active.get(recording.media_session_id) is recording:
+            del self.active[recording.media_session_id]
+        self.history.append(recording)
+        del self.history[:-self.history_limit]
+
+    def stop(self, media_session_id: str):
+        recording = self.active.get(media_session_id)
+        if recording is None:
+            raise RecordingError(404, "Recording not found", "mediaSessionId")
+        return recording.stop("Stopped by rest /terminate")
+
+    def find_all(self) -> list[Recording]:
+        return self.history + list(self.active.values())
+
+    def close(self, timeout: float = 10.0):
+        """Finalize every open recording (daemon shutdown): fires when all are closed, or
+        after ``timeout`` seconds."""
+        from twisted.internet import defer
+        jobs = list(self.active.values())
+        for recording in jobs:
+            recording.stop("Stopped: server shutdown")
+        waiting = defer.DeferredList([r.done for r in jobs])
+        if jobs and timeout:
+            waiting.addTimeout(timeout, self.reactor)
+            waiting.addErrback(lambda f: log.error(
+                "recordings not finalized within {t} s", t=timeout))
+        return waiting

@@ -1,0 +1,72 @@
+"""The WCS ``/push/*`` REST methods: republish a stream to an RTMP server.
+
+The RTMP URL may carry credentials: it is never logged nor echoed in an error, and
+answers show it with user, password and query values replaced by ``***``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sipgw.media.push import PushError, PushManager
+from sipgw.rest.calls import _NOT_IN_STREAM_NAME, _boolean, _string
+from sipgw.rest.errors import ApiError, BadRequest, NotFound
+from sipgw.rest.router import Router
+
+PUSH_NOT_FOUND = "Push not found"
+_NAME_MAX = 128
+_ID_MAX = 128
+_URL_MAX = 2048
+
+
+class PushApi:
+    """``/push/startup``, ``/push/find``, ``/push/find_all``, ``/push/terminate``."""
+
+    router = Router()
+
+    def __init__(self, manager: PushManager) -> None:
+        self._manager = manager
+
+    @router.route("/push/startup")
+    def startup(self, request: Any, body: dict) -> dict:
+        stream_name = _string(body, "streamName", required=True, max_len=_NAME_MAX,
+                              forbidden=_NOT_IN_STREAM_NAME)
+        rtmp_url = _string(body, "rtmpUrl", required=True, max_len=_URL_MAX)
+        full_url = _boolean(body, "rtmpTransponderFullUrl", False)
+        options = body.get("options")
+        if options in (None, ""):
+            options = {}
+        if not isinstance(options, dict):
+            raise BadRequest("options must be a JSON object", "options")
+        try:
+            push = self._manager.startup(stream_name, rtmp_url, full_url, options)
+        except PushError as exc:
+            raise ApiError(exc.code, str(exc), exc.field) from None
+        return push.to_json()
+
+    @router.route("/push/find")
+    def find(self, request: Any, body: dict) -> list[dict]:
+        stream_name = _string(body, "streamName", max_len=_NAME_MAX, forbidden=_NOT_IN_STREAM_NAME)
+        rtmp_url = _string(body, "rtmpUrl", max_len=_URL_MAX)
+        session_id = _string(body, "mediaSessionId", max_len=_ID_MAX)
+        if not (stream_name or rtmp_url or session_id):
+            raise BadRequest("streamName, rtmpUrl or mediaSessionId is required", "streamName")
+        return _found(self._manager.find(stream_name, rtmp_url, session_id))
+
+    @router.route("/push/find_all")
+    def find_all(self, request: Any, body: dict) -> list[dict]:
+        return _found(self._manager.find())
+
+    @router.route("/push/terminate")
+    def terminate(self, request: Any, body: dict) -> None:
+        session_id = _string(body, "mediaSessionId", required=True, max_len=_ID_MAX)
+        try:
+            self._manager.terminate(session_id)
+        except PushError as exc:
+            raise ApiError(exc.code, str(exc), exc.field) from None
+        return None
+
+
+def _found(pushes) -> list[dict]:
+    if not pushes:
+        raise NotFound(PUSH_NOT_FOUND)
+    return [p.to_json() for p in pushes]

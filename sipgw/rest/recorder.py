@@ -1,0 +1,83 @@
+"""The WCS recording REST methods: ``/recorder/startup|terminate|find_all`` and the older
+``/stream/startRecording|stopRecording``."""
+from __future__ import annotations
+
+from typing import Any
+
+from sipgw.media.recorder import RecorderManager, RecordingError
+from sipgw.rest.calls import _string
+from sipgw.rest.errors import ApiError, BadRequest, NotFound
+from sipgw.rest.router import Router
+from sipgw.rest.streams import STREAM_NOT_FOUND
+
+RECORDING_NOT_FOUND = "Recording not found"
+_ID_MAX = 128
+_NAME_MAX = 200
+_NO_ROTATION = ("", "disabled", "0", "false", 0, False, None)
+
+
+class RecorderApi:
+    """Start, stop and list recordings of streams."""
+
+    router = Router()
+
+    def __init__(self, manager: RecorderManager, registry) -> None:
+        self._manager = manager
+        self._registry = registry
+
+    def _stream(self, body: dict):
+        session_id = _string(body, "mediaSessionId", required=True, max_len=_ID_MAX)
+        stream = self._registry.get(media_session_id=session_id)
+        if stream is None or stream.ended:
+            raise NotFound(STREAM_NOT_FOUND, "mediaSessionId")
+        return stream
+
+    def _start(self, stream, template: str | None = None, file_name: str | None = None) -> None:
+        try:
+            self._manager.start(stream, template=template, file_name=file_name)
+        except RecordingError as exc:
+            raise ApiError(exc.code, str(exc), exc.field) from None
+
+    def _stop(self, body: dict):
+        session_id = _string(body, "mediaSessionId", required=True, max_len=_ID_MAX)
+        try:
+            done = self._manager.stop(session_id)
+        except RecordingError as exc:
+            raise ApiError(exc.code, str(exc), exc.field) from None
+        return done.addCallback(lambda _: None)  # answered once the file is closed
+
+    @router.route("/recorder/startup")
+    def startup(self, request: Any, body: dict) -> None:
+        stream = self._stream(body)
+        config = body.get("config") or {}
+        if not isinstance(config, dict):
+            raise BadRequest("config must be a JSON object", "config")
+        template = _string(config, "fileTemplate", max_len=_NAME_MAX, spaces=True,
+                           forbidden=frozenset())
+        if config.get("rotation") not in _NO_ROTATION:
+            raise BadRequest("rotation is not supported (use disabled)", "rotation")
+        self._start(stream, template=template or None)
+        return None
+
+    @router.route("/recorder/terminate")
+    def terminate(self, request: Any, body: dict):
+        return self._stop(body)
+
+    @router.route("/recorder/find_all")
+    def find_all(self, request: Any, body: dict) -> list[dict]:
+        recordings = self._manager.find_all()
+        if not recordings:
+            raise NotFound(RECORDING_NOT_FOUND)
+        return [r.to_json() for r in recordings]
+
+    @router.route("/stream/startRecording")
+    def start_recording(self, request: Any, body: dict) -> None:
+        stream = self._stream(body)
+        file_name = _string(body, "fileName", max_len=_NAME_MAX, spaces=True,
+                            forbidden=frozenset())
+        self._start(stream, file_name=file_name or None)
+        return None
+
+    @router.route("/stream/stopRecording")
+    def stop_recording(self, request: Any, body: dict):
+        return self._stop(body)

@@ -1,0 +1,52 @@
+"""The WebSDK's own Player page (npm @flashphoner/websdk, served unchanged) plays the stream
+of a baresip call in headless Chromium, as a person would drive it."""
+import pytest
+from selenium.webdriver.common.by import By
+
+from peers import free_port
+from sipgw_daemon import Sipgw
+
+PLAYER_PAGE = "examples/demo/streaming/player/player.html"
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    gw = Sipgw(str(tmp_path), ws_port=free_port("tcp"), webrtc_ice_address="127.0.0.1").start()
+    yield gw
+    gw.stop()
+
+
+def _type(driver, element_id, text):
+    field = driver.find_element(By.ID, element_id)
+    field.clear()
+    field.send_keys(text)
+
+
+def test_websdk_player_plays_a_call_then_shows_stopped(daemon, kamailio, baresip, chromium,
+                                                       websdk_site):
+    """The unchanged WebSDK Player shows PLAYING with 320x240 video and audio arriving, and
+    STOPPED once the call is terminated over REST."""
+    daemon.rest("/call/startup", {
+        "callId": "sdk1", "callee": "bob", "toStream": "stream-sdk1",
+        "sipLogin": "alice", "sipPassword": "alicepw", "sipDomain": "127.0.0.1",
+        "sipPort": str(kamailio.port), "hasAudio": "true", "hasVideo": "true"})
+    daemon.wait_status("sdk1", "ESTABLISHED", timeout=30)
+
+    chromium.open(websdk_site.url(PLAYER_PAGE))
+    driver = chromium.driver
+    chromium.wait(lambda: driver.find_element(By.ID, "playBtn").text == "Start", 10,
+                  "the Player page to initialise")
+    _type(driver, "url", f"ws://127.0.0.1:{daemon.settings['ws_port']}")
+    _type(driver, "streamName", "stream-sdk1")
+    driver.find_element(By.ID, "playBtn").click()
+
+    chromium.wait_text("status", "PLAYING", timeout=20)
+    assert chromium.wait(lambda: chromium.video_size("#remoteVideo video") == (320, 240), 10,
+                         "the video to be 320x240")
+    rows = chromium.wait_media_flowing(timeout=20, frames=25, packets=25)
+    assert len(rows) == 1 and rows[0]["video"]["frameWidth"] == 320, rows
+    assert driver.find_element(By.ID, "playBtn").text == "Stop"
+
+    daemon.rest("/call/terminate", {"callId": "sdk1"})
+    chromium.wait_text("status", "STOPPED", timeout=10)
+    assert driver.find_element(By.ID, "playBtn").text == "Start"

@@ -1,0 +1,145 @@
+"""A SIPp callee playing a pcap of RTP (PCMA) into the real daemon: the stream is listed with the
+callee's codec, counts every packet of the capture, the callee gets RTCP receiver reports (RFC
+3550 §6.4.2) saying nothing was lost and a BYE at the end, and the stream goes with the call.
+
+sipgw sends its RTCP to the answer's port + 1 (no a=rtcp in SIPp's answer), which SIPp leaves
+unbound: the test listens there itself, so every wait below is on a real event (a REST state or a
+datagram), never on a fixed sleep.
+"""
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+import peers
+from peers import wait_for
+from sipgw_daemon import RestError, Sipgw
+from sipgw.rtp.packet import Bye, ReceiverReport, SourceDescription, parse_rtcp
+
+PCAP = Path("/usr/share/sip-tester/g711a.pcap")  # what uas_pcap_pcma.xml plays
+LINKTYPE_ETHERNET = 1
+
+
+def pcap_rtp(path: Path) -> list[tuple[int, int, int]]:
+    """(payload type, sequence number, SSRC) of each packet of a classic pcap file holding
+    Ethernet / IPv4 / UDP / RTP, in capture order."""
+    data = path.read_bytes()
+    magic = data[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        endian = "<"
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        endian = ">"
+    else:
+        raise ValueError(f"{path} is not a classic pcap file")
+    linktype = struct.unpack_from(endian + "I", data, 20)[0]
+    if linktype != LINKTYPE_ETHERNET:
+        raise ValueError(f"{path}: link type {linktype}, not Ethernet")
+    packets = []
+    pos = 24
+    while pos + 16 <= len(data):
+        captured = struct.unpack_from(endian + "I", data, pos + 8)[0]
+        frame = data[pos + 16:pos + 16 + captured]
+        pos += 16 + captured
+        ip = frame[14:]
+        if struct.unpack_from("!H", frame, 12)[0] != 0x0800 or ip[9] != 17:
+            continue  # not IPv4 / UDP
+        rtp = ip[(ip[0] & 0x0F) * 4 + 8:]
+        _, pt, seq, _, ssrc = struct.unpack_from("!BBHII", rtp)
+        packets.append((pt & 0x7F, seq, ssrc))
+    return packets
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    gw = Sipgw(str(tmp_path)).start()
+    yield gw
+    gw.stop()
+
+
+def _stream(daemon, name):
+    try:
+        return daemon.rest("/stream/find", {"name": name})[0]
+    except RestError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def _rtcp_until(sock, accept):
+    """A function for wait_for: read the RTCP that has arrived, return the first compound
+    packet ``accept`` takes, else None."""
+    def poll():
+        while True:
+            try:
+                data, _ = sock.recvfrom(65536)
+            except BlockingIOError:
+                return None
+            packets = parse_rtcp(data)
+            if accept(packets):
+                return packets
+    return poll
+
+
+def test_pcma_pcap_is_published_counted_and_reported(daemon, sipp_factory):
+    """Every PCMA packet a SIPp callee replays from a pcap is counted on the stream with no loss,
+    the callee gets receiver reports and a final BYE, and the stream ends with the call."""
+    if not PCAP.is_file():
+        pytest.fail(f"{PCAP} is missing: {peers.INSTALL_HINT}", pytrace=False)
+    captured = pcap_rtp(PCAP)
+    assert {pt for pt, _, _ in captured} == {8}
+    [ssrc] = {s for _, _, s in captured}
+    last_seq = captured[-1][1]
+    enough = int(0.9 * len(captured))
+
+    sipp = sipp_factory("uas_pcap_pcma.xml")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtcp:
+        rtcp.bind((peers.HOST, sipp.media_port + 1))  # SIPp's RTCP port, which it leaves free
+        rtcp.setblocking(False)
+        assert daemon.rest("/call/startup", {
+            "callId": "p1", "callee": "bob", "toStream": "stream-p1", "sipLogin": "alice",
+            "sipPassword": "alicepw", "sipDomain": "127.0.0.1", "sipPort": str(sipp.port),
+            "hasAudio": "true", "hasVideo": "false"}) is None
+        daemon.wait_status("p1", "ESTABLISHED")
+        invite = sipp.received("INVITE")[0]
+        assert "m=audio" in invite.body and "m=video" not in invite.body
+
+        seen = []
+
+        def counted():
+            stream = _stream(daemon, "stream-p1")
+            seen.append(stream["counters"].get("audio", {}).get("packets", 0))
+            return seen[-1] >= enough and stream
+
+        stream = wait_for(counted, 30, f"{enough} audio packets on the stream", log=daemon.log)
+        assert stream["audioCodec"] == "PCMA" and stream["hasVideo"] is False
+        assert stream["status"] == "PUBLISHING"
+        assert seen == sorted(seen) and seen[0] < enough  # it grew while we watched
+
+        # The first receiver report sent after the capture's last packet arrived.
+        report = wait_for(_rtcp_until(rtcp, lambda packets: isinstance(packets[0], ReceiverReport)
+                                      and packets[0].reports
+                                      and packets[0].reports[0].highest_sequence & 0xFFFF
+                                      == last_seq),
+                          30, "an RTCP receiver report covering the whole capture", log=daemon.log)
+        rr, sdes = report[:2]
+        [block] = rr.reports
+        assert block.ssrc == ssrc and block.packets_lost == 0 and block.fraction_lost == 0
+        assert isinstance(sdes, SourceDescription) and sdes.chunks[0][0] == rr.ssrc
+
+        counters = _stream(daemon, "stream-p1")["counters"]["audio"]
+        assert enough <= counters["packets"] <= len(captured)
+        assert counters["frames"] == counters["packets"]
+        assert counters["lost"] == 0
+        assert counters["bad_packets"] == counters["wrong_source"] == 0
+        assert counters["wrong_payload_type"] == counters["ssrc_changes"] == 0
+
+        daemon.rest("/call/terminate", {"callId": "p1"})
+        assert daemon.wait_status("p1", "FINISH")["info"] == "Stopped by rest /terminate"
+        assert _stream(daemon, "stream-p1") is None
+        bye = wait_for(_rtcp_until(rtcp, lambda packets: isinstance(packets[-1], Bye)), 10,
+                       "the RTCP BYE", log=daemon.log)
+        assert bye[-1].sources == [rr.ssrc]
+        assert isinstance(bye[0], ReceiverReport)  # a compound packet (RFC 3550 §6.1)
+    assert sipp.wait(15) == 0
+    assert [m.method for m in sipp.received()] == ["INVITE", "ACK", "BYE"]

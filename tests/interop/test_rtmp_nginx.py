@@ -1,0 +1,112 @@
+"""A real baresip call republished with /push/* to a real nginx-rtmp, read back live with
+ffprobe; nginx restarting mid-push; the push ending with the call."""
+import json
+import subprocess
+import time
+
+import pytest
+
+from peers import require_program, wait_for
+from sipgw_daemon import RestError, Sipgw
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    # Retries 3 s apart: nginx restarts within 1 s, so the player (LiveProbe) is waiting
+    # in nginx before the push comes back.
+    gw = Sipgw(str(tmp_path), rtp_activity_timeout=10, rtmp_reconnect_delay=3,
+               rtmp_reconnect_max_delay=3, rtmp_timeout=3,
+               record_dir=str(tmp_path / "records")).start()
+    yield gw
+    gw.stop()
+
+
+def _call(daemon, kamailio, call_id):
+    daemon.rest("/call/startup", {
+        "callId": call_id, "callee": "bob", "toStream": f"stream-{call_id}",
+        "sipLogin": "alice", "sipPassword": "alicepw", "sipDomain": "127.0.0.1",
+        "sipPort": str(kamailio.port), "hasAudio": "true", "hasVideo": "true"})
+    daemon.wait_status(call_id, "ESTABLISHED", timeout=30)
+    wait_for(lambda: daemon.rest("/stream/find", {"name": f"stream-{call_id}"})[0]["width"],
+             20, "the stream's picture size")
+
+
+def _push(daemon, name):
+    try:
+        return daemon.rest("/push/find", {"streamName": name})[0]
+    except RestError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+class LiveProbe:
+    """ffprobe playing a live RTMP URL, started before the push publishes: nginx-rtmp
+    starts a player's video at a keyframe, and baresip sends one only every 10 s unless
+    asked (a push asks when it connects), so the player must already be waiting."""
+
+    def __init__(self, url: str):
+        self.proc = subprocess.Popen(
+            [require_program("ffprobe"), "-v", "error", "-rw_timeout", "15000000",
+             "-show_streams", "-of", "json", url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result(self, timeout: float = 40) -> dict:
+        """{codec_type: stream} as ffprobe saw them."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        assert self.proc.returncode == 0, err[-2000:]
+        return {s["codec_type"]: s for s in json.loads(out)["streams"]}
+
+
+def test_pushed_call_is_watchable_from_nginx_and_survives_a_restart(daemon, kamailio, baresip,
+                                                                    nginx_rtmp):
+    """The call's stream read back live from nginx-rtmp is h264 320x240 + aac; after nginx
+    restarts the push reconnects and is watchable again; it ends with the call."""
+    _call(daemon, kamailio, "r1")
+    probe = LiveProbe(nginx_rtmp.url("rtmp_stream-r1"))
+    time.sleep(0.5)  # the player is waiting in nginx
+    answer = daemon.rest("/push/startup", {"streamName": "stream-r1", "rtmpUrl": nginx_rtmp.url()})
+    assert answer["streamName"] == "rtmp_stream-r1"
+    wait_for(lambda: (p := _push(daemon, "rtmp_stream-r1")) and p["status"] == "PUBLISHING"
+             and p["sent"]["video"] > 0 and p["sent"]["audio"] > 0, 20, "the push to publish")
+    streams = probe.result()
+    video, audio = streams["video"], streams["audio"]
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 240)
+    assert audio["codec_name"] == "aac"
+
+    sent = _push(daemon, "rtmp_stream-r1")["sent"]["video"]
+    nginx_rtmp.restart(down_for=0.3)
+    probe = LiveProbe(nginx_rtmp.url("rtmp_stream-r1"))
+    wait_for(lambda: (p := _push(daemon, "rtmp_stream-r1")) and p["reconnects"] >= 1
+             and p["status"] == "PUBLISHING" and p["sent"]["video"] > sent + 25, 30,
+             f"the push to resume\n{daemon.log()[-2000:]}")
+    streams = probe.result()
+    assert (streams["video"]["codec_name"], streams["audio"]["codec_name"]) == ("h264", "aac")
+    assert "RECONNECTING" in daemon.log()
+
+    daemon.rest("/call/terminate", {"callId": "r1"})
+    daemon.wait_status("r1", "FINISH")
+    wait_for(lambda: _push(daemon, "rtmp_stream-r1") is None, 10, "the push to end")
+    assert "hunter" not in daemon.log()
+
+
+def test_push_to_a_server_that_is_down_keeps_retrying_and_is_terminated(daemon, kamailio,
+                                                                         baresip, tmp_path):
+    """Nothing listening: the push shows RECONNECTING with the reason, retries, and
+    /push/terminate removes it; credentials in the URL never reach the log."""
+    _call(daemon, kamailio, "r2")
+    url = "rtmp://user:hunter2@127.0.0.1:1/live?token=s3cret"
+    answer = daemon.rest("/push/startup", {"streamName": "stream-r2", "rtmpUrl": url})
+    push = wait_for(lambda: (p := _push(daemon, "rtmp_stream-r2")) and p["reconnects"] >= 2
+                    and p, 20, "retries")
+    assert push["status"] == "RECONNECTING" and "refused" in push["info"]
+    daemon.rest("/push/terminate", {"mediaSessionId": answer["mediaSessionId"]})
+    wait_for(lambda: _push(daemon, "rtmp_stream-r2") is None, 10, "the push to stop")
+    log = daemon.log()
+    assert "hunter2" not in log and "s3cret" not in log
+    daemon.rest("/call/terminate", {"callId": "r2"})

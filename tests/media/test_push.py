@@ -1,0 +1,126 @@
+"""A push of synthetic frames: FLV tags over RTMP, starting on a keyframe, reconnecting
+when the server drops it, ending with its stream."""
+from fake_rtmp import FakeRtmpServer
+from synthetic import FakeClock, ThreadCalls, frames, publish
+from sipgw.media import flv
+from sipgw.media.push import PushError, PushManager, RtmpPush
+from sipgw.media.rtmp import target
+from sipgw.streams.registry import StreamRegistry
+from sipgw.streams.stream import Stream
+
+import pytest
+
+
+def _stream(name="s1"):
+    stream = Stream(name)
+    stream.audio_codec, stream.video_codec, stream.width, stream.height = "PCMU", "H264", 320, 240
+    return stream
+
+
+def _push(calls, stream, server, **kw):
+    job = RtmpPush(calls, stream, target(server.url(), "rtmp_" + stream.name),
+                   rtmp_url=server.url(), published_name="rtmp_" + stream.name,
+                   queue_frames=5000, **kw)
+    job.clock = kw.pop("clock", None) or job.clock
+    return job
+
+
+def test_push_sends_sequence_headers_then_keyframe_first_and_aac():
+    """The server gets metadata, the avcC and AAC headers, video starting on a keyframe
+    and AAC audio; the push ends UNPUBLISHED with its stream."""
+    server = FakeRtmpServer()
+    calls = ThreadCalls()
+    stream = _stream()
+    clock = FakeClock()
+    try:
+        job = _push(calls, stream, server)
+        job.clock = clock
+        job.start()
+        calls.run_until(lambda: job.state == "PUBLISHING", what="publishing")
+        timed = frames(2.0, gop=25)
+        publish(stream, timed[3:], clock, calls=calls)  # starts mid-GOP: first frames skipped
+        stream.end()
+        calls.run_until(lambda: job.finished, what="the push to end")
+        assert job.state == "UNPUBLISHED"
+        assert server.published == ["rtmp_s1"]
+        video = server.media(flv.TAG_VIDEO)
+        audio = server.media(flv.TAG_AUDIO)
+        script = server.media(flv.TAG_SCRIPT)
+        assert flv.amf0_decode(script[0])[:2] == ["@setDataFrame", "onMetaData"]
+        assert video[0][:2] == b"\x17\x00" and video[0][5] == 1  # avcC version 1
+        assert video[1][:2] == b"\x17\x01"  # the first picture is a keyframe
+        assert all(v[:2] == b"\x27\x01" for v in video[2:] if v[0] != 0x17)
+        assert audio[0][:2] == b"\xaf\x00" and all(a[:2] == b"\xaf\x01" for a in audio[1:])
+        assert len(video) == 26 and len(audio) >= 14  # from the keyframe at 1 s: 1 s of media
+    finally:
+        server.stop()
+
+
+def test_push_reconnects_when_the_server_hangs_up():
+    """A dropped connection makes the push RECONNECTING with the reason, then PUBLISHING
+    again on a new connection that starts with sequence headers and a keyframe."""
+    server = FakeRtmpServer()
+    calls = ThreadCalls()
+    asked = []
+    stream = _stream()
+    stream._on_keyframe_request = lambda: asked.append(1)
+    try:
+        job = _push(calls, stream, server, reconnect_min=0.05, reconnect_max=0.2)
+        job.start()
+        calls.run_until(lambda: job.state == "PUBLISHING", what="publishing")
+        timed = frames(1.0)
+        publish(stream, timed[:10], realtime=False, calls=calls)
+        calls.run_until(lambda: len(server.media(flv.TAG_VIDEO)) >= 5, what="video")
+        server.drop()
+        seen = set()
+        for at, frame in timed[10:] * 20:
+            stream.publish(frame)
+            calls.run_pending()
+            seen.add(job.state)
+            if server.sessions >= 2 and job.state == "PUBLISHING":
+                break
+            calls.run_until(lambda: True)
+        assert "RECONNECTING" in seen or job.reconnects >= 1
+        calls.run_until(lambda: server.sessions >= 2 and job.state == "PUBLISHING",
+                        what="second session")
+        assert job.reconnects >= 1 and asked
+        stream.publish(frames(1.0)[0][1])  # a keyframe for the new connection
+        calls.run_until(lambda: server.media(flv.TAG_VIDEO)[-1][:2] == b"\x17\x01",
+                        what="keyframe on the new connection")
+        job.stop("Stopped by rest /terminate")
+        calls.run_until(lambda: job.finished, what="the push to stop")
+        assert job.state == "STOPPED" and job.info == "Stopped by rest /terminate"
+    finally:
+        server.stop()
+
+
+def test_push_manager_refuses_duplicates_unknown_streams_and_bad_urls():
+    """409 for the same stream to the same URL, 404 for an unknown stream, 400 for a bad URL;
+    terminate removes the push."""
+    server = FakeRtmpServer()
+    calls = ThreadCalls()
+    registry = StreamRegistry()
+    stream = registry.add(_stream("call1"))
+    manager = PushManager(calls, registry)
+    try:
+        push = manager.startup("call1", server.url())
+        assert push.published_name == "rtmp_call1"
+        with pytest.raises(PushError) as dup:
+            manager.startup("call1", server.url())
+        assert dup.value.code == 409
+        with pytest.raises(PushError) as unknown:
+            manager.startup("nope", server.url())
+        assert unknown.value.code == 404
+        with pytest.raises(PushError) as bad:
+            manager.startup("call1", "http://example.com/live")
+        assert bad.value.code == 400
+        assert manager.find(stream_name="rtmp_call1") == [push]
+        full = manager.startup("call1", server.url("live/custom"), full_url=True)
+        assert full.published_name == "custom"
+        manager.terminate(push.media_session_id)
+        calls.run_until(lambda: push.finished, what="terminated")
+        assert push.media_session_id not in manager.pushes
+        stream.end()
+        calls.run_until(lambda: not manager.pushes, what="the other push to end")
+    finally:
+        server.stop()

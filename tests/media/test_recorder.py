@@ -1,0 +1,177 @@
+"""Recording synthetic frames to MP4: H.264 passed through, AAC, aligned starts, file
+names from templates, a full disk, a crash, and the manager."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import av
+import pytest
+
+from synthetic import FakeClock, ThreadCalls, ffprobe, frames, publish
+from sipgw.media.recorder import (BadFileName, RecorderManager, Recording, check_template,
+                                  render)
+from sipgw.streams.registry import StreamRegistry
+from sipgw.streams.stream import Stream
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _stream(name="s1", **kw):
+    stream = Stream(name, **kw)
+    stream.audio_codec, stream.video_codec, stream.width, stream.height = "PCMU", "H264", 320, 240
+    return stream
+
+
+def _record(tmp_path, timed, template="{streamName}", opener=None, stream=None):
+    calls = ThreadCalls()
+    stream = stream or _stream()
+    clock = FakeClock()
+    job = Recording(calls, stream, str(tmp_path), template, opener=opener, queue_frames=5000)
+    job.clock = clock
+    job.start()
+    publish(stream, timed, clock, calls=calls)
+    stream.end()
+    calls.run_until(lambda: job.finished, what="the recording to end")
+    return job
+
+
+def _by_kind(info):
+    return {s["codec_type"]: s for s in info["streams"]}
+
+
+def test_recording_is_h264_320x240_and_aac_with_aligned_starts(tmp_path):
+    """A 4 s stream becomes an MP4 with h264 320x240 and aac, both starting at 0 and
+    lasting about 4 s; every picture decodes."""
+    job = _record(tmp_path, frames(4.0))
+    assert job.state == "FINISHED", job.info
+    info = ffprobe(job.path)
+    streams = _by_kind(info)
+    video, audio = streams["video"], streams["audio"]
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 240)
+    assert audio["codec_name"] == "aac"
+    assert abs(float(video["start_time"]) - float(audio["start_time"])) < 0.1
+    assert float(info["format"]["duration"]) == pytest.approx(4.0, abs=0.2)
+    with av.open(job.path) as container:
+        pictures = list(container.decode(video=0))
+    assert len(pictures) == 100
+
+
+def test_audio_starting_late_keeps_its_place(tmp_path):
+    """Audio whose first frame arrives 0.5 s after the first keyframe starts 0.5 s in."""
+    timed = [(t, f) for t, f in frames(3.0) if f.kind == "video" or t >= 0.5]
+    job = _record(tmp_path, timed)
+    audio = _by_kind(ffprobe(job.path))["audio"]
+    assert float(audio["start_time"]) == pytest.approx(0.5, abs=0.1)
+
+
+def test_recording_starts_at_the_first_keyframe(tmp_path):
+    """Frames before the first keyframe are not recorded; the file starts with a keyframe."""
+    timed = frames(3.0, gop=25)[10:]
+    job = _record(tmp_path, timed)
+    with av.open(job.path) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+    assert packets[0].is_keyframe
+    assert len(packets) == 50  # the keyframes at 1 s and 2 s and what follows them
+
+
+def test_template_tokens_and_the_rename_at_the_end(tmp_path):
+    """End tokens are filled in when the recording ends (the file is renamed)."""
+    job = _record(tmp_path, frames(1.0), template="{streamName}_{startTimeMillis}_{duration}")
+    assert job.state == "FINISHED", job.info
+    name, start, duration = job.file_name[:-4].split("_")
+    assert name == "s1" and int(start) > 0 and int(duration) >= 0
+    assert os.listdir(tmp_path) == [job.file_name]
+
+
+@pytest.mark.parametrize("template", ["../evil", "a/b", "{streamName}/x", ".hidden", "x\\y",
+                                      "{nope}", ""])
+def test_names_that_would_leave_the_folder_are_refused(template):
+    """A template with a path separator, a leading dot or an unknown token is refused."""
+    with pytest.raises(BadFileName):
+        check_template(template)
+
+
+def test_a_stream_name_cannot_make_a_hidden_or_parent_name():
+    """Rendering refuses names that end up starting with a dot."""
+    with pytest.raises(BadFileName):
+        render("{streamName}", {"streamName": ".."})
+
+
+class _FullDisk:
+    """A file that accepts ``room`` bytes, then fails like a full disk."""
+
+    def __init__(self, path, room):
+        self.handle = open(path, "xb")
+        self.room = room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+
+def test_a_full_disk_fails_the_recording_with_a_reason_and_the_stream_goes_on(tmp_path):
+    """Writes failing with ENOSPC end the recording FAILED 'No space left on device';
+    the stream keeps publishing to its other consumers."""
+    stream = _stream()
+    viewer = stream.subscribe(maxlen=10000, burst=False)
+    job = _record(tmp_path, frames(3.0), opener=lambda p: _FullDisk(p, 20000), stream=stream)
+    assert job.state == "FAILED"
+    assert "No space left on device" in job.info
+    assert len(viewer.queue) > 200  # the viewer got every frame
+
+
+def test_a_killed_recorder_leaves_a_playable_file(tmp_path):
+    """SIGKILL of a process in the middle of a recording: the fragments written play."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {HERE!r})
+        from synthetic import FakeClock, ThreadCalls, frames, publish
+        from sipgw.media.recorder import Recording
+        from sipgw.streams.stream import Stream
+        stream = Stream("crash")
+        stream.audio_codec, stream.width, stream.height = "PCMU", 320, 240
+        calls, clock = ThreadCalls(), FakeClock()
+        job = Recording(calls, stream, {str(tmp_path)!r}, "{{streamName}}", queue_frames=5000)
+        job.clock = clock
+        job.start()
+        publish(stream, frames(4.0), clock, calls=calls)
+        calls.run_until(lambda: len(job.queue) == 0 and job.duration > 3.5, 20)
+        time.sleep(0.3)
+        print("written", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "written"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    path = tmp_path / "crash.mp4"
+    with av.open(str(path)) as container:
+        pictures = list(container.decode(video=0))
+    assert len(pictures) >= 50  # whole fragments up to the kill
+
+
+def test_manager_records_every_published_stream_and_finalizes_on_close(tmp_path):
+    """With auto recording every stream added to the registry is recorded; close()
+    finalizes the open ones; find_all lists the files."""
+    calls = ThreadCalls()
+    registry = StreamRegistry()
+    manager = RecorderManager(calls, registry, str(tmp_path), "{streamName}", auto=True,
+                              queue_frames=5000)
+    stream = registry.add(_stream("auto1"))
+    assert list(manager.active) == [stream.media_session_id]
+    publish(stream, frames(1.0), calls=calls)
+    closing = manager.close(timeout=0)
+    calls.run_until(lambda: closing.called, what="recordings finalized")
+    listed = [r.to_json() for r in manager.find_all()]
+    assert [(r["fileName"], r["status"]) for r in listed] == [("auto1.mp4", "FINISHED")]
+    assert _by_kind(ffprobe(str(tmp_path / "auto1.mp4")))["video"]["codec_name"] == "h264"

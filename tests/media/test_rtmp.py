@@ -1,0 +1,133 @@
+"""The RTMP publisher: URLs, redaction, chunking, and a publish against a small server."""
+import threading
+import time
+
+import pytest
+
+from fake_rtmp import FakeRtmpServer, wait
+from sipgw.media import flv
+from sipgw.media.rtmp import RtmpError, RtmpPublisher, _chunks, _ChunkReader, redact, target
+
+
+def test_target_from_an_application_url_and_a_stream_name():
+    """rtmpUrl names the application; the republished name is the stream key."""
+    t = target("rtmp://cdn.example.com/live", "rtmp_call1")
+    assert (t.host, t.port, t.app, t.stream) == ("cdn.example.com", 1935, "live", "rtmp_call1")
+    assert t.tc_url == "rtmp://cdn.example.com:1935/live"
+
+
+def test_target_from_a_full_url():
+    """With rtmpTransponderFullUrl the last path segment (and query) is the stream key."""
+    t = target("rtmp://127.0.0.1:1940/app/inst/key123?token=s3cret", "ignored", full_url=True)
+    assert (t.port, t.app, t.stream) == (1940, "app/inst", "key123?token=s3cret")
+
+
+@pytest.mark.parametrize("url,message", [
+    ("", "rtmpUrl is required"),
+    ("http://example.com/live", "must be an rtmp:// URL"),
+    ("rtmp:///live", "has no host"),
+    ("rtmp://example.com", "must name an application"),
+    ("rtmp://example.com:99999/live", "bad port"),
+    ("rtmp://exa mple.com/live", "spaces or control characters"),
+])
+def test_unusable_urls_are_refused_without_quoting_them(url, message):
+    """Each unusable URL gets a ValueError that says why and does not repeat the URL."""
+    with pytest.raises(ValueError) as info:
+        target(url, "rtmp_x")
+    assert message in str(info.value)
+    assert not url or url not in str(info.value)
+
+
+def test_full_url_needs_a_stream_key():
+    """A full URL without app/stream is refused."""
+    with pytest.raises(ValueError, match="app/streamName"):
+        target("rtmp://example.com/live", "", full_url=True)
+
+
+def test_redact_hides_user_password_and_query_values():
+    """Credentials and tokens never appear in what is logged."""
+    shown = redact("rtmp://bob:hunter2@example.com:1935/live/key?token=abc&x")
+    assert "bob" not in shown and "hunter2" not in shown and "abc" not in shown
+    assert shown == "rtmp://***@example.com:1935/live/key?token=***&***"
+    assert "hunter2" not in target("rtmp://bob:hunter2@h/live", "s").redacted
+
+
+def test_chunk_reader_reassembles_messages_split_in_chunks_and_bytes():
+    """A message larger than the chunk size, fed one byte at a time, comes out whole."""
+    payload = bytes(range(256)) * 3
+    data = _chunks(6, 9, 1, 0x1000000, payload, 128) + _chunks(6, 9, 1, 5, b"xy", 128)
+    reader = _ChunkReader()
+    out = []
+    for i in range(len(data)):
+        out += reader.feed(data[i:i + 1])
+    assert out == [(9, 1, payload), (9, 1, b"xy")]
+
+
+def test_publish_sends_media_to_the_server():
+    """open() does handshake, connect, createStream and publish; send() delivers tags."""
+    server = FakeRtmpServer()
+    try:
+        publisher = RtmpPublisher(target(server.url(), "rtmp_s"), timeout=5)
+        publisher.open()
+        publisher.send(flv.TAG_VIDEO, 0, b"\x17\x00\x00\x00\x00abc")
+        publisher.send(flv.TAG_AUDIO, 20, b"\xaf\x01" + b"z" * 5000)
+        wait(lambda: len(server.media()) == 2, 5, "two media messages")
+        assert server.published == ["rtmp_s"]
+        assert server.connects[0]["app"] == "live"
+        assert server.media(flv.TAG_AUDIO) == [b"\xaf\x01" + b"z" * 5000]
+        publisher.close()
+    finally:
+        server.stop()
+
+
+def test_a_server_that_never_answers_costs_only_the_timeout_and_never_the_gil():
+    """Against a server that accepts TCP and stays silent, open() fails after its timeout
+    while another thread keeps running (FFmpeg's rtmp:// output held the GIL here)."""
+    server = FakeRtmpServer(silent=True)
+    gaps = []
+    stop = threading.Event()
+
+    def ticker():
+        last = time.monotonic()
+        while not stop.is_set():
+            time.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    thread = threading.Thread(target=ticker)
+    thread.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(RtmpError, match="no answer|timed out|closed"):
+            RtmpPublisher(target(server.url(), "rtmp_s"), timeout=0.5).open()
+        assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        thread.join()
+        server.stop()
+    assert max(gaps) < 0.2
+
+
+def test_a_refused_connection_is_an_rtmp_error():
+    """Nothing listening: RtmpError with the reason, at once."""
+    server = FakeRtmpServer()
+    url = server.url()
+    server.stop()
+    with pytest.raises(RtmpError, match="refused"):
+        RtmpPublisher(target(url, "s"), timeout=2).open()
+
+
+def test_send_after_the_server_hung_up_raises():
+    """When the server drops the connection, a later send raises RtmpError."""
+    server = FakeRtmpServer()
+    try:
+        publisher = RtmpPublisher(target(server.url(), "rtmp_s"), timeout=2)
+        publisher.open()
+        server.drop()
+        with pytest.raises(RtmpError):
+            for _ in range(200):
+                publisher.send(flv.TAG_VIDEO, 0, b"x" * 10000)
+                time.sleep(0.005)
+    finally:
+        server.stop()

@@ -1,0 +1,106 @@
+"""The WCS /push/* REST methods over HTTP/1.1 bytes, with the real push manager."""
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+
+from sipgw.media.push import PushManager
+from sipgw.rest.push import PushApi
+from sipgw.rest.router import RestResource
+from sipgw.streams.registry import StreamRegistry
+from sipgw.streams.stream import Stream
+
+# Nothing listens on port 1: every push stays RECONNECTING, which is all these tests need.
+URL = "rtmp://127.0.0.1:1/live"
+SECRET_URL = "rtmp://bob:hunter2@127.0.0.1:1/live?token=t0ken"
+
+
+class ThreadCalls:
+    """Stands in for the reactor: callFromThread queues, ``run_until`` runs the calls."""
+
+    def __init__(self):
+        self.calls: queue.Queue = queue.Queue()
+
+    def callFromThread(self, fn, *args, **kwargs):
+        self.calls.put((fn, args, kwargs))
+
+    def run_until(self, condition, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met in time"
+            try:
+                fn, args, kwargs = self.calls.get(timeout=0.02)
+            except queue.Empty:
+                continue
+            fn(*args, **kwargs)
+
+
+@pytest.fixture
+def env(client_for):
+    calls = ThreadCalls()
+    registry = StreamRegistry()
+    stream = registry.add(Stream("call1"))
+    manager = PushManager(calls, registry, reconnect_min=5, reconnect_max=5, timeout=1)
+    client = client_for(RestResource(PushApi(manager)))
+    yield client, manager, stream
+    closing = manager.close()
+    calls.run_until(lambda: closing.called)
+
+
+def test_startup_answers_the_push_with_the_republished_name(env):
+    """200 with mediaSessionId, streamName rtmp_<name>, rtmpUrl and the stream's size."""
+    client, manager, stream = env
+    stream.width, stream.height = 320, 240
+    answer = client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL})
+    assert answer.code == 200
+    body = answer.json()
+    assert body["streamName"] == "rtmp_call1" and body["rtmpUrl"] == URL
+    assert (body["width"], body["height"]) == (320, 240)
+    assert body["mediaSessionId"] in manager.pushes
+    found = client.post("/push/find", {"streamName": "rtmp_call1", "rtmpUrl": URL}).json()
+    assert [p["mediaSessionId"] for p in found] == [body["mediaSessionId"]]
+    assert found[0]["status"] in ("PENDING", "RECONNECTING")
+
+
+def test_duplicate_unknown_and_unusable(env):
+    """409 for the same stream to the same URL, 404 for an unknown stream, 400 for an
+    unusable or missing URL."""
+    client, _, _ = env
+    assert client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL}).code == 200
+    assert client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL}).code == 409
+    assert client.post("/push/startup", {"streamName": "nope", "rtmpUrl": URL}).code == 404
+    bad = client.post("/push/startup", {"streamName": "call1", "rtmpUrl": "http://x/live"})
+    assert bad.code == 400 and bad.json()["field"] == "rtmpUrl"
+    assert client.post("/push/startup", {"streamName": "call1"}).code == 400
+    assert client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL,
+                                         "options": "x"}).code == 400
+
+
+def test_full_url_keeps_the_name_of_the_url(env):
+    """rtmpTransponderFullUrl (as the string the pages send): the URL's last segment is
+    the republished name."""
+    client, _, _ = env
+    body = client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL + "/mykey",
+                                         "rtmpTransponderFullUrl": "true"}).json()
+    assert body["streamName"] == "mykey"
+
+
+def test_credentials_are_neither_answered_nor_logged(env, logs):
+    """A URL with user:password and a token never shows them in answers or logs."""
+    client, _, _ = env
+    body = client.post("/push/startup", {"streamName": "call1", "rtmpUrl": SECRET_URL}).json()
+    shown = repr(body) + repr(client.post("/push/find_all").json()) + logs.everything()
+    assert "hunter2" not in shown and "t0ken" not in shown and "bob" not in shown
+    assert client.post("/push/find", {"rtmpUrl": SECRET_URL}).code == 200
+
+
+def test_terminate_and_find(env):
+    """terminate → 200 then 404 from find; unknown ids 404; find needs a key."""
+    client, manager, _ = env
+    session = client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL}).json()
+    assert client.post("/push/terminate", {"mediaSessionId": session["mediaSessionId"]}).code == 200
+    assert client.post("/push/terminate", {"mediaSessionId": "nope"}).code == 404
+    assert client.post("/push/find", {}).code == 400
+    assert client.post("/push/find", {"streamName": "rtmp_other"}).code == 404

@@ -1,0 +1,75 @@
+"""The recording REST methods over HTTP/1.1 bytes, with the real recorder manager."""
+from __future__ import annotations
+
+import pytest
+
+from sipgw.media.recorder import RecorderManager
+from sipgw.rest.recorder import RecorderApi
+from sipgw.rest.router import RestResource
+from sipgw.streams.registry import StreamRegistry
+from sipgw.streams.stream import Stream
+from test_push_api import ThreadCalls
+
+
+@pytest.fixture
+def env(client_for, tmp_path):
+    calls = ThreadCalls()
+    registry = StreamRegistry()
+    stream = registry.add(Stream("call1"))
+    manager = RecorderManager(calls, registry, str(tmp_path), "{streamName}")
+    client = client_for(RestResource(RecorderApi(manager, registry)))
+    yield client, manager, stream, calls
+    closing = manager.close(timeout=0)
+    calls.run_until(lambda: closing.called)
+
+
+def test_recorder_startup_find_all_and_terminate(env):
+    """startup → 200 and listed with its file name; a second startup 409; terminate
+    answers once the recording is closed, and it stays listed."""
+    client, manager, stream, calls = env
+    sid = stream.media_session_id
+    body = {"mediaSessionId": sid, "config": {"fileTemplate": "{streamName}-rec", "rotation": "disabled"}}
+    assert client.post("/recorder/startup", body).code == 200
+    assert client.post("/recorder/startup", body).code == 409
+    listed = client.post("/recorder/find_all").json()
+    assert [(r["fileName"], r["mediaSessionId"]) for r in listed] == [("call1-rec.mp4", sid)]
+    exchange = client.send("POST", "/recorder/terminate",
+                           b'{"mediaSessionId": "%s"}' % sid.encode(),
+                           headers={"Content-Type": "application/json"})
+    calls.run_until(lambda: exchange.done)
+    assert exchange.response.code == 200
+    assert client.post("/recorder/find_all").json()[0]["status"] == "FINISHED"
+    assert client.post("/recorder/terminate", {"mediaSessionId": sid}).code == 404
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"mediaSessionId": "nope"}, 404),
+    ({}, 400),
+    ({"mediaSessionId": "SID", "config": {"fileTemplate": "../../etc/passwd"}}, 400),
+    ({"mediaSessionId": "SID", "config": {"fileTemplate": "{bogus}"}}, 400),
+    ({"mediaSessionId": "SID", "config": {"rotation": "20M"}}, 400),
+    ({"mediaSessionId": "SID", "config": "x"}, 400),
+])
+def test_recorder_startup_refusals(env, body, code):
+    """Unknown stream 404; missing id, escaping names, unknown tokens, rotation 400."""
+    client, _, stream, _ = env
+    if body.get("mediaSessionId") == "SID":
+        body = {**body, "mediaSessionId": stream.media_session_id}
+    assert client.post("/recorder/startup", body).code == code
+
+
+def test_stream_start_and_stop_recording(env):
+    """The older /stream/startRecording takes a fileName; names with '/' are refused."""
+    client, manager, stream, calls = env
+    sid = stream.media_session_id
+    assert client.post("/stream/startRecording", {"mediaSessionId": sid,
+                                                  "fileName": "a/../b"}).code == 400
+    assert client.post("/stream/startRecording", {"mediaSessionId": sid,
+                                                  "fileName": "my call"}).code == 200
+    assert manager.active[sid].file_name == "my call.mp4"
+    exchange = client.send("POST", "/stream/stopRecording",
+                           b'{"mediaSessionId": "%s"}' % sid.encode(),
+                           headers={"Content-Type": "application/json"})
+    calls.run_until(lambda: exchange.done)
+    assert exchange.response.code == 200
+    assert client.post("/recorder/find_all").code == 200
