@@ -13,6 +13,9 @@ import secrets
 from twisted.internet import defer
 
 
+BURST_MAX_SECONDS = 2.0
+
+
 class StreamStatus(str, enum.Enum):
     NEW = "NEW"
     PENDING = "PENDING"
@@ -167,12 +170,21 @@ class Stream:
             return sink
         self.sinks.add(sink)
         if sink.video:
-            if burst and self.gop:
-                for frame in self.gop[-maxlen:]:
+            if burst and self._gop_fresh(maxlen):
+                for frame in self.gop:
                     sink.offer(frame)
             else:
+                # Hold video until a new keyframe, and ask the callee for one now.
                 self.request_keyframe()
         return sink
+
+    def _gop_fresh(self, maxlen: int) -> bool:
+        """A cached GOP worth bursting: it fits the sink and spans at most
+        BURST_MAX_SECONDS (a long GOP would replay seconds of stale video)."""
+        if not self.gop or len(self.gop) > maxlen // 2:
+            return False
+        span = (self.gop[-1].timestamp - self.gop[0].timestamp) & 0xFFFFFFFF
+        return span <= BURST_MAX_SECONDS * self.gop[0].clock_rate
 
     def request_keyframe(self) -> None:
         self.keyframe_requests += 1

@@ -54,6 +54,18 @@ def test_late_subscriber_gets_the_cached_gop_first():
     assert [f.timestamp for f in _drain(sink)] == [2, 3, 4]
 
 
+def test_a_long_gop_is_not_replayed_but_a_keyframe_requested():
+    """A cached GOP spanning more than 2 s is not burst; the sink waits for a fresh IDR."""
+    asked = []
+    stream = Stream("s", on_keyframe_request=lambda: asked.append(1))
+    stream.publish(_video(0, key=True))
+    stream.publish(_video(3 * 90000))
+    sink = stream.subscribe()
+    assert _drain(sink) == [] and asked == [1]
+    stream.publish(_video(3 * 90000 + 3000, key=True))
+    assert [f.timestamp for f in _drain(sink)] == [3 * 90000 + 3000]
+
+
 def test_slow_sink_drops_to_next_keyframe_and_others_are_unaffected():
     """A sink whose queue is full is emptied and restarts on a keyframe; a fast one loses nothing."""
     asked = []
