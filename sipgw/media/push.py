@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from . import flv
 from .avc import length_prefixed
 from .pipeline import Pipeline
-from .rtmp import RtmpError, RtmpPublisher, RtmpTarget
+from .rtmp import RtmpError, RtmpPublisher, RtmpTarget, redact
 from .worker import MediaJob
 
 log = Logger(namespace="sipgw.media.push")
@@ -42,6 +42,7 @@ class RtmpPush(MediaJob):
         self.media_session_id = secrets.token_hex(16)
         self.target = where
         self.rtmp_url = rtmp_url  # as the client gave it: only for matching, never shown
+        self.shown_url = redact(rtmp_url)
         self.published_name = published_name
         self.options = options or {}
         self.reconnect_min = reconnect_min
@@ -64,7 +65,7 @@ class RtmpPush(MediaJob):
     def to_json(self) -> dict:
         stream = self.stream
         return {"mediaSessionId": self.media_session_id, "streamName": self.published_name,
-                "rtmpUrl": self.target.redacted.split(" (")[0], "sourceStream": stream.name,
+                "rtmpUrl": self.shown_url, "sourceStream": stream.name,
                 "sourceMediaSessionId": stream.media_session_id, "status": self.state,
                 "info": self.info, "width": stream.width, "height": stream.height,
                 "muted": False, "soundEnabled": stream.has_audio, "options": self.options,

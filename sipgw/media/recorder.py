@@ -108,6 +108,7 @@ class Recording(MediaJob):
         self.file_name = render(self.template, self.values)
         self._partial = bool(END_TOKENS & set(_TOKEN.findall(self.template)))
         self.written = {"audio": 0, "video": 0}
+        self.opened = False
         self.duration = 0.0
 
     @property
@@ -179,6 +180,7 @@ class Recording(MediaJob):
         if not self._partial:
             self.file_name = name
         self._open_name = name
+        self.opened = True
         stream = self.stream
         width, height = stream.width, stream.height
         if not width and pipe.params.sps:
@@ -331,6 +333,8 @@ class RecorderManager:
     def _ended(self, recording: Recording) -> None:
         if self.active.get(recording.media_session_id) is recording:
             del self.active[recording.media_session_id]
+        if not recording.opened:
+            return  # the stream ended before its first keyframe: no file, nothing to list
         self.history.append(recording)
         del self.history[:-self.history_limit]
 

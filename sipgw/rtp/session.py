@@ -132,10 +132,14 @@ class Endpoint:
         except PacketError:
             counters["bad_packets"] += 1
             return
+        pt = packet.payload_type
+        known = pt in self.accepted_pts or pt in self.dtmf_pts
+        if not known and not self.latched:
+            counters["wrong_payload_type"] += 1
+            return  # a stray packet must not take the latch
         if not self._source_ok(addr):
             counters["wrong_source"] += 1
             return
-        pt = packet.payload_type
         if pt not in self.accepted_pts:
             if pt not in self.dtmf_pts:
                 counters["wrong_payload_type"] += 1
@@ -309,7 +313,7 @@ class MediaSession:
             streams.audio_codec = media["audio"].codec.name
         if "video" in media:
             streams.video_codec = "H264"
-        # 'inactive' or 'recvonly' from our side means the peer is not sending.
+        # 'inactive' or 'sendonly' from our side means the peer is not sending.
         self.paused = all(m.direction in ("inactive", "sendonly") for m in media.values())
 
     def established(self) -> None:
@@ -328,8 +332,6 @@ class MediaSession:
         if self.closed:
             return
         self.closed = True
-        self.stream.counters = self.counters()  # the final figures stay readable
-        self.stream.counters_source = None
         for call in self._timers.values():
             if call.active():
                 call.cancel()
@@ -338,6 +340,8 @@ class MediaSession:
             endpoint.report(bye=True)  # a compound RR + SDES + BYE (RFC 3550 §6.1)
             endpoint.close()
             self.pool.release(endpoint.port)
+        self.stream.counters = self.counters()  # the final figures stay readable
+        self.stream.counters_source = None
 
     def _every(self, name: str, interval: float, fn) -> None:
         def tick():
@@ -349,7 +353,14 @@ class MediaSession:
         self._timers[name] = self.clock.callLater(interval, tick)
 
     def counters(self) -> dict:
-        return {kind: dict(ep.counters) for kind, ep in self.endpoints.items()}
+        """Live counters per kind; lost and jitter come straight from the statistics."""
+        out = {}
+        for kind, ep in self.endpoints.items():
+            out[kind] = dict(ep.counters)
+            if ep.stats is not None and ep.ssrc is not None:
+                out[kind]["lost"] = ep.stats.lost
+                out[kind]["jitter"] = int(ep.stats.jitter)
+        return out
 
     def _report(self) -> None:
         for endpoint in self.endpoints.values():

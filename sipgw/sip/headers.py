@@ -308,7 +308,8 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> "CSeq":
         parts = text.split()
-        if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit()) or not is_token(parts[1]):
+        if (len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit())
+                or not is_token(parts[1])):
             raise HeaderError(f"bad CSeq {text!r}")
         seq = int(parts[0])
         if seq >= 2**31:  # RFC 3261 §8.1.1.5

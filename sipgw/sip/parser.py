@@ -137,7 +137,8 @@ def _validate(message: Message) -> None:
                 raise ParseError(f"CSeq method {cseq.method} does not match {message.method}",
                                  request)
             max_forwards = message.get("Max-Forwards")
-            if max_forwards is not None and (not _is_digits(max_forwards) or int(max_forwards) > 255):
+            if max_forwards is not None and not (_is_digits(max_forwards)
+                                                 and int(max_forwards) <= 255):
                 raise ParseError(f"bad Max-Forwards {max_forwards!r}", request)
     except HeaderError as exc:
         raise ParseError(str(exc), request) from None

@@ -959,8 +959,9 @@ class NginxRtmp(_Peer):
     Its own prefix, conf, pid and logs in ``tmpdir``; in the foreground (``daemon
     off``).  With ``record`` every published stream is also written as
     ``record_dir/NAME.flv``.  Started as root, nginx's workers would run as ``nobody``,
-    who cannot enter pytest's 0700 temp folders: they run as root here (``user root``).  ``restart()`` stops it and starts it again on
-    the same port (to test reconnecting clients).
+    who cannot enter pytest's 0700 temp folders: they run as root here (``user root``).
+    ``restart()`` stops it and starts it again on the same port (to test reconnecting
+    clients).
     """
 
     program = "nginx"

@@ -104,6 +104,25 @@ class Sipgw:
                 return None
             raise
 
+    def stream(self, name: str) -> dict | None:
+        """/stream/find by name; None when the stream does not exist (404)."""
+        try:
+            return self.rest("/stream/find", {"name": name})[0]
+        except RestError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def call_bob(self, kamailio_port: int, call_id: str, **extra) -> dict:
+        """Call bob (baresip) through Kamailio as alice, stream "stream-<callId>", and wait
+        for ESTABLISHED."""
+        body = {"callId": call_id, "callee": "bob", "toStream": f"stream-{call_id}",
+                "sipLogin": "alice", "sipPassword": "alicepw", "sipDomain": "127.0.0.1",
+                "sipPort": str(kamailio_port), "hasAudio": "true", "hasVideo": "true"}
+        body.update(extra)
+        self.rest("/call/startup", body)
+        return self.wait_status(call_id, "ESTABLISHED", timeout=30)
+
     def wait_status(self, call_id: str, *statuses: str, timeout: float = 20) -> dict:
         """Poll /call/find (as WCS pages do) until the call reaches one of ``statuses``."""
         deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ import av
 import pytest
 
 from peers import wait_for
-from sipgw_daemon import RestError, Sipgw
+from sipgw_daemon import Sipgw
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -22,55 +22,38 @@ def daemon(tmp_path):
     gw.stop()
 
 
-def _call(daemon, kamailio, call_id):
-    daemon.rest("/call/startup", {
-        "callId": call_id, "callee": "bob", "toStream": f"stream-{call_id}",
-        "sipLogin": "alice", "sipPassword": "alicepw", "sipDomain": "127.0.0.1",
-        "sipPort": str(kamailio.port), "hasAudio": "true", "hasVideo": "true"})
-    daemon.wait_status(call_id, "ESTABLISHED", timeout=30)
-
-
-def _stream(daemon, name):
-    try:
-        return daemon.rest("/stream/find", {"name": name})[0]
-    except RestError as exc:
-        if exc.code == 404:
-            return None
-        raise
-
-
 def test_stream_is_listed_with_size_and_growing_counters(daemon, kamailio, baresip):
     """/stream/find shows the call's stream PUBLISHING at 320x240 with counters that grow."""
-    _call(daemon, kamailio, "m1")
-    first = wait_for(lambda: (s := _stream(daemon, "stream-m1")) and s["width"] and
+    daemon.call_bob(kamailio.port, "m1")
+    first = wait_for(lambda: (s := daemon.stream("stream-m1")) and s["width"] and
                      s["counters"].get("video", {}).get("packets") and s, 20, "video counters")
     assert (first["width"], first["height"]) == (320, 240)
     assert first["status"] == "PUBLISHING" and first["videoCodec"] == "H264"
     assert first["audioCodec"] in ("PCMU", "PCMA", "opus")
     packets = first["counters"]["video"]["packets"]
-    later = wait_for(lambda: (s := _stream(daemon, "stream-m1"))["counters"]["video"]["packets"]
+    later = wait_for(lambda: (s := daemon.stream("stream-m1"))["counters"]["video"]["packets"]
                      > packets and s, 20, "video packets to grow")
     assert later["counters"]["audio"]["packets"] > 0
     assert later["counters"]["video"]["keyframes"] >= 1
     daemon.rest("/stream/terminate", {"name": "stream-m1"})
     assert daemon.wait_status("m1", "FINISH")["info"] == "Stopped by rest /terminate"
-    assert _stream(daemon, "stream-m1") is None
+    assert daemon.stream("stream-m1") is None
 
 
 def test_callee_bye_removes_the_stream(daemon, kamailio, baresip):
     """When the callee hangs up the call is FINISH and the stream is gone."""
-    _call(daemon, kamailio, "m2")
-    wait_for(lambda: _stream(daemon, "stream-m2"), 10, "the stream")
+    daemon.call_bob(kamailio.port, "m2")
+    wait_for(lambda: daemon.stream("stream-m2"), 10, "the stream")
     baresip.stop()
     call = daemon.wait_status("m2", "FINISH", timeout=20)
     assert call["info"] == "Normal call clearing"
-    assert _stream(daemon, "stream-m2") is None
+    assert daemon.stream("stream-m2") is None
 
 
 def test_rtp_stopping_fails_the_call(daemon, kamailio, baresip):
     """A callee that stops sending RTP is hung up: FAILED 'Failed by RTP activity'."""
-    _call(daemon, kamailio, "m3")
-    wait_for(lambda: (s := _stream(daemon, "stream-m3")) and s["counters"].get("audio", {})
+    daemon.call_bob(kamailio.port, "m3")
+    wait_for(lambda: (s := daemon.stream("stream-m3")) and s["counters"].get("audio", {})
              .get("packets"), 20, "audio to flow")
     os.kill(baresip.pid, signal.SIGSTOP)
     try:
@@ -78,7 +61,7 @@ def test_rtp_stopping_fails_the_call(daemon, kamailio, baresip):
     finally:
         os.kill(baresip.pid, signal.SIGCONT)
     assert call["info"] == "Failed by RTP activity"
-    assert _stream(daemon, "stream-m3") is None
+    assert daemon.stream("stream-m3") is None
 
 
 def test_access_units_decode_to_frames_of_the_sps_size(kamailio, baresip, tmp_path):

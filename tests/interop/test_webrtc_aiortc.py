@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from peers import free_port, wait_for
+from peers import free_port
 from sipgw_daemon import Sipgw
 from ws_viewer import WcsSession
 
@@ -17,21 +17,13 @@ def daemon(tmp_path):
     gw.stop()
 
 
-def _call(daemon, kamailio, call_id):
-    daemon.rest("/call/startup", {
-        "callId": call_id, "callee": "bob", "toStream": f"stream-{call_id}",
-        "sipLogin": "alice", "sipPassword": "alicepw", "sipDomain": "127.0.0.1",
-        "sipPort": str(kamailio.port), "hasAudio": "true", "hasVideo": "true"})
-    daemon.wait_status(call_id, "ESTABLISHED", timeout=30)
-
-
 def _run(coro):
     return asyncio.run(asyncio.wait_for(coro, 90))
 
 
 def test_four_viewers_play_then_get_stopped(daemon, kamailio, baresip):
     """Four viewers of one stream each decode 320x240 video and get audio; terminate -> STOPPED."""
-    _call(daemon, kamailio, "w1")
+    daemon.call_bob(kamailio.port, "w1")
     url = f"ws://127.0.0.1:{daemon.settings['ws_port']}"
 
     async def scenario():

@@ -573,7 +573,7 @@ def _messages(draw):
     return message, vias, from_, to, contacts
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_messages())
 def test_built_message_survives_bytes_and_parse(built):
     """parse(bytes(m)) == m for generated requests/responses, typed headers included."""
