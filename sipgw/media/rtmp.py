@@ -121,8 +121,8 @@ class _ChunkReader:
         self._buf = bytearray()
         self._streams: dict[int, dict] = {}
 
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        """Complete messages as (type, stream id, payload)."""
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes, int]]:
+        """Complete messages as (type, stream id, payload, timestamp)."""
         self._buf += data
         out = []
         while True:
@@ -189,7 +189,7 @@ class _ChunkReader:
         if len(state["data"]) >= state["len"]:
             payload = bytes(state["data"])
             state["data"] = bytearray()
-            return state["type"], state["msid"], payload
+            return state["type"], state["msid"], payload, state["ts"]
         return self._one()
 
 
@@ -306,7 +306,7 @@ class RtmpPublisher:
     def _wait_result(self, txn: int, what: str) -> list:
         deadline = time.monotonic() + self.timeout
         while True:
-            for kind, _msid, payload in self._read(deadline, what):
+            for kind, _msid, payload, _ts in self._read(deadline, what):
                 if kind != _MSG_AMF0_COMMAND:
                     continue
                 values = flv.amf0_decode(payload)
@@ -319,7 +319,7 @@ class RtmpPublisher:
     def _wait_status(self, code: str) -> None:
         deadline = time.monotonic() + self.timeout
         while True:
-            for kind, _msid, payload in self._read(deadline, "publish"):
+            for kind, _msid, payload, _ts in self._read(deadline, "publish"):
                 if kind != _MSG_AMF0_COMMAND:
                     continue
                 values = flv.amf0_decode(payload)
@@ -346,7 +346,7 @@ class RtmpPublisher:
     def _received_data(self, data: bytes) -> list:
         self._received += len(data)
         messages = self._reader.feed(data)
-        for kind, _msid, payload in messages:
+        for kind, _msid, payload, _ts in messages:
             if kind == _MSG_WINDOW_ACK and len(payload) >= 4:
                 self._window = max(1, struct.unpack(">I", payload[:4])[0])
         if self._received - self._acked >= self._window:
@@ -370,7 +370,7 @@ class RtmpPublisher:
             if not data:
                 self.close()
                 raise RtmpError("server closed the connection")
-            for kind, _msid, payload in self._received_data(data):
+            for kind, _msid, payload, _ts in self._received_data(data):
                 if kind == _MSG_AMF0_COMMAND:
                     values = flv.amf0_decode(payload)
                     if values and values[0] == "onStatus" and len(values) > 3 and \

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .headers import CSeq, HeaderError, URI, Address, Via, canonical_name, is_token
+from .headers import HeaderError, URI, Address, canonical_name, is_token
 from .message import Message, Request, Response
 
 MAX_MESSAGE_SIZE = 65535  # bytes; larger messages are refused (RFC 3261 §18.1.1 UDP limit)

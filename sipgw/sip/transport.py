@@ -189,7 +189,7 @@ class TransportLayer:
         """Answer a malformed request statelessly; drop anything else (§21.4.1)."""
         log.info("malformed SIP from {host}:{port}: {error}", host=source.host, port=source.port,
                  error=str(error))
-        if error.request is not None:
+        if error.request is not None and error.request.method != "ACK":  # never answer an ACK
             self._stamp_via(error.request, source)
             response = make_response(error.request, error.status, extra=[("Warning", (
                 '399 sipgw "' + str(error).replace('"', "'")[:200] + '"'))])

@@ -22,7 +22,7 @@ from ..streams.stream import Stream, StreamStatus
 from . import sdp as sdplib
 from .auth import AuthError, Challenge, DigestClient, pick_challenge
 from .dialog import Dialog
-from .headers import Address, HeaderError, URI
+from .headers import HeaderError, URI
 from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
 from .transport import TransportLayer, is_ip
@@ -163,10 +163,10 @@ class Registration:
     def _granted(self, response: Response, asked: int) -> int:
         for contact in response.contacts:
             value = contact.params.get("expires")
-            if value and value.isdigit() and contact.uri.host in (self.ua.transport.sent_by(self.dest.host),):
+            if value and value.isascii() and value.isdigit() and contact.uri.host in (self.ua.transport.sent_by(self.dest.host),):
                 return int(value)
         expires = response.get("Expires")
-        return int(expires) if expires and expires.isdigit() else asked
+        return int(expires) if expires and expires.isascii() and expires.isdigit() else asked
 
     def release(self) -> None:
         """A call of this account ended; unregister after the last one."""

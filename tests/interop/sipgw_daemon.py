@@ -42,6 +42,8 @@ class Sipgw:
         self.sip_port = _free_port()
         media_from = 40000 + (os.getpid() % 500) * 40
         self.settings = {"rest_bind_address": "127.0.0.1", "rest_port": self.rest_port,
+                         "ws_bind_address": "127.0.0.1", "ws_port": _free_port(),
+                         "webrtc_ice_address": "127.0.0.1",
                          "sip_bind_address": "127.0.0.1", "sip_local_port": self.sip_port,
                          "media_port_from": media_from, "media_port_to": media_from + 39,
                          "call_retention": 30}

@@ -14,7 +14,7 @@ import pytest
 
 import peers
 from peers import wait_for
-from sipgw_daemon import RestError, Sipgw
+from sipgw_daemon import Sipgw
 from sipgw.rtp.packet import Bye, ReceiverReport, SourceDescription, parse_rtcp
 
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")  # what uas_pcap_pcma.xml plays
@@ -55,15 +55,6 @@ def daemon(tmp_path):
     gw = Sipgw(str(tmp_path)).start()
     yield gw
     gw.stop()
-
-
-def _stream(daemon, name):
-    try:
-        return daemon.rest("/stream/find", {"name": name})[0]
-    except RestError as exc:
-        if exc.code == 404:
-            return None
-        raise
 
 
 def _rtcp_until(sock, accept):
@@ -107,7 +98,7 @@ def test_pcma_pcap_is_published_counted_and_reported(daemon, sipp_factory):
         seen = []
 
         def counted():
-            stream = _stream(daemon, "stream-p1")
+            stream = daemon.stream("stream-p1")
             seen.append(stream["counters"].get("audio", {}).get("packets", 0))
             return seen[-1] >= enough and stream
 
@@ -127,7 +118,7 @@ def test_pcma_pcap_is_published_counted_and_reported(daemon, sipp_factory):
         assert block.ssrc == ssrc and block.packets_lost == 0 and block.fraction_lost == 0
         assert isinstance(sdes, SourceDescription) and sdes.chunks[0][0] == rr.ssrc
 
-        counters = _stream(daemon, "stream-p1")["counters"]["audio"]
+        counters = daemon.stream("stream-p1")["counters"]["audio"]
         assert enough <= counters["packets"] <= len(captured)
         assert counters["frames"] == counters["packets"]
         assert counters["lost"] == 0
@@ -136,7 +127,7 @@ def test_pcma_pcap_is_published_counted_and_reported(daemon, sipp_factory):
 
         daemon.rest("/call/terminate", {"callId": "p1"})
         assert daemon.wait_status("p1", "FINISH")["info"] == "Stopped by rest /terminate"
-        assert _stream(daemon, "stream-p1") is None
+        assert daemon.stream("stream-p1") is None
         bye = wait_for(_rtcp_until(rtcp, lambda packets: isinstance(packets[-1], Bye)), 10,
                        "the RTCP BYE", log=daemon.log)
         assert bye[-1].sources == [rr.ssrc]

@@ -28,14 +28,6 @@ def daemon(tmp_path, records):
     gw.stop()
 
 
-def _call(daemon, kamailio, call_id):
-    daemon.rest("/call/startup", {
-        "callId": call_id, "callee": "bob", "toStream": f"rec-{call_id}",
-        "sipLogin": "alice", "sipPassword": "alicepw", "sipDomain": "127.0.0.1",
-        "sipPort": str(kamailio.port), "hasAudio": "true", "hasVideo": "true"})
-    daemon.wait_status(call_id, "ESTABLISHED", timeout=30)
-
-
 def _recordings(daemon):
     try:
         return daemon.rest("/recorder/find_all")
@@ -62,7 +54,7 @@ def test_a_ten_second_call_is_recorded_whole(daemon, kamailio, baresip, records)
     """~10 s of call → an MP4 of h264 320x240 + aac lasting the call (±10 %), audio and
     video starting within 100 ms of each other."""
     daemon.start()
-    _call(daemon, kamailio, "c1")
+    daemon.call_bob(kamailio.port, "c1", toStream="rec-c1")
     wait_for(lambda: _recording(daemon, "RECORDING"), 20, "the recording to start")
     started = time.monotonic()
     time.sleep(10)
@@ -86,7 +78,7 @@ def test_a_ten_second_call_is_recorded_whole(daemon, kamailio, baresip, records)
 def test_sigterm_during_a_recording_leaves_a_file_that_plays(daemon, kamailio, baresip, records):
     """SIGTERM of the daemon while recording: the recording is finalized and plays."""
     daemon.start()
-    _call(daemon, kamailio, "c2")
+    daemon.call_bob(kamailio.port, "c2", toStream="rec-c2")
     wait_for(lambda: _recording(daemon, "RECORDING"), 20, "the recording to start")
     time.sleep(4)
     # twistd shuts down, then re-raises the SIGTERM it got: -15 is a clean exit here

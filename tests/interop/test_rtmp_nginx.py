@@ -21,16 +21,6 @@ def daemon(tmp_path):
     gw.stop()
 
 
-def _call(daemon, kamailio, call_id):
-    daemon.rest("/call/startup", {
-        "callId": call_id, "callee": "bob", "toStream": f"stream-{call_id}",
-        "sipLogin": "alice", "sipPassword": "alicepw", "sipDomain": "127.0.0.1",
-        "sipPort": str(kamailio.port), "hasAudio": "true", "hasVideo": "true"})
-    daemon.wait_status(call_id, "ESTABLISHED", timeout=30)
-    wait_for(lambda: daemon.rest("/stream/find", {"name": f"stream-{call_id}"})[0]["width"],
-             20, "the stream's picture size")
-
-
 def _push(daemon, name):
     try:
         return daemon.rest("/push/find", {"streamName": name})[0]
@@ -67,7 +57,7 @@ def test_pushed_call_is_watchable_from_nginx_and_survives_a_restart(daemon, kama
                                                                     nginx_rtmp):
     """The call's stream read back live from nginx-rtmp is h264 320x240 + aac; after nginx
     restarts the push reconnects and is watchable again; it ends with the call."""
-    _call(daemon, kamailio, "r1")
+    daemon.call_bob(kamailio.port, "r1")
     probe = LiveProbe(nginx_rtmp.url("rtmp_stream-r1"))
     time.sleep(0.5)  # the player is waiting in nginx
     answer = daemon.rest("/push/startup", {"streamName": "stream-r1", "rtmpUrl": nginx_rtmp.url()})
@@ -99,7 +89,7 @@ def test_push_to_a_server_that_is_down_keeps_retrying_and_is_terminated(daemon, 
                                                                          baresip, tmp_path):
     """Nothing listening: the push shows RECONNECTING with the reason, retries, and
     /push/terminate removes it; credentials in the URL never reach the log."""
-    _call(daemon, kamailio, "r2")
+    daemon.call_bob(kamailio.port, "r2")
     url = "rtmp://user:hunter2@127.0.0.1:1/live?token=s3cret"
     answer = daemon.rest("/push/startup", {"streamName": "stream-r2", "rtmpUrl": url})
     push = wait_for(lambda: (p := _push(daemon, "rtmp_stream-r2")) and p["reconnects"] >= 2

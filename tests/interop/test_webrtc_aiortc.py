@@ -4,15 +4,13 @@ import asyncio
 
 import pytest
 
-from peers import free_port
 from sipgw_daemon import Sipgw
 from ws_viewer import WcsSession
 
 
 @pytest.fixture
 def daemon(tmp_path):
-    gw = Sipgw(str(tmp_path), ws_port=free_port("tcp"), webrtc_ice_address="127.0.0.1",
-               ws_connection_timeout=2).start()
+    gw = Sipgw(str(tmp_path), ws_connection_timeout=2).start()
     yield gw
     gw.stop()
 

@@ -16,7 +16,7 @@ from sipgw.media.rtmp import _chunks, _ChunkReader
 class FakeRtmpServer:
     def __init__(self, *, silent: bool = False):
         self.silent = silent
-        self.messages: list[tuple[int, int, bytes]] = []  # (type, timestamp?, payload)
+        self.messages: list[tuple[int, int, bytes]] = []  # (type, timestamp, payload)
         self.published: list[str] = []
         self.connects: list[dict] = []
         self.sessions = 0
@@ -33,6 +33,12 @@ class FakeRtmpServer:
 
     def url(self, path: str = "live") -> str:
         return f"rtmp://127.0.0.1:{self.port}/{path}"
+
+    def flv(self) -> bytes:
+        """Everything published, as an FLV file."""
+        with self._lock:
+            tags = [flv.file_tag(kind, ts, payload) for kind, ts, payload in self.messages]
+        return flv.file_header(True, True) + b"".join(tags)
 
     def media(self, kind: int | None = None) -> list[bytes]:
         with self._lock:
@@ -61,8 +67,8 @@ class FakeRtmpServer:
                 data = client.recv(65536)
                 if not data:
                     return
-                for kind, msid, payload in reader.feed(data):
-                    self._message(client, kind, msid, payload)
+                for kind, msid, payload, ts in reader.feed(data):
+                    self._message(client, kind, msid, payload, ts)
         except OSError:
             return
         finally:
@@ -84,7 +90,7 @@ class FakeRtmpServer:
         client.sendall(b"\x03" + s1 + c0c1[1:])
         self._recv(client, 1536)
 
-    def _message(self, client, kind, msid, payload) -> None:
+    def _message(self, client, kind, msid, payload, ts) -> None:
         if kind == 20:
             values = flv.amf0_decode(payload)
             name, txn = values[0], values[1]
@@ -101,7 +107,7 @@ class FakeRtmpServer:
             return
         if kind in (8, 9, 18):
             with self._lock:
-                self.messages.append((kind, 0, payload))
+                self.messages.append((kind, ts, payload))
 
     @staticmethod
     def _reply(client, name, txn, *values, msid=0) -> None:

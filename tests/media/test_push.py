@@ -1,14 +1,15 @@
 """A push of synthetic frames: FLV tags over RTMP, starting on a keyframe, reconnecting
 when the server drops it, ending with its stream."""
+import av
+import pytest
+
 from fake_rtmp import FakeRtmpServer
-from synthetic import FakeClock, ThreadCalls, frames, publish
+from synthetic import FakeClock, ThreadCalls, ffprobe, frames, publish
 from sipgw.media import flv
 from sipgw.media.push import PushError, PushManager, RtmpPush
 from sipgw.media.rtmp import target
 from sipgw.streams.registry import StreamRegistry
 from sipgw.streams.stream import Stream
-
-import pytest
 
 
 def _stream(name="s1"):
@@ -25,9 +26,10 @@ def _push(calls, stream, server, **kw):
     return job
 
 
-def test_push_sends_sequence_headers_then_keyframe_first_and_aac():
+def test_push_sends_sequence_headers_then_keyframe_first_and_aac(tmp_path):
     """The server gets metadata, the avcC and AAC headers, video starting on a keyframe
-    and AAC audio; the push ends UNPUBLISHED with its stream."""
+    and AAC audio (as an FLV file, ffprobe and PyAV read h264 320x240 + aac and decode every
+    picture); the push ends UNPUBLISHED with its stream."""
     server = FakeRtmpServer()
     calls = ThreadCalls()
     stream = _stream()
@@ -52,6 +54,13 @@ def test_push_sends_sequence_headers_then_keyframe_first_and_aac():
         assert all(v[:2] == b"\x27\x01" for v in video[2:] if v[0] != 0x17)
         assert audio[0][:2] == b"\xaf\x00" and all(a[:2] == b"\xaf\x01" for a in audio[1:])
         assert len(video) == 26 and len(audio) >= 14  # from the keyframe at 1 s: 1 s of media
+        path = tmp_path / "pushed.flv"
+        path.write_bytes(server.flv())
+        streams = {s["codec_type"]: s for s in ffprobe(str(path))["streams"]}
+        assert (streams["video"]["codec_name"], streams["video"]["width"]) == ("h264", 320)
+        assert (streams["audio"]["codec_name"], streams["audio"]["sample_rate"]) == ("aac", "16000")
+        with av.open(str(path)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 25
     finally:
         server.stop()
 
@@ -66,23 +75,25 @@ def test_push_reconnects_when_the_server_hangs_up():
     stream._on_keyframe_request = lambda: asked.append(1)
     try:
         job = _push(calls, stream, server, reconnect_min=0.05, reconnect_max=0.2)
+        seen = []
+        job.on_state = lambda state, info: seen.append((state, info))
         job.start()
         calls.run_until(lambda: job.state == "PUBLISHING", what="publishing")
         timed = frames(1.0)
         publish(stream, timed[:10], realtime=False, calls=calls)
         calls.run_until(lambda: len(server.media(flv.TAG_VIDEO)) >= 5, what="video")
         server.drop()
-        seen = set()
-        for at, frame in timed[10:] * 20:
+        # keep publishing (as the call does) until the push has a second session
+        for _, frame in timed[10:] * 20:
             stream.publish(frame)
-            calls.run_pending()
-            seen.add(job.state)
+            calls.run_until(lambda: True)
             if server.sessions >= 2 and job.state == "PUBLISHING":
                 break
-            calls.run_until(lambda: True)
-        assert "RECONNECTING" in seen or job.reconnects >= 1
         calls.run_until(lambda: server.sessions >= 2 and job.state == "PUBLISHING",
                         what="second session")
+        states = [state for state, _ in seen]
+        assert states[:3] == ["PUBLISHING", "RECONNECTING", "PUBLISHING"]
+        assert "next try in" in seen[1][1]
         assert job.reconnects >= 1 and asked
         stream.publish(frames(1.0)[0][1])  # a keyframe for the new connection
         calls.run_until(lambda: server.media(flv.TAG_VIDEO)[-1][:2] == b"\x17\x01",

@@ -60,7 +60,7 @@ def test_chunk_reader_reassembles_messages_split_in_chunks_and_bytes():
     out = []
     for i in range(len(data)):
         out += reader.feed(data[i:i + 1])
-    assert out == [(9, 1, payload), (9, 1, b"xy")]
+    assert out == [(9, 1, payload, 0x1000000), (9, 1, b"xy", 5)]
 
 
 def test_publish_sends_media_to_the_server():

@@ -205,7 +205,7 @@ def test_terminate_established_sends_bye(make_ua, sender):
 def _in_dialog(invite, method, cseq, body=b"", extra=()):
     return Request(method, URI.parse("sip:alice@127.0.0.1:5070"), [
         ("Via", f"SIP/2.0/UDP 127.0.0.1:5060;branch={new_branch()}"),
-        ("From", f"<sip:bob@127.0.0.1>;tag=b1"), ("To", f"{invite.get('From')}"),
+        ("From", "<sip:bob@127.0.0.1>;tag=b1"), ("To", f"{invite.get('From')}"),
         ("Call-ID", invite.call_id), ("CSeq", f"{cseq} {method}"), ("Max-Forwards", "70"),
         ("Contact", "<sip:bob@127.0.0.1:5060>")] + list(extra), body)
 

@@ -1,0 +1,656 @@
+"""WebRTC fan-out benchmark (issue 4 item 8): one call, N WebRTC viewers.
+
+One 720p30 H264 (FU-A, ~1.55 Mbit/s, IDR every 2 s) + PCMU (50 packets/s) call is sent as
+RTP, in real time, to a sipgw ``MediaSession`` publishing the Stream "bench"; N synthetic
+WebRTC receivers play it through sipgw's WCS websocket signalling (``SignallingFactory``),
+for N = 1, 16, 64, 128 (``--quick``: 1, 16). Per N it prints the server's CPU per viewer
+(and the derived viewers per core), packet loss, time to first frame (p50/p95) and RSS per
+viewer. Targets: >= 250 viewers per core at 0 loss (the 128 step counts), TTFF p50 <= 300 ms,
+<= 3 MB RSS per viewer. Baseline, measured in the same run: the same server with the call
+and 0 viewers (its RTP intake); the per-viewer cost is also printed as a ratio to it.
+
+    python3 bench/webrtc_fanout.py            # N = 1, 16, 64, 128; 15 s windows (about 3 min)
+    python3 bench/webrtc_fanout.py --quick    # N = 1, 16; 4 s windows (about 40 s)
+    python3 bench/webrtc_fanout.py --keep     # keep the work directory (server and client logs)
+
+Processes (all on 127.0.0.1, all stopped at the end of each step):
+  server   this file, ``--role server``: the asyncio reactor (as ``twistd --reactor=asyncio``
+           runs it), a StreamRegistry with one Stream fed by a MediaSession (audio PCMU +
+           video H264, negotiated to send nowhere), a SignallingFactory on a free port with
+           webrtc_ice_address=127.0.0.1. A fresh one per N.
+  source   ``--role source``: bench/rtp_intake.py's ``h264_packets`` (one 2 s GOP, looped with
+           running sequence numbers and timestamps) and PCMU silence, sent by its ``send_at``.
+  clients  ``--role clients``: aiortc peers signalled by tests/interop/ws_viewer.py's
+           ``WcsSession``/``Player``, one websocket each, joining at ``--join-rate`` per second;
+           two processes above 32 viewers. Their RTCRtpReceivers count packets instead of
+           depacketizing and decoding (``_handle_rtp_packet`` replaced): no jitter buffer,
+           no decoder, no NACK/PLI (RTCP receiver reports still go out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, HERE]
+
+from rtp_intake import cpu_seconds, h264_packets, rss_kb, send_at  # noqa: E402
+
+STREAM = "bench"
+STEPS = (1, 16, 64, 128)
+QUICK_STEPS = (1, 16)
+PER_CLIENT_PROCESS = 32  # above this, the viewers are split over two client processes
+TARGET_VIEWERS_PER_CORE = 250
+TARGET_TTFF_P50_MS = 300
+TARGET_MB_PER_VIEWER = 3.0
+VIDEO_PT, AUDIO_PT = 102, 0
+GOP_TS = 60 * 3000  # h264_packets: an IDR every 60 frames of 3000 ticks (90 kHz, 30 fps)
+PCMU_TS = 50 * 160  # one second of 20 ms PCMU frames
+FRAMES_PER_SECOND = 30 + 50  # frames a viewer's sinks are offered: video + audio
+SATURATED_PCT = 90  # the server's one reactor thread near a full core
+
+
+class HarnessError(RuntimeError):
+    """A process of the bench did not start or answer in time."""
+
+
+# -- source: the call's RTP, in real time ---------------------------------------------------
+class Looped:
+    """A period of RTP packets repeated forever, sequence numbers and timestamps running on:
+    an endless packet list for ``send_at`` (it indexes ``packets[sent % len(packets)]``)."""
+
+    def __init__(self, packets: list[bytes], ts_period: int):
+        self.packets = packets
+        self.ts_period = ts_period
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, index: int) -> bytes:
+        cycle, k = divmod(index, len(self.packets))
+        packet = self.packets[k]
+        seq, ts = struct.unpack_from("!HI", packet, 2)
+        return (packet[:2] + struct.pack("!HI", (seq + cycle * len(self.packets)) & 0xFFFF,
+                                         (ts + cycle * self.ts_period) & 0xFFFFFFFF)
+                + packet[8:])
+
+
+def one_gop() -> list[bytes]:
+    """The packets of h264_packets' first 2 s GOP (IDR + 59 P frames)."""
+    packets = h264_packets(2000)
+    return [p for p in packets if struct.unpack_from("!I", p, 4)[0] < GOP_TS]
+
+
+def pcmu_second() -> list[bytes]:
+    return [struct.pack("!BBHII", 0x80, AUDIO_PT, i, i * 160, 0x5678) + b"\xff" * 160
+            for i in range(50)]
+
+
+def run_source(audio_port: int, video_port: int, seconds: float) -> None:
+    video = one_gop()
+    threads = [
+        threading.Thread(target=send_at, daemon=True,
+                         args=([video_port], Looped(video, GOP_TS), len(video) / 2.0, seconds)),
+        threading.Thread(target=send_at, daemon=True,
+                         args=([audio_port], Looped(pcmu_second(), PCMU_TS), 50.0, seconds)),
+    ]
+    for thread in threads:
+        thread.start()
+    payload = sum(len(p) - 12 for p in video) * 8 / 2.0
+    print(json.dumps({"ready": True, "video_pps": len(video) / 2.0,
+                      "video_kbps": payload / 1000}), flush=True)
+    for line in sys.stdin:  # until "stop", or the bench going away (EOF)
+        if line.strip() == "stop":
+            break
+
+
+# -- server: a Stream fed by a MediaSession, and the websocket signalling -------------------
+def run_server() -> None:
+    from twisted.internet import asyncioreactor
+    asyncioreactor.install()
+    from twisted.internet import reactor, stdio
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.protocols.basic import LineReceiver
+
+    from sipgw.config import Config
+    from sipgw.rtp.ports import PortPool
+    from sipgw.rtp.session import MediaSession
+    from sipgw.sip.sdp import Codec, NegotiatedMedia
+    from sipgw.streams.registry import StreamRegistry
+    from sipgw.streams.stream import Stream
+    from sipgw.webrtc.viewer import pin_ice_host
+    from sipgw.ws.signalling import SignallingFactory
+
+    # Log like the daemon does (to a file); unstarted, Twisted would buffer every event.
+    globalLogBeginner.beginLoggingTo(
+        [textFileLogObserver(open(os.environ["SIPGW_BENCH_LOG"], "a"))],
+        redirectStandardIO=False)
+    config = Config(ws_bind_address="127.0.0.1", webrtc_ice_address="127.0.0.1",
+                    sip_bind_address="127.0.0.1")
+    pin_ice_host(config.webrtc_ice_address)
+    registry = StreamRegistry()
+    stream = registry.add(Stream(STREAM, has_audio=True, has_video=True, call_id="bench"))
+    session = MediaSession(reactor, call_id="bench", stream=stream, bind_address="127.0.0.1",
+                           ports=PortPool(config.media_port_from, config.media_port_to,
+                                          "127.0.0.1"),
+                           kinds=["audio", "video"])
+    ports = session.open()
+    nowhere = dict(address="127.0.0.1", port=9, rtcp_port=10, dtmf_pt=None,
+                   direction="sendrecv")
+    session.negotiate({
+        "audio": NegotiatedMedia(kind="audio", codec=Codec(AUDIO_PT, "PCMU", 8000),
+                                 packetization_mode=None, recv_pt=AUDIO_PT, **nowhere),
+        "video": NegotiatedMedia(kind="video", codec=Codec(VIDEO_PT, "H264", 90000,
+                                                           fmtp="packetization-mode=1"),
+                                 packetization_mode=1, recv_pt=VIDEO_PT, **nowhere)})
+    stream._on_keyframe_request = session.request_keyframe  # as sipgw/sip/ua.py wires it
+    stream.counters_source = session.counters
+    session.established()
+    factory = SignallingFactory(config, registry, reactor)
+    listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+    class Control(LineReceiver):
+        delimiter = b"\n"
+        stopping = False
+
+        def connectionMade(self):
+            self.reply({"ws_port": listening.getHost().port, "audio_port": ports["audio"],
+                        "video_port": ports["video"]})
+
+        def reply(self, obj):
+            self.sendLine(json.dumps(obj).encode())
+
+        def lineReceived(self, line):
+            command = line.decode().strip()
+            if command == "stats":
+                self.reply({"viewers": factory.viewer_count(), "sinks": len(stream.sinks),
+                            "sink_dropped": sum(s.dropped for s in stream.sinks),
+                            "keyframe_requests": stream.keyframe_requests,
+                            "rtp": session.counters()})
+            elif command == "stop" and not self.stopping:
+                self.stopping = True
+                reactor.stop()
+
+        def connectionLost(self, reason):
+            if not self.stopping:
+                self.stopping = True
+                reactor.stop()  # the bench went away: do not outlive it
+
+    stdio.StandardIO(Control(), reactor=reactor)
+    reactor.run()
+
+
+# -- clients: aiortc receivers that count packets ----------------------------------------
+class Counts:
+    """One RTCRtpReceiver's packets: RFC 3550 A.1-style extended sequence numbers give the
+    expected count; for video also frames (marker bits) and when the first keyframe was
+    complete (every packet from its first to its marker, no gap)."""
+
+    __slots__ = ("packets", "base", "cycles", "max_seq", "frames", "first_packet",
+                 "first_frame", "key_ts", "key_start", "key_packets")
+
+    def __init__(self):
+        self.packets = self.cycles = self.frames = self.key_packets = 0
+        self.base = self.max_seq = self.key_ts = self.key_start = None
+        self.first_packet = self.first_frame = None
+
+    def expected(self) -> int:
+        return 0 if self.base is None else self.cycles + self.max_seq - self.base + 1
+
+
+KEY_NALS = (5, 7)  # IDR slice, SPS
+
+
+def starts_keyframe(payload: bytes) -> bool:
+    """The packet carries the start of an IDR or an SPS (RFC 6184 single NAL, STAP-A, FU-A)."""
+    if not payload:
+        return False
+    nal = payload[0] & 0x1F
+    if nal == 24:
+        i = 1
+        while i + 2 < len(payload):
+            if payload[i + 2] & 0x1F in KEY_NALS:
+                return True
+            i += 2 + (payload[i] << 8 | payload[i + 1])
+        return False
+    if nal == 28:
+        return len(payload) > 1 and bool(payload[1] & 0x80) and payload[1] & 0x1F in KEY_NALS
+    return nal in KEY_NALS
+
+
+def counts_of(receiver) -> Counts:
+    counts = receiver.__dict__.get("_bench_counts")
+    if counts is None:
+        counts = receiver._bench_counts = Counts()
+    return counts
+
+
+async def count_rtp(receiver, packet, arrival_time_ms) -> None:
+    """Replaces RTCRtpReceiver._handle_rtp_packet: count, no depacketizing, no decoding."""
+    c = counts_of(receiver)
+    now = time.monotonic()
+    seq = packet.sequence_number
+    c.packets += 1
+    if c.base is None:
+        c.base = c.max_seq = seq
+        c.first_packet = now
+    elif (seq - c.max_seq) & 0xFFFF < 0x8000:
+        if seq < c.max_seq:
+            c.cycles += 0x10000
+        c.max_seq = seq
+    if receiver._RTCRtpReceiver__kind != "video":
+        return
+    if packet.marker:
+        c.frames += 1
+    if c.first_frame is None:
+        ext = c.cycles + seq
+        if c.key_ts != packet.timestamp and starts_keyframe(packet.payload):
+            c.key_ts, c.key_start, c.key_packets = packet.timestamp, ext, 0
+        if c.key_ts == packet.timestamp:
+            c.key_packets += 1
+            if packet.marker and c.key_packets == ext - c.key_start + 1:
+                c.first_frame = now
+
+
+def run_clients(url: str, count: int, rate: float) -> None:
+    import asyncio
+
+    sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+    from ws_viewer import WcsSession
+
+    RTCRtpReceiver._handle_rtp_packet = count_rtp
+
+    class Receiver:
+        def __init__(self):
+            self.session = self.player = self.error = None
+            self.receivers = {}
+
+        def snapshot(self) -> dict:
+            out = {"error": self.error, "joined": self.player is not None,
+                   "started": self.player.started_at if self.player else None}
+            for kind, receiver in self.receivers.items():
+                c = counts_of(receiver)
+                out[kind] = {"packets": c.packets, "expected": c.expected(), "frames": c.frames,
+                             "first_packet": c.first_packet, "first_frame": c.first_frame}
+            return out
+
+        async def join(self):
+            try:
+                self.session = WcsSession(url)
+                await asyncio.wait_for(self.session.connect(), 20)
+                self.player = await asyncio.wait_for(self.session.play(STREAM, decode=False), 30)
+                for transceiver in self.player.pc.getTransceivers():
+                    self.receivers[transceiver.kind] = transceiver.receiver
+                    counts_of(transceiver.receiver)
+            except Exception as exc:  # noqa: BLE001 - reported per viewer
+                self.error = f"{type(exc).__name__}: {exc}"[:200]
+
+        async def close(self):
+            if self.player is not None:
+                await self.player.close()
+            if self.session is not None and getattr(self.session, "proto", None):
+                self.session.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        viewers = [Receiver() for _ in range(count)]
+        tasks: list = []
+        t0 = loop.time()
+        joins = [loop.call_at(t0 + i / rate, lambda v=v: tasks.append(
+            asyncio.ensure_future(v.join()))) for i, v in enumerate(viewers)]
+        print(json.dumps({"ready": True}), flush=True)
+        while True:
+            line = (await reader.readline()).decode().strip()
+            if line == "snapshot":
+                print(json.dumps({"now": time.monotonic(),
+                                  "viewers": [v.snapshot() for v in viewers]}), flush=True)
+            elif line == "stop" or not line:
+                break
+        for handle in joins:
+            handle.cancel()
+        for task in tasks:
+            task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(v.close() for v in viewers),
+                                                  return_exceptions=True), 20)
+        except asyncio.TimeoutError:
+            pass
+        print(json.dumps({"stopped": True}), flush=True)
+
+    asyncio.run(main())
+    os._exit(0)  # aiortc decoder threads of half-closed receivers must not hold the exit
+
+
+# -- the bench ------------------------------------------------------------------------------
+class Child:
+    """A process of the bench speaking JSON lines on stdin/stdout; stopped by its pid."""
+
+    def __init__(self, name: str, args: list[str], workdir: str):
+        self.name = name
+        self.log = os.path.join(workdir, f"{name}.log")
+        env = dict(os.environ, SIPGW_BENCH_LOG=os.path.join(workdir, f"{name}.twisted.log"),
+                   PYTHONUNBUFFERED="1")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log, env=env, cwd=ROOT)
+        self.pid = self.proc.pid
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def read(self, timeout: float) -> dict:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise HarnessError(f"{self.name}: no answer within {timeout} s (log: {self.log})")
+        if line is None:
+            raise HarnessError(f"{self.name} exited with {self.proc.wait()} (log: {self.log})")
+        return json.loads(line)
+
+    def ask(self, command: str, timeout: float = 15) -> dict:
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.read(timeout)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def stop(self, timeout: float = 25) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b"stop\n")
+                self.proc.stdin.flush()
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+class Marks:
+    """CPU seconds of the bench's processes and of the machine, at one instant."""
+
+    def __init__(self, server: Child, clients: list[Child], source: Child):
+        self.at = time.monotonic()
+        self.server = server.cpu()
+        self.clients = sum(c.cpu() for c in clients)
+        self.source = source.cpu()
+        self.busy, self.total = machine_jiffies()
+
+    def pct(self, later: "Marks", attr: str) -> float:
+        """% of one core used between self and later."""
+        return (getattr(later, attr) - getattr(self, attr)) / (later.at - self.at) * 100
+
+    def machine_pct(self, later: "Marks") -> float:
+        """% of one core used by everything on the machine (N cores -> up to N x 100)."""
+        cores = os.cpu_count() or 1
+        return (later.busy - self.busy) / max(later.total - self.total, 1) * cores * 100
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * len(values) + 0.5) - 1))]
+
+
+def loss(before: list[dict], after: list[dict]) -> tuple[float, float, float]:
+    """(loss in the window, loss since each receiver's first packet, video fps per viewer)."""
+    got = expected = total_got = total_expected = frames = viewers = 0
+    for b, a in zip(before, after):
+        for kind in ("video", "audio"):
+            if kind not in a or kind not in b:
+                continue
+            got += a[kind]["packets"] - b[kind]["packets"]
+            expected += a[kind]["expected"] - b[kind]["expected"]
+            total_got += a[kind]["packets"]
+            total_expected += a[kind]["expected"]
+        if "video" in a and "video" in b:
+            frames += a["video"]["frames"] - b["video"]["frames"]
+            viewers += 1
+    window = max(1 - got / expected, 0) if expected else float("nan")
+    overall = max(1 - total_got / total_expected, 0) if total_expected else float("nan")
+    return window, overall, frames / viewers if viewers else 0.0
+
+
+def run_step(n: int, opts, workdir: str) -> dict:
+    children: list[Child] = []
+    try:
+        server = Child(f"server-{n}", ["--role", "server"], workdir)
+        children.append(server)
+        info = server.read(30)
+        bound = opts.warmup + opts.baseline + n / opts.join_rate + 60 + 2 * opts.window
+        source = Child(f"source-{n}", ["--role", "source", "--audio-port",
+                                       str(info["audio_port"]), "--video-port",
+                                       str(info["video_port"]), "--seconds", str(bound)], workdir)
+        children.append(source)
+        source_info = source.read(10)
+        time.sleep(opts.warmup)  # the GOP is cached, the intake warm
+        # Baseline: the call alone, no viewer.
+        b0 = Marks(server, [], source)
+        time.sleep(opts.baseline)
+        b1 = Marks(server, [], source)
+        rss0 = rss_kb(server.pid)
+        stats0 = server.ask("stats")
+        # N viewers join at --join-rate per second in total.
+        split = [n] if n <= PER_CLIENT_PROCESS else [n - n // 2, n // 2]
+        url = f"ws://127.0.0.1:{info['ws_port']}"
+        clients = []
+        for i, count in enumerate(split):
+            client = Child(f"clients-{n}-{i}", ["--role", "clients", "--url", url, "--count",
+                                                str(count), "--join-rate",
+                                                str(opts.join_rate / len(split))], workdir)
+            children.append(client)
+            clients.append(client)
+        for client in clients:
+            client.read(30)
+        deadline = time.monotonic() + n / opts.join_rate + 40
+        while True:
+            snaps = [v for c in clients for v in c.ask("snapshot")["viewers"]]
+            settled = [v for v in snaps if v["error"] or (v.get("video") or {}).get("first_frame")]
+            if len(settled) == n or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        time.sleep(opts.settle)
+        # The steady window.
+        m0 = Marks(server, clients, source)
+        before = [v for c in clients for v in c.ask("snapshot")["viewers"]]
+        stats1 = server.ask("stats")
+        time.sleep(opts.window)
+        m1 = Marks(server, clients, source)
+        after = [v for c in clients for v in c.ask("snapshot")["viewers"]]
+        stats2 = server.ask("stats")
+        rss1 = rss_kb(server.pid)
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+    joined = [v for v in after if v["joined"] and not v["error"]]
+    errors = sorted({v["error"] for v in after if v["error"]})
+    ttff = [(v["video"]["first_frame"] - v["started"]) * 1000 for v in joined
+            if v.get("video") and v["video"]["first_frame"]]
+    first_packet = [(v["video"]["first_packet"] - v["started"]) * 1000 for v in joined
+                    if v.get("video") and v["video"]["first_packet"]]
+    window_loss, overall_loss, frames = loss(before, after)
+    base_cpu = b0.pct(b1, "server")
+    cpu = m0.pct(m1, "server")
+    per_viewer = (cpu - base_cpu) / n
+    rtp0, rtp2 = stats0["rtp"], stats2["rtp"]
+    return {
+        "n": n, "joined": len(joined), "errors": errors,
+        "no_frame": len(joined) - len(ttff),
+        "server_viewers": stats2["viewers"],
+        "base_cpu_pct": base_cpu, "cpu_pct": cpu, "cpu_pct_per_viewer": per_viewer,
+        "viewers_per_core": 100 / per_viewer if per_viewer > 0 else float("inf"),
+        "loss_window": window_loss, "loss_since_join": overall_loss,
+        "fps_per_viewer": frames / (m1.at - m0.at),
+        "sink_dropped_window": stats2["sink_dropped"] - stats1["sink_dropped"],
+        "sink_drop_window": ((stats2["sink_dropped"] - stats1["sink_dropped"])
+                             / (FRAMES_PER_SECOND * (m1.at - m0.at) * max(len(joined), 1))),
+        "sink_dropped_total": stats2["sink_dropped"],
+        "intake_dropped_frames": (rtp2["video"]["dropped_frames"]
+                                  - rtp0["video"]["dropped_frames"]),
+        "ttff_p50_ms": percentile(ttff, 50), "ttff_p95_ms": percentile(ttff, 95),
+        "first_packet_p50_ms": percentile(first_packet, 50),
+        "kb_per_viewer": (rss1 - rss0) / n, "rss0_mb": rss0 / 1024, "rss_mb": rss1 / 1024,
+        "clients_cpu_pct": m0.pct(m1, "clients"), "source_cpu_pct": m0.pct(m1, "source"),
+        "machine_pct": m0.machine_pct(m1), "baseline_machine_pct": b0.machine_pct(b1),
+        "video_kbps": source_info["video_kbps"],
+    }
+
+
+HEADER = ("     N joined srv cpu% base cpu% cpu%/viewer viewers/core  loss% win  loss% all"
+          "  fps drop% win TTFF p50/p95 ms 1st pkt p50  KB/viewer  clients cpu% src cpu%"
+          " machine%")
+
+
+def row(r: dict) -> str:
+    return (f"  {r['n']:4d} {r['joined']:6d} {r['cpu_pct']:9.1f} {r['base_cpu_pct']:9.1f}"
+            f" {r['cpu_pct_per_viewer']:11.3f} {r['viewers_per_core']:12.0f}"
+            f" {r['loss_window'] * 100:10.3f} {r['loss_since_join'] * 100:10.3f}"
+            f" {r['fps_per_viewer']:4.1f} {r['sink_drop_window'] * 100:9.3f}"
+            f" {r['ttff_p50_ms']:7.0f}/{r['ttff_p95_ms']:<6.0f} {r['first_packet_p50_ms']:11.0f}"
+            f" {r['kb_per_viewer']:10.0f} {r['clients_cpu_pct']:13.1f}"
+            f" {r['source_cpu_pct']:8.1f} {r['machine_pct']:8.0f}")
+
+
+def clean(r: dict) -> bool:
+    """0 loss: every viewer joined and no RTP packet missing at the receivers nor frame
+    dropped by the server for a viewer, in the window."""
+    return (r["joined"] == r["n"] and r["loss_window"] == 0 and r["sink_dropped_window"] == 0
+            and r["no_frame"] == 0)
+
+
+def met(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N = 1, 16 with 4 s windows")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--steps", help="comma-separated viewer counts (default 1,16,64,128)")
+    parser.add_argument("--join-rate", type=float, default=16.0,
+                        help="viewers joining per second, in total (default 16)")
+    parser.add_argument("--role", choices=("server", "source", "clients"), help=argparse.SUPPRESS)
+    parser.add_argument("--audio-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--video-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.role == "server":
+        run_server()
+        return 0
+    if opts.role == "source":
+        run_source(opts.audio_port, opts.video_port, opts.seconds)
+        return 0
+    if opts.role == "clients":
+        run_clients(opts.url, opts.count, opts.join_rate)
+        return 0
+
+    steps = ([int(s) for s in opts.steps.split(",")] if opts.steps
+             else list(QUICK_STEPS if opts.quick else STEPS))
+    opts.warmup, opts.settle = (2.0, 2.0) if opts.quick else (3.0, 3.0)
+    opts.baseline, opts.window = (4.0, 4.0) if opts.quick else (10.0, 15.0)
+    workdir = tempfile.mkdtemp(prefix="sipgw-fanout-")
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    print(f"== WebRTC fan-out: one 720p30 H264 + PCMU call, N aiortc receivers "
+          f"(steps {', '.join(map(str, steps))}; {opts.window:.0f} s windows; "
+          f"joins {opts.join_rate:g}/s) ==")
+    print(f"  machine: {os.cpu_count()} cores shared by sipgw, the clients, the source and "
+          f"anything else running; load average {load_before[0]:.2f} {load_before[1]:.2f} "
+          f"{load_before[2]:.2f}")
+    print(HEADER, flush=True)
+    results = []
+    try:
+        for n in steps:
+            result = run_step(n, opts, workdir)
+            results.append(result)
+            print(row(result), flush=True)
+            if result["errors"]:
+                print(f"        {n - result['joined']} viewer(s) failed: "
+                      f"{'; '.join(result['errors'][:3])}", flush=True)
+            if result["no_frame"]:
+                print(f"        {result['no_frame']} viewer(s) got no complete keyframe",
+                      flush=True)
+            if result["cpu_pct"] >= SATURATED_PCT:
+                print(f"        server saturated ({result['cpu_pct']:.0f} % of its one reactor "
+                      f"thread): the per-viewer figure is the work it managed, not the cost",
+                      flush=True)
+    except HarnessError as exc:
+        print(f"harness error: {exc}\nwork directory kept: {workdir}", flush=True)
+        return 2
+    load_after = os.getloadavg()
+    top = results[-1]
+    base = statistics.fmean(r["base_cpu_pct"] for r in results)
+    ratio = top["cpu_pct_per_viewer"] / base if base else float("nan")
+    ok_cpu = top["viewers_per_core"] >= TARGET_VIEWERS_PER_CORE and clean(top)
+    clean_steps = [r for r in results if clean(r) and r["cpu_pct"] < SATURATED_PCT]
+    print()
+    print(f"webrtc fan-out at {top['n']} viewers ({top['joined']} joined): "
+          f"{top['cpu_pct_per_viewer']:.3f} % of a core per viewer -> "
+          f"{top['viewers_per_core']:.0f} viewers/core, RTP loss {top['loss_window'] * 100:.3f} % "
+          f"in the window ({top['loss_since_join'] * 100:.3f} % since joining), frames dropped "
+          f"by the server {top['sink_drop_window'] * 100:.3f} %; "
+          f"TTFF p50 {top['ttff_p50_ms']:.0f} ms p95 {top['ttff_p95_ms']:.0f} ms; "
+          f"{top['kb_per_viewer'] / 1024:.2f} MB RSS per viewer")
+    if clean_steps:
+        best = clean_steps[-1]
+        print(f"largest step at 0 loss: {best['n']} viewers, {best['cpu_pct_per_viewer']:.3f} % "
+              f"of a core per viewer -> {best['viewers_per_core']:.0f} viewers/core")
+    else:
+        print("no step ran at 0 loss")
+    print(f"baseline in the same run: the call alone (source -> MediaSession -> Stream, 0 "
+          f"viewers) {base:.2f} % of a core; one viewer costs {ratio:.2f}x that")
+    print(f"targets: >= {TARGET_VIEWERS_PER_CORE} viewers/core at 0 loss {met(ok_cpu)}; "
+          f"TTFF p50 <= {TARGET_TTFF_P50_MS} ms {met(top['ttff_p50_ms'] <= TARGET_TTFF_P50_MS)}; "
+          f"<= {TARGET_MB_PER_VIEWER:g} MB/viewer "
+          f"{met(top['kb_per_viewer'] <= TARGET_MB_PER_VIEWER * 1024)}"
+          + ("" if top["n"] >= 128 else f"  (measured at {top['n']}, the target asks 128)"))
+    print("TTFF: playStream sent -> last packet (marker) of the first complete H264 keyframe "
+          "(SPS/IDR) at the receiver, no decode; '1st pkt' = first video packet")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
+          f"took {time.monotonic() - started:.0f} s")
+    print(json.dumps({"steps": results, "baseline_cpu_pct": base,
+                      "per_viewer_to_baseline": ratio}))
+    if opts.keep:
+        print(f"work directory kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
