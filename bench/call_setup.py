@@ -451,7 +451,7 @@ def sipgw_step(gw: Sipgw, workdir: Path, rate: int, step_s: float, hold_ms: int)
         if watch.errors:
             p.append(f"status poll: {watch.errors[0]}")
         if rc is None:
-            p.append("SIPp UAS did not finish its calls")
+            p.append(f"SIPp UAS still had calls open {grace:g} s after the last request")
         elif rc != 0:
             p.append(f"SIPp UAS exit {rc}")
         if step.done != calls or sipp_failed:
@@ -506,7 +506,7 @@ def sipp_step(workdir: Path, rate: int, step_s: float, hold_ms: int) -> Step:
         p = step.problems
         for name, rc in (("UAC", uac_rc), ("UAS", uas_rc)):
             if rc is None:
-                p.append(f"SIPp {name} did not finish")
+                p.append(f"SIPp {name} still had calls open at the step's deadline")
             elif rc != 0:
                 p.append(f"SIPp {name} exit {rc}")
         if step.done != calls or step.failed:

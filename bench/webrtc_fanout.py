@@ -59,6 +59,7 @@ GOP_TS = 60 * 3000  # h264_packets: an IDR every 60 frames of 3000 ticks (90 kHz
 PCMU_TS = 50 * 160  # one second of 20 ms PCMU frames
 FRAMES_PER_SECOND = 30 + 50  # frames a viewer's sinks are offered: video + audio
 SATURATED_PCT = 90  # the server's one reactor thread near a full core
+LAG_PROBE = 0.01
 
 
 class HarnessError(RuntimeError):
@@ -95,6 +96,27 @@ def one_gop() -> list[bytes]:
 def pcmu_second() -> list[bytes]:
     return [struct.pack("!BBHII", 0x80, AUDIO_PT, i, i * 160, 0x5678) + b"\xff" * 160
             for i in range(50)]
+
+
+def viewer_packet_rate() -> float:
+    """RTP packets/s one viewer gets at the full rate: the source's GOP through sipgw's
+    depacketizer (the access units the Stream publishes), then aiortc's H264 packetizer
+    (what each viewer's sender sends), plus 50 PCMU packets/s."""
+    import fractions
+
+    import av
+    from aiortc.codecs.h264 import H264Encoder
+
+    from sipgw.rtp.h264 import H264Depacketizer
+    from sipgw.rtp.packet import RtpPacket
+
+    depacketizer, encoder, packets = H264Depacketizer(), H264Encoder(), 0
+    for data in one_gop():
+        for unit in depacketizer.push(RtpPacket.parse(data)):
+            frame = av.Packet(unit.data)
+            frame.pts, frame.time_base = 0, fractions.Fraction(1, 90000)
+            packets += len(encoder.pack(frame)[0])
+    return packets / (GOP_TS / 90000) + 50
 
 
 def run_source(audio_port: int, video_port: int, seconds: float) -> None:
@@ -159,6 +181,13 @@ def run_server() -> None:
     session.established()
     factory = SignallingFactory(config, registry, reactor)
     listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    lags: list[float] = []  # how late a 10 ms timer fires: what every RTP packet waits
+
+    def probe(due: float) -> None:
+        now = time.monotonic()
+        lags.append(now - due)
+        reactor.callLater(LAG_PROBE, probe, now + LAG_PROBE)
+    reactor.callLater(LAG_PROBE, probe, time.monotonic() + LAG_PROBE)
 
     class Control(LineReceiver):
         delimiter = b"\n"
@@ -173,9 +202,17 @@ def run_server() -> None:
 
         def lineReceived(self, line):
             command = line.decode().strip()
-            if command == "stats":
+            if command == "stats":  # loop lag since the previous "stats"
+                window = sorted(lags)
+                lags.clear()
                 self.reply({"viewers": factory.viewer_count(), "sinks": len(stream.sinks),
                             "sink_dropped": sum(s.dropped for s in stream.sinks),
+                            "sinks_waiting_keyframe": sum(s.waiting_keyframe
+                                                          for s in stream.sinks),
+                            "sink_queue_max": max((len(s.queue) for s in stream.sinks),
+                                                  default=0),
+                            "lag_p99_ms": percentile(window, 99) * 1000,
+                            "lag_max_ms": (window[-1] if window else 0.0) * 1000,
                             "keyframe_requests": stream.keyframe_requests,
                             "rtp": session.counters()})
             elif command == "stop" and not self.stopping:
@@ -389,6 +426,31 @@ class Child:
                 self.proc.wait(5)
 
 
+def udp_drops(ports) -> int:
+    """Datagrams the kernel dropped (receive buffer full) on these 127.0.0.1 UDP ports."""
+    wanted = {f"0100007F:{port:04X}" for port in ports}
+    drops = 0
+    with open("/proc/net/udp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[1] in wanted:
+                drops += int(fields[-1])
+    return drops
+
+
+def run_queue_seconds(pid: int) -> float:
+    """Seconds this process's threads spent runnable but waiting for a core (schedstat)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
 def machine_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies of all cores, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -403,6 +465,7 @@ class Marks:
     def __init__(self, server: Child, clients: list[Child], source: Child):
         self.at = time.monotonic()
         self.server = server.cpu()
+        self.server_wait = run_queue_seconds(server.pid)
         self.clients = sum(c.cpu() for c in clients)
         self.source = source.cpu()
         self.busy, self.total = machine_jiffies()
@@ -483,11 +546,14 @@ def run_step(n: int, opts, workdir: str) -> dict:
             time.sleep(0.5)
         time.sleep(opts.settle)
         # The steady window.
+        intake_ports = [info["audio_port"], info["video_port"]]
         m0 = Marks(server, clients, source)
+        drops0 = udp_drops(intake_ports)
         before = [v for c in clients for v in c.ask("snapshot")["viewers"]]
         stats1 = server.ask("stats")
         time.sleep(opts.window)
         m1 = Marks(server, clients, source)
+        drops1 = udp_drops(intake_ports)
         after = [v for c in clients for v in c.ask("snapshot")["viewers"]]
         stats2 = server.ask("stats")
         rss1 = rss_kb(server.pid)
@@ -505,50 +571,68 @@ def run_step(n: int, opts, workdir: str) -> dict:
     base_cpu = b0.pct(b1, "server")
     cpu = m0.pct(m1, "server")
     per_viewer = (cpu - base_cpu) / n
-    rtp0, rtp2 = stats0["rtp"], stats2["rtp"]
+    delivered = sum(a[k]["packets"] - b[k]["packets"] for b, a in zip(before, after)
+                    for k in ("video", "audio") if k in a and k in b)
+    us_per_packet = ((cpu - base_cpu) / 100 * (m1.at - m0.at) / delivered * 1e6
+                     if delivered else float("nan"))
+    rtp0, rtp1, rtp2 = stats0["rtp"], stats1["rtp"], stats2["rtp"]
     return {
         "n": n, "joined": len(joined), "errors": errors,
         "no_frame": len(joined) - len(ttff),
         "server_viewers": stats2["viewers"],
         "base_cpu_pct": base_cpu, "cpu_pct": cpu, "cpu_pct_per_viewer": per_viewer,
         "viewers_per_core": 100 / per_viewer if per_viewer > 0 else float("inf"),
+        "packets_delivered_per_s": delivered / (m1.at - m0.at),
+        "us_per_packet": us_per_packet,
+        "viewers_per_core_full_rate": 1e6 / (us_per_packet * opts.viewer_pps),
         "loss_window": window_loss, "loss_since_join": overall_loss,
         "fps_per_viewer": frames / (m1.at - m0.at),
         "sink_dropped_window": stats2["sink_dropped"] - stats1["sink_dropped"],
         "sink_drop_window": ((stats2["sink_dropped"] - stats1["sink_dropped"])
                              / (FRAMES_PER_SECOND * (m1.at - m0.at) * max(len(joined), 1))),
         "sink_dropped_total": stats2["sink_dropped"],
-        "intake_dropped_frames": (rtp2["video"]["dropped_frames"]
-                                  - rtp0["video"]["dropped_frames"]),
+        "intake_udp_drops_window": drops1 - drops0,
+        "intake_dropped_frames_window": (rtp2["video"]["dropped_frames"]
+                                         - rtp1["video"]["dropped_frames"]),
+        "intake_dropped_frames_total": (rtp2["video"]["dropped_frames"]
+                                        - rtp0["video"]["dropped_frames"]),
+        "lag_p99_ms": stats2["lag_p99_ms"], "lag_max_ms": stats2["lag_max_ms"],
+        "sinks_waiting_keyframe": stats2["sinks_waiting_keyframe"],
+        "sink_queue_max": stats2["sink_queue_max"],
         "ttff_p50_ms": percentile(ttff, 50), "ttff_p95_ms": percentile(ttff, 95),
         "first_packet_p50_ms": percentile(first_packet, 50),
         "kb_per_viewer": (rss1 - rss0) / n, "rss0_mb": rss0 / 1024, "rss_mb": rss1 / 1024,
+        "server_wait_pct": m0.pct(m1, "server_wait"),
+        "base_server_wait_pct": b0.pct(b1, "server_wait"),
         "clients_cpu_pct": m0.pct(m1, "clients"), "source_cpu_pct": m0.pct(m1, "source"),
         "machine_pct": m0.machine_pct(m1), "baseline_machine_pct": b0.machine_pct(b1),
         "video_kbps": source_info["video_kbps"],
     }
 
 
-HEADER = ("     N joined srv cpu% base cpu% cpu%/viewer viewers/core  loss% win  loss% all"
-          "  fps drop% win TTFF p50/p95 ms 1st pkt p50  KB/viewer  clients cpu% src cpu%"
-          " machine%")
+HEADER = ("     N join srv cpu% wait% base% %/viewer v/core us/pkt rtp loss% (all)  fps srv drop%"
+          " intake drop lag p99/max ms TTFF p50/p95 ms KB/viewer clients% src% machine%")
 
 
 def row(r: dict) -> str:
-    return (f"  {r['n']:4d} {r['joined']:6d} {r['cpu_pct']:9.1f} {r['base_cpu_pct']:9.1f}"
-            f" {r['cpu_pct_per_viewer']:11.3f} {r['viewers_per_core']:12.0f}"
-            f" {r['loss_window'] * 100:10.3f} {r['loss_since_join'] * 100:10.3f}"
-            f" {r['fps_per_viewer']:4.1f} {r['sink_drop_window'] * 100:9.3f}"
-            f" {r['ttff_p50_ms']:7.0f}/{r['ttff_p95_ms']:<6.0f} {r['first_packet_p50_ms']:11.0f}"
-            f" {r['kb_per_viewer']:10.0f} {r['clients_cpu_pct']:13.1f}"
-            f" {r['source_cpu_pct']:8.1f} {r['machine_pct']:8.0f}")
+    intake = f"{r['intake_udp_drops_window']}p/{r['intake_dropped_frames_window']}f"
+    since = "(" + format(r["loss_since_join"] * 100, ".3f") + ")"
+    return (f"  {r['n']:4d} {r['joined']:4d} {r['cpu_pct']:8.1f} {r['server_wait_pct']:5.1f}"
+            f" {r['base_cpu_pct']:5.1f} {r['cpu_pct_per_viewer']:8.3f}"
+            f" {r['viewers_per_core']:6.0f} {r['us_per_packet']:6.1f}"
+            f" {r['loss_window'] * 100:9.3f} {since:>7}"
+            f" {r['fps_per_viewer']:4.1f} {r['sink_drop_window'] * 100:9.3f} {intake:>11}"
+            f" {r['lag_p99_ms']:7.0f}/{r['lag_max_ms']:<6.0f}"
+            f" {r['ttff_p50_ms']:7.0f}/{r['ttff_p95_ms']:<6.0f} {r['kb_per_viewer']:9.0f}"
+            f" {r['clients_cpu_pct']:8.1f} {r['source_cpu_pct']:4.1f} {r['machine_pct']:8.0f}")
 
 
 def clean(r: dict) -> bool:
-    """0 loss: every viewer joined and no RTP packet missing at the receivers nor frame
-    dropped by the server for a viewer, in the window."""
+    """0 loss: every viewer joined and, in the window, no RTP packet missing at the
+    receivers, no frame dropped by the server for a viewer, none lost at its RTP intake."""
     return (r["joined"] == r["n"] and r["loss_window"] == 0 and r["sink_dropped_window"] == 0
-            and r["no_frame"] == 0)
+            and r["no_frame"] == 0 and r["intake_udp_drops_window"] == 0
+            and r["intake_dropped_frames_window"] == 0)
 
 
 def met(ok: bool) -> str:
@@ -583,6 +667,7 @@ def main() -> int:
              else list(QUICK_STEPS if opts.quick else STEPS))
     opts.warmup, opts.settle = (2.0, 2.0) if opts.quick else (3.0, 3.0)
     opts.baseline, opts.window = (4.0, 4.0) if opts.quick else (10.0, 15.0)
+    opts.viewer_pps = viewer_packet_rate()
     workdir = tempfile.mkdtemp(prefix="sipgw-fanout-")
     started = time.monotonic()
     load_before = os.getloadavg()
@@ -619,28 +704,40 @@ def main() -> int:
     ok_cpu = top["viewers_per_core"] >= TARGET_VIEWERS_PER_CORE and clean(top)
     clean_steps = [r for r in results if clean(r) and r["cpu_pct"] < SATURATED_PCT]
     print()
-    print(f"webrtc fan-out at {top['n']} viewers ({top['joined']} joined): "
+    state = ("0 loss" if clean(top) else
+             f"NOT clean: {top['fps_per_viewer']:.1f} fps/viewer, RTP loss "
+             f"{top['loss_window'] * 100:.3f} %, server drops {top['sink_drop_window'] * 100:.3f} %,"
+             f" intake drops {top['intake_udp_drops_window']} packets / "
+             f"{top['intake_dropped_frames_window']} frames")
+    print(f"webrtc fan-out at {top['n']} viewers ({top['joined']} joined, {state}): "
           f"{top['cpu_pct_per_viewer']:.3f} % of a core per viewer -> "
-          f"{top['viewers_per_core']:.0f} viewers/core, RTP loss {top['loss_window'] * 100:.3f} % "
-          f"in the window ({top['loss_since_join'] * 100:.3f} % since joining), frames dropped "
-          f"by the server {top['sink_drop_window'] * 100:.3f} %; "
+          f"{top['viewers_per_core']:.0f} viewers/core as measured; "
+          f"{top['us_per_packet']:.1f} us of server CPU per RTP packet delivered -> "
+          f"{top['viewers_per_core_full_rate']:.0f} viewers/core at the full "
+          f"{opts.viewer_pps:.0f} packets/s per viewer; "
           f"TTFF p50 {top['ttff_p50_ms']:.0f} ms p95 {top['ttff_p95_ms']:.0f} ms; "
           f"{top['kb_per_viewer'] / 1024:.2f} MB RSS per viewer")
     if clean_steps:
         best = clean_steps[-1]
         print(f"largest step at 0 loss: {best['n']} viewers, {best['cpu_pct_per_viewer']:.3f} % "
-              f"of a core per viewer -> {best['viewers_per_core']:.0f} viewers/core")
+              f"of a core per viewer -> {best['viewers_per_core']:.0f} viewers/core "
+              f"({best['us_per_packet']:.1f} us/packet), TTFF p50 {best['ttff_p50_ms']:.0f} ms")
     else:
         print("no step ran at 0 loss")
     print(f"baseline in the same run: the call alone (source -> MediaSession -> Stream, 0 "
-          f"viewers) {base:.2f} % of a core; one viewer costs {ratio:.2f}x that")
+          f"viewers) {base:.2f} % of a core; one viewer at {top['n']} costs {ratio:.2f}x that")
     print(f"targets: >= {TARGET_VIEWERS_PER_CORE} viewers/core at 0 loss {met(ok_cpu)}; "
           f"TTFF p50 <= {TARGET_TTFF_P50_MS} ms {met(top['ttff_p50_ms'] <= TARGET_TTFF_P50_MS)}; "
           f"<= {TARGET_MB_PER_VIEWER:g} MB/viewer "
           f"{met(top['kb_per_viewer'] <= TARGET_MB_PER_VIEWER * 1024)}"
           + ("" if top["n"] >= 128 else f"  (measured at {top['n']}, the target asks 128)"))
     print("TTFF: playStream sent -> last packet (marker) of the first complete H264 keyframe "
-          "(SPS/IDR) at the receiver, no decode; '1st pkt' = first video packet")
+          "(SPS/IDR) at the receiver, no decode")
+    busy = max(r["machine_pct"] for r in results)
+    if busy > 170:
+        print(f"note: the machine's {os.cpu_count()} cores were up to {busy:.0f} % busy (server, "
+              f"clients, source and other work); 'wait%' is the time the server was runnable "
+              f"but had no core: the figures of such steps are bounded by the machine")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
           f"took {time.monotonic() - started:.0f} s")
     print(json.dumps({"steps": results, "baseline_cpu_pct": base,

@@ -5,6 +5,7 @@ with a message naming what is wrong.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 _TOKEN_RE = re.compile(rf"^[{TOKEN_CHARS}]+$")
 
 
+@functools.lru_cache(maxsize=512)
 def canonical_name(name: str) -> str:
     """Return the canonical spelling of a header name (compact forms expanded)."""
     if not name or not _TOKEN_RE.match(name):
@@ -57,6 +59,8 @@ def is_token(text: str) -> bool:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, respecting quotes and <...>."""
+    if '"' not in value and "<" not in value:  # the common case, e.g. a Via list
+        return [item for item in (part.strip() for part in value.split(",")) if item]
     items, buf, quoted, angle, escape = [], [], False, False, False
     for ch in value:
         if escape:

@@ -28,6 +28,16 @@ class Message:
     def __init__(self, headers=None, body: bytes = b""):
         self.headers: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in (headers or [])]
         self.body = body
+        self._typed: dict[str, object] = {}  # parsed header values, dropped on any change
+
+    def _parsed(self, key: str, build):
+        """Parse a header value once; set/add/remove forget it (headers parsed once at the
+        boundary, not in every layer)."""
+        try:
+            return self._typed[key]
+        except KeyError:
+            value = self._typed[key] = build()
+            return value
 
     # -- raw header access ------------------------------------------------
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -49,9 +59,11 @@ class Message:
         """Replace every value of a header by one."""
         self.remove(name)
         self.headers.append((canonical_name(name), value))
+        self._typed.clear()
 
     def add(self, name: str, value: str, first: bool = False) -> None:
         entry = (canonical_name(name), value)
+        self._typed.clear()
         if first:
             self.headers.insert(0, entry)
         else:
@@ -60,23 +72,24 @@ class Message:
     def remove(self, name: str) -> None:
         name = canonical_name(name)
         self.headers = [(k, v) for k, v in self.headers if k != name]
+        self._typed.clear()
 
     # -- typed views -------------------------------------------------------
     @property
     def vias(self) -> list[Via]:
-        return [Via.parse(v) for v in self.get_all("Via")]
+        return self._parsed("vias", lambda: [Via.parse(v) for v in self.get_all("Via")])
 
     @property
     def top_via(self) -> Via:
-        return Via.parse(self.get_all("Via")[0])
+        return self._parsed("top_via", lambda: Via.parse(self.get_all("Via")[0]))
 
     @property
     def from_(self) -> Address:
-        return Address.parse(self.get("From") or "")
+        return self._parsed("from", lambda: Address.parse(self.get("From") or ""))
 
     @property
     def to(self) -> Address:
-        return Address.parse(self.get("To") or "")
+        return self._parsed("to", lambda: Address.parse(self.get("To") or ""))
 
     @property
     def call_id(self) -> str:
@@ -84,11 +97,11 @@ class Message:
 
     @property
     def cseq(self) -> CSeq:
-        return CSeq.parse(self.get("CSeq") or "")
+        return self._parsed("cseq", lambda: CSeq.parse(self.get("CSeq") or ""))
 
     @property
     def contacts(self) -> list[Address]:
-        return [Address.parse(v) for v in self.get_all("Contact")]
+        return self._parsed("contacts", lambda: [Address.parse(v) for v in self.get_all("Contact")])
 
     @property
     def record_routes(self) -> list[Address]:
