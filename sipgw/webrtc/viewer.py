@@ -40,6 +40,20 @@ def ice_configuration(urls: list[str]) -> RTCConfiguration:
     return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in urls])
 
 
+def offered_codecs(sdp: str) -> dict[str, set[str]]:
+    """Codec names (upper case) per media kind in an offer's rtpmap lines."""
+    codecs: dict[str, set[str]] = {}
+    kind = None
+    for line in sdp.replace("\r\n", "\n").split("\n"):
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+            codecs.setdefault(kind, set())
+        elif kind and line.startswith("a=rtpmap:"):
+            name = line.split(" ", 1)[-1].split("/", 1)[0]
+            codecs[kind].add(name.upper())
+    return codecs
+
+
 class SinkTrack(MediaStreamTrack):
     """A track whose frames come from a Sink of the stream, one kind only."""
 
@@ -140,8 +154,16 @@ class Viewer:
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply the browser's recvonly offer and return our answer with its candidates."""
+        offered = offered_codecs(offer_sdp)
+        if not offered:
+            raise ValueError("the offer has no media (m=) line")
         stream = self.stream
         kinds = [k for k, on in (("video", stream.has_video), ("audio", stream.has_audio)) if on]
+        # H264 is passed through, audio can be transcoded to opus: what the browser must take.
+        usable = {"video": {"H264"}, "audio": {"PCMU", "PCMA", "OPUS"}}
+        kinds = [k for k in kinds if offered.get(k, set()) & usable[k]]
+        if not kinds:
+            raise NoCommonCodecs("No common codecs")
         for kind in kinds:
             sink = stream.subscribe(maxlen=self.queue_frames, name=f"webrtc-{kind}",
                                     kinds=(kind,))

@@ -199,7 +199,8 @@ class SignallingFactory(WebSocketServerFactory):
         self.ice_servers = [u.strip() for u in config.webrtc_ice_servers.split(",") if u.strip()]
         self.auth_tokens = {t.strip() for t in config.ws_auth_tokens.split(",") if t.strip()}
         self.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE,
-                                maxFramePayloadSize=MAX_MESSAGE, autoPingInterval=30,
+                                maxFramePayloadSize=MAX_MESSAGE, failByDrop=False,
+                                autoPingInterval=30,
                                 autoPingTimeout=30)
         self._watchers: dict[str, set] = {}  # stream mediaSessionId -> {(proto, viewer id)}
         registry.listeners.append(self._stream_event)

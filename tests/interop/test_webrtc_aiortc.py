@@ -78,17 +78,95 @@ def test_socket_without_connection_is_closed(daemon):
 
     async def scenario():
         session = WcsSession(url)
-        loop = asyncio.get_running_loop()
-        from autobahn.asyncio.websocket import WebSocketClientFactory
-        from ws_viewer import _Protocol
-        factory = WebSocketClientFactory(url)
-        factory.protocol = _Protocol
-        factory.opened = loop.create_future()
-        factory.messages = asyncio.Queue()
-        session.factory = factory
-        await loop.create_connection(factory, "127.0.0.1", daemon.settings["ws_port"])
-        await factory.opened
+        await session.open()
         return await session.wait_for(lambda m: m["message"] == "__closed__", timeout=10)
 
     closed = _run(scenario())
     assert closed["data"][0]["code"] == 4000
+
+
+def test_bad_offers_fail_the_play_not_the_session(daemon, kamailio, baresip):
+    """Garbage SDP and an offer with no usable codec give FAILED with a reason; the session
+    goes on; an oversized frame closes the socket cleanly (1009)."""
+    daemon.call_bob(kamailio.port, "w2")
+    url = f"ws://127.0.0.1:{daemon.settings['ws_port']}"
+    vp8_only = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+                "a=group:BUNDLE 0\r\na=msid-semantic:WMS *\r\n"
+                "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\n"
+                "a=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\n"
+                "a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 "
+                + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\na=mid:0\r\n"
+                "a=recvonly\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n")
+
+    async def scenario():
+        session = WcsSession(url)
+        await session.connect()
+        session.send("playStream", {"mediaSessionId": "g1", "name": "stream-w2",
+                                    "sdp": "v=0\r\nthis is not sdp"})
+        garbage = await session.status("g1", "FAILED")
+        session.send("playStream", {"mediaSessionId": "g2", "name": "stream-w2"})
+        missing = await session.status("g2", "FAILED")
+        session.send("playStream", {"mediaSessionId": "g3", "name": "stream-w2", "sdp": vp8_only})
+        no_codec = await session.status("g3", "FAILED")
+        player = await session.play("stream-w2")  # the session still works
+        await session.status(player.id, "PLAYING", timeout=20)
+        await player.close()
+        session.send_raw(b'{"message": "ping", "data": ["' + b"x" * 300_000 + b'"]}')
+        closed = await session.wait_for(lambda m: m["message"] == "__closed__")
+        return garbage, missing, no_codec, closed
+
+    garbage, missing, no_codec, closed = _run(scenario())
+    assert garbage["info"].startswith("Bad SDP")
+    assert missing["info"] == "playStream needs the offer SDP"
+    assert no_codec["info"] == "No common codecs"
+    assert closed["data"][0]["code"] == 1009
+    daemon.rest("/call/terminate", {"callId": "w2"})
+
+
+def test_auth_token_is_checked_when_configured(tmp_path):
+    """With ws_auth_tokens set, a wrong token is refused and closed; a right one connects."""
+    gw = Sipgw(str(tmp_path), ws_auth_tokens="s3cret-token").start()
+    try:
+        url = f"ws://127.0.0.1:{gw.settings['ws_port']}"
+
+        async def scenario():
+            bad = WcsSession(url)
+            refused = await bad.connect(authToken="wrong")
+            closed = await bad.wait_for(lambda m: m["message"] == "__closed__")
+            good = WcsSession(url)
+            accepted = await good.connect(authToken="s3cret-token")
+            good.close()
+            return refused, closed, accepted
+
+        refused, closed, accepted = _run(scenario())
+    finally:
+        gw.stop()
+    assert refused["message"] == "fail" and closed["data"][0]["code"] == 4003
+    assert accepted["message"] == "getUserData"
+
+
+def test_wss_serves_the_same_protocol(tmp_path):
+    """With a certificate and key, wss:// speaks the same signalling."""
+    import ssl
+    import subprocess
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    from peers import free_port
+    gw = Sipgw(str(tmp_path), wss_port=free_port("tcp"), wss_certificate=str(cert),
+               wss_private_key=str(key)).start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False  # the test certificate names localhost, we dial 127.0.0.1
+
+        async def scenario():
+            session = WcsSession(f"wss://127.0.0.1:{gw.settings['wss_port']}")
+            hello = await session.connect(ssl=context)
+            session.close()
+            return hello
+
+        hello = _run(scenario())
+    finally:
+        gw.stop()
+    assert hello["message"] == "getUserData"

@@ -37,7 +37,8 @@ class WcsSession:
         self.events: list[dict] = []  # every message received, in order
         self.taken: set[int] = set()
 
-    async def connect(self, **connection):
+    async def open(self, ssl=None):
+        """Open the websocket only (ws:// or wss:// with an ssl context)."""
         loop = asyncio.get_running_loop()
         factory = WebSocketClientFactory(self.url)
         factory.protocol = _Protocol
@@ -45,8 +46,12 @@ class WcsSession:
         factory.messages = asyncio.Queue()
         self.factory = factory
         host, port = self.url.split("//")[1].split(":")
-        await loop.create_connection(factory, host, int(port))
+        await loop.create_connection(factory, host, int(port), ssl=ssl)
         self.proto = await factory.opened
+
+    async def connect(self, ssl=None, **connection):
+        """Open and say 'connection'; returns getUserData, fail or the close."""
+        await self.open(ssl)
         self.send("connection", {"appKey": "defaultApp", "mediaProviders": ["WebRTC"],
                                  "clientVersion": "2.0", **connection})
         return await self.wait_for(lambda m: m["message"] in ("getUserData", "fail", "__closed__"))
