@@ -8,9 +8,12 @@ for N = 1, 16, 64, 128 (``--quick``: 1, 16). Per N it prints the server's CPU pe
 viewer. Targets: >= 250 viewers per core at 0 loss (the 128 step counts), TTFF p50 <= 300 ms,
 <= 3 MB RSS per viewer. Baseline, measured in the same run: the same server with the call
 and 0 viewers (its RTP intake); the per-viewer cost is also printed as a ratio to it.
+"0 loss" means, in the steady window: no RTP sequence gap at any receiver, no frame dropped
+by the server for a slow viewer (Sink), none lost at the server's RTP intake (kernel drops
+on its sockets, frames its depacketizer dropped).
 
-    python3 bench/webrtc_fanout.py            # N = 1, 16, 64, 128; 15 s windows (about 3 min)
-    python3 bench/webrtc_fanout.py --quick    # N = 1, 16; 4 s windows (about 40 s)
+    python3 bench/webrtc_fanout.py            # N = 1, 16, 64, 128; 15 s windows (about 2.5 min)
+    python3 bench/webrtc_fanout.py --quick    # N = 1, 16; 4 s windows (about 30 s)
     python3 bench/webrtc_fanout.py --keep     # keep the work directory (server and client logs)
 
 Processes (all on 127.0.0.1, all stopped at the end of each step):

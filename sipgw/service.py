@@ -5,6 +5,7 @@ import os
 
 from twisted.application import internet, service
 from twisted.internet import defer
+from twisted.logger import FilteringLogObserver, PredicateResult, globalLogPublisher
 from twisted.web import resource, server, static
 
 from .rtp.ports import PortPool
@@ -12,6 +13,26 @@ from .sip.ua import UserAgent
 
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
+
+
+def _drop_udp_port_chatter(event) -> object:
+    """Twisted logs 'starting on N' and '(UDP Port N Closed)' for every RTP/RTCP socket:
+    at hundreds of calls a second that is most of the log and a good part of the CPU."""
+    message = event.get("message") or ("",)  # legacy log.msg events
+    text = event.get("log_text") or (message[0] if isinstance(message, tuple) else "")
+    if not isinstance(text, str):
+        return PredicateResult.maybe
+    if text.startswith("(UDP Port ") or text.startswith("_Socket starting on "):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
+def _filter_log_observers(predicate) -> None:
+    """Put ``predicate`` in front of the observers twistd installed."""
+    observers = globalLogPublisher._observers
+    for i, observer in enumerate(observers):
+        if not isinstance(observer, FilteringLogObserver):
+            observers[i] = FilteringLogObserver(observer, [predicate])
 
 
 class _UserAgentService(service.Service):
@@ -22,6 +43,7 @@ class _UserAgentService(service.Service):
 
     def startService(self):
         super().startService()
+        _filter_log_observers(_drop_udp_port_chatter)
         self.ua.start()
 
     def stopService(self):

@@ -37,6 +37,10 @@ PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_contr
                        b'</media_control>\r\n')
 
 
+_QUIET_STATUSES = frozenset({CallStatus.TRYING, CallStatus.RING, CallStatus.RING_MEDIA,
+                             CallStatus.SESSION_PROGRESS})
+
+
 def new_tag() -> str:
     return secrets.token_hex(6)
 
@@ -223,8 +227,10 @@ class Call:
         if reason:
             self.reason = reason
         self.history.append(status.value)
-        log.info("call {call_id} {status}{reason}", call_id=self.request.call_id,
-                 status=status.value, reason=f" ({reason})" if reason else "")
+        # The start, the answer and the end at info; the steps between at debug.
+        emit = log.debug if status in _QUIET_STATUSES else log.info
+        emit("call {call_id} {status}{reason}", call_id=self.request.call_id,
+             status=status.value, reason=f" ({reason})" if reason else "")
         if status.ended:
             self.ua.call_ended(self)
 
