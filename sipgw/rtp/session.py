@@ -322,7 +322,7 @@ class MediaSession:
             endpoint.last_rtp = self.established_at
         self._every("rtcp", RTCP_INTERVAL, self._report)
         if self.rtp_timeout:
-            self._every("timeout", 1.0, self._check_activity)
+            self._timers["timeout"] = self.clock.callLater(self.rtp_timeout, self._check_activity)
         if self.send_silence and "audio" in self.endpoints:
             self._every("silence", 0.02, self._silence)
         if self.stream.has_video and "video" in self.endpoints:
@@ -368,16 +368,23 @@ class MediaSession:
 
     # -- RTP inactivity ------------------------------------------------------
     def _check_activity(self) -> None:
+        """Runs when the newest RTP could be ``rtp_timeout`` old; one timer per call,
+        moved forward while packets keep coming (not a poll every second)."""
+        if self.closed:
+            return
+        now = self.clock.seconds()
         if self.paused:
             for endpoint in self.endpoints.values():
-                endpoint.last_rtp = self.clock.seconds()
-            return
+                endpoint.last_rtp = now
         last = max(ep.last_rtp for ep in self.endpoints.values())
-        if self.clock.seconds() - last >= self.rtp_timeout:
+        if now - last >= self.rtp_timeout:
             log.warn("call {call}: no RTP for {t} s", call=self.call_id, t=self.rtp_timeout)
             self.close()
             if self.on_timeout is not None:
                 self.on_timeout()
+            return
+        self._timers["timeout"] = self.clock.callLater(last + self.rtp_timeout - now,
+                                                       self._check_activity)
 
     # -- keyframes (RFC 4585 PLI, RFC 5104 FIR, then SIP INFO) ---------------------
     def request_keyframe(self) -> None:
