@@ -123,8 +123,7 @@ class Message:
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and bytes(self) == bytes(other)
 
-    def __hash__(self):
-        return id(self)
+    __hash__ = None  # mutable, compared by value: not usable as a dict key
 
 
 class Request(Message):

@@ -76,11 +76,11 @@ def _parse_head(head: bytes) -> tuple[Message, int | None]:
     else:
         match = _REQUEST_LINE.match(first)
         if not match:
-            raise ParseError(f"bad request line {first[:80]!r}")
+            raise ParseError(f"bad request line {first[:80]!r}", _opaque_request(first, headers))
         try:
             uri = URI.parse(match.group(2))
         except HeaderError as exc:
-            raise ParseError(f"bad Request-URI: {exc}") from None
+            raise ParseError(f"bad Request-URI: {exc}", _opaque_request(first, headers)) from None
         message = Request(match.group(1), uri, headers)
         if match.group(3) != "2.0":
             raise ParseError(f"unsupported SIP version {match.group(3)}", _answerable(message), 505)
@@ -101,13 +101,25 @@ def _is_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def _opaque_request(first: str, headers) -> Request | None:
+    """A request whose start line is broken, kept only to answer it 400 when its
+    headers allow (RFC 4475 §3.1.2.9-3.1.2.12 expect that answer)."""
+    parts = first.split()
+    if not parts or not is_token(parts[0]) or parts[0] == "ACK":
+        return None
+    return _answerable(Request(parts[0], URI(scheme="", host=""), headers))
+
+
 def _answerable(message: Message) -> Request | None:
-    """The request itself when it has what a stateless 400 needs, else None."""
+    """The request itself when it has what a stateless 400 needs, else None: a stateless
+    answer copies CSeq as it is, so only Via must parse (the answer is routed by it)."""
     if not isinstance(message, Request):
         return None
     try:
-        message.top_via, message.cseq  # noqa: B018 - parse to check
+        message.top_via  # noqa: B018 - parse to check
     except (HeaderError, IndexError):
+        return None
+    if len((message.get("CSeq") or "").split()) != 2:
         return None
     if not message.call_id or message.get("From") is None or message.get("To") is None:
         return None

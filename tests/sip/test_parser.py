@@ -26,11 +26,6 @@ ANSWERABLE = ["badinv01", "clerr", "ncl", "scalar02", "quotbal", "ltgtruri", "lw
               "trws", "escruri", "baddate", "regbadct", "badaspec", "baddn", "badvers",
               "mismatch01", "mismatch02", "multi01", "mcl01"]
 XFAIL_ANSWERABLE = {
-    "ltgtruri": "a Request-URI that does not parse raises before a Request exists",
-    "lwsruri": "a request line that does not match the grammar raises before a Request exists",
-    "lwsstart": "a request line that does not match the grammar raises before a Request exists",
-    "trws": "a request line that does not match the grammar raises before a Request exists",
-    "scalar02": "_answerable() wants a parseable CSeq, but a stateless 400 only copies it",
     "badvers": "Via.parse only accepts SIP/2.0, so the SIP/7.0 Via makes the request unanswerable",
     "baddate": XFAIL_INVALID["baddate"],
 }
