@@ -1,80 +1,8 @@
-"""Fakes shared by the SIP layer tests: a sender that records what would go on the wire."""
+"""Fixtures of the SIP layer tests (the fakes themselves live in tests/fakes.py)."""
 import pytest
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock
 
+from fakes import RecordingSender, UDPMemoryReactor
 from sipgw.config import Config
-from sipgw.sip.parser import parse
-from sipgw.sip.transport import Source
-
-
-class RecordingSender:
-    """Stands in for TransportLayer: keeps every message sent, re-parsed from bytes."""
-
-    port = 5070
-
-    def __init__(self):
-        self.sent = []  # (message, transport, host, port)
-
-    def send(self, message, transport, host, port):
-        self.sent.append((parse(bytes(message)), transport, host, port))
-
-    def send_response(self, response, source=None):
-        self.sent.append((parse(bytes(response)), source and source.transport, None, None))
-
-    def sent_by(self, host):
-        return "127.0.0.1"
-
-    def stop(self):
-        return None
-
-    def start(self):
-        return None
-
-    def requests(self, method=None):
-        from sipgw.sip.message import Request
-        return [m for m, *_ in self.sent if isinstance(m, Request) and method in (None, m.method)]
-
-    def responses(self, status=None):
-        from sipgw.sip.message import Response
-        return [m for m, *_ in self.sent if isinstance(m, Response) and status in (None, m.status)]
-
-
-PEER = Source("UDP", "127.0.0.1", 5060)
-
-
-class FakeUDPPort:
-    """What listenUDP returns: records the datagrams written."""
-
-    def __init__(self, reactor, port, proto, interface):
-        self.reactor, self.port, self.proto, self.interface = reactor, port, proto, interface
-        self.written = []
-
-    def write(self, data, addr):
-        self.written.append((data, addr))
-
-    def getHost(self):
-        return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
-
-    def stopListening(self):
-        self.reactor.udp_ports.pop(self.port, None)
-
-
-class UDPMemoryReactor(MemoryReactorClock):
-    """MemoryReactorClock (a task.Clock too) with the UDP that MemoryReactor lacks."""
-
-    def __init__(self):
-        super().__init__()
-        self.udp_ports = {}
-        self._next_port = 40000
-
-    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
-        if port == 0:
-            port, self._next_port = self._next_port, self._next_port + 1
-        fake = FakeUDPPort(self, port, protocol, interface)
-        self.udp_ports[port] = fake
-        protocol.makeConnection(fake)
-        return fake
 
 
 @pytest.fixture

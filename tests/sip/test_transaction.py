@@ -1,5 +1,5 @@
 """Transaction state machines (RFC 3261 §17) on a task.Clock."""
-from conftest import PEER
+from fakes import PEER
 from sipgw.sip.message import Request, make_response
 from sipgw.sip.headers import URI
 from sipgw.sip.transaction import T1, T2, T4, TransactionLayer, new_branch

@@ -2,7 +2,7 @@
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from conftest import UDPMemoryReactor
+from fakes import UDPMemoryReactor
 
 from sipgw.sip.message import make_response
 from sipgw.sip.parser import parse

@@ -2,7 +2,7 @@
 import pytest
 from twisted.logger import globalLogPublisher
 
-from conftest import PEER
+from fakes import PEER
 from sipgw.calls import CallRequest, Conflict, NotFound
 from sipgw.sip.message import Request, make_response
 from sipgw.sip.headers import URI
