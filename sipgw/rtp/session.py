@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import struct
+import time
 
 from twisted.internet import error, protocol
 from twisted.logger import Logger
@@ -21,12 +22,14 @@ from ..streams.stream import MediaFrame
 from .h264 import H264Depacketizer
 from .jitter import ReceptionStats, ReorderBuffer
 from .packet import (Bye, FullIntraRequest, PacketError, PictureLossIndication, ReceiverReport,
-                     RtpPacket, SenderReport, SourceDescription, is_rtcp, parse_rtcp)
+                     RtpPacket, SenderReport, SourceDescription, is_rtcp, ntp_time,
+                     parse_rtcp)
 from .ports import PortsExhausted
 
 log = Logger(namespace="sipgw.rtp")
 
 RTCP_INTERVAL = 5.0  # seconds between receiver reports (RFC 3550 §6.2 minimum)
+RELATCH_GRACE = 2.0  # seconds after a media change in which the old source cannot latch
 KEYFRAME_MIN_INTERVAL = 0.5  # coalesce keyframe requests of many consumers
 KEYFRAME_INFO_AFTER = 1.5  # no IDR this long after RTCP requests: try SIP INFO
 SILENCE = {"PCMU": b"\xff" * 160, "PCMA": b"\xd5" * 160, "opus": b"\xf8\xff\xfe"}
@@ -63,7 +66,10 @@ class Endpoint:
         self.counters = _counters()
         self.media = None  # NegotiatedMedia once the answer is known
         self.accepted_pts: set[int] = set()
-        self.remote_rtp: tuple[str, int] | None = None
+        self.remote_rtp: tuple[str, int] | None = None  # where we send: SDP, then latched
+        self.sdp_rtp: tuple[str, int] | None = None
+        self.previous_rtp: tuple[str, int] | None = None
+        self.renegotiated_at = 0.0
         self.remote_rtcp: tuple[str, int] | None = None
         self.latched = False
         self.ssrc: int | None = None
@@ -102,10 +108,14 @@ class Endpoint:
         dtmf = {pt for pt in (media.recv_dtmf_pt, media.dtmf_pt) if pt is not None}
         self.dtmf_pts = dtmf
         new_rtp = (media.address, media.port)
-        if new_rtp != self.remote_rtp:
-            self.remote_rtp = new_rtp
+        if new_rtp != self.sdp_rtp:
+            # A new media address (answer, or a re-INVITE moving the media): latch again, but
+            # not to packets still in flight from the old source.
+            self.previous_rtp = self.remote_rtp if self.latched else None
+            self.renegotiated_at = self.session.clock.seconds()
+            self.sdp_rtp = self.remote_rtp = new_rtp
             self.remote_rtcp = (media.address, media.rtcp_port)
-            self.latched = False  # a new media address: latch again (symmetric RTP)
+            self.latched = False
         if self.stats is None:
             self.stats = ReceptionStats(media.codec.clock)
 
@@ -113,6 +123,9 @@ class Endpoint:
     def _source_ok(self, addr) -> bool:
         """Symmetric RTP: latch to the first source, then accept only from it."""
         if not self.latched:
+            if (addr == self.previous_rtp and addr != self.remote_rtp and
+                    self.session.clock.seconds() - self.renegotiated_at < RELATCH_GRACE):
+                return False
             self.latched = True
             if addr != self.remote_rtp:
                 log.info("{kind} RTP of call {call} latched to {host}:{port} (SDP said {sdp})",
@@ -218,19 +231,29 @@ class Endpoint:
             log.debug("RTCP send failed: {error}", error=str(exc))
 
     def report(self, bye: bool = False) -> None:
-        """RTCP RR + SDES CNAME (RFC 3550 §6.4.2, §6.5.1), then BYE when leaving (§6.6)."""
-        if self.stats is None or self.ssrc is None:
+        """RTCP SR (when we sent RTP: silence, DTMF) or RR, + SDES CNAME (RFC 3550 §6.4,
+        §6.5.1), then BYE when leaving (§6.6)."""
+        received = self.stats is not None and self.ssrc is not None
+        if not received and not self.sent_packets:
             return
-        lsr = dlsr = 0
-        if self.last_sr is not None:
-            lsr = self.last_sr[0]
-            dlsr = int((self.session.clock.seconds() - self.last_sr[1]) * 65536)
-        block = self.stats.report_block(self.ssrc, lsr, dlsr)
-        self.counters["lost"] = block.packets_lost
-        self.counters["jitter"] = block.jitter
+        blocks = []
+        if received:
+            lsr = dlsr = 0
+            if self.last_sr is not None:
+                lsr = self.last_sr[0]
+                dlsr = int((self.session.clock.seconds() - self.last_sr[1]) * 65536)
+            block = self.stats.report_block(self.ssrc, lsr, dlsr)
+            self.counters["lost"] = block.packets_lost
+            self.counters["jitter"] = block.jitter
+            blocks.append(block)
+        if self.sent_packets:
+            first = SenderReport(self.local_ssrc, ntp_time(time.time()), self.ts,
+                                 self.sent_packets & 0xFFFFFFFF, self.sent_octets & 0xFFFFFFFF,
+                                 blocks)
+        else:
+            first = ReceiverReport(self.local_ssrc, blocks)
         sdes = SourceDescription([(self.local_ssrc, [(1, self.session.cname)])])
-        self.send_rtcp(ReceiverReport(self.local_ssrc, [block]), sdes,
-                       *([Bye([self.local_ssrc])] if bye else []))
+        self.send_rtcp(first, sdes, *([Bye([self.local_ssrc])] if bye else []))
 
     # -- RTP out (silence, DTMF) ----------------------------------------------
     def send_rtp(self, payload_type: int, payload: bytes, *, marker: bool = False,
@@ -452,9 +475,9 @@ class MediaSession:
             packets += [(total, True)] * 3  # the end packet three times (§2.5.1.4)
             for i, (duration, end) in enumerate(packets):
                 payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, duration)
-                when = delay + min(i, len(packets) - 3) * 0.02
+                when = delay + i * 0.02  # the 3 end packets too, at the update interval
                 self.clock.callLater(when, self._send_event, audio, payload, i == 0, start_ts)
-            delay += total / audio.media.codec.clock + 0.06  # inter-digit gap
+            delay += len(packets) * 0.02 + 0.04  # the event, its end packets, a gap
         audio.ts = (audio.ts + int(delay * audio.media.codec.clock)) & 0xFFFFFFFF
 
     def _send_event(self, audio: Endpoint, payload: bytes, marker: bool, timestamp: int) -> None:

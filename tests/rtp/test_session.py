@@ -232,6 +232,23 @@ def test_renegotiation_with_a_new_address_relatches(clock, pool):
     assert session.endpoints["audio"].remote_rtp == new
 
 
+def test_old_source_cannot_take_the_latch_right_after_a_move(clock, pool):
+    """Packets still in flight from the old source after a re-INVITE are dropped for 2 s; the
+    new source latches; after the grace period a NATed peer's old address may latch again."""
+    session, _, ports, sink = start(clock, pool, kinds=("audio",))
+    send_audio(clock, ports, [0])
+    session.negotiate(answer(ports, address="127.0.0.2", audio_port=32000))
+    send_audio(clock, ports, [1], source=AUDIO_SRC)  # late packet from the old source
+    assert session.counters()["audio"]["wrong_source"] == 1
+    send_audio(clock, ports, [2], source=("127.0.0.2", 32000), ssrc=0xBEEF)  # the new sender
+    assert session.endpoints["audio"].remote_rtp == ("127.0.0.2", 32000)
+    session.negotiate(answer(ports, address="127.0.0.3", audio_port=33000))
+    run_until(clock, clock.seconds() + 2.5)
+    send_audio(clock, ports, [3], source=("127.0.0.2", 32000), ssrc=0xBEEF)  # same NAT binding
+    assert session.endpoints["audio"].remote_rtp == ("127.0.0.2", 32000)
+    assert [f.timestamp for f in sink.queue] == [0, 320, 480]
+
+
 def test_renegotiation_with_the_same_address_keeps_the_latch(clock, pool):
     """A re-INVITE with unchanged media keeps the latched source."""
     session, _, ports, sink = start(clock, pool, kinds=("audio",))
@@ -524,6 +541,21 @@ def test_silence_every_20_ms_when_asked(clock, pool):
         160 * i for i in range(10)]
 
 
+def test_sender_report_once_we_have_sent_rtp(clock, pool):
+    """While sending silence the RTCP report is an SR (RFC 3550 §6.4.1) with our counts and a
+    report block for the callee's stream."""
+    session, _, ports, _ = start(clock, pool, kinds=("audio",), send_silence=True)
+    send_audio(clock, ports, [0, 1, 2])
+    run_until(clock, 5.01)
+    (packets, addr), = rtcp_sent(clock, ports, "audio")
+    sr, sdes = packets
+    assert isinstance(sr, SenderReport) and isinstance(sdes, SourceDescription)
+    ours = session.endpoints["audio"]
+    assert sr.ssrc == ours.local_ssrc and sr.packet_count == ours.sent_packets >= 240
+    assert sr.octet_count == 160 * ours.sent_packets
+    assert [r.ssrc for r in sr.reports] == [AUDIO_SSRC]
+
+
 def test_no_silence_by_default(clock, pool):
     """Without send_silence nothing is sent on the RTP port."""
     _, _, ports, _ = start(clock, pool, kinds=("audio",))
@@ -558,6 +590,17 @@ def test_dtmf_is_sent_as_rfc4733_events(clock, pool):
         assert durations == sorted(durations) and durations[0] == 160 and durations[-1] == 800
         assert len(set(durations[-3:])) == 1
     assert (ts2 - ts1) & 0xFFFFFFFF >= 800
+
+
+def test_dtmf_end_packets_are_spaced_at_the_update_interval(clock, pool):
+    """The three end packets go out 20 ms apart like the updates (RFC 4733 §2.5.1.4)."""
+    session, _, ports, _ = start(clock, pool, kinds=("audio",))
+    session.send_dtmf("5", duration_ms=100)  # 5 updates (t = 0 ... 80 ms), 3 ends
+    counts = []
+    for step in range(8):
+        run_until(clock, step * 0.02 + 0.001)
+        counts.append(len(written(clock, ports["audio"])))
+    assert counts == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_dtmf_without_telephone_event_raises(clock, pool):
