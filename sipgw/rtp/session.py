@@ -22,7 +22,7 @@ from ..streams.stream import MediaFrame
 from .h264 import H264Depacketizer
 from .jitter import ReceptionStats, ReorderBuffer
 from .packet import (Bye, FullIntraRequest, PacketError, PictureLossIndication, ReceiverReport,
-                     RtpPacket, SenderReport, SourceDescription, is_rtcp, ntp_time,
+                     RtpPacket, SenderReport, SourceDescription, ntp_time,
                      parse_rtcp)
 from .ports import PortsExhausted
 
@@ -50,7 +50,8 @@ class _Socket(protocol.DatagramProtocol):
         self.rtcp = rtcp
 
     def datagramReceived(self, data: bytes, addr) -> None:
-        if self.rtcp or is_rtcp(data):
+        # RFC 5761 §4 demux, inlined: this runs for every packet.
+        if self.rtcp or (len(data) > 1 and 192 <= data[1] <= 223):
             self.endpoint.rtcp_received(data, addr)
         else:
             self.endpoint.rtp_received(data, addr)
@@ -176,8 +177,6 @@ class Endpoint:
         self.stats.update(packet, now)
         for ordered in self.reorder.push(packet):
             self._deliver(ordered)
-        counters["late"] = self.reorder.late
-        counters["duplicates"] = self.reorder.duplicates
 
     def _deliver(self, packet: RtpPacket) -> None:
         if packet.payload_type not in self.accepted_pts:
@@ -195,11 +194,8 @@ class Endpoint:
                                       unit.keyframe))
             if unit.keyframe:
                 self.session.keyframe_arrived()
-        c = self.counters
-        c["frames"], c["keyframes"] = dep.frames, dep.keyframes
-        c["dropped_frames"], c["bad_payloads"] = dep.dropped_frames, dep.bad_packets
-        if dep.width and (stream.width, stream.height) != (dep.width, dep.height):
-            stream.width, stream.height = dep.width, dep.height
+            if dep.width != stream.width or dep.height != stream.height:
+                stream.width, stream.height = dep.width, dep.height
         if dep.needs_keyframe:
             self.session.request_keyframe()
 
@@ -380,6 +376,12 @@ class MediaSession:
         out = {}
         for kind, ep in self.endpoints.items():
             out[kind] = dict(ep.counters)
+            out[kind]["late"] = ep.reorder.late
+            out[kind]["duplicates"] = ep.reorder.duplicates
+            dep = ep.depacketizer
+            if dep is not None:  # video: frame counts live in the depacketizer
+                out[kind].update(frames=dep.frames, keyframes=dep.keyframes,
+                                 dropped_frames=dep.dropped_frames, bad_payloads=dep.bad_packets)
             if ep.stats is not None and ep.ssrc is not None:
                 out[kind]["lost"] = ep.stats.lost
                 out[kind]["jitter"] = int(ep.stats.jitter)
