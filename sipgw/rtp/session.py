@@ -136,6 +136,26 @@ class Endpoint:
             return True
         return addr == self.remote_rtp
 
+    def _admit(self, packet: RtpPacket, pt: int, addr) -> bool:
+        """Latching and payload-type checks for packets off the common path."""
+        counters = self.counters
+        known = pt in self.accepted_pts or pt in self.dtmf_pts
+        if not known and not self.latched:
+            counters["wrong_payload_type"] += 1
+            return False  # a stray packet must not take the latch
+        if not self._source_ok(addr):
+            counters["wrong_source"] += 1
+            return False
+        if pt not in self.accepted_pts:
+            if pt not in self.dtmf_pts:
+                counters["wrong_payload_type"] += 1
+            # The followed SSRC's own sequence numbers (RFC 4733 events ride on the audio's):
+            # keep the packet in order and in the statistics, or its hole looks like a loss and
+            # stalls the reorder buffer; _deliver does not publish it. Another source's packets
+            # leave the followed SSRC's state alone.
+            return packet.ssrc == self.ssrc
+        return True
+
     def rtp_received(self, data: bytes, addr) -> None:
         counters = self.counters
         if self.media is None:
@@ -147,21 +167,10 @@ class Endpoint:
             counters["bad_packets"] += 1
             return
         pt = packet.payload_type
-        known = pt in self.accepted_pts or pt in self.dtmf_pts
-        if not known and not self.latched:
-            counters["wrong_payload_type"] += 1
-            return  # a stray packet must not take the latch
-        if not self._source_ok(addr):
-            counters["wrong_source"] += 1
-            return
-        if pt not in self.accepted_pts:
-            if pt not in self.dtmf_pts:
-                counters["wrong_payload_type"] += 1
-            if packet.ssrc != self.ssrc:
-                return  # another source's packets: leave the followed SSRC's state alone
-            # The followed SSRC's own sequence numbers (RFC 4733 events ride on the audio's):
-            # keep the packet in order and in the statistics, or its hole looks like a loss and
-            # stalls the reorder buffer; _deliver does not publish it.
+        # The common case (latched source, stream payload type) skips the checks below.
+        if not (pt in self.accepted_pts and self.latched and addr == self.remote_rtp):
+            if not self._admit(packet, pt, addr):
+                return
         now = self.session.clock.seconds()
         self.last_rtp = now
         counters["packets"] += 1
