@@ -91,7 +91,8 @@ class Registration:
         self.ua = ua
         self.key = UserAgent.account_key(request)
         self.aor = URI("sip", request.sip_domain, user=request.sip_login)
-        self.registrar = URI("sip", request.sip_domain)
+        self.registrar = URI("sip", request.sip_domain,
+                             port=request.sip_port if request.sip_port != 5060 else None)
         self.dest = dest
         self.call_id = f"{secrets.token_hex(10)}@sipgw"
         self.tag = new_tag()
@@ -260,8 +261,10 @@ class Call:
         user, _, host = r.callee.partition("@")
         port = None
         if not host:
+            # sipPort is the SIP server's port: it stays in the Request-URI when an outbound
+            # proxy carries the request, so the server still recognises itself.
             host = r.sip_domain
-            if not r.sip_outbound_proxy and r.sip_port != 5060:
+            if r.sip_port != 5060:
                 port = r.sip_port
         return URI("sip", host, user=user, port=port)
 

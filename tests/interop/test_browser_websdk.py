@@ -50,3 +50,46 @@ def test_websdk_player_plays_a_call_then_shows_stopped(daemon, kamailio, baresip
     daemon.rest("/call/terminate", {"callId": "sdk1"})
     chromium.wait_text("status", "STOPPED", timeout=10)
     assert driver.find_element(By.ID, "playBtn").text == "Start"
+
+
+SIP_AS_RTMP_PAGE = "examples/demo/sip/sip-as-rtmp-2/sip-as-rtmp-2.html"
+
+
+def test_websdk_sip_as_rtmp_page_calls_pushes_and_hangs_up(daemon, kamailio, baresip, chromium,
+                                                           websdk_site, nginx_rtmp):
+    """The unchanged WebSDK SIP-as-RTMP page drives sipgw over REST from another origin: Call
+    shows ESTABLISHED, Start republishes to nginx-rtmp as rtmp_<stream>, Hangup shows the end."""
+    chromium.open(websdk_site.url(SIP_AS_RTMP_PAGE))
+    driver = chromium.driver
+    chromium.wait(lambda: driver.find_element(By.ID, "callBtn").text == "Call", 10,
+                  "the SIP-as-RTMP page to initialise")
+    fields = {"restUrl": f"http://127.0.0.1:{daemon.rest_port}/rest-api",
+              "sipLogin": "alice", "sipAuthenticationName": "alice", "sipPassword": "alicepw",
+              "sipDomain": "127.0.0.1", "sipOutboundProxy": f"127.0.0.1:{kamailio.port}",
+              "sipPort": str(kamailio.port), "callee": "bob", "rtmpUrl": nginx_rtmp.url(),
+              "rtmpStream": "sdkrtmp"}
+    for element_id, value in fields.items():
+        _type(driver, element_id, value)
+    for box in ("hasAudio", "hasVideo"):  # the page turns a ticked box's value into "true"
+        driver.find_element(By.ID, box).click()
+    driver.find_element(By.ID, "callBtn").click()
+
+    chromium.wait_text("callStatus", "ESTABLISHED", timeout=30)
+    assert driver.find_element(By.ID, "callBtn").text == "Hangup"
+    (call,) = [c for c in daemon.rest("/call/find_all") if c["streamName"] == "sdkrtmp"]
+    assert call["hasVideo"] is True and call["caller"] == "alice@127.0.0.1"
+
+    chromium.wait(lambda: driver.find_element(By.ID, "startRtmp").is_enabled(), 10,
+                  "the RTMP Start button")
+    driver.find_element(By.ID, "startRtmp").click()
+    chromium.wait(lambda: driver.find_element(By.ID, "startRtmp").text == "Stop", 15,
+                  "/push/startup to answer with a mediaSessionId")
+    push = chromium.wait(
+        lambda: [p for p in daemon.rest("/push/find_all") if p["status"] == "PUBLISHING"], 30,
+        "the push to publish")
+    assert push[0]["streamName"] == "rtmp_sdkrtmp"
+
+    driver.find_element(By.ID, "callBtn").click()  # Hangup
+    chromium.wait_text("callStatus", "FINISH", "FINISHED", timeout=20)
+    assert daemon.call(call["callId"]) is None or \
+        daemon.call(call["callId"])["status"] == "FINISH"

@@ -61,6 +61,15 @@ def test_outbound_proxy_gets_the_invite_and_tcp_param_is_honoured(make_ua, sende
     assert msg.top_via.transport == "TCP"
 
 
+def test_sip_port_stays_in_the_request_uri_through_an_outbound_proxy(make_ua, sender):
+    """With sipOutboundProxy and sipPort 5080 the INVITE goes to the proxy for
+    sip:bob@domain:5080, so a server on 5080 recognises itself."""
+    ua = make_ua()
+    ua.startup(_call(sip_outbound_proxy="127.0.0.2", sip_port=5080))
+    (msg, transport, host, port), = sender.sent
+    assert (str(msg.uri), host, port) == ("sip:bob@127.0.0.1:5080", "127.0.0.2", 5080)
+
+
 def test_statuses_follow_100_180_200_and_2xx_is_acked(make_ua, sender):
     """100, 180, 200 move the call TRYING, RING, ESTABLISHED; the ACK follows the route set."""
     ua = make_ua()
