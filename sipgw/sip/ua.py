@@ -149,6 +149,9 @@ class Registration:
             self.state = "registered"
             log.info("registered {aor} at {dest} for {granted} s", aor=str(self.aor),
                      dest=repr(self.dest), granted=granted)
+            if self.users <= 0:  # every call that wanted it ended while registering
+                self._start(0)
+                return
             # Refresh ahead of expiry (RFC 3261 §10.2.4).
             delay = max(granted * 0.8, granted - 30, 1)
             self._refresh = self.ua.reactor.callLater(delay, self._start, expires)

@@ -336,6 +336,21 @@ def test_register_first_then_invite_then_unregister(make_ua, sender):
     assert unreg.get("Expires") == "0"
 
 
+def test_call_ended_while_registering_unregisters_at_once(make_ua, sender, clock):
+    """A call terminated before its REGISTER succeeds leaves no binding refreshed forever."""
+    ua = make_ua()
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.terminate("call1")
+    assert _status(ua) == "FINISH"
+    ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[("Expires", "600")]), PEER)
+    unreg = sender.requests("REGISTER")[1]
+    assert unreg.get("Expires") == "0" and sender.requests("INVITE") == []
+    ua.transactions.receive(make_response(unreg, 200, to_tag="r"), PEER)
+    clock.advance(1000)
+    assert len(sender.requests("REGISTER")) == 2  # no refresh of a binding nobody uses
+
+
 def test_register_refused_fails_the_call(make_ua, sender):
     """A 403 to REGISTER ends the call FAILED naming the registration failure."""
     ua = make_ua()
