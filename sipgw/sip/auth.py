@@ -163,3 +163,33 @@ _SECRET = re.compile(r'\b(response|password|passwd|secret)(\s*=\s*)("(?:[^"\\]|\
 def redact_authorization(value: str) -> str:
     """The header value with response= (and any password-like field) replaced by "***"."""
     return _SECRET.sub(lambda m: f'{m.group(1)}{m.group(2)}"***"', value)
+
+
+class ChallengeAnswerer:
+    """Answers 401/407 challenges for one request chain (RFC 3261 §22.2)."""
+
+    def __init__(self, digest: DigestClient):
+        self.digest = digest
+        self.answered: set[tuple[str, str]] = set()
+        self.skipped: list[str] = []  # challenges that could not be used, and why
+
+    def headers_for(self, response, method: str, uri: str, body: bytes):
+        """Authorization headers for the retry, or None when retrying is pointless."""
+        name = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+        challenges = []
+        for value in response.get_all(name):
+            try:
+                challenges.append(Challenge.parse(value, name))
+            except AuthError as exc:  # e.g. an algorithm we lack beside one we have
+                self.skipped.append(str(exc))
+        if not challenges:
+            return None
+        challenge = pick_challenge(challenges)
+        key = (challenge.realm, challenge.nonce)
+        # The same nonce challenged again means the credentials were refused,
+        # unless the server says the nonce was merely stale.
+        if key in self.answered or (self.answered and not challenge.stale
+                                    and any(r == challenge.realm for r, _ in self.answered)):
+            return None
+        self.answered.add(key)
+        return [self.digest.authorize(challenge, method, uri, body)]
