@@ -322,3 +322,17 @@ def test_redaction_hides_response():
 def test_redaction_hides_password_like_fields(value, redacted):
     """Password-like fields and unquoted, escaped or oddly cased responses are masked too."""
     assert redact_authorization(value) == redacted
+
+
+def test_answerer_skips_an_unusable_challenge_and_answers_the_usable_one():
+    """A server offering SHA-512-256 beside MD5 gets an MD5 answer; the skip is recorded."""
+    from sipgw.sip.auth import ChallengeAnswerer
+    from sipgw.sip.message import Response
+    response = Response(401, headers=[
+        ("WWW-Authenticate", 'Digest realm="r", nonce="n1", algorithm=SHA-512-256'),
+        ("WWW-Authenticate", 'Digest realm="r", nonce="n1", algorithm=MD5')])
+    answerer = ChallengeAnswerer(DigestClient("alice", "pw"))
+    (name, value), = answerer.headers_for(response, "INVITE", "sip:bob@x", b"")
+    assert name == "Authorization" and "algorithm=MD5" in value
+    assert len(answerer.skipped) == 1 and "SHA-512-256" in answerer.skipped[0]
+    assert answerer.headers_for(response, "INVITE", "sip:bob@x", b"") is None  # refused again
