@@ -39,7 +39,8 @@ DTMF_EVENTS = {d: i for i, d in enumerate("0123456789*#ABCD")}
 def _counters() -> dict:
     return {"packets": 0, "bytes": 0, "lost": 0, "jitter": 0, "frames": 0, "keyframes": 0,
             "dropped_frames": 0, "bad_packets": 0, "wrong_source": 0, "wrong_payload_type": 0,
-            "bad_payloads": 0, "late": 0, "duplicates": 0, "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0}
+            "bad_payloads": 0, "late": 0, "duplicates": 0, "timestamp_jumps": 0,
+            "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0}
 
 
 class _Socket(protocol.DatagramProtocol):
@@ -78,6 +79,7 @@ class Endpoint:
         self.stats: ReceptionStats | None = None
         self.depacketizer = H264Depacketizer() if kind == "video" else None
         self.last_rtp = 0.0
+        self.last_frame_ts: int | None = None
         self.last_sr: tuple[int, float] | None = None  # (middle 32 bits of NTP, arrival)
         self.rtp_port = self.rtcp_port = None
         # our own sending state (silence, DTMF)
@@ -199,6 +201,7 @@ class Endpoint:
             return
         dep = self.depacketizer
         for unit in dep.push(packet):
+            self._note_timestamp(unit.timestamp, 90000)
             stream.publish(MediaFrame("video", "H264", 90000, unit.timestamp, unit.data,
                                       unit.keyframe))
             if unit.keyframe:
@@ -207,6 +210,15 @@ class Endpoint:
                 stream.width, stream.height = dep.width, dep.height
         if dep.needs_keyframe:
             self.session.request_keyframe()
+
+    def _note_timestamp(self, timestamp: int, clock_rate: int) -> None:
+        """Count media timestamp jumps (backwards, or > 5 s ahead): consumers smooth them over,
+        operators and tests can see them."""
+        if self.last_frame_ts is not None:
+            delta = (timestamp - self.last_frame_ts) & 0xFFFFFFFF
+            if delta > 0x7FFFFFFF or delta > 5 * clock_rate:
+                self.counters["timestamp_jumps"] += 1
+        self.last_frame_ts = timestamp
 
     # -- RTCP ----------------------------------------------------------------
     def rtcp_received(self, data: bytes, addr) -> None:

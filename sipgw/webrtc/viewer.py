@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 log = Logger(namespace="sipgw.webrtc")
 
+MAX_TIMESTAMP_GAP = 5  # seconds
 AUDIO_CODECS = {"PCMU": "audio/PCMU", "PCMA": "audio/PCMA", "opus": "audio/opus"}
 
 
@@ -62,22 +63,32 @@ class SinkTrack(MediaStreamTrack):
         self.kind = kind
         self.sink = sink
         self.viewer = viewer
-        self.first_ts: int | None = None
-        self.last_ts = 0
+        self.prev_ts: int | None = None
+        self.pts = 0
+        self.step = 0  # the usual timestamp step between frames
+        self.discontinuities = 0
         self.decoder = None  # audio transcoding only
         self.frames = 0
 
-    def _pts(self, timestamp: int) -> int:
-        """RTP timestamps (32-bit, wrapping) to a growing pts from 0."""
-        if self.first_ts is None:
-            self.first_ts = timestamp
-            self.last_ts = 0
+    def _pts(self, timestamp: int, clock_rate: int) -> int:
+        """RTP timestamps (32-bit, wrapping) to a pts that only grows. A jump backwards or of
+        more than MAX_TIMESTAMP_GAP seconds (a callee's file source looping, a new sender
+        after a re-INVITE) continues the timeline by one usual step instead: a browser drops
+        frames whose timestamps go back."""
+        if self.prev_ts is None:
+            self.prev_ts = timestamp
             return 0
-        delta = (timestamp - self.first_ts - self.last_ts) & 0xFFFFFFFF
+        delta = (timestamp - self.prev_ts) & 0xFFFFFFFF
         if delta > 0x7FFFFFFF:
             delta -= 0x100000000
-        self.last_ts += delta
-        return max(self.last_ts, 0)
+        self.prev_ts = timestamp
+        if delta < 0 or delta > MAX_TIMESTAMP_GAP * clock_rate:
+            self.discontinuities += 1
+            delta = self.step or clock_rate // 50
+        elif delta:
+            self.step = delta
+        self.pts += delta
+        return self.pts
 
     async def recv(self):
         loop = asyncio.get_running_loop()
@@ -91,7 +102,7 @@ class SinkTrack(MediaStreamTrack):
             self.frames += 1
             if self.frames == 1:
                 self.viewer.first_media(self.kind)
-            pts = self._pts(frame.timestamp)
+            pts = self._pts(frame.timestamp, frame.clock_rate)
             if self.kind == "audio" and self.viewer.transcode_audio:
                 decoded = self._decode(frame, pts)
                 if decoded is None:
