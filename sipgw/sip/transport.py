@@ -8,6 +8,7 @@ the way §18.2.2 says. Parsed messages go to a controller:
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ class Source:
     connection: object | None = None
 
 
+@functools.lru_cache(maxsize=256)
 def local_address_for(host: str) -> str:
-    """The local IP the kernel would use to reach ``host`` (no packet is sent)."""
+    """The local IP the kernel would use to reach ``host`` (no packet is sent); cached, as
+    every Via and Contact asks for it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:

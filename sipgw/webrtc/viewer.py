@@ -104,7 +104,8 @@ class SinkTrack(MediaStreamTrack):
                 self.viewer.first_media(self.kind)
             pts = self._pts(frame.timestamp, frame.clock_rate)
             if self.kind == "audio" and self.viewer.transcode_audio:
-                decoded = self._decode(frame, pts)
+                # PyAV work goes off the reactor thread; aiortc encodes opus in the same pool.
+                decoded = await loop.run_in_executor(None, self._decode, frame, pts)
                 if decoded is None:
                     continue
                 return decoded

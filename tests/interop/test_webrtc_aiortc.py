@@ -48,6 +48,31 @@ def test_four_viewers_play_then_get_stopped(daemon, kamailio, baresip):
     assert {s["status"] for s in stopped} == {"STOPPED"}
 
 
+def test_audio_is_transcoded_to_opus_for_a_player_without_g711(daemon, kamailio, baresip):
+    """A player that takes only opus gets the callee's G.711 audio as opus, video untouched."""
+    daemon.call_bob(kamailio.port, "w3")
+    url = f"ws://127.0.0.1:{daemon.settings['ws_port']}"
+
+    async def scenario():
+        session = WcsSession(url)
+        await session.connect()
+        player = await session.play("stream-w3", audio_codecs=["audio/opus"])
+        await session.status(player.id, "PLAYING", timeout=20)
+        deadline = asyncio.get_running_loop().time() + 20
+        while player.frames["audio"] < 25 or player.frames["video"] < 10:
+            assert asyncio.get_running_loop().time() < deadline, player.frames
+            await asyncio.sleep(0.1)
+        await player.close()
+        session.close()
+        return player.answer_sdp
+
+    answer = _run(scenario())
+    audio = answer.split("m=audio", 1)[1].split("m=", 1)[0]
+    assert "opus/48000" in audio and "PCMU" not in audio
+    assert daemon.stream("stream-w3")["audioCodec"] in ("PCMU", "PCMA")
+    daemon.rest("/call/terminate", {"callId": "w3"})
+
+
 def test_unknown_stream_and_bad_frames(daemon):
     """Unknown stream -> FAILED 'Stream not found'; junk frames get 'fail', not a drop."""
     url = f"ws://127.0.0.1:{daemon.settings['ws_port']}"

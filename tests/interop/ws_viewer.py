@@ -10,7 +10,8 @@ import time
 import uuid
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (RTCConfiguration, RTCPeerConnection, RTCRtpReceiver,
+                    RTCSessionDescription)
 from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
 
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
@@ -82,8 +83,9 @@ class WcsSession:
             and m["data"][0].get("mediaSessionId") == media_session_id
             and m["data"][0].get("status") in statuses, timeout))["data"][0]
 
-    async def play(self, name: str, decode: bool = True) -> "Player":
-        player = Player(self, name, decode)
+    async def play(self, name: str, decode: bool = True, audio_codecs=None) -> "Player":
+        """``audio_codecs``: mime types the player accepts for audio (default: all)."""
+        player = Player(self, name, decode, audio_codecs)
         await player.start()
         return player
 
@@ -94,8 +96,9 @@ class WcsSession:
 class Player:
     """An aiortc peer connection receiving one stream; counts what arrives."""
 
-    def __init__(self, session: WcsSession, name: str, decode: bool):
+    def __init__(self, session: WcsSession, name: str, decode: bool, audio_codecs=None):
         self.session = session
+        self.audio_codecs = audio_codecs
         self.name = name
         self.decode = decode
         self.id = str(uuid.uuid4())
@@ -108,7 +111,10 @@ class Player:
 
     async def start(self):
         self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTransceiver("audio", direction="recvonly")
+        audio = self.pc.addTransceiver("audio", direction="recvonly")
+        if self.audio_codecs:
+            capabilities = RTCRtpReceiver.getCapabilities("audio").codecs
+            audio.setCodecPreferences([c for c in capabilities if c.mimeType in self.audio_codecs])
 
         @self.pc.on("track")
         def on_track(track):
