@@ -4,26 +4,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
-
-def _free_port() -> int:
-    """A port number free for both UDP and TCP on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
+from peers import free_port
 
 
 class RestError(Exception):
@@ -38,11 +25,11 @@ class Sipgw:
 
     def __init__(self, workdir: str, **settings):
         self.workdir = workdir
-        self.rest_port = _free_port()
-        self.sip_port = _free_port()
-        media_from = 40000 + (os.getpid() % 500) * 40
+        self.rest_port = free_port("tcp")
+        self.sip_port = free_port("udp")
+        media_from = free_port("udp", count=40)  # 20 RTP/RTCP pairs
         self.settings = {"rest_bind_address": "127.0.0.1", "rest_port": self.rest_port,
-                         "ws_bind_address": "127.0.0.1", "ws_port": _free_port(),
+                         "ws_bind_address": "127.0.0.1", "ws_port": free_port("tcp"),
                          "webrtc_ice_address": "127.0.0.1",
                          "sip_bind_address": "127.0.0.1", "sip_local_port": self.sip_port,
                          "media_port_from": media_from, "media_port_to": media_from + 39,
@@ -115,14 +102,17 @@ class Sipgw:
                 return None
             raise
 
-    def call_bob(self, kamailio_port: int, call_id: str, **extra) -> dict:
-        """Call bob (baresip) through Kamailio as alice, stream "stream-<callId>", and wait
-        for ESTABLISHED."""
+    def start_call_to_bob(self, kamailio_port: int, call_id: str, **extra) -> None:
+        """/call/startup: alice calls bob (baresip) through Kamailio, stream "stream-<callId>"."""
         body = {"callId": call_id, "callee": "bob", "toStream": f"stream-{call_id}",
                 "sipLogin": "alice", "sipPassword": "alicepw", "sipDomain": "127.0.0.1",
                 "sipPort": str(kamailio_port), "hasAudio": "true", "hasVideo": "true"}
         body.update(extra)
         self.rest("/call/startup", body)
+
+    def call_bob(self, kamailio_port: int, call_id: str, **extra) -> dict:
+        """start_call_to_bob, then wait for ESTABLISHED."""
+        self.start_call_to_bob(kamailio_port, call_id, **extra)
         return self.wait_status(call_id, "ESTABLISHED", timeout=30)
 
     def wait_status(self, call_id: str, *statuses: str, timeout: float = 20) -> dict:

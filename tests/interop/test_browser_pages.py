@@ -4,13 +4,12 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from peers import free_port
 from sipgw_daemon import Sipgw
 
 
 @pytest.fixture
 def daemon(tmp_path):
-    gw = Sipgw(str(tmp_path), ws_port=free_port("tcp"), webrtc_ice_address="127.0.0.1").start()
+    gw = Sipgw(str(tmp_path)).start()
     yield gw
     gw.stop()
 
@@ -80,11 +79,7 @@ def test_sip_as_stream_page_shows_rest_errors(daemon, chromium):
 def test_player_page_plays_one_stream_in_four_windows(daemon, kamailio, baresip, chromium):
     """Four Player pages play one call's stream at once, each 320x240 with frames advancing;
     Stop in one leaves the others playing; terminating the call moves the rest to STOPPED."""
-    daemon.rest("/call/startup", {
-        "callId": "four", "callee": "bob", "toStream": "stream-four",
-        "sipLogin": "alice", "sipPassword": "alicepw", "sipDomain": "127.0.0.1",
-        "sipPort": str(kamailio.port), "hasAudio": "true", "hasVideo": "true"})
-    daemon.wait_status("four", "ESTABLISHED", timeout=30)
+    daemon.call_bob(kamailio.port, "four")
 
     windows = []
     for _ in range(4):

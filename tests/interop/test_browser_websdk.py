@@ -3,7 +3,6 @@ of a baresip call in headless Chromium, as a person would drive it."""
 import pytest
 from selenium.webdriver.common.by import By
 
-from peers import free_port
 from sipgw_daemon import Sipgw
 
 PLAYER_PAGE = "examples/demo/streaming/player/player.html"
@@ -11,7 +10,7 @@ PLAYER_PAGE = "examples/demo/streaming/player/player.html"
 
 @pytest.fixture
 def daemon(tmp_path):
-    gw = Sipgw(str(tmp_path), ws_port=free_port("tcp"), webrtc_ice_address="127.0.0.1").start()
+    gw = Sipgw(str(tmp_path)).start()
     yield gw
     gw.stop()
 
@@ -26,11 +25,7 @@ def test_websdk_player_plays_a_call_then_shows_stopped(daemon, kamailio, baresip
                                                        websdk_site):
     """The unchanged WebSDK Player shows PLAYING with 320x240 video and audio arriving, and
     STOPPED once the call is terminated over REST."""
-    daemon.rest("/call/startup", {
-        "callId": "sdk1", "callee": "bob", "toStream": "stream-sdk1",
-        "sipLogin": "alice", "sipPassword": "alicepw", "sipDomain": "127.0.0.1",
-        "sipPort": str(kamailio.port), "hasAudio": "true", "hasVideo": "true"})
-    daemon.wait_status("sdk1", "ESTABLISHED", timeout=30)
+    daemon.call_bob(kamailio.port, "sdk1")
 
     chromium.open(websdk_site.url(PLAYER_PAGE))
     driver = chromium.driver

@@ -6,6 +6,9 @@ from peers import wait_for
 from sipgw_daemon import Sipgw
 
 
+REGISTERING = {"sipAuthenticationName": "alice", "sipRegisterRequired": "true"}
+
+
 @pytest.fixture
 def daemon(tmp_path):
     gw = Sipgw(str(tmp_path)).start()
@@ -14,19 +17,10 @@ def daemon(tmp_path):
     assert "alicepw" not in gw.log()
 
 
-def _startup(daemon, kamailio, call_id, **extra):
-    body = {"callId": call_id, "callee": "bob", "toStream": f"stream-{call_id}",
-            "sipLogin": "alice", "sipAuthenticationName": "alice", "sipPassword": "alicepw",
-            "sipDomain": "127.0.0.1", "sipPort": str(kamailio.port),
-            "sipRegisterRequired": "true", "hasAudio": "true", "hasVideo": "true"}
-    body.update(extra)
-    daemon.rest("/call/startup", body)
-
-
 def test_register_call_through_kamailio_to_baresip(daemon, kamailio, baresip):
     """REGISTER 401 -> 200, INVITE 407 -> authenticated -> relayed to baresip, which answers
     with H264; terminate gives FINISH and alice is unregistered."""
-    _startup(daemon, kamailio, "k1")
+    daemon.start_call_to_bob(kamailio.port, "k1", **REGISTERING)
     call = daemon.wait_status("k1", "ESTABLISHED", timeout=30)
     assert "m=video" in call["sdp"] and "H264/90000" in call["sdp"]
     assert "m=audio" in call["sdp"]
@@ -41,7 +35,7 @@ def test_register_call_through_kamailio_to_baresip(daemon, kamailio, baresip):
 
 def test_wrong_password_fails_with_the_registrar_reason(daemon, kamailio, baresip):
     """A refused REGISTER ends the call FAILED naming the registration failure."""
-    _startup(daemon, kamailio, "k2", sipPassword="wrong")
+    daemon.start_call_to_bob(kamailio.port, "k2", **REGISTERING, sipPassword="wrong")
     call = daemon.wait_status("k2", "FAILED", timeout=20)
     assert call["info"].startswith("Registration failed")
     assert "wrong" not in daemon.log().replace("wrong password", "")
@@ -49,7 +43,7 @@ def test_wrong_password_fails_with_the_registrar_reason(daemon, kamailio, baresi
 
 def test_call_without_registering_is_proxy_authenticated(daemon, kamailio, baresip):
     """Without sipRegisterRequired the INVITE answers Kamailio's 407 and reaches baresip."""
-    _startup(daemon, kamailio, "k3", sipRegisterRequired="false")
+    daemon.start_call_to_bob(kamailio.port, "k3", sipAuthenticationName="alice")
     daemon.wait_status("k3", "ESTABLISHED", timeout=30)
     assert not kamailio.registered("alice")
     daemon.rest("/call/terminate", {"callId": "k3"})
