@@ -15,6 +15,8 @@ from typing import Any, Protocol
 from sipgw.calls import CallRequest, CallStatus
 from sipgw.sip.headers import URI, HeaderError
 from sipgw.rest.errors import BadRequest, NotFound
+from sipgw.rest.fields import (NOT_IN_STREAM_NAME, boolean_field, missing,
+                               string_field)
 from sipgw.rest.router import Router
 
 CALL_NOT_FOUND = "Call not found"
@@ -28,10 +30,6 @@ _PASSWORD_MAX = 256
 _HOST_MAX = 253
 _DTMF_MAX = 64
 
-# Characters that would break a SIP header or URI built from the value (RFC 3261 §25.1).
-_NOT_IN_TOKEN = frozenset(' <>"')
-# Stream names also become file names (recordings) and RTMP paths.
-_NOT_IN_STREAM_NAME = _NOT_IN_TOKEN | frozenset("/\\")
 _NOT_IN_DISPLAY_NAME = frozenset('<>"')
 _HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
@@ -69,7 +67,7 @@ class CallApi:
 
     @router.route("/call/find")
     def find(self, request: Any, body: dict) -> list[dict]:
-        call_id = _string(body, "callId", max_len=_ID_MAX, forbidden=_NOT_IN_STREAM_NAME)
+        call_id = string_field(body, "callId", max_len=_ID_MAX, forbidden=NOT_IN_STREAM_NAME)
         status = _status(body)
         if not call_id and not status:
             raise BadRequest("callId or status is required", "callId")
@@ -110,71 +108,37 @@ def parse_call_request(body: dict) -> CallRequest:
     """The ``/call/startup`` body as a ``CallRequest``; ``BadRequest`` names the first bad field."""
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
-    call_id = _string(body, "callId", max_len=_ID_MAX, forbidden=_NOT_IN_STREAM_NAME)
+    call_id = string_field(body, "callId", max_len=_ID_MAX, forbidden=NOT_IN_STREAM_NAME)
     if not call_id:
         call_id = str(uuid.uuid4())
-    callee = _string(body, "callee", required=True, max_len=_URI_PART_MAX)
-    sip_login = _string(body, "sipLogin", required=True, max_len=_NAME_MAX)
-    sip_domain = _string(body, "sipDomain", required=True, max_len=_HOST_MAX)
+    callee = string_field(body, "callee", required=True, max_len=_URI_PART_MAX)
+    sip_login = string_field(body, "sipLogin", required=True, max_len=_NAME_MAX)
+    sip_domain = string_field(body, "sipDomain", required=True, max_len=_HOST_MAX)
     if not _is_host(sip_domain):
         raise BadRequest("sipDomain must be a host name or IP address", "sipDomain")
-    proxy = _string(body, "sipOutboundProxy", max_len=_HOST_MAX + 8)
+    proxy = string_field(body, "sipOutboundProxy", max_len=_HOST_MAX + 8)
     if proxy and not _is_proxy(proxy):
         raise BadRequest("sipOutboundProxy must be host or host:port, optionally with "
                          ";transport=udp or ;transport=tcp", "sipOutboundProxy")
-    to_stream = _string(body, "toStream", max_len=_NAME_MAX, forbidden=_NOT_IN_STREAM_NAME)
+    to_stream = string_field(body, "toStream", max_len=_NAME_MAX, forbidden=NOT_IN_STREAM_NAME)
     return CallRequest(
         call_id=call_id,
         callee=callee,
         sip_login=sip_login,
         sip_domain=sip_domain,
         sip_password=_password(body),
-        sip_auth_name=_string(body, "sipAuthenticationName", max_len=_NAME_MAX),
+        sip_auth_name=string_field(body, "sipAuthenticationName", max_len=_NAME_MAX),
         sip_outbound_proxy=proxy,
         sip_port=_port(body, "sipPort", DEFAULT_SIP_PORT),
-        sip_register_required=_boolean(body, "sipRegisterRequired", False),
+        sip_register_required=boolean_field(body, "sipRegisterRequired", False),
         to_stream=to_stream or call_id,
-        has_audio=_boolean(body, "hasAudio", True),
-        has_video=_boolean(body, "hasVideo", True),
-        app_key=_string(body, "appKey", max_len=_NAME_MAX),
-        visible_name=_string(
+        has_audio=boolean_field(body, "hasAudio", True),
+        has_video=boolean_field(body, "hasVideo", True),
+        app_key=string_field(body, "appKey", max_len=_NAME_MAX),
+        visible_name=string_field(
             body, "visibleName", max_len=_NAME_MAX, forbidden=_NOT_IN_DISPLAY_NAME, spaces=True
         ),
     )
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value == ""
-
-
-def _string(
-    body: dict,
-    name: str,
-    *,
-    max_len: int,
-    required: bool = False,
-    forbidden: frozenset[str] = _NOT_IN_TOKEN,
-    spaces: bool = False,
-) -> str:
-    """A string field, "" when absent; never echoes the value in an error."""
-    value = body.get(name)
-    if _missing(value):
-        if required:
-            raise BadRequest(f"{name} is required", name)
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string", name)
-    if len(value) > max_len:
-        raise BadRequest(f"{name} must be at most {max_len} characters", name)
-    if not value.isprintable():
-        raise BadRequest(f"{name} must not contain control characters (CR, LF, ...)", name)
-    if not spaces and any(c.isspace() for c in value):
-        raise BadRequest(f"{name} must not contain spaces", name)
-    bad = sorted(set(value) & forbidden - {" "})
-    if bad:
-        listed = " ".join(bad)
-        raise BadRequest(f"{name} must not contain any of {listed}", name)
-    return value
 
 
 def _password(body: dict) -> str:
@@ -188,20 +152,9 @@ def _password(body: dict) -> str:
     return value
 
 
-def _boolean(body: dict, name: str, default: bool) -> bool:
-    value = body.get(name)
-    if _missing(value):
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise BadRequest(f"{name} must be true or false", name)
-
-
 def _port(body: dict, name: str, default: int) -> int:
     value = body.get(name)
-    if _missing(value):
+    if missing(value):
         return default
     port = _port_number(value)
     if port is None:
@@ -248,12 +201,12 @@ def _is_host_port(text: str) -> bool:
 
 
 def _call_id(body: dict) -> str:
-    return _string(body, "callId", required=True, max_len=_ID_MAX, forbidden=_NOT_IN_STREAM_NAME)
+    return string_field(body, "callId", required=True, max_len=_ID_MAX, forbidden=NOT_IN_STREAM_NAME)
 
 
 def _status(body: dict) -> str | None:
     value = body.get("status")
-    if _missing(value):
+    if missing(value):
         return None
     if isinstance(value, str) and value.upper() in CallStatus.__members__:
         return CallStatus[value.upper()].value
@@ -262,7 +215,7 @@ def _status(body: dict) -> str | None:
 
 def _dtmf(body: dict) -> str:
     value = body.get("dtmf")
-    if _missing(value):
+    if missing(value):
         raise BadRequest("dtmf is required", "dtmf")
     if isinstance(value, str) and len(value) <= _DTMF_MAX and _DTMF.fullmatch(value.upper()):
         return value.upper()
@@ -271,7 +224,7 @@ def _dtmf(body: dict) -> str:
 
 def _dtmf_kind(body: dict) -> str:
     value = body.get("type")
-    if _missing(value):
+    if missing(value):
         return DTMF_KINDS[0]
     if isinstance(value, str) and value.upper() in DTMF_KINDS:
         return value.upper()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sipgw.media.push import PushError, PushManager
-from sipgw.rest.calls import _NOT_IN_STREAM_NAME, _boolean, _string
+from sipgw.rest.fields import NOT_IN_STREAM_NAME, boolean_field, string_field
 from sipgw.rest.errors import ApiError, BadRequest, NotFound
 from sipgw.rest.router import Router
 
@@ -28,10 +28,10 @@ class PushApi:
 
     @router.route("/push/startup")
     def startup(self, request: Any, body: dict) -> dict:
-        stream_name = _string(body, "streamName", required=True, max_len=_NAME_MAX,
-                              forbidden=_NOT_IN_STREAM_NAME)
-        rtmp_url = _string(body, "rtmpUrl", required=True, max_len=_URL_MAX)
-        full_url = _boolean(body, "rtmpTransponderFullUrl", False)
+        stream_name = string_field(body, "streamName", required=True, max_len=_NAME_MAX,
+                              forbidden=NOT_IN_STREAM_NAME)
+        rtmp_url = string_field(body, "rtmpUrl", required=True, max_len=_URL_MAX)
+        full_url = boolean_field(body, "rtmpTransponderFullUrl", False)
         options = body.get("options")
         if options in (None, ""):
             options = {}
@@ -45,9 +45,9 @@ class PushApi:
 
     @router.route("/push/find")
     def find(self, request: Any, body: dict) -> list[dict]:
-        stream_name = _string(body, "streamName", max_len=_NAME_MAX, forbidden=_NOT_IN_STREAM_NAME)
-        rtmp_url = _string(body, "rtmpUrl", max_len=_URL_MAX)
-        session_id = _string(body, "mediaSessionId", max_len=_ID_MAX)
+        stream_name = string_field(body, "streamName", max_len=_NAME_MAX, forbidden=NOT_IN_STREAM_NAME)
+        rtmp_url = string_field(body, "rtmpUrl", max_len=_URL_MAX)
+        session_id = string_field(body, "mediaSessionId", max_len=_ID_MAX)
         if not (stream_name or rtmp_url or session_id):
             raise BadRequest("streamName, rtmpUrl or mediaSessionId is required", "streamName")
         return _found(self._manager.find(stream_name, rtmp_url, session_id))
@@ -58,7 +58,7 @@ class PushApi:
 
     @router.route("/push/terminate")
     def terminate(self, request: Any, body: dict) -> None:
-        session_id = _string(body, "mediaSessionId", required=True, max_len=_ID_MAX)
+        session_id = string_field(body, "mediaSessionId", required=True, max_len=_ID_MAX)
         try:
             self._manager.terminate(session_id)
         except PushError as exc:

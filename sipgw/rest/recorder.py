@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sipgw.media.recorder import RecorderManager, RecordingError
-from sipgw.rest.calls import _string
+from sipgw.rest.fields import string_field
 from sipgw.rest.errors import ApiError, BadRequest, NotFound
 from sipgw.rest.router import Router
 from sipgw.rest.streams import STREAM_NOT_FOUND
@@ -26,7 +26,7 @@ class RecorderApi:
         self._registry = registry
 
     def _stream(self, body: dict):
-        session_id = _string(body, "mediaSessionId", required=True, max_len=_ID_MAX)
+        session_id = string_field(body, "mediaSessionId", required=True, max_len=_ID_MAX)
         stream = self._registry.get(media_session_id=session_id)
         if stream is None or stream.ended:
             raise NotFound(STREAM_NOT_FOUND, "mediaSessionId")
@@ -39,7 +39,7 @@ class RecorderApi:
             raise ApiError(exc.code, str(exc), exc.field) from None
 
     def _stop(self, body: dict):
-        session_id = _string(body, "mediaSessionId", required=True, max_len=_ID_MAX)
+        session_id = string_field(body, "mediaSessionId", required=True, max_len=_ID_MAX)
         try:
             done = self._manager.stop(session_id)
         except RecordingError as exc:
@@ -52,7 +52,7 @@ class RecorderApi:
         config = body.get("config") or {}
         if not isinstance(config, dict):
             raise BadRequest("config must be a JSON object", "config")
-        template = _string(config, "fileTemplate", max_len=_NAME_MAX, spaces=True,
+        template = string_field(config, "fileTemplate", max_len=_NAME_MAX, spaces=True,
                            forbidden=frozenset())
         if config.get("rotation") not in _NO_ROTATION:
             raise BadRequest("rotation is not supported (use disabled)", "rotation")
@@ -73,7 +73,7 @@ class RecorderApi:
     @router.route("/stream/startRecording")
     def start_recording(self, request: Any, body: dict) -> None:
         stream = self._stream(body)
-        file_name = _string(body, "fileName", max_len=_NAME_MAX, spaces=True,
+        file_name = string_field(body, "fileName", max_len=_NAME_MAX, spaces=True,
                             forbidden=frozenset())
         self._start(stream, file_name=file_name or None)
         return None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sipgw.rest.calls import _string
+from sipgw.rest.fields import string_field
 from sipgw.rest.errors import BadRequest, NotFound
 from sipgw.rest.router import Router
 
@@ -21,8 +21,8 @@ class StreamApi:
         self._registry = registry
 
     def _lookup(self, body: dict):
-        name = _string(body, "name", max_len=_MAX, spaces=True)
-        session_id = _string(body, "mediaSessionId", max_len=_MAX)
+        name = string_field(body, "name", max_len=_MAX, spaces=True)
+        session_id = string_field(body, "mediaSessionId", max_len=_MAX)
         if not name and not session_id:
             raise BadRequest("name or mediaSessionId is required", "name")
         stream = (self._registry.get(name=name) if name
