@@ -14,9 +14,12 @@ setup(
         "aiortc>=1.9",
         "av>=12",
         "service-identity>=24.1",
+        "numpy>=1.24",  # audio sample conversion (sipgw/media/audio.py)
     ],
     extras_require={
+        # selenium drives Debian's chromium via /usr/bin/chromedriver; setuptools builds
+        # sipgw's own wheel in the install test (tests/interop/test_install.py)
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
-                 "selenium>=4.20"],  # drives Debian's chromium via /usr/bin/chromedriver
+                 "selenium>=4.20", "setuptools>=70.1"],
     },
 )

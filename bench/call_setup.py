@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Call setup rate, CPU per call and RSS per established call of one sipgw process.
 
-    python3 bench/call_setup.py [--quick] [--keep]
+    .venv/bin/python bench/call_setup.py [--quick] [--keep]
 
 1. sipgw -> SIPp UAS: a load driver posts ``/call/startup`` over keep-alive HTTP at a
    rising rate (one step per rate); SIPp answers 200 and sends BYE after a short hold.

@@ -11,8 +11,8 @@ CPU per job = (step CPU - CPU of the same N streams fed with no job) / N, in % o
 Targets (issue 5): <= 3 % of a core per push and per recording (audio transcode included),
 loop lag p99 < 20 ms.
 
-    python3 bench/media_workers.py            # 10 s steps (about 3 min)
-    python3 bench/media_workers.py --quick    # 4 s steps (about 1.5 min)
+    .venv/bin/python bench/media_workers.py            # 10 s steps (about 3 min)
+    .venv/bin/python bench/media_workers.py --quick    # 4 s steps (about 1.5 min)
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
    (N = 50, 100, 200), receiver CPU over the window -> % of a core per call.
    Target <= 1 %. Memory per call: RSS slope over those sessions.
 
-    python3 bench/rtp_intake.py [--quick]
+    .venv/bin/python bench/rtp_intake.py [--quick]
 
 Everything runs on 127.0.0.1; each receiver is its own process (one core), the
 sender another. The machine has 2 cores: the sender shares them.

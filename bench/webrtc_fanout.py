@@ -12,9 +12,9 @@ and 0 viewers (its RTP intake); the per-viewer cost is also printed as a ratio t
 by the server for a slow viewer (Sink), none lost at the server's RTP intake (kernel drops
 on its sockets, frames its depacketizer dropped).
 
-    python3 bench/webrtc_fanout.py            # N = 1, 16, 64, 128; 15 s windows (about 2.5 min)
-    python3 bench/webrtc_fanout.py --quick    # N = 1, 16; 4 s windows (about 30 s)
-    python3 bench/webrtc_fanout.py --keep     # keep the work directory (server and client logs)
+    .venv/bin/python bench/webrtc_fanout.py            # N = 1, 16, 64, 128; 15 s windows (about 2.5 min)
+    .venv/bin/python bench/webrtc_fanout.py --quick    # N = 1, 16; 4 s windows (about 30 s)
+    .venv/bin/python bench/webrtc_fanout.py --keep     # keep the work directory (server and client logs)
 
 Processes (all on 127.0.0.1, all stopped at the end of each step):
   server   this file, ``--role server``: the asyncio reactor (as ``twistd --reactor=asyncio``

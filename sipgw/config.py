@@ -1,17 +1,14 @@
 """Settings: a ``key=value`` properties file (WCS ``flashphoner.properties`` style)
 loaded and validated into one frozen dataclass.
 
-Every setting, its type and its default is declared once, on ``Config``; the
-shipped ``etc/sipgw.properties`` documents them all.
+Every setting, its type and its default is declared once, on ``Config``: with no
+file the daemon runs on these built-in defaults. ``etc/sipgw.properties`` is the
+annotated copy users edit; a test keeps it equal to the defaults.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
-
-DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "etc", "sipgw.properties")
 
 
 class ConfigError(ValueError):
@@ -110,14 +107,14 @@ def parse_properties(text: str, origin: str = "<config>") -> dict[str, str]:
 
 
 def load(path: str | None = None, overrides: dict[str, str] | None = None) -> Config:
-    """Read ``path`` (default: the shipped etc/sipgw.properties) and apply overrides."""
+    """Read ``path`` (none: the built-in defaults) and apply overrides."""
     values: dict[str, str] = {}
-    path = path or DEFAULT_PATH
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values.update(parse_properties(handle.read(), path))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values.update(parse_properties(handle.read(), path))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     values.update(overrides or {})
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:

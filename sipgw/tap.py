@@ -10,8 +10,9 @@ from . import config as configlib
 
 class Options(usage.Options):
     synopsis = "[--config PATH] [--set key=value ...]"
-    longdesc = ("Run the sipgw daemon. Settings come from the properties file "
-                "(default: the shipped etc/sipgw.properties) and --set overrides. "
+    longdesc = ("Run the sipgw daemon. Settings are the built-in defaults, then the "
+                "properties file given with --config (etc/sipgw.properties documents "
+                "every setting), then --set overrides. "
                 "Needs --reactor=asyncio (twistd -n --reactor=asyncio sipgw).")
     optParameters = [["config", "c", None, "Path to the sipgw.properties file."]]
 
@@ -25,6 +26,12 @@ class Options(usage.Options):
         if not sep or not key.strip():
             raise usage.UsageError(f"--set expects key=value, got {value!r}")
         self["overrides"][key.strip()] = raw.strip()
+
+    def opt_version(self) -> None:
+        """Print the versions of sipgw, Python, Twisted, aiortc, PyAV and Autobahn, and exit."""
+        from .versions import describe
+        print(describe())
+        sys.exit(0)
 
     def postOptions(self) -> None:
         self["reactor"] = _require_asyncio_reactor()
@@ -47,5 +54,10 @@ def _require_asyncio_reactor():
 
 
 def makeService(options):
+    from twisted.logger import Logger
+
     from .service import make_service
+    from .versions import describe
+    Logger(namespace="sipgw").info("{versions}; settings: {source}", versions=describe(),
+                                   source=options["config"] or "built-in defaults")
     return make_service(options["settings"], options["reactor"])

@@ -1,18 +1,36 @@
 """Settings: the shipped properties file, overrides and clear errors."""
 import dataclasses
+import os
 
 import pytest
 
 from sipgw import config
 
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "etc", "sipgw.properties")
+
 
 def test_shipped_file_documents_every_setting_with_its_default():
-    """etc/sipgw.properties lists each Config field with the dataclass default."""
-    with open(config.DEFAULT_PATH, encoding="utf-8") as handle:
-        values = config.parse_properties(handle.read())
+    """etc/sipgw.properties lists each Config field, commented, with the built-in default."""
+    with open(SHIPPED, encoding="utf-8") as handle:
+        text = handle.read()
+    values = config.parse_properties(text)
     fields = {f.name: f.default for f in dataclasses.fields(config.Config)}
-    assert set(values) == set(fields)
+    assert sorted(values) == sorted(fields)
+    assert config.load(SHIPPED) == config.Config()
+    # each block of settings has a comment above it saying what they do
+    previous = ""
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            assert previous.startswith("#") or "=" in previous, line
+        previous = line.strip()
+
+
+def test_no_file_means_the_built_in_defaults():
+    """Without --config the daemon needs no file: load() is the dataclass defaults."""
     assert config.load() == config.Config()
+    assert config.load(None, {"rest_port": "9081"}) == dataclasses.replace(
+        config.Config(), rest_port=9081)
 
 
 def test_overrides_are_typed():
@@ -42,5 +60,7 @@ def test_bad_line_and_missing_file(tmp_path):
     path.write_text("# comment\nrest_port 8081\n")
     with pytest.raises(config.ConfigError, match=r"x.properties:2: expected key=value"):
         config.load(str(path))
-    with pytest.raises(config.ConfigError, match="cannot read config"):
-        config.load(str(tmp_path / "missing.properties"))
+    missing = str(tmp_path / "missing.properties")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(missing)
+    assert str(info.value) == f"cannot read config {missing}: No such file or directory"

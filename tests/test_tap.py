@@ -35,3 +35,23 @@ def test_bad_set_option_is_a_usage_error(monkeypatch):
     options = tap.Options()
     options.parseOptions(["--set", "rest_port=9999"])
     assert options["settings"].rest_port == 9999
+
+
+def test_version_names_sipgw_and_its_libraries():
+    """`twistd sipgw --version` prints sipgw's version and those of the libraries under it."""
+    from importlib import metadata
+    result = subprocess.run(TWISTD + ["sipgw", "--version"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith(f"sipgw {metadata.version('sipgw')} (Python ")
+    for name in ("twisted", "aiortc", "av", "autobahn"):
+        assert f"{name} {metadata.version(name)}" in line
+
+
+def test_missing_config_file_is_named(monkeypatch, tmp_path):
+    """--config naming a file that is not there stops with the file's path."""
+    monkeypatch.setattr(tap, "_require_asyncio_reactor", lambda: None)
+    missing = str(tmp_path / "nope.properties")
+    with pytest.raises(usage.UsageError, match=f"cannot read config {missing}: No such file"):
+        tap.Options().parseOptions(["--config", missing])

@@ -2,7 +2,7 @@
 # Install the Debian packages that sipgw's interop tests start as real peers, and the
 # npm package whose pages the browser tests serve (into var/npm, ignored by git).
 # Idempotent: does nothing (and needs no network) when everything is present.
-# Python packages are not installed here: they come from setup.py extras.
+# Python packages are not installed here: they go into .venv (tools/venv.sh).
 set -euo pipefail
 
 PACKAGES=(
@@ -39,26 +39,5 @@ install_websdk() {
         "@flashphoner/websdk@$WEBSDK_VERSION"
 }
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    # "install ok installed" only once the package is fully configured
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
-        missing+=("$pkg")
-    fi
-done
-
-if [ "${#missing[@]}" -eq 0 ]; then
-    echo "install-test-deps: all ${#PACKAGES[@]} packages present"
-    install_websdk
-    exit 0
-fi
-
-echo "install-test-deps: installing ${missing[*]}"
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-$SUDO env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+bash "$(dirname "$0")/apt-install.sh" "${PACKAGES[@]}"
 install_websdk

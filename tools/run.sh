@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Install sipgw and run the daemon in the foreground with the shipped etc/ config.
+# Install sipgw into .venv (made with the OS's python3) and run the daemon in the
+# foreground. Without --config it runs on the built-in defaults (etc/sipgw.properties
+# documents them); extra arguments go to the plugin, e.g. --config FILE --set key=value.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check -e . --config-settings editable_mode=compat
-exec twistd -n --reactor=asyncio sipgw "$@"
+. tools/venv.sh
+sipgw_venv
+exec .venv/bin/twistd -n --pidfile= --reactor=asyncio sipgw "$@"

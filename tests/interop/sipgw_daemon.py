@@ -23,8 +23,10 @@ class RestError(Exception):
 class Sipgw:
     """Starts the daemon with test settings, talks to its REST API, stops it by pid."""
 
-    def __init__(self, workdir: str, **settings):
+    def __init__(self, workdir: str, twistd: list[str] | None = None, **settings):
         self.workdir = workdir
+        # how twistd is run: this interpreter by default, or e.g. another venv's twistd
+        self.twistd = twistd or [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
         self.rest_port = free_port("tcp")
         self.sip_port = free_port("udp")
         media_from = free_port("udp", count=40)  # 20 RTP/RTCP pairs
@@ -39,7 +41,7 @@ class Sipgw:
         self.log_path = os.path.join(workdir, "sipgw.log")
 
     def start(self, timeout: float = 20) -> "Sipgw":
-        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "--logfile", self.log_path,
+        args = [*self.twistd, "-n", "--pidfile=", "--logfile", self.log_path,
                 "--reactor=asyncio", "sipgw"]
         for key, value in self.settings.items():
             args += ["--set", f"{key}={value}"]
