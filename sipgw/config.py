@@ -47,6 +47,8 @@ class Config:
     sip_ring_timeout: int = 120
     sip_max_message_size: int = 65535
     sip_user_agent: str = "sipgw/0.1"
+    sip_answer_unsolicited: bool = True
+    sip_max_server_transactions: int = 10000
     call_retention: int = 60
     # media
     media_address: str = ""
@@ -72,7 +74,8 @@ class Config:
             raise ConfigError("wss_certificate and wss_private_key go together")
         if self.media_port_from > self.media_port_to - 1:
             raise ConfigError("media_port_from must be below media_port_to")
-        for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body"):
+        for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
+                     "sip_max_server_transactions"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",

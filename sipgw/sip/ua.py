@@ -290,7 +290,8 @@ class UserAgent:
         self.config = config
         self.ports = ports or PortPool(config.media_port_from, config.media_port_to,
                                        config.sip_bind_address)
-        self.transactions = TransactionLayer(reactor, tu=self)
+        self.transactions = TransactionLayer(reactor, tu=self,
+                                             max_server=config.sip_max_server_transactions)
         self.transport = TransportLayer(reactor, self.transactions,
                                         bind_address=config.sip_bind_address,
                                         port=config.sip_local_port,
@@ -506,21 +507,23 @@ class UserAgent:
     def request(self, request: Request, tx) -> None:
         method = request.method
         call = self._call_for(request)
+        # Requests outside our dialogs are answered statelessly, once (or dropped when
+        # sip_answer_unsolicited=false): never retransmitted, no state left behind.
         if method == "OPTIONS":
-            tx.respond(make_response(request, 200, to_tag=new_tag(), extra=[
+            tx.respond_once(make_response(request, 200, to_tag=new_tag(), extra=[
                 ("Allow", ALLOW), ("Accept", "application/sdp"),
                 ("User-Agent", self.config.sip_user_agent)]))
             return
         if method == "CANCEL":
             # We never have an unanswered INVITE from a peer for long: nothing to cancel.
-            tx.respond(make_response(request, 481))
+            self._unsolicited(tx, make_response(request, 481))
             return
         if call is None or call.dialog is None or not call.dialog.matches(request):
             if method == "INVITE" and not request.to.tag:
-                tx.respond(make_response(request, 603, "Incoming calls are not accepted",
-                                         to_tag=new_tag()))
+                self._unsolicited(tx, make_response(request, 603, "Incoming calls are not accepted",
+                                                    to_tag=new_tag()))
             else:
-                tx.respond(make_response(request, 481))
+                self._unsolicited(tx, make_response(request, 481))
             return
         if not call.dialog.accept_remote_seq(request):
             tx.respond(make_response(request, 500, "CSeq out of order"))
@@ -534,6 +537,12 @@ class UserAgent:
             tx.respond(make_response(request, 200))
         else:
             tx.respond(make_response(request, 501, extra=[("Allow", ALLOW)]))
+
+    def _unsolicited(self, tx, response: Response) -> None:
+        if self.config.sip_answer_unsolicited:
+            tx.respond_once(response)
+        else:
+            tx.drop()
 
     def _reinvite(self, call: Call, request: Request, tx) -> None:
         """A re-INVITE from the peer (§14.2): answer its offer, reflect hold."""
