@@ -64,6 +64,7 @@ class Call:
         self.offer: sdplib.SessionDescription | None = None
         self.remote_sdp: bytes = b""
         self.media: dict = {}
+        self.answer_error = ""  # why the SDP answer was refused, the call's FAILED reason
         self.remote_media: dict = {}
         self.registration: Registration | None = None
         self.cancel_requested = False
@@ -186,6 +187,7 @@ class Call:
         except sdplib.SDPError as exc:
             log.warn("call {call_id}: unusable SDP answer: {error}",
                      call_id=self.request.call_id, error=str(exc))
+            self.answer_error = str(exc)
             return
         self.remote_sdp = response.body
         if self.media_session is not None:
@@ -217,7 +219,7 @@ class Call:
             return
         if not self.media:
             self.set_status(CallStatus.ESTABLISHED)
-            self.send_bye(NO_COMMON_CODECS, CallStatus.FAILED)
+            self.send_bye(self.answer_error or NO_COMMON_CODECS, CallStatus.FAILED)
             return
         self.set_status(CallStatus.ESTABLISHED)
         if self.media_session is not None:
@@ -481,19 +483,37 @@ class UserAgent:
             call.send_info("application/dtmf-relay", body)
 
     def call_ended(self, call: Call) -> None:
+        """Release everything the call holds; each step runs whatever the previous ones raised
+        (a half-done teardown would keep the call, its stream name and its ports for ever)."""
         call.ended_at = self.reactor.seconds()
-        call.cancel_timers()
+        steps = [call.cancel_timers, lambda: self._end_media(call),
+                 lambda: self._end_stream(call), lambda: self._end_registration(call)]
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.failure("call {call_id}: teardown step failed", call_id=call.request.call_id)
+        self.reactor.callLater(self.config.call_retention, self._forget, call)
+
+    @staticmethod
+    def _end_media(call: Call) -> None:
         if call.media_session is not None:
             call.media_session.close()
+
+    def _end_stream(self, call: Call) -> None:
         if call.stream is not None:
-            failed = call.status != CallStatus.FINISH
-            call.stream.end(StreamStatus.FAILED if failed else StreamStatus.UNPUBLISHED,
-                            call.reason)
-            self.streams.remove(call.stream)
-        if call.registration is not None:
-            call.registration.release()
-            call.registration = None
-        self.reactor.callLater(self.config.call_retention, self._forget, call)
+            try:
+                failed = call.status != CallStatus.FINISH
+                call.stream.end(StreamStatus.FAILED if failed else StreamStatus.UNPUBLISHED,
+                                call.reason)
+            finally:
+                self.streams.remove(call.stream)
+
+    @staticmethod
+    def _end_registration(call: Call) -> None:
+        registration, call.registration = call.registration, None
+        if registration is not None:
+            registration.release()
 
     def _forget(self, call: Call) -> None:
         if self.calls.get(call.request.call_id) is call:

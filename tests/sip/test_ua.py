@@ -433,3 +433,41 @@ def test_unsolicited_requests_leave_no_state(make_ua, sender):
             f"CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()), PEER)
     assert [r.status for r in sender.responses()] == [200, 481, 481]
     assert ua.transactions.server == {}
+
+
+def test_a_thousand_answers_with_a_host_name_in_c_leak_nothing(make_ua, sender, clock):
+    """1,000 calls answered with c=IN IP4 bogus.invalid each fail with the reason and a BYE;
+    afterwards 0 RTP ports, 0 sockets, 0 streams and (after call_retention) 0 calls remain."""
+    ua = make_ua(media_port_from=46000, media_port_to=46999, call_retention=5)
+    bogus = ANSWER.replace(b"127.0.0.1", b"bogus.invalid")
+    reason = "c= address 'bogus.invalid' of the audio stream is not an IP address"
+    for i in range(1000):
+        ua.startup(_call(call_id=f"bogus{i}", to_stream=f"bogus{i}"))
+        invite = sender.requests("INVITE")[-1]
+        ua.transactions.receive(_reply(invite, 200, body=bogus, tag=f"b{i}"), PEER)
+        bye = sender.requests("BYE")[-1]
+        assert bye.call_id == invite.call_id
+        ua.transactions.receive(make_response(bye, 200), PEER)
+        call = ua.find(f"bogus{i}")[0]
+        assert (call["status"], call["info"]) == ("FAILED", reason)
+        clock.advance(1)
+    clock.advance(40)
+    assert ua.ports.in_use == set() and clock.udp_ports == {} and ua.streams.all() == []
+    clock.advance(10)
+    assert ua.calls == {} and ua.by_sip_call_id == {}
+
+
+def test_teardown_runs_to_the_end_when_a_step_raises(make_ua, sender, clock):
+    """A media close that raises still lets the call free its stream name and be forgotten."""
+    ua = make_ua(call_retention=5)
+    _established(ua, sender)
+    call = ua.calls["call1"]
+
+    def broken_close():
+        raise RuntimeError("media teardown bug")
+    call.media_session.close = broken_close
+    ua.terminate("call1")
+    ua.transactions.receive(make_response(sender.requests("BYE")[-1], 200), PEER)
+    assert _status(ua) == "FINISH" and ua.streams.all() == []
+    clock.advance(6)
+    assert ua.calls == {}
