@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from . import policy
+
 
 class ConfigError(ValueError):
     """A settings file or override that cannot be used; the message names the key."""
@@ -18,11 +20,14 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     # REST API and websocket
-    rest_bind_address: str = "0.0.0.0"
+    rest_bind_address: str = "127.0.0.1"
     rest_port: int = 8081
-    rest_cors_origin: str = "*"
+    rest_cors_origin: str = "loopback"
+    rest_auth_tokens: str = ""
+    trusted_networks: str = "127.0.0.0/8,::1/128"
+    rest_max_body: int = 65536
     ws_port: int = 8080
-    ws_bind_address: str = "0.0.0.0"
+    ws_bind_address: str = "127.0.0.1"
     wss_port: int = 8443
     wss_certificate: str = ""
     wss_private_key: str = ""
@@ -39,6 +44,8 @@ class Config:
     sip_ring_timeout: int = 120
     sip_max_message_size: int = 65535
     sip_user_agent: str = "sipgw/0.1"
+    sip_answer_unsolicited: bool = True
+    sip_max_server_transactions: int = 10000
     call_retention: int = 60
     # media
     media_address: str = ""
@@ -64,13 +71,23 @@ class Config:
             raise ConfigError("wss_certificate and wss_private_key go together")
         if self.media_port_from > self.media_port_to - 1:
             raise ConfigError("media_port_from must be below media_port_to")
-        for name in ("sip_register_expires", "sip_max_message_size"):
+        for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
+                     "sip_max_server_transactions"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",
                      "ws_connection_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
+        try:
+            networks = policy.parse_networks(self.trusted_networks)
+            rest_tokens = policy.parse_tokens(self.rest_auth_tokens)
+            policy.check_bind("rest_bind_address", self.rest_bind_address, bool(rest_tokens),
+                              networks)
+            policy.check_bind("ws_bind_address", self.ws_bind_address,
+                              bool(self.ws_auth_tokens.strip(", ")), networks)
+        except policy.PolicyError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -6,7 +6,7 @@ import os
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.logger import FilteringLogObserver, PredicateResult, globalLogPublisher
-from twisted.web import resource, server, static
+from twisted.web import resource, static
 
 from .rtp.ports import PortPool
 from .sip.ua import UserAgent
@@ -82,6 +82,7 @@ def make_media(config, reactor, registry) -> _MediaService:
 
 
 def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> resource.Resource:
+    from .policy import AccessPolicy
     from .rest import CallApi, RestResource
     from .rest.streams import StreamApi
     apis = [CallApi(ua), StreamApi(ua.streams)]
@@ -90,7 +91,8 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> reso
         from .rest.recorder import RecorderApi
         apis += [PushApi(media.pushes), RecorderApi(media.recorders, ua.streams)]
     root = static.File(WEB_DIR)  # the daemon's own pages (SIP as stream, Player)
-    root.putChild(b"rest-api", RestResource(*apis, allow_origin=config.rest_cors_origin))
+    root.putChild(b"rest-api", RestResource(*apis, access=AccessPolicy.from_config(config),
+                                            max_body=config.rest_max_body))
     return root
 
 
@@ -115,13 +117,6 @@ def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService
     parent.signalling = factory
 
 
-class _QuietSite(server.Site):
-    """The REST layer logs one line per request itself; no second access log."""
-
-    def log(self, request):
-        pass
-
-
 def make_service(config, reactor) -> service.MultiService:
     top = service.MultiService()
     ports = PortPool(config.media_port_from, config.media_port_to,
@@ -130,7 +125,8 @@ def make_service(config, reactor) -> service.MultiService:
     _UserAgentService(ua).setServiceParent(top)
     media = make_media(config, reactor, ua.streams)
     media.setServiceParent(top)  # added after the UA: stopped before it
-    site = _QuietSite(make_root(config, ua, media))
+    from .rest.router import RestSite
+    site = RestSite(make_root(config, ua, media), max_body=config.rest_max_body)
     rest = internet.TCPServer(config.rest_port, site, interface=config.rest_bind_address,
                               reactor=reactor)
     rest.setName("rest")

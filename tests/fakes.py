@@ -1,6 +1,8 @@
 """Fakes shared by the SIP and RTP tests: a UDP-capable fake reactor and a sender that
 records what would go on the wire."""
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import InvalidAddressError
 from twisted.internet.testing import MemoryReactorClock
 
 from sipgw.sip.parser import parse
@@ -50,6 +52,8 @@ class FakeUDPPort:
         self.written = []
 
     def write(self, data, addr):
+        if not (isIPAddress(addr[0]) or isIPv6Address(addr[0])):  # as twisted.internet.udp does
+            raise InvalidAddressError(addr[0], "write() only accepts IP addresses, not hostnames")
         self.written.append((data, addr))
 
     def getHost(self):

@@ -64,3 +64,42 @@ def test_bad_line_and_missing_file(tmp_path):
     with pytest.raises(config.ConfigError) as info:
         config.load(missing)
     assert str(info.value) == f"cannot read config {missing}: No such file or directory"
+
+
+def test_control_plane_defaults_are_loopback_only():
+    """REST and websocket bind loopback, trust loopback only, no token, CORS for loopback pages."""
+    loaded = config.load()
+    assert (loaded.rest_bind_address, loaded.ws_bind_address) == ("127.0.0.1", "127.0.0.1")
+    assert loaded.trusted_networks == "127.0.0.0/8,::1/128"
+    assert (loaded.rest_auth_tokens, loaded.rest_cors_origin) == ("", "loopback")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"rest_bind_address": "0.0.0.0"},
+     "rest_bind_address=0.0.0.0 listens beyond loopback, but only loopback clients would be "
+     "admitted: set rest_auth_tokens (and ws_auth_tokens for the websocket) or add the clients' "
+     "networks to trusted_networks, or bind rest_bind_address=127.0.0.1"),
+    ({"ws_bind_address": "192.0.2.1"}, "ws_bind_address=192.0.2.1 listens beyond loopback"),
+    ({"rest_bind_address": "::", "trusted_networks": "::1"}, "rest_bind_address=:: listens"),
+    ({"trusted_networks": "10.0.0.0/8,lan"}, "trusted_networks: 'lan' is not an address"),
+    ({"rest_auth_tokens": "s3cret"}, "rest_auth_tokens: token #1 must be at least 16"),
+    ({"rest_max_body": "0"}, "rest_max_body must be positive"),
+])
+def test_open_control_plane_is_refused(overrides, message):
+    """Listening beyond loopback with no token and only loopback trusted is refused at start,
+    with a message that says what to set; secrets are never quoted."""
+    with pytest.raises(config.ConfigError) as info:
+        config.load(overrides=overrides)
+    assert message in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"rest_bind_address": "0.0.0.0", "rest_auth_tokens": "0123456789abcdef0123"},
+    {"rest_bind_address": "0.0.0.0", "ws_bind_address": "0.0.0.0",
+     "trusted_networks": "10.0.0.0/8"},
+    {"ws_bind_address": "0.0.0.0", "ws_auth_tokens": "app-key"},
+])
+def test_non_loopback_bind_with_credentials_starts(overrides):
+    """A token or a trusted network beyond loopback makes a public bind acceptable."""
+    config.load(overrides=overrides)

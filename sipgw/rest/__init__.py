@@ -1,6 +1,6 @@
 """The WCS-compatible REST interface, mounted by the caller at ``/rest-api/``::
 
-    root.putChild(b"rest-api", RestResource(CallApi(call_manager), allow_origin="*"))
+    root.putChild(b"rest-api", RestResource(CallApi(call_manager), access=AccessPolicy(...)))
 """
 from sipgw.rest.calls import CallApi, parse_call_request
 from sipgw.rest.errors import ApiError, BadRequest, Conflict, NotFound

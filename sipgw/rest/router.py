@@ -32,11 +32,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from sipgw.rest.errors import ApiError, BadRequest, error_response
+from sipgw.policy import AccessPolicy, Denied, route_scope
+from sipgw.rest.errors import ApiError, BadRequest, error_body, error_response
 
 MAX_BODY = 64 * 1024
 ALLOW_METHODS = b"POST, OPTIONS"
-ALLOW_HEADERS = b"Content-Type"
+ALLOW_HEADERS = b"Authorization, Content-Type"
+JSON_TYPE = b"application/json"
 _MAX_LOGGED_PATH = 200
 
 _log = Logger(namespace="sipgw.rest")
@@ -94,7 +96,7 @@ class RestResource(resource.Resource):
     def __init__(
         self,
         *apis: object,
-        allow_origin: str = "*",
+        access: AccessPolicy | None = None,
         max_body: int = MAX_BODY,
     ) -> None:
         super().__init__()
@@ -104,8 +106,8 @@ class RestResource(resource.Resource):
                 if path in self._routes:
                     raise ValueError(f"route {path} served by two API objects")
                 self._routes[path] = handler
-        self._allow_origin = allow_origin.encode("ascii")
-        self._max_body = max_body
+        self._access = access or AccessPolicy()
+        self.max_body = max_body
 
     @property
     def paths(self) -> list[str]:
@@ -120,6 +122,12 @@ class RestResource(resource.Resource):
             self._respond(request, method, path, 204, None)
             request.finish()  # a returned b"" would add Content-Length, not allowed on a 204
             return server.NOT_DONE_YET
+        try:
+            self._admit(request, path)
+        except Denied as denied:
+            if denied.code == 401:
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="sipgw"')
+            return self._fail(request, method, path, Failure(ApiError(denied.code, denied.message)))
         handler = self._routes.get(path)
         if handler is None:
             return self._fail(request, method, path, Failure(_unknown_method(path)))
@@ -128,6 +136,7 @@ class RestResource(resource.Resource):
             refusal = ApiError(405, f"{method} not allowed: REST methods are POST")
             return self._fail(request, method, path, Failure(refusal))
         try:
+            _require_json(request)
             body = self._read_body(request)
             result = handler(request, body)
         except Exception:
@@ -137,17 +146,21 @@ class RestResource(resource.Resource):
             return server.NOT_DONE_YET
         return self._succeed(request, method, path, result)
 
+    def _admit(self, request: server.Request, path: str) -> None:
+        host = getattr(request.getClientAddress(), "host", "")
+        self._access.check(host, request.getHeader(b"authorization"), route_scope(path))
+
     def _read_body(self, request: server.Request) -> dict:
         declared = request.getHeader(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
-            raise _too_large(self._max_body)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise _too_large(self.max_body)
         content = request.content
         raw = b""
         if content is not None:
             content.seek(0)
-            raw = content.read(self._max_body + 1)
-        if len(raw) > self._max_body:
-            raise _too_large(self._max_body)
+            raw = content.read(self.max_body + 1)
+        if len(raw) > self.max_body:
+            raise _too_large(self.max_body)
         return parse_body(raw)
 
     def _answer_later(
@@ -211,9 +224,12 @@ class RestResource(resource.Resource):
         payload: bytes | None,
     ) -> bytes:
         request.setResponseCode(code)
-        request.setHeader(b"Access-Control-Allow-Origin", self._allow_origin)
-        request.setHeader(b"Access-Control-Allow-Methods", ALLOW_METHODS)
-        request.setHeader(b"Access-Control-Allow-Headers", ALLOW_HEADERS)
+        origin = self._access.allowed_origin(request.getHeader(b"origin"))
+        request.setHeader(b"Vary", b"Origin")
+        if origin is not None:  # CORS only for the configured origins
+            request.setHeader(b"Access-Control-Allow-Origin", origin)
+            request.setHeader(b"Access-Control-Allow-Methods", ALLOW_METHODS)
+            request.setHeader(b"Access-Control-Allow-Headers", ALLOW_HEADERS)
         if payload is None:
             # An empty answer must not get twisted.web's text/html default.
             request.defaultContentType = None
@@ -228,6 +244,67 @@ class RestResource(resource.Resource):
             code=code,
         )
         return payload or b""
+
+
+class LimitedRequest(server.Request):
+    """A request whose body is refused (413, connection closed) as soon as it is known to
+    exceed ``max_body``: from Content-Length, or while reading a chunked body; it is never
+    spooled to a temporary file and its handler never runs."""
+
+    max_body = MAX_BODY
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the 413
+            self._refuse()
+        super().gotLength(min(length if length is not None else self.max_body, self.max_body))
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self.max_body:
+            self._refuse()
+        if not self._refused:
+            super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self._refused:
+            super().process()
+
+    def _refuse(self) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        payload = json.dumps(error_body(_too_large(self.max_body).message)).encode("utf-8")
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json"
+                        b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                        % (len(payload), payload))
+        transport.loseConnection()
+        _log.info("{method} {path} -> 413 (body over {limit} bytes, not read)",
+                  method=self.method.decode("ascii", "replace"),
+                  path=_loggable(self.uri.decode("utf-8", "replace")), limit=self.max_body)
+
+
+class RestSite(server.Site):
+    """The Site for the REST API and the pages: bodies capped at ``max_body`` before they are
+    read; no access log (the REST layer logs one line per request itself)."""
+
+    def __init__(self, root, max_body: int = MAX_BODY, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.requestFactory = type("Request", (LimitedRequest,), {"max_body": max_body})
+
+    def log(self, request: server.Request) -> None:
+        pass
+
+
+def _require_json(request: server.Request) -> None:
+    """415 unless the body is declared JSON: a cross-origin page can only send text/plain,
+    form data or multipart without a CORS preflight (no CSRF through simple requests)."""
+    declared = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if declared != JSON_TYPE:
+        raise ApiError(415, "Content-Type must be application/json")
 
 
 def parse_body(raw: bytes) -> dict:

@@ -244,7 +244,7 @@ class Endpoint:
         data = b"".join(bytes(p) for p in packets)
         try:
             self.rtcp_port.write(data, self.remote_rtcp)
-        except OSError as exc:
+        except Exception as exc:  # OSError, Twisted's ValueError for a non-IP: never ours to raise
             log.debug("RTCP send failed: {error}", error=str(exc))
 
     def report(self, bye: bool = False) -> None:
@@ -283,7 +283,7 @@ class Endpoint:
         self.seq = (self.seq + 1) & 0xFFFF
         try:
             self.rtp_port.write(bytes(packet), self.remote_rtp)
-        except OSError as exc:
+        except Exception as exc:  # as in send_rtcp
             log.debug("RTP send failed: {error}", error=str(exc))
             return
         self.sent_packets += 1
@@ -377,9 +377,15 @@ class MediaSession:
                 call.cancel()
         self._timers = {}
         for endpoint in self.endpoints.values():
-            endpoint.report(bye=True)  # a compound RR + SDES + BYE (RFC 3550 §6.1)
-            endpoint.close()
-            self.pool.release(endpoint.port)
+            try:
+                endpoint.report(bye=True)  # a compound RR + SDES + BYE (RFC 3550 §6.1)
+            except Exception:
+                log.failure("call {call}: RTCP BYE failed", call=self.call_id)
+            finally:  # whatever failed above, the sockets and ports are given back
+                try:
+                    endpoint.close()
+                finally:
+                    self.pool.release(endpoint.port)
         self.stream.counters = self.counters()  # the final figures stay readable
         self.stream.counters_source = None
 

@@ -9,6 +9,7 @@ payload type the peer puts on the packets it sends us).
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -426,6 +427,10 @@ def _agreed(kind: str, remote: SessionDescription, remote_m: MediaDescription,
             remote_codec: Codec, local_codec: Codec,
             remote_dtmf: Codec | None, local_dtmf: Codec | None) -> NegotiatedMedia:
     address = remote.media_address(remote_m)
+    try:  # RTP goes to this address: an IP literal, never a name to resolve (or to fail on)
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise SDPError(f"c= address {address!r} of the {kind} stream is not an IP address") from None
     direction = _MIRROR[remote.media_direction(remote_m)]
     if address == _NULL_ADDRESS:  # RFC 3264 §8.4: "do not send to me"
         direction = {"sendrecv": "recvonly", "sendonly": "inactive"}.get(direction, direction)

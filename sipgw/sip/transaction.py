@@ -11,6 +11,7 @@ import secrets
 from twisted.logger import Logger
 
 from .message import Request, Response, make_response
+from .transport import LogLimiter, held_back
 
 log = Logger(namespace="sipgw.sip.transaction")
 
@@ -189,6 +190,19 @@ class ServerTransaction(_Transaction):
             self.state = "completed"
             self._start_timer("J", 0 if self.reliable else 64 * T1, self._terminate)
 
+    def respond_once(self, response: Response) -> None:
+        """Answer statelessly (§8.2.7): one response to the request's source, no Timer G
+        retransmission, no state kept. For requests nobody asked for (out-of-dialog INVITE,
+        OPTIONS, CANCEL or BYE of an unknown dialog): a spoofed source gets at most one answer."""
+        if self.state in ("completed", "confirmed", "terminated"):
+            return
+        self.layer.sender.send_response(response, self.source)
+        self._terminate()
+
+    def drop(self) -> None:
+        """Forget the request without answering."""
+        self._terminate()
+
     def _send_last(self) -> None:
         self.layer.sender.send_response(self.last_response, self.source)
 
@@ -221,12 +235,14 @@ class TransactionLayer:
     of 2xx, which are end-to-end (§13.2.2.4).
     """
 
-    def __init__(self, clock, tu=None, sender=None):
+    def __init__(self, clock, tu=None, sender=None, max_server: int = 10000):
         self.clock = clock
         self.tu = tu
         self.sender = sender
+        self.max_server = max_server
         self.client: dict[tuple, ClientTransaction] = {}
         self.server: dict[tuple, ServerTransaction] = {}
+        self._log_limiter = LogLimiter(clock)
 
     @staticmethod
     def _server_key(request: Request) -> tuple:
@@ -276,9 +292,22 @@ class TransactionLayer:
         if message.method == "ACK":
             self.tu.ack(message, source)
             return
+        if len(self.server) >= self.max_server:
+            self._overloaded(message, source)
+            return
         tx = ServerTransaction(self, message, source)
         self.server[self._server_key(message)] = tx
         self.tu.request(message, tx)
+
+    def _overloaded(self, request: Request, source) -> None:
+        """Over sip_max_server_transactions: a stateless 503 (RFC 3261 §21.5.4), no new state."""
+        held = self._log_limiter.allow(source.host)
+        if held is not None:
+            log.warn("{n} server transactions open: {method} from {host} refused with 503{more}",
+                     n=len(self.server), method=request.method, host=source.host,
+                     more=held_back(held))
+        self.sender.send_response(make_response(request, 503, extra=[("Retry-After", "5")]),
+                                  source)
 
     def transport_error(self, dest: tuple[str, int], why: str) -> None:
         for tx in list(self.client.values()):

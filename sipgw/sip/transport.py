@@ -45,6 +45,33 @@ def local_address_for(host: str) -> str:
             return "127.0.0.1"
 
 
+class LogLimiter:
+    """Per-packet events logged at most once per key (a source host) every ``interval``
+    seconds; the events held back are counted into the next line. Bounded in memory."""
+
+    def __init__(self, clock, interval: float = 10.0, max_keys: int = 4096):
+        self.clock = clock
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: dict[object, tuple[float, int]] = {}
+
+    def allow(self, key) -> int | None:
+        """None: hold this one back; else log it, with the count held back since the last."""
+        now = self.clock.seconds()
+        last, held = self._seen.get(key, (None, 0))
+        if last is not None and now - last < self.interval:
+            self._seen[key] = (last, held + 1)
+            return None
+        if key not in self._seen and len(self._seen) >= self.max_keys:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return held
+
+
+def held_back(count: int) -> str:
+    return f" ({count} more held back)" if count else ""
+
+
 def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -138,6 +165,7 @@ class TransportLayer:
         self.connections: dict[tuple[str, int], _TCPProtocol] = {}
         self.factory = _TCPFactory(self)
         self.bytes_received = 0
+        self.log_limiter = LogLimiter(reactor)
         self._udp = None
         self._tcp = None
 
@@ -166,10 +194,11 @@ class TransportLayer:
     # -- inbound -----------------------------------------------------------
     @staticmethod
     def _stamp_via(request: Request, source: Source) -> None:
-        """RFC 3261 §18.2.1 and RFC 3581 §4: note where the request came from."""
+        """RFC 3261 §18.2.1 and RFC 3581 §4: note where the request came from. A ``received``
+        the sender wrote itself is overwritten with the real source."""
         vias = request.get_all("Via")
         via = request.top_via
-        if via.host == source.host and "rport" not in via.params:
+        if via.host == source.host and not {"rport", "received"} & via.params.keys():
             return
         via.params["received"] = source.host
         if "rport" in via.params:
@@ -184,14 +213,19 @@ class TransportLayer:
             self._stamp_via(message, source)
         elif len(message.vias) != 1:
             # §18.1.2: a response with more than one Via is not ours; drop it.
-            log.info("dropped response with {n} Via headers", n=len(message.vias))
+            held = self.log_limiter.allow(source.host)
+            if held is not None:
+                log.info("dropped response with {n} Via headers from {host}{more}",
+                         n=len(message.vias), host=source.host, more=held_back(held))
             return
         self.controller.receive(message, source)
 
     def reject(self, error: ParseError, source: Source) -> None:
         """Answer a malformed request statelessly; drop anything else (§21.4.1)."""
-        log.info("malformed SIP from {host}:{port}: {error}", host=source.host, port=source.port,
-                 error=str(error))
+        held = self.log_limiter.allow(source.host)
+        if held is not None:
+            log.info("malformed SIP from {host}:{port}: {error}{more}", host=source.host,
+                     port=source.port, error=str(error), more=held_back(held))
         if error.request is not None and error.request.method != "ACK":  # never answer an ACK
             self._stamp_via(error.request, source)
             response = make_response(error.request, error.status, extra=[("Warning", (
@@ -225,7 +259,9 @@ class TransportLayer:
         return proto
 
     def send_response(self, response: Response, source: Source | None = None) -> None:
-        """Route a response by its top Via (RFC 3261 §18.2.2, RFC 3581 §4)."""
+        """Route a response to where its request came from (RFC 3261 §18.2.2 ``received``,
+        RFC 3581 §4 ``rport`` when the request asked for it). Never to a ``maddr``: a sender
+        must not aim our answers at a third party."""
         via = response.top_via
         transport = via.transport
         if transport == "TCP" and source is not None and source.connection is not None:
@@ -233,9 +269,13 @@ class TransportLayer:
             if conn.transport is not None and conn.transport.connected:
                 conn.send(bytes(response))
                 return
-        host = via.params.get("maddr") or via.params.get("received") or via.host
-        rport = via.params.get("rport")
-        port = int(rport) if rport else (via.port or 5060)
+        if source is not None:
+            host = source.host
+            port = source.port if "rport" in via.params else (via.port or 5060)
+        else:  # the Via was stamped by _stamp_via on the way in
+            host = via.params.get("received") or via.host
+            rport = via.params.get("rport")
+            port = int(rport) if rport else (via.port or 5060)
         self.send(response, transport, host, port)
 
 

@@ -64,6 +64,7 @@ class Call:
         self.offer: sdplib.SessionDescription | None = None
         self.remote_sdp: bytes = b""
         self.media: dict = {}
+        self.answer_error = ""  # why the SDP answer was refused, the call's FAILED reason
         self.remote_media: dict = {}
         self.registration: Registration | None = None
         self.cancel_requested = False
@@ -186,6 +187,7 @@ class Call:
         except sdplib.SDPError as exc:
             log.warn("call {call_id}: unusable SDP answer: {error}",
                      call_id=self.request.call_id, error=str(exc))
+            self.answer_error = str(exc)
             return
         self.remote_sdp = response.body
         if self.media_session is not None:
@@ -217,7 +219,7 @@ class Call:
             return
         if not self.media:
             self.set_status(CallStatus.ESTABLISHED)
-            self.send_bye(NO_COMMON_CODECS, CallStatus.FAILED)
+            self.send_bye(self.answer_error or NO_COMMON_CODECS, CallStatus.FAILED)
             return
         self.set_status(CallStatus.ESTABLISHED)
         if self.media_session is not None:
@@ -290,7 +292,8 @@ class UserAgent:
         self.config = config
         self.ports = ports or PortPool(config.media_port_from, config.media_port_to,
                                        config.sip_bind_address)
-        self.transactions = TransactionLayer(reactor, tu=self)
+        self.transactions = TransactionLayer(reactor, tu=self,
+                                             max_server=config.sip_max_server_transactions)
         self.transport = TransportLayer(reactor, self.transactions,
                                         bind_address=config.sip_bind_address,
                                         port=config.sip_local_port,
@@ -480,19 +483,37 @@ class UserAgent:
             call.send_info("application/dtmf-relay", body)
 
     def call_ended(self, call: Call) -> None:
+        """Release everything the call holds; each step runs whatever the previous ones raised
+        (a half-done teardown would keep the call, its stream name and its ports for ever)."""
         call.ended_at = self.reactor.seconds()
-        call.cancel_timers()
+        steps = [call.cancel_timers, lambda: self._end_media(call),
+                 lambda: self._end_stream(call), lambda: self._end_registration(call)]
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.failure("call {call_id}: teardown step failed", call_id=call.request.call_id)
+        self.reactor.callLater(self.config.call_retention, self._forget, call)
+
+    @staticmethod
+    def _end_media(call: Call) -> None:
         if call.media_session is not None:
             call.media_session.close()
+
+    def _end_stream(self, call: Call) -> None:
         if call.stream is not None:
-            failed = call.status != CallStatus.FINISH
-            call.stream.end(StreamStatus.FAILED if failed else StreamStatus.UNPUBLISHED,
-                            call.reason)
-            self.streams.remove(call.stream)
-        if call.registration is not None:
-            call.registration.release()
-            call.registration = None
-        self.reactor.callLater(self.config.call_retention, self._forget, call)
+            try:
+                failed = call.status != CallStatus.FINISH
+                call.stream.end(StreamStatus.FAILED if failed else StreamStatus.UNPUBLISHED,
+                                call.reason)
+            finally:
+                self.streams.remove(call.stream)
+
+    @staticmethod
+    def _end_registration(call: Call) -> None:
+        registration, call.registration = call.registration, None
+        if registration is not None:
+            registration.release()
 
     def _forget(self, call: Call) -> None:
         if self.calls.get(call.request.call_id) is call:
@@ -506,21 +527,23 @@ class UserAgent:
     def request(self, request: Request, tx) -> None:
         method = request.method
         call = self._call_for(request)
+        # Requests outside our dialogs are answered statelessly, once (or dropped when
+        # sip_answer_unsolicited=false): never retransmitted, no state left behind.
         if method == "OPTIONS":
-            tx.respond(make_response(request, 200, to_tag=new_tag(), extra=[
+            tx.respond_once(make_response(request, 200, to_tag=new_tag(), extra=[
                 ("Allow", ALLOW), ("Accept", "application/sdp"),
                 ("User-Agent", self.config.sip_user_agent)]))
             return
         if method == "CANCEL":
             # We never have an unanswered INVITE from a peer for long: nothing to cancel.
-            tx.respond(make_response(request, 481))
+            self._unsolicited(tx, make_response(request, 481))
             return
         if call is None or call.dialog is None or not call.dialog.matches(request):
             if method == "INVITE" and not request.to.tag:
-                tx.respond(make_response(request, 603, "Incoming calls are not accepted",
-                                         to_tag=new_tag()))
+                self._unsolicited(tx, make_response(request, 603, "Incoming calls are not accepted",
+                                                    to_tag=new_tag()))
             else:
-                tx.respond(make_response(request, 481))
+                self._unsolicited(tx, make_response(request, 481))
             return
         if not call.dialog.accept_remote_seq(request):
             tx.respond(make_response(request, 500, "CSeq out of order"))
@@ -534,6 +557,12 @@ class UserAgent:
             tx.respond(make_response(request, 200))
         else:
             tx.respond(make_response(request, 501, extra=[("Allow", ALLOW)]))
+
+    def _unsolicited(self, tx, response: Response) -> None:
+        if self.config.sip_answer_unsolicited:
+            tx.respond_once(response)
+        else:
+            tx.drop()
 
     def _reinvite(self, call: Call, request: Request, tx) -> None:
         """A re-INVITE from the peer (§14.2): answer its offer, reflect hold."""

@@ -13,10 +13,12 @@ import asyncio
 import json
 import secrets
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import (ConnectionDeny, WebSocketServerFactory,
+                                       WebSocketServerProtocol)
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ..policy import AccessPolicy, token_matches
 from ..webrtc.viewer import NoCommonCodecs, Viewer
 
 log = Logger(namespace="sipgw.ws")
@@ -34,6 +36,14 @@ class SignallingProtocol(WebSocketServerProtocol):
         self._connect_timer = None
 
     # -- websocket events --------------------------------------------------------
+    def onConnect(self, request):
+        """Without ws_auth_tokens only clients inside trusted_networks may connect (403)."""
+        host = getattr(self.transport.getPeer(), "host", "")
+        if not self.factory.auth_tokens and not self.factory.access.trusts(host):
+            log.info("ws {peer}: refused, not in trusted_networks", peer=self.peer)
+            raise ConnectionDeny(403, "not in trusted_networks and no token configured")
+        return None
+
     def onOpen(self):
         timeout = self.factory.config.ws_connection_timeout
         if timeout:
@@ -92,7 +102,8 @@ class SignallingProtocol(WebSocketServerProtocol):
     # -- handlers --------------------------------------------------------------
     def on_connection(self, obj: dict) -> None:
         tokens = self.factory.auth_tokens
-        if tokens and obj.get("authToken") not in tokens and obj.get("appKey") not in tokens:
+        if tokens and not (token_matches(obj.get("authToken"), tokens)
+                           or token_matches(obj.get("appKey"), tokens)):
             log.info("ws {peer}: connection refused (bad appKey/authToken)", peer=self.peer)
             self.fail("connection", "authentication failed")
             self.sendClose(4003, "authentication failed")
@@ -198,6 +209,7 @@ class SignallingFactory(WebSocketServerFactory):
         self.reactor = reactor
         self.ice_servers = [u.strip() for u in config.webrtc_ice_servers.split(",") if u.strip()]
         self.auth_tokens = {t.strip() for t in config.ws_auth_tokens.split(",") if t.strip()}
+        self.access = AccessPolicy.from_config(config)
         self.setProtocolOptions(maxMessagePayloadSize=MAX_MESSAGE,
                                 maxFramePayloadSize=MAX_MESSAGE, failByDrop=False,
                                 autoPingInterval=30,

@@ -15,6 +15,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from sipgw.rest.router import RestSite
+
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40312)
 
 
@@ -32,10 +34,11 @@ class HttpResponse:
 class HttpExchange:
     """One request on its own connection; ``response`` parses what the server wrote so far."""
 
-    def __init__(self, site: Site, raw_request: bytes, head: bool = False) -> None:
+    def __init__(self, site: Site, raw_request: bytes, head: bool = False,
+                 peer: IPv4Address = CLIENT) -> None:
         self.head = head
-        self.transport = StringTransport(peerAddress=CLIENT)
-        self.protocol = site.buildProtocol(CLIENT)
+        self.transport = StringTransport(peerAddress=peer)
+        self.protocol = site.buildProtocol(peer)
         self.protocol.makeConnection(self.transport)
         self.protocol.dataReceived(raw_request)
 
@@ -58,10 +61,11 @@ class HttpExchange:
 class RestClient:
     """Speaks HTTP/1.1 to ``/rest-api/`` of a Site holding only the resource under test."""
 
-    def __init__(self, rest_resource: Resource) -> None:
+    def __init__(self, rest_resource: Resource, peer: IPv4Address = CLIENT) -> None:
         root = Resource()
         root.putChild(b"rest-api", rest_resource)
-        self.site = Site(root, reactor=Clock(), timeout=None)
+        self.site = RestSite(root, max_body=rest_resource.max_body, reactor=Clock(), timeout=None)
+        self.peer = peer
 
     def send(
         self,
@@ -72,8 +76,10 @@ class RestClient:
         chunked: bool = False,
     ) -> HttpExchange:
         lines = [f"{method} /rest-api{path} HTTP/1.1", "Host: gateway.test"]
-        for name, value in (headers or {}).items():
-            lines.append(f"{name}: {value}")
+        # JSON unless a test says otherwise; a header given as None is left out.
+        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            if value is not None:
+                lines.append(f"{name}: {value}")
         if chunked:
             lines.append("Transfer-Encoding: chunked")
             payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
@@ -81,14 +87,13 @@ class RestClient:
             lines.append(f"Content-Length: {len(body)}")
             payload = body
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        return HttpExchange(self.site, head + payload, head=method == "HEAD")
+        return HttpExchange(self.site, head + payload, head=method == "HEAD", peer=self.peer)
 
     def post(self, path: str, body: Any = None, raw: bytes | None = None, **kw: Any) -> HttpResponse:
         """POST ``body`` as JSON (or ``raw`` bytes as they are) and return the finished response."""
         if raw is None:
             raw = b"" if body is None else json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
-        return self.send("POST", path, raw, headers=headers, **kw).response
+        return self.send("POST", path, raw, **kw).response
 
 
 def _parse(data: bytes, head: bool = False) -> HttpResponse | None:

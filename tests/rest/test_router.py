@@ -11,6 +11,7 @@ from twisted.internet import defer
 from sipgw.calls import CallError
 from sipgw.calls import Conflict as CallConflict
 from sipgw.calls import NotFound as CallNotFound
+from sipgw.policy import AccessPolicy
 from sipgw.rest.errors import (
     INTERNAL_ERROR,
     ApiError,
@@ -22,9 +23,8 @@ from sipgw.rest.errors import (
 from sipgw.rest.router import MAX_BODY, RestResource, Router, parse_body
 
 CORS_HEADERS = {
-    "access-control-allow-origin": "*",
     "access-control-allow-methods": "POST, OPTIONS",
-    "access-control-allow-headers": "Content-Type",
+    "access-control-allow-headers": "Authorization, Content-Type",
 }
 
 
@@ -163,17 +163,19 @@ def test_other_http_methods_are_405(client, api, method):
 
 # --- CORS ----------------------------------------------------------------------------------
 
+PAGE = "http://127.0.0.1:5173"  # a page served from this machine: a loopback origin
+
 
 def test_preflight(client, api):
-    """OPTIONS is a 204 CORS preflight with the allowed methods and headers and no body."""
+    """OPTIONS from a loopback page is a 204 CORS preflight naming that origin, no body."""
     response = client.send(
         "OPTIONS",
         "/do",
-        headers={"Origin": "http://pages.test", "Access-Control-Request-Method": "POST"},
+        headers={"Origin": PAGE, "Access-Control-Request-Method": "POST"},
     ).response
     assert response.code == 204
     assert response.body == b""
-    for name, value in CORS_HEADERS.items():
+    for name, value in {**CORS_HEADERS, "access-control-allow-origin": PAGE}.items():
         assert response.headers[name] == value
     assert "content-length" not in response.headers
     assert "content-type" not in response.headers
@@ -182,14 +184,35 @@ def test_preflight(client, api):
 
 def test_preflight_on_unknown_path(client):
     """A preflight succeeds for any path, so the page can read the 404 of the real POST."""
-    assert client.send("OPTIONS", "/nope").response.code == 204
+    assert client.send("OPTIONS", "/nope", headers={"Origin": PAGE}).response.code == 204
+
+
+@pytest.mark.parametrize("origin", ["http://pages.test", "http://127.0.0.1.evil.test",
+                                    "null", "http://localhost.evil.test:8081"])
+def test_no_cors_for_other_origins(client, origin):
+    """A page from anywhere but this machine gets no CORS header, on the preflight or the POST."""
+    preflight = client.send("OPTIONS", "/do", headers={"Origin": origin}).response
+    answer = client.post("/do", headers={"Origin": origin})
+    for response in (preflight, answer):
+        assert not any(h.startswith("access-control-") for h in response.headers)
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:8081", "https://[::1]", "http://127.0.0.1"])
+def test_loopback_origins_by_default(client, origin):
+    """Pages served from this machine (127.0.0.1, localhost, [::1], any port) get CORS."""
+    assert client.post("/do", headers={"Origin": origin}).headers[
+        "access-control-allow-origin"] == origin
 
 
 def test_configured_origin(client_for):
-    """Access-Control-Allow-Origin comes from the allow_origin setting."""
-    client = client_for(RestResource(ScriptedApi(), allow_origin="https://pages.example"))
-    assert client.post("/do").headers["access-control-allow-origin"] == "https://pages.example"
-    preflight = client.send("OPTIONS", "/do").response
+    """Access-Control-Allow-Origin comes from the rest_cors_origin list, echoing the origin."""
+    access = AccessPolicy(origins="https://pages.example, https://other.example")
+    client = client_for(RestResource(ScriptedApi(), access=access))
+    response = client.post("/do", headers={"Origin": "https://other.example"})
+    assert response.headers["access-control-allow-origin"] == "https://other.example"
+    assert "access-control-allow-origin" not in client.post(
+        "/do", headers={"Origin": PAGE}).headers
+    preflight = client.send("OPTIONS", "/do", headers={"Origin": "https://pages.example"}).response
     assert preflight.headers["access-control-allow-origin"] == "https://pages.example"
 
 
@@ -205,11 +228,11 @@ def test_configured_origin(client_for):
     ids=["200", "200-empty", "400", "404", "500"],
 )
 def test_cors_headers_on_every_answer(client_for, behaviour, path, code):
-    """Every answer, error or not, carries the CORS headers."""
+    """Every answer to an allowed origin, error or not, carries the CORS headers."""
     client = client_for(RestResource(ScriptedApi(behaviour)))
-    response = client.post(path)
+    response = client.post(path, headers={"Origin": PAGE})
     assert response.code == code
-    for name, value in CORS_HEADERS.items():
+    for name, value in {**CORS_HEADERS, "access-control-allow-origin": PAGE}.items():
         assert response.headers[name] == value
 
 

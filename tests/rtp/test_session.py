@@ -652,3 +652,27 @@ def test_close_before_any_media_sends_no_bye(clock, pool):
     session, _, ports = make_session(clock, pool)
     session.close()
     assert clock.udp_ports == {} and pool.in_use == set()
+
+
+@pytest.mark.parametrize("failure", ["hostname", RuntimeError("socket gone")])
+def test_send_failures_never_escape_and_close_releases_everything(clock, pool, failure):
+    """Whatever a send raises (Twisted's ValueError for a hostname, anything else), RTCP,
+    silence, DTMF and the closing BYE swallow it, and close() still frees every port."""
+    import dataclasses
+    session, stream, ports = make_session(clock, pool, send_silence=True)
+    media = answer(ports)
+    if failure == "hostname":  # as if an answer's c= named a host: Twisted raises ValueError
+        media = {k: dataclasses.replace(m, address="bogus.invalid") for k, m in media.items()}
+    else:
+        def broken(data, addr):
+            raise failure
+        for port in clock.udp_ports.values():
+            port.write = broken
+    session.negotiate(media)
+    session.established()
+    send_audio(clock, ports, range(3))
+    clock.advance(6)  # silence every 20 ms, RTCP reports
+    session.send_dtmf("1")
+    clock.advance(1)
+    session.close()
+    assert pool.in_use == set() and clock.udp_ports == {}

@@ -536,6 +536,24 @@ a=rtpmap:110 telephone-event/8000
     assert (audio.codec.name, audio.dtmf_pt, audio.recv_dtmf_pt) == ("PCMU", 110, 101)
 
 
+@pytest.mark.parametrize("address", ["bogus.invalid", "localhost", "10.0.0.5.evil"])
+def test_negotiate_refuses_a_host_name_in_c(address):
+    """A c= address that is not an IP literal is refused at negotiation, naming the stream
+    (sipgw sends RTP to it and resolves no names): the call fails with that reason."""
+    answer = BARESIP_ANSWER.replace(b"c=IN IP4 10.0.0.5", f"c=IN IP4 {address}".encode())
+    with pytest.raises(SDPError) as raised:
+        negotiate(offer(), SessionDescription.parse(answer))
+    assert str(raised.value) == f"c= address {address!r} of the audio stream is not an IP address"
+
+
+def test_make_answer_refuses_a_host_name_in_the_offer():
+    """A peer's re-INVITE offer naming a host in c= is refused too (488)."""
+    offer_sdp = SessionDescription.parse(BARESIP_OFFER.replace(b"c=IN IP4 10.0.0.5",
+                                                               b"c=IN IP4 bogus.invalid"))
+    with pytest.raises(SDPError, match="is not an IP address"):
+        answer_to(offer_sdp)
+
+
 # --- make_answer -------------------------------------------------------------------------
 
 def answer_to(offer_sdp, audio_port=20000, video_port=20002):

@@ -205,3 +205,30 @@ def test_transport_error_fails_pending_transactions_with_503(clock, sender):
     layer.send_request(_request("OPTIONS"), "TCP", "127.0.0.1", 5999, got.append)
     layer.transport_error(("127.0.0.1", 5999), "Connection refused")
     assert [r.status for r in got] == [503] and got[0].local
+
+
+def test_server_transactions_are_capped(clock, sender):
+    """Beyond max_server open server transactions a new request gets a stateless 503 and
+    creates no state; retransmissions of the open ones are still absorbed."""
+    layer = TransactionLayer(clock, RecordingTU(), sender, max_server=2)
+    first = _request("INFO")
+    for request in (first, _request("INFO"), _request("INFO")):
+        layer.receive(request, PEER)
+    assert len(layer.tu.requests) == 2 and len(layer.server) == 2
+    (refusal,) = sender.responses()
+    assert (refusal.status, refusal.get("Retry-After")) == (503, "5")
+    layer.receive(first, PEER)
+    assert len(layer.tu.requests) == 2 and len(sender.responses()) == 1
+
+
+def test_respond_once_keeps_no_state_and_never_retransmits(clock, sender):
+    """A stateless final answer to an INVITE is sent once: no Timer G, transaction gone."""
+    layer = _layer(clock, sender)
+    request = _request("INVITE")
+    layer.receive(request, PEER)
+    (_, tx), = layer.tu.requests
+    tx.respond_once(make_response(request, 603, to_tag="x"))
+    clock.advance(64 * T1)
+    clock.advance(64 * T1)
+    assert [r.status for r in sender.responses()] == [603]
+    assert layer.server == {} and clock.getDelayedCalls() == []

@@ -180,3 +180,52 @@ def test_udp_send_error_becomes_a_transport_error():
     assert controller.errors == []  # reported on the next turn, not re-entrantly
     reactor.advance(0)
     assert controller.errors == [(("192.0.2.1", 5060), "[Errno 101] Network is unreachable")]
+
+
+def test_response_never_goes_to_maddr_or_a_received_the_sender_wrote():
+    """§18.2.2: the answer goes to the packet's source (its Via port without rport, the
+    source port with rport), whatever maddr= or received= the sender wrote in its Via."""
+    for rport, expected in ((b"", ("192.0.2.1", 5062)), (b";rport", ("192.0.2.1", 40000))):
+        layer, reactor, controller = _layer()
+        forged = INVITE.replace(b"Via: SIP/2.0/UDP 10.0.0.7:5062;branch=z9hG4bK1;rport",
+                                b"Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bK1;"
+                                b"maddr=203.0.113.9;received=198.51.100.1" + rport)
+        reactor.udp_ports[layer.port].proto.datagramReceived(forged, ("192.0.2.1", 40000))
+        (message, source), = controller.received
+        assert message.top_via.params["received"] == "192.0.2.1"
+        layer.send_response(make_response(message, 603), source)
+        (data, addr), = reactor.udp_ports[layer.port].written
+        assert addr == expected
+
+
+def test_stateless_400_goes_to_the_source_not_to_maddr():
+    """A malformed request's 400 goes back to the packet's source, never to its maddr."""
+    layer, reactor, controller = _layer()
+    bad = INVITE.replace(b";rport", b";rport;maddr=203.0.113.9").replace(
+        b"CSeq: 1 INVITE", b"CSeq: 1 BYE")
+    reactor.udp_ports[layer.port].proto.datagramReceived(bad, ("192.0.2.1", 40000))
+    (data, addr), = reactor.udp_ports[layer.port].written
+    assert data.startswith(b"SIP/2.0 400 ") and addr == ("192.0.2.1", 40000)
+
+
+def test_malformed_datagrams_are_logged_at_most_once_per_source_per_interval():
+    """A flood of malformed datagrams from one source is one log line per 10 s, with the
+    count held back; another source still gets its own line."""
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        layer, reactor, controller = _layer()
+        proto = reactor.udp_ports[layer.port].proto
+        bad = INVITE.replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE")
+        for _ in range(500):
+            proto.datagramReceived(bad, ("192.0.2.1", 40000))
+        proto.datagramReceived(bad, ("192.0.2.2", 40000))
+        reactor.advance(10)
+        proto.datagramReceived(bad, ("192.0.2.1", 40000))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e for e in events if e.get("log_namespace") == "sipgw.sip.transport"
+             and "malformed" in e.get("log_format", "")]
+    assert [(e["host"], e["more"]) for e in lines] == [
+        ("192.0.2.1", ""), ("192.0.2.2", ""), ("192.0.2.1", " (499 more held back)")]

@@ -4,6 +4,8 @@ from twisted.logger import globalLogPublisher
 
 from fakes import PEER
 from sipgw.calls import CallRequest, Conflict, NotFound
+from sipgw.config import Config
+from sipgw.sip.parser import parse
 from sipgw.sip.message import Request, make_response
 from sipgw.sip.headers import URI
 from sipgw.sip.sdp import SessionDescription, make_offer
@@ -390,3 +392,82 @@ def test_password_and_digest_response_never_logged(make_ua, sender):
     response = sender.requests("INVITE")[1].get("Authorization").split('response="')[1][:32]
     assert events and "s3cret-pw" not in text and response not in text
     assert "s3cret-pw" not in repr(ua.find("call1"))
+
+
+def _unsolicited_invite(size: int) -> bytes:
+    """An out-of-dialog INVITE of about ``size`` bytes whose Via names a third party."""
+    head = ("INVITE sip:gw@127.0.0.1 SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP 203.0.113.50:5060;branch=z9hG4bKspoof;maddr=203.0.113.51;rport\r\n"
+            "From: <sip:x@203.0.113.50>;tag=f1\r\nTo: <sip:gw@127.0.0.1>\r\n"
+            "Call-ID: unsolicited@x\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n")
+    padding = "X-Pad: " + "p" * (size - len(head) - 30) + "\r\n"
+    return (head + padding + "Content-Length: 0\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("answer, expected", [(True, [603]), (False, [])])
+def test_unsolicited_invite_gets_at_most_one_answer_to_its_source(clock, answer, expected):
+    """A 7 KB out-of-dialog INVITE gets one stateless 603 (none with sip_answer_unsolicited
+    false), sent to the packet's source, never retransmitted (no Timer G), and no state stays."""
+    from sipgw.sip.ua import UserAgent
+    ua = UserAgent(clock, Config(sip_bind_address="127.0.0.1", sip_local_port=0,
+                                 sip_answer_unsolicited=answer))
+    ua.start()
+    port = clock.udp_ports[ua.transport.port]
+    invite = _unsolicited_invite(7000)
+    assert len(invite) >= 7000
+    port.proto.datagramReceived(invite, ("198.51.100.7", 5099))
+    for _ in range(70):
+        clock.advance(1)
+    assert [int(data.split(b" ")[1]) for data, _ in port.written] == expected
+    assert all(addr == ("198.51.100.7", 5099) for _, addr in port.written)
+    assert ua.transactions.server == {}
+
+
+def test_unsolicited_requests_leave_no_state(make_ua, sender):
+    """OPTIONS, CANCEL and a BYE for no dialog are answered once each and keep no transaction."""
+    ua = make_ua()
+    for method in ("OPTIONS", "CANCEL", "BYE"):
+        ua.transactions.receive(parse((
+            f"{method} sip:gw@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK{method}\r\n"
+            f"From: <sip:x@127.0.0.1>;tag=f\r\nTo: <sip:gw@127.0.0.1>\r\nCall-ID: none@x\r\n"
+            f"CSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()), PEER)
+    assert [r.status for r in sender.responses()] == [200, 481, 481]
+    assert ua.transactions.server == {}
+
+
+def test_a_thousand_answers_with_a_host_name_in_c_leak_nothing(make_ua, sender, clock):
+    """1,000 calls answered with c=IN IP4 bogus.invalid each fail with the reason and a BYE;
+    afterwards 0 RTP ports, 0 sockets, 0 streams and (after call_retention) 0 calls remain."""
+    ua = make_ua(media_port_from=46000, media_port_to=46999, call_retention=5)
+    bogus = ANSWER.replace(b"127.0.0.1", b"bogus.invalid")
+    reason = "c= address 'bogus.invalid' of the audio stream is not an IP address"
+    for i in range(1000):
+        ua.startup(_call(call_id=f"bogus{i}", to_stream=f"bogus{i}"))
+        invite = sender.requests("INVITE")[-1]
+        ua.transactions.receive(_reply(invite, 200, body=bogus, tag=f"b{i}"), PEER)
+        bye = sender.requests("BYE")[-1]
+        assert bye.call_id == invite.call_id
+        ua.transactions.receive(make_response(bye, 200), PEER)
+        call = ua.find(f"bogus{i}")[0]
+        assert (call["status"], call["info"]) == ("FAILED", reason)
+        clock.advance(1)
+    clock.advance(40)
+    assert ua.ports.in_use == set() and clock.udp_ports == {} and ua.streams.all() == []
+    clock.advance(10)
+    assert ua.calls == {} and ua.by_sip_call_id == {}
+
+
+def test_teardown_runs_to_the_end_when_a_step_raises(make_ua, sender, clock):
+    """A media close that raises still lets the call free its stream name and be forgotten."""
+    ua = make_ua(call_retention=5)
+    _established(ua, sender)
+    call = ua.calls["call1"]
+
+    def broken_close():
+        raise RuntimeError("media teardown bug")
+    call.media_session.close = broken_close
+    ua.terminate("call1")
+    ua.transactions.receive(make_response(sender.requests("BYE")[-1], 200), PEER)
+    assert _status(ua) == "FINISH" and ua.streams.all() == []
+    clock.advance(6)
+    assert ua.calls == {}

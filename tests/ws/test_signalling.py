@@ -1,0 +1,56 @@
+"""Websocket signalling admission: the trusted_networks allowlist and ws_auth_tokens."""
+import json
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from sipgw.config import Config
+from sipgw.streams.registry import StreamRegistry
+from sipgw.ws.signalling import SignallingFactory
+
+LOCAL = IPv4Address("TCP", "127.0.0.1", 50000)
+STRANGER = IPv4Address("TCP", "192.0.2.7", 50001)
+UPGRADE = (b"GET / HTTP/1.1\r\nHost: gw.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def connect(peer, **settings):
+    factory = SignallingFactory(Config(**settings), StreamRegistry(), Clock())
+    protocol = factory.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(UPGRADE)
+    return protocol, transport
+
+
+def status(transport) -> int:
+    return int(transport.value().split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("peer, code", [(LOCAL, 101), (STRANGER, 403)])
+def test_without_tokens_only_trusted_networks_connect(peer, code):
+    """With no ws_auth_tokens, a client outside trusted_networks is refused at the upgrade."""
+    assert status(connect(peer)[1]) == code
+
+
+def test_trusted_networks_setting_admits_a_lan():
+    """A network added to trusted_networks may connect without a token."""
+    _, transport = connect(STRANGER, trusted_networks="192.0.2.0/24")
+    assert status(transport) == 101
+
+
+def test_with_tokens_a_stranger_may_connect_and_must_send_one():
+    """With ws_auth_tokens set, any address may open the socket; 'connection' needs the token."""
+    protocol, transport = connect(STRANGER, ws_auth_tokens="app-key-1")
+    assert status(transport) == 101
+    sent = []
+    protocol.sendMessage = lambda payload, *a, **kw: sent.append(json.loads(payload))
+    protocol.sendClose = lambda *a, **kw: sent.append("closed")
+    for bad in (["app-key-1"], {"k": 1}, "app-key-2", "app-key-1\u00e9"):  # unhashable too
+        sent.clear()
+        protocol.on_connection({"authToken": bad})
+        assert sent[-1] == "closed" and not protocol.established
+    protocol.on_connection({"appKey": "app-key-1"})
+    assert protocol.established
