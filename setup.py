@@ -20,6 +20,7 @@ setup(
         # selenium drives Debian's chromium via /usr/bin/chromedriver; setuptools builds
         # sipgw's own wheel in the install test (tests/interop/test_install.py)
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
-                 "selenium>=4.20", "setuptools>=70.1"],
+                 "selenium>=4.20", "setuptools>=70.1",
+                 "websockets>=13.1"],  # the tests' websocket client (tests/interop/ws_viewer.py)
     },
 )

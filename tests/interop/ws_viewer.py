@@ -12,22 +12,10 @@ import uuid
 import aioice.ice
 from aiortc import (RTCConfiguration, RTCPeerConnection, RTCRtpReceiver,
                     RTCSessionDescription)
-from autobahn.asyncio.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
-
-
-class _Protocol(WebSocketClientProtocol):
-    def onOpen(self):
-        self.factory.opened.set_result(self)
-
-    def onMessage(self, payload, isBinary):
-        self.factory.messages.put_nowait(json.loads(payload))
-
-    def onClose(self, wasClean, code, reason):
-        self.factory.messages.put_nowait({"message": "__closed__", "data": [{"code": code}]})
-        if not self.factory.opened.done():
-            self.factory.opened.set_exception(ConnectionError(reason))
 
 
 class WcsSession:
@@ -39,16 +27,25 @@ class WcsSession:
         self.taken: set[int] = set()
 
     async def open(self, ssl=None):
-        """Open the websocket only (ws:// or wss:// with an ssl context)."""
-        loop = asyncio.get_running_loop()
-        factory = WebSocketClientFactory(self.url)
-        factory.protocol = _Protocol
-        factory.opened = loop.create_future()
-        factory.messages = asyncio.Queue()
-        self.factory = factory
-        host, port = self.url.split("//")[1].split(":")
-        await loop.create_connection(factory, host, int(port), ssl=ssl)
-        self.proto = await factory.opened
+        """Open the websocket only (ws:// or wss:// with an ssl context).
+
+        The client is the ``websockets`` library (not Autobahn, which the server uses): one
+        process cannot hold Autobahn's asyncio and Twisted flavours at once (txaio), and the
+        unit tests import the server's."""
+        self.messages: asyncio.Queue = asyncio.Queue()
+        self.ws = await ws_connect(self.url, ssl=ssl, compression=None, max_size=None,
+                                   ping_interval=None, open_timeout=15)
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self):
+        """Every message as a dict; the close as a ``__closed__`` message with its code."""
+        try:
+            async for payload in self.ws:
+                self.messages.put_nowait(json.loads(payload))
+        except ConnectionClosed:
+            pass
+        code = self.ws.close_code if self.ws.close_code is not None else 1006
+        self.messages.put_nowait({"message": "__closed__", "data": [{"code": code}]})
 
     async def connect(self, ssl=None, **connection):
         """Open and say 'connection'; returns getUserData, fail or the close."""
@@ -58,10 +55,11 @@ class WcsSession:
         return await self.wait_for(lambda m: m["message"] in ("getUserData", "fail", "__closed__"))
 
     def send(self, message, obj):
-        self.proto.sendMessage(json.dumps({"message": message, "data": [obj]}).encode())
+        self.send_raw(json.dumps({"message": message, "data": [obj]}).encode())
 
     def send_raw(self, payload: bytes):
-        self.proto.sendMessage(payload)
+        """One text frame; sends are queued in order (the library's send is a coroutine)."""
+        asyncio.ensure_future(self.ws.send(payload, text=True))
 
     async def wait_for(self, predicate, timeout: float = 15):
         """The first message, received or to come, that matches and was not taken before."""
@@ -74,7 +72,7 @@ class WcsSession:
                     if id(message) not in self.taken and predicate(message):
                         self.taken.add(id(message))
                         return message
-                self.events.append(await self.factory.messages.get())
+                self.events.append(await self.messages.get())
         return await asyncio.wait_for(loop(), timeout)
 
     async def status(self, media_session_id, *statuses, timeout: float = 15):
@@ -90,7 +88,7 @@ class WcsSession:
         return player
 
     def close(self):
-        self.proto.sendClose()
+        asyncio.ensure_future(self.ws.close())
 
 
 class Player:
