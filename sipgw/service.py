@@ -85,7 +85,7 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> reso
     from .policy import AccessPolicy
     from .rest import CallApi, RestResource
     from .rest.streams import StreamApi
-    apis = [CallApi(ua), StreamApi(ua.streams)]
+    apis = [CallApi(ua, config, ua.reactor), StreamApi(ua.streams)]
     if media is not None:
         from .rest.push import PushApi
         from .rest.recorder import RecorderApi

@@ -10,6 +10,8 @@ from http import HTTPStatus
 from typing import Any
 
 from sipgw.calls import CallError
+from sipgw.egress import EgressDenied
+from sipgw.quotas import QuotaExceeded
 
 INTERNAL_ERROR = "internal server error"
 
@@ -54,7 +56,7 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
 
     The caller logs the 500 case with its traceback; the traceback never goes into the body.
     """
-    if isinstance(exc, ApiError):
+    if isinstance(exc, (ApiError, EgressDenied, QuotaExceeded)):  # 403, 429: policy refusals
         return exc.code, error_body(exc.message, exc.field)
     if isinstance(exc, CallError):
         code = exc.code
