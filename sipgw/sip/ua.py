@@ -299,7 +299,10 @@ class UserAgent:
                                         bind_address=config.sip_bind_address,
                                         port=config.sip_local_port,
                                         advertised_address=config.sip_address,
-                                        max_size=config.sip_max_message_size)
+                                        max_size=config.sip_max_message_size,
+                                        max_tcp_connections=config.sip_max_tcp_connections,
+                                        tcp_idle_timeout=config.sip_tcp_idle_timeout,
+                                        tcp_message_timeout=config.sip_tcp_message_timeout)
         self.transactions.sender = self.transport
         self.calls: dict[str, Call] = {}  # by WCS callId
         self.by_sip_call_id: dict[str, Call] = {}
