@@ -18,21 +18,17 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from .policy import PolicyError, parse_networks
+from .policy import Denied, PolicyError, parse_networks
 
 DEFAULT_DENY = ("169.254.0.0/16,fe80::/10,224.0.0.0/4,ff00::/8,0.0.0.0/8,::/128,"
                 "255.255.255.255/32")
 
 
-class EgressDenied(Exception):
-    """A destination the policy refuses; ``field`` names the request field it came from."""
-
-    code = 403
+class EgressDenied(Denied):
+    """A destination the policy refuses (403); ``field`` names the request field it came from."""
 
     def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
+        super().__init__(403, message, field)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import time
 
+from .policy import Denied
 
-class QuotaExceeded(Exception):
-    """A request beyond a limit; the message names the setting, ``field`` the request field."""
 
-    code = 429
+class QuotaExceeded(Denied):
+    """A request beyond a limit (429); the message names the setting, ``field`` the request
+    field."""
 
     def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
+        super().__init__(429, message, field)
 
 
 def check(count: int, limit: int, what: str, setting: str, field: str | None = None) -> None:
