@@ -68,9 +68,11 @@ HEADERS = {"Content-Type": "application/json"}
 
 
 def daemon_settings(workdir: Path) -> dict:
-    """``--set`` overrides for a bench daemon: short retention, a wide media range, and
-    every other listener on 127.0.0.1 at a free port (only the keys this sipgw knows)."""
+    """``--set`` overrides for a bench daemon: short retention, a wide media range, no call
+    quota, and every other listener on 127.0.0.1 at a free port (only the keys this sipgw
+    knows)."""
     wanted = {"call_retention": RETENTION_S, "media_port_from": 20000, "media_port_to": 60000,
+              "max_calls": 0, "max_calls_per_account": 0,  # the bench holds 1,000 calls
               "ws_bind_address": "127.0.0.1", "ws_port": free_port("tcp"),
               "wss_port": free_port("tcp"), "record_dir": str(workdir / "records")}
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from . import policy
+from . import egress, policy
 
 
 class ConfigError(ValueError):
@@ -61,6 +61,23 @@ class Config:
     rtmp_reconnect_delay: int = 1
     rtmp_reconnect_max_delay: int = 30
     rtmp_timeout: int = 10
+    # egress policy and quotas
+    sip_egress_allow: str = ""
+    sip_egress_deny: str = egress.DEFAULT_DENY
+    rtmp_egress_allow: str = ""
+    rtmp_egress_deny: str = egress.DEFAULT_DENY
+    max_calls: int = 200
+    max_calls_per_account: int = 50
+    max_pushes: int = 20
+    max_recordings: int = 50
+    dtmf_max_digits: int = 32
+    dtmf_digits_per_second: int = 10
+    max_viewers_per_stream: int = 100
+    max_viewers_per_connection: int = 10
+    # SIP over TCP
+    sip_max_tcp_connections: int = 1000
+    sip_tcp_idle_timeout: int = 300
+    sip_tcp_message_timeout: int = 30
 
     def __post_init__(self):
         for name in ("rest_port", "ws_port", "wss_port", "sip_local_port", "media_port_from", "media_port_to"):
@@ -72,11 +89,14 @@ class Config:
         if self.media_port_from > self.media_port_to - 1:
             raise ConfigError("media_port_from must be below media_port_to")
         for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
-                     "sip_max_server_transactions"):
+                     "sip_max_server_transactions", "dtmf_max_digits"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",
-                     "ws_connection_timeout"):
+                     "ws_connection_timeout", "max_calls", "max_calls_per_account", "max_pushes",
+                     "max_recordings", "dtmf_digits_per_second", "max_viewers_per_stream",
+                     "max_viewers_per_connection", "sip_max_tcp_connections",
+                     "sip_tcp_idle_timeout", "sip_tcp_message_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         try:
@@ -86,6 +106,8 @@ class Config:
                               networks)
             policy.check_bind("ws_bind_address", self.ws_bind_address,
                               bool(self.ws_auth_tokens.strip(", ")), networks)
+            egress.EgressPolicy.from_config(self, "sip")
+            egress.EgressPolicy.from_config(self, "rtmp")
         except policy.PolicyError as exc:
             raise ConfigError(str(exc)) from None
 

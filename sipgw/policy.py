@@ -29,12 +29,14 @@ class PolicyError(ValueError):
 
 
 class Denied(Exception):
-    """The client may not do this: ``code`` is 401 (no or bad credential) or 403 (scope)."""
+    """The client may not do this: ``code`` is 401 (no or bad credential), 403 (scope,
+    egress) or 429 (quota); ``field`` names the request field at fault, if any."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.field = field
 
 
 def parse_networks(text: str, name: str = "trusted_networks") -> tuple:

@@ -68,11 +68,13 @@ class _MediaService(service.Service):
 def make_media(config, reactor, registry) -> _MediaService:
     """/push/* and recording (sip_record_stream): PyAV work on worker threads."""
     from .config import ConfigError
+    from .egress import EgressPolicy
     from .media.push import PushManager
     from .media.recorder import BadFileName, RecorderManager
     pushes = PushManager(reactor, registry, reconnect_min=config.rtmp_reconnect_delay,
                          reconnect_max=config.rtmp_reconnect_max_delay,
-                         timeout=config.rtmp_timeout)
+                         timeout=config.rtmp_timeout,
+                         egress=EgressPolicy.from_config(config, "rtmp"))
     try:
         recorders = RecorderManager(reactor, registry, config.record_dir,
                                     config.record_file_template, auto=config.sip_record_stream)
@@ -85,11 +87,11 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> reso
     from .policy import AccessPolicy
     from .rest import CallApi, RestResource
     from .rest.streams import StreamApi
-    apis = [CallApi(ua), StreamApi(ua.streams)]
+    apis = [CallApi(ua, config, ua.reactor), StreamApi(ua.streams)]
     if media is not None:
         from .rest.push import PushApi
         from .rest.recorder import RecorderApi
-        apis += [PushApi(media.pushes), RecorderApi(media.recorders, ua.streams)]
+        apis += [PushApi(media.pushes, config), RecorderApi(media.recorders, ua.streams, config)]
     root = static.File(WEB_DIR)  # the daemon's own pages (SIP as stream, Player)
     root.putChild(b"rest-api", RestResource(*apis, access=AccessPolicy.from_config(config),
                                             max_body=config.rest_max_body))

@@ -36,8 +36,9 @@ class RtmpPush(MediaJob):
     def __init__(self, reactor, stream, where: RtmpTarget, *, rtmp_url: str,
                  published_name: str, options: dict | None = None, reconnect_min: float = 1.0,
                  reconnect_max: float = 30.0, timeout: float = 10.0,
-                 queue_frames: int | None = None):
+                 queue_frames: int | None = None, egress=None):
         kwargs = {} if queue_frames is None else {"queue_frames": queue_frames}
+        self.egress = egress
         super().__init__(reactor, stream, **kwargs)
         self.media_session_id = secrets.token_hex(16)
         self.target = where
@@ -77,7 +78,7 @@ class RtmpPush(MediaJob):
         attempt = 0
         first = True
         while True:
-            publisher = RtmpPublisher(self.target, self.timeout)
+            publisher = RtmpPublisher(self.target, self.timeout, self.egress)
             try:
                 publisher.open()
                 self.report(PUBLISHING, "")
@@ -157,8 +158,9 @@ class PushManager:
 
     def __init__(self, reactor, registry, *, reconnect_min: float = 1.0,
                  reconnect_max: float = 30.0, timeout: float = 10.0,
-                 queue_frames: int | None = None):
+                 queue_frames: int | None = None, egress=None):
         self.reactor = reactor
+        self.egress = egress  # sipgw.egress.EgressPolicy for rtmp_egress_*
         self.registry = registry
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
@@ -186,7 +188,7 @@ class PushManager:
         push = RtmpPush(self.reactor, stream, where, rtmp_url=rtmp_url, published_name=published,
                         options=options, reconnect_min=self.reconnect_min,
                         reconnect_max=self.reconnect_max, timeout=self.timeout,
-                        queue_frames=self.queue_frames)
+                        queue_frames=self.queue_frames, egress=self.egress)
         self.pushes[push.media_session_id] = push
         push.done.addCallback(self._ended)
         log.info("push of {name} to {url} started ({id})", name=stream.name, url=where.redacted,

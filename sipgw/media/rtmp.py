@@ -211,9 +211,10 @@ def _chunks(csid: int, kind: int, msid: int, timestamp: int, payload: bytes,
 class RtmpPublisher:
     """One RTMP publishing connection.  Every method blocks at most ``timeout`` seconds."""
 
-    def __init__(self, where: RtmpTarget, timeout: float = 10.0):
+    def __init__(self, where: RtmpTarget, timeout: float = 10.0, egress=None):
         self.target = where
         self.timeout = timeout
+        self.egress = egress  # sipgw.egress.EgressPolicy: checks the resolved address
         self._sock: socket.socket | None = None
         self._reader = _ChunkReader()
         self._stream_id = 0
@@ -226,7 +227,8 @@ class RtmpPublisher:
     def open(self) -> None:
         t = self.target
         try:
-            self._sock = socket.create_connection((t.host, t.port), timeout=self.timeout)
+            host = t.host if self.egress is None else allowed_address(t.host, t.port, self.egress)
+            self._sock = socket.create_connection((host, t.port), timeout=self.timeout)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._handshake()
             self._send_raw(_chunks(2, _MSG_SET_CHUNK_SIZE, 0, 0, struct.pack(">I", CHUNK_SIZE), 128))
@@ -397,6 +399,15 @@ def _status_text(values: list) -> str:
         if isinstance(value, dict) and ("code" in value or "description" in value):
             return " ".join(str(value[k]) for k in ("code", "description") if value.get(k))
     return "no reason given"
+
+
+def allowed_address(host: str, port: int, egress) -> str:
+    """The first address of ``host`` the egress policy allows (the name was checked at
+    /push/startup; this checks what it resolves to now); ValueError when there is none."""
+    for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        if egress.allows(host, resolved=sockaddr[0]):
+            return sockaddr[0]
+    raise ValueError("the RTMP server's address is denied by rtmp_egress")
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,9 @@ import uuid
 from typing import Any, Protocol
 
 from sipgw.calls import CallRequest, CallStatus
+from sipgw.config import Config
+from sipgw.egress import EgressPolicy
+from sipgw.quotas import DigitBuckets, check
 from sipgw.sip.headers import URI, HeaderError
 from sipgw.rest.errors import BadRequest, NotFound
 from sipgw.rest.fields import (NOT_IN_STREAM_NAME, boolean_field, missing,
@@ -28,7 +31,6 @@ _NAME_MAX = 128
 _URI_PART_MAX = 256
 _PASSWORD_MAX = 256
 _HOST_MAX = 253
-_DTMF_MAX = 64
 
 _NOT_IN_DISPLAY_NAME = frozenset('<>"')
 _HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
@@ -50,19 +52,35 @@ class CallManager(Protocol):
 
     def send_dtmf(self, call_id: str, dtmf: str, kind: str) -> None: ...
 
+    def active_calls(self) -> list[CallRequest]: ...
+
 
 class CallApi:
-    """``/call/startup``, ``/call/find``, ``/call/find_all``, ``/call/terminate``, ``/call/send_dtmf``."""
+    """``/call/startup``, ``/call/find``, ``/call/find_all``, ``/call/terminate``, ``/call/send_dtmf``.
+
+    The egress policy (``sip_egress_*``) and the quotas (``max_calls*``, ``dtmf_*``) of the
+    settings are checked here, before the manager sends anything."""
 
     router = Router()
 
-    def __init__(self, manager: CallManager) -> None:
+    def __init__(self, manager: CallManager, config: Config | None = None, clock=None) -> None:
         self._manager = manager
+        self._config = config = config or Config()
+        self._egress = EgressPolicy.from_config(config, "sip")
+        self._digits = DigitBuckets(config.dtmf_digits_per_second, config.dtmf_max_digits, clock)
 
     @router.route("/call/startup")
     def startup(self, request: Any, body: dict) -> None:
         """200 with an empty body: accepted, the call goes on asynchronously."""
-        self._manager.startup(parse_call_request(body))
+        call = parse_call_request(body)
+        for host, name in destinations(call):
+            self._egress.check(host, name)
+        active = self._manager.active_calls()
+        check(len(active), self._config.max_calls, "calls", "max_calls")
+        account = _account(call)
+        check(sum(_account(c) == account for c in active), self._config.max_calls_per_account,
+              f"calls of the account {account}", "max_calls_per_account", "sipLogin")
+        self._manager.startup(call)
         return None
 
     @router.route("/call/find")
@@ -85,8 +103,33 @@ class CallApi:
     @router.route("/call/send_dtmf")
     def send_dtmf(self, request: Any, body: dict) -> None:
         call_id = _call_id(body)
-        self._manager.send_dtmf(call_id, _dtmf(body), _dtmf_kind(body))
+        dtmf, kind = _dtmf(body, self._config.dtmf_max_digits), _dtmf_kind(body)
+        self._digits.take(call_id, len(dtmf))
+        self._manager.send_dtmf(call_id, dtmf, kind)
         return None
+
+
+def destinations(call: CallRequest) -> list[tuple[str, str]]:
+    """(host, field) of every SIP destination a call names: sipDomain, the outbound proxy's
+    host and the callee's host (``user@host``)."""
+    found = [(call.sip_domain, "sipDomain")]
+    if call.sip_outbound_proxy:
+        found.append((_host_of(call.sip_outbound_proxy.removeprefix("sip:")), "sipOutboundProxy"))
+    if "@" in call.callee:
+        found.append((_host_of(call.callee.rpartition("@")[2]), "callee"))
+    return found
+
+
+def _host_of(text: str) -> str:
+    """The host of ``host[:port][;params]`` (``[v6]`` and a bare IPv6 address too)."""
+    text = text.partition(";")[0]
+    if text.startswith("["):
+        return text.partition("]")[0] + "]"
+    return text if text.count(":") > 1 else text.partition(":")[0]
+
+
+def _account(call: CallRequest) -> str:
+    return f"{call.sip_login}@{call.sip_domain}"
 
 
 def _is_proxy(value: str) -> bool:
@@ -213,13 +256,13 @@ def _status(body: dict) -> str | None:
     raise BadRequest(f"status must be one of {_STATUSES}", "status")
 
 
-def _dtmf(body: dict) -> str:
+def _dtmf(body: dict, max_digits: int) -> str:
     value = body.get("dtmf")
     if missing(value):
         raise BadRequest("dtmf is required", "dtmf")
-    if isinstance(value, str) and len(value) <= _DTMF_MAX and _DTMF.fullmatch(value.upper()):
+    if isinstance(value, str) and len(value) <= max_digits and _DTMF.fullmatch(value.upper()):
         return value.upper()
-    raise BadRequest(f"dtmf must be 1 to {_DTMF_MAX} of 0-9 * # A-D", "dtmf")
+    raise BadRequest(f"dtmf must be 1 to {max_digits} of 0-9 * # A-D", "dtmf")
 
 
 def _dtmf_kind(body: dict) -> str:

@@ -10,6 +10,7 @@ from http import HTTPStatus
 from typing import Any
 
 from sipgw.calls import CallError
+from sipgw.policy import Denied
 
 INTERNAL_ERROR = "internal server error"
 
@@ -54,7 +55,7 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
 
     The caller logs the 500 case with its traceback; the traceback never goes into the body.
     """
-    if isinstance(exc, ApiError):
+    if isinstance(exc, (ApiError, Denied)):  # Denied: egress 403, quota 429
         return exc.code, error_body(exc.message, exc.field)
     if isinstance(exc, CallError):
         code = exc.code

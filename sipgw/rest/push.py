@@ -6,8 +6,12 @@ answers show it with user, password and query values replaced by ``***``.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
-from sipgw.media.push import PushError, PushManager
+from sipgw.config import Config
+from sipgw.egress import EgressPolicy
+from sipgw.media.push import RECONNECTING, PushError, PushManager
+from sipgw.quotas import check
 from sipgw.rest.fields import NOT_IN_STREAM_NAME, boolean_field, string_field
 from sipgw.rest.errors import ApiError, BadRequest, NotFound
 from sipgw.rest.router import Router
@@ -16,6 +20,9 @@ PUSH_NOT_FOUND = "Push not found"
 _NAME_MAX = 128
 _ID_MAX = 128
 _URL_MAX = 2048
+# What a RECONNECTING push says instead of its reason: "refused", "timed out" or "not an RTMP
+# server" would make /push/startup + /push/find a port scanner.  The reason is in the log.
+UNREACHABLE = "cannot publish to the RTMP server (the reason is in sipgw's log)"
 
 
 class PushApi:
@@ -23,8 +30,10 @@ class PushApi:
 
     router = Router()
 
-    def __init__(self, manager: PushManager) -> None:
+    def __init__(self, manager: PushManager, config: Config | None = None) -> None:
         self._manager = manager
+        self._config = config = config or Config()
+        self._egress = EgressPolicy.from_config(config, "rtmp")
 
     @router.route("/push/startup")
     def startup(self, request: Any, body: dict) -> dict:
@@ -38,10 +47,17 @@ class PushApi:
         if not isinstance(options, dict):
             raise BadRequest("options must be a JSON object", "options")
         try:
+            host = urlsplit(rtmp_url).hostname
+        except ValueError:
+            host = None  # the manager says what is wrong with the URL
+        if host:
+            self._egress.check(host, "rtmpUrl")
+        check(len(self._manager.find()), self._config.max_pushes, "pushes", "max_pushes")
+        try:
             push = self._manager.startup(stream_name, rtmp_url, full_url, options)
         except PushError as exc:
             raise ApiError(exc.code, str(exc), exc.field) from None
-        return push.to_json()
+        return shown(push)
 
     @router.route("/push/find")
     def find(self, request: Any, body: dict) -> list[dict]:
@@ -69,4 +85,13 @@ class PushApi:
 def _found(pushes) -> list[dict]:
     if not pushes:
         raise NotFound(PUSH_NOT_FOUND)
-    return [p.to_json() for p in pushes]
+    return [shown(p) for p in pushes]
+
+
+def shown(push) -> dict:
+    """A push as the API shows it: a RECONNECTING push does not say why."""
+    answer = push.to_json()
+    if answer["status"] == RECONNECTING:
+        retry = answer["info"].rpartition("; ")[2]
+        answer["info"] = UNREACHABLE + (f"; {retry}" if retry.startswith("next try") else "")
+    return answer

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sipgw.config import Config
 from sipgw.media.recorder import RecorderManager, RecordingError
+from sipgw.quotas import check
 from sipgw.rest.fields import string_field
 from sipgw.rest.errors import ApiError, BadRequest, NotFound
 from sipgw.rest.router import Router
@@ -21,9 +23,10 @@ class RecorderApi:
 
     router = Router()
 
-    def __init__(self, manager: RecorderManager, registry) -> None:
+    def __init__(self, manager: RecorderManager, registry, config: Config | None = None) -> None:
         self._manager = manager
         self._registry = registry
+        self._max = (config or Config()).max_recordings
 
     def _stream(self, body: dict):
         session_id = string_field(body, "mediaSessionId", required=True, max_len=_ID_MAX)
@@ -33,6 +36,8 @@ class RecorderApi:
         return stream
 
     def _start(self, stream, template: str | None = None, file_name: str | None = None) -> None:
+        check(len(self._manager.active), self._max, "recordings", "max_recordings",
+              "mediaSessionId")
         try:
             self._manager.start(stream, template=template, file_name=file_name)
         except RecordingError as exc:

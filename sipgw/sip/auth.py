@@ -165,8 +165,15 @@ def redact_authorization(value: str) -> str:
     return _SECRET.sub(lambda m: f'{m.group(1)}{m.group(2)}"***"', value)
 
 
+# Challenges one request chain answers at most: a proxy's and the callee's (§22.3), each
+# with one stale nonce (RFC 7616 §3.3).  RFC 3261 sets no bound; without one a server that
+# keeps saying stale=true with new nonces would draw INVITEs from sipgw for ever.
+MAX_ANSWERS = 4
+
+
 class ChallengeAnswerer:
-    """Answers 401/407 challenges for one request chain (RFC 3261 §22.2)."""
+    """Answers 401/407 challenges for one request chain (RFC 3261 §22.2), at most
+    ``MAX_ANSWERS`` times."""
 
     def __init__(self, digest: DigestClient):
         self.digest = digest
@@ -182,7 +189,7 @@ class ChallengeAnswerer:
                 challenges.append(Challenge.parse(value, name))
             except AuthError as exc:  # e.g. an algorithm we lack beside one we have
                 self.skipped.append(str(exc))
-        if not challenges:
+        if not challenges or len(self.answered) >= MAX_ANSWERS:
             return None
         challenge = pick_challenge(challenges)
         key = (challenge.realm, challenge.nonce)

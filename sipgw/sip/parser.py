@@ -180,34 +180,55 @@ class StreamParser:
     ``feed`` returns the complete messages; a framing error raises ParseError
     and the connection should be closed. CRLF keep-alives (RFC 5626 §3.5.1)
     between messages are skipped.
+
+    Incremental: each byte is searched for the end of the headers once (the search resumes
+    where the last one stopped) and the headers are parsed once, however the message is cut
+    into reads; ``scanned`` counts the bytes searched, so a message costs O(its size).
     """
 
     def __init__(self, max_size: int = MAX_MESSAGE_SIZE):
-        self._buffer = b""
+        self._buffer = bytearray()
         self._max_size = max_size
+        self._searched = 0  # bytes of the buffer already searched for the end of the headers
+        self._head: tuple[Message, int, int] | None = None  # (message, body start, end)
+        self.scanned = 0
+
+    @property
+    def pending(self) -> bool:
+        """A message has begun but is not complete."""
+        return bool(self._buffer)
 
     def feed(self, data: bytes) -> list[Message]:
-        self._buffer += data
+        buffer = self._buffer
+        buffer += data
         messages = []
         while True:
-            self._buffer = self._buffer.lstrip(b"\r\n")
-            idx = self._buffer.find(b"\r\n\r\n")
-            if idx < 0:
-                if len(self._buffer) > self._max_size:
-                    raise ParseError("headers larger than the size limit", status=513)
+            if self._head is None:
+                if not self._searched and buffer[:1] in (b"\r", b"\n"):
+                    del buffer[:len(buffer) - len(buffer.lstrip(b"\r\n"))]
+                start = max(0, self._searched - 3)
+                self.scanned += len(buffer) - start
+                idx = buffer.find(b"\r\n\r\n", start)
+                if idx < 0:
+                    self._searched = len(buffer)
+                    if len(buffer) > self._max_size:
+                        raise ParseError("headers larger than the size limit", status=513)
+                    return messages
+                message, length = _parse_head(bytes(buffer[:idx]))
+                if length is None:
+                    raise ParseError("missing Content-Length on a stream transport",
+                                     _answerable(message))
+                end = idx + 4 + length
+                if end > self._max_size:
+                    raise ParseError(f"message of {end} bytes is larger than {self._max_size}",
+                                     status=513)
+                self._head = (message, idx + 4, end)
+            message, body_start, end = self._head
+            if len(buffer) < end:
                 return messages
-            head = self._buffer[:idx]
-            message, length = _parse_head(head)
-            if length is None:
-                raise ParseError("missing Content-Length on a stream transport",
-                                 _answerable(message))
-            end = idx + 4 + length
-            if end > self._max_size:
-                raise ParseError(f"message of {end} bytes is larger than {self._max_size}",
-                                 status=513)
-            if len(self._buffer) < end:
-                return messages
-            message.body = self._buffer[idx + 4:end]
-            self._buffer = self._buffer[end:]
+            message.body = bytes(buffer[body_start:end])
+            del buffer[:end]
+            self._head = None
+            self._searched = 0
             _validate(message)
             messages.append(message)

@@ -98,28 +98,57 @@ class _UDPProtocol(protocol.DatagramProtocol):
 
 
 class _TCPProtocol(protocol.Protocol):
-    def __init__(self, layer: "TransportLayer"):
+    """One SIP TCP connection, in or out: framing, plus the idle timeout (no byte either way
+    for ``sip_tcp_idle_timeout``) and the message timeout (a message begun but not complete
+    within ``sip_tcp_message_timeout``), both of which close it."""
+
+    def __init__(self, layer: "TransportLayer", inbound: bool = True):
         self.layer = layer
+        self.inbound = inbound
         self.parser = StreamParser(layer.max_size)
         self.pending: list[bytes] = []
         self.peer: tuple[str, int] | None = None
+        self.counted = False
+        self._idle = None
+        self._partial = None
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer = (peer.host, peer.port)
-        self.layer.connections[self.peer] = self
+        layer = self.layer
+        if self.inbound and layer.max_tcp_connections and layer.tcp_open >= layer.max_tcp_connections:
+            layer.note(peer.host, "SIP TCP connection from {host} refused: "
+                       f"sip_max_tcp_connections={layer.max_tcp_connections} are open")
+            self.transport.abortConnection()
+            return
+        self.counted = True
+        layer.tcp_open += 1
+        layer.connections[self.peer] = self
+        if layer.tcp_idle_timeout:
+            self._idle = layer.reactor.callLater(layer.tcp_idle_timeout, self._timed_out,
+                                                 "idle for sip_tcp_idle_timeout")
         for data in self.pending:
             self.transport.write(data)
         self.pending = []
+
+    def _active(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.layer.tcp_idle_timeout)
+
+    def _timed_out(self, why: str) -> None:
+        self.layer.note(self.peer[0], f"SIP TCP connection with {{host}} closed: {why}")
+        self.transport.abortConnection()
 
     def send(self, data: bytes) -> None:
         if self.transport is None or not self.transport.connected:
             self.pending.append(data)
         else:
+            self._active()
             self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
         self.layer.bytes_received += len(data)
+        self._active()
         source = Source("TCP", self.peer[0], self.peer[1], self)
         try:
             messages = self.parser.feed(data)
@@ -128,10 +157,28 @@ class _TCPProtocol(protocol.Protocol):
             self.layer.reject(exc, source)
             self.transport.loseConnection()
             return
+        self._time_partial(bool(messages))
         for message in messages:
             self.layer.deliver(message, source)
 
+    def _time_partial(self, completed: bool) -> None:
+        """The message timeout runs from a message's first byte to its last."""
+        if self._partial is not None and (completed or not self.parser.pending):
+            if self._partial.active():
+                self._partial.cancel()
+            self._partial = None
+        timeout = self.layer.tcp_message_timeout
+        if timeout and self._partial is None and self.parser.pending:
+            self._partial = self.layer.reactor.callLater(
+                timeout, self._timed_out, "a message not complete within sip_tcp_message_timeout")
+
     def connectionLost(self, reason) -> None:
+        for timer in (self._idle, self._partial):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if self.counted:
+            self.counted = False
+            self.layer.tcp_open -= 1
         if self.peer and self.layer.connections.get(self.peer) is self:
             del self.layer.connections[self.peer]
 
@@ -155,13 +202,19 @@ class TransportLayer:
     """UDP and TCP SIP transports sharing one port number."""
 
     def __init__(self, reactor, controller, *, bind_address: str = "0.0.0.0", port: int = 5070,
-                 advertised_address: str = "", max_size: int = MAX_MESSAGE_SIZE):
+                 advertised_address: str = "", max_size: int = MAX_MESSAGE_SIZE,
+                 max_tcp_connections: int = 0, tcp_idle_timeout: float = 0,
+                 tcp_message_timeout: float = 0):
         self.reactor = reactor
         self.controller = controller
         self.bind_address = bind_address
         self.port = port
         self.advertised_address = advertised_address
         self.max_size = max_size
+        self.max_tcp_connections = max_tcp_connections
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_message_timeout = tcp_message_timeout
+        self.tcp_open = 0  # connections up, in and out
         self.connections: dict[tuple[str, int], _TCPProtocol] = {}
         self.factory = _TCPFactory(self)
         self.bytes_received = 0
@@ -220,6 +273,12 @@ class TransportLayer:
             return
         self.controller.receive(message, source)
 
+    def note(self, host: str, text: str) -> None:
+        """Log a per-connection event about ``host`` through the rate limiter."""
+        held = self.log_limiter.allow(host)
+        if held is not None:
+            log.info(text + "{more}", host=host, more=held_back(held))
+
     def reject(self, error: ParseError, source: Source) -> None:
         """Answer a malformed request statelessly; drop anything else (§21.4.1)."""
         held = self.log_limiter.allow(source.host)
@@ -250,7 +309,7 @@ class TransportLayer:
                 self.reactor.callLater(0, self.controller.transport_error, (host, port), str(exc))
 
     def _connect(self, host: str, port: int) -> _TCPProtocol:
-        proto = _TCPProtocol(self)
+        proto = _TCPProtocol(self, inbound=False)
         proto.peer = (host, port)
         self.connections[(host, port)] = proto
 

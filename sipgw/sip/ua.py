@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from ..calls import (NO_COMMON_CODECS, NORMAL_CLEARING, REQUEST_TIMEOUT, RTP_ACTIVITY,
                      TERMINATED_BY_REST, CallError, CallRequest, CallStatus, Conflict, NotFound)
+from ..egress import EgressDenied, EgressPolicy
 from ..rtp.session import MediaSession
 from ..streams.registry import StreamExists, StreamRegistry
 from ..streams.stream import Stream, StreamStatus
@@ -298,12 +299,16 @@ class UserAgent:
                                         bind_address=config.sip_bind_address,
                                         port=config.sip_local_port,
                                         advertised_address=config.sip_address,
-                                        max_size=config.sip_max_message_size)
+                                        max_size=config.sip_max_message_size,
+                                        max_tcp_connections=config.sip_max_tcp_connections,
+                                        tcp_idle_timeout=config.sip_tcp_idle_timeout,
+                                        tcp_message_timeout=config.sip_tcp_message_timeout)
         self.transactions.sender = self.transport
         self.calls: dict[str, Call] = {}  # by WCS callId
         self.by_sip_call_id: dict[str, Call] = {}
         self.streams = streams if streams is not None else StreamRegistry()
         self.registrations: dict[tuple, Registration] = {}
+        self.egress = EgressPolicy.from_config(config, "sip")
         self._session_version = int(time.time())
 
     def start(self) -> None:
@@ -360,6 +365,16 @@ class UserAgent:
 
     def send_in_dialog(self, call: Call, request: Request, on_response=None) -> None:
         dest = self.in_dialog_destination(call)
+        if not self.egress.allows(dest.host):
+            # The peer's Contact or Record-Route names a denied address: send nothing there;
+            # the request fails at once as if refused (a BYE still ends the call).
+            log.warn("call {call_id}: {method} to {host} refused by sip_egress",
+                     call_id=call.request.call_id, method=request.method, host=dest.host)
+            if on_response is not None and request.method != "ACK":
+                refused = make_response(request, 403, "Denied by sip_egress")
+                refused.local = True
+                self.reactor.callLater(0, on_response, refused)
+            return
         if request.method == "ACK":
             self.transport.send(request, dest.transport, dest.host, dest.port)
             return
@@ -396,6 +411,12 @@ class UserAgent:
             address = await self.resolve(host)
         except Exception as exc:  # DNS failure: the call fails, the daemon goes on
             call.set_status(CallStatus.FAILED, f"Cannot resolve {host}: {exc.__class__.__name__}")
+            return
+        try:  # the name was checked at the REST layer; its address is checked here
+            self.egress.check(host, "sipOutboundProxy" if r.sip_outbound_proxy else "sipDomain",
+                              resolved=address)
+        except EgressDenied as exc:
+            call.set_status(CallStatus.FAILED, exc.message)
             return
         call.dest = Destination(transport, address, port)
         if r.sip_register_required:
@@ -481,6 +502,9 @@ class UserAgent:
         for digit in dtmf:
             body = f"Signal={digit}\r\nDuration={DTMF_DURATION_MS}\r\n".encode()
             call.send_info("application/dtmf-relay", body)
+
+    def active_calls(self) -> list[CallRequest]:
+        return [c.request for c in self.calls.values() if not c.status.ended]
 
     def call_ended(self, call: Call) -> None:
         """Release everything the call holds; each step runs whatever the previous ones raised

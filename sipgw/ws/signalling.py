@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..policy import AccessPolicy, token_matches
+from ..quotas import QuotaExceeded, check
 from ..webrtc.viewer import NoCommonCodecs, Viewer
 
 log = Logger(namespace="sipgw.ws")
@@ -140,6 +141,15 @@ class SignallingProtocol(WebSocketServerProtocol):
         if not isinstance(sdp, str) or "v=0" not in sdp:
             self.status(media_session_id, name, "FAILED", "playStream needs the offer SDP")
             return
+        config = self.factory.config
+        try:
+            check(len(self.viewers), config.max_viewers_per_connection,
+                  "streams played on this connection", "max_viewers_per_connection")
+            check(self.factory.viewers_of(stream), config.max_viewers_per_stream,
+                  f"viewers of {name}", "max_viewers_per_stream")
+        except QuotaExceeded as exc:
+            self.status(media_session_id, name, "FAILED", exc.message)
+            return
         viewer = Viewer(stream, media_session_id=media_session_id,
                         ice_servers=self.factory.ice_servers,
                         on_state=lambda status, info: self._viewer_state(media_session_id, name,
@@ -232,6 +242,9 @@ class SignallingFactory(WebSocketServerFactory):
             return
         for proto, media_session_id in list(self._watchers.pop(stream.media_session_id, ())):
             proto.stream_ended(media_session_id, stream)
+
+    def viewers_of(self, stream) -> int:
+        return len(self._watchers.get(stream.media_session_id, ()))
 
     def viewer_count(self) -> int:
         return sum(len(w) for w in self._watchers.values())

@@ -104,3 +104,51 @@ def test_terminate_and_find(env):
     assert client.post("/push/terminate", {"mediaSessionId": "nope"}).code == 404
     assert client.post("/push/find", {}).code == 400
     assert client.post("/push/find", {"streamName": "rtmp_other"}).code == 404
+
+
+@pytest.mark.parametrize("url", ["rtmp://169.254.169.254/live", "rtmp://[fe80::1]:1935/live",
+                                 "rtmp://u:p@224.0.0.1/live", "rtmp://0.0.0.0:1935/live"])
+def test_push_to_a_denied_host_is_403_naming_rtmp_url(env, url):
+    """Link-local (cloud metadata), multicast and unspecified RTMP hosts are refused before
+    any connection, with a 403 naming rtmpUrl and never quoting the URL's credentials."""
+    client, manager, _ = env
+    answer = client.post("/push/startup", {"streamName": "call1", "rtmpUrl": url})
+    assert answer.code == 403 and answer.json()["field"] == "rtmpUrl"
+    assert "denied by rtmp_egress_deny" in answer.json()["error"]
+    assert "u:p" not in answer.json()["error"] and manager.pushes == {}
+
+
+def test_rtmp_allow_list_and_max_pushes(client_for):
+    """rtmp_egress_allow admits only its hosts; beyond max_pushes startup is a 429."""
+    from sipgw.config import Config
+    calls = ThreadCalls()
+    registry = StreamRegistry()
+    registry.add(Stream("call1"))
+    registry.add(Stream("call2"))
+    manager = PushManager(calls, registry, reconnect_min=5, reconnect_max=5, timeout=1)
+    config = Config(rtmp_egress_allow="127.0.0.1,.example.org", max_pushes=1)
+    client = client_for(RestResource(PushApi(manager, config)))
+    refused = client.post("/push/startup", {"streamName": "call1",
+                                            "rtmpUrl": "rtmp://10.0.0.1/live"})
+    assert refused.code == 403
+    assert refused.json()["error"] == "rtmpUrl destination 10.0.0.1 is not in rtmp_egress_allow"
+    assert client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL}).code == 200
+    full = client.post("/push/startup", {"streamName": "call2", "rtmpUrl": URL})
+    assert full.code == 429
+    assert full.json() == {"error": "too many pushes: 1 of max_pushes=1", "field": None}
+    closing = manager.close()
+    calls.run_until(lambda: closing.called)
+
+
+def test_find_does_not_say_why_a_push_cannot_connect(env):
+    """/push/find is no port scanner: a RECONNECTING push says neither "refused" nor "timed
+    out" nor what answered, only that it cannot publish (the reason goes to the log)."""
+    from sipgw.rest.push import UNREACHABLE
+    client, manager, _ = env
+    client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL})
+    push, = manager.pushes.values()
+    calls = push.reactor
+    calls.run_until(lambda: push.state == "RECONNECTING")
+    assert "refused" in push.info  # the manager knows, for the log
+    found, = client.post("/push/find", {"rtmpUrl": URL}).json()
+    assert found["info"] == UNREACHABLE + "; next try in 5 s"

@@ -74,3 +74,20 @@ def test_stream_start_and_stop_recording(env):
     calls.run_until(lambda: exchange.done)
     assert exchange.response.code == 200
     assert not manager.active
+
+
+def test_beyond_max_recordings_is_429(client_for, tmp_path):
+    """A recording beyond max_recordings is refused with a 429 naming the setting."""
+    from sipgw.config import Config
+    calls = ThreadCalls()
+    registry = StreamRegistry()
+    first, second = registry.add(Stream("call1")), registry.add(Stream("call2"))
+    manager = RecorderManager(calls, registry, str(tmp_path), "{streamName}")
+    client = client_for(RestResource(RecorderApi(manager, registry, Config(max_recordings=1))))
+    assert client.post("/recorder/startup", {"mediaSessionId": first.media_session_id}).code == 200
+    refused = client.post("/stream/startRecording", {"mediaSessionId": second.media_session_id})
+    assert refused.code == 429
+    assert refused.json() == {"error": "too many recordings: 1 of max_recordings=1",
+                              "field": "mediaSessionId"}
+    closing = manager.close(timeout=0)
+    calls.run_until(lambda: closing.called)

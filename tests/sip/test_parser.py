@@ -583,3 +583,24 @@ def test_built_message_survives_bytes_and_parse(built):
         assert (parsed.status, parsed.reason) == (message.status, message.reason)
     [framed] = StreamParser().feed(bytes(message))
     assert framed == message
+
+
+def test_stream_parser_costs_linear_time_for_a_64k_message_fed_byte_by_byte(monkeypatch):
+    """A 64 KB message (large headers and a large body) fed one byte at a time: the headers
+    are parsed once and every byte is searched for the header end about once (O(n), counted
+    in bytes searched and head parses, not time)."""
+    import sipgw.sip.parser as parser_module
+    heads = []
+    real = parser_module._parse_head
+    monkeypatch.setattr(parser_module, "_parse_head", lambda head: heads.append(1) or real(head))
+    filler = "".join(f"X-Filler-{i}: {'f' * 90}\r\n" for i in range(150))  # ~15 KB of headers
+    body = b"b" * 50000
+    data = _request(filler + "Content-Type: text/plain", body=body)
+    assert len(data) > 65536
+    parser, out = StreamParser(max_size=1 << 17), []
+    for i in range(len(data)):
+        out += parser.feed(data[i:i + 1])
+    assert len(heads) == 1
+    assert [m.body for m in out] == [body] and out[0] == parse(data, 1 << 17)
+    assert parser.scanned <= 4 * len(data)  # each header byte searched ~4 times (overlap 3)
+    assert not parser.pending

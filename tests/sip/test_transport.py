@@ -229,3 +229,67 @@ def test_malformed_datagrams_are_logged_at_most_once_per_source_per_interval():
              and "malformed" in e.get("log_format", "")]
     assert [(e["host"], e["more"]) for e in lines] == [
         ("192.0.2.1", ""), ("192.0.2.2", ""), ("192.0.2.1", " (499 more held back)")]
+
+
+def _tcp_layer(**limits):
+    reactor = UDPMemoryReactor()
+    controller = RecordingController()
+    layer = TransportLayer(reactor, controller, bind_address="127.0.0.1", port=0, **limits)
+    layer.start()
+    return layer, reactor, controller
+
+
+def _accept(layer, port):
+    peer = IPv4Address("TCP", "192.0.2.9", port)
+    proto = layer.factory.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer)
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_tcp_connections_beyond_the_cap_are_closed_at_once():
+    """Beyond sip_max_tcp_connections a new inbound connection is aborted before it is read;
+    a closed one frees its place."""
+    from twisted.python.failure import Failure
+    from twisted.internet.error import ConnectionDone
+    layer, reactor, controller = _tcp_layer(max_tcp_connections=2)
+    first, _ = _accept(layer, 41001)
+    _accept(layer, 41002)
+    third, transport = _accept(layer, 41003)
+    assert transport.disconnecting and ("192.0.2.9", 41003) not in layer.connections
+    third.connectionLost(Failure(ConnectionDone()))
+    assert layer.tcp_open == 2
+    first.connectionLost(Failure(ConnectionDone()))
+    _, transport = _accept(layer, 41004)
+    assert not transport.disconnecting and layer.tcp_open == 2
+
+
+def test_idle_tcp_connection_is_closed_after_the_idle_timeout():
+    """No byte either way for sip_tcp_idle_timeout closes the connection; traffic defers it."""
+    layer, reactor, _ = _tcp_layer(tcp_idle_timeout=30)
+    proto, transport = _accept(layer, 41001)
+    reactor.advance(29)
+    proto.dataReceived(b"\r\n\r\n")  # a keep-alive is traffic
+    reactor.advance(29)
+    proto.send(b"\r\n\r\n")
+    reactor.advance(29)
+    assert not transport.disconnecting
+    reactor.advance(2)
+    assert transport.disconnecting
+
+
+def test_a_message_trickled_slower_than_the_message_timeout_is_cut():
+    """A message begun must be complete within sip_tcp_message_timeout, however many bytes
+    trickle in meanwhile; a complete message stops the clock."""
+    layer, reactor, controller = _tcp_layer(tcp_message_timeout=5, tcp_idle_timeout=30)
+    tcp_invite = INVITE.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+    proto, transport = _accept(layer, 41001)
+    proto.dataReceived(tcp_invite[:10])
+    reactor.advance(4)
+    proto.dataReceived(tcp_invite[10:])
+    reactor.advance(4.5)
+    assert len(controller.received) == 1 and not transport.disconnecting
+    for i in range(4):
+        proto.dataReceived(tcp_invite[i:i + 1])
+        reactor.advance(1.5)
+    assert transport.disconnecting and len(controller.received) == 1

@@ -471,3 +471,57 @@ def test_teardown_runs_to_the_end_when_a_step_raises(make_ua, sender, clock):
     assert _status(ua) == "FINISH" and ua.streams.all() == []
     clock.advance(6)
     assert ua.calls == {}
+
+
+def test_endless_stale_challenges_draw_a_bounded_number_of_invites(make_ua, sender):
+    """A server answering every INVITE with a new stale nonce gets at most 1 + MAX_ANSWERS
+    INVITEs (RFC 3261 sets no bound; Timer A retransmissions are not counted here), then the
+    call fails."""
+    from sipgw.sip.auth import MAX_ANSWERS
+    ua = make_ua()
+    ua.startup(_call())
+    for n in range(20):
+        invite = sender.requests("INVITE")[-1]
+        ua.transactions.receive(_reply(invite, 401, extra=[
+            ("WWW-Authenticate", f'Digest realm="r", nonce="n{n}", stale=true')]), PEER)
+    assert len(sender.requests("INVITE")) == 1 + MAX_ANSWERS
+    assert _status(ua) == "FAILED"
+
+
+def test_unanswered_invite_is_sent_seven_times_by_timer_a(make_ua, sender, clock):
+    """The 7 INVITEs of one call to a silent host are RFC 3261 §17.1.1.2 Timer A
+    retransmissions (0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s) until Timer B (32 s): no more."""
+    ua = make_ua()
+    ua.startup(_call())
+    clock.pump([0.25] * 200)
+    assert len(sender.requests("INVITE")) == 7
+    assert _status(ua) == "FAILED"
+
+
+def test_a_domain_resolving_to_a_denied_address_fails_before_any_packet(make_ua, sender):
+    """sipDomain's name is allowed, but its address (cloud metadata) is not: the call fails
+    with the reason and no packet is sent."""
+    from twisted.internet import defer
+    ua = make_ua()
+    ua.resolve = lambda host: defer.succeed("169.254.169.254")
+    ua.startup(_call(sip_domain="pbx.example.org"))
+    call = ua.find("call1")[0]
+    assert call["status"] == "FAILED"
+    assert "sipDomain destination pbx.example.org (169.254.169.254) is denied" in call["info"]
+    assert sender.sent == []
+
+
+def test_in_dialog_requests_never_go_to_a_denied_contact(make_ua, sender, clock):
+    """A callee whose 2xx Contact names a denied address gets no ACK, INFO or BYE there; the
+    BYE fails locally and the call still ends."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
+        ("Contact", "<sip:bob@169.254.169.254:5060>"), ("Content-Type", "application/sdp")]),
+        PEER)
+    ua.send_dtmf("call1", "1", "INFO")
+    ua.terminate("call1")
+    clock.advance(0)
+    assert [m.method for m in sender.requests()] == ["INVITE"]
+    assert _status(ua) == "FINISH"

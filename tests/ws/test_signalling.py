@@ -54,3 +54,37 @@ def test_with_tokens_a_stranger_may_connect_and_must_send_one():
         assert sent[-1] == "closed" and not protocol.established
     protocol.on_connection({"appKey": "app-key-1"})
     assert protocol.established
+
+
+def _playing(**settings):
+    """An established player connection on a registry holding stream 's1'."""
+    from sipgw.streams.stream import Stream
+    protocol, _ = connect(LOCAL, **settings)
+    stream = protocol.factory.registry.add(Stream("s1"))
+    sent = []
+    protocol.sendMessage = lambda payload, *a, **kw: sent.append(json.loads(payload))
+    protocol.on_connection({})
+    return protocol, stream, sent
+
+
+def test_viewers_per_connection_are_capped_with_a_failed_status():
+    """Beyond max_viewers_per_connection, playStream gets notifyStreamStatusEvent FAILED
+    naming the setting; the socket stays open."""
+    protocol, stream, sent = _playing(max_viewers_per_connection=2)
+    protocol.viewers.update({"v1": object(), "v2": object()})
+    protocol.on_play_stream({"mediaSessionId": "v3", "name": "s1", "sdp": "v=0\r\n"})
+    assert sent[-1] == {"message": "notifyStreamStatusEvent", "data": [{
+        "mediaSessionId": "v3", "name": "s1", "published": False, "status": "FAILED",
+        "info": "too many streams played on this connection: 2 of max_viewers_per_connection=2"}]}
+    assert "v3" not in protocol.viewers and protocol.state == protocol.STATE_OPEN
+
+
+def test_viewers_per_stream_are_capped_across_connections():
+    """Beyond max_viewers_per_stream (over every connection), playStream of that stream
+    gets FAILED naming the setting."""
+    protocol, stream, sent = _playing(max_viewers_per_stream=1)
+    protocol.factory.watch(stream, object(), "elsewhere")
+    protocol.on_play_stream({"mediaSessionId": "v1", "name": "s1", "sdp": "v=0\r\n"})
+    assert sent[-1]["data"][0]["status"] == "FAILED"
+    assert sent[-1]["data"][0]["info"] == "too many viewers of s1: 1 of max_viewers_per_stream=1"
+    assert protocol.viewers == {}
