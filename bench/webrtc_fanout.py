@@ -162,7 +162,8 @@ def run_server() -> None:
         [textFileLogObserver(open(os.environ["SIPGW_BENCH_LOG"], "a"))],
         redirectStandardIO=False)
     config = Config(ws_bind_address="127.0.0.1", webrtc_ice_address="127.0.0.1",
-                    sip_bind_address="127.0.0.1")
+                    sip_bind_address="127.0.0.1",
+                    max_viewers_per_stream=0, max_viewers_per_connection=0)  # up to 128 viewers
     pin_ice_host(config.webrtc_ice_address)
     registry = StreamRegistry()
     stream = registry.add(Stream(STREAM, has_audio=True, has_video=True, call_id="bench"))
