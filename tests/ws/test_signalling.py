@@ -16,10 +16,19 @@ UPGRADE = (b"GET / HTTP/1.1\r\nHost: gw.test\r\nUpgrade: websocket\r\nConnection
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
+class TcpLikeTransport(StringTransport):
+    """Unregistering with no producer is a no-op, as on a TCP transport (Autobahn does it when
+    it refuses an upgrade); StringTransport raises instead."""
+
+    def unregisterProducer(self):
+        if self.producer is not None:
+            super().unregisterProducer()
+
+
 def connect(peer, **settings):
     factory = SignallingFactory(Config(**settings), StreamRegistry(), Clock())
     protocol = factory.buildProtocol(peer)
-    transport = StringTransport(peerAddress=peer)
+    transport = TcpLikeTransport(peerAddress=peer)
     protocol.makeConnection(transport)
     protocol.dataReceived(UPGRADE)
     return protocol, transport
