@@ -12,6 +12,7 @@ setup(
         "twisted>=23.10",
         "autobahn>=23.1",
         "aiortc>=1.9",
+        "aioice>=0.9",  # ICE host candidates pinned to webrtc_ice_address (sipgw/webrtc/viewer.py)
         "av>=12",
         "service-identity>=24.1",
         "numpy>=1.24",  # audio sample conversion (sipgw/media/audio.py)
