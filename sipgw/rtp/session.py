@@ -321,26 +321,29 @@ class MediaSession:
     # -- life cycle ----------------------------------------------------------
     def open(self) -> dict[str, int]:
         """Bind an RTP/RTCP pair per kind; returns kind -> RTP port for the SDP offer."""
-        tries = 0
-        for kind in self.kinds:
-            while True:
-                try:
-                    port = self.pool.allocate()
-                except PortsExhausted:
-                    self.close()  # give back the pairs already bound for the other kinds
-                    raise
-                endpoint = Endpoint(self, kind, port)
-                try:
-                    endpoint.listen(self.reactor, self.bind_address)
-                except error.CannotListenError:
-                    self.pool.release(port)
-                    tries += 1
-                    if tries > 20:
-                        self.close()
-                        raise PortsExhausted("no bindable RTP port pair in the media range")
-                    continue
-                self.endpoints[kind] = endpoint
-                break
+        unbindable = []  # pairs another process holds: kept out of the draw until we are done
+        try:
+            for kind in self.kinds:
+                while True:
+                    try:
+                        port = self.pool.allocate()
+                    except PortsExhausted:
+                        self.close()  # give back the pairs already bound for the other kinds
+                        raise
+                    endpoint = Endpoint(self, kind, port)
+                    try:
+                        endpoint.listen(self.reactor, self.bind_address)
+                    except error.CannotListenError:
+                        unbindable.append(port)
+                        if len(unbindable) > 20:
+                            self.close()
+                            raise PortsExhausted("no bindable RTP port pair in the media range")
+                        continue
+                    self.endpoints[kind] = endpoint
+                    break
+        finally:
+            for port in unbindable:
+                self.pool.release(port)
         return {kind: ep.port for kind, ep in self.endpoints.items()}
 
     def negotiate(self, media: dict) -> None:
