@@ -29,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 TICKS = os.sysconf("SC_CLK_TCK")
+SENDER_PORT = 47090  # the sender's source port, which the sessions' SDP names (strict source)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -108,7 +109,8 @@ def _receiver(kind: str, port: int, ready, results, sessions: int = 1):
                                    bind_address="127.0.0.1", ports=pool, kinds=[media_kind])
             session.open()
             session.negotiate({media_kind: NegotiatedMedia(
-                kind=media_kind, address="127.0.0.1", port=9, rtcp_port=10, codec=codec,
+                kind=media_kind, address="127.0.0.1", port=SENDER_PORT,
+                rtcp_port=SENDER_PORT + 1, codec=codec,
                 dtmf_pt=None, direction="sendrecv", packetization_mode=1, recv_pt=codec.pt)})
             ep = session.endpoints[media_kind]
             ep.rtp_port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -160,6 +162,7 @@ def send_at(ports: list[int], packets: list[bytes], rate: float, seconds: float)
     """Send packets round-robin to the ports at ``rate`` packets/s for ``seconds``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    sock.bind(("127.0.0.1", SENDER_PORT))
     targets = [("127.0.0.1", p) for p in ports]
     sent, start, n = 0, time.monotonic(), len(packets)
     end = start + seconds

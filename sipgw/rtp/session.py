@@ -1,7 +1,8 @@
 """One call's RTP: a UDP RTP/RTCP pair per media kind, demuxed into a Stream.
 
 Twisted side of ``sipgw/rtp``: ``MediaSession`` binds the ports offered in SDP,
-latches to where the peer really sends from (symmetric RTP), puts packets in
+takes RTP from the answer's address, or from where a callee behind NAT really
+sends from once that source passed probation (strict source), puts packets in
 order, rebuilds H264 access units and audio frames, publishes them to the
 call's ``Stream``, sends RTCP receiver reports and keyframe requests (PLI,
 FIR), watches for RTP inactivity, and sends silence and RFC 4733 DTMF when
@@ -18,6 +19,7 @@ import time
 from twisted.internet import error, protocol
 from twisted.logger import Logger
 
+from ..config import Config
 from ..streams.stream import MediaFrame
 from .h264 import H264Depacketizer
 from .jitter import ReceptionStats, ReorderBuffer
@@ -29,7 +31,7 @@ from .ports import PortsExhausted
 log = Logger(namespace="sipgw.rtp")
 
 RTCP_INTERVAL = 5.0  # seconds between receiver reports (RFC 3550 §6.2 minimum)
-RELATCH_GRACE = 2.0  # seconds after a media change in which the old source cannot latch
+SDP_SOURCE_FIRST = 1.0  # seconds after the SDP names an address in which only it can latch
 KEYFRAME_MIN_INTERVAL = 0.5  # coalesce keyframe requests of many consumers
 KEYFRAME_INFO_AFTER = 1.5  # no IDR this long after RTCP requests: try SIP INFO
 SILENCE = {"PCMU": b"\xff" * 160, "PCMA": b"\xd5" * 160, "opus": b"\xf8\xff\xfe"}
@@ -70,10 +72,10 @@ class Endpoint:
         self.accepted_pts: set[int] = set()
         self.remote_rtp: tuple[str, int] | None = None  # where we send: SDP, then latched
         self.sdp_rtp: tuple[str, int] | None = None
-        self.previous_rtp: tuple[str, int] | None = None
         self.renegotiated_at = 0.0
         self.remote_rtcp: tuple[str, int] | None = None
         self.latched = False
+        self.probation: dict = {}  # source -> [SSRC, next sequence number, packets in a row]
         self.ssrc: int | None = None
         self.reorder = ReorderBuffer(window=16 if kind == "video" else 4)
         self.stats: ReceptionStats | None = None
@@ -112,31 +114,52 @@ class Endpoint:
         self.dtmf_pts = dtmf
         new_rtp = (media.address, media.port)
         if new_rtp != self.sdp_rtp:
-            # A new media address (answer, or a re-INVITE moving the media): latch again, but
-            # not to packets still in flight from the old source.
-            self.previous_rtp = self.remote_rtp if self.latched else None
+            # A new media address (answer, or a re-INVITE moving the media): latch again. The
+            # old source, its packets still in flight, is a stranger now (see _source_ok).
             self.renegotiated_at = self.session.clock.seconds()
             self.sdp_rtp = self.remote_rtp = new_rtp
             self.remote_rtcp = (media.address, media.rtcp_port)
             self.latched = False
+            self.probation.clear()
         if self.stats is None:
             self.stats = ReceptionStats(media.codec.clock)
 
     # -- RTP in --------------------------------------------------------------
-    def _source_ok(self, addr) -> bool:
-        """Symmetric RTP: latch to the first source, then accept only from it."""
-        if not self.latched:
-            if (addr == self.previous_rtp and addr != self.remote_rtp and
-                    self.session.clock.seconds() - self.renegotiated_at < RELATCH_GRACE):
-                return False
-            self.latched = True
-            if addr != self.remote_rtp:
-                log.info("{kind} RTP of call {call} latched to {host}:{port} (SDP said {sdp})",
-                         kind=self.kind, call=self.session.call_id, host=addr[0], port=addr[1],
-                         sdp=self.remote_rtp)
-            self.remote_rtp = addr
+    def _source_ok(self, packet: RtpPacket, addr) -> bool:
+        """Strict source, as rtpengine's: the SDP address is taken at once, even from a learned
+        source. Another source (a callee behind NAT) is learned only while nothing is latched,
+        once the SDP address had SDP_SOURCE_FIRST seconds to send, on its Nth consecutive
+        in-sequence packet of one SSRC (RFC 3550 §A.1 probation); then the rest are dropped."""
+        if addr == self.sdp_rtp:
+            if not self.latched or self.remote_rtp != addr:
+                self._latch(addr)
             return True
-        return addr == self.remote_rtp
+        if self.latched:
+            return addr == self.remote_rtp
+        seq = packet.sequence_number
+        state = self.probation.get(addr)
+        if state is None or state[0] != packet.ssrc or state[1] != seq:
+            if len(self.probation) >= 16:  # bounded: a spray from many sources starts it over
+                self.probation.clear()
+            state = self.probation[addr] = [packet.ssrc, seq, 0]
+        state[1] = (seq + 1) & 0xFFFF
+        state[2] += 1
+        if (state[2] < self.session.probation_packets or
+                self.session.clock.seconds() - self.renegotiated_at < SDP_SOURCE_FIRST):
+            return False
+        self._latch(addr)
+        return True
+
+    def _latch(self, addr) -> None:
+        if addr != self.remote_rtp or addr != self.sdp_rtp:
+            log.info("{kind} RTP of call {call} latched to {host}:{port} (SDP said {sdp})",
+                     kind=self.kind, call=self.session.call_id, host=addr[0], port=addr[1],
+                     sdp=self.sdp_rtp)
+            if addr != self.sdp_rtp:  # its probation packets were dropped: do not wait for them
+                self.reorder.reset()
+        self.latched = True
+        self.remote_rtp = addr
+        self.probation.clear()
 
     def _admit(self, packet: RtpPacket, pt: int, addr) -> bool:
         """Latching and payload-type checks for packets off the common path."""
@@ -145,7 +168,7 @@ class Endpoint:
         if not known and not self.latched:
             counters["wrong_payload_type"] += 1
             return False  # a stray packet must not take the latch
-        if not self._source_ok(addr):
+        if not self._source_ok(packet, addr):
             counters["wrong_source"] += 1
             return False
         if pt not in self.accepted_pts:
@@ -295,7 +318,8 @@ class MediaSession:
 
     def __init__(self, reactor, *, call_id: str, stream, bind_address: str, ports,
                  kinds: list[str], rtp_timeout: float = 0, send_silence: bool = False,
-                 on_timeout=None, on_keyframe_info=None):
+                 on_timeout=None, on_keyframe_info=None,
+                 probation_packets: int = Config.rtp_probation_packets):
         self.reactor = self.clock = reactor
         self.call_id = call_id
         self.stream = stream
@@ -306,6 +330,7 @@ class MediaSession:
         self.send_silence = send_silence
         self.on_timeout = on_timeout
         self.on_keyframe_info = on_keyframe_info
+        self.probation_packets = probation_packets
         self.cname = f"sipgw-{os.getpid()}@{call_id}".encode()[:255]
         self.endpoints: dict[str, Endpoint] = {}
         self.established_at: float | None = None

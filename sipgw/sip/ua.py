@@ -430,7 +430,8 @@ class UserAgent:
             bind_address=self.config.sip_bind_address, ports=self.ports,
             kinds=kinds or ["audio"], rtp_timeout=self.config.rtp_activity_timeout,
             send_silence=self.config.rtp_session_init_always, on_timeout=call.rtp_timed_out,
-            on_keyframe_info=call.request_picture_update)
+            on_keyframe_info=call.request_picture_update,
+            probation_packets=self.config.rtp_probation_packets)
         try:
             ports = session.open()
         except PortsExhausted as exc:
