@@ -53,6 +53,7 @@ class Config:
     media_port_to: int = 31999
     rtp_activity_timeout: int = 60
     rtp_probation_packets: int = 3
+    rtp_max_packets_per_second: int = 2000
     rtp_session_init_always: bool = False
     sip_single_route_only: bool = False
     # recording and RTMP republishing (/push/*)
@@ -73,7 +74,8 @@ class Config:
         if self.media_port_from > self.media_port_to - 1:
             raise ConfigError("media_port_from must be below media_port_to")
         for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
-                     "sip_max_server_transactions", "rtp_probation_packets"):
+                     "sip_max_server_transactions", "rtp_probation_packets",
+                     "rtp_max_packets_per_second"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",

@@ -20,6 +20,7 @@ from twisted.internet import error, protocol
 from twisted.logger import Logger
 
 from ..config import Config
+from ..sip.transport import LogLimiter, held_back
 from ..streams.stream import MediaFrame
 from .h264 import H264Depacketizer
 from .jitter import ReceptionStats, ReorderBuffer
@@ -42,7 +43,7 @@ def _counters() -> dict:
     return {"packets": 0, "bytes": 0, "lost": 0, "jitter": 0, "frames": 0, "keyframes": 0,
             "dropped_frames": 0, "bad_packets": 0, "wrong_source": 0, "wrong_payload_type": 0,
             "bad_payloads": 0, "late": 0, "duplicates": 0, "timestamp_jumps": 0,
-            "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0}
+            "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0, "rate_limited": 0}
 
 
 class _Socket(protocol.DatagramProtocol):
@@ -50,10 +51,16 @@ class _Socket(protocol.DatagramProtocol):
 
     def __init__(self, endpoint: "Endpoint", rtcp: bool):
         self.endpoint = endpoint
+        self.session = endpoint.session
         self.rtcp = rtcp
 
     def datagramReceived(self, data: bytes, addr) -> None:
-        # RFC 5761 §4 demux, inlined: this runs for every packet.
+        # This runs for every packet: the rate limit costs a count, and the clock is read only
+        # once a second's worth of packets came; RFC 5761 §4 demux inlined.
+        session = self.session
+        session.window_packets += 1
+        if session.window_packets > session.max_packets_per_second and self.endpoint.flooded():
+            return
         if self.rtcp or (len(data) > 1 and 192 <= data[1] <= 223):
             self.endpoint.rtcp_received(data, addr)
         else:
@@ -123,6 +130,23 @@ class Endpoint:
             self.probation.clear()
         if self.stats is None:
             self.stats = ReceptionStats(media.codec.clock)
+
+    def flooded(self) -> bool:
+        """More packets than the call's limit came since its second started: drop and count
+        this one (a log line per 10 s). If that second is over, a new one starts here."""
+        session = self.session
+        now = session.clock.seconds()
+        if now - session.window_start >= 1.0:
+            session.window_start = now
+            session.window_packets = 1
+            return False
+        self.counters["rate_limited"] += 1
+        held = session.log_limiter.allow("flood")
+        if held is not None:
+            log.warn("call {call}: over {limit} packets/s, dropping the excess{more}",
+                     call=session.call_id, limit=session.max_packets_per_second,
+                     more=held_back(held))
+        return True
 
     # -- RTP in --------------------------------------------------------------
     def _source_ok(self, packet: RtpPacket, addr) -> bool:
@@ -319,7 +343,8 @@ class MediaSession:
     def __init__(self, reactor, *, call_id: str, stream, bind_address: str, ports,
                  kinds: list[str], rtp_timeout: float = 0, send_silence: bool = False,
                  on_timeout=None, on_keyframe_info=None,
-                 probation_packets: int = Config.rtp_probation_packets):
+                 probation_packets: int = Config.rtp_probation_packets,
+                 max_packets_per_second: int = Config.rtp_max_packets_per_second):
         self.reactor = self.clock = reactor
         self.call_id = call_id
         self.stream = stream
@@ -331,6 +356,10 @@ class MediaSession:
         self.on_timeout = on_timeout
         self.on_keyframe_info = on_keyframe_info
         self.probation_packets = probation_packets
+        self.max_packets_per_second = max_packets_per_second
+        self.window_start = reactor.seconds()  # the packet-rate limit's second, and its count
+        self.window_packets = 0
+        self.log_limiter = LogLimiter(reactor)
         self.cname = f"sipgw-{os.getpid()}@{call_id}".encode()[:255]
         self.endpoints: dict[str, Endpoint] = {}
         self.established_at: float | None = None

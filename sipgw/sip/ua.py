@@ -431,7 +431,8 @@ class UserAgent:
             kinds=kinds or ["audio"], rtp_timeout=self.config.rtp_activity_timeout,
             send_silence=self.config.rtp_session_init_always, on_timeout=call.rtp_timed_out,
             on_keyframe_info=call.request_picture_update,
-            probation_packets=self.config.rtp_probation_packets)
+            probation_packets=self.config.rtp_probation_packets,
+            max_packets_per_second=self.config.rtp_max_packets_per_second)
         try:
             ports = session.open()
         except PortsExhausted as exc:

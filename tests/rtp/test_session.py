@@ -9,6 +9,7 @@ import struct
 
 import pytest
 from twisted.internet import error
+from twisted.logger import globalLogPublisher
 
 from sipgw.rtp.packet import (Bye, FullIntraRequest, PictureLossIndication, ReceiverReport,
                               RtpPacket, SenderReport, SourceDescription, ntp_short, parse_rtcp)
@@ -332,6 +333,37 @@ def test_packets_before_the_answer_are_dropped(clock, pool):
     send_audio(clock, ports, [1])
     assert [f.timestamp for f in sink.queue] == [160]
     assert session.counters()["audio"]["wrong_source"] == 1
+
+
+def test_a_flood_is_cut_at_the_call_packet_rate_limit(clock, pool):
+    """Past max_packets_per_second packets within a second, counting RTP and RTCP of all the
+    call's media together, packets are dropped before parsing and counted in rate_limited, with
+    one log line per 10 s; a new second starts the count over."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        session, _, ports, sink = start(clock, pool, max_packets_per_second=100)
+        send_audio(clock, ports, range(90))
+        send_video(clock, ports, keyframe_packets(0, 0) * 5)  # 10 in, 5 over
+        receive(clock, ports["audio"] + 1, bytes(ReceiverReport(AUDIO_SSRC)), (PEER, 50001))
+        send_audio(clock, ports, range(90, 100))
+        assert len(sink.queue) == 91  # 90 audio frames and the keyframe
+        run_until(clock, 0.99)
+        send_audio(clock, ports, range(90, 100))
+        assert len(sink.queue) == 91
+        run_until(clock, 1)
+        send_audio(clock, ports, range(90, 100))
+        assert len(sink.queue) == 101
+        run_until(clock, 10.5)
+        send_audio(clock, ports, range(100, 400))  # 90 end the old second, 100 the new one
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    counters = session.counters()
+    assert counters["video"]["rate_limited"] == 5 and counters["video"]["packets"] == 10
+    assert counters["audio"]["rate_limited"] == 1 + 10 + 10 + 110
+    assert counters["audio"]["rtcp_packets"] == 0 and counters["audio"]["packets"] == 290
+    lines = [e for e in events if "packets/s" in e.get("log_format", "")]
+    assert [e["more"] for e in lines] == ["", " (25 more held back)"]
 
 
 GOOD = rtp(0)
