@@ -54,6 +54,8 @@ class Config:
     rtp_activity_timeout: int = 60
     rtp_probation_packets: int = 3
     rtp_max_packets_per_second: int = 2000
+    stream_gop_cache_max_bytes: int = 8388608
+    sink_queue_max_bytes: int = 4194304
     rtp_session_init_always: bool = False
     sip_single_route_only: bool = False
     # recording and RTMP republishing (/push/*)
@@ -75,7 +77,8 @@ class Config:
             raise ConfigError("media_port_from must be below media_port_to")
         for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
                      "sip_max_server_transactions", "rtp_probation_packets",
-                     "rtp_max_packets_per_second"):
+                     "rtp_max_packets_per_second", "stream_gop_cache_max_bytes",
+                     "sink_queue_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",

@@ -381,7 +381,9 @@ class UserAgent:
         self.by_sip_call_id[call.sip_call_id] = call
         call.stream = Stream(request.stream_name, has_audio=request.has_audio,
                              has_video=request.has_video, call_id=request.call_id,
-                             on_terminate=call.terminate)
+                             on_terminate=call.terminate,
+                             gop_max_bytes=self.config.stream_gop_cache_max_bytes,
+                             sink_max_bytes=self.config.sink_queue_max_bytes)
         try:
             self.streams.add(call.stream)
         except StreamExists as exc:
