@@ -275,15 +275,20 @@ class Endpoint:
             self.counters["rtcp_bad"] += 1
             return
         self.counters["rtcp_packets"] += 1
-        if self.remote_rtp is not None and addr[0] == self.remote_rtp[0]:
-            self.remote_rtcp = addr  # symmetric RTCP
+        sender = getattr(packets[0], "ssrc", None) if packets else None  # SR/RR first (§6.1)
+        if (sender is not None and sender == self.ssrc and self.remote_rtp is not None
+                and addr[0] == self.remote_rtp[0]):
+            self.remote_rtcp = addr  # symmetric RTCP: the followed source's host and SSRC
         for packet in packets:
             if isinstance(packet, SenderReport):
                 self.last_sr = ((packet.ntp_timestamp >> 16) & 0xFFFFFFFF,
                                 self.session.clock.seconds())
             elif isinstance(packet, Bye):
-                log.info("{kind} RTCP BYE from call {call}", kind=self.kind,
-                         call=self.session.call_id)
+                held = self.session.log_limiter.allow("bye")
+                if held is not None:
+                    log.info("{kind} RTCP BYE from {host}:{port} on call {call}{more}",
+                             kind=self.kind, host=addr[0], port=addr[1],
+                             call=self.session.call_id, more=held_back(held))
 
     def send_rtcp(self, *packets) -> None:
         if self.remote_rtcp is None or self.rtcp_port is None:

@@ -514,6 +514,25 @@ def test_rtcp_goes_where_the_peer_sends_its_rtcp_from(clock, pool):
     assert addr == (PEER, 50001)
 
 
+def test_rtcp_from_a_stranger_on_the_peers_host_is_not_followed(clock, pool):
+    """RTCP from the peer's host but of another SSRC than the followed one (a stranger behind
+    the same NAT) does not move where RRs go, and a flood of RTCP BYEs is one log line per 10 s."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        session, _, ports, _ = start(clock, pool, kinds=("audio",))
+        send_audio(clock, ports, [0])
+        receive(clock, ports["audio"] + 1, bytes(ReceiverReport(0x57A)), (PEER, 50001))
+        for _ in range(100):
+            receive(clock, ports["audio"] + 1, bytes(Bye([0x57A])), (PEER, 50001))
+        run_until(clock, 5)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [(_, addr)] = rtcp_sent(clock, ports, "audio")
+    assert addr == (PEER, AUDIO_PORT + 1)
+    assert len([e for e in events if "BYE" in e.get("log_format", "")]) == 1
+
+
 def test_keyframe_requests_are_coalesced(clock, pool):
     """Ten requests within 0.1 s send one PLI+FIR at once and one more 0.5 s after the first."""
     session, _, ports, _ = start(clock, pool)
