@@ -3,15 +3,18 @@ callee's codec, counts every packet of the capture, the callee gets RTCP receive
 3550 §6.4.2) saying nothing was lost and a BYE at the end, and the stream goes with the call.
 
 A stranger spraying RTP at the media range before a callee that starts its media late (RTP
-bleed) gets nothing in and nothing back (strict source).
+bleed) gets nothing in and nothing back (strict source); a callee sending from another port
+than its answer names (NAT) is learned after probation.
 
 sipgw sends its RTCP to the answer's port + 1 (no a=rtcp in SIPp's answer), which SIPp leaves
 unbound: the test listens there itself, so every wait below is on a real event (a REST state or a
 datagram), never on a fixed sleep.
 """
+import select
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -221,3 +224,43 @@ def test_a_stranger_spraying_rtp_before_the_callee_gets_nothing(daemon, sipp_fac
         daemon.rest("/call/terminate", {"callId": "s1"})
         daemon.wait_status("s1", "FINISH")
     assert sipp.wait(15) == 0
+
+
+def test_a_callee_behind_nat_is_learned_after_probation(tmp_path, sipp_factory):
+    """A callee whose RTP comes from another port than its answer names (as behind a NAT), the
+    SDP address silent, is learned after the answer's first second and the probation: the
+    packets before are dropped as wrong_source, the rest are counted, and sipgw's own RTP
+    (silence, rtp_session_init_always) goes to where the callee sends from."""
+    gw = Sipgw(str(tmp_path), rtp_session_init_always="true").start()
+    try:
+        sipp = sipp_factory("uas_200.xml")  # answers PCMU on its media port, sends no RTP
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as nat:
+            nat.bind((peers.HOST, 0))
+            assert gw.rest("/call/startup", {
+                "callId": "n1", "callee": "bob", "toStream": "stream-n1", "sipLogin": "alice",
+                "sipPassword": "alicepw", "sipDomain": "127.0.0.1", "sipPort": str(sipp.port),
+                "hasAudio": "true", "hasVideo": "false"}) is None
+            gw.wait_status("n1", "ESTABLISHED")
+            offer = sipp.received("INVITE")[0].body
+            port = int(offer.split("m=audio ", 1)[1].split()[0])
+            for seq in range(150):  # 3 s of 20 ms PCMU from the NAT's port
+                nat.sendto(struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0xA7) + b"\xff" * 160,
+                           (peers.HOST, port))
+                time.sleep(0.02)
+            nat.setblocking(False)
+            back = wait_for(lambda: nat.recvfrom(2048)[1] if _readable(nat) else None, 5,
+                            "sipgw's RTP at the learned address", log=gw.log)
+            assert back == (peers.HOST, port)
+            counters = wait_for(lambda: (c := gw.stream("stream-n1")["counters"]["audio"])
+                                ["wrong_source"] + c["packets"] == 150 and c, 5, "150 packets")
+            assert counters["wrong_source"] > 0 and counters["packets"] >= 50
+            assert f"latched to 127.0.0.1:{nat.getsockname()[1]}" in gw.log()
+            gw.rest("/call/terminate", {"callId": "n1"})
+            gw.wait_status("n1", "FINISH")
+        assert sipp.wait(15) == 0
+    finally:
+        gw.stop()
+
+
+def _readable(sock) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
