@@ -60,6 +60,7 @@ TARGET_MB_PER_VIEWER = 3.0
 VIDEO_PT, AUDIO_PT = 102, 0
 GOP_TS = 60 * 3000  # h264_packets: an IDR every 60 frames of 3000 ticks (90 kHz, 30 fps)
 PCMU_TS = 50 * 160  # one second of 20 ms PCMU frames
+SOURCE_PORTS = {"audio": 47290, "video": 47292}  # where the source sends from: the SDP's ports
 FRAMES_PER_SECOND = 30 + 50  # frames a viewer's sinks are offered: video + audio
 SATURATED_PCT = 90  # the server's one reactor thread near a full core
 LAG_PROBE = 0.01
@@ -126,9 +127,11 @@ def run_source(audio_port: int, video_port: int, seconds: float) -> None:
     video = one_gop()
     threads = [
         threading.Thread(target=send_at, daemon=True,
-                         args=([video_port], Looped(video, GOP_TS), len(video) / 2.0, seconds)),
+                         args=([video_port], Looped(video, GOP_TS), len(video) / 2.0, seconds,
+                               SOURCE_PORTS["video"])),
         threading.Thread(target=send_at, daemon=True,
-                         args=([audio_port], Looped(pcmu_second(), PCMU_TS), 50.0, seconds)),
+                         args=([audio_port], Looped(pcmu_second(), PCMU_TS), 50.0, seconds,
+                               SOURCE_PORTS["audio"])),
     ]
     for thread in threads:
         thread.start()
@@ -172,14 +175,17 @@ def run_server() -> None:
                                           "127.0.0.1"),
                            kinds=["audio", "video"])
     ports = session.open()
-    nowhere = dict(address="127.0.0.1", port=9, rtcp_port=10, dtmf_pt=None,
-                   direction="sendrecv")
-    session.negotiate({
+    source = dict(address="127.0.0.1", dtmf_pt=None, direction="sendrecv")
+    session.negotiate({  # the source's addresses, as a callee's answer names them
         "audio": NegotiatedMedia(kind="audio", codec=Codec(AUDIO_PT, "PCMU", 8000),
-                                 packetization_mode=None, recv_pt=AUDIO_PT, **nowhere),
+                                 packetization_mode=None, recv_pt=AUDIO_PT,
+                                 port=SOURCE_PORTS["audio"], rtcp_port=SOURCE_PORTS["audio"] + 1,
+                                 **source),
         "video": NegotiatedMedia(kind="video", codec=Codec(VIDEO_PT, "H264", 90000,
                                                            fmtp="packetization-mode=1"),
-                                 packetization_mode=1, recv_pt=VIDEO_PT, **nowhere)})
+                                 packetization_mode=1, recv_pt=VIDEO_PT,
+                                 port=SOURCE_PORTS["video"], rtcp_port=SOURCE_PORTS["video"] + 1,
+                                 **source)})
     stream._on_keyframe_request = session.request_keyframe  # as sipgw/sip/ua.py wires it
     stream.counters_source = session.counters
     session.established()

@@ -52,6 +52,10 @@ class Config:
     media_port_from: int = 31000
     media_port_to: int = 31999
     rtp_activity_timeout: int = 60
+    rtp_probation_packets: int = 3
+    rtp_max_packets_per_second: int = 2000
+    stream_gop_cache_max_bytes: int = 8388608
+    sink_queue_max_bytes: int = 4194304
     rtp_session_init_always: bool = False
     sip_single_route_only: bool = False
     # recording and RTMP republishing (/push/*)
@@ -89,7 +93,9 @@ class Config:
         if self.media_port_from > self.media_port_to - 1:
             raise ConfigError("media_port_from must be below media_port_to")
         for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
-                     "sip_max_server_transactions", "dtmf_max_digits"):
+                     "sip_max_server_transactions", "dtmf_max_digits", "rtp_probation_packets",
+                     "rtp_max_packets_per_second", "stream_gop_cache_max_bytes",
+                     "sink_queue_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",

@@ -1,7 +1,8 @@
 """One call's RTP: a UDP RTP/RTCP pair per media kind, demuxed into a Stream.
 
 Twisted side of ``sipgw/rtp``: ``MediaSession`` binds the ports offered in SDP,
-latches to where the peer really sends from (symmetric RTP), puts packets in
+takes RTP from the answer's address, or from where a callee behind NAT really
+sends from once that source passed probation (strict source), puts packets in
 order, rebuilds H264 access units and audio frames, publishes them to the
 call's ``Stream``, sends RTCP receiver reports and keyframe requests (PLI,
 FIR), watches for RTP inactivity, and sends silence and RFC 4733 DTMF when
@@ -18,6 +19,8 @@ import time
 from twisted.internet import error, protocol
 from twisted.logger import Logger
 
+from ..config import Config
+from ..sip.transport import LogLimiter, held_back
 from ..streams.stream import MediaFrame
 from .h264 import H264Depacketizer
 from .jitter import ReceptionStats, ReorderBuffer
@@ -29,7 +32,7 @@ from .ports import PortsExhausted
 log = Logger(namespace="sipgw.rtp")
 
 RTCP_INTERVAL = 5.0  # seconds between receiver reports (RFC 3550 §6.2 minimum)
-RELATCH_GRACE = 2.0  # seconds after a media change in which the old source cannot latch
+SDP_SOURCE_FIRST = 1.0  # seconds after the SDP names an address in which only it can latch
 KEYFRAME_MIN_INTERVAL = 0.5  # coalesce keyframe requests of many consumers
 KEYFRAME_INFO_AFTER = 1.5  # no IDR this long after RTCP requests: try SIP INFO
 SILENCE = {"PCMU": b"\xff" * 160, "PCMA": b"\xd5" * 160, "opus": b"\xf8\xff\xfe"}
@@ -40,7 +43,7 @@ def _counters() -> dict:
     return {"packets": 0, "bytes": 0, "lost": 0, "jitter": 0, "frames": 0, "keyframes": 0,
             "dropped_frames": 0, "bad_packets": 0, "wrong_source": 0, "wrong_payload_type": 0,
             "bad_payloads": 0, "late": 0, "duplicates": 0, "timestamp_jumps": 0,
-            "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0}
+            "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0, "rate_limited": 0}
 
 
 class _Socket(protocol.DatagramProtocol):
@@ -48,10 +51,16 @@ class _Socket(protocol.DatagramProtocol):
 
     def __init__(self, endpoint: "Endpoint", rtcp: bool):
         self.endpoint = endpoint
+        self.session = endpoint.session
         self.rtcp = rtcp
 
     def datagramReceived(self, data: bytes, addr) -> None:
-        # RFC 5761 §4 demux, inlined: this runs for every packet.
+        # This runs for every packet: the rate limit costs a count, and the clock is read only
+        # once a second's worth of packets came; RFC 5761 §4 demux inlined.
+        session = self.session
+        session.window_packets += 1
+        if session.window_packets > session.max_packets_per_second and self.endpoint.flooded():
+            return
         if self.rtcp or (len(data) > 1 and 192 <= data[1] <= 223):
             self.endpoint.rtcp_received(data, addr)
         else:
@@ -70,10 +79,10 @@ class Endpoint:
         self.accepted_pts: set[int] = set()
         self.remote_rtp: tuple[str, int] | None = None  # where we send: SDP, then latched
         self.sdp_rtp: tuple[str, int] | None = None
-        self.previous_rtp: tuple[str, int] | None = None
         self.renegotiated_at = 0.0
         self.remote_rtcp: tuple[str, int] | None = None
         self.latched = False
+        self.probation: dict = {}  # source -> [SSRC, next sequence number, packets in a row]
         self.ssrc: int | None = None
         self.reorder = ReorderBuffer(window=16 if kind == "video" else 4)
         self.stats: ReceptionStats | None = None
@@ -112,31 +121,69 @@ class Endpoint:
         self.dtmf_pts = dtmf
         new_rtp = (media.address, media.port)
         if new_rtp != self.sdp_rtp:
-            # A new media address (answer, or a re-INVITE moving the media): latch again, but
-            # not to packets still in flight from the old source.
-            self.previous_rtp = self.remote_rtp if self.latched else None
+            # A new media address (answer, or a re-INVITE moving the media): latch again. The
+            # old source, its packets still in flight, is a stranger now (see _source_ok).
             self.renegotiated_at = self.session.clock.seconds()
             self.sdp_rtp = self.remote_rtp = new_rtp
             self.remote_rtcp = (media.address, media.rtcp_port)
             self.latched = False
+            self.probation.clear()
         if self.stats is None:
             self.stats = ReceptionStats(media.codec.clock)
 
+    def flooded(self) -> bool:
+        """More packets than the call's limit came since its second started: drop and count
+        this one (a log line per 10 s). If that second is over, a new one starts here."""
+        session = self.session
+        now = session.clock.seconds()
+        if now - session.window_start >= 1.0:
+            session.window_start = now
+            session.window_packets = 1
+            return False
+        self.counters["rate_limited"] += 1
+        held = session.log_limiter.allow("flood")
+        if held is not None:
+            log.warn("call {call}: over {limit} packets/s, dropping the excess{more}",
+                     call=session.call_id, limit=session.max_packets_per_second,
+                     more=held_back(held))
+        return True
+
     # -- RTP in --------------------------------------------------------------
-    def _source_ok(self, addr) -> bool:
-        """Symmetric RTP: latch to the first source, then accept only from it."""
-        if not self.latched:
-            if (addr == self.previous_rtp and addr != self.remote_rtp and
-                    self.session.clock.seconds() - self.renegotiated_at < RELATCH_GRACE):
-                return False
-            self.latched = True
-            if addr != self.remote_rtp:
-                log.info("{kind} RTP of call {call} latched to {host}:{port} (SDP said {sdp})",
-                         kind=self.kind, call=self.session.call_id, host=addr[0], port=addr[1],
-                         sdp=self.remote_rtp)
-            self.remote_rtp = addr
+    def _source_ok(self, packet: RtpPacket, addr) -> bool:
+        """Strict source, as rtpengine's: the SDP address is taken at once, even from a learned
+        source. Another source (a callee behind NAT) is learned only while nothing is latched,
+        once the SDP address had SDP_SOURCE_FIRST seconds to send, on its Nth consecutive
+        in-sequence packet of one SSRC (RFC 3550 §A.1 probation); then the rest are dropped."""
+        if addr == self.sdp_rtp:
+            if not self.latched or self.remote_rtp != addr:
+                self._latch(addr)
             return True
-        return addr == self.remote_rtp
+        if self.latched:
+            return addr == self.remote_rtp
+        seq = packet.sequence_number
+        state = self.probation.get(addr)
+        if state is None or state[0] != packet.ssrc or state[1] != seq:
+            if len(self.probation) >= 16:  # bounded: a spray from many sources starts it over
+                self.probation.clear()
+            state = self.probation[addr] = [packet.ssrc, seq, 0]
+        state[1] = (seq + 1) & 0xFFFF
+        state[2] += 1
+        if (state[2] < self.session.probation_packets or
+                self.session.clock.seconds() - self.renegotiated_at < SDP_SOURCE_FIRST):
+            return False
+        self._latch(addr)
+        return True
+
+    def _latch(self, addr) -> None:
+        if addr != self.remote_rtp or addr != self.sdp_rtp:
+            log.info("{kind} RTP of call {call} latched to {host}:{port} (SDP said {sdp})",
+                     kind=self.kind, call=self.session.call_id, host=addr[0], port=addr[1],
+                     sdp=self.sdp_rtp)
+            if addr != self.sdp_rtp:  # its probation packets were dropped: do not wait for them
+                self.reorder.reset()
+        self.latched = True
+        self.remote_rtp = addr
+        self.probation.clear()
 
     def _admit(self, packet: RtpPacket, pt: int, addr) -> bool:
         """Latching and payload-type checks for packets off the common path."""
@@ -145,7 +192,7 @@ class Endpoint:
         if not known and not self.latched:
             counters["wrong_payload_type"] += 1
             return False  # a stray packet must not take the latch
-        if not self._source_ok(addr):
+        if not self._source_ok(packet, addr):
             counters["wrong_source"] += 1
             return False
         if pt not in self.accepted_pts:
@@ -228,15 +275,20 @@ class Endpoint:
             self.counters["rtcp_bad"] += 1
             return
         self.counters["rtcp_packets"] += 1
-        if self.remote_rtp is not None and addr[0] == self.remote_rtp[0]:
-            self.remote_rtcp = addr  # symmetric RTCP
+        sender = getattr(packets[0], "ssrc", None) if packets else None  # SR/RR first (§6.1)
+        if (sender is not None and sender == self.ssrc and self.remote_rtp is not None
+                and addr[0] == self.remote_rtp[0]):
+            self.remote_rtcp = addr  # symmetric RTCP: the followed source's host and SSRC
         for packet in packets:
             if isinstance(packet, SenderReport):
                 self.last_sr = ((packet.ntp_timestamp >> 16) & 0xFFFFFFFF,
                                 self.session.clock.seconds())
             elif isinstance(packet, Bye):
-                log.info("{kind} RTCP BYE from call {call}", kind=self.kind,
-                         call=self.session.call_id)
+                held = self.session.log_limiter.allow("bye")
+                if held is not None:
+                    log.info("{kind} RTCP BYE from {host}:{port} on call {call}{more}",
+                             kind=self.kind, host=addr[0], port=addr[1],
+                             call=self.session.call_id, more=held_back(held))
 
     def send_rtcp(self, *packets) -> None:
         if self.remote_rtcp is None or self.rtcp_port is None:
@@ -295,7 +347,9 @@ class MediaSession:
 
     def __init__(self, reactor, *, call_id: str, stream, bind_address: str, ports,
                  kinds: list[str], rtp_timeout: float = 0, send_silence: bool = False,
-                 on_timeout=None, on_keyframe_info=None):
+                 on_timeout=None, on_keyframe_info=None,
+                 probation_packets: int = Config.rtp_probation_packets,
+                 max_packets_per_second: int = Config.rtp_max_packets_per_second):
         self.reactor = self.clock = reactor
         self.call_id = call_id
         self.stream = stream
@@ -306,6 +360,11 @@ class MediaSession:
         self.send_silence = send_silence
         self.on_timeout = on_timeout
         self.on_keyframe_info = on_keyframe_info
+        self.probation_packets = probation_packets
+        self.max_packets_per_second = max_packets_per_second
+        self.window_start = reactor.seconds()  # the packet-rate limit's second, and its count
+        self.window_packets = 0
+        self.log_limiter = LogLimiter(reactor)
         self.cname = f"sipgw-{os.getpid()}@{call_id}".encode()[:255]
         self.endpoints: dict[str, Endpoint] = {}
         self.established_at: float | None = None
@@ -321,26 +380,29 @@ class MediaSession:
     # -- life cycle ----------------------------------------------------------
     def open(self) -> dict[str, int]:
         """Bind an RTP/RTCP pair per kind; returns kind -> RTP port for the SDP offer."""
-        tries = 0
-        for kind in self.kinds:
-            while True:
-                try:
-                    port = self.pool.allocate()
-                except PortsExhausted:
-                    self.close()  # give back the pairs already bound for the other kinds
-                    raise
-                endpoint = Endpoint(self, kind, port)
-                try:
-                    endpoint.listen(self.reactor, self.bind_address)
-                except error.CannotListenError:
-                    self.pool.release(port)
-                    tries += 1
-                    if tries > 20:
-                        self.close()
-                        raise PortsExhausted("no bindable RTP port pair in the media range")
-                    continue
-                self.endpoints[kind] = endpoint
-                break
+        unbindable = []  # pairs another process holds: kept out of the draw until we are done
+        try:
+            for kind in self.kinds:
+                while True:
+                    try:
+                        port = self.pool.allocate()
+                    except PortsExhausted:
+                        self.close()  # give back the pairs already bound for the other kinds
+                        raise
+                    endpoint = Endpoint(self, kind, port)
+                    try:
+                        endpoint.listen(self.reactor, self.bind_address)
+                    except error.CannotListenError:
+                        unbindable.append(port)
+                        if len(unbindable) > 20:
+                            self.close()
+                            raise PortsExhausted("no bindable RTP port pair in the media range")
+                        continue
+                    self.endpoints[kind] = endpoint
+                    break
+        finally:
+            for port in unbindable:
+                self.pool.release(port)
         return {kind: ep.port for kind, ep in self.endpoints.items()}
 
     def negotiate(self, media: dict) -> None:

@@ -396,7 +396,9 @@ class UserAgent:
         self.by_sip_call_id[call.sip_call_id] = call
         call.stream = Stream(request.stream_name, has_audio=request.has_audio,
                              has_video=request.has_video, call_id=request.call_id,
-                             on_terminate=call.terminate)
+                             on_terminate=call.terminate,
+                             gop_max_bytes=self.config.stream_gop_cache_max_bytes,
+                             sink_max_bytes=self.config.sink_queue_max_bytes)
         try:
             self.streams.add(call.stream)
         except StreamExists as exc:
@@ -451,7 +453,9 @@ class UserAgent:
             bind_address=self.config.sip_bind_address, ports=self.ports,
             kinds=kinds or ["audio"], rtp_timeout=self.config.rtp_activity_timeout,
             send_silence=self.config.rtp_session_init_always, on_timeout=call.rtp_timed_out,
-            on_keyframe_info=call.request_picture_update)
+            on_keyframe_info=call.request_picture_update,
+            probation_packets=self.config.rtp_probation_packets,
+            max_packets_per_second=self.config.rtp_max_packets_per_second)
         try:
             ports = session.open()
         except PortsExhausted as exc:

@@ -1,8 +1,9 @@
 """A live stream: the media of one call, fanned out to any number of sinks.
 
 Runs on the reactor thread. ``publish`` never blocks and never waits for a
-consumer: each sink has its own bounded queue, and a sink that falls behind
-drops to the next keyframe (its queue is emptied), never delaying the others.
+consumer: each sink has its own queue, bounded in frames and in bytes, and a
+sink that falls behind drops to the next keyframe (its queue is emptied), never
+delaying the others. The GOP cached for late sinks is bounded in bytes too.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import secrets
 
 from twisted.internet import defer
 
+from ..config import Config
 
 BURST_MAX_SECONDS = 2.0
 
@@ -44,14 +46,16 @@ class MediaFrame:
 
 
 class Sink:
-    """A consumer's bounded queue. ``get()`` gives a Deferred firing with the next frame,
-    or with None once the stream has ended."""
+    """A consumer's queue, bounded in frames and bytes. ``get()`` gives a Deferred firing
+    with the next frame, or with None once the stream has ended."""
 
     def __init__(self, stream: "Stream", maxlen: int = 256, name: str = "sink",
-                 kinds: tuple[str, ...] = ("audio", "video")):
+                 kinds: tuple[str, ...] = ("audio", "video"), max_bytes: int | None = None):
         self.stream = stream
         self.name = name
         self.maxlen = maxlen
+        self.max_bytes = stream.sink_max_bytes if max_bytes is None else max_bytes
+        self.queued_bytes = 0
         self.kinds = kinds
         self.video = stream.has_video and "video" in kinds
         self.queue: collections.deque[MediaFrame] = collections.deque()
@@ -68,29 +72,38 @@ class Sink:
                 self.dropped += 1
                 return
             self.waiting_keyframe = False
-        if len(self.queue) >= self.maxlen:
+        size = len(frame.data)
+        if len(self.queue) >= self.maxlen or self.queued_bytes + size > self.max_bytes:
             # Too slow: throw away what is queued and restart at the next keyframe.
-            self.dropped += len(self.queue) + 1
+            self.dropped += len(self.queue)
             self.queue.clear()
+            self.queued_bytes = 0
             if self.video:
                 self.waiting_keyframe = True
                 self.stream.request_keyframe()
                 if not (frame.kind == "video" and frame.keyframe):
+                    self.dropped += 1
                     return
                 self.waiting_keyframe = False
         self.queue.append(frame)
+        self.queued_bytes += size
         self._wake()
+
+    def _pop(self) -> MediaFrame:
+        frame = self.queue.popleft()
+        self.queued_bytes -= len(frame.data)
+        return frame
 
     def _wake(self) -> None:
         if self._waiter is not None and (self.queue or self.closed):
             waiter, self._waiter = self._waiter, None
-            waiter.callback(self.queue.popleft() if self.queue else None)
+            waiter.callback(self._pop() if self.queue else None)
 
     def get(self) -> defer.Deferred:
         if self._waiter is not None:
             raise RuntimeError("Sink.get() called again before the previous frame arrived")
         if self.queue:
-            return defer.succeed(self.queue.popleft())
+            return defer.succeed(self._pop())
         if self.closed:
             return defer.succeed(None)
         self._waiter = defer.Deferred()
@@ -109,7 +122,9 @@ class Stream:
     """A named stream published by a call."""
 
     def __init__(self, name: str, *, has_audio: bool = True, has_video: bool = True,
-                 call_id: str = "", on_terminate=None, on_keyframe_request=None):
+                 call_id: str = "", on_terminate=None, on_keyframe_request=None,
+                 gop_max_bytes: int = Config.stream_gop_cache_max_bytes,
+                 sink_max_bytes: int = Config.sink_queue_max_bytes):
         self.name = name
         self.media_session_id = secrets.token_hex(16)
         self.call_id = call_id
@@ -127,7 +142,10 @@ class Stream:
         self.sps: bytes | None = None
         self.pps: bytes | None = None
         self.gop: list[MediaFrame] = []  # since the last keyframe, for late subscribers
+        self.gop_bytes = 0
         self.gop_limit = 600
+        self.gop_max_bytes = gop_max_bytes
+        self.sink_max_bytes = sink_max_bytes  # each sink's bound unless it asks for another
         self._on_terminate = on_terminate
         self._on_keyframe_request = on_keyframe_request
         self.keyframe_requests = 0
@@ -138,11 +156,15 @@ class Stream:
             return
         if self.status != StreamStatus.PUBLISHING:
             self.status = StreamStatus.PUBLISHING
-        if frame.kind == "video":
+        if frame.kind == "video" and (frame.keyframe or self.gop):
             if frame.keyframe:
-                self.gop = [frame]
-            elif self.gop and len(self.gop) < self.gop_limit:
+                self.gop = []
+                self.gop_bytes = 0
+            self.gop_bytes += len(frame.data)
+            if len(self.gop) < self.gop_limit and self.gop_bytes <= self.gop_max_bytes:
                 self.gop.append(frame)
+            else:  # too big to replay: late sinks wait for the next keyframe
+                self.gop = []
         for sink in list(self.sinks):
             sink.offer(frame)
 
@@ -162,15 +184,16 @@ class Stream:
 
     # -- consumer side ---------------------------------------------------------
     def subscribe(self, maxlen: int = 256, name: str = "sink", burst: bool = True,
-                  kinds: tuple[str, ...] = ("audio", "video")) -> Sink:
+                  kinds: tuple[str, ...] = ("audio", "video"),
+                  max_bytes: int | None = None) -> Sink:
         """A new sink; with ``burst`` it starts with the cached GOP (fast start)."""
-        sink = Sink(self, maxlen, name, kinds)
+        sink = Sink(self, maxlen, name, kinds, max_bytes)
         if self.ended:
             sink.close()
             return sink
         self.sinks.add(sink)
         if sink.video:
-            if burst and self._gop_fresh(maxlen):
+            if burst and self._gop_fresh(sink):
                 for frame in self.gop:
                     sink.offer(frame)
             else:
@@ -178,10 +201,11 @@ class Stream:
                 self.request_keyframe()
         return sink
 
-    def _gop_fresh(self, maxlen: int) -> bool:
+    def _gop_fresh(self, sink: Sink) -> bool:
         """A cached GOP worth bursting: it fits the sink and spans at most
         BURST_MAX_SECONDS (a long GOP would replay seconds of stale video)."""
-        if not self.gop or len(self.gop) > maxlen // 2:
+        if (not self.gop or len(self.gop) > sink.maxlen // 2
+                or self.gop_bytes > sink.max_bytes // 2):
             return False
         span = (self.gop[-1].timestamp - self.gop[0].timestamp) & 0xFFFFFFFF
         return span <= BURST_MAX_SECONDS * self.gop[0].clock_rate

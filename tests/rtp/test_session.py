@@ -9,6 +9,7 @@ import struct
 
 import pytest
 from twisted.internet import error
+from twisted.logger import globalLogPublisher
 
 from sipgw.rtp.packet import (Bye, FullIntraRequest, PictureLossIndication, ReceiverReport,
                               RtpPacket, SenderReport, SourceDescription, ntp_short, parse_rtcp)
@@ -148,17 +149,19 @@ def test_open_binds_an_rtp_and_rtcp_pair_per_kind(clock, pool):
 
 
 def test_open_skips_a_pair_whose_rtcp_port_is_taken(clock, pool, monkeypatch):
-    """A pair whose RTCP port cannot be bound is given back whole and the next pair is used."""
-    first = PortPool(45000, 45999, "127.0.0.1").allocate()  # what `pool` will hand out first
+    """A pair whose RTCP port cannot be bound is given back whole and another pair is used."""
     listen = clock.listenUDP
+    refused = []
 
     def taken_by_someone_else(port, protocol, interface="", maxPacketSize=8192):
-        if port == first + 1:
+        if port % 2 and not refused:  # the first RTCP port tried is someone else's
+            refused.append(port - 1)
             raise error.CannotListenError(interface, port, OSError("Address already in use"))
         return listen(port, protocol, interface, maxPacketSize)
 
     monkeypatch.setattr(clock, "listenUDP", taken_by_someone_else)
     session, _, ports = make_session(clock, pool, kinds=("audio",))
+    [first] = refused
     assert ports["audio"] != first
     assert first not in clock.udp_ports and first not in pool.in_use
     assert set(clock.udp_ports) == {ports["audio"], ports["audio"] + 1}
@@ -206,17 +209,74 @@ def test_h264_single_nals_and_fu_a_are_published_as_access_units(clock, pool):
     assert counters["frames"] == 2 and counters["keyframes"] == 1 and counters["packets"] == 6
 
 
-def test_first_source_is_latched_and_other_sources_are_dropped(clock, pool):
-    """The first sender is latched (symmetric RTP); others are counted and dropped."""
+def test_a_stranger_sending_before_the_callee_gets_none_of_its_packets_in(clock, pool):
+    """A stranger's in-sequence RTP, sent before the callee's and on between them (RTP bleed),
+    is never accepted: every packet from the SDP address is published, and DTMF and RTCP go to
+    the SDP address."""
     session, _, ports, sink = start(clock, pool, kinds=("audio",))
-    nat = ("127.0.0.9", 41000)  # not the SDP address: a NATed callee
-    send_audio(clock, ports, [0, 1], source=nat)
-    send_audio(clock, ports, [2], source=AUDIO_SRC)  # what the SDP said, but too late
-    send_audio(clock, ports, [2], source=("127.0.0.9", 41002))
-    send_audio(clock, ports, [2], source=nat)
-    assert [f.timestamp for f in sink.queue] == [0, 160, 320]
+    stranger = ("127.0.0.66", 40000)
+    for i in range(110):  # the stranger every 20 ms from t = 0, the callee from t = 0.2 s
+        run_until(clock, i * 0.02)
+        send_audio(clock, ports, [1000 + i], source=stranger, ssrc=0x57A)
+        if i >= 10:
+            send_audio(clock, ports, [i])
+    receive(clock, ports["audio"] + 1, bytes(ReceiverReport(0x57A)), (stranger[0], 40001))
+    assert [f.timestamp for f in sink.queue] == [160 * i for i in range(10, 110)]
     counters = session.counters()["audio"]
-    assert counters["wrong_source"] == 2 and counters["packets"] == 3
+    assert counters["packets"] == 100 and counters["wrong_source"] == 110
+    session.send_dtmf("1")
+    run_until(clock, 5)
+    assert {addr for _, addr in written(clock, ports["audio"])} == {AUDIO_SRC}
+    assert {addr for _, addr in rtcp_sent(clock, ports, "audio")} == {(PEER, AUDIO_PORT + 1)}
+
+
+def test_a_callee_behind_nat_is_learned_after_probation(clock, pool):
+    """A callee sending from another address than its SDP's (NAT), the SDP address silent, is
+    learned once the SDP address had its first second to itself and the probation's
+    in-sequence packets came: from then on all its packets are published and DTMF goes to it."""
+    session, _, ports, sink = start(clock, pool, kinds=("audio",))
+    nat = ("127.0.0.9", 41000)
+    for seq in range(100):
+        run_until(clock, seq * 0.02)
+        send_audio(clock, ports, [seq], source=nat)
+    published = [f.timestamp // 160 for f in sink.queue]
+    assert 50 <= published[0] <= 51 and published == list(range(published[0], 100))
+    assert session.counters()["audio"]["wrong_source"] == published[0]
+    session.send_dtmf("1")
+    run_until(clock, 4)
+    assert {addr for _, addr in written(clock, ports["audio"])} == {nat}
+
+
+def test_probation_needs_consecutive_in_sequence_packets(clock, pool):
+    """Another source is learned on its Nth consecutive in-sequence packet of one SSRC (RFC 3550
+    §A.1): a gap or a new SSRC starts the count again, another address does not disturb it."""
+    session, _, ports, sink = start(clock, pool, kinds=("audio",), probation_packets=3)
+    run_until(clock, 2)
+    nat, other = ("127.0.0.9", 41000), ("127.0.0.66", 40000)
+    send_audio(clock, ports, [10, 11, 13, 14], source=nat)  # a gap: the count restarts at 13
+    send_audio(clock, ports, [15, 16], source=nat, ssrc=0xBEEF)  # so does a new SSRC
+    send_audio(clock, ports, [500], source=other)
+    assert len(sink.queue) == 0
+    send_audio(clock, ports, [17], source=nat, ssrc=0xBEEF)
+    send_audio(clock, ports, [501, 502, 503], source=other)  # too late: nat holds the latch
+    assert [f.timestamp // 160 for f in sink.queue] == [17]
+    assert session.endpoints["audio"].remote_rtp == nat
+
+
+def test_the_sdp_address_takes_over_from_a_learned_source(clock, pool):
+    """Packets from the SDP address are taken at once even after another source was learned;
+    the learned source is dropped from then on and DTMF goes to the SDP address."""
+    session, _, ports, sink = start(clock, pool, kinds=("audio",))
+    nat = ("127.0.0.9", 41000)
+    run_until(clock, 1)
+    send_audio(clock, ports, range(5), source=nat)
+    send_audio(clock, ports, [5])
+    send_audio(clock, ports, [100], source=nat)
+    send_audio(clock, ports, [6])
+    assert [f.timestamp // 160 for f in sink.queue][-2:] == [5, 6]
+    session.send_dtmf("1")
+    run_until(clock, 3)
+    assert {addr for _, addr in written(clock, ports["audio"])} == {AUDIO_SRC}
 
 
 def test_renegotiation_with_a_new_address_relatches(clock, pool):
@@ -233,30 +293,35 @@ def test_renegotiation_with_a_new_address_relatches(clock, pool):
 
 
 def test_old_source_cannot_take_the_latch_right_after_a_move(clock, pool):
-    """Packets still in flight from the old source after a re-INVITE are dropped for 2 s; the
-    new source latches; after the grace period a NATed peer's old address may latch again."""
+    """Packets still in flight from the old source after a re-INVITE are dropped; the new
+    source latches at once; after another move a NATed peer's old address, the new SDP address
+    silent, is learned again after probation."""
     session, _, ports, sink = start(clock, pool, kinds=("audio",))
     send_audio(clock, ports, [0])
     session.negotiate(answer(ports, address="127.0.0.2", audio_port=32000))
-    send_audio(clock, ports, [1], source=AUDIO_SRC)  # late packet from the old source
-    assert session.counters()["audio"]["wrong_source"] == 1
-    send_audio(clock, ports, [2], source=("127.0.0.2", 32000), ssrc=0xBEEF)  # the new sender
+    send_audio(clock, ports, [1, 2, 3], source=AUDIO_SRC)  # late packets from the old source
+    assert session.counters()["audio"]["wrong_source"] == 3
+    send_audio(clock, ports, [4], source=("127.0.0.2", 32000), ssrc=0xBEEF)  # the new sender
     assert session.endpoints["audio"].remote_rtp == ("127.0.0.2", 32000)
     session.negotiate(answer(ports, address="127.0.0.3", audio_port=33000))
     run_until(clock, clock.seconds() + 2.5)
-    send_audio(clock, ports, [3], source=("127.0.0.2", 32000), ssrc=0xBEEF)  # same NAT binding
+    send_audio(clock, ports, [5, 6, 7, 8, 9], source=("127.0.0.2", 32000), ssrc=0xBEEF)
     assert session.endpoints["audio"].remote_rtp == ("127.0.0.2", 32000)
-    assert [f.timestamp for f in sink.queue] == [0, 320, 480]
+    published = [f.timestamp // 160 for f in sink.queue]
+    assert published[:2] == [0, 4] and published[-1] == 9 and len(published) < 7
 
 
 def test_renegotiation_with_the_same_address_keeps_the_latch(clock, pool):
-    """A re-INVITE with unchanged media keeps the latched source."""
+    """A re-INVITE with unchanged media keeps the latched source, even a learned one."""
     session, _, ports, sink = start(clock, pool, kinds=("audio",))
     nat = ("127.0.0.9", 41000)
-    send_audio(clock, ports, [0], source=nat)
+    run_until(clock, 1)
+    send_audio(clock, ports, range(5), source=nat)
+    published = len(sink.queue)
     session.negotiate(answer(ports))
-    send_audio(clock, ports, [1], source=nat)
-    assert len(sink.queue) == 2 and session.counters()["audio"]["wrong_source"] == 0
+    send_audio(clock, ports, [5], source=nat)
+    assert len(sink.queue) == published + 1
+    assert session.endpoints["audio"].remote_rtp == nat
 
 
 def test_packets_before_the_answer_are_dropped(clock, pool):
@@ -268,6 +333,37 @@ def test_packets_before_the_answer_are_dropped(clock, pool):
     send_audio(clock, ports, [1])
     assert [f.timestamp for f in sink.queue] == [160]
     assert session.counters()["audio"]["wrong_source"] == 1
+
+
+def test_a_flood_is_cut_at_the_call_packet_rate_limit(clock, pool):
+    """Past max_packets_per_second packets within a second, counting RTP and RTCP of all the
+    call's media together, packets are dropped before parsing and counted in rate_limited, with
+    one log line per 10 s; a new second starts the count over."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        session, _, ports, sink = start(clock, pool, max_packets_per_second=100)
+        send_audio(clock, ports, range(90))
+        send_video(clock, ports, keyframe_packets(0, 0) * 5)  # 10 in, 5 over
+        receive(clock, ports["audio"] + 1, bytes(ReceiverReport(AUDIO_SSRC)), (PEER, 50001))
+        send_audio(clock, ports, range(90, 100))
+        assert len(sink.queue) == 91  # 90 audio frames and the keyframe
+        run_until(clock, 0.99)
+        send_audio(clock, ports, range(90, 100))
+        assert len(sink.queue) == 91
+        run_until(clock, 1)
+        send_audio(clock, ports, range(90, 100))
+        assert len(sink.queue) == 101
+        run_until(clock, 10.5)
+        send_audio(clock, ports, range(100, 400))  # 90 end the old second, 100 the new one
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    counters = session.counters()
+    assert counters["video"]["rate_limited"] == 5 and counters["video"]["packets"] == 10
+    assert counters["audio"]["rate_limited"] == 1 + 10 + 10 + 110
+    assert counters["audio"]["rtcp_packets"] == 0 and counters["audio"]["packets"] == 290
+    lines = [e for e in events if "packets/s" in e.get("log_format", "")]
+    assert [e["more"] for e in lines] == ["", " (25 more held back)"]
 
 
 GOOD = rtp(0)
@@ -416,6 +512,25 @@ def test_rtcp_goes_where_the_peer_sends_its_rtcp_from(clock, pool):
     run_until(clock, 5)
     [(_, addr)] = rtcp_sent(clock, ports, "audio")
     assert addr == (PEER, 50001)
+
+
+def test_rtcp_from_a_stranger_on_the_peers_host_is_not_followed(clock, pool):
+    """RTCP from the peer's host but of another SSRC than the followed one (a stranger behind
+    the same NAT) does not move where RRs go, and a flood of RTCP BYEs is one log line per 10 s."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        session, _, ports, _ = start(clock, pool, kinds=("audio",))
+        send_audio(clock, ports, [0])
+        receive(clock, ports["audio"] + 1, bytes(ReceiverReport(0x57A)), (PEER, 50001))
+        for _ in range(100):
+            receive(clock, ports["audio"] + 1, bytes(Bye([0x57A])), (PEER, 50001))
+        run_until(clock, 5)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [(_, addr)] = rtcp_sent(clock, ports, "audio")
+    assert addr == (PEER, AUDIO_PORT + 1)
+    assert len([e for e in events if "BYE" in e.get("log_format", "")]) == 1
 
 
 def test_keyframe_requests_are_coalesced(clock, pool):

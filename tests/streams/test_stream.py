@@ -121,3 +121,56 @@ def test_registry_refuses_a_second_publisher_and_finds_by_both_keys():
     registry.remove(first)
     assert registry.get(name="cam") is None and registry.all() == []
     assert events == [("cam", "published"), ("cam", "ended")]
+
+
+def _sized(ts, size, key=False):
+    return MediaFrame("video", "H264", 90000, ts, bytes(size), key)
+
+
+def test_gop_cache_is_bounded_in_bytes():
+    """A GOP growing past gop_max_bytes is dropped from the cache: a late sink is not burst a
+    truncated GOP but waits for the next keyframe (and asks for one), which is cached again."""
+    asked = []
+    stream = Stream("s", gop_max_bytes=10_000, on_keyframe_request=lambda: asked.append(1))
+    stream.publish(_sized(0, 4000, key=True))
+    for ts in (1, 2, 3):
+        stream.publish(_sized(ts, 2000))
+    assert [f.timestamp for f in _drain(stream.subscribe())] == [0, 1, 2, 3]  # 10,000 bytes
+    stream.publish(_sized(4, 2000))
+    stream.publish(_sized(5, 2000))
+    assert stream.gop == []
+    sink = stream.subscribe()
+    assert _drain(sink) == [] and asked == [1]
+    stream.publish(_sized(6, 4000, key=True))
+    assert [f.timestamp for f in _drain(sink)] == [6]
+    assert [f.timestamp for f in _drain(stream.subscribe())] == [6]
+    stream.publish(_sized(7, 20_000, key=True))  # a keyframe over the bound is not cached
+    assert stream.gop == []
+
+
+def test_sink_queue_is_bounded_in_bytes():
+    """A sink holding more than max_bytes drops to the next keyframe as when it holds too many
+    frames; one that keeps up never drops, whatever it receives in total."""
+    asked = []
+    stream = Stream("s", on_keyframe_request=lambda: asked.append(1))
+    stream.publish(_sized(0, 3000, key=True))
+    slow = stream.subscribe(maxlen=100, max_bytes=10_000, name="slow")
+    fast = stream.subscribe(maxlen=100, max_bytes=10_000, name="fast")
+    asked.clear()
+    assert _drain(fast)[0].timestamp == 0
+    for ts in range(1, 20):
+        stream.publish(_sized(ts, 3000))
+        assert [f.timestamp for f in _drain(fast)] == [ts]
+    assert slow.waiting_keyframe and slow.dropped and asked and not slow.queue
+    stream.publish(_sized(20, 3000, key=True))
+    assert [f.timestamp for f in _drain(slow)] == [20] and not slow.waiting_keyframe
+    assert fast.dropped == 0 and [f.timestamp for f in _drain(fast)] == [20]
+
+
+def test_audio_sink_is_bounded_in_bytes_too():
+    """An audio-only sink over max_bytes is emptied and goes on with the next frame."""
+    stream = Stream("s", has_video=False, sink_max_bytes=1000)
+    sink = stream.subscribe()
+    for ts in range(7):  # 160 bytes each: the seventh does not fit
+        stream.publish(_audio(ts))
+    assert [f.timestamp for f in _drain(sink)] == [6] and sink.dropped == 6
