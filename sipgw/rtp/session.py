@@ -20,7 +20,7 @@ from twisted.internet import error, protocol
 from twisted.logger import Logger
 
 from ..config import Config
-from ..sip.transport import LogLimiter, held_back
+from ..loglimit import LogLimiter, held_back
 from ..streams.stream import MediaFrame
 from .h264 import H264Depacketizer
 from .jitter import ReceptionStats, ReorderBuffer

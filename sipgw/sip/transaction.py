@@ -11,7 +11,7 @@ import secrets
 from twisted.logger import Logger
 
 from .message import Request, Response, make_response
-from .transport import LogLimiter, held_back
+from ..loglimit import LogLimiter, held_back
 
 log = Logger(namespace="sipgw.sip.transaction")
 
