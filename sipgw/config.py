@@ -58,6 +58,9 @@ class Config:
     record_dir: str = "/var/lib/sipgw/records"
     record_file_template: str = "{streamName}-{startTimeMillis}"
     sip_record_stream: bool = False
+    record_min_free_space_mb: int = 100
+    record_max_size_mb: int = 0
+    record_max_duration: int = 0
     rtmp_reconnect_delay: int = 1
     rtmp_reconnect_max_delay: int = 30
     rtmp_timeout: int = 10
@@ -76,7 +79,8 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",
-                     "ws_connection_timeout"):
+                     "ws_connection_timeout", "record_min_free_space_mb", "record_max_size_mb",
+                     "record_max_duration"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         try:

@@ -70,13 +70,14 @@ def make_media(config, reactor, registry) -> _MediaService:
     """/push/* and recording (sip_record_stream): PyAV work on worker threads."""
     from .config import ConfigError
     from .media.push import PushManager
-    from .media.recorder import BadFileName, RecorderManager
+    from .media.recorder import BadFileName, Limits, RecorderManager
     pushes = PushManager(reactor, registry, reconnect_min=config.rtmp_reconnect_delay,
                          reconnect_max=config.rtmp_reconnect_max_delay,
                          timeout=config.rtmp_timeout)
     try:
         recorders = RecorderManager(reactor, registry, config.record_dir,
-                                    config.record_file_template, auto=config.sip_record_stream)
+                                    config.record_file_template, auto=config.sip_record_stream,
+                                    limits=Limits.from_config(config))
     except BadFileName as exc:
         raise ConfigError(f"record_file_template: {exc}") from None
     return _MediaService(pushes, recorders)
