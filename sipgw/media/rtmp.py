@@ -244,6 +244,7 @@ class RtmpPublisher:
         self._connect = connect
         self._sock: socket.socket | None = None
         self._reader = _ChunkReader()
+        self._pending: list = []  # messages read but not looked at yet
         self._stream_id = 0
         self._txn = 0
         self._window = 2_500_000
@@ -333,32 +334,33 @@ class RtmpPublisher:
     def _command(self, name, obj, *args, msid=0, csid=3, txn=None) -> None:
         self._send_raw(self._command_bytes(name, obj, *args, msid=msid, csid=csid, txn=txn))
 
-    def _wait_result(self, txn: int, what: str) -> list:
+    def _commands(self, what: str):
+        """The server's AMF0 commands, decoded, until ``timeout``; messages that arrived
+        in the same read as the awaited one stay queued for the next wait."""
         deadline = time.monotonic() + self.timeout
         while True:
-            for kind, _msid, payload, _ts in self._read(deadline, what):
-                if kind != _MSG_AMF0_COMMAND:
-                    continue
-                values = flv.amf0_decode(payload)
-                if len(values) >= 2 and values[1] == txn:
-                    if values[0] == "_result":
-                        return values[3:]
-                    if values[0] == "_error":
-                        raise RtmpError(f"{what} refused: {_status_text(values)}")
+            while self._pending:
+                kind, _msid, payload, _ts = self._pending.pop(0)
+                if kind == _MSG_AMF0_COMMAND:
+                    yield flv.amf0_decode(payload)
+            self._pending = self._read(deadline, what)
+
+    def _wait_result(self, txn: int, what: str) -> list:
+        for values in self._commands(what):
+            if len(values) >= 2 and values[1] == txn:
+                if values[0] == "_result":
+                    return values[3:]
+                if values[0] == "_error":
+                    raise RtmpError(f"{what} refused: {_status_text(values)}")
 
     def _wait_status(self, code: str) -> None:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            for kind, _msid, payload, _ts in self._read(deadline, "publish"):
-                if kind != _MSG_AMF0_COMMAND:
-                    continue
-                values = flv.amf0_decode(payload)
-                if values and values[0] == "onStatus":
-                    info = values[3] if len(values) > 3 and isinstance(values[3], dict) else {}
-                    if info.get("code") == code:
-                        return
-                    if info.get("level") == "error" or "Failed" in str(info.get("code", "")):
-                        raise RtmpError(f"publish refused: {_status_text(values)}")
+        for values in self._commands("publish"):
+            if values and values[0] == "onStatus":
+                info = values[3] if len(values) > 3 and isinstance(values[3], dict) else {}
+                if info.get("code") == code:
+                    return
+                if info.get("level") == "error" or "Failed" in str(info.get("code", "")):
+                    raise RtmpError(f"publish refused: {_status_text(values)}")
 
     def _read(self, deadline: float, what: str) -> list:
         left = deadline - time.monotonic()

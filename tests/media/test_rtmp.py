@@ -178,3 +178,30 @@ def test_amf0_nested_too_deep_is_a_value_error():
     """Objects nested 10,000 deep in a server's reply raise ValueError, not RecursionError."""
     with pytest.raises(ValueError, match="nested"):
         flv.amf0_decode(b"\x03\x00\x01a" * 10000)
+
+
+def test_replies_that_arrive_in_one_read_are_all_used():
+    """A server that sends every reply at once (connect, createStream and publish results
+    in one TCP read): open() keeps what follows the awaited reply (it dropped them and
+    failed 'server closed the connection during createStream')."""
+    import socket
+
+    def reply(name, txn, *values, msid=0):
+        body = flv.amf0(name) + flv.amf0(float(txn)) + b"".join(flv.amf0(v) for v in values)
+        return _chunks(3, 20, msid, 0, body, 128)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    theirs, _ = listener.accept()
+    try:
+        theirs.sendall(b"\x03" + bytes(3072) + reply("_result", 1, None, {"code": "x"})
+                       + reply("_result", 4, None, 7.0)
+                       + reply("onStatus", 0, None, {"level": "status",
+                                                     "code": "NetStream.Publish.Start"}))
+        publisher = RtmpPublisher(target("rtmp://127.0.0.1/live", "s"), timeout=2,
+                                  connect=lambda *a, **kw: ours)
+        publisher.open()
+        assert publisher._stream_id == 7
+    finally:
+        for sock in (ours, theirs, listener):
+            sock.close()
