@@ -17,7 +17,6 @@ import glob
 import importlib.util
 import json
 import os
-import queue
 import re
 import shutil
 import socket
@@ -67,19 +66,11 @@ class FuzzReactor(UDPMemoryReactor):
     """A fake reactor (clock + UDP) whose callFromThread queues for ``run_pending``."""
 
     def __init__(self):
+        from synthetic import ThreadCalls
         super().__init__()
-        self.from_threads: queue.Queue = queue.Queue()
-
-    def callFromThread(self, fn, *args, **kwargs):
-        self.from_threads.put((fn, args, kwargs))
-
-    def run_pending(self):
-        while True:
-            try:
-                fn, args, kwargs = self.from_threads.get_nowait()
-            except queue.Empty:
-                return
-            fn(*args, **kwargs)
+        self.from_threads = ThreadCalls()
+        self.callFromThread = self.from_threads.callFromThread
+        self.run_pending = self.from_threads.run_pending
 
 
 class _CallHarness:
