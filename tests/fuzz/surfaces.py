@@ -491,8 +491,9 @@ class RtmpSurface:
               b"\x02\x00\x07_result", b"\x02\x00\x08onStatus", b"\x00\x3f\xf0" + bytes(6),
               b"\x03\x00\x00\x09", b"\x05", b"\x0a\xff\xff\xff\xff", b"\x08\x00\x00\x00\x01"]
 
+    handshake = b"\x03" + bytes(1536) + bytes(1536)  # S0, S1, S2
+
     def setup(self):
-        self.handshake = b"\x03" + bytes(1536) + bytes(1536)
         self.listener = socket.create_server(("127.0.0.1", 0))
 
     def _pair(self):
@@ -523,6 +524,10 @@ class RtmpSurface:
                          + reply("onStatus", 0, None, {"level": "status",
                                                        "code": "NetStream.Publish.Start"},
                                  msid=1, size=size))
+        # "RAW" inputs are the whole byte stream, handshake included (S0 version, S1, S2)
+        seeds.append(b"RAW" + self.handshake + seeds[0])
+        seeds.append(b"RAW" + self.handshake[:2000])
+        seeds.append(b"RAW\x06" + self.handshake[1:])
         seeds.append(reply("_error", 1, None, {"level": "error", "code": "NetConnection.Connect"
                                                ".Rejected", "description": "no"}))
         seeds.append(seeds[0] + reply("onStatus", 0, None, {"level": "error",
@@ -534,7 +539,7 @@ class RtmpSurface:
         from sipgw.media.rtmp import RtmpError, RtmpPublisher, target
         ours, theirs = self._pair()
         try:
-            theirs.sendall(self.handshake + data)
+            theirs.sendall(data[3:] if data.startswith(b"RAW") else self.handshake + data)
             theirs.shutdown(socket.SHUT_WR)
             publisher = RtmpPublisher(target("rtmp://127.0.0.1/live", "s"), timeout=2,
                                       connect=lambda *a, **kw: ours)
