@@ -203,7 +203,7 @@ class Recording(MediaJob):
                 if item is None:
                     break
                 if out is not None:
-                    state, info = self._over_limit(out)
+                    info = self._over_limit(out)
                     if info:
                         break
                 if time.monotonic() >= next_check:
@@ -213,7 +213,7 @@ class Recording(MediaJob):
                         state = FAILED
                         break
             if out is None:
-                return FINISHED, "nothing to record: no keyframe arrived"
+                return state, info or "nothing to record: no keyframe arrived"
             out.close()
             out = None
             self._finish_name()
@@ -225,13 +225,14 @@ class Recording(MediaJob):
             name = self.file_name
             return FAILED, f"cannot write {name}: {reason}; {self._salvage()}"
 
-    def _over_limit(self, out: "_Mp4") -> tuple[str, str]:
+    def _over_limit(self, out: "_Mp4") -> str:
+        """Why the recording must end here (record_max_*), or ''."""
         limits = self.limits
         if limits.max_seconds and out.last_position >= limits.max_seconds:
-            return FINISHED, f"record_max_duration reached ({limits.max_seconds:g} s)"
+            return f"record_max_duration reached ({limits.max_seconds:g} s)"
         if limits.max_bytes and out.handle.tell() >= limits.max_bytes:
-            return FINISHED, f"record_max_size_mb reached ({limits.max_bytes // MB} MB)"
-        return FINISHED, ""
+            return f"record_max_size_mb reached ({limits.max_bytes // MB} MB)"
+        return ""
 
     def _salvage(self) -> str:
         """After a write error: keep the complete fragments under the final name, or remove
