@@ -44,8 +44,18 @@ def mutate_bytes(rng: random.Random, data: bytes, corpus: list[bytes],
             buf += rng.choice(tokens or INTERESTING)
             continue
         i = rng.randrange(len(buf))
-        op = rng.randrange(10)
-        if op == 0:
+        op = rng.randrange(12)
+        if op >= 10 and b"\n" in buf:  # line level: drop, repeat or move a line
+            lines = bytes(buf).split(b"\n")
+            j, k = rng.randrange(len(lines)), rng.randrange(len(lines))
+            if op == 10:
+                del lines[j]
+            else:
+                lines.insert(k, lines[j])
+                if rng.random() < 0.5:
+                    del lines[j + (k <= j)]
+            buf = bytearray(b"\n".join(lines))
+        elif op == 0:
             buf[i] ^= 1 << rng.randrange(8)
         elif op == 1:
             buf[i] = rng.randrange(256)
