@@ -89,34 +89,47 @@ class _CallHarness:
         self.calls = 0
         self.fed = 0
         self._new_call()
+        self._new_ringing_call()
+
+    def _start(self, status: int) -> tuple[str, object]:
+        """A new call answered ``status`` (with the SDP answer) by the fake callee."""
+        self.calls += 1
+        call_id = f"fuzz{self.calls}"
+        self.ua.startup(CallRequest(call_id=call_id, callee="bob", sip_login="alice",
+                                    sip_domain="127.0.0.1", sip_port=5060, to_stream=call_id))
+        invites = [d for d, _ in self.port.written if d.startswith(b"INVITE ")]
+        invite = parse(invites[-1])
+        reply = make_response(invite, status, to_tag="b1", body=ANSWER,
+                              extra=[("Contact", "<sip:bob@127.0.0.1:5060>"),
+                                     ("Content-Type", "application/sdp")])
+        self.port.proto.datagramReceived(bytes(reply), ("127.0.0.1", 5060))
+        self.port.written.clear()
+        return call_id, invite
 
     def _new_call(self):
-        self.calls += 1
-        self.call_id = f"fuzz{self.calls}"
-        self.ua.startup(CallRequest(call_id=self.call_id, callee="bob", sip_login="alice",
-                                    sip_domain="127.0.0.1", sip_port=5060,
-                                    to_stream=self.call_id))
-        invites = [d for d, _ in self.port.written if d.startswith(b"INVITE ")]
-        self.invite = parse(invites[-1])
-        ok = make_response(self.invite, 200, to_tag="b1", body=ANSWER,
-                           extra=[("Contact", "<sip:bob@127.0.0.1:5060>"),
-                                  ("Content-Type", "application/sdp")])
-        self.port.proto.datagramReceived(bytes(ok), ("127.0.0.1", 5060))
+        self.call_id, self.invite = self._start(200)
         offer = SessionDescription.parse(self.invite.body)
         self.media_ports = {m.kind: m.port for m in offer.media}
-        self.port.written.clear()
 
-    def _established(self) -> bool:
-        found = self.ua.find(self.call_id)
-        return bool(found) and found[0]["status"] == "ESTABLISHED"
+    def _new_ringing_call(self):
+        """A call left ringing (183 with SDP): its INVITE transaction takes the responses."""
+        self.ringing_id, self.ringing_invite = self._start(183)
+
+    def _status(self, call_id) -> str:
+        found = self.ua.find(call_id)
+        return found[0]["status"] if found else ""
 
     def step(self):
-        """After each input: time passes; every 100 inputs a dead call is replaced."""
+        """After each input: time passes; every 100 inputs ended calls are replaced."""
         self.fed += 1
         self.clock.advance(0.02)
         self.port.written.clear()
-        if self.fed % 100 == 0 and not self._established():
-            self._new_call()
+        if self.fed % 100 == 0:
+            if self._status(self.call_id) != "ESTABLISHED":
+                self._new_call()
+            if self._status(self.ringing_id) not in ("RING", "RING_MEDIA", "SESSION_PROGRESS",
+                                                     "TRYING", "PENDING"):
+                self._new_ringing_call()
 
     def leaks(self) -> list[str]:
         from sipgw.calls import CallError
@@ -177,7 +190,8 @@ class SipSurface(_CallHarness):
 
     def feed(self, data: bytes) -> bool:
         from sipgw.sip.transaction import new_branch
-        invite = self.invite
+        invite = self.ringing_invite if data.startswith(b"SIP/") and len(data) % 2 else \
+            self.invite  # responses go to the ringing call's INVITE half the time
         for key, value in ((b"{VIA}", invite.get("Via")), (b"{FROM}", invite.get("From")),
                            (b"{CALLID}", invite.call_id), (b"{BRANCH}", new_branch())):
             data = data.replace(key, value.encode())
