@@ -15,6 +15,7 @@ setup(
         "aioice>=0.9",  # ICE host candidates pinned to webrtc_ice_address (sipgw/webrtc/viewer.py)
         "av>=12",
         "service-identity>=24.1",
+        "pyOpenSSL>=23.0",  # TLS for wss and https (Twisted's ssl; sipgw/service.py)
         "numpy>=1.24",  # audio sample conversion (sipgw/media/audio.py)
     ],
     extras_require={
@@ -22,6 +23,7 @@ setup(
         # sipgw's own wheel in the install test (tests/interop/test_install.py)
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
                  "selenium>=4.20", "setuptools>=70.1",
-                 "websockets>=13.1"],  # the tests' websocket client (tests/interop/ws_viewer.py)
+                 "websockets>=13.1",  # the tests' websocket client (tests/interop/ws_viewer.py)
+                 "cryptography>=41"],  # test certificates (tests/ws/test_wss.py)
     },
 )

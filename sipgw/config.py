@@ -62,6 +62,9 @@ class Config:
     record_dir: str = "/var/lib/sipgw/records"
     record_file_template: str = "{streamName}-{startTimeMillis}"
     sip_record_stream: bool = False
+    record_min_free_space_mb: int = 100
+    record_max_size_mb: int = 0
+    record_max_duration: int = 0
     rtmp_reconnect_delay: int = 1
     rtmp_reconnect_max_delay: int = 30
     rtmp_timeout: int = 10
@@ -102,7 +105,8 @@ class Config:
                      "ws_connection_timeout", "max_calls", "max_calls_per_account", "max_pushes",
                      "max_recordings", "dtmf_digits_per_second", "max_viewers_per_stream",
                      "max_viewers_per_connection", "sip_max_tcp_connections",
-                     "sip_tcp_idle_timeout", "sip_tcp_message_timeout"):
+                     "sip_tcp_idle_timeout", "sip_tcp_message_timeout",
+                     "record_min_free_space_mb", "record_max_size_mb", "record_max_duration"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         try:

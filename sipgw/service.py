@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from twisted.application import internet, service
 from twisted.internet import defer
@@ -70,14 +71,15 @@ def make_media(config, reactor, registry) -> _MediaService:
     from .config import ConfigError
     from .egress import EgressPolicy
     from .media.push import PushManager
-    from .media.recorder import BadFileName, RecorderManager
+    from .media.recorder import BadFileName, Limits, RecorderManager
     pushes = PushManager(reactor, registry, reconnect_min=config.rtmp_reconnect_delay,
                          reconnect_max=config.rtmp_reconnect_max_delay,
                          timeout=config.rtmp_timeout,
                          egress=EgressPolicy.from_config(config, "rtmp"))
     try:
         recorders = RecorderManager(reactor, registry, config.record_dir,
-                                    config.record_file_template, auto=config.sip_record_stream)
+                                    config.record_file_template, auto=config.sip_record_stream,
+                                    limits=Limits.from_config(config))
     except BadFileName as exc:
         raise ConfigError(f"record_file_template: {exc}") from None
     return _MediaService(pushes, recorders)
@@ -98,6 +100,36 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> reso
     return root
 
 
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def wss_options(certificate: str, private_key: str):
+    """TLS options serving the whole chain of ``certificate`` (a fullchain.pem: the leaf
+    first, then its intermediates), so clients that know only the root verify it."""
+    from OpenSSL import SSL
+    from twisted.internet import ssl
+    from twisted.internet.error import VerifyError
+
+    from .config import ConfigError
+    try:
+        with open(certificate, "rb") as cert, open(private_key, "rb") as key:
+            chain, key_pem = _PEM_CERTIFICATE.findall(cert.read()), key.read()
+    except OSError as exc:
+        raise ConfigError(f"wss_certificate/wss_private_key: {exc.filename}: {exc.strerror}") \
+            from None
+    if not chain:
+        raise ConfigError(f"wss_certificate={certificate}: no PEM certificate in it")
+    try:
+        leaf = ssl.PrivateCertificate.loadPEM(chain[0] + b"\n" + key_pem)
+        options = ssl.CertificateOptions(
+            privateKey=leaf.privateKey.original, certificate=leaf.original,
+            extraCertChain=[ssl.Certificate.loadPEM(pem).original for pem in chain[1:]])
+        options.getContext()  # the key must match the leaf: say so at start, not per client
+    except (SSL.Error, VerifyError, ValueError) as exc:
+        raise ConfigError(f"wss_certificate/wss_private_key cannot be used: {exc}") from None
+    return options
+
+
 def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService) -> None:
     """Websocket signalling for players: ws on ws_port, wss when a certificate is set."""
     from .webrtc.viewer import pin_ice_host
@@ -109,9 +141,7 @@ def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService
     ws.setName("ws")
     ws.setServiceParent(parent)
     if config.wss_certificate:
-        from twisted.internet import ssl
-        with open(config.wss_certificate, "rb") as cert, open(config.wss_private_key, "rb") as key:
-            options = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+        options = wss_options(config.wss_certificate, config.wss_private_key)
         wss = internet.SSLServer(config.wss_port, factory, options,
                                  interface=config.ws_bind_address, reactor=reactor)
         wss.setName("wss")

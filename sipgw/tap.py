@@ -36,7 +36,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self["reactor"] = _require_asyncio_reactor()
         try:
-            self["settings"] = configlib.load(self["config"], self["overrides"])
+            self["settings"] = settings = configlib.load(self["config"], self["overrides"])
+            if settings.wss_certificate:  # unreadable or mismatched PEM files: say so now
+                from .service import wss_options
+                wss_options(settings.wss_certificate, settings.wss_private_key)
         except configlib.ConfigError as exc:
             raise usage.UsageError(str(exc)) from None
 

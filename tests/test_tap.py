@@ -55,3 +55,13 @@ def test_missing_config_file_is_named(monkeypatch, tmp_path):
     missing = str(tmp_path / "nope.properties")
     with pytest.raises(usage.UsageError, match=f"cannot read config {missing}: No such file"):
         tap.Options().parseOptions(["--config", missing])
+
+
+def test_unusable_wss_files_are_a_usage_error(monkeypatch, tmp_path):
+    """A wss_certificate with no PEM certificate in it stops the start with a message
+    naming the setting (a traceback from makeService before)."""
+    monkeypatch.setattr(tap, "_require_asyncio_reactor", lambda: None)
+    (tmp_path / "empty.pem").write_text("")
+    with pytest.raises(usage.UsageError, match="wss_certificate=.*no PEM certificate"):
+        tap.Options().parseOptions(["--set", f"wss_certificate={tmp_path}/empty.pem",
+                                    "--set", f"wss_private_key={tmp_path}/empty.pem"])

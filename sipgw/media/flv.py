@@ -61,7 +61,12 @@ def amf0_decode(data: bytes) -> list:
     return values
 
 
-def _decode(data: bytes, pos: int):
+MAX_DEPTH = 32  # objects in objects: deeper is an attack, not a server's answer
+
+
+def _decode(data: bytes, pos: int, depth: int = 0):
+    if depth > MAX_DEPTH:
+        raise ValueError(f"AMF0 values nested deeper than {MAX_DEPTH}")
     try:
         marker = data[pos]
         pos += 1
@@ -85,7 +90,7 @@ def _decode(data: bytes, pos: int):
                 pos += 2 + n
                 if data[pos] == 0x09:
                     return obj, pos + 1
-                obj[key], pos = _decode(data, pos)
+                obj[key], pos = _decode(data, pos, depth + 1)
         if marker in (0x05, 0x06):
             return None, pos
         if marker == 0x0A:  # strict array
@@ -93,7 +98,7 @@ def _decode(data: bytes, pos: int):
             pos += 4
             items = []
             for _ in range(n):
-                item, pos = _decode(data, pos)
+                item, pos = _decode(data, pos, depth + 1)
                 items.append(item)
             return items, pos
     except (IndexError, struct.error):

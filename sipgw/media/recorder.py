@@ -8,7 +8,12 @@ from a template (WCS tokens, see ``render``); a template with end tokens
 (``{endTime}``, ``{endTimeMillis}``, ``{duration}``) is written under a temporary
 ``.recording.mp4`` name and renamed when the recording ends.  A name that is not one
 plain file name inside the record folder is refused.  A write error (a full disk)
-fails that recording with the reason; the call goes on.
+fails that recording with the reason at once; the call goes on.  What was written is
+cut back to its last complete fragment and kept under its final name (it plays), or
+removed when not one fragment is complete: no ``.recording.mp4`` stays behind.
+
+``Limits``: a free-space floor (checked at start and every second), and a maximum size
+and duration per recording (the recording ends FINISHED at the first fragment past it).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import errno
 import os
 import re
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -42,6 +48,45 @@ MP4_OPTIONS = {"movflags": "frag_keyframe+delay_moov+default_base_moof",
                "frag_duration": "1000000"}
 _TOKEN = re.compile(r"\{([^{}]*)\}")
 _BAD_NAME_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+MB = 1 << 20
+FREE_SPACE_CHECK = 1.0  # seconds between free-space checks while recording
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per recording; 0 = no limit (record_max_size_mb, record_max_duration,
+    record_min_free_space_mb)."""
+
+    max_bytes: int = 0
+    max_seconds: float = 0
+    min_free_bytes: int = 0
+
+    @classmethod
+    def from_config(cls, config) -> "Limits":
+        return cls(config.record_max_size_mb * MB, config.record_max_duration,
+                   config.record_min_free_space_mb * MB)
+
+
+def free_bytes(folder: str) -> int:
+    """Space left to an unprivileged writer on the file system that holds ``folder``."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
+
+
+def low_space(folder: str, limits: Limits, free=free_bytes) -> str:
+    """Why ``folder`` has too little room for recordings, or ''."""
+    if not limits.min_free_bytes:
+        return ""
+    left = free(folder)
+    if left >= limits.min_free_bytes:
+        return ""
+    return (f"free space in the record folder is {left // MB} MB, below "
+            f"record_min_free_space_mb={limits.min_free_bytes // MB}")
 
 
 class BadFileName(ValueError):
@@ -89,7 +134,8 @@ class Recording(MediaJob):
     kind = "recording"
 
     def __init__(self, reactor, stream, folder: str, template: str, *, wall=time.time,
-                 opener=None, queue_frames: int | None = None, file_name: str | None = None):
+                 opener=None, queue_frames: int | None = None, file_name: str | None = None,
+                 limits: Limits = Limits(), free=free_bytes):
         kwargs = {} if queue_frames is None else {"queue_frames": queue_frames}
         super().__init__(reactor, stream, **kwargs)
         self.folder = os.path.abspath(folder)
@@ -98,6 +144,8 @@ class Recording(MediaJob):
         self.state = PENDING
         self.wall = wall
         self.opener = opener or (lambda path: open(path, "xb"))
+        self.limits = limits
+        self.free = free  # folder -> free bytes (tests fake a full disk here)
         self.started_at = wall()
         self.ended_at: float | None = None
         self.values = {"streamName": stream.name, "startTime": _stamp(self.started_at),
@@ -139,6 +187,8 @@ class Recording(MediaJob):
         stream = self.stream
         pipe = Pipeline(stream.has_video, stream.has_audio)
         out = None
+        state, info = FINISHED, ""
+        next_check = time.monotonic() + FREE_SPACE_CHECK
         try:
             while True:
                 item = self.next_frame()
@@ -152,16 +202,54 @@ class Recording(MediaJob):
                     self.duration = max(self.duration, out.last_position)
                 if item is None:
                     break
+                if out is not None:
+                    info = self._over_limit(out)
+                    if info:
+                        break
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + FREE_SPACE_CHECK
+                    info = low_space(self.folder, self.limits, self.free)
+                    if info:
+                        state = FAILED
+                        break
             if out is None:
-                return FINISHED, "nothing to record: no keyframe arrived"
+                return state, info or "nothing to record: no keyframe arrived"
             out.close()
             out = None
-            return FINISHED, self._finish_name()
+            self._finish_name()
+            return state, info
         except (OSError, av.FFmpegError) as exc:
             reason = _reason(exc)
             if out is not None:
                 out.abort()
-            return FAILED, f"cannot write {self.file_name}: {reason}"
+            name = self.file_name
+            return FAILED, f"cannot write {name}: {reason}; {self._salvage()}"
+
+    def _over_limit(self, out: "_Mp4") -> str:
+        """Why the recording must end here (record_max_*), or ''."""
+        limits = self.limits
+        if limits.max_seconds and out.last_position >= limits.max_seconds:
+            return f"record_max_duration reached ({limits.max_seconds:g} s)"
+        if limits.max_bytes and out.handle.tell() >= limits.max_bytes:
+            return f"record_max_size_mb reached ({limits.max_bytes // MB} MB)"
+        return ""
+
+    def _salvage(self) -> str:
+        """After a write error: keep the complete fragments under the final name, or remove
+        the file when there is none.  Says which."""
+        if not self.opened:
+            return "no file was written"
+        path = os.path.join(self.folder, self._open_name)
+        try:
+            playable = _playable_length(path)
+            if not playable:
+                os.remove(path)
+                return "nothing playable was written: file removed"
+            os.truncate(path, playable)
+            self._finish_name()
+            return f"kept {self.file_name} up to its last complete fragment ({playable} bytes)"
+        except OSError as exc:
+            return f"cannot clean up {self._open_name}: {_reason(exc)}"
 
     def _open(self, pipe: Pipeline) -> "_Mp4":
         os.makedirs(self.folder, exist_ok=True)
@@ -209,6 +297,31 @@ class Recording(MediaJob):
         os.rename(source, target)
         self.file_name = final
         return ""
+
+
+def _playable_length(path: str) -> int:
+    """Bytes of a fragmented MP4 up to the end of its last complete fragment (moof + mdat
+    after the moov); 0 when it has none (ISO 14496-12 §4.2: size, type, [64-bit size])."""
+    end = pos = 0
+    moov = moof = False
+    with open(path, "rb") as handle:
+        total = os.fstat(handle.fileno()).st_size
+        while pos + 8 <= total:
+            handle.seek(pos)
+            head = handle.read(16)
+            size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if size == 1 and len(head) == 16:
+                size = int.from_bytes(head[8:16], "big")
+            if size < 8 or pos + size > total:
+                break
+            pos += size
+            if kind == b"moov":
+                moov = True
+            elif kind == b"moof":
+                moof = moov
+            elif kind == b"mdat" and moof:
+                end, moof = pos, False
+    return end
 
 
 class _Mp4:
@@ -294,8 +407,11 @@ class RecorderManager:
     """
 
     def __init__(self, reactor, registry, folder: str, template: str, *, auto: bool = False,
-                 history: int = 1000, queue_frames: int | None = None):
+                 history: int = 1000, queue_frames: int | None = None,
+                 limits: Limits = Limits(), free=free_bytes):
         check_template(template)
+        self.limits = limits
+        self.free = free
         self.reactor = reactor
         self.registry = registry
         self.folder = folder
@@ -321,8 +437,15 @@ class RecorderManager:
         if stream.ended:
             raise RecordingError(404, "Stream not found", "mediaSessionId")
         try:
+            low = low_space(self.folder, self.limits, self.free)
+        except OSError as exc:
+            low = f"cannot check the record folder: {_reason(exc)}"
+        if low:
+            raise RecordingError(507, low)
+        try:
             recording = Recording(self.reactor, stream, self.folder, template or self.template,
-                                  file_name=file_name, queue_frames=self.queue_frames)
+                                  file_name=file_name, queue_frames=self.queue_frames,
+                                  limits=self.limits, free=self.free)
         except BadFileName as exc:
             raise RecordingError(400, str(exc), "fileName" if file_name else "fileTemplate")
         self.active[stream.media_session_id] = recording

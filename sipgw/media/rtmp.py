@@ -24,6 +24,11 @@ from . import flv
 
 DEFAULT_PORT = 1935
 CHUNK_SIZE = 4096
+# What a server may make this client hold (§5.4.1: chunk sizes 1..0x7FFFFFFF).  A message
+# is at most 0xFFFFFF bytes, so a larger chunk size reads the same as this cap.
+MAX_CHUNK_SIZE = 0xFFFFFF
+MAX_SERVER_MESSAGE = 1 << 20  # a server's replies are commands and control: small
+MAX_CHUNK_STREAMS = 64
 _HANDSHAKE_SIZE = 1536
 _CONTROL_TYPES = {1, 2, 3, 5, 6}
 _MSG_SET_CHUNK_SIZE = 1
@@ -122,7 +127,8 @@ class _ChunkReader:
         self._streams: dict[int, dict] = {}
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes, int]]:
-        """Complete messages as (type, stream id, payload, timestamp)."""
+        """Complete messages as (type, stream id, payload, timestamp).  RtmpError when
+        the server sets an unusable chunk size or sends more than this client holds."""
         self._buf += data
         out = []
         while True:
@@ -130,46 +136,65 @@ class _ChunkReader:
             if message is None:
                 return out
             if message[0] == _MSG_SET_CHUNK_SIZE and len(message[2]) >= 4:
-                self.chunk_size = struct.unpack(">I", message[2][:4])[0] & 0x7FFFFFFF
+                size = struct.unpack(">I", message[2][:4])[0] & 0x7FFFFFFF
+                if size < 1:
+                    raise RtmpError(f"the server set chunk size {size} (must be at least 1)")
+                self.chunk_size = min(size, MAX_CHUNK_SIZE)
             out.append(message)
 
     def _one(self):
+        """The next complete message, or None when more bytes are needed.  One chunk per
+        turn of the loop (a chunk size of 1 means one turn per byte: no recursion)."""
+        while True:
+            done, message = self._chunk()
+            if not done or message is not None:
+                return message
+
+    def _chunk(self):
+        """(False, None): wait for more bytes; (True, message or None): one chunk taken."""
         buf = self._buf
         if not buf:
-            return None
+            return False, None
         fmt, csid = buf[0] >> 6, buf[0] & 0x3F
         pos = 1
         if csid == 0:
             if len(buf) < 2:
-                return None
+                return False, None
             csid, pos = 64 + buf[1], 2
         elif csid == 1:
             if len(buf) < 3:
-                return None
+                return False, None
             csid, pos = 64 + buf[1] + buf[2] * 256, 3
-        state = self._streams.setdefault(csid, {"ts": 0, "delta": 0, "len": 0, "type": 0,
-                                                "msid": 0, "data": bytearray(), "ext": False})
+        state = self._streams.get(csid)
+        if state is None:
+            if len(self._streams) >= MAX_CHUNK_STREAMS:
+                raise RtmpError(f"the server used more than {MAX_CHUNK_STREAMS} chunk streams")
+            state = self._streams[csid] = {"ts": 0, "delta": 0, "len": 0, "type": 0, "msid": 0,
+                                           "data": bytearray(), "ext": False}
         header_len = (11, 7, 3, 0)[fmt]
         if len(buf) < pos + header_len:
-            return None
+            return False, None
         head = buf[pos:pos + header_len]
         pos += header_len
         ts_field = int.from_bytes(head[0:3], "big") if fmt < 3 else None
         ext = ts_field == 0xFFFFFF if ts_field is not None else state["ext"]
         if ext:
             if len(buf) < pos + 4:
-                return None
+                return False, None
             ts_field = int.from_bytes(buf[pos:pos + 4], "big")
             pos += 4
         new_message = not state["data"]
         if fmt <= 1:
             length, kind = int.from_bytes(head[3:6], "big"), head[6]
+            if length > MAX_SERVER_MESSAGE:
+                raise RtmpError(f"the server sent a {length}-byte message "
+                                f"(at most {MAX_SERVER_MESSAGE} accepted)")
         else:
             length, kind = state["len"], state["type"]
         remaining = length - (len(state["data"]) if fmt == 3 else 0)
         take = min(self.chunk_size, max(remaining, 0))
         if len(buf) < pos + take:
-            return None
+            return False, None
         # the whole chunk is here: commit the header
         if fmt == 0:
             state["ts"] = ts_field
@@ -179,6 +204,7 @@ class _ChunkReader:
             state["ts"] += ts_field
         elif new_message:
             state["ts"] += state["delta"]
+        state["ts"] &= 0xFFFFFFFF
         if fmt <= 1:
             state["len"], state["type"] = length, kind
         if fmt < 3:
@@ -189,8 +215,8 @@ class _ChunkReader:
         if len(state["data"]) >= state["len"]:
             payload = bytes(state["data"])
             state["data"] = bytearray()
-            return state["type"], state["msid"], payload, state["ts"]
-        return self._one()
+            return True, (state["type"], state["msid"], payload, state["ts"])
+        return True, None
 
 
 def _chunks(csid: int, kind: int, msid: int, timestamp: int, payload: bytes,
@@ -211,12 +237,15 @@ def _chunks(csid: int, kind: int, msid: int, timestamp: int, payload: bytes,
 class RtmpPublisher:
     """One RTMP publishing connection.  Every method blocks at most ``timeout`` seconds."""
 
-    def __init__(self, where: RtmpTarget, timeout: float = 10.0, egress=None):
+    def __init__(self, where: RtmpTarget, timeout: float = 10.0, egress=None,
+                 connect=socket.create_connection):
         self.target = where
         self.timeout = timeout
         self.egress = egress  # sipgw.egress.EgressPolicy: checks the resolved address
+        self._connect = connect
         self._sock: socket.socket | None = None
         self._reader = _ChunkReader()
+        self._pending: list = []  # messages read but not looked at yet
         self._stream_id = 0
         self._txn = 0
         self._window = 2_500_000
@@ -228,7 +257,7 @@ class RtmpPublisher:
         t = self.target
         try:
             host = t.host if self.egress is None else allowed_address(t.host, t.port, self.egress)
-            self._sock = socket.create_connection((host, t.port), timeout=self.timeout)
+            self._sock = self._connect((host, t.port), timeout=self.timeout)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._handshake()
             self._send_raw(_chunks(2, _MSG_SET_CHUNK_SIZE, 0, 0, struct.pack(">I", CHUNK_SIZE), 128))
@@ -240,7 +269,9 @@ class RtmpPublisher:
             self._command("FCPublish", None, t.stream)
             self._command("createStream", None)
             result = self._wait_result(self._txn, "createStream")
-            self._stream_id = int(result[0]) if result and isinstance(result[0], float) else 1
+            stream_id = result[0] if result else None
+            self._stream_id = int(stream_id) if isinstance(stream_id, float) and \
+                1 <= stream_id < 2 ** 32 else 1
             self._command("publish", None, t.stream, "live", msid=self._stream_id, csid=8, txn=0)
             self._wait_status("NetStream.Publish.Start")
         except (OSError, ValueError) as exc:
@@ -305,32 +336,33 @@ class RtmpPublisher:
     def _command(self, name, obj, *args, msid=0, csid=3, txn=None) -> None:
         self._send_raw(self._command_bytes(name, obj, *args, msid=msid, csid=csid, txn=txn))
 
-    def _wait_result(self, txn: int, what: str) -> list:
+    def _commands(self, what: str):
+        """The server's AMF0 commands, decoded, until ``timeout``; messages that arrived
+        in the same read as the awaited one stay queued for the next wait."""
         deadline = time.monotonic() + self.timeout
         while True:
-            for kind, _msid, payload, _ts in self._read(deadline, what):
-                if kind != _MSG_AMF0_COMMAND:
-                    continue
-                values = flv.amf0_decode(payload)
-                if len(values) >= 2 and values[1] == txn:
-                    if values[0] == "_result":
-                        return values[3:]
-                    if values[0] == "_error":
-                        raise RtmpError(f"{what} refused: {_status_text(values)}")
+            while self._pending:
+                kind, _msid, payload, _ts = self._pending.pop(0)
+                if kind == _MSG_AMF0_COMMAND:
+                    yield flv.amf0_decode(payload)
+            self._pending = self._read(deadline, what)
+
+    def _wait_result(self, txn: int, what: str) -> list:
+        for values in self._commands(what):
+            if len(values) >= 2 and values[1] == txn:
+                if values[0] == "_result":
+                    return values[3:]
+                if values[0] == "_error":
+                    raise RtmpError(f"{what} refused: {_status_text(values)}")
 
     def _wait_status(self, code: str) -> None:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            for kind, _msid, payload, _ts in self._read(deadline, "publish"):
-                if kind != _MSG_AMF0_COMMAND:
-                    continue
-                values = flv.amf0_decode(payload)
-                if values and values[0] == "onStatus":
-                    info = values[3] if len(values) > 3 and isinstance(values[3], dict) else {}
-                    if info.get("code") == code:
-                        return
-                    if info.get("level") == "error" or "Failed" in str(info.get("code", "")):
-                        raise RtmpError(f"publish refused: {_status_text(values)}")
+        for values in self._commands("publish"):
+            if values and values[0] == "onStatus":
+                info = values[3] if len(values) > 3 and isinstance(values[3], dict) else {}
+                if info.get("code") == code:
+                    return
+                if info.get("level") == "error" or "Failed" in str(info.get("code", "")):
+                    raise RtmpError(f"publish refused: {_status_text(values)}")
 
     def _read(self, deadline: float, what: str) -> list:
         left = deadline - time.monotonic()
@@ -374,7 +406,11 @@ class RtmpPublisher:
                 raise RtmpError("server closed the connection")
             for kind, _msid, payload, _ts in self._received_data(data):
                 if kind == _MSG_AMF0_COMMAND:
-                    values = flv.amf0_decode(payload)
+                    try:
+                        values = flv.amf0_decode(payload)
+                    except ValueError as exc:
+                        self.close()
+                        raise RtmpError(f"bad command from the server: {exc}") from None
                     if values and values[0] == "onStatus" and len(values) > 3 and \
                             isinstance(values[3], dict) and values[3].get("level") == "error":
                         self.close()

@@ -323,6 +323,10 @@ def parse_body(raw: bytes) -> dict:
         raise BadRequest(f"body is not JSON: {_json_reason(exc)}") from None
     if not isinstance(value, dict):
         raise BadRequest("body must be a JSON object")
+    try:  # a \ud800 escape alone is no character: nothing could store or echo it as UTF-8
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("body holds a lone surrogate escape (\\ud800-\\udfff)") from None
     return value
 
 

@@ -199,4 +199,8 @@ class ChallengeAnswerer:
                                     and any(r == challenge.realm for r, _ in self.answered)):
             return None
         self.answered.add(key)
-        return [self.digest.authorize(challenge, method, uri, body)]
+        try:
+            return [self.digest.authorize(challenge, method, uri, body)]
+        except AuthError as exc:  # e.g. only a qop we do not know: the request fails as is
+            self.skipped.append(str(exc))
+            return None

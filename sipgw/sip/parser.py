@@ -136,7 +136,8 @@ def _validate(message: Message) -> None:
         if len([1 for k, _ in message.headers if k == name]) > 1:
             raise ParseError(f"more than one {name} header", request)
     try:
-        message.vias
+        if not message.vias:
+            raise ParseError("empty Via header", None)
         cseq = message.cseq
         message.from_
         message.to

@@ -102,6 +102,15 @@ class ClientTransaction(_Transaction):
             self._terminate()
             self.on_response(local_response(self.request, 408, "Request Timeout"))
 
+    def cancelled(self) -> None:
+        """A CANCEL for this INVITE went out: without a final response within 64*T1 the
+        transaction is destroyed (§9.1); in Proceeding no other timer would end it."""
+        self._start_timer("cancel", 64 * T1, self._give_up)
+
+    def _give_up(self) -> None:
+        if self.state in ("calling", "proceeding"):
+            self._terminate()
+
     def transport_failed(self, why: str) -> None:
         if self.state in ("calling", "trying", "proceeding"):
             self._terminate()
@@ -255,6 +264,10 @@ class TransactionLayer:
         tx = ClientTransaction(self, request, transport, host, port, on_response)
         self.client[tx.key] = tx
         tx.start()
+        if request.method == "CANCEL":
+            invite = self.client.get((tx.key[0], "INVITE"))
+            if invite is not None:
+                invite.cancelled()
         return tx
 
     def forget(self, tx) -> None:

@@ -4,7 +4,8 @@ Every frame is JSON ``{"message": NAME, "data": [obj, ...]}``. A client sends
 ``connection`` (answered ``getUserData``), then ``playStream`` with its
 recvonly offer (answered ``setRemoteSDP`` and ``notifyStreamStatusEvent``
 PLAYING once media flows), ``stopStream``, ``ping``/``pong``. Anything else gets
-a ``fail``; nothing a client sends drops the socket, except not saying
+a ``fail`` (wrong field types, missing fields and bad JSON too: ``FIELDS``); nothing a
+client sends drops the socket, except invalid UTF-8 (RFC 6455 §8.1), not saying
 ``connection`` in time or a refused auth token.
 """
 from __future__ import annotations
@@ -26,6 +27,32 @@ log = Logger(namespace="sipgw.ws")
 
 STREAM_NOT_FOUND = "Stream not found"
 MAX_MESSAGE = 256 * 1024
+
+
+# The fields sipgw reads from each message's object, and their JSON type (null = absent).
+FIELDS = {"connection": {"appKey": str, "authToken": str},
+          "playStream": {"mediaSessionId": str, "name": str, "sdp": str},
+          "stopStream": {"mediaSessionId": str}}
+_JSON_TYPES = {str: "a string"}
+
+
+def _text(value):
+    """``value`` if it is a string (safe to echo back and to use as a key), else None."""
+    return value if isinstance(value, str) else None
+
+
+def _check_fields(name: str, data) -> str:
+    """What is wrong with a message's ``data`` (a list holding one object), or ''."""
+    fields = FIELDS.get(name)
+    if fields is None:
+        return ""
+    if not isinstance(data, list) or not data or not isinstance(data[0], dict):
+        return f"{name}: data must be a list holding one object"
+    for field, kind in fields.items():
+        value = data[0].get(field)
+        if value is not None and not isinstance(value, kind):
+            return f"{name}: {field} must be {_JSON_TYPES[kind]}"
+    return ""
 
 
 class SignallingProtocol(WebSocketServerProtocol):
@@ -62,7 +89,7 @@ class SignallingProtocol(WebSocketServerProtocol):
             return
         try:
             frame = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             self.fail("unknown", "frame is not JSON")
             return
         if not isinstance(frame, dict) or not isinstance(frame.get("message"), str):
@@ -70,13 +97,18 @@ class SignallingProtocol(WebSocketServerProtocol):
             return
         data = frame.get("data")
         obj = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
-        name = frame["message"]
+        name = frame["message"][:64]
+        media_session_id = _text(obj.get("mediaSessionId"))
         handler = self.HANDLERS.get(name)
         if handler is None:
-            self.fail(name, f"{name} is not supported by sipgw", obj.get("mediaSessionId"))
+            self.fail(name, f"{name} is not supported by sipgw", media_session_id)
             return
         if name not in ("connection", "ping", "pong") and not self.established:
-            self.fail(name, "send 'connection' first", obj.get("mediaSessionId"))
+            self.fail(name, "send 'connection' first", media_session_id)
+            return
+        problem = _check_fields(name, data)
+        if problem:
+            self.fail(name, problem, media_session_id)
             return
         handler(self, obj)
 
@@ -184,6 +216,9 @@ class SignallingProtocol(WebSocketServerProtocol):
 
     def on_stop_stream(self, obj: dict) -> None:
         media_session_id = obj.get("mediaSessionId")
+        if not media_session_id:
+            self.fail("stopStream", "mediaSessionId is required")
+            return
         viewer = self.viewers.get(media_session_id)
         if viewer is None:
             self.fail("stopStream", "unknown mediaSessionId", media_session_id)

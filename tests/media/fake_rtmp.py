@@ -14,8 +14,9 @@ from sipgw.media.rtmp import _chunks, _ChunkReader
 
 
 class FakeRtmpServer:
-    def __init__(self, *, silent: bool = False):
+    def __init__(self, *, silent: bool = False, chunk_size: int | None = None):
         self.silent = silent
+        self.chunk_size = chunk_size  # sent to clients after the handshake, replies use it
         self.messages: list[tuple[int, int, bytes]] = []  # (type, timestamp, payload)
         self.published: list[str] = []
         self.connects: list[dict] = []
@@ -61,6 +62,8 @@ class FakeRtmpServer:
                     pass
                 return
             self._handshake(client)
+            if self.chunk_size is not None:
+                client.sendall(_chunks(2, 1, 0, 0, self.chunk_size.to_bytes(4, "big"), 128))
             reader = _ChunkReader()
             self.sessions += 1
             while True:
@@ -96,7 +99,9 @@ class FakeRtmpServer:
             name, txn = values[0], values[1]
             if name == "connect":
                 self.connects.append(values[2])
-                self._reply(client, "_result", txn, {"fmsVer": "fake"},
+                # with a chunk size set, a long reply: thousands of chunks of one message
+                self._reply(client, "_result", txn,
+                            {"fmsVer": "fake" + ("." * 3000 if self.chunk_size else "")},
                             {"level": "status", "code": "NetConnection.Connect.Success"})
             elif name == "createStream":
                 self._reply(client, "_result", txn, None, 1.0)
@@ -109,10 +114,9 @@ class FakeRtmpServer:
             with self._lock:
                 self.messages.append((kind, ts, payload))
 
-    @staticmethod
-    def _reply(client, name, txn, *values, msid=0) -> None:
+    def _reply(self, client, name, txn, *values, msid=0) -> None:
         body = flv.amf0(name) + flv.amf0(float(txn)) + b"".join(flv.amf0(v) for v in values)
-        client.sendall(_chunks(3, 20, msid, 0, body, 128))
+        client.sendall(_chunks(3, 20, msid, 0, body, max(1, self.chunk_size or 128)))
 
     def drop(self) -> None:
         """Hang up on every connected client."""

@@ -1,7 +1,9 @@
 """Recording synthetic frames to MP4: H.264 passed through, AAC, aligned starts, file
 names from templates, a full disk, a crash, and the manager."""
 import errno
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +13,9 @@ import av
 import pytest
 
 from synthetic import FakeClock, ThreadCalls, ffprobe, frames, publish
-from sipgw.media.recorder import (BadFileName, RecorderManager, Recording, check_template,
-                                  render)
+from sipgw.media import recorder
+from sipgw.media.recorder import (MB, BadFileName, Limits, RecorderManager, Recording,
+                                  RecordingError, check_template, render)
 from sipgw.streams.registry import StreamRegistry
 from sipgw.streams.stream import Stream
 
@@ -25,11 +28,12 @@ def _stream(name="s1", **kw):
     return stream
 
 
-def _record(tmp_path, timed, template="{streamName}", opener=None, stream=None):
+def _record(tmp_path, timed, template="{streamName}", opener=None, stream=None, **kw):
     calls = ThreadCalls()
     stream = stream or _stream()
     clock = FakeClock()
-    job = Recording(calls, stream, str(tmp_path), template, opener=opener, queue_frames=5000)
+    job = Recording(calls, stream, str(tmp_path), template, opener=opener, queue_frames=5000,
+                    **kw)
     job.clock = clock
     job.start()
     publish(stream, timed, clock, calls=calls)
@@ -126,6 +130,124 @@ def test_a_full_disk_fails_the_recording_with_a_reason_and_the_stream_goes_on(tm
     assert job.state == "FAILED"
     assert "No space left on device" in job.info
     assert len(viewer.queue) > 200  # the viewer got every frame
+
+
+def _pictures(path) -> int:
+    with av.open(str(path)) as container:
+        return len(list(container.decode(video=0)))
+
+
+def test_a_full_disk_keeps_the_complete_fragments_under_the_final_name(tmp_path):
+    """ENOSPC in the middle: the file is cut back to its last complete fragment and renamed
+    from .recording.mp4 to its final name; it plays; the reason says what was kept."""
+    job = _record(tmp_path, frames(4.0), template="{streamName}_{duration}",
+                  opener=lambda p: _FullDisk(p, 120000))
+    assert job.state == "FAILED" and "No space left on device" in job.info
+    assert "kept s1_" in job.info and "last complete fragment" in job.info
+    assert os.listdir(tmp_path) == [job.file_name] and ".recording" not in job.file_name
+    assert 0 < _pictures(tmp_path / job.file_name) < 100
+
+
+def test_a_full_disk_before_one_fragment_removes_the_file(tmp_path):
+    """ENOSPC before any fragment is complete: nothing playable, the file is removed."""
+    job = _record(tmp_path, frames(2.0), template="{streamName}_{duration}",
+                  opener=lambda p: _FullDisk(p, 2000))
+    assert job.state == "FAILED" and "file removed" in job.info
+    assert os.listdir(tmp_path) == []
+
+
+ENOSPC_SCRIPT = """
+import json, os, sys, time
+sys.path.insert(0, {here!r})
+from synthetic import FakeClock, ThreadCalls, frames, publish
+from sipgw.media.recorder import Recording
+from sipgw.streams.stream import Stream
+folder = sys.argv[1]
+first_error = []
+
+class File:
+    def __init__(self, path):
+        self.handle = open(path, "xb")
+    def write(self, data):
+        try:
+            return self.handle.write(data)
+        except OSError:
+            first_error.append(time.monotonic())
+            raise
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+stream = Stream("full")
+stream.audio_codec, stream.video_codec, stream.width, stream.height = "PCMU", "H264", 320, 240
+calls, clock = ThreadCalls(), FakeClock()
+job = Recording(calls, stream, folder, "{{streamName}}_{{duration}}", queue_frames=5000,
+                opener=File)
+job.clock = clock
+job.start()
+ended = []
+job.done.addCallback(lambda _: ended.append(time.monotonic()))
+timed = frames(60.0)
+publish(stream, timed, clock, calls=calls)
+calls.run_until(lambda: ended, 10)
+print(json.dumps({{"state": job.state, "info": job.info, "files": os.listdir(folder),
+                  "delay": ended[0] - first_error[0]}}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare for a private 2 MB tmpfs")
+def test_a_real_full_tmpfs_fails_the_recording_within_2_s(tmp_path):
+    """On a 2 MB tmpfs the recording ends FAILED 'No space left on device' within 2 s of
+    the first ENOSPC, and no .recording.mp4 is left."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    script = tmp_path / "enospc.py"
+    script.write_text(ENOSPC_SCRIPT.format(here=HERE))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=2m tmpfs {folder} && "
+                                      f"{sys.executable} {script} {folder}"],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["state"] == "FAILED" and "No space left on device" in report["info"]
+    assert report["delay"] < 2
+    assert not [f for f in report["files"] if ".recording" in f]
+
+
+def test_a_recording_stops_at_its_maximum_duration_and_size(tmp_path):
+    """record_max_duration and record_max_size_mb end the recording FINISHED with the
+    reason, at the first fragment past the limit."""
+    job = _record(tmp_path, frames(4.0), limits=Limits(max_seconds=2))
+    assert job.state == "FINISHED" and "record_max_duration reached (2 s)" in job.info
+    assert float(ffprobe(job.path)["format"]["duration"]) == pytest.approx(2.0, abs=0.5)
+    (tmp_path / "s1.mp4").unlink()
+    job = _record(tmp_path, frames(4.0), limits=Limits(max_bytes=MB // 10))
+    assert job.state == "FINISHED" and "record_max_size_mb reached" in job.info
+    assert MB // 10 <= os.path.getsize(job.path) < MB // 10 + 100000
+    assert _pictures(job.path) < 100
+
+
+def test_the_free_space_floor_refuses_a_start_and_stops_a_running_recording(tmp_path,
+                                                                            monkeypatch):
+    """Below record_min_free_space_mb a recording cannot start (507) and a running one
+    ends FAILED with the reason within a check period; its file is finalized."""
+    registry = StreamRegistry()
+    manager = RecorderManager(ThreadCalls(), registry, str(tmp_path), "{streamName}",
+                              limits=Limits(min_free_bytes=100 * MB), free=lambda f: 50 * MB)
+    with pytest.raises(RecordingError) as info:
+        manager.start(registry.add(_stream("low")))
+    assert info.value.code == 507 and "50 MB, below record_min_free_space_mb=100" in str(info.value)
+    monkeypatch.setattr(recorder, "FREE_SPACE_CHECK", 0)
+    room = iter([200 * MB] * 20 + [50 * MB] * 1000)
+    job = _record(tmp_path, frames(4.0), limits=Limits(min_free_bytes=100 * MB),
+                  free=lambda f: next(room))
+    assert job.state == "FAILED" and "below record_min_free_space_mb=100" in job.info
+    assert 0 < _pictures(job.path) < 100
+    audio_only = [(t, f) for t, f in frames(1.0) if f.kind == "audio"]  # no keyframe: no file
+    job = _record(tmp_path, audio_only, template="nokey",
+                  limits=Limits(min_free_bytes=100 * MB), free=lambda f: 50 * MB)
+    assert job.state == "FAILED" and "below record_min_free_space_mb" in job.info
 
 
 def test_a_killed_recorder_leaves_a_playable_file(tmp_path):

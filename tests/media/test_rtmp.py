@@ -131,3 +131,77 @@ def test_send_after_the_server_hung_up_raises():
                 time.sleep(0.005)
     finally:
         server.stop()
+
+
+def test_a_server_chunk_size_of_one_byte_publishes():
+    """A server that sets chunk size 1 and answers in 1-byte chunks: open() reads its
+    replies without recursing (it raised RecursionError) and the push publishes."""
+    server = FakeRtmpServer(chunk_size=1)
+    try:
+        publisher = RtmpPublisher(target(server.url(), "rtmp_s"), timeout=5)
+        publisher.open()
+        publisher.send(flv.TAG_VIDEO, 0, b"\x17\x00\x00\x00\x00abc")
+        wait(lambda: len(server.media()) == 1, 5, "one media message")
+        publisher.close()
+    finally:
+        server.stop()
+
+
+def test_a_server_chunk_size_of_zero_fails_the_publish_with_the_reason():
+    """Chunk size 0 (spec: at least 1) is a clear RtmpError, not a hang or a crash."""
+    server = FakeRtmpServer(chunk_size=0)
+    try:
+        with pytest.raises(RtmpError, match="chunk size 0"):
+            RtmpPublisher(target(server.url(), "rtmp_s"), timeout=2).open()
+    finally:
+        server.stop()
+
+
+def test_chunk_reader_bounds_what_a_server_makes_it_hold():
+    """A huge chunk size is capped; a message over 1 MiB or a 65th chunk stream is refused;
+    100,000 one-byte chunks are read in a loop."""
+    reader = _ChunkReader()
+    reader.feed(_chunks(2, 1, 0, 0, (0x7FFFFFFF).to_bytes(4, "big"), 128))
+    assert reader.chunk_size == 0xFFFFFF
+    with pytest.raises(RtmpError, match="message"):
+        _ChunkReader().feed(b"\x03" + b"\x00" * 3 + (2 << 20).to_bytes(3, "big") + b"\x14" + bytes(4))
+    with pytest.raises(RtmpError, match="chunk streams"):
+        _ChunkReader().feed(b"".join(bytes([0, n]) + bytes(6) + b"\x14" + bytes(4)
+                                     for n in range(65)))
+    reader = _ChunkReader()
+    reader.chunk_size = 1
+    payload = bytes(range(256)) * 400
+    assert reader.feed(_chunks(6, 9, 1, 0, payload, 1)) == [(9, 1, payload, 0)]
+
+
+def test_amf0_nested_too_deep_is_a_value_error():
+    """Objects nested 10,000 deep in a server's reply raise ValueError, not RecursionError."""
+    with pytest.raises(ValueError, match="nested"):
+        flv.amf0_decode(b"\x03\x00\x01a" * 10000)
+
+
+def test_replies_that_arrive_in_one_read_are_all_used():
+    """A server that sends every reply at once (connect, createStream and publish results
+    in one TCP read): open() keeps what follows the awaited reply (it dropped them and
+    failed 'server closed the connection during createStream')."""
+    import socket
+
+    def reply(name, txn, *values, msid=0):
+        body = flv.amf0(name) + flv.amf0(float(txn)) + b"".join(flv.amf0(v) for v in values)
+        return _chunks(3, 20, msid, 0, body, 128)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    theirs, _ = listener.accept()
+    try:
+        theirs.sendall(b"\x03" + bytes(3072) + reply("_result", 1, None, {"code": "x"})
+                       + reply("_result", 4, None, 7.0)
+                       + reply("onStatus", 0, None, {"level": "status",
+                                                     "code": "NetStream.Publish.Start"}))
+        publisher = RtmpPublisher(target("rtmp://127.0.0.1/live", "s"), timeout=2,
+                                  connect=lambda *a, **kw: ours)
+        publisher.open()
+        assert publisher._stream_id == 7
+    finally:
+        for sock in (ours, theirs, listener):
+            sock.close()

@@ -254,6 +254,7 @@ def test_cors_headers_on_every_answer(client_for, behaviour, path, code):
         ('{"a": 1}'.encode("utf-16"), "body is not UTF-8"),
         (b"\xef\xbb\xbf{}", "body is not JSON: Unexpected UTF-8 BOM"),
         (b"[" * 60000, "body is nested too deeply"),
+        (b'{"options": {"x": "\\ud800x"}}', "body holds a lone surrogate escape"),
     ],
     ids=[
         "bare-words",
@@ -268,6 +269,7 @@ def test_cors_headers_on_every_answer(client_for, behaviour, path, code):
         "utf16",
         "bom",
         "deep",
+        "lone-surrogate",  # found by bench/fuzz.py: echoed back, it was a 500
     ],
 )
 def test_malformed_body_is_400(client, api, raw, message):

@@ -604,3 +604,13 @@ def test_stream_parser_costs_linear_time_for_a_64k_message_fed_byte_by_byte(monk
     assert [m.body for m in out] == [body] and out[0] == parse(data, 1 << 17)
     assert parser.scanned <= 4 * len(data)  # each header byte searched ~4 times (overlap 3)
     assert not parser.pending
+
+
+def test_an_empty_via_is_refused_not_crashing():
+    """A Via header with an empty value (found by bench/fuzz.py: zeromf with 'Via:' then a
+    blank line) is a ParseError; the transport raised IndexError reading the top Via."""
+    data = (b"OPTIONS sip:user@example.com SIP/2.0\r\nTo: sip:user@example.com\r\n"
+            b"From: sip:caller@example.net;tag=3ghsd41\r\nCall-ID: zeromf.jfasdl\r\n"
+            b"CSeq: 39234321 OPTIONS\r\nVia:\r\n\r\n SIP/2.0/UDP host1.example.com\r\n")
+    with pytest.raises(ParseError, match="empty Via"):
+        parse(data)

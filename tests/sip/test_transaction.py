@@ -80,6 +80,22 @@ def test_provisional_stops_retransmission_and_timer_b(clock, sender):
     assert len(sender.sent) == 1 and [r.status for r in got] == [180]
 
 
+def test_a_cancelled_invite_with_no_final_response_is_destroyed_after_64_t1(clock, sender):
+    """§9.1: after a CANCEL, an INVITE in Proceeding that never gets its 487 is destroyed
+    at 64*T1 (found by bench/fuzz.py: one INVITE transaction stayed per such call)."""
+    layer = _layer(clock, sender)
+    invite = _request()
+    layer.send_request(invite, "UDP", "127.0.0.1", 5060, lambda r: None)
+    layer.receive(make_response(invite, 183, to_tag="b1"), PEER)
+    cancel = Request("CANCEL", invite.uri, [(n, v) for n, v in invite.headers if n != "CSeq"]
+                     + [("CSeq", "1 CANCEL")])
+    layer.send_request(cancel, "UDP", "127.0.0.1", 5060, lambda r: None)
+    clock.advance(64 * T1 - 0.1)
+    assert (invite.top_via.branch, "INVITE") in layer.client
+    clock.advance(0.2)
+    assert layer.client == {}
+
+
 def test_non_2xx_final_is_acked_on_same_branch_and_again_on_retransmission(clock, sender):
     """A 486 is ACKed by the transaction with the INVITE's branch, and re-ACKed if resent."""
     layer = _layer(clock, sender)

@@ -136,6 +136,19 @@ def test_proxy_challenge_is_answered_once(make_ua, sender):
     assert ua.find("call1")[0]["status"] == "FAILED"
 
 
+def test_a_challenge_with_only_an_unknown_qop_fails_the_call(make_ua, sender):
+    """A 407 whose qop we do not support fails the call with the 407 (found by
+    bench/fuzz.py: AuthError escaped from the response handler and the call hung)."""
+    ua = make_ua()
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    challenge = 'Digest realm="test", nonce="abc123", qop="auth-conf"'
+    ua.transactions.receive(_reply(first, 407, extra=[("Proxy-Authenticate", challenge)]), PEER)
+    assert len(sender.requests("INVITE")) == 1
+    call = ua.find("call1")[0]
+    assert call["status"] == "FAILED" and call["info"].startswith("407")
+
+
 def test_stale_nonce_is_retried(make_ua, sender):
     """stale=true on a new challenge is answered again with the new nonce (RFC 7616 §3.3)."""
     ua = make_ua()

@@ -97,3 +97,82 @@ def test_viewers_per_stream_are_capped_across_connections():
     assert sent[-1]["data"][0]["status"] == "FAILED"
     assert sent[-1]["data"][0]["info"] == "too many viewers of s1: 1 of max_viewers_per_stream=1"
     assert protocol.viewers == {}
+
+
+def client_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """One masked client frame (RFC 6455 §5.2)."""
+    mask = b"\x11\x22\x33\x44"
+    size = len(payload)
+    head = bytes([0x80 | opcode])
+    if size < 126:
+        head += bytes([0x80 | size])
+    elif size < 65536:
+        head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + size.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def open_session(established=True):
+    """A socket past the upgrade (and past 'connection'), recording what it sends."""
+    protocol, transport = connect(LOCAL)
+    sent = []
+    real_send = protocol.sendMessage
+    protocol.sendMessage = lambda payload, *a, **kw: (sent.append(json.loads(payload)),
+                                                      real_send(payload, *a, **kw))
+    if established:
+        protocol.dataReceived(client_frame(b'{"message": "connection", "data": [{}]}'))
+        assert sent[-1]["message"] == "getUserData"
+    return protocol, transport, sent
+
+
+MALFORMED = [
+    (b'{"message": "stopStream", "data": [{"mediaSessionId": ["a"]}]}',
+     "stopStream", "mediaSessionId must be a string"),
+    (b'{"message": "stopStream", "data": [{"mediaSessionId": {"k": 1}}]}',
+     "stopStream", "mediaSessionId must be a string"),
+    (b'{"message": "stopStream", "data": [{}]}', "stopStream", "mediaSessionId is required"),
+    (b'{"message": "stopStream", "data": {"mediaSessionId": "x"}}',
+     "stopStream", "data must be a list holding one object"),
+    (b'{"message": "stopStream", "data": [["x"]]}',
+     "stopStream", "data must be a list holding one object"),
+    (b'{"message": "stopStream"}', "stopStream", "data must be a list holding one object"),
+    (b'{"message": "playStream", "data": [{"mediaSessionId": 5, "name": "s", "sdp": "v=0"}]}',
+     "playStream", "mediaSessionId must be a string"),
+    (b'{"message": "playStream", "data": [{"mediaSessionId": "m", "name": 7, "sdp": "v=0"}]}',
+     "StreamStatusEvent", "name must be a string"),
+    (b'{"message": "playStream", "data": [{"mediaSessionId": "m", "name": "s", "sdp": [1]}]}',
+     "StreamStatusEvent", "sdp must be a string"),
+    (b'{"message": "playStream", "data": [{"name": "s"}]}',
+     "playStream", "mediaSessionId is required"),
+    (b'{"message": "playStream", "data": 3}',
+     "playStream", "data must be a list holding one object"),
+    (b'{"message": "connection", "data": [{"appKey": 12}]}',
+     "connection", "appKey must be a string"),
+    (b'{"message": "connection", "data": [{"authToken": [1]}]}',
+     "connection", "authToken must be a string"),
+    (b'{"message": "stopStream", "data": [{"mediaSessionId": NaN}]}',
+     "stopStream", "mediaSessionId must be a string"),
+    (b'{"message": ["stopStream"]}', "unknown", "frame has no 'message'"),
+    (b'[1, 2]', "unknown", "frame has no 'message'"),
+    (b'"text"', "unknown", "frame has no 'message'"),
+    (b'{"message": "nope", "data": [{"mediaSessionId": {}}]}', "nope", "not supported"),
+    (b"[" * 100000, "unknown", "frame is not JSON"),
+]
+
+
+@pytest.mark.parametrize("frame, method, info", MALFORMED)
+def test_each_malformed_message_gets_a_fail_and_the_socket_stays_open(frame, method, info):
+    """Wrong types (unhashable ids, numbers for strings, lists for objects), missing fields
+    and unparsable JSON each get one WCS 'fail' naming the problem (a string id is echoed); no traceback, no close;
+    the socket still answers a ping afterwards."""
+    protocol, transport, sent = open_session()
+    sent.clear()
+    protocol.dataReceived(client_frame(frame))
+    assert len(sent) == 1 and sent[0]["message"] == "fail", sent
+    fail = sent[0]["data"][0]
+    assert fail["apiMethod"] == method and info in fail["info"]
+    assert fail["id"] == ("m" if method == "StreamStatusEvent" else None)
+    assert not transport.disconnecting and protocol.state == protocol.STATE_OPEN
+    protocol.dataReceived(client_frame(b'{"message": "ping", "data": []}'))
+    assert sent[-1]["message"] == "pong"

@@ -1,0 +1,92 @@
+"""wss: the certificate file is a fullchain.pem and the whole chain is served."""
+import datetime
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+
+from sipgw.config import ConfigError
+from sipgw.service import wss_options
+
+
+def _cert(name, key, issuer_name, issuer_key, ca):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1))
+               .not_valid_after(now + datetime.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]),
+                                        critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture
+def chain(tmp_path):
+    """A root CA -> intermediate -> leaf 'gw.test'; fullchain.pem holds leaf + intermediate."""
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+    root = _cert("Test Root", keys[0], "Test Root", keys[0], True)
+    inter = _cert("Test Intermediate", keys[1], "Test Root", keys[0], True)
+    leaf = _cert("gw.test", keys[2], "Test Intermediate", keys[1], False)
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "fullchain.pem").write_bytes(pem(leaf) + pem(inter))
+    (tmp_path / "privkey.pem").write_bytes(keys[2].private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return tmp_path, root
+
+
+def _handshake(server_context, root):
+    """A TLS handshake in memory; the client trusts only ``root`` and checks the name."""
+    client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_context.get_cert_store().add_cert(crypto.X509.from_cryptography(root))
+    client_context.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errno, depth, ok: bool(ok))
+    client = SSL.Connection(client_context, None)
+    client.set_tlsext_host_name(b"gw.test")
+    client.set_connect_state()
+    server = SSL.Connection(server_context, None)
+    server.set_accept_state()
+    for _ in range(10):
+        for one, other in ((client, server), (server, client)):
+            try:
+                one.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                other.bio_write(one.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+    client.do_handshake()
+    return client
+
+
+def test_wss_serves_the_intermediate_and_verifies_against_the_root_only(chain):
+    """A client that trusts only the root sees leaf + intermediate and verifies the leaf
+    (only the leaf was served, and verification failed)."""
+    folder, root = chain
+    options = wss_options(str(folder / "fullchain.pem"), str(folder / "privkey.pem"))
+    client = _handshake(options.getContext(), root)
+    names = [c.get_subject().CN for c in client.get_peer_cert_chain()]
+    assert names == ["gw.test", "Test Intermediate"]
+    assert client.get_verified_chain() is not None
+
+
+def test_a_key_that_does_not_match_or_a_file_without_certificates_is_a_config_error(chain):
+    """Unusable wss files stop the start with a message naming the settings."""
+    folder, _ = chain
+    other = ec.generate_private_key(ec.SECP256R1())
+    (folder / "other.pem").write_bytes(other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    with pytest.raises(ConfigError, match="wss_certificate"):
+        wss_options(str(folder / "fullchain.pem"), str(folder / "other.pem"))
+    with pytest.raises(ConfigError, match="no PEM certificate"):
+        wss_options(str(folder / "privkey.pem"), str(folder / "privkey.pem"))
+    with pytest.raises(ConfigError, match="missing.pem"):
+        wss_options(str(folder / "missing.pem"), str(folder / "privkey.pem"))
