@@ -91,7 +91,7 @@ class CallApi:
             raise BadRequest("callId or status is required", "callId")
         return _found(self._manager.find(call_id=call_id or None, status=status))
 
-    @router.route("/call/find_all")
+    @router.route("/call/find_all", get=True)
     def find_all(self, request: Any, body: dict) -> list[dict]:
         return _found(self._manager.find())
 

@@ -68,7 +68,7 @@ class PushApi:
             raise BadRequest("streamName, rtmpUrl or mediaSessionId is required", "streamName")
         return _found(self._manager.find(stream_name, rtmp_url, session_id))
 
-    @router.route("/push/find_all")
+    @router.route("/push/find_all", get=True)
     def find_all(self, request: Any, body: dict) -> list[dict]:
         return _found(self._manager.find())
 

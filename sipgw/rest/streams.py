@@ -35,7 +35,7 @@ class StreamApi:
     def find(self, request: Any, body: dict) -> list[dict]:
         return [self._lookup(body).to_json()]
 
-    @router.route("/stream/find_all")
+    @router.route("/stream/find_all", get=True)
     def find_all(self, request: Any, body: dict) -> list[dict]:
         streams = self._registry.all()
         if not streams:
