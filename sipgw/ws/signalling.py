@@ -3,9 +3,16 @@
 Every frame is JSON ``{"message": NAME, "data": [obj, ...]}``. A client sends
 ``connection`` (answered ``getUserData``), then ``playStream`` with its
 recvonly offer (answered ``setRemoteSDP`` and ``notifyStreamStatusEvent``
-PLAYING once media flows), ``stopStream``, ``ping``/``pong``. Anything else gets
-a ``fail``; nothing a client sends drops the socket, except not saying
-``connection`` in time or a refused auth token.
+PLAYING once media flows), ``stopStream``, ``ping``/``pong``.
+
+Every other message ``flashphoner-core.js`` sends gets the reply its handler there
+expects, so the page's state stays sane: ``availableStream`` is answered in kind,
+``snapshot`` with a ``snapshotFailed`` stream event, ``publishStream`` with FAILED,
+``sendData`` with a FAILED ``DataStatusEvent``, ``call``/``answer`` with a FAILED call
+status; ``sendStreamEvent`` (a publisher's mute events) needs none. A ``fail`` never
+carries ``apiMethod: "StreamStatusEvent"``: the WebSDK would take it as the stream's new
+status and set it to ``undefined``. Nothing a client sends drops the socket, except not
+saying ``connection`` in time or a refused auth token.
 """
 from __future__ import annotations
 
@@ -92,12 +99,13 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.sendMessage(json.dumps({"message": message, "data": list(data)}).encode())
 
     def fail(self, api_method: str, info: str, media_session_id=None) -> None:
-        self.send("fail", {"apiMethod": "StreamStatusEvent" if media_session_id else api_method,
-                           "id": media_session_id, "info": info})
+        """A warning for the page (the WebSDK's WARN callback); it changes no stream."""
+        self.send("fail", {"apiMethod": api_method, "id": media_session_id, "info": info})
 
-    def status(self, media_session_id: str, name: str, status: str, info: str = "") -> None:
+    def status(self, media_session_id: str, name: str, status: str, info: str = "",
+               published: bool = False) -> None:
         self.send("notifyStreamStatusEvent", {"mediaSessionId": media_session_id, "name": name,
-                                              "published": False, "status": status,
+                                              "published": published, "status": status,
                                               "info": info})
 
     # -- handlers --------------------------------------------------------------
@@ -116,7 +124,8 @@ class SignallingProtocol(WebSocketServerProtocol):
                                   "status": "ESTABLISHED", "mediaProviders": ["WebRTC"]})
 
     def on_ping(self, obj: dict) -> None:
-        self.send("pong", None)
+        """The WebSDK's own ping (``pingInterval``): no answer, the WebSDK has no handler for
+        ``pong`` and logs it as unknown."""
 
     def on_pong(self, obj: dict) -> None:
         pass
@@ -184,12 +193,55 @@ class SignallingProtocol(WebSocketServerProtocol):
 
     def on_stop_stream(self, obj: dict) -> None:
         media_session_id = obj.get("mediaSessionId")
-        viewer = self.viewers.get(media_session_id)
-        if viewer is None:
-            self.fail("stopStream", "unknown mediaSessionId", media_session_id)
+        viewer = self.viewers.get(media_session_id) if isinstance(media_session_id, str) else None
+        if viewer is None:  # already ended (FAILED, the call gone): STOPPED releases it too
+            name = obj.get("name")
+            self.status(media_session_id, name if isinstance(name, str) else "", "STOPPED")
             return
         self._stop_viewer(media_session_id, notify=False)
         self.status(media_session_id, viewer.stream.name, "STOPPED")
+
+    def on_available_stream(self, obj: dict) -> None:
+        """``availableStream`` answered in kind: ``status`` "true"/"false" (the WebSDK compares
+        with the string), ``info`` the reason."""
+        name = obj.get("name")
+        stream = self.factory.registry.get(name=name) if isinstance(name, str) and name else None
+        available = stream is not None and not stream.ended
+        self.send("availableStream", {"id": obj.get("mediaSessionId"), "name": name,
+                                      "status": "true" if available else "false",
+                                      "info": "" if available else STREAM_NOT_FOUND})
+
+    def on_snapshot(self, obj: dict) -> None:
+        self.send("notifyStreamEvent", {"mediaSessionId": obj.get("mediaSessionId"),
+                                        "name": obj.get("name"), "type": "snapshotFailed",
+                                        "payload": {"info": "snapshots are not supported"}})
+
+    def on_stream_event(self, obj: dict) -> None:
+        """``sendStreamEvent``: a publisher's mute/unmute/data events, relayed by WCS to its
+        players; sipgw's clients only play, so there is nobody to relay to."""
+
+    def on_publish_stream(self, obj: dict) -> None:
+        name = obj.get("name")
+        self.status(obj.get("mediaSessionId"), name if isinstance(name, str) else "", "FAILED",
+                    "publishing is not supported by sipgw", published=True)
+
+    def on_unpublish_stream(self, obj: dict) -> None:
+        name = obj.get("name")
+        self.status(obj.get("mediaSessionId"), name if isinstance(name, str) else "",
+                    "UNPUBLISHED", published=True)
+
+    def on_send_data(self, obj: dict) -> None:
+        """``sendData`` goes to a REST application in WCS; sipgw has none: FAILED settles the
+        page's promise."""
+        self.send("DataStatusEvent", {"operationId": obj.get("operationId"), "status": "FAILED",
+                                      "info": "no REST application to send data to"})
+
+    def on_call(self, obj: dict) -> None:
+        """SIP calls from the page (``call``, ``answer``): FAILED releases the WebSDK's call;
+        sipgw places calls over REST (/call/startup)."""
+        self.send("finish", {"callId": obj.get("callId"), "status": "FAILED",
+                             "info": "calls over the websocket are not supported by sipgw: "
+                                     "use /rest-api/call/startup"})
 
     def stream_ended(self, media_session_id: str, stream) -> None:
         """The call behind a played stream ended: STOPPED, or FAILED with the reason."""
@@ -206,7 +258,11 @@ class SignallingProtocol(WebSocketServerProtocol):
             defer.Deferred.fromFuture(asyncio.ensure_future(viewer.close()))
 
     HANDLERS = {"connection": on_connection, "ping": on_ping, "pong": on_pong,
-                "playStream": on_play_stream, "stopStream": on_stop_stream}
+                "playStream": on_play_stream, "stopStream": on_stop_stream,
+                "availableStream": on_available_stream, "snapshot": on_snapshot,
+                "sendStreamEvent": on_stream_event, "publishStream": on_publish_stream,
+                "unPublishStream": on_unpublish_stream, "sendData": on_send_data,
+                "call": on_call, "answer": on_call}
 
 
 class SignallingFactory(WebSocketServerFactory):

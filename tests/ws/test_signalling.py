@@ -88,3 +88,71 @@ def test_viewers_per_stream_are_capped_across_connections():
     assert sent[-1]["data"][0]["status"] == "FAILED"
     assert sent[-1]["data"][0]["info"] == "too many viewers of s1: 1 of max_viewers_per_stream=1"
     assert protocol.viewers == {}
+
+
+def _say(protocol, message, obj):
+    protocol.onMessage(json.dumps({"message": message, "data": [obj]}).encode(), False)
+
+
+def test_available_stream_is_answered_in_kind():
+    """availableStream gets an availableStream reply whose status is the string the WebSDK
+    compares ("true"/"false"), with the reason: never a fail that would blank the status."""
+    protocol, stream, sent = _playing()
+    _say(protocol, "availableStream", {"mediaSessionId": "p1", "name": "s1"})
+    _say(protocol, "availableStream", {"mediaSessionId": "p2", "name": "nope"})
+    assert sent[-2:] == [
+        {"message": "availableStream",
+         "data": [{"id": "p1", "name": "s1", "status": "true", "info": ""}]},
+        {"message": "availableStream",
+         "data": [{"id": "p2", "name": "nope", "status": "false", "info": "Stream not found"}]}]
+
+
+def test_stop_stream_of_a_player_already_gone_is_stopped():
+    """stopStream for a mediaSessionId no longer playing (failed, ended) is answered STOPPED,
+    which releases the WebSDK's stream, not a fail that sets its status to undefined."""
+    protocol, stream, sent = _playing()
+    _say(protocol, "stopStream", {"mediaSessionId": "gone", "name": "s1"})
+    assert sent[-1] == {"message": "notifyStreamStatusEvent", "data": [{
+        "mediaSessionId": "gone", "name": "s1", "published": False, "status": "STOPPED",
+        "info": ""}]}
+
+
+def test_client_ping_is_not_answered_with_pong():
+    """The WebSDK has no handler for a server 'pong' (it logs it as unknown): a client ping
+    gets no answer."""
+    protocol, stream, sent = _playing()
+    before = len(sent)
+    _say(protocol, "ping", None)
+    _say(protocol, "pong", None)
+    assert len(sent) == before
+
+
+@pytest.mark.parametrize("message, obj, reply", [
+    ("snapshot", {"mediaSessionId": "p1", "name": "s1"},
+     {"message": "notifyStreamEvent", "data": [{"mediaSessionId": "p1", "name": "s1",
+      "type": "snapshotFailed", "payload": {"info": "snapshots are not supported"}}]}),
+    ("sendStreamEvent", {"mediaSessionId": "p1", "type": "audioMuted"}, None),
+    ("publishStream", {"mediaSessionId": "p1", "name": "mine", "sdp": "v=0"},
+     {"message": "notifyStreamStatusEvent", "data": [{"mediaSessionId": "p1", "name": "mine",
+      "published": True, "status": "FAILED", "info": "publishing is not supported by sipgw"}]}),
+    ("unPublishStream", {"mediaSessionId": "p1", "name": "mine"},
+     {"message": "notifyStreamStatusEvent", "data": [{"mediaSessionId": "p1", "name": "mine",
+      "published": True, "status": "UNPUBLISHED", "info": ""}]}),
+    ("sendData", {"operationId": "op1", "payload": {"a": 1}},
+     {"message": "DataStatusEvent", "data": [{"operationId": "op1", "status": "FAILED",
+      "info": "no REST application to send data to"}]}),
+    ("call", {"callId": "c1", "callee": "bob"},
+     {"message": "finish", "data": [{"callId": "c1", "status": "FAILED",
+      "info": "calls over the websocket are not supported by sipgw: use /rest-api/call/startup"}]}),
+    ("changeSomething", {"mediaSessionId": "p1"},
+     {"message": "fail", "data": [{"apiMethod": "changeSomething", "id": "p1",
+      "info": "changeSomething is not supported by sipgw"}]}),
+])
+def test_webSDK_messages_get_the_reply_their_handler_expects(message, obj, reply):
+    """Each WebSDK client message gets the reply flashphoner-core.js handles for it (or none);
+    a fail never says apiMethod StreamStatusEvent, which would set the stream's status to
+    undefined."""
+    protocol, stream, sent = _playing()
+    before = len(sent)
+    _say(protocol, message, obj)
+    assert sent[before:] == ([reply] if reply else [])
