@@ -4,6 +4,10 @@ loaded and validated into one frozen dataclass.
 Every setting, its type and its default is declared once, on ``Config``: with no
 file the daemon runs on these built-in defaults. ``etc/sipgw.properties`` is the
 annotated copy users edit; a test keeps it equal to the defaults.
+
+Names are WCS's where WCS has the setting. WCS writes some with dots (``keep_alive.probes``,
+``https.port``): a dot in a key is read as an underscore, so ``keep_alive.probes`` and
+``keep_alive_probes`` name the same field; WCS's ``http.port`` is ``rest_port``.
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ class Config:
     wss_private_key: str = ""
     ws_auth_tokens: str = ""
     ws_connection_timeout: int = 10
+    keep_alive_server_interval: int = 5000
+    keep_alive_probes: int = 10
     webrtc_ice_address: str = ""
     webrtc_ice_servers: str = ""
     # SIP user agent
@@ -93,7 +99,8 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",
-                     "ws_connection_timeout", "max_calls", "max_calls_per_account", "max_pushes",
+                     "ws_connection_timeout", "keep_alive_server_interval",
+                     "keep_alive_probes", "max_calls", "max_calls_per_account", "max_pushes",
                      "max_recordings", "dtmf_digits_per_second", "max_viewers_per_stream",
                      "max_viewers_per_connection", "sip_max_tcp_connections",
                      "sip_tcp_idle_timeout", "sip_tcp_message_timeout"):
@@ -113,6 +120,12 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_WCS_NAMES = {"http.port": "rest_port"}  # WCS names that are not ours with dots as underscores
+
+
+def setting_name(key: str) -> str:
+    """The ``Config`` field a key of the file or of ``--set`` names."""
+    return _WCS_NAMES.get(key, key.replace(".", "_"))
 
 
 def _convert(key: str, raw: str):
@@ -155,6 +168,7 @@ def load(path: str | None = None, overrides: dict[str, str] | None = None) -> Co
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     values.update(overrides or {})
+    values = {setting_name(key): raw for key, raw in values.items()}
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")

@@ -14,7 +14,7 @@ def test_shipped_file_documents_every_setting_with_its_default():
     """etc/sipgw.properties lists each Config field, commented, with the built-in default."""
     with open(SHIPPED, encoding="utf-8") as handle:
         text = handle.read()
-    values = config.parse_properties(text)
+    values = {config.setting_name(k): v for k, v in config.parse_properties(text).items()}
     fields = {f.name: f.default for f in dataclasses.fields(config.Config)}
     assert sorted(values) == sorted(fields)
     assert config.load(SHIPPED) == config.Config()
@@ -31,6 +31,16 @@ def test_no_file_means_the_built_in_defaults():
     assert config.load() == config.Config()
     assert config.load(None, {"rest_port": "9081"}) == dataclasses.replace(
         config.Config(), rest_port=9081)
+
+
+def test_wcs_dotted_names_are_read_with_underscores(tmp_path):
+    """WCS writes keep_alive.probes, https.port: a dot reads as an underscore, in the file
+    and in --set; WCS's http.port is rest_port."""
+    path = tmp_path / "flashphoner.properties"
+    path.write_text("keep_alive.server_interval=2000\nhttp.port=9081\nws.port=9080\n")
+    loaded = config.load(str(path), {"keep_alive.probes": "3"})
+    assert (loaded.keep_alive_server_interval, loaded.keep_alive_probes) == (2000, 3)
+    assert (loaded.rest_port, loaded.ws_port) == (9081, 9080)
 
 
 def test_overrides_are_typed():

@@ -5,6 +5,11 @@ Every frame is JSON ``{"message": NAME, "data": [obj, ...]}``. A client sends
 recvonly offer (answered ``setRemoteSDP`` and ``notifyStreamStatusEvent``
 PLAYING once media flows), ``stopStream``, ``ping``/``pong``.
 
+Keep-alive as WCS: once established, the server sends a JSON ``ping`` every
+``keep_alive.server_interval`` ms (WebSDK sessions with ``receiveProbes`` fail without one);
+the client's ``pong`` resets the count, and after ``keep_alive.probes`` pings unanswered
+the connection is closed.
+
 Every other message ``flashphoner-core.js`` sends gets the reply its handler there
 expects, so the page's state stays sane: ``availableStream`` is answered in kind,
 ``snapshot`` with a ``snapshotFailed`` stream event, ``publishStream`` with FAILED,
@@ -22,7 +27,7 @@ import secrets
 
 from autobahn.twisted.websocket import (ConnectionDeny, WebSocketServerFactory,
                                        WebSocketServerProtocol)
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from ..policy import AccessPolicy, token_matches
@@ -42,6 +47,8 @@ class SignallingProtocol(WebSocketServerProtocol):
         self.viewers: dict[str, Viewer] = {}
         self.session_id = secrets.token_hex(8)
         self._connect_timer = None
+        self._keep_alive = None
+        self._missed = 0  # pings sent since the client last answered
 
     # -- websocket events --------------------------------------------------------
     def onConnect(self, request):
@@ -90,6 +97,7 @@ class SignallingProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean, code, reason):
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
+        self._stop_keep_alive()
         for media_session_id in list(self.viewers):
             self._stop_viewer(media_session_id, notify=False)
 
@@ -122,13 +130,37 @@ class SignallingProtocol(WebSocketServerProtocol):
             self._connect_timer.cancel()
         self.send("getUserData", {"authToken": self.session_id, "sessionId": self.session_id,
                                   "status": "ESTABLISHED", "mediaProviders": ["WebRTC"]})
+        self._start_keep_alive()
+
+    # -- keep-alive (WCS keep_alive.*) -------------------------------------------------
+    def _start_keep_alive(self) -> None:
+        interval = self.factory.config.keep_alive_server_interval
+        if interval > 0 and self._keep_alive is None:
+            self._keep_alive = task.LoopingCall(self._probe)
+            self._keep_alive.clock = self.factory.reactor
+            self._keep_alive.start(interval / 1000, now=False)
+
+    def _stop_keep_alive(self) -> None:
+        if self._keep_alive is not None and self._keep_alive.running:
+            self._keep_alive.stop()
+
+    def _probe(self) -> None:
+        probes = self.factory.config.keep_alive_probes
+        if probes and self._missed >= probes:
+            log.info("ws {peer}: no pong to {n} pings, closing", peer=self.peer, n=self._missed)
+            self._stop_keep_alive()
+            self.sendClose(4001, "keep-alive: no pong")
+            return
+        self._missed += 1
+        self.send("ping")
 
     def on_ping(self, obj: dict) -> None:
-        """The WebSDK's own ping (``pingInterval``): no answer, the WebSDK has no handler for
-        ``pong`` and logs it as unknown."""
+        """The WebSDK's own ping (``pingInterval``): it shows the client alive; no answer, the
+        WebSDK has no handler for ``pong`` and logs it as unknown."""
+        self._missed = 0
 
     def on_pong(self, obj: dict) -> None:
-        pass
+        self._missed = 0
 
     def on_play_stream(self, obj: dict) -> None:
         media_session_id = obj.get("mediaSessionId")

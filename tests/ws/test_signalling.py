@@ -156,3 +156,34 @@ def test_webSDK_messages_get_the_reply_their_handler_expects(message, obj, reply
     before = len(sent)
     _say(protocol, message, obj)
     assert sent[before:] == ([reply] if reply else [])
+
+
+def test_server_pings_and_closes_after_probes_missed():
+    """Once established, a JSON ping every keep_alive.server_interval ms; a pong resets the
+    count; after keep_alive.probes pings unanswered the connection is closed."""
+    protocol, stream, sent = _playing(keep_alive_server_interval=5000, keep_alive_probes=3)
+    closed = []
+    protocol.sendClose = lambda code=None, reason=None: closed.append(code)
+    clock = protocol.factory.reactor
+    pings = lambda: sum(m == {"message": "ping", "data": []} for m in sent)
+    clock.advance(4.9)
+    assert pings() == 0
+    clock.advance(0.1)
+    assert pings() == 1
+    for _ in range(10):  # a client that answers stays up as long as it likes
+        _say(protocol, "pong", None)
+        clock.advance(5)
+    assert closed == [] and pings() == 11  # the last one unanswered: 1 missed
+    clock.pump([5, 5])
+    assert closed == [] and pings() == 13  # 3 missed
+    clock.advance(5)
+    assert closed == [4001]
+    clock.pump([5] * 10)
+    assert pings() == 13
+
+
+def test_keep_alive_interval_zero_sends_no_ping():
+    """keep_alive.server_interval=0: no pings, nothing closed."""
+    protocol, stream, sent = _playing(keep_alive_server_interval=0)
+    protocol.factory.reactor.pump([5] * 720)
+    assert not [m for m in sent if m["message"] == "ping"]
