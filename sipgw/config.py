@@ -26,6 +26,7 @@ class Config:
     # REST API and websocket
     rest_bind_address: str = "127.0.0.1"
     rest_port: int = 8081
+    https_port: int = 8444
     rest_cors_origin: str = "loopback"
     rest_auth_tokens: str = ""
     trusted_networks: str = "127.0.0.0/8,::1/128"
@@ -86,7 +87,7 @@ class Config:
     sip_tcp_message_timeout: int = 30
 
     def __post_init__(self):
-        for name in ("rest_port", "ws_port", "wss_port", "sip_local_port", "media_port_from", "media_port_to"):
+        for name in ("rest_port", "https_port", "ws_port", "wss_port", "sip_local_port", "media_port_from", "media_port_to"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name}={value}: a port must be between 0 and 65535")

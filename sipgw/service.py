@@ -98,6 +98,13 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> reso
     return root
 
 
+def wss_options(certificate: str, private_key: str):
+    """The TLS options of every TLS listener (wss and https REST) for these PEM files."""
+    from twisted.internet import ssl
+    with open(certificate, "rb") as cert, open(private_key, "rb") as key:
+        return ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+
+
 def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService) -> None:
     """Websocket signalling for players: ws on ws_port, wss when a certificate is set."""
     from .webrtc.viewer import pin_ice_host
@@ -109,9 +116,7 @@ def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService
     ws.setName("ws")
     ws.setServiceParent(parent)
     if config.wss_certificate:
-        from twisted.internet import ssl
-        with open(config.wss_certificate, "rb") as cert, open(config.wss_private_key, "rb") as key:
-            options = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+        options = wss_options(config.wss_certificate, config.wss_private_key)
         wss = internet.SSLServer(config.wss_port, factory, options,
                                  interface=config.ws_bind_address, reactor=reactor)
         wss.setName("wss")
@@ -133,6 +138,12 @@ def make_service(config, reactor) -> service.MultiService:
                               reactor=reactor)
     rest.setName("rest")
     rest.setServiceParent(top)
+    if config.wss_certificate:  # https REST (WCS https.port) with the wss certificate
+        options = wss_options(config.wss_certificate, config.wss_private_key)
+        https = internet.SSLServer(config.https_port, site, options,
+                                   interface=config.rest_bind_address, reactor=reactor)
+        https.setName("https")
+        https.setServiceParent(top)
     make_signalling(config, ua, reactor, top)
     top.ua = ua
     top.media = media

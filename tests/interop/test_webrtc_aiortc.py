@@ -181,7 +181,8 @@ def test_wss_serves_the_same_protocol(tmp_path):
                     "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
     from peers import free_port
-    gw = Sipgw(str(tmp_path), wss_port=free_port("tcp"), wss_certificate=str(cert),
+    gw = Sipgw(str(tmp_path), wss_port=free_port("tcp"), https_port=free_port("tcp"),
+               wss_certificate=str(cert),
                wss_private_key=str(key)).start()
     try:
         context = ssl.create_default_context(cafile=str(cert))
