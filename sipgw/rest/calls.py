@@ -12,12 +12,13 @@ import re
 import uuid
 from typing import Any, Protocol
 
-from sipgw.calls import CallRequest, CallStatus
+from sipgw.calls import CallError, CallRequest, CallStatus
 from sipgw.config import Config
 from sipgw.egress import EgressPolicy
 from sipgw.quotas import DigitBuckets, check
 from sipgw.sip.headers import URI, HeaderError
-from sipgw.rest.errors import BadRequest, NotFound
+from sipgw.policy import Denied
+from sipgw.rest.errors import ApiError, BadRequest, NotFound, error_response
 from sipgw.rest.fields import (NOT_IN_STREAM_NAME, boolean_field, missing,
                                string_field)
 from sipgw.rest.router import Router
@@ -39,6 +40,12 @@ _DTMF = re.compile(r"[0-9*#A-D]+")
 _STATUSES = ", ".join(s.value for s in CallStatus)
 # Keys a call object must never carry out of the gateway, whatever the manager returns.
 _SECRET_KEYS = frozenset({"sipPassword", "password"})
+# The fields of a WCS call object (REST API, "SIP as stream") sipgw has no value for: present,
+# with WCS's value for a call it did not set ({} for custom, as WCS answers).
+_WCS_CALL_FIELDS = {"custom": {}, "nodeId": None, "parentCallId": None, "rtmpUrl": None,
+                    "rtmpStream": None, "rtmpStreamStatus": None, "inviteParameters": None,
+                    "mediaProvider": None, "sipMessageRaw": None, "isMsrp": False,
+                    "target": None, "holdForTransfer": False}
 
 
 class CallManager(Protocol):
@@ -101,11 +108,22 @@ class CallApi:
         return None
 
     @router.route("/call/send_dtmf")
-    def send_dtmf(self, request: Any, body: dict) -> None:
+    def send_dtmf(self, request: Any, body: dict) -> list[dict] | None:
+        """Empty 200: sent. The SIP-as-RTMP pages take any HTTP error as the call's end (they
+        show FINISHED and stop polling), so digits refused for a call that exists (bad digits,
+        rate, not established) answer 200 with the call as /call/find gives it, plus the
+        refusal's ``error`` and ``field``; an unknown call is the 404 it should be."""
         call_id = _call_id(body)
-        dtmf, kind = _dtmf(body, self._config.dtmf_max_digits), _dtmf_kind(body)
-        self._digits.take(call_id, len(dtmf))
-        self._manager.send_dtmf(call_id, dtmf, kind)
+        try:
+            dtmf, kind = _dtmf(body, self._config.dtmf_max_digits), _dtmf_kind(body)
+            self._digits.take(call_id, len(dtmf))
+            self._manager.send_dtmf(call_id, dtmf, kind)
+        except (ApiError, Denied, CallError) as exc:
+            code, refusal = error_response(exc)
+            calls = self._manager.find(call_id=call_id)
+            if code == 404 or not calls:
+                raise
+            return [{**call, **refusal} for call in _found(calls)]
         return None
 
 
@@ -175,13 +193,22 @@ def parse_call_request(body: dict) -> CallRequest:
         sip_port=_port(body, "sipPort", DEFAULT_SIP_PORT),
         sip_register_required=boolean_field(body, "sipRegisterRequired", False),
         to_stream=to_stream or call_id,
-        has_audio=boolean_field(body, "hasAudio", True),
+        has_audio=_has_media(body),
         has_video=boolean_field(body, "hasVideo", True),
         app_key=string_field(body, "appKey", max_len=_NAME_MAX),
         visible_name=string_field(
             body, "visibleName", max_len=_NAME_MAX, forbidden=_NOT_IN_DISPLAY_NAME, spaces=True
         ),
     )
+
+
+def _has_media(body: dict) -> bool:
+    """hasAudio; with hasVideo also false the stream would carry nothing: 400 naming both."""
+    has_audio = boolean_field(body, "hasAudio", True)
+    if not has_audio and not boolean_field(body, "hasVideo", True):
+        raise BadRequest("hasAudio and hasVideo are both false: a call needs audio or video",
+                         "hasAudio")
+    return has_audio
 
 
 def _password(body: dict) -> str:
@@ -277,4 +304,5 @@ def _dtmf_kind(body: dict) -> str:
 def _found(calls: list[dict]) -> list[dict]:
     if not calls:
         raise NotFound(CALL_NOT_FOUND)
-    return [{k: v for k, v in call.items() if k not in _SECRET_KEYS} for call in calls]
+    return [{**_WCS_CALL_FIELDS, **{k: v for k, v in call.items() if k not in _SECRET_KEYS}}
+            for call in calls]
