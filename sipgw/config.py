@@ -8,13 +8,21 @@ annotated copy users edit; a test keeps it equal to the defaults.
 Names are WCS's where WCS has the setting. WCS writes some with dots (``keep_alive.probes``,
 ``https.port``): a dot in a key is read as an underscore, so ``keep_alive.probes`` and
 ``keep_alive_probes`` name the same field; WCS's ``http.port`` is ``rest_port``.
+
+A key of the file that names no setting is logged and ignored, so a WCS
+``flashphoner.properties`` can be used as it is; one within two edits of a setting's name is
+taken for a typo of it and refused, naming the setting. ``--set`` of an unknown key is refused.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
+from twisted.logger import Logger
+
 from . import egress, policy
+
+log = Logger(namespace="sipgw.config")
 
 
 class ConfigError(ValueError):
@@ -165,12 +173,42 @@ def load(path: str | None = None, overrides: dict[str, str] | None = None) -> Co
     if path:
         try:
             with open(path, encoding="utf-8") as handle:
-                values.update(parse_properties(handle.read(), path))
+                text = handle.read()
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    values.update(overrides or {})
-    values = {setting_name(key): raw for key, raw in values.items()}
-    unknown = sorted(set(values) - set(_FIELDS))
+        ignored = []
+        for key, raw in parse_properties(text, path).items():
+            name = setting_name(key)
+            if name in _FIELDS:
+                values[name] = raw
+                continue
+            nearest = _nearest(name)
+            if nearest:
+                raise ConfigError(f"{path}: unknown setting {key}: did you mean {nearest}?")
+            ignored.append(key)
+        if ignored:
+            log.warn("{path}: not sipgw settings, ignored: {keys}", path=path,
+                     keys=", ".join(ignored))
+    overrides = {setting_name(key): raw for key, raw in (overrides or {}).items()}
+    unknown = sorted(set(overrides) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    values.update(overrides)
     return Config(**{key: _convert(key, raw) for key, raw in values.items()})
+
+
+def _nearest(name: str, limit: int = 2) -> str | None:
+    """The setting within ``limit`` edits of ``name`` (a typo of it), the closest first."""
+    scored = sorted((_edits(name, field), field) for field in _FIELDS)
+    distance, field = scored[0]
+    return field if distance <= limit else None
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions from a to b."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]

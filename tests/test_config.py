@@ -43,6 +43,37 @@ def test_wcs_dotted_names_are_read_with_underscores(tmp_path):
     assert (loaded.rest_port, loaded.ws_port) == (9081, 9080)
 
 
+def test_unknown_keys_in_the_file_are_logged_and_ignored(tmp_path):
+    """A WCS flashphoner.properties loads: keys that name no sipgw setting (and are no typo of
+    one) are ignored, with one log line naming them."""
+    from twisted.logger import globalLogPublisher
+    path = tmp_path / "flashphoner.properties"
+    path.write_text("cdn_enabled=false\ndisable_rest_auth=true\nkeep_alive.algorithm=NONE\n"
+                    "rest_port=9081\n")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        loaded = config.load(str(path))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert loaded.rest_port == 9081
+    (event,) = [e for e in events if e.get("log_namespace") == "sipgw.config"]
+    assert event["keys"] == "cdn_enabled, disable_rest_auth, keep_alive.algorithm"
+
+
+@pytest.mark.parametrize("line, nearest", [("rest_prot=9000", "rest_port"),
+                                           ("keep_alive.probe=3", "keep_alive_probes"),
+                                           ("sip_record_streams=true", "sip_record_stream")])
+def test_a_typo_of_a_setting_is_an_error_naming_it(tmp_path, line, nearest):
+    """A key within two edits of a setting's name is a typo: refused, naming the setting."""
+    path = tmp_path / "x.properties"
+    path.write_text(line + "\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(str(path))
+    key = line.partition("=")[0]
+    assert str(info.value) == f"{path}: unknown setting {key}: did you mean {nearest}?"
+
+
 def test_overrides_are_typed():
     """--set values are converted to the field's type."""
     loaded = config.load(overrides={"rest_port": "9081", "sip_use_tcp_transport": "true"})
