@@ -87,7 +87,8 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> reso
     from .policy import AccessPolicy
     from .rest import CallApi, RestResource
     from .rest.streams import StreamApi
-    apis = [CallApi(ua, config, ua.reactor), StreamApi(ua.streams)]
+    apis = [CallApi(ua, config, ua.reactor, pushes=media.pushes if media else None),
+            StreamApi(ua.streams)]
     if media is not None:
         from .rest.push import PushApi
         from .rest.recorder import RecorderApi

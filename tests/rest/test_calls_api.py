@@ -157,7 +157,7 @@ def test_to_stream_defaults_to_call_id(value):
 
 def test_unknown_fields_are_ignored():
     """Fields sipgw does not know (other WCS pages send more) are ignored."""
-    assert parse_call_request(dict(MINIMAL_BODY, custom={"x": 1}, rtmpUrl="rtmp://x")).callee == "bob"
+    assert parse_call_request(dict(MINIMAL_BODY, custom={"x": 1}, isMsrp=False)).callee == "bob"
 
 
 @pytest.mark.parametrize(
