@@ -88,3 +88,45 @@ def test_websdk_sip_as_rtmp_page_calls_pushes_and_hangs_up(daemon, kamailio, bar
     chromium.wait_text("callStatus", "FINISH", "FINISHED", timeout=20)
     assert daemon.call(call["callId"]) is None or \
         daemon.call(call["callId"])["status"] == "FINISH"
+
+
+SIP_AS_RTMP_3_PAGE = "examples/demo/sip/sip-as-rtmp-3/sip-as-rtmp-3.html"
+
+
+def test_websdk_sip_as_rtmp_3_page_republishes_the_call(daemon, kamailio, baresip, chromium,
+                                                        websdk_site, nginx_rtmp):
+    """The unchanged sip-as-rtmp-3 page sends rtmpUrl + rtmpStream on /call/startup (no
+    toStream): Call shows ESTABLISHED and the call is republished to nginx-rtmp as
+    rtmp_<rtmpStream>; DTMF the call refuses leaves the page polling (ESTABLISHED, not
+    FINISHED); Hangup shows the end."""
+    chromium.open(websdk_site.url(SIP_AS_RTMP_3_PAGE))
+    driver = chromium.driver
+    chromium.wait(lambda: driver.find_element(By.ID, "callBtn").text == "Call", 10,
+                  "the sip-as-rtmp-3 page to initialise")
+    fields = {"restUrl": f"http://127.0.0.1:{daemon.rest_port}/rest-api",
+              "sipLogin": "alice", "sipAuthenticationName": "alice", "sipPassword": "alicepw",
+              "sipDomain": "127.0.0.1", "sipOutboundProxy": f"127.0.0.1:{kamailio.port}",
+              "sipPort": str(kamailio.port), "callee": "bob", "rtmpUrl": nginx_rtmp.url(),
+              "rtmpStream": "sdk3"}
+    for element_id, value in fields.items():
+        _type(driver, element_id, value)
+    for box in ("hasAudio", "hasVideo"):
+        driver.find_element(By.ID, box).click()
+    driver.find_element(By.ID, "callBtn").click()
+
+    chromium.wait_text("callStatus", "ESTABLISHED", timeout=30)
+    (call,) = [c for c in daemon.rest("/call/find_all") if c["streamName"] == "sdk3"]
+    assert (call["rtmpStream"], call["rtmpUrl"]) == ("sdk3", nginx_rtmp.url())
+    chromium.wait(lambda: daemon.call(call["callId"])["rtmpStreamStatus"] == "PUBLISHING", 30,
+                  "the call's push to publish")
+    assert [p["streamName"] for p in daemon.rest("/push/find_all")] == ["rtmp_sdk3"]
+
+    _type(driver, "dtmf", "x")  # not a DTMF digit: refused, the call goes on
+    driver.find_element(By.ID, "dtmfBtn").click()
+    import time
+    time.sleep(4)  # one status poll (3 s) after the answer
+    assert driver.find_element(By.ID, "callStatus").text == "ESTABLISHED"
+    assert driver.find_element(By.ID, "callBtn").text == "Hangup"
+
+    driver.find_element(By.ID, "callBtn").click()  # Hangup
+    chromium.wait_text("callStatus", "FINISH", "FINISHED", timeout=20)
