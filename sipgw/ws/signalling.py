@@ -3,7 +3,7 @@
 Every frame is JSON ``{"message": NAME, "data": [obj, ...]}``. A client sends
 ``connection`` (answered ``getUserData``), then ``playStream`` with its
 recvonly offer (answered ``setRemoteSDP`` and ``notifyStreamStatusEvent``
-PLAYING once media flows), ``stopStream``, ``ping``/``pong``.
+PLAYING once the WebRTC connection is up, or at the first frame), ``stopStream``, ``ping``/``pong``.
 
 Keep-alive as WCS: once established, the server sends a JSON ``ping`` every
 ``keep_alive.server_interval`` ms (WebSDK sessions with ``receiveProbes`` fail without one);

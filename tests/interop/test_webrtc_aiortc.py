@@ -198,3 +198,32 @@ def test_wss_serves_the_same_protocol(tmp_path):
     finally:
         gw.stop()
     assert hello["message"] == "getUserData"
+
+
+def test_a_stream_without_media_yet_plays_and_stops(daemon):
+    """A player of a call still ringing (no media) gets PLAYING once its WebRTC connection is
+    up, as WCS sends it (the WebSDK cannot stop a stream still PENDING), and stopStream then
+    answers STOPPED."""
+    from peers import free_port
+    silent = free_port("udp")  # nobody answers the INVITE: the call stays PENDING
+    daemon.rest("/call/startup", {"callId": "q1", "callee": "bob", "toStream": "stream-q1",
+                                  "sipLogin": "alice", "sipDomain": "127.0.0.1",
+                                  "sipPort": str(silent)})
+    url = f"ws://127.0.0.1:{daemon.settings['ws_port']}"
+
+    async def scenario():
+        session = WcsSession(url)
+        await session.connect()
+        player = await session.play("stream-q1", decode=False)
+        playing = await session.status(player.id, "PLAYING", timeout=20)
+        session.send("stopStream", {"mediaSessionId": player.id, "name": "stream-q1"})
+        stopped = await session.status(player.id, "STOPPED", "FAILED", timeout=10)
+        await player.close()
+        session.close()
+        return playing, stopped, player.frames
+
+    playing, stopped, frames = _run(scenario())
+    assert frames == {"video": 0, "audio": 0}
+    assert stopped["status"] == "STOPPED"
+    assert daemon.call("q1")["status"] in ("PENDING", "TRYING")
+    daemon.rest("/call/terminate", {"callId": "q1"})
