@@ -36,7 +36,11 @@ from ..webrtc.viewer import NoCommonCodecs, Viewer
 
 log = Logger(namespace="sipgw.ws")
 
+# Info texts of the WebSDK's STREAM_STATUS_INFO (constants.js), as WCS sends them.
 STREAM_NOT_FOUND = "Stream not found"
+STOPPED_BY_PUBLISHER_STOP = "Stopped by publisher stop"
+STOPPED_BY_USER = "Stopped by user"
+MEDIASESSION_ID_IN_USE = "MediaSessionId is already in use"
 MAX_MESSAGE = 256 * 1024
 
 
@@ -173,7 +177,7 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.status(media_session_id, "", "FAILED", "name is required")
             return
         if media_session_id in self.viewers:
-            self.status(media_session_id, name, "FAILED", "mediaSessionId is already playing")
+            self.status(media_session_id, name, "FAILED", MEDIASESSION_ID_IN_USE)
             return
         stream = self.factory.registry.get(name=name)
         if stream is None or stream.ended:
@@ -231,7 +235,7 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.status(media_session_id, name if isinstance(name, str) else "", "STOPPED")
             return
         self._stop_viewer(media_session_id, notify=False)
-        self.status(media_session_id, viewer.stream.name, "STOPPED")
+        self.status(media_session_id, viewer.stream.name, "STOPPED", STOPPED_BY_USER)
 
     def on_available_stream(self, obj: dict) -> None:
         """``availableStream`` answered in kind: ``status`` "true"/"false" (the WebSDK compares
@@ -276,12 +280,15 @@ class SignallingProtocol(WebSocketServerProtocol):
                                      "use /rest-api/call/startup"})
 
     def stream_ended(self, media_session_id: str, stream) -> None:
-        """The call behind a played stream ended: STOPPED, or FAILED with the reason."""
+        """The call behind a played stream ended: STOPPED "Stopped by publisher stop" as WCS
+        says it, or FAILED with the stream's reason."""
         if media_session_id not in self.viewers:
             return
         self._stop_viewer(media_session_id, notify=False)
-        status = "FAILED" if stream.status.value == "FAILED" else "STOPPED"
-        self.status(media_session_id, stream.name, status, stream.info)
+        if stream.status.value == "FAILED":
+            self.status(media_session_id, stream.name, "FAILED", stream.info)
+        else:
+            self.status(media_session_id, stream.name, "STOPPED", STOPPED_BY_PUBLISHER_STOP)
 
     def _stop_viewer(self, media_session_id: str, notify: bool) -> None:
         viewer = self.viewers.pop(media_session_id, None)

@@ -187,3 +187,22 @@ def test_keep_alive_interval_zero_sends_no_ping():
     protocol, stream, sent = _playing(keep_alive_server_interval=0)
     protocol.factory.reactor.pump([5] * 720)
     assert not [m for m in sent if m["message"] == "ping"]
+
+
+def test_player_statuses_carry_the_websdk_info_texts():
+    """A player whose publisher (the call) stops gets STOPPED "Stopped by publisher stop", not
+    the call's reason; one stopped by its page "Stopped by user"; a mediaSessionId played twice
+    FAILED "MediaSessionId is already in use" (STREAM_STATUS_INFO of constants.js)."""
+    protocol, stream, sent = _playing()
+    viewer = type("FakeViewer", (), {"stream": stream})()
+    protocol._stop_viewer = lambda media_session_id, notify: protocol.viewers.pop(media_session_id)
+    protocol.viewers.update({"p1": viewer, "p2": viewer})
+    stream.end(info="Normal call clearing")
+    protocol.stream_ended("p1", stream)
+    _say(protocol, "stopStream", {"mediaSessionId": "p2", "name": "s1"})
+    protocol.viewers["p3"] = viewer
+    _say(protocol, "playStream", {"mediaSessionId": "p3", "name": "s1", "sdp": "v=0"})
+    assert [(m["data"][0]["mediaSessionId"], m["data"][0]["status"], m["data"][0]["info"])
+            for m in sent[-3:]] == [("p1", "STOPPED", "Stopped by publisher stop"),
+                                   ("p2", "STOPPED", "Stopped by user"),
+                                   ("p3", "FAILED", "MediaSessionId is already in use")]
