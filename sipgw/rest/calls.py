@@ -11,7 +11,6 @@ import ipaddress
 import re
 import uuid
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from sipgw.calls import CallError, CallRequest, CallStatus
 from sipgw.config import Config
@@ -110,15 +109,14 @@ class CallApi:
 
     def _check_rtmp(self, call: CallRequest) -> None:
         from sipgw.media.push import PushError
+        from sipgw.rest.push import admit
         if self._pushes is None:
             raise BadRequest("RTMP republishing is not available", "rtmpUrl")
         try:
             where = self._pushes.target(call.rtmp_url, _published(call))
         except PushError as exc:
             raise ApiError(exc.code, str(exc), exc.field) from None
-        self._rtmp_egress.check(urlsplit(call.rtmp_url).hostname, "rtmpUrl")
-        check(len(self._pushes.find()), self._config.max_pushes, "pushes", "max_pushes",
-              "rtmpUrl")
+        admit(self._rtmp_egress, self._pushes, self._config, call.rtmp_url)
         if self._pushes.in_use(where):
             raise Conflict(f"{_published(call)} is already published to this rtmpUrl",
                            "rtmpStream")
