@@ -206,3 +206,24 @@ def test_player_statuses_carry_the_websdk_info_texts():
             for m in sent[-3:]] == [("p1", "STOPPED", "Stopped by publisher stop"),
                                    ("p2", "STOPPED", "Stopped by user"),
                                    ("p3", "FAILED", "MediaSessionId is already in use")]
+
+
+def test_a_websdk_session_with_receive_probes_stays_up_ten_minutes():
+    """A WebSDK session created with receiveProbes=3, probesInterval=5000 fails when 3 of its
+    checks pass without a server message; with the default keep-alive and the WebSDK's pong
+    to each ping it stays up for 10 minutes, and the server never closes it."""
+    protocol, stream, sent = _playing()
+    closed = []
+    protocol.sendClose = lambda code=None, reason=None: closed.append(code)
+    clock = protocol.factory.reactor
+    seen, missing = len(sent), 0
+    for _ in range(120):  # the WebSDK's WSPingReceiver, checking every 5 s for 10 minutes
+        clock.advance(5)
+        if len(sent) > seen:
+            seen, missing = len(sent), 0
+            if sent[-1]["message"] == "ping":
+                _say(protocol, "pong", None)
+        else:
+            missing += 1
+        assert missing < 3, "the WebSDK would declare the session FAILED"
+    assert closed == []
