@@ -192,7 +192,9 @@ def load(path: str | None = None, overrides: dict[str, str] | None = None) -> Co
     overrides = {setting_name(key): raw for key, raw in (overrides or {}).items()}
     unknown = sorted(set(overrides) - set(_FIELDS))
     if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        named = [f"{key} (did you mean {_nearest(key)}?)" if _nearest(key) else key
+                 for key in unknown]
+        raise ConfigError(f"unknown setting(s): {', '.join(named)}")
     values.update(overrides)
     return Config(**{key: _convert(key, raw) for key, raw in values.items()})
 

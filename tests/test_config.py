@@ -85,6 +85,7 @@ def test_overrides_are_typed():
     ({"rest_port": "70000"}, "rest_port=70000: a port must be between 0 and 65535"),
     ({"sip_use_tcp_transport": "maybe"}, "expected true or false"),
     ({"no_such_key": "1"}, "unknown setting(s): no_such_key"),
+    ({"rest_prot": "1"}, "unknown setting(s): rest_prot (did you mean rest_port?)"),
     ({"media_port_from": "5000", "media_port_to": "4000"}, "media_port_from must be below"),
     ({"call_retention": "-1"}, "call_retention must not be negative"),
 ])
