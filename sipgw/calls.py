@@ -58,6 +58,8 @@ class CallRequest:
     has_video: bool = True
     app_key: str = ""
     visible_name: str = ""
+    rtmp_url: str = field(default="", repr=False)  # SIP as RTMP (may hold credentials)
+    rtmp_stream: str = ""
 
     @property
     def auth_name(self) -> str:

@@ -4,13 +4,25 @@ loaded and validated into one frozen dataclass.
 Every setting, its type and its default is declared once, on ``Config``: with no
 file the daemon runs on these built-in defaults. ``etc/sipgw.properties`` is the
 annotated copy users edit; a test keeps it equal to the defaults.
+
+Names are WCS's where WCS has the setting. WCS writes some with dots (``keep_alive.probes``,
+``https.port``): a dot in a key is read as an underscore, so ``keep_alive.probes`` and
+``keep_alive_probes`` name the same field; WCS's ``http.port`` is ``rest_port``.
+
+A key of the file that names no setting is logged and ignored, so a WCS
+``flashphoner.properties`` can be used as it is; one within two edits of a setting's name is
+taken for a typo of it and refused, naming the setting. ``--set`` of an unknown key is refused.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
+from twisted.logger import Logger
+
 from . import egress, policy
+
+log = Logger(namespace="sipgw.config")
 
 
 class ConfigError(ValueError):
@@ -22,6 +34,7 @@ class Config:
     # REST API and websocket
     rest_bind_address: str = "127.0.0.1"
     rest_port: int = 8081
+    https_port: int = 8444
     rest_cors_origin: str = "loopback"
     rest_auth_tokens: str = ""
     trusted_networks: str = "127.0.0.0/8,::1/128"
@@ -33,6 +46,8 @@ class Config:
     wss_private_key: str = ""
     ws_auth_tokens: str = ""
     ws_connection_timeout: int = 10
+    keep_alive_server_interval: int = 5000
+    keep_alive_probes: int = 10
     webrtc_ice_address: str = ""
     webrtc_ice_servers: str = ""
     # SIP user agent
@@ -87,7 +102,7 @@ class Config:
     sip_tcp_message_timeout: int = 30
 
     def __post_init__(self):
-        for name in ("rest_port", "ws_port", "wss_port", "sip_local_port", "media_port_from", "media_port_to"):
+        for name in ("rest_port", "https_port", "ws_port", "wss_port", "sip_local_port", "media_port_from", "media_port_to"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name}={value}: a port must be between 0 and 65535")
@@ -102,7 +117,8 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",
-                     "ws_connection_timeout", "max_calls", "max_calls_per_account", "max_pushes",
+                     "ws_connection_timeout", "keep_alive_server_interval",
+                     "keep_alive_probes", "max_calls", "max_calls_per_account", "max_pushes",
                      "max_recordings", "dtmf_digits_per_second", "max_viewers_per_stream",
                      "max_viewers_per_connection", "sip_max_tcp_connections",
                      "sip_tcp_idle_timeout", "sip_tcp_message_timeout",
@@ -123,6 +139,12 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_WCS_NAMES = {"http.port": "rest_port"}  # WCS names that are not ours with dots as underscores
+
+
+def setting_name(key: str) -> str:
+    """The ``Config`` field a key of the file or of ``--set`` names."""
+    return _WCS_NAMES.get(key, key.replace(".", "_"))
 
 
 def _convert(key: str, raw: str):
@@ -161,11 +183,44 @@ def load(path: str | None = None, overrides: dict[str, str] | None = None) -> Co
     if path:
         try:
             with open(path, encoding="utf-8") as handle:
-                values.update(parse_properties(handle.read(), path))
+                text = handle.read()
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    values.update(overrides or {})
-    unknown = sorted(set(values) - set(_FIELDS))
+        ignored = []
+        for key, raw in parse_properties(text, path).items():
+            name = setting_name(key)
+            if name in _FIELDS:
+                values[name] = raw
+                continue
+            nearest = _nearest(name)
+            if nearest:
+                raise ConfigError(f"{path}: unknown setting {key}: did you mean {nearest}?")
+            ignored.append(key)
+        if ignored:
+            log.warn("{path}: not sipgw settings, ignored: {keys}", path=path,
+                     keys=", ".join(ignored))
+    overrides = {setting_name(key): raw for key, raw in (overrides or {}).items()}
+    unknown = sorted(set(overrides) - set(_FIELDS))
     if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        named = [f"{key} (did you mean {_nearest(key)}?)" if _nearest(key) else key
+                 for key in unknown]
+        raise ConfigError(f"unknown setting(s): {', '.join(named)}")
+    values.update(overrides)
     return Config(**{key: _convert(key, raw) for key, raw in values.items()})
+
+
+def _nearest(name: str, limit: int = 2) -> str | None:
+    """The setting within ``limit`` edits of ``name`` (a typo of it), the closest first."""
+    scored = sorted((_edits(name, field), field) for field in _FIELDS)
+    distance, field = scored[0]
+    return field if distance <= limit else None
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions from a to b."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]

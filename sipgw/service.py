@@ -89,7 +89,8 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> reso
     from .policy import AccessPolicy
     from .rest import CallApi, RestResource
     from .rest.streams import StreamApi
-    apis = [CallApi(ua, config, ua.reactor), StreamApi(ua.streams)]
+    apis = [CallApi(ua, config, ua.reactor, pushes=media.pushes if media else None),
+            StreamApi(ua.streams)]
     if media is not None:
         from .rest.push import PushApi
         from .rest.recorder import RecorderApi
@@ -104,8 +105,9 @@ _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFIC
 
 
 def wss_options(certificate: str, private_key: str):
-    """TLS options serving the whole chain of ``certificate`` (a fullchain.pem: the leaf
-    first, then its intermediates), so clients that know only the root verify it."""
+    """The TLS options of every TLS listener (wss and https REST): the whole chain of
+    ``certificate`` (a fullchain.pem: the leaf first, then its intermediates) is served, so
+    clients that know only the root verify it."""
     from OpenSSL import SSL
     from twisted.internet import ssl
     from twisted.internet.error import VerifyError
@@ -163,6 +165,12 @@ def make_service(config, reactor) -> service.MultiService:
                               reactor=reactor)
     rest.setName("rest")
     rest.setServiceParent(top)
+    if config.wss_certificate:  # https REST (WCS https.port) with the wss certificate
+        options = wss_options(config.wss_certificate, config.wss_private_key)
+        https = internet.SSLServer(config.https_port, site, options,
+                                   interface=config.rest_bind_address, reactor=reactor)
+        https.setName("https")
+        https.setServiceParent(top)
     make_signalling(config, ua, reactor, top)
     top.ua = ua
     top.media = media

@@ -14,7 +14,7 @@ def test_shipped_file_documents_every_setting_with_its_default():
     """etc/sipgw.properties lists each Config field, commented, with the built-in default."""
     with open(SHIPPED, encoding="utf-8") as handle:
         text = handle.read()
-    values = config.parse_properties(text)
+    values = {config.setting_name(k): v for k, v in config.parse_properties(text).items()}
     fields = {f.name: f.default for f in dataclasses.fields(config.Config)}
     assert sorted(values) == sorted(fields)
     assert config.load(SHIPPED) == config.Config()
@@ -33,6 +33,47 @@ def test_no_file_means_the_built_in_defaults():
         config.Config(), rest_port=9081)
 
 
+def test_wcs_dotted_names_are_read_with_underscores(tmp_path):
+    """WCS writes keep_alive.probes, https.port: a dot reads as an underscore, in the file
+    and in --set; WCS's http.port is rest_port."""
+    path = tmp_path / "flashphoner.properties"
+    path.write_text("keep_alive.server_interval=2000\nhttp.port=9081\nws.port=9080\n")
+    loaded = config.load(str(path), {"keep_alive.probes": "3"})
+    assert (loaded.keep_alive_server_interval, loaded.keep_alive_probes) == (2000, 3)
+    assert (loaded.rest_port, loaded.ws_port) == (9081, 9080)
+
+
+def test_unknown_keys_in_the_file_are_logged_and_ignored(tmp_path):
+    """A WCS flashphoner.properties loads: keys that name no sipgw setting (and are no typo of
+    one) are ignored, with one log line naming them."""
+    from twisted.logger import globalLogPublisher
+    path = tmp_path / "flashphoner.properties"
+    path.write_text("cdn_enabled=false\ndisable_rest_auth=true\nkeep_alive.algorithm=NONE\n"
+                    "rest_port=9081\n")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        loaded = config.load(str(path))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert loaded.rest_port == 9081
+    (event,) = [e for e in events if e.get("log_namespace") == "sipgw.config"]
+    assert event["keys"] == "cdn_enabled, disable_rest_auth, keep_alive.algorithm"
+
+
+@pytest.mark.parametrize("line, nearest", [("rest_prot=9000", "rest_port"),
+                                           ("keep_alive.probe=3", "keep_alive_probes"),
+                                           ("sip_record_streams=true", "sip_record_stream")])
+def test_a_typo_of_a_setting_is_an_error_naming_it(tmp_path, line, nearest):
+    """A key within two edits of a setting's name is a typo: refused, naming the setting."""
+    path = tmp_path / "x.properties"
+    path.write_text(line + "\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(str(path))
+    key = line.partition("=")[0]
+    assert str(info.value) == f"{path}: unknown setting {key}: did you mean {nearest}?"
+
+
 def test_overrides_are_typed():
     """--set values are converted to the field's type."""
     loaded = config.load(overrides={"rest_port": "9081", "sip_use_tcp_transport": "true"})
@@ -44,6 +85,7 @@ def test_overrides_are_typed():
     ({"rest_port": "70000"}, "rest_port=70000: a port must be between 0 and 65535"),
     ({"sip_use_tcp_transport": "maybe"}, "expected true or false"),
     ({"no_such_key": "1"}, "unknown setting(s): no_such_key"),
+    ({"rest_prot": "1"}, "unknown setting(s): rest_prot (did you mean rest_port?)"),
     ({"media_port_from": "5000", "media_port_to": "4000"}, "media_port_from must be below"),
     ({"call_retention": "-1"}, "call_retention must not be negative"),
 ])

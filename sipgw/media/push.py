@@ -36,9 +36,10 @@ class RtmpPush(MediaJob):
     def __init__(self, reactor, stream, where: RtmpTarget, *, rtmp_url: str,
                  published_name: str, options: dict | None = None, reconnect_min: float = 1.0,
                  reconnect_max: float = 30.0, timeout: float = 10.0,
-                 queue_frames: int | None = None, egress=None):
+                 queue_frames: int | None = None, egress=None, wait_for_media: bool = False):
         kwargs = {} if queue_frames is None else {"queue_frames": queue_frames}
         self.egress = egress
+        self.wait_for_media = wait_for_media  # connect once the stream's first frame is in
         super().__init__(reactor, stream, **kwargs)
         self.media_session_id = secrets.token_hex(16)
         self.target = where
@@ -77,6 +78,8 @@ class RtmpPush(MediaJob):
     def work(self) -> tuple[str, str]:
         attempt = 0
         first = True
+        if self.wait_for_media and not self.queue.wait_frame():
+            return self._final  # the stream ended before any media
         while True:
             publisher = RtmpPublisher(self.target, self.timeout, self.egress)
             try:
@@ -169,16 +172,15 @@ class PushManager:
         self.pushes: dict[str, RtmpPush] = {}
 
     def startup(self, stream_name: str, rtmp_url: str, full_url: bool = False,
-                options: dict | None = None) -> RtmpPush:
-        from .rtmp import target
+                options: dict | None = None, published_name: str = "",
+                wait_for_media: bool = False) -> RtmpPush:
+        """``published_name``: the name on the RTMP server (default ``rtmp_`` + stream name);
+        ``wait_for_media``: connect once the stream has media (SIP as RTMP)."""
         stream = self.registry.get(name=stream_name)
         if stream is None or stream.ended:
             raise PushError(404, "Stream not found", "streamName")
-        published = self.prefix + stream_name
-        try:
-            where = target(rtmp_url, published, full_url)
-        except ValueError as exc:
-            raise PushError(400, str(exc), "rtmpUrl") from None
+        published = published_name or self.prefix + stream_name
+        where = self.target(rtmp_url, published, full_url)
         if full_url:
             published = where.stream.split("?")[0]
         for push in self.pushes.values():
@@ -188,12 +190,28 @@ class PushManager:
         push = RtmpPush(self.reactor, stream, where, rtmp_url=rtmp_url, published_name=published,
                         options=options, reconnect_min=self.reconnect_min,
                         reconnect_max=self.reconnect_max, timeout=self.timeout,
-                        queue_frames=self.queue_frames, egress=self.egress)
+                        queue_frames=self.queue_frames, egress=self.egress,
+                        wait_for_media=wait_for_media)
         self.pushes[push.media_session_id] = push
         push.done.addCallback(self._ended)
         log.info("push of {name} to {url} started ({id})", name=stream.name, url=where.redacted,
                  id=push.media_session_id)
         return push.start()
+
+    @staticmethod
+    def target(rtmp_url: str, published: str, full_url: bool = False):
+        """Where ``published`` goes for ``rtmp_url``; PushError 400 saying what is wrong."""
+        from .rtmp import target
+        try:
+            return target(rtmp_url, published, full_url)
+        except ValueError as exc:
+            raise PushError(400, str(exc), "rtmpUrl") from None
+
+    def in_use(self, where) -> bool:
+        """A running push already publishes to that server, application and stream name."""
+        same = (where.host, where.port, where.app, where.stream)
+        return any((p.target.host, p.target.port, p.target.app, p.target.stream) == same
+                   for p in self.pushes.values())
 
     def _ended(self, push: RtmpPush) -> None:
         self.pushes.pop(push.media_session_id, None)

@@ -88,6 +88,12 @@ class FrameQueue:
                 self._items.clear()
             self._cond.notify_all()
 
+    def wait_frame(self) -> bool:
+        """Block until a frame is queued (True) or the queue is closed with none (False)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._items or self.closed)
+            return bool(self._items)
+
     def wait_closed(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` s, waking early when closed; True if closed."""
         with self._cond:

@@ -12,12 +12,13 @@ import re
 import uuid
 from typing import Any, Protocol
 
-from sipgw.calls import CallRequest, CallStatus
+from sipgw.calls import CallError, CallRequest, CallStatus
 from sipgw.config import Config
 from sipgw.egress import EgressPolicy
 from sipgw.quotas import DigitBuckets, check
 from sipgw.sip.headers import URI, HeaderError
-from sipgw.rest.errors import BadRequest, NotFound
+from sipgw.policy import Denied
+from sipgw.rest.errors import ApiError, BadRequest, Conflict, NotFound, error_response
 from sipgw.rest.fields import (NOT_IN_STREAM_NAME, boolean_field, missing,
                                string_field)
 from sipgw.rest.router import Router
@@ -30,6 +31,7 @@ _ID_MAX = 128
 _NAME_MAX = 128
 _URI_PART_MAX = 256
 _PASSWORD_MAX = 256
+_URL_MAX = 2048
 _HOST_MAX = 253
 
 _NOT_IN_DISPLAY_NAME = frozenset('<>"')
@@ -39,6 +41,12 @@ _DTMF = re.compile(r"[0-9*#A-D]+")
 _STATUSES = ", ".join(s.value for s in CallStatus)
 # Keys a call object must never carry out of the gateway, whatever the manager returns.
 _SECRET_KEYS = frozenset({"sipPassword", "password"})
+# The fields of a WCS call object (REST API, "SIP as stream") sipgw has no value for: present,
+# with WCS's value for a call it did not set ({} for custom, as WCS answers).
+_WCS_CALL_FIELDS = {"custom": {}, "nodeId": None, "parentCallId": None, "rtmpUrl": None,
+                    "rtmpStream": None, "rtmpStreamStatus": None, "inviteParameters": None,
+                    "mediaProvider": None, "sipMessageRaw": None, "isMsrp": False,
+                    "target": None, "holdForTransfer": False}
 
 
 class CallManager(Protocol):
@@ -59,15 +67,24 @@ class CallApi:
     """``/call/startup``, ``/call/find``, ``/call/find_all``, ``/call/terminate``, ``/call/send_dtmf``.
 
     The egress policy (``sip_egress_*``) and the quotas (``max_calls*``, ``dtmf_*``) of the
-    settings are checked here, before the manager sends anything."""
+    settings are checked here, before the manager sends anything.
+
+    SIP as RTMP: a call with ``rtmpUrl`` + ``rtmpStream`` is republished by ``pushes`` (the
+    ``/push/*`` engine) as ``rtmp_<rtmpStream>`` from its first media on; the RTMP target is
+    checked (URL, ``rtmp_egress_*``, ``max_pushes``, 409 when a push already publishes there)
+    before the call is placed."""
 
     router = Router()
 
-    def __init__(self, manager: CallManager, config: Config | None = None, clock=None) -> None:
+    def __init__(self, manager: CallManager, config: Config | None = None, clock=None,
+                 pushes=None) -> None:
         self._manager = manager
         self._config = config = config or Config()
         self._egress = EgressPolicy.from_config(config, "sip")
+        self._rtmp_egress = EgressPolicy.from_config(config, "rtmp")
         self._digits = DigitBuckets(config.dtmf_digits_per_second, config.dtmf_max_digits, clock)
+        self._pushes = pushes  # sipgw.media.push.PushManager, for SIP as RTMP
+        self._rtmp: dict[str, tuple] = {}  # callId -> (rtmpStream, its RtmpPush)
 
     @router.route("/call/startup")
     def startup(self, request: Any, body: dict) -> None:
@@ -80,8 +97,46 @@ class CallApi:
         account = _account(call)
         check(sum(_account(c) == account for c in active), self._config.max_calls_per_account,
               f"calls of the account {account}", "max_calls_per_account", "sipLogin")
+        if call.rtmp_url:
+            self._check_rtmp(call)
         self._manager.startup(call)
+        if call.rtmp_url:
+            self._forget_pushes()
+            self._rtmp[call.call_id] = (call.rtmp_stream, self._pushes.startup(
+                call.stream_name, call.rtmp_url, published_name=_published(call),
+                wait_for_media=True))
         return None
+
+    def _check_rtmp(self, call: CallRequest) -> None:
+        from sipgw.media.push import PushError
+        from sipgw.rest.push import admit
+        if self._pushes is None:
+            raise BadRequest("RTMP republishing is not available", "rtmpUrl")
+        try:
+            where = self._pushes.target(call.rtmp_url, _published(call))
+        except PushError as exc:
+            raise ApiError(exc.code, str(exc), exc.field) from None
+        admit(self._rtmp_egress, self._pushes, self._config, call.rtmp_url)
+        if self._pushes.in_use(where):
+            raise Conflict(f"{_published(call)} is already published to this rtmpUrl",
+                           "rtmpStream")
+
+    def _forget_pushes(self) -> None:
+        """Drop the pushes of calls the manager no longer lists (past call_retention)."""
+        for call_id, (_, push) in list(self._rtmp.items()):
+            if push.finished and not self._manager.find(call_id=call_id):
+                del self._rtmp[call_id]
+
+    def _shown(self, calls: list[dict]) -> list[dict]:
+        """``_found`` plus each SIP-as-RTMP call's push: rtmpUrl (credentials hidden),
+        rtmpStream, rtmpStreamStatus."""
+        found = _found(calls)
+        for call in found:
+            rtmp_stream, push = self._rtmp.get(call.get("callId"), (None, None))
+            if push is not None:
+                call.update(rtmpUrl=push.shown_url, rtmpStream=rtmp_stream,
+                            rtmpStreamStatus=push.state)
+        return found
 
     @router.route("/call/find")
     def find(self, request: Any, body: dict) -> list[dict]:
@@ -89,11 +144,11 @@ class CallApi:
         status = _status(body)
         if not call_id and not status:
             raise BadRequest("callId or status is required", "callId")
-        return _found(self._manager.find(call_id=call_id or None, status=status))
+        return self._shown(self._manager.find(call_id=call_id or None, status=status))
 
-    @router.route("/call/find_all")
+    @router.route("/call/find_all", get=True)
     def find_all(self, request: Any, body: dict) -> list[dict]:
-        return _found(self._manager.find())
+        return self._shown(self._manager.find())
 
     @router.route("/call/terminate")
     def terminate(self, request: Any, body: dict) -> None:
@@ -101,11 +156,22 @@ class CallApi:
         return None
 
     @router.route("/call/send_dtmf")
-    def send_dtmf(self, request: Any, body: dict) -> None:
+    def send_dtmf(self, request: Any, body: dict) -> list[dict] | None:
+        """Empty 200: sent. The SIP-as-RTMP pages take any HTTP error as the call's end (they
+        show FINISHED and stop polling), so digits refused for a call that exists (bad digits,
+        rate, not established) answer 200 with the call as /call/find gives it, plus the
+        refusal's ``error`` and ``field``; an unknown call is the 404 it should be."""
         call_id = _call_id(body)
-        dtmf, kind = _dtmf(body, self._config.dtmf_max_digits), _dtmf_kind(body)
-        self._digits.take(call_id, len(dtmf))
-        self._manager.send_dtmf(call_id, dtmf, kind)
+        try:
+            dtmf, kind = _dtmf(body, self._config.dtmf_max_digits), _dtmf_kind(body)
+            self._digits.take(call_id, len(dtmf))
+            self._manager.send_dtmf(call_id, dtmf, kind)
+        except (ApiError, Denied, CallError) as exc:
+            code, refusal = error_response(exc)
+            calls = self._manager.find(call_id=call_id)
+            if code == 404 or not calls:
+                raise
+            return [{**call, **refusal} for call in self._shown(calls)]
         return None
 
 
@@ -164,6 +230,12 @@ def parse_call_request(body: dict) -> CallRequest:
         raise BadRequest("sipOutboundProxy must be host or host:port, optionally with "
                          ";transport=udp or ;transport=tcp", "sipOutboundProxy")
     to_stream = string_field(body, "toStream", max_len=_NAME_MAX, forbidden=NOT_IN_STREAM_NAME)
+    rtmp_url = string_field(body, "rtmpUrl", max_len=_URL_MAX)
+    rtmp_stream = string_field(body, "rtmpStream", max_len=_NAME_MAX, forbidden=NOT_IN_STREAM_NAME)
+    if bool(rtmp_url) != bool(rtmp_stream):
+        missing_field = "rtmpStream" if rtmp_url else "rtmpUrl"
+        raise BadRequest(f"{missing_field} is required with "
+                         f"{'rtmpUrl' if rtmp_url else 'rtmpStream'}", missing_field)
     return CallRequest(
         call_id=call_id,
         callee=callee,
@@ -174,14 +246,30 @@ def parse_call_request(body: dict) -> CallRequest:
         sip_outbound_proxy=proxy,
         sip_port=_port(body, "sipPort", DEFAULT_SIP_PORT),
         sip_register_required=boolean_field(body, "sipRegisterRequired", False),
-        to_stream=to_stream or call_id,
-        has_audio=boolean_field(body, "hasAudio", True),
+        to_stream=to_stream or rtmp_stream or call_id,
+        has_audio=_has_media(body),
         has_video=boolean_field(body, "hasVideo", True),
         app_key=string_field(body, "appKey", max_len=_NAME_MAX),
         visible_name=string_field(
             body, "visibleName", max_len=_NAME_MAX, forbidden=_NOT_IN_DISPLAY_NAME, spaces=True
         ),
+        rtmp_url=rtmp_url,
+        rtmp_stream=rtmp_stream,
     )
+
+
+def _published(call: CallRequest) -> str:
+    """The name a SIP-as-RTMP call gets on the RTMP server (the pages show rtmp_<rtmpStream>)."""
+    return "rtmp_" + call.rtmp_stream
+
+
+def _has_media(body: dict) -> bool:
+    """hasAudio; with hasVideo also false the stream would carry nothing: 400 naming both."""
+    has_audio = boolean_field(body, "hasAudio", True)
+    if not has_audio and not boolean_field(body, "hasVideo", True):
+        raise BadRequest("hasAudio and hasVideo are both false: a call needs audio or video",
+                         "hasAudio")
+    return has_audio
 
 
 def _password(body: dict) -> str:
@@ -277,4 +365,5 @@ def _dtmf_kind(body: dict) -> str:
 def _found(calls: list[dict]) -> list[dict]:
     if not calls:
         raise NotFound(CALL_NOT_FOUND)
-    return [{k: v for k, v in call.items() if k not in _SECRET_KEYS} for call in calls]
+    return [{**_WCS_CALL_FIELDS, **{k: v for k, v in call.items() if k not in _SECRET_KEYS}}
+            for call in calls]

@@ -46,13 +46,7 @@ class PushApi:
             options = {}
         if not isinstance(options, dict):
             raise BadRequest("options must be a JSON object", "options")
-        try:
-            host = urlsplit(rtmp_url).hostname
-        except ValueError:
-            host = None  # the manager says what is wrong with the URL
-        if host:
-            self._egress.check(host, "rtmpUrl")
-        check(len(self._manager.find()), self._config.max_pushes, "pushes", "max_pushes")
+        admit(self._egress, self._manager, self._config, rtmp_url)
         try:
             push = self._manager.startup(stream_name, rtmp_url, full_url, options)
         except PushError as exc:
@@ -68,7 +62,7 @@ class PushApi:
             raise BadRequest("streamName, rtmpUrl or mediaSessionId is required", "streamName")
         return _found(self._manager.find(stream_name, rtmp_url, session_id))
 
-    @router.route("/push/find_all")
+    @router.route("/push/find_all", get=True)
     def find_all(self, request: Any, body: dict) -> list[dict]:
         return _found(self._manager.find())
 
@@ -80,6 +74,18 @@ class PushApi:
         except PushError as exc:
             raise ApiError(exc.code, str(exc), exc.field) from None
         return None
+
+
+def admit(egress: EgressPolicy, manager: PushManager, config: Config, rtmp_url: str) -> None:
+    """What every new push passes (/push/startup, SIP as RTMP): rtmp_egress_* for the URL's
+    host, max_pushes."""
+    try:
+        host = urlsplit(rtmp_url).hostname
+    except ValueError:
+        host = None  # the manager says what is wrong with the URL
+    if host:
+        egress.check(host, "rtmpUrl")
+    check(len(manager.find()), config.max_pushes, "pushes", "max_pushes")
 
 
 def _found(pushes) -> list[dict]:

@@ -68,7 +68,7 @@ class RecorderApi:
     def terminate(self, request: Any, body: dict):
         return self._stop(body)
 
-    @router.route("/recorder/find_all")
+    @router.route("/recorder/find_all", get=True)
     def find_all(self, request: Any, body: dict) -> list[dict]:
         recordings = self._manager.find_all()
         if not recordings:

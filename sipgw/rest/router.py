@@ -1,4 +1,6 @@
-"""Klein-style routes on twisted.web: every WCS REST method is a POST with a JSON body.
+"""Klein-style routes on twisted.web: every WCS REST method is a POST with a JSON body; the
+methods WCS also serves as GET (the WebSDK's REST module sends GET for every call without a
+body: ``find_all``) are declared ``get=True`` and read a GET as an empty body, ``{}``.
 
 An API is an object holding its dependencies; its methods are declared on a class-level
 ``Router``::
@@ -37,6 +39,7 @@ from sipgw.rest.errors import ApiError, BadRequest, error_body, error_response
 
 MAX_BODY = 64 * 1024
 ALLOW_METHODS = b"POST, OPTIONS"
+ALLOW_GET_METHODS = b"GET, POST, OPTIONS"
 ALLOW_HEADERS = b"Authorization, Content-Type"
 JSON_TYPE = b"application/json"
 _MAX_LOGGED_PATH = 200
@@ -52,8 +55,9 @@ class Router:
     def __init__(self) -> None:
         self._names: dict[str, str] = {}
 
-    def route(self, path: str) -> Callable[[Callable], Callable]:
-        """Declare the decorated method as the handler of ``path`` (e.g. ``"/call/find"``)."""
+    def route(self, path: str, get: bool = False) -> Callable[[Callable], Callable]:
+        """Declare the decorated method as the handler of ``path`` (e.g. ``"/call/find"``);
+        ``get``: GET is served too, with the body ``{}``."""
         if not path.startswith("/") or path.endswith("/") or "//" in path:
             raise ValueError(f"route path must look like /a/b, not {path!r}")
         if path in self._names:
@@ -61,6 +65,7 @@ class Router:
 
         def register(function: Callable) -> Callable:
             self._names[path] = function.__name__
+            function.rest_get = get
             return function
 
         return register
@@ -68,6 +73,10 @@ class Router:
     @property
     def paths(self) -> list[str]:
         return sorted(self._names)
+
+    def get_paths(self, cls: type) -> list[str]:
+        """The paths served as GET too, by ``cls`` (the class that holds this router)."""
+        return sorted(p for p, name in self._names.items() if getattr(cls, name).rest_get)
 
     def bind(self, api: object) -> dict[str, Handler]:
         """The handlers of ``api`` (an instance of the class that holds this router)."""
@@ -131,13 +140,18 @@ class RestResource(resource.Resource):
         handler = self._routes.get(path)
         if handler is None:
             return self._fail(request, method, path, Failure(_unknown_method(path)))
-        if method != "POST":
-            request.setHeader(b"Allow", ALLOW_METHODS)
-            refusal = ApiError(405, f"{method} not allowed: REST methods are POST")
+        get = getattr(handler, "rest_get", False)
+        if method != "POST" and not (get and method == "GET"):
+            request.setHeader(b"Allow", ALLOW_GET_METHODS if get else ALLOW_METHODS)
+            verbs = "GET or POST" if get else "POST"
+            refusal = ApiError(405, f"{method} not allowed: {path} takes {verbs}")
             return self._fail(request, method, path, Failure(refusal))
         try:
-            _require_json(request)
-            body = self._read_body(request)
+            if method == "GET":
+                body = {}
+            else:
+                _require_json(request)
+                body = self._read_body(request)
             result = handler(request, body)
         except Exception:
             return self._fail(request, method, path, Failure())

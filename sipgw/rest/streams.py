@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sipgw.rest.fields import string_field
+from sipgw.rest.fields import boolean_field, missing, string_field
 from sipgw.rest.errors import BadRequest, NotFound
 from sipgw.rest.router import Router
 
@@ -33,9 +33,19 @@ class StreamApi:
 
     @router.route("/stream/find")
     def find(self, request: Any, body: dict) -> list[dict]:
-        return [self._lookup(body).to_json()]
+        """WCS filters: ``published`` (false asks for played streams, which sipgw does not
+        list: 404) and ``display`` (``["metrics"]`` adds WCS's ``metrics``)."""
+        published = boolean_field(body, "published", True)
+        display = _display(body)
+        stream = self._lookup(body)
+        if not published:
+            raise NotFound(STREAM_NOT_FOUND)
+        found = stream.to_json()
+        if "metrics" in display:
+            found["metrics"] = _metrics(found)
+        return [found]
 
-    @router.route("/stream/find_all")
+    @router.route("/stream/find_all", get=True)
     def find_all(self, request: Any, body: dict) -> list[dict]:
         streams = self._registry.all()
         if not streams:
@@ -47,3 +57,22 @@ class StreamApi:
         """Ends the call publishing the stream (BYE, or CANCEL before the answer)."""
         self._lookup(body).terminate()
         return {"info": TERMINATION_RECEIVED}
+
+
+def _display(body: dict) -> list[str]:
+    value = body.get("display")
+    if missing(value):
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest("display must be a list of names, e.g. [\"metrics\"]", "display")
+    return value
+
+
+def _metrics(stream: dict) -> dict:
+    """WCS's metric names for what the stream's RTP counters know."""
+    counters = stream.get("counters") or {}
+    video, audio = counters.get("video") or {}, counters.get("audio") or {}
+    keyframes = video.get("keyframes", 0)
+    return {"VIDEO_WIDTH": stream.get("width"), "VIDEO_HEIGHT": stream.get("height"),
+            "VIDEO_K_FRAMES": keyframes, "VIDEO_P_FRAMES": video.get("frames", 0) - keyframes,
+            "VIDEO_LOST": video.get("lost", 0), "AUDIO_LOST": audio.get("lost", 0)}

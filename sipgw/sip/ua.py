@@ -97,7 +97,7 @@ class Call:
     def to_json(self) -> dict:
         r = self.request
         return {"callId": r.call_id, "status": self.status.value, "sipStatus": self.sip_status,
-                "info": self.reason, "caller": f"{r.sip_login}@{r.sip_domain}",
+                "info": self.reason, "caller": r.sip_login,
                 "callee": r.callee, "incoming": False, "hasAudio": r.has_audio,
                 "hasVideo": r.has_video, "streamName": r.stream_name, "appKey": r.app_key,
                 "sessionId": self.sip_call_id, "visibleName": r.visible_name,

@@ -209,7 +209,11 @@
         showError("");
         $("dtmfResult").textContent = "";
         rest("/call/send_dtmf", {callId: call.id, dtmf: digits, type: $("dtmfType").value})
-            .then(function () {
+            .then(function (refused) {
+                if (refused && refused[0] && refused[0].error) {  // the call lives on
+                    showError("DTMF failed: " + refused[0].error);
+                    return;
+                }
                 $("dtmfResult").textContent = "DTMF " + digits + " sent (" + $("dtmfType").value + ")";
                 $("dtmf").value = "";
             }, function (e) {

@@ -151,7 +151,11 @@ class Viewer:
         @self.pc.on("connectionstatechange")
         def _state():
             state = self.pc.connectionState
-            if state in ("failed", "closed") and not self.closed:
+            if state == "connected":
+                # PLAYING as WCS sends it, once the browser is connected, not at the first
+                # frame: until PLAYING the WebSDK's stop() loops without sending stopStream.
+                self.first_media("connected")
+            elif state in ("failed", "closed") and not self.closed:
                 self._notify("FAILED" if state == "failed" else "STOPPED",
                              "WebRTC connection " + state)
 

@@ -3,10 +3,22 @@
 Every frame is JSON ``{"message": NAME, "data": [obj, ...]}``. A client sends
 ``connection`` (answered ``getUserData``), then ``playStream`` with its
 recvonly offer (answered ``setRemoteSDP`` and ``notifyStreamStatusEvent``
-PLAYING once media flows), ``stopStream``, ``ping``/``pong``. Anything else gets
-a ``fail`` (wrong field types, missing fields and bad JSON too: ``FIELDS``); nothing a
-client sends drops the socket, except invalid UTF-8 (RFC 6455 §8.1), not saying
-``connection`` in time or a refused auth token.
+PLAYING once the WebRTC connection is up, or at the first frame), ``stopStream``, ``ping``/``pong``.
+Wrong field types, missing fields and bad JSON get a ``fail`` (``FIELDS``).
+
+Keep-alive as WCS: once established, the server sends a JSON ``ping`` every
+``keep_alive.server_interval`` ms (WebSDK sessions with ``receiveProbes`` fail without one);
+the client's ``pong`` resets the count, and after ``keep_alive.probes`` pings unanswered
+the connection is closed.
+
+Every other message ``flashphoner-core.js`` sends gets the reply its handler there
+expects, so the page's state stays sane: ``availableStream`` is answered in kind,
+``snapshot`` with a ``snapshotFailed`` stream event, ``publishStream`` with FAILED,
+``sendData`` with a FAILED ``DataStatusEvent``, ``call``/``answer`` with a FAILED call
+status; ``sendStreamEvent`` (a publisher's mute events) needs none. A ``fail`` never
+carries ``apiMethod: "StreamStatusEvent"``: the WebSDK would take it as the stream's new
+status and set it to ``undefined``. Nothing a client sends drops the socket, except invalid
+UTF-8 (RFC 6455 §8.1), not saying ``connection`` in time or a refused auth token.
 """
 from __future__ import annotations
 
@@ -16,7 +28,7 @@ import secrets
 
 from autobahn.twisted.websocket import (ConnectionDeny, WebSocketServerFactory,
                                        WebSocketServerProtocol)
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from ..policy import AccessPolicy, token_matches
@@ -25,7 +37,11 @@ from ..webrtc.viewer import NoCommonCodecs, Viewer
 
 log = Logger(namespace="sipgw.ws")
 
+# Info texts of the WebSDK's STREAM_STATUS_INFO (constants.js), as WCS sends them.
 STREAM_NOT_FOUND = "Stream not found"
+STOPPED_BY_PUBLISHER_STOP = "Stopped by publisher stop"
+STOPPED_BY_USER = "Stopped by user"
+MEDIASESSION_ID_IN_USE = "MediaSessionId is already in use"
 MAX_MESSAGE = 256 * 1024
 
 
@@ -62,6 +78,8 @@ class SignallingProtocol(WebSocketServerProtocol):
         self.viewers: dict[str, Viewer] = {}
         self.session_id = secrets.token_hex(8)
         self._connect_timer = None
+        self._keep_alive = None
+        self._missed = 0  # pings sent since the client last answered
 
     # -- websocket events --------------------------------------------------------
     def onConnect(self, request):
@@ -115,6 +133,7 @@ class SignallingProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean, code, reason):
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
+        self._stop_keep_alive()
         for media_session_id in list(self.viewers):
             self._stop_viewer(media_session_id, notify=False)
 
@@ -124,12 +143,13 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.sendMessage(json.dumps({"message": message, "data": list(data)}).encode())
 
     def fail(self, api_method: str, info: str, media_session_id=None) -> None:
-        self.send("fail", {"apiMethod": "StreamStatusEvent" if media_session_id else api_method,
-                           "id": media_session_id, "info": info})
+        """A warning for the page (the WebSDK's WARN callback); it changes no stream."""
+        self.send("fail", {"apiMethod": api_method, "id": media_session_id, "info": info})
 
-    def status(self, media_session_id: str, name: str, status: str, info: str = "") -> None:
+    def status(self, media_session_id: str, name: str, status: str, info: str = "",
+               published: bool = False) -> None:
         self.send("notifyStreamStatusEvent", {"mediaSessionId": media_session_id, "name": name,
-                                              "published": False, "status": status,
+                                              "published": published, "status": status,
                                               "info": info})
 
     # -- handlers --------------------------------------------------------------
@@ -146,12 +166,37 @@ class SignallingProtocol(WebSocketServerProtocol):
             self._connect_timer.cancel()
         self.send("getUserData", {"authToken": self.session_id, "sessionId": self.session_id,
                                   "status": "ESTABLISHED", "mediaProviders": ["WebRTC"]})
+        self._start_keep_alive()
+
+    # -- keep-alive (WCS keep_alive.*) -------------------------------------------------
+    def _start_keep_alive(self) -> None:
+        interval = self.factory.config.keep_alive_server_interval
+        if interval > 0 and self._keep_alive is None:
+            self._keep_alive = task.LoopingCall(self._probe)
+            self._keep_alive.clock = self.factory.reactor
+            self._keep_alive.start(interval / 1000, now=False)
+
+    def _stop_keep_alive(self) -> None:
+        if self._keep_alive is not None and self._keep_alive.running:
+            self._keep_alive.stop()
+
+    def _probe(self) -> None:
+        probes = self.factory.config.keep_alive_probes
+        if probes and self._missed >= probes:
+            log.info("ws {peer}: no pong to {n} pings, closing", peer=self.peer, n=self._missed)
+            self._stop_keep_alive()
+            self.sendClose(4001, "keep-alive: no pong")
+            return
+        self._missed += 1
+        self.send("ping")
 
     def on_ping(self, obj: dict) -> None:
-        self.send("pong", None)
+        """The WebSDK's own ping (``pingInterval``): it shows the client alive; no answer, the
+        WebSDK has no handler for ``pong`` and logs it as unknown."""
+        self._missed = 0
 
     def on_pong(self, obj: dict) -> None:
-        pass
+        self._missed = 0
 
     def on_play_stream(self, obj: dict) -> None:
         media_session_id = obj.get("mediaSessionId")
@@ -164,7 +209,7 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.status(media_session_id, "", "FAILED", "name is required")
             return
         if media_session_id in self.viewers:
-            self.status(media_session_id, name, "FAILED", "mediaSessionId is already playing")
+            self.status(media_session_id, name, "FAILED", MEDIASESSION_ID_IN_USE)
             return
         stream = self.factory.registry.get(name=name)
         if stream is None or stream.ended:
@@ -220,19 +265,65 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.fail("stopStream", "mediaSessionId is required")
             return
         viewer = self.viewers.get(media_session_id)
-        if viewer is None:
-            self.fail("stopStream", "unknown mediaSessionId", media_session_id)
+        if viewer is None:  # already ended (FAILED, the call gone): STOPPED releases it too
+            name = obj.get("name")
+            self.status(media_session_id, name if isinstance(name, str) else "", "STOPPED")
             return
         self._stop_viewer(media_session_id, notify=False)
-        self.status(media_session_id, viewer.stream.name, "STOPPED")
+        self.status(media_session_id, viewer.stream.name, "STOPPED", STOPPED_BY_USER)
+
+    def on_available_stream(self, obj: dict) -> None:
+        """``availableStream`` answered in kind: ``status`` "true"/"false" (the WebSDK compares
+        with the string), ``info`` the reason."""
+        name = obj.get("name")
+        stream = self.factory.registry.get(name=name) if isinstance(name, str) and name else None
+        available = stream is not None and not stream.ended
+        self.send("availableStream", {"id": _text(obj.get("mediaSessionId")), "name": _text(name),
+                                      "status": "true" if available else "false",
+                                      "info": "" if available else STREAM_NOT_FOUND})
+
+    def on_snapshot(self, obj: dict) -> None:
+        self.send("notifyStreamEvent", {"mediaSessionId": _text(obj.get("mediaSessionId")),
+                                        "name": _text(obj.get("name")), "type": "snapshotFailed",
+                                        "payload": {"info": "snapshots are not supported"}})
+
+    def on_stream_event(self, obj: dict) -> None:
+        """``sendStreamEvent``: a publisher's mute/unmute/data events, relayed by WCS to its
+        players; sipgw's clients only play, so there is nobody to relay to."""
+
+    def on_publish_stream(self, obj: dict) -> None:
+        name = obj.get("name")
+        self.status(_text(obj.get("mediaSessionId")), name if isinstance(name, str) else "", "FAILED",
+                    "publishing is not supported by sipgw", published=True)
+
+    def on_unpublish_stream(self, obj: dict) -> None:
+        name = obj.get("name")
+        self.status(_text(obj.get("mediaSessionId")), name if isinstance(name, str) else "",
+                    "UNPUBLISHED", published=True)
+
+    def on_send_data(self, obj: dict) -> None:
+        """``sendData`` goes to a REST application in WCS; sipgw has none: FAILED settles the
+        page's promise."""
+        self.send("DataStatusEvent", {"operationId": _text(obj.get("operationId")), "status": "FAILED",
+                                      "info": "no REST application to send data to"})
+
+    def on_call(self, obj: dict) -> None:
+        """SIP calls from the page (``call``, ``answer``): FAILED releases the WebSDK's call;
+        sipgw places calls over REST (/call/startup)."""
+        self.send("finish", {"callId": _text(obj.get("callId")), "status": "FAILED",
+                             "info": "calls over the websocket are not supported by sipgw: "
+                                     "use /rest-api/call/startup"})
 
     def stream_ended(self, media_session_id: str, stream) -> None:
-        """The call behind a played stream ended: STOPPED, or FAILED with the reason."""
+        """The call behind a played stream ended: STOPPED "Stopped by publisher stop" as WCS
+        says it, or FAILED with the stream's reason."""
         if media_session_id not in self.viewers:
             return
         self._stop_viewer(media_session_id, notify=False)
-        status = "FAILED" if stream.status.value == "FAILED" else "STOPPED"
-        self.status(media_session_id, stream.name, status, stream.info)
+        if stream.status.value == "FAILED":
+            self.status(media_session_id, stream.name, "FAILED", stream.info)
+        else:
+            self.status(media_session_id, stream.name, "STOPPED", STOPPED_BY_PUBLISHER_STOP)
 
     def _stop_viewer(self, media_session_id: str, notify: bool) -> None:
         viewer = self.viewers.pop(media_session_id, None)
@@ -241,7 +332,11 @@ class SignallingProtocol(WebSocketServerProtocol):
             defer.Deferred.fromFuture(asyncio.ensure_future(viewer.close()))
 
     HANDLERS = {"connection": on_connection, "ping": on_ping, "pong": on_pong,
-                "playStream": on_play_stream, "stopStream": on_stop_stream}
+                "playStream": on_play_stream, "stopStream": on_stop_stream,
+                "availableStream": on_available_stream, "snapshot": on_snapshot,
+                "sendStreamEvent": on_stream_event, "publishStream": on_publish_stream,
+                "unPublishStream": on_unpublish_stream, "sendData": on_send_data,
+                "call": on_call, "answer": on_call}
 
 
 class SignallingFactory(WebSocketServerFactory):

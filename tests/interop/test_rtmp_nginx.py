@@ -102,3 +102,23 @@ def test_push_to_a_server_that_is_down_keeps_retrying_and_is_terminated(daemon, 
     log = daemon.log()
     assert "hunter2" not in log and "s3cret" not in log
     daemon.rest("/call/terminate", {"callId": "r2"})
+
+
+def test_sip_as_rtmp_call_is_watchable_from_nginx(daemon, kamailio, baresip, nginx_rtmp):
+    """/call/startup with rtmpUrl + rtmpStream (as the sip-as-rtmp-3 page sends it, no
+    toStream) republishes the call to nginx-rtmp as rtmp_<rtmpStream>, read back live as
+    h264 320x240 + aac; /call/find shows the push's status; it ends with the call."""
+    probe = LiveProbe(nginx_rtmp.url("rtmp_sar1"))
+    time.sleep(0.5)  # the player is waiting in nginx
+    daemon.start_call_to_bob(kamailio.port, "sar1", toStream="", rtmpUrl=nginx_rtmp.url(),
+                             rtmpStream="sar1")
+    call = wait_for(lambda: (c := daemon.call("sar1")) and c["rtmpStreamStatus"] == "PUBLISHING"
+                    and c, 30, f"the call's push to publish\n{daemon.log()[-2000:]}")
+    assert (call["streamName"], call["rtmpStream"], call["rtmpUrl"]) == \
+        ("sar1", "sar1", nginx_rtmp.url())
+    streams = probe.result()
+    video, audio = streams["video"], streams["audio"]
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 240)
+    assert audio["codec_name"] == "aac"
+    daemon.rest("/call/terminate", {"callId": "sar1"})
+    wait_for(lambda: _push(daemon, "rtmp_sar1") is None, 15, "the push to end with the call")

@@ -74,7 +74,9 @@ def test_audio_is_transcoded_to_opus_for_a_player_without_g711(daemon, kamailio,
 
 
 def test_unknown_stream_and_bad_frames(daemon):
-    """Unknown stream -> FAILED 'Stream not found'; junk frames get 'fail', not a drop."""
+    """Unknown stream -> FAILED 'Stream not found'; junk frames get 'fail', not a drop;
+    publishStream gets FAILED (published); a client ping gets no pong (the WebSDK has no
+    handler for it)."""
     url = f"ws://127.0.0.1:{daemon.settings['ws_port']}"
 
     async def scenario():
@@ -83,18 +85,18 @@ def test_unknown_stream_and_bad_frames(daemon):
         session.send_raw(b"not json")
         first = await session.wait_for(lambda m: m["message"] == "fail")
         session.send("publishStream", {"mediaSessionId": "p1", "name": "x"})
-        second = await session.wait_for(lambda m: m["message"] == "fail")
+        second = await session.status("p1", "FAILED")
+        session.send("ping", {})
         session.send("playStream", {"mediaSessionId": "v1", "name": "nope", "sdp": "v=0"})
         missing = await session.status("v1", "FAILED")
-        session.send("ping", {})
-        pong = await session.wait_for(lambda m: m["message"] == "pong")
         session.close()
-        return first, second, missing, pong
+        return first, second, missing, session.events
 
-    first, second, missing, pong = _run(scenario())
+    first, second, missing, messages = _run(scenario())
     assert first["data"][0]["info"] == "frame is not JSON"
-    assert "not supported" in second["data"][0]["info"]
+    assert "not supported" in second["info"]
     assert missing["info"] == "Stream not found"
+    assert not [m for m in messages if m["message"] == "pong"]
 
 
 def test_socket_without_connection_is_closed(daemon):
@@ -179,7 +181,8 @@ def test_wss_serves_the_same_protocol(tmp_path):
                     "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
     from peers import free_port
-    gw = Sipgw(str(tmp_path), wss_port=free_port("tcp"), wss_certificate=str(cert),
+    gw = Sipgw(str(tmp_path), wss_port=free_port("tcp"), https_port=free_port("tcp"),
+               wss_certificate=str(cert),
                wss_private_key=str(key)).start()
     try:
         context = ssl.create_default_context(cafile=str(cert))
@@ -195,3 +198,32 @@ def test_wss_serves_the_same_protocol(tmp_path):
     finally:
         gw.stop()
     assert hello["message"] == "getUserData"
+
+
+def test_a_stream_without_media_yet_plays_and_stops(daemon):
+    """A player of a call still ringing (no media) gets PLAYING once its WebRTC connection is
+    up, as WCS sends it (the WebSDK cannot stop a stream still PENDING), and stopStream then
+    answers STOPPED."""
+    from peers import free_port
+    silent = free_port("udp")  # nobody answers the INVITE: the call stays PENDING
+    daemon.rest("/call/startup", {"callId": "q1", "callee": "bob", "toStream": "stream-q1",
+                                  "sipLogin": "alice", "sipDomain": "127.0.0.1",
+                                  "sipPort": str(silent)})
+    url = f"ws://127.0.0.1:{daemon.settings['ws_port']}"
+
+    async def scenario():
+        session = WcsSession(url)
+        await session.connect()
+        player = await session.play("stream-q1", decode=False)
+        playing = await session.status(player.id, "PLAYING", timeout=20)
+        session.send("stopStream", {"mediaSessionId": player.id, "name": "stream-q1"})
+        stopped = await session.status(player.id, "STOPPED", "FAILED", timeout=10)
+        await player.close()
+        session.close()
+        return playing, stopped, player.frames
+
+    playing, stopped, frames = _run(scenario())
+    assert frames == {"video": 0, "audio": 0}
+    assert stopped["status"] == "STOPPED"
+    assert daemon.call("q1")["status"] in ("PENDING", "TRYING")
+    daemon.rest("/call/terminate", {"callId": "q1"})

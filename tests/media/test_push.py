@@ -65,6 +65,34 @@ def test_push_sends_sequence_headers_then_keyframe_first_and_aac(tmp_path):
         server.stop()
 
 
+def test_push_waiting_for_media_connects_on_the_first_frame():
+    """With wait_for_media (SIP as RTMP) the push connects to the RTMP server only once its
+    stream has a frame; a stream that ends first never connects and the push is UNPUBLISHED."""
+    import time
+    server = FakeRtmpServer()
+    calls = ThreadCalls()
+    try:
+        quiet = _stream("quiet")
+        idle = _push(calls, quiet, server, wait_for_media=True).start()
+        stream = _stream()
+        clock = FakeClock()
+        job = _push(calls, stream, server, wait_for_media=True)
+        job.clock = clock
+        job.start()
+        time.sleep(0.3)
+        calls.run_pending()
+        assert (server.sessions, job.state) == (0, "PENDING")
+        quiet.end()
+        calls.run_until(lambda: idle.finished, what="the idle push to end")
+        assert (idle.state, server.sessions) == ("UNPUBLISHED", 0)
+        publish(stream, frames(1.0, gop=25), clock, calls=calls)
+        stream.end()
+        calls.run_until(lambda: job.finished, what="the push to end")
+        assert server.published == ["rtmp_s1"] and server.media(flv.TAG_VIDEO)
+    finally:
+        server.stop()
+
+
 def test_push_reconnects_when_the_server_hangs_up():
     """A dropped connection makes the push RECONNECTING with the reason, then PUBLISHING
     again on a new connection that starts with sequence headers and a keyframe."""

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sipgw.calls import CallRequest, CallStatus, Conflict, NotFound
+from sipgw.calls import CallError, CallRequest, CallStatus, Conflict, NotFound
 from sipgw.rest.calls import CALL_NOT_FOUND, CallApi, parse_call_request
 from sipgw.rest.errors import BadRequest
 from sipgw.rest.router import RestResource
@@ -157,7 +157,7 @@ def test_to_stream_defaults_to_call_id(value):
 
 def test_unknown_fields_are_ignored():
     """Fields sipgw does not know (other WCS pages send more) are ignored."""
-    assert parse_call_request(dict(MINIMAL_BODY, custom={"x": 1}, rtmpUrl="rtmp://x")).callee == "bob"
+    assert parse_call_request(dict(MINIMAL_BODY, custom={"x": 1}, isMsrp=False)).callee == "bob"
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,19 @@ def test_unknown_fields_are_ignored():
 ])
 def test_booleans(field, attribute, value, expected):
     """Booleans arrive as JSON true/false or as the strings "true"/"false"."""
-    assert getattr(parse_call_request(with_(**{field: value})), attribute) is expected
+    assert getattr(parse_call_request(with_(**{"hasVideo": "true", field: value})),
+                   attribute) is expected
+
+
+@pytest.mark.parametrize("audio, video", [("false", "false"), (False, "false"), (False, False)])
+def test_neither_audio_nor_video_is_400(client, manager, audio, video):
+    """hasAudio and hasVideo both false would make a stream carrying nothing: a 400 naming
+    both fields; nothing is started."""
+    response = client.post("/call/startup", with_(hasAudio=audio, hasVideo=video))
+    assert response.code == 400
+    assert response.json() == {"error": "hasAudio and hasVideo are both false: a call needs "
+                               "audio or video", "field": "hasAudio"}
+    assert manager.started == []
 
 
 @pytest.mark.parametrize("field", ["hasAudio", "hasVideo", "sipRegisterRequired"])
@@ -398,13 +410,29 @@ def test_parse_call_request_any_body(body, password):
 # --- /call/find and /call/find_all ---------------------------------------------------------
 
 
+WCS_UNKNOWN = {"custom": {}, "nodeId": None, "parentCallId": None, "rtmpUrl": None,
+               "rtmpStream": None, "rtmpStreamStatus": None, "inviteParameters": None,
+               "mediaProvider": None, "sipMessageRaw": None, "isMsrp": False, "target": None,
+               "holdForTransfer": False}
+
+
+def test_found_calls_have_every_wcs_field(client, manager):
+    """A found call carries every field of WCS's call object; those sipgw cannot know are
+    present with WCS's value for "not set" (null, {} for custom), the manager's win."""
+    manager.add_call("c1", appKey="app")
+    (call,) = client.post("/call/find", {"callId": "c1"}).json()
+    assert call == {**WCS_UNKNOWN, "callId": "c1", "status": "ESTABLISHED", "callee": "bob",
+                    "appKey": "app"}
+
+
 def test_find_by_call_id(client, manager):
     """/call/find {callId} answers a JSON array of matching calls."""
     manager.add_call("c1")
     manager.add_call("c2")
     response = client.post("/call/find", {"callId": "c2"})
     assert response.code == 200
-    assert response.json() == [{"callId": "c2", "status": "ESTABLISHED", "callee": "bob"}]
+    assert response.json() == [{**WCS_UNKNOWN, "callId": "c2", "status": "ESTABLISHED",
+                                "callee": "bob"}]
     assert manager.finds == [("c2", None)]
 
 
@@ -481,7 +509,8 @@ def test_found_calls_never_carry_a_password(client, manager):
     manager.add_call("c1", sipPassword=PASSWORD, password=PASSWORD)
     for path, body in [("/call/find", {"callId": "c1"}), ("/call/find_all", {})]:
         response = client.post(path, body)
-        assert response.json() == [{"callId": "c1", "status": "ESTABLISHED", "callee": "bob"}]
+        assert response.json() == [{**WCS_UNKNOWN, "callId": "c1", "status": "ESTABLISHED",
+                                    "callee": "bob"}]
         assert PASSWORD.encode() not in response.body
 
 
@@ -533,29 +562,50 @@ def test_send_dtmf(client, manager, body, sent):
     assert manager.dtmf == [("c1", *sent)]
 
 
+def _refused(response) -> dict:
+    """The refusal of digits for a live call: 200 with the call as /call/find gives it."""
+    assert response.code == 200
+    (call,) = response.json()
+    assert call["callId"] == "c1" and call["status"] == "ESTABLISHED"
+    return {"error": call["error"], "field": call["field"]}
+
+
 @pytest.mark.parametrize("dtmf", ["12x", "E", " 1", 5, ["1"], "1" * 33])
-def test_bad_dtmf_is_400(client, manager, dtmf):
+def test_bad_dtmf_is_refused(client, manager, dtmf):
     """dtmf must be 1 to dtmf_max_digits (32) of 0-9 * # A-D."""
     manager.add_call("c1")
     response = client.post("/call/send_dtmf", {"callId": "c1", "dtmf": dtmf})
-    assert response.json() == {"error": "dtmf must be 1 to 32 of 0-9 * # A-D", "field": "dtmf"}
+    assert _refused(response) == {"error": "dtmf must be 1 to 32 of 0-9 * # A-D", "field": "dtmf"}
     assert manager.dtmf == []
 
 
 @pytest.mark.parametrize("dtmf", ["", None])
-def test_missing_dtmf_is_400(client, manager, dtmf):
-    """An empty or null dtmf is a 400 saying it is required."""
+def test_missing_dtmf_is_refused(client, manager, dtmf):
+    """An empty or null dtmf is refused saying it is required."""
     manager.add_call("c1")
     response = client.post("/call/send_dtmf", {"callId": "c1", "dtmf": dtmf})
-    assert response.json() == {"error": "dtmf is required", "field": "dtmf"}
+    assert _refused(response) == {"error": "dtmf is required", "field": "dtmf"}
 
 
 @pytest.mark.parametrize("kind", ["SIP", "INBAND", 2833])
-def test_bad_dtmf_type_is_400(client, manager, kind):
+def test_bad_dtmf_type_is_refused(client, manager, kind):
     """type must be RFC2833 or INFO."""
     manager.add_call("c1")
     response = client.post("/call/send_dtmf", {"callId": "c1", "dtmf": "1", "type": kind})
-    assert response.json() == {"error": "type must be RFC2833 or INFO", "field": "type"}
+    assert _refused(response) == {"error": "type must be RFC2833 or INFO", "field": "type"}
+
+
+def test_dtmf_refused_by_the_call_keeps_the_page_polling(client, manager):
+    """The SIP-as-RTMP pages show FINISHED and stop polling on any HTTP error: digits the
+    call refuses (not established yet) answer 200 with the call and its real status, plus
+    the reason; the answer's [0].status is what the page shows."""
+    manager.add_call("c1", "RING")
+    manager.send_dtmf = lambda *a: (_ for _ in ()).throw(CallError("call c1 is not established"))
+    response = client.post("/call/send_dtmf", {"callId": "c1", "dtmf": "1"})
+    assert response.code == 200
+    assert response.json() == [{**WCS_UNKNOWN, "callId": "c1", "status": "RING",
+                                "callee": "bob", "error": "call c1 is not established",
+                                "field": None}]
 
 
 def test_send_dtmf_needs_call_id(client):

@@ -155,10 +155,50 @@ def test_other_http_methods_are_405(client, api, method):
     assert response.headers["allow"] == "POST, OPTIONS"
     if method != "HEAD":
         assert response.json() == {
-            "error": f"{method} not allowed: REST methods are POST",
+            "error": f"{method} not allowed: /do takes POST",
             "field": None,
         }
     assert api.bodies == []
+
+
+class ListingApi:
+    """``/list``, served as GET too (like every WCS ``find_all``)."""
+
+    router = Router()
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+
+    @router.route("/list", get=True)
+    def listing(self, request, body):
+        self.bodies.append(body)
+        return [body]
+
+
+def test_get_route_reads_a_get_as_an_empty_body(client_for):
+    """A route declared get=True answers GET (as the WebSDK sends it: no body, no
+    Content-Type) with the handler run on {}; POST still works."""
+    api = ListingApi()
+    client = client_for(RestResource(api))
+    response = client.send("GET", "/list", headers={"Content-Type": None}).response
+    assert (response.code, response.json()) == (200, [{}])
+    assert client.post("/list", {"a": 1}).json() == [{"a": 1}]
+    refused = client.send("PUT", "/list").response
+    assert (refused.code, refused.headers["allow"]) == (405, "GET, POST, OPTIONS")
+    assert refused.json()["error"] == "PUT not allowed: /list takes GET or POST"
+    assert api.bodies == [{}, {"a": 1}]
+
+
+def test_every_find_all_serves_get():
+    """The WebSDK's findAll() sends GET: every WCS find_all route serves it, nothing else does."""
+    from sipgw.rest.calls import CallApi
+    from sipgw.rest.push import PushApi
+    from sipgw.rest.recorder import RecorderApi
+    from sipgw.rest.streams import StreamApi
+    served = [p for cls in (CallApi, StreamApi, PushApi, RecorderApi)
+              for p in cls.router.get_paths(cls)]
+    assert sorted(served) == ["/call/find_all", "/push/find_all", "/recorder/find_all",
+                              "/stream/find_all"]
 
 
 # --- CORS ----------------------------------------------------------------------------------

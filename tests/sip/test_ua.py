@@ -334,6 +334,13 @@ def test_ended_call_stays_findable_for_the_retention_time(make_ua, sender, clock
     assert ua.find("call1") == []
 
 
+def test_found_call_names_the_caller_by_login_as_wcs(make_ua, sender):
+    """/call/find's caller is the sipLogin, as WCS gives it, not login@domain."""
+    ua = make_ua()
+    ua.startup(_call())
+    assert ua.find("call1")[0]["caller"] == "alice"
+
+
 def test_register_first_then_invite_then_unregister(make_ua, sender):
     """sipRegisterRequired registers (answering 401), calls, and unregisters after the call."""
     ua = make_ua()

@@ -1,4 +1,4 @@
-"""Pure parts of the WebRTC viewer: the outgoing timeline and the offer check."""
+"""The WebRTC viewer: the outgoing timeline, the offer check, when PLAYING is said."""
 from sipgw.webrtc.viewer import SinkTrack, offered_codecs
 
 
@@ -36,3 +36,18 @@ def test_offered_codecs_per_kind():
     sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
            "a=rtpmap:0 PCMU/8000\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n")
     assert offered_codecs(sdp) == {"audio": {"OPUS", "PCMU"}, "video": {"VP8"}}
+
+
+def test_playing_once_connected_before_any_media():
+    """PLAYING is sent when the peer connection is up, media or not (the WebSDK cannot stop a
+    stream still PENDING), and only once: the first frame after it says nothing more."""
+    from sipgw.streams.stream import Stream
+    from sipgw.webrtc.viewer import Viewer
+    seen = []
+    viewer = Viewer(Stream("s1"), media_session_id="v1", ice_servers=[],
+                    on_state=lambda status, info: seen.append(status))
+    viewer.pc._RTCPeerConnection__connectionState = "connected"
+    viewer.pc.emit("connectionstatechange")
+    assert seen == ["PLAYING"]
+    viewer.first_media("video")
+    assert seen == ["PLAYING"]

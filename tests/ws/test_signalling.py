@@ -140,9 +140,9 @@ MALFORMED = [
     (b'{"message": "playStream", "data": [{"mediaSessionId": 5, "name": "s", "sdp": "v=0"}]}',
      "playStream", "mediaSessionId must be a string"),
     (b'{"message": "playStream", "data": [{"mediaSessionId": "m", "name": 7, "sdp": "v=0"}]}',
-     "StreamStatusEvent", "name must be a string"),
+     "playStream", "name must be a string"),
     (b'{"message": "playStream", "data": [{"mediaSessionId": "m", "name": "s", "sdp": [1]}]}',
-     "StreamStatusEvent", "sdp must be a string"),
+     "playStream", "sdp must be a string"),
     (b'{"message": "playStream", "data": [{"name": "s"}]}',
      "playStream", "mediaSessionId is required"),
     (b'{"message": "playStream", "data": 3}',
@@ -165,14 +165,154 @@ MALFORMED = [
 def test_each_malformed_message_gets_a_fail_and_the_socket_stays_open(frame, method, info):
     """Wrong types (unhashable ids, numbers for strings, lists for objects), missing fields
     and unparsable JSON each get one WCS 'fail' naming the problem (a string id is echoed); no traceback, no close;
-    the socket still answers a ping afterwards."""
+    the socket still answers afterwards."""
     protocol, transport, sent = open_session()
     sent.clear()
     protocol.dataReceived(client_frame(frame))
     assert len(sent) == 1 and sent[0]["message"] == "fail", sent
     fail = sent[0]["data"][0]
     assert fail["apiMethod"] == method and info in fail["info"]
-    assert fail["id"] == ("m" if method == "StreamStatusEvent" else None)
+    assert fail["id"] == ("m" if b'"mediaSessionId": "m"' in frame else None)  # strings only
+    assert fail["apiMethod"] != "StreamStatusEvent"  # the WebSDK would take it as a status
     assert not transport.disconnecting and protocol.state == protocol.STATE_OPEN
-    protocol.dataReceived(client_frame(b'{"message": "ping", "data": []}'))
-    assert sent[-1]["message"] == "pong"
+    protocol.dataReceived(client_frame(b'{"message": "availableStream", "data": [{"name": "x"}]}'))
+    assert sent[-1]["message"] == "availableStream"
+
+
+def _say(protocol, message, obj):
+    protocol.onMessage(json.dumps({"message": message, "data": [obj]}).encode(), False)
+
+
+def test_available_stream_is_answered_in_kind():
+    """availableStream gets an availableStream reply whose status is the string the WebSDK
+    compares ("true"/"false"), with the reason: never a fail that would blank the status."""
+    protocol, stream, sent = _playing()
+    _say(protocol, "availableStream", {"mediaSessionId": "p1", "name": "s1"})
+    _say(protocol, "availableStream", {"mediaSessionId": "p2", "name": "nope"})
+    assert sent[-2:] == [
+        {"message": "availableStream",
+         "data": [{"id": "p1", "name": "s1", "status": "true", "info": ""}]},
+        {"message": "availableStream",
+         "data": [{"id": "p2", "name": "nope", "status": "false", "info": "Stream not found"}]}]
+
+
+def test_stop_stream_of_a_player_already_gone_is_stopped():
+    """stopStream for a mediaSessionId no longer playing (failed, ended) is answered STOPPED,
+    which releases the WebSDK's stream, not a fail that sets its status to undefined."""
+    protocol, stream, sent = _playing()
+    _say(protocol, "stopStream", {"mediaSessionId": "gone", "name": "s1"})
+    assert sent[-1] == {"message": "notifyStreamStatusEvent", "data": [{
+        "mediaSessionId": "gone", "name": "s1", "published": False, "status": "STOPPED",
+        "info": ""}]}
+
+
+def test_client_ping_is_not_answered_with_pong():
+    """The WebSDK has no handler for a server 'pong' (it logs it as unknown): a client ping
+    gets no answer."""
+    protocol, stream, sent = _playing()
+    before = len(sent)
+    _say(protocol, "ping", None)
+    _say(protocol, "pong", None)
+    assert len(sent) == before
+
+
+@pytest.mark.parametrize("message, obj, reply", [
+    ("snapshot", {"mediaSessionId": "p1", "name": "s1"},
+     {"message": "notifyStreamEvent", "data": [{"mediaSessionId": "p1", "name": "s1",
+      "type": "snapshotFailed", "payload": {"info": "snapshots are not supported"}}]}),
+    ("sendStreamEvent", {"mediaSessionId": "p1", "type": "audioMuted"}, None),
+    ("publishStream", {"mediaSessionId": "p1", "name": "mine", "sdp": "v=0"},
+     {"message": "notifyStreamStatusEvent", "data": [{"mediaSessionId": "p1", "name": "mine",
+      "published": True, "status": "FAILED", "info": "publishing is not supported by sipgw"}]}),
+    ("unPublishStream", {"mediaSessionId": "p1", "name": "mine"},
+     {"message": "notifyStreamStatusEvent", "data": [{"mediaSessionId": "p1", "name": "mine",
+      "published": True, "status": "UNPUBLISHED", "info": ""}]}),
+    ("sendData", {"operationId": "op1", "payload": {"a": 1}},
+     {"message": "DataStatusEvent", "data": [{"operationId": "op1", "status": "FAILED",
+      "info": "no REST application to send data to"}]}),
+    ("call", {"callId": "c1", "callee": "bob"},
+     {"message": "finish", "data": [{"callId": "c1", "status": "FAILED",
+      "info": "calls over the websocket are not supported by sipgw: use /rest-api/call/startup"}]}),
+    ("changeSomething", {"mediaSessionId": "p1"},
+     {"message": "fail", "data": [{"apiMethod": "changeSomething", "id": "p1",
+      "info": "changeSomething is not supported by sipgw"}]}),
+])
+def test_webSDK_messages_get_the_reply_their_handler_expects(message, obj, reply):
+    """Each WebSDK client message gets the reply flashphoner-core.js handles for it (or none);
+    a fail never says apiMethod StreamStatusEvent, which would set the stream's status to
+    undefined."""
+    protocol, stream, sent = _playing()
+    before = len(sent)
+    _say(protocol, message, obj)
+    assert sent[before:] == ([reply] if reply else [])
+
+
+def test_server_pings_and_closes_after_probes_missed():
+    """Once established, a JSON ping every keep_alive.server_interval ms; a pong resets the
+    count; after keep_alive.probes pings unanswered the connection is closed."""
+    protocol, stream, sent = _playing(keep_alive_server_interval=5000, keep_alive_probes=3)
+    closed = []
+    protocol.sendClose = lambda code=None, reason=None: closed.append(code)
+    clock = protocol.factory.reactor
+    pings = lambda: sum(m == {"message": "ping", "data": []} for m in sent)
+    clock.advance(4.9)
+    assert pings() == 0
+    clock.advance(0.1)
+    assert pings() == 1
+    for _ in range(10):  # a client that answers stays up as long as it likes
+        _say(protocol, "pong", None)
+        clock.advance(5)
+    assert closed == [] and pings() == 11  # the last one unanswered: 1 missed
+    clock.pump([5, 5])
+    assert closed == [] and pings() == 13  # 3 missed
+    clock.advance(5)
+    assert closed == [4001]
+    clock.pump([5] * 10)
+    assert pings() == 13
+
+
+def test_keep_alive_interval_zero_sends_no_ping():
+    """keep_alive.server_interval=0: no pings, nothing closed."""
+    protocol, stream, sent = _playing(keep_alive_server_interval=0)
+    protocol.factory.reactor.pump([5] * 720)
+    assert not [m for m in sent if m["message"] == "ping"]
+
+
+def test_player_statuses_carry_the_websdk_info_texts():
+    """A player whose publisher (the call) stops gets STOPPED "Stopped by publisher stop", not
+    the call's reason; one stopped by its page "Stopped by user"; a mediaSessionId played twice
+    FAILED "MediaSessionId is already in use" (STREAM_STATUS_INFO of constants.js)."""
+    protocol, stream, sent = _playing()
+    viewer = type("FakeViewer", (), {"stream": stream})()
+    protocol._stop_viewer = lambda media_session_id, notify: protocol.viewers.pop(media_session_id)
+    protocol.viewers.update({"p1": viewer, "p2": viewer})
+    stream.end(info="Normal call clearing")
+    protocol.stream_ended("p1", stream)
+    _say(protocol, "stopStream", {"mediaSessionId": "p2", "name": "s1"})
+    protocol.viewers["p3"] = viewer
+    _say(protocol, "playStream", {"mediaSessionId": "p3", "name": "s1", "sdp": "v=0"})
+    assert [(m["data"][0]["mediaSessionId"], m["data"][0]["status"], m["data"][0]["info"])
+            for m in sent[-3:]] == [("p1", "STOPPED", "Stopped by publisher stop"),
+                                   ("p2", "STOPPED", "Stopped by user"),
+                                   ("p3", "FAILED", "MediaSessionId is already in use")]
+
+
+def test_a_websdk_session_with_receive_probes_stays_up_ten_minutes():
+    """A WebSDK session created with receiveProbes=3, probesInterval=5000 fails when 3 of its
+    checks pass without a server message; with the default keep-alive and the WebSDK's pong
+    to each ping it stays up for 10 minutes, and the server never closes it."""
+    protocol, stream, sent = _playing()
+    closed = []
+    protocol.sendClose = lambda code=None, reason=None: closed.append(code)
+    clock = protocol.factory.reactor
+    seen, missing = len(sent), 0
+    for _ in range(120):  # the WebSDK's WSPingReceiver, checking every 5 s for 10 minutes
+        clock.advance(5)
+        if len(sent) > seen:
+            seen, missing = len(sent), 0
+            if sent[-1]["message"] == "ping":
+                _say(protocol, "pong", None)
+        else:
+            missing += 1
+        assert missing < 3, "the WebSDK would declare the session FAILED"
+    assert closed == []
