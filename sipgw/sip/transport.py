@@ -16,10 +16,39 @@ from dataclasses import dataclass
 from twisted.internet import protocol
 from twisted.logger import Logger
 
+from .headers import Via
 from .message import Request, Response, make_response
 from .parser import MAX_MESSAGE_SIZE, ParseError, StreamParser, parse
 
 log = Logger(namespace="sipgw.sip.transport")
+
+# RFC 3261 §18.1.1: with the path MTU unknown, a request larger than 1300 bytes goes over a
+# congestion-controlled transport (TCP), not UDP.
+UDP_SIZE_THRESHOLD = 1300
+
+
+def set_via_transport(request: Request, transport: str) -> None:
+    """Change the transport of the top Via (§18.1.1: it must say what carries the request)."""
+    vias = request.get_all("Via")
+    top = Via.parse(vias[0])
+    top.transport = transport
+    request.remove("Via")
+    for value in [str(top)] + vias[1:]:
+        request.add("Via", value)
+
+
+def transport_for(request: Request, transport: str) -> str:
+    """The transport a request really goes over: TCP instead of UDP when it is larger than
+    UDP_SIZE_THRESHOLD (RFC 3261 §18.1.1), with its top Via changed to say so."""
+    if transport != "UDP" or request.method == "ACK":
+        return transport
+    size = len(bytes(request))
+    if size <= UDP_SIZE_THRESHOLD:
+        return transport
+    set_via_transport(request, "TCP")
+    log.info("{method} of {size} bytes sent over TCP, not UDP: larger than {limit} bytes "
+             "(RFC 3261 §18.1.1)", method=request.method, size=size, limit=UDP_SIZE_THRESHOLD)
+    return "TCP"
 
 
 @dataclass(frozen=True)
@@ -223,7 +252,10 @@ class TransportLayer:
         self._tcp = None
 
     def start(self) -> None:
-        self._udp = self.reactor.listenUDP(self.port, _UDPProtocol(self), interface=self.bind_address)
+        # Read whole datagrams up to sip_max_message_size (Twisted cuts at 8,192 by default);
+        # one byte more lets the parser refuse a larger one as too large, not as truncated.
+        self._udp = self.reactor.listenUDP(self.port, _UDPProtocol(self), interface=self.bind_address,
+                                           maxPacketSize=self.max_size + 1)
         self.port = self._udp.getHost().port
         self._tcp = self.reactor.listenTCP(self.port, self.factory, interface=self.bind_address)
         log.info("SIP listening on {addr}:{port} (UDP and TCP)", addr=self.bind_address, port=self.port)
@@ -292,6 +324,8 @@ class TransportLayer:
             self.send_response(response, source)
 
     # -- outbound ----------------------------------------------------------
+    transport_for = staticmethod(transport_for)
+
     def send(self, message, transport: str, host: str, port: int) -> None:
         """Send a request (or ACK) to host:port over the named transport."""
         data = bytes(message)

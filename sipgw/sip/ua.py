@@ -252,7 +252,8 @@ class Call:
                    ("CSeq", f"{inv.cseq.seq} CANCEL")]
         headers += [("Route", r) for r in inv.get_all("Route")]
         cancel = Request("CANCEL", inv.uri, headers)
-        self.ua.transactions.send_request(cancel, self.dest.transport, self.dest.host,
+        # The INVITE's own transport: TCP when it was too large for UDP (§18.1.1).
+        self.ua.transactions.send_request(cancel, self.invite_tx.transport, self.dest.host,
                                           self.dest.port, lambda r: None)
         # If no final response arrives, the INVITE is as good as cancelled (§9.1).
         self.later(64 * T1, self.set_status, CallStatus.FINISH, TERMINATED_BY_REST)

@@ -293,3 +293,17 @@ def test_a_message_trickled_slower_than_the_message_timeout_is_cut():
         proto.dataReceived(tcp_invite[i:i + 1])
         reactor.advance(1.5)
     assert transport.disconnecting and len(controller.received) == 1
+
+
+def test_a_9_kb_udp_response_is_read_whole():
+    """A 9 KB 200 OK over UDP arrives whole: the socket reads up to sip_max_message_size,
+    not Twisted's default 8,192 bytes."""
+    layer, reactor, controller = _layer()
+    sdp = b"v=0\r\n" + b"a=x-filler:" + b"x" * 9000 + b"\r\n"
+    response = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa\r\n"
+                b"From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c@x\r\n"
+                b"CSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n"
+                b"Content-Length: " + str(len(sdp)).encode() + b"\r\n\r\n" + sdp)
+    reactor.udp_ports[layer.port].receive(response, ("127.0.0.1", 5060))
+    (message, source), = controller.received
+    assert message.status == 200 and message.body == sdp
