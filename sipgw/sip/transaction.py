@@ -11,7 +11,7 @@ import secrets
 from twisted.logger import Logger
 
 from .message import Request, Response, make_response
-from .transport import LogLimiter, held_back, set_via_transport
+from .transport import LogLimiter, held_back, set_top_via
 
 log = Logger(namespace="sipgw.sip.transaction")
 
@@ -110,7 +110,7 @@ class ClientTransaction(_Transaction):
                      method=self.request.method, host=self.host, port=self.port, why=why)
             self.udp_fallback = False
             self.transport, self.reliable = "UDP", False
-            set_via_transport(self.request, "UDP")
+            set_top_via(self.request, "UDP")
             self.start()
             return
         if self.state in ("calling", "trying", "proceeding"):

@@ -27,11 +27,14 @@ log = Logger(namespace="sipgw.sip.transport")
 UDP_SIZE_THRESHOLD = 1300
 
 
-def set_via_transport(request: Request, transport: str) -> None:
-    """Change the transport of the top Via (§18.1.1: it must say what carries the request)."""
+def set_top_via(request: Request, transport: str, branch: str | None = None) -> None:
+    """Change the transport of the top Via (§18.1.1: it must say what carries the request),
+    and its branch when the request goes out again as a new transaction."""
     vias = request.get_all("Via")
     top = Via.parse(vias[0])
     top.transport = transport
+    if branch:
+        top.params["branch"] = branch
     request.remove("Via")
     for value in [str(top)] + vias[1:]:
         request.add("Via", value)
@@ -45,7 +48,7 @@ def transport_for(request: Request, transport: str) -> str:
     size = len(bytes(request))
     if size <= UDP_SIZE_THRESHOLD:
         return transport
-    set_via_transport(request, "TCP")
+    set_top_via(request, "TCP")
     log.info("{method} of {size} bytes sent over TCP, not UDP: larger than {limit} bytes "
              "(RFC 3261 §18.1.1)", method=request.method, size=size, limit=UDP_SIZE_THRESHOLD)
     return "TCP"

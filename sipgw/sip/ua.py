@@ -26,8 +26,9 @@ from .dialog import Dialog
 from .headers import HeaderError, URI
 from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
-from .registration import Destination, Registration, account_key, new_tag
-from .transport import TransportLayer, is_ip
+from .registration import Registration, account_key, new_tag
+from .resolver import Destination, Locator, fails_over
+from .transport import TransportLayer, is_ip, set_top_via
 from ..rtp.ports import PortPool, PortsExhausted
 
 log = Logger(namespace="sipgw.sip.ua")
@@ -57,6 +58,7 @@ class Call:
         self.local_tag = new_tag()
         self.cseq = 0
         self.dest: Destination | None = None
+        self.hops: dict[tuple, Destination] = {}  # in-dialog next hops named by host name
         self.invite: Request | None = None
         self.invite_tx = None
         self.provisional = False
@@ -165,6 +167,14 @@ class Call:
             return
         if status < 300:
             self.on_2xx(response)
+            return
+        if fails_over(response) and self.dest.rest and not self.cancel_requested:
+            # RFC 3263 §4.3: a timeout, transport error or 503: the next target.
+            log.info("call {call_id}: {status} from {dest}, trying {next}",
+                     call_id=self.request.call_id, status=status, dest=repr(self.dest),
+                     next=repr(self.dest.next()))
+            self.dest = self.dest.next()
+            self.send_invite()
             return
         if status in (401, 407) and not self.cancel_requested:
             headers = self._auth.headers_for(response, "INVITE", str(self.invite.uri),
@@ -289,9 +299,13 @@ class Call:
 class UserAgent:
     """Transaction user for every call and registration of this daemon."""
 
-    def __init__(self, reactor, config, ports=None, streams: StreamRegistry | None = None):
+    def __init__(self, reactor, config, ports=None, streams: StreamRegistry | None = None,
+                 dns=None):
         self.reactor = reactor
         self.config = config
+        # RFC 3263 through twisted.names (``dns``: an IResolver, else sip_dns_servers')
+        self.locator = Locator(reactor, dns, config.sip_dns_servers,
+                               ipv6=":" in config.sip_bind_address)
         self.ports = ports or PortPool(config.media_port_from, config.media_port_to,
                                        config.sip_bind_address)
         self.transactions = TransactionLayer(reactor, tu=self,
@@ -330,10 +344,12 @@ class UserAgent:
         params = ";transport=tcp" if dest.transport == "TCP" else ""
         return f"<sip:{user}@{host}:{self.transport.port}{params}>"
 
-    def first_hop(self, r: CallRequest) -> tuple[str, str, int]:
+    def first_hop(self, r: CallRequest) -> tuple[str | None, str, int | None]:
         """(transport, host, port) for out-of-dialog requests: the outbound proxy if
-        given, else the domain at sipPort."""
-        transport = "TCP" if self.config.sip_use_tcp_transport else "UDP"
+        given, else the domain at sipPort. None where nothing was asked: RFC 3263 finds it
+        (sipPort 5060 is the default WCS forms always send, so it counts as none)."""
+        transport = "TCP" if self.config.sip_use_tcp_transport else None
+        default_port = r.sip_port if r.sip_port != 5060 else None
         if r.sip_outbound_proxy:
             text = r.sip_outbound_proxy
             hostport = text.split(";")[0]
@@ -342,14 +358,12 @@ class UserAgent:
             uri = URI.parse(text if text.startswith(("sip:", "sips:")) else "sip:" + text)
             if "transport" in uri.params:
                 transport = uri.transport.upper()
-            return transport, uri.host, uri.port or r.sip_port
-        return transport, r.sip_domain, r.sip_port
+            return transport, uri.host, uri.port or default_port
+        return transport, r.sip_domain, default_port
 
-    def resolve(self, host: str) -> defer.Deferred:
-        host = host.strip("[]")
-        if is_ip(host):
-            return defer.succeed(host)
-        return self.reactor.resolve(host)
+    def resolve(self, transport: str | None, host: str, port: int | None) -> defer.Deferred:
+        """A Deferred Destination chain for a URI's parts (RFC 3263 §4)."""
+        return self.locator.locate(host, port, transport)
 
     def in_dialog_destination(self, call: Call) -> Destination:
         """Next hop of an in-dialog request: the top route, else the outbound proxy,
@@ -360,11 +374,36 @@ class UserAgent:
         uri = dialog.next_hop()
         transport = uri.params.get("transport", call.dest.transport).upper()
         host = uri.host.strip("[]")
-        if not is_ip(host):
-            return call.dest  # names other than the resolved first hop: reuse that hop
+        if not is_ip(host):  # resolved by send_in_dialog (RFC 3263 §4); till then the first hop
+            return call.hops.get(self._named_hop(call), call.dest)
         return Destination(transport, host, uri.port or 5060)
 
+    def _named_hop(self, call: Call) -> tuple | None:
+        """(transport, host, port) of an in-dialog next hop that is a host name, else None."""
+        if call.dialog is None or (not call.dialog.route_set and call.request.sip_outbound_proxy):
+            return None
+        uri = call.dialog.next_hop()
+        if is_ip(uri.host):
+            return None
+        transport = uri.params.get("transport")
+        return (transport.upper() if transport else None, uri.host, uri.port)
+
     def send_in_dialog(self, call: Call, request: Request, on_response=None) -> None:
+        hop = self._named_hop(call)
+        if hop is not None and hop not in call.hops:
+            # A Route or Contact naming a host: locate it first (RFC 3263 §4).
+            def located(dest):
+                call.hops[hop] = dest
+                self.send_in_dialog(call, request, on_response)
+
+            def failed(failure):
+                log.warn("call {call_id}: cannot resolve {host}: {why}", host=hop[1],
+                         call_id=call.request.call_id, why=failure.getErrorMessage())
+                if on_response is not None and request.method != "ACK":
+                    on_response(self._refused(request, 503, f"Cannot resolve {hop[1]}"))
+            self.locator.locate(hop[1], hop[2], hop[0], call.dest.transport).addCallbacks(
+                located, failed)
+            return
         dest = self.in_dialog_destination(call)
         if not self.egress.allows(dest.host):
             # The peer's Contact or Record-Route names a denied address: send nothing there;
@@ -372,15 +411,32 @@ class UserAgent:
             log.warn("call {call_id}: {method} to {host} refused by sip_egress",
                      call_id=call.request.call_id, method=request.method, host=dest.host)
             if on_response is not None and request.method != "ACK":
-                refused = make_response(request, 403, "Denied by sip_egress")
-                refused.local = True
-                self.reactor.callLater(0, on_response, refused)
+                self.reactor.callLater(0, on_response,
+                                       self._refused(request, 403, "Denied by sip_egress"))
             return
         if request.method == "ACK":
             self.transport.send(request, dest.transport, dest.host, dest.port)
             return
-        self.transactions.send_request(request, dest.transport, dest.host, dest.port,
-                                       on_response or (lambda r: None))
+
+        def answered(response):
+            nxt = dest.next() if hop is not None and fails_over(response) else None
+            if nxt is None:
+                (on_response or (lambda r: None))(response)
+                return
+            # RFC 3263 §4.3: the next target of the named hop, in a new transaction.
+            log.info("call {call_id}: {method} got {status} from {dest}, trying {next}",
+                     call_id=call.request.call_id, method=request.method,
+                     status=response.status, dest=repr(dest), next=repr(nxt))
+            call.hops[hop] = nxt
+            set_top_via(request, nxt.transport, new_branch())
+            self.send_in_dialog(call, request, on_response)
+        self.transactions.send_request(request, dest.transport, dest.host, dest.port, answered)
+
+    @staticmethod
+    def _refused(request: Request, status: int, reason: str) -> Response:
+        refused = make_response(request, status, reason)
+        refused.local = True
+        return refused
 
     # -- the manager interface (REST) -----------------------------------------
     def startup(self, request: CallRequest) -> None:
@@ -409,17 +465,21 @@ class UserAgent:
         r = call.request
         transport, host, port = self.first_hop(r)
         try:
-            address = await self.resolve(host)
+            dest = await self.resolve(transport, host, port)
         except Exception as exc:  # DNS failure: the call fails, the daemon goes on
             call.set_status(CallStatus.FAILED, f"Cannot resolve {host}: {exc.__class__.__name__}")
             return
-        try:  # the name was checked at the REST layer; its address is checked here
-            self.egress.check(host, "sipOutboundProxy" if r.sip_outbound_proxy else "sipDomain",
-                              resolved=address)
-        except EgressDenied as exc:
-            call.set_status(CallStatus.FAILED, exc.message)
+        # The name was checked at the REST layer; each address it resolved to is checked here.
+        field = "sipOutboundProxy" if r.sip_outbound_proxy else "sipDomain"
+        targets = [tuple(dest), *dest.rest]
+        allowed = [t for t in targets if self.egress.allows(host, resolved=t[1])]
+        if not allowed:
+            try:
+                self.egress.check(host, field, resolved=dest.host)
+            except EgressDenied as exc:
+                call.set_status(CallStatus.FAILED, exc.message)
             return
-        call.dest = Destination(transport, address, port)
+        call.dest = Destination.chain(allowed)
         if r.sip_register_required:
             key = account_key(r)
             registration = self.registrations.get(key)
@@ -428,6 +488,7 @@ class UserAgent:
             registration.users += 1
             call.registration = registration
             await registration.ensure()
+            call.dest = registration.dest  # the target that answered (RFC 3263 §4.3)
         if call.status.ended:
             return
         self._prepare_offer(call)

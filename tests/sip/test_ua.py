@@ -503,7 +503,9 @@ def test_a_domain_resolving_to_a_denied_address_fails_before_any_packet(make_ua,
     with the reason and no packet is sent."""
     from twisted.internet import defer
     ua = make_ua()
-    ua.resolve = lambda host: defer.succeed("169.254.169.254")
+    from sipgw.sip.resolver import Destination
+    ua.resolve = lambda transport, host, port: defer.succeed(
+        Destination("UDP", "169.254.169.254", 5060))
     ua.startup(_call(sip_domain="pbx.example.org"))
     call = ua.find("call1")[0]
     assert call["status"] == "FAILED"
