@@ -1034,6 +1034,56 @@ class NginxRtmp(_Peer):
 
 
 # --------------------------------------------------------------------------
+# dnsmasq: a local DNS server for RFC 3263 (NAPTR, SRV, A, AAAA)
+
+
+class Dnsmasq(_Peer):
+    """dnsmasq answering from its own records only, on 127.0.0.1:``port`` (UDP and TCP).
+
+    ``records`` are dnsmasq options without the dashes, e.g.
+    ``"srv-host=_sip._udp.sip.test,live.sip.test,5060,10,0"``, ``"naptr-record=..."``,
+    ``"host-record=live.sip.test,127.0.0.1"``. ``domain`` is answered locally (NXDOMAIN for
+    what is not listed); nothing is forwarded, no hosts file or resolv.conf is read, and
+    every query is logged (``queries()``).
+    """
+
+    program = "dnsmasq"
+
+    def __init__(self, tmpdir: str | os.PathLike, *, port: int, domain: str,
+                 records: Iterable[str]) -> None:
+        super().__init__(Path(tmpdir) / f"dnsmasq-{port}")
+        self.port = port
+        self.domain = domain
+        self.records = list(records)
+
+    def command(self) -> list[str]:
+        argv = [require_program("dnsmasq"), "--keep-in-foreground", "--conf-file=/dev/null",
+                f"--port={self.port}", f"--listen-address={HOST}", "--bind-interfaces",
+                "--no-resolv", "--no-hosts", "--no-poll", "--no-negcache",
+                f"--local=/{self.domain}/", f"--pid-file={self.tmpdir}/dnsmasq.pid",
+                "--log-queries", "--log-facility=-"]
+        if os.geteuid() == 0:
+            argv.append("--user=root")  # stays able to write its log in pytest's 0700 tmp
+        return argv + [f"--{record}" for record in self.records]
+
+    def start(self, timeout: float = 10) -> Dnsmasq:
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
+        self._spawn(self.command(), "dnsmasq.log")
+
+        def ready() -> bool:
+            assert self.pid is not None
+            return self.port in bound_ports([self.pid], "udp")
+
+        wait_for(ready, timeout, f"dnsmasq to bind {HOST}:{self.port}", process=self.process,
+                 log=self.log)
+        return self
+
+    def queries(self) -> list[tuple[str, str]]:
+        """(type, name) of every query it received, in order."""
+        return re.findall(r"query\[(\w+)\] (\S+) from", self.log())
+
+
+# --------------------------------------------------------------------------
 # headless Chromium and static pages (browser tests)
 
 WEBSDK_VERSION = "2.0.276"
