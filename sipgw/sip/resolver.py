@@ -189,11 +189,13 @@ class Locator:
             # NXDOMAIN, or the hosts file knowing nothing of this record type.
             self._cache[key] = (now + NEGATIVE_TTL, [])
             return []
-        except defer.TimeoutError:
+        except Exception as exc:
             if kind in (dns.A, dns.AAAA):
                 raise
-            # No answer to NAPTR/SRV is as good as none (§4.1): go on to the next step.
-            log.info("DNS {kind} query for {name} timed out", kind=dns.QUERY_TYPES[kind], name=name)
+            # A NAPTR/SRV query that gets no answer (timeout, no route to the DNS server) is
+            # as good as no record (§4.1): go on to the next step, e.g. /etc/hosts' address.
+            log.info("DNS {kind} query for {name} failed: {why}", kind=dns.QUERY_TYPES[kind],
+                     name=name, why=exc.__class__.__name__)
             return []
         matching = [rr for rr in answers if rr.type == kind]
         ttl = min((rr.ttl for rr in matching), default=NEGATIVE_TTL)

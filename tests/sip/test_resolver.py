@@ -21,13 +21,16 @@ class FakeDNS:
     """An IResolver answering from a table after ``delay`` seconds on the clock; every
     query is noted as (type name, name)."""
 
-    def __init__(self, clock, records, delay=0.01):
+    def __init__(self, clock, records, delay=0.01, unreachable=()):
         self.clock, self.records, self.delay = clock, records, delay
+        self.unreachable = unreachable  # record types whose queries fail (no route)
         self.queries = []
 
     def _answer(self, name, kind):
         name = name.decode() if isinstance(name, bytes) else name
         self.queries.append((dns.QUERY_TYPES[kind], name))
+        if kind in self.unreachable:
+            return defer.fail(OSError(101, "Network is unreachable"))
         d = defer.Deferred()
         found = self.records.get((kind, name))
         if found is None:
@@ -148,6 +151,16 @@ def test_without_naptr_srv_then_without_srv_the_a_record_at_5060(clock):
     dest, fake = _locate(clock, "plain.test")
     assert _chain(dest) == [("UDP", "127.0.0.5", 5060)]
     assert fake.queries[0] == ("NAPTR", "plain.test")
+
+
+def test_naptr_and_srv_queries_that_fail_fall_through_to_the_address(clock):
+    """A DNS server out of reach for NAPTR/SRV (as in a host with only /etc/hosts) is as
+    good as no such records: the name's address (the hosts file answers A) at 5060."""
+    fake = FakeDNS(clock, ZONE, unreachable=(dns.NAPTR, dns.SRV))
+    got = []
+    Locator(clock, fake).locate("plain.test").addBoth(got.append)
+    _run(clock)
+    assert _chain(got[0]) == [("UDP", "127.0.0.5", 5060)]
 
 
 def test_a_name_that_does_not_resolve_is_an_error(clock):
