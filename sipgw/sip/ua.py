@@ -405,7 +405,7 @@ class UserAgent:
                 located, failed)
             return
         dest = self.in_dialog_destination(call)
-        if not self.egress.allows(dest.host):
+        if not self.egress.allows(hop[1] if hop else dest.host, resolved=dest.host):
             # The peer's Contact or Record-Route names a denied address: send nothing there;
             # the request fails at once as if refused (a BYE still ends the call).
             log.warn("call {call_id}: {method} to {host} refused by sip_egress",

@@ -278,3 +278,19 @@ def test_destination_chain():
     dest = Destination.chain([("UDP", "127.0.0.1", 1), ("TCP", "127.0.0.2", 2)])
     assert repr(dest) == "UDP:127.0.0.1:1" and repr(dest.next()) == "TCP:127.0.0.2:2"
     assert dest.next().next() is None
+
+
+def test_a_denied_record_route_name_gets_nothing(make_ua, sender, clock):
+    """sip_egress_deny names a host: a Record-Route naming it gets no ACK or BYE, even
+    though its address is allowed; the call still ends."""
+    ua = _ua(make_ua, clock, sip_egress_deny="proxy.test")
+    ua.startup(_call(sip_domain="127.0.0.1"))
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
+        ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp"),
+        ("Record-Route", "<sip:proxy.test:5077;lr>")]), PEER)
+    _run(clock)
+    ua.terminate("call1")
+    _run(clock)
+    assert _dests(sender, "ACK") == [] and _dests(sender, "BYE") == []
+    assert ua.find("call1")[0]["status"] == "FINISH"
