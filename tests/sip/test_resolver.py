@@ -248,16 +248,21 @@ def test_register_fails_over_on_a_transport_error_and_the_invite_follows(make_ua
     assert _dests(sender, "INVITE") == [("TCP", "127.0.0.3", 5080)]
 
 
-def test_in_dialog_requests_go_to_a_named_record_route_host(make_ua, sender, clock):
-    """A Record-Route naming a host: the ACK and BYE go to that host's address (RFC 3263
-    §4), not to the INVITE's first hop."""
-    ua = _ua(make_ua, clock)
+def _answer_through_proxy_test(ua, sender, clock):
+    """A call to 127.0.0.1 answered 200 with Record-Route <sip:proxy.test:5077;lr>."""
     ua.startup(_call(sip_domain="127.0.0.1"))
     invite = sender.requests("INVITE")[-1]
     ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
         ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp"),
         ("Record-Route", "<sip:proxy.test:5077;lr>")]), PEER)
     _run(clock)
+
+
+def test_in_dialog_requests_go_to_a_named_record_route_host(make_ua, sender, clock):
+    """A Record-Route naming a host: the ACK and BYE go to that host's address (RFC 3263
+    §4), not to the INVITE's first hop."""
+    ua = _ua(make_ua, clock)
+    _answer_through_proxy_test(ua, sender, clock)
     ua.terminate("call1")
     assert _dests(sender, "ACK") == [("UDP", "127.0.0.6", 5077)]
     assert _dests(sender, "BYE") == [("UDP", "127.0.0.6", 5077)]
@@ -284,12 +289,7 @@ def test_a_denied_record_route_name_gets_nothing(make_ua, sender, clock):
     """sip_egress_deny names a host: a Record-Route naming it gets no ACK or BYE, even
     though its address is allowed; the call still ends."""
     ua = _ua(make_ua, clock, sip_egress_deny="proxy.test")
-    ua.startup(_call(sip_domain="127.0.0.1"))
-    invite = sender.requests("INVITE")[-1]
-    ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
-        ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp"),
-        ("Record-Route", "<sip:proxy.test:5077;lr>")]), PEER)
-    _run(clock)
+    _answer_through_proxy_test(ua, sender, clock)
     ua.terminate("call1")
     _run(clock)
     assert _dests(sender, "ACK") == [] and _dests(sender, "BYE") == []
