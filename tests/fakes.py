@@ -1,5 +1,7 @@
 """Fakes shared by the SIP and RTP tests: a UDP-capable fake reactor and a sender that
 records what would go on the wire."""
+import socket
+
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import InvalidAddressError
@@ -52,6 +54,7 @@ class FakeUDPPort:
     def __init__(self, reactor, port, proto, interface, max_packet_size=8192):
         self.reactor, self.port, self.proto, self.interface = reactor, port, proto, interface
         self.max_packet_size = max_packet_size
+        self.addressFamily = socket.AF_INET6 if ":" in (interface or "") else socket.AF_INET
         self.written = []
 
     def receive(self, data, addr):
@@ -61,6 +64,10 @@ class FakeUDPPort:
     def write(self, data, addr):
         if not (isIPAddress(addr[0]) or isIPv6Address(addr[0])):  # as twisted.internet.udp does
             raise InvalidAddressError(addr[0], "write() only accepts IP addresses, not hostnames")
+        if isIPAddress(addr[0]) and self.addressFamily == socket.AF_INET6:  # as Twisted does
+            raise InvalidAddressError(addr[0], "IPv6 port write() called with IPv4 address")
+        if isIPv6Address(addr[0]) and self.addressFamily == socket.AF_INET:
+            raise InvalidAddressError(addr[0], "IPv4 port write() called with IPv6 address")
         self.written.append((data, addr))
 
     def getHost(self):

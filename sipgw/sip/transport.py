@@ -104,6 +104,11 @@ def held_back(count: int) -> str:
     return f" ({count} more held back)" if count else ""
 
 
+def unmapped(host: str) -> str:
+    """An IPv4 peer of a dual-stack (``::``) socket shows as ::ffff:a.b.c.d: a.b.c.d."""
+    return host[7:] if host.lower().startswith("::ffff:") and "." in host else host
+
+
 def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -121,12 +126,13 @@ class _UDPProtocol(protocol.DatagramProtocol):
         if not data.strip(b"\r\n"):
             return  # RFC 5626 keep-alive
         self.layer.bytes_received += len(data)
+        source = Source("UDP", unmapped(addr[0]), addr[1])
         try:
             message = parse(data, self.layer.max_size)
         except ParseError as exc:
-            self.layer.reject(exc, Source("UDP", addr[0], addr[1]))
+            self.layer.reject(exc, source)
             return
-        self.layer.deliver(message, Source("UDP", addr[0], addr[1]))
+        self.layer.deliver(message, source)
 
 
 class _TCPProtocol(protocol.Protocol):
@@ -146,7 +152,7 @@ class _TCPProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        self.peer = (peer.host, peer.port)
+        self.peer = (unmapped(peer.host), peer.port)
         layer = self.layer
         if self.inbound and layer.max_tcp_connections and layer.tcp_open >= layer.max_tcp_connections:
             layer.note(peer.host, "SIP TCP connection from {host} refused: "
@@ -338,9 +344,14 @@ class TransportLayer:
                 conn = self._connect(host, port)
             conn.send(data)
         else:
+            address = host.strip("[]")
+            if getattr(self._udp, "addressFamily", None) == socket.AF_INET6 and "." in address:
+                address = "::ffff:" + address  # an IPv4 peer through a dual-stack socket
             try:
-                self._udp.write(data, (host, port))
-            except OSError as exc:  # e.g. no route to host: fail the transaction, not us
+                self._udp.write(data, (address, port))
+            except (OSError, ValueError) as exc:
+                # No route to host, or an address of the other family (an IPv6 Record-Route
+                # on an IPv4 socket): fail the transaction, not us.
                 log.warn("SIP UDP send to {host}:{port} failed: {why}", host=host, port=port,
                          why=str(exc))
                 self.reactor.callLater(0, self.controller.transport_error, (host, port), str(exc))

@@ -23,7 +23,7 @@ from ..streams.stream import Stream, StreamStatus
 from . import sdp as sdplib
 from .auth import ChallengeAnswerer, DigestClient
 from .dialog import Dialog
-from .headers import HeaderError, URI
+from .headers import HeaderError, URI, bracket
 from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
 from .registration import Registration, account_key, new_tag
@@ -336,11 +336,11 @@ class UserAgent:
 
     # -- addressing --------------------------------------------------------
     def via(self, dest: Destination, branch: str | None = None) -> str:
-        host = self.transport.sent_by(dest.host)
+        host = bracket(self.transport.sent_by(dest.host))
         return f"SIP/2.0/{dest.transport} {host}:{self.transport.port};branch={branch or new_branch()};rport"
 
     def contact(self, user: str, dest: Destination) -> str:
-        host = self.transport.sent_by(dest.host)
+        host = bracket(self.transport.sent_by(dest.host))
         params = ";transport=tcp" if dest.transport == "TCP" else ""
         return f"<sip:{user}@{host}:{self.transport.port}{params}>"
 

@@ -307,3 +307,34 @@ def test_a_9_kb_udp_response_is_read_whole():
     reactor.udp_ports[layer.port].receive(response, ("127.0.0.1", 5060))
     (message, source), = controller.received
     assert message.status == 200 and message.body == sdp
+
+
+def _dual_stack_layer():
+    reactor = UDPMemoryReactor()
+    controller = RecordingController()
+    layer = TransportLayer(reactor, controller, bind_address="::", port=0)
+    layer.start()
+    return layer, reactor, controller
+
+
+def test_a_dual_stack_socket_reaches_ipv4_peers_by_their_mapped_address():
+    """Bound to ::, an IPv4 peer is written to as ::ffff:a.b.c.d (Twisted refuses a bare IPv4
+    address on an IPv6 socket), and one that writes to us is seen as a.b.c.d."""
+    layer, reactor, controller = _dual_stack_layer()
+    port = reactor.udp_ports[layer.port]
+    port.receive(INVITE, ("::ffff:192.0.2.1", 40000))
+    (message, source), = controller.received
+    assert (source.host, message.top_via.params["received"]) == ("192.0.2.1", "192.0.2.1")
+    layer.send_response(make_response(message, 200), source)
+    layer.send(message, "UDP", "::1", 5060)
+    assert [addr for _, addr in port.written] == [("::ffff:192.0.2.1", 40000), ("::1", 5060)]
+
+
+def test_an_address_of_the_other_family_is_a_transport_error():
+    """An IPv6 destination on an IPv4 socket fails the transaction (transport error), it
+    does not raise into the caller."""
+    layer, reactor, controller = _layer()
+    layer.send(parse(INVITE), "UDP", "2001:db8::1", 5060)
+    reactor.advance(0)
+    (dest, why), = controller.errors
+    assert dest == ("2001:db8::1", 5060)

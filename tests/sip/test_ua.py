@@ -527,3 +527,15 @@ def test_in_dialog_requests_never_go_to_a_denied_contact(make_ua, sender, clock)
     clock.advance(0)
     assert [m.method for m in sender.requests()] == ["INVITE"]
     assert _status(ua) == "FINISH"
+
+
+def test_ipv6_hosts_are_bracketed_in_uris_via_and_contact(make_ua, sender):
+    """Calling [::1] from ::1: the Request-URI, Via and Contact carry [::1] (RFC 3261 §25.1)
+    and the SDP offer says c=IN IP6 ::1 (RFC 4566)."""
+    sender.sent_by = lambda host: "::1"
+    ua = make_ua()
+    ua.startup(_call(sip_domain="::1", sip_port=5099))
+    (msg, transport, host, port), = sender.sent
+    assert (str(msg.uri), host, port) == ("sip:bob@[::1]:5099", "::1", 5099)
+    assert msg.top_via.host == "[::1]" and msg.contacts[0].uri.host == "[::1]"
+    assert b"c=IN IP6 ::1" in msg.body
