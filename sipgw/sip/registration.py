@@ -113,7 +113,7 @@ class Registration:
     def _granted(self, response: Response, asked: int) -> int:
         for contact in response.contacts:
             value = contact.params.get("expires")
-            if value and value.isascii() and value.isdigit() and contact.uri.host in (self.ua.transport.sent_by(self.dest.host),):
+            if value and value.isascii() and value.isdigit() and contact.uri.host.strip("[]") == self.ua.transport.sent_by(self.dest.host):
                 return int(value)
         expires = response.get("Expires")
         return int(expires) if expires and expires.isascii() and expires.isdigit() else asked

@@ -539,3 +539,17 @@ def test_ipv6_hosts_are_bracketed_in_uris_via_and_contact(make_ua, sender):
     assert (str(msg.uri), host, port) == ("sip:bob@[::1]:5099", "::1", 5099)
     assert msg.top_via.host == "[::1]" and msg.contacts[0].uri.host == "[::1]"
     assert b"c=IN IP6 ::1" in msg.body
+
+
+def test_an_ipv6_registration_reads_its_contact_expiry(make_ua, sender, clock):
+    """Registered from [::1], the expiry granted on our bracketed Contact (120 s) wins over
+    the Expires header: the binding is refreshed before 120 s, not after an hour."""
+    sender.sent_by = lambda host: "::1"
+    ua = make_ua()
+    ua.startup(_call(sip_domain="::1", sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[
+        ("Contact", "<sip:alice@[::1]:5070>;expires=120"), ("Expires", "3600")]), PEER)
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 180), PEER)  # still ringing
+    clock.advance(100)
+    assert [r.get("Expires") for r in sender.requests("REGISTER")] == ["3600", "3600"]
