@@ -154,12 +154,12 @@ class Locator:
     ``Destination`` chain (or an error when nothing resolves). ``dns`` is an
     ``IResolver`` (made from ``servers`` on first use when not given)."""
 
-    def __init__(self, clock, dns_resolver=None, servers: str = "", *, ipv6: bool = False,
-                 transports=("UDP", "TCP"), rng=random):
+    def __init__(self, clock, dns_resolver=None, servers: str = "", *, ipv4: bool = True,
+                 ipv6: bool = False, transports=("UDP", "TCP"), rng=random):
         self.clock = clock
         self._dns = dns_resolver
         self.servers = servers
-        self.ipv6 = ipv6
+        self.ipv4, self.ipv6 = ipv4, ipv6
         self.transports = transports
         self.rng = rng
         self._cache: dict[tuple[str, int], tuple[float, list]] = {}
@@ -204,8 +204,10 @@ class Locator:
         return payloads
 
     async def _addresses(self, name: str) -> list[str]:
-        """A records (then AAAA when IPv6 is on): RFC 3263 §4.2 the last step."""
-        addresses = [record.dottedQuad() for record in await self._records(name, dns.A)]
+        """A records, then AAAA, of the families our sockets can reach (RFC 3263 §4.2)."""
+        addresses = []
+        if self.ipv4:
+            addresses += [record.dottedQuad() for record in await self._records(name, dns.A)]
         if self.ipv6:
             addresses += [socket.inet_ntop(socket.AF_INET6, record.address)
                           for record in await self._records(name, dns.AAAA)]

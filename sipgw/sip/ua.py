@@ -304,8 +304,10 @@ class UserAgent:
         self.reactor = reactor
         self.config = config
         # RFC 3263 through twisted.names (``dns``: an IResolver, else sip_dns_servers')
-        self.locator = Locator(reactor, dns, config.sip_dns_servers,
-                               ipv6=":" in config.sip_bind_address)
+        # A records for an IPv4 socket, AAAA for an IPv6 one, both for a dual-stack "::".
+        ipv6 = ":" in config.sip_bind_address
+        self.locator = Locator(reactor, dns, config.sip_dns_servers, ipv6=ipv6,
+                               ipv4=not ipv6 or config.sip_bind_address == "::")
         self.ports = ports or PortPool(config.media_port_from, config.media_port_to,
                                        config.sip_bind_address)
         self.transactions = TransactionLayer(reactor, tu=self,

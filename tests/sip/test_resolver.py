@@ -78,6 +78,7 @@ ZONE = {
     (dns.A, "live.example.test"): [_a("127.0.0.3"), _a("127.0.0.4")],
     (dns.A, "plain.test"): [_a("127.0.0.5")],
     (dns.A, "proxy.test"): [_a("127.0.0.6")],
+    (dns.AAAA, "live.example.test"): [(dns.Record_AAAA("::1"), 300)],
 }
 
 
@@ -161,6 +162,20 @@ def test_naptr_and_srv_queries_that_fail_fall_through_to_the_address(clock):
     Locator(clock, fake).locate("plain.test").addBoth(got.append)
     _run(clock)
     assert _chain(got[0]) == [("UDP", "127.0.0.5", 5060)]
+
+
+def test_aaaa_records_are_asked_for_the_families_of_our_sockets(clock):
+    """An IPv4 socket asks A only, an IPv6 one AAAA only, a dual-stack one A then AAAA."""
+    found = {}
+    for name, families in (("v4", {}), ("v6", {"ipv4": False, "ipv6": True}),
+                           ("both", {"ipv6": True})):
+        got = []
+        Locator(clock, FakeDNS(clock, ZONE), **families).locate(
+            "live.example.test", 5060).addBoth(got.append)
+        _run(clock)
+        found[name] = [host for _, host, _ in _chain(got[0])]
+    assert found == {"v4": ["127.0.0.3", "127.0.0.4"], "v6": ["::1"],
+                     "both": ["127.0.0.3", "127.0.0.4", "::1"]}
 
 
 def test_a_name_that_does_not_resolve_is_an_error(clock):
