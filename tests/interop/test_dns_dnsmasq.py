@@ -3,7 +3,7 @@ dnsmasq's NAPTR, SRV, A and AAAA records, and gets past a dead first SRV target.
 import pytest
 
 from peers import Dnsmasq, PeerMissing, free_port, require_program
-from sipgw_daemon import Sipgw
+from sipgw_daemon import call_once
 
 DOMAIN = "sip.test"
 
@@ -26,25 +26,6 @@ def dnsmasq(tmp_path):
         dns.stop()
 
 
-def _call(tmp_path, dns, call_id, domain, **settings):
-    """sipgw asking ``dns`` calls bob@domain (default port: RFC 3263 decides), waits for
-    ESTABLISHED, hangs up, and returns the daemon's log."""
-    workdir = tmp_path / f"sipgw-{call_id}"
-    workdir.mkdir()
-    gw = Sipgw(str(workdir), sip_dns_servers=f"127.0.0.1:{dns.port}", **settings).start()
-    try:
-        assert gw.rest("/call/startup", {
-            "callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
-            "sipDomain": domain, "sipPort": "5060", "hasVideo": "false",
-            "toStream": f"stream-{call_id}"}) is None
-        gw.wait_status(call_id, "ESTABLISHED")
-        gw.rest("/call/terminate", {"callId": call_id})
-        gw.wait_status(call_id, "FINISH")
-    finally:
-        gw.stop()
-    return gw.log()
-
-
 def test_a_callee_found_only_through_naptr_and_srv_answers_after_a_dead_first_target(
         dnsmasq, sipp_factory, tmp_path):
     """sipDomain=sip.test with the default port: NAPTR picks TCP, SRV gives a dead target
@@ -58,13 +39,14 @@ def test_a_callee_found_only_through_naptr_and_srv_answers_after_a_dead_first_ta
         f"srv-host=_sip._tcp.{DOMAIN},live.{DOMAIN},{sipp.port},20,0",
         f"host-record=dead.{DOMAIN},127.0.0.1",
         f"host-record=live.{DOMAIN},127.0.0.1"])
-    log = _call(tmp_path, dns, "srv1", DOMAIN)
+    gw, _ = call_once(tmp_path / "sipgw", "srv1", DOMAIN,
+                      sip_dns_servers=f"127.0.0.1:{dns.port}")
     assert sipp.wait(15) == 0
     assert [m.method for m in sipp.received()] == ["INVITE", "ACK", "BYE"]
     queries = dns.queries()
     assert ("NAPTR", DOMAIN) in queries and ("SRV", f"_sip._tcp.{DOMAIN}") in queries
     assert ("A", f"live.{DOMAIN}") in queries
-    assert f"TCP:127.0.0.1:{dead_port}, trying TCP:127.0.0.1:{sipp.port}" in log
+    assert f"TCP:127.0.0.1:{dead_port}, trying TCP:127.0.0.1:{sipp.port}" in gw.log()
 
 
 def test_an_ipv6_callee_found_through_srv_and_aaaa(dnsmasq, sipp_factory, tmp_path):
@@ -73,7 +55,8 @@ def test_an_ipv6_callee_found_through_srv_and_aaaa(dnsmasq, sipp_factory, tmp_pa
     sipp = sipp_factory("uas_200.xml", transport="u1", host="::1")
     dns = dnsmasq([f"srv-host=_sip._udp.v6.{DOMAIN},live6.{DOMAIN},{sipp.port},10,0",
                    f"host-record=live6.{DOMAIN},::1"])
-    _call(tmp_path, dns, "srv6", f"v6.{DOMAIN}", sip_bind_address="::1")
+    call_once(tmp_path / "sipgw", "srv6", f"v6.{DOMAIN}", sip_bind_address="::1",
+              sip_dns_servers=f"127.0.0.1:{dns.port}")
     assert sipp.wait(15) == 0
     assert [m.method for m in sipp.received()] == ["INVITE", "ACK", "BYE"]
     queries = dns.queries()

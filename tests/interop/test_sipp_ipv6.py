@@ -5,7 +5,7 @@ import socket
 import struct
 
 from peers import wait_for
-from sipgw_daemon import Sipgw
+from sipgw_daemon import call_once
 
 
 def _send_pcmu(port: int, count: int) -> None:
@@ -17,29 +17,20 @@ def _send_pcmu(port: int, count: int) -> None:
 
 
 def test_an_ipv6_call_to_sipp_on_loopback(sipp_factory, tmp_path):
-    """INVITE, 200, ACK, BYE over IPv6: SIPp sees [::1] in the Request-URI, Via and Contact
-    and an IP6 offer; the call is ESTABLISHED with SIPp's IP6 answer, then ends FINISH."""
+    """INVITE, 200, ACK, BYE over IPv6: SIPp sees [::1] in the Via and Contact and an IP6
+    offer; the call is ESTABLISHED with SIPp's IP6 answer, RTP sent to the offer's port over
+    IPv6 is counted on the stream, and the call ends FINISH."""
     sipp = sipp_factory("uas_200.xml", transport="u1", host="::1")
-    workdir = tmp_path / "sipgw"
-    workdir.mkdir()
-    gw = Sipgw(str(workdir), sip_bind_address="::1").start()
-    try:
-        assert gw.rest("/call/startup", {
-            "callId": "v6", "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
-            "sipDomain": "[::1]", "sipPort": str(sipp.port), "hasVideo": "false",
-            "toStream": "stream-v6"}) is None
-        call = gw.wait_status("v6", "ESTABLISHED")
+
+    def rtp_over_ipv6(gw, call):
         assert "c=IN IP6 ::1" in call["sdp"]
-        # RTP over IPv6 reaches the stream: the offer's audio port is an IPv6 socket.
         offer = sipp.received("INVITE")[0].body
         _send_pcmu(int(re.search(r"m=audio (\d+)", offer).group(1)), 20)
         wait_for(lambda: gw.stream("stream-v6")["counters"].get("audio", {}).get("packets", 0)
                  >= 20, 10, "20 RTP packets over IPv6 on the stream", log=gw.log)
-        gw.rest("/call/terminate", {"callId": "v6"})
-        gw.wait_status("v6", "FINISH")
-        assert sipp.wait(15) == 0
-    finally:
-        gw.stop()
+    call_once(tmp_path / "sipgw", "v6", "[::1]", str(sipp.port), during=rtp_over_ipv6,
+              sip_bind_address="::1")
+    assert sipp.wait(15) == 0
     assert [m.method for m in sipp.received()] == ["INVITE", "ACK", "BYE"]
     invite = sipp.received("INVITE")[0]
     assert "[::1]" in invite.header("Via") and "[::1]" in invite.header("Contact")

@@ -1,6 +1,6 @@
 """Full-size SIP over UDP (RFC 3261 §18.1.1) with a real SIPp callee."""
 from peers import SCENARIOS
-from sipgw_daemon import Sipgw
+from sipgw_daemon import call_once
 
 
 def test_a_20_kb_sdp_answer_over_udp_is_accepted(sipp_factory, tmp_path):
@@ -13,19 +13,7 @@ def test_a_20_kb_sdp_answer_over_udp_is_accepted(sipp_factory, tmp_path):
     scenario = tmp_path / "uas_200_large_sdp.xml"
     scenario.write_text(text)
     sipp = sipp_factory(str(scenario), transport="u1")
-    workdir = tmp_path / "sipgw"
-    workdir.mkdir()
-    gw = Sipgw(str(workdir)).start()
-    try:
-        assert gw.rest("/call/startup", {
-            "callId": "big1", "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
-            "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false",
-            "toStream": "stream-big1"}) is None
-        call = gw.wait_status("big1", "ESTABLISHED")
-        assert len(call["sdp"]) > 20000
-        gw.rest("/call/terminate", {"callId": "big1"})
-        gw.wait_status("big1", "FINISH")
-        assert sipp.wait(15) == 0
-    finally:
-        gw.stop()
+    _, call = call_once(tmp_path / "sipgw", "big1", "127.0.0.1", str(sipp.port))
+    assert len(call["sdp"]) > 20000
+    assert sipp.wait(15) == 0
     assert len(sipp.sent(200)[0].body) > 20000

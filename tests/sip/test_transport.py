@@ -28,10 +28,10 @@ class RecordingController:
         self.errors.append((dest, why))
 
 
-def _layer():
+def _layer(bind_address="127.0.0.1"):
     reactor = UDPMemoryReactor()
     controller = RecordingController()
-    layer = TransportLayer(reactor, controller, bind_address="127.0.0.1", port=0)
+    layer = TransportLayer(reactor, controller, bind_address=bind_address, port=0)
     layer.start()
     return layer, reactor, controller
 
@@ -309,18 +309,10 @@ def test_a_9_kb_udp_response_is_read_whole():
     assert message.status == 200 and message.body == sdp
 
 
-def _dual_stack_layer():
-    reactor = UDPMemoryReactor()
-    controller = RecordingController()
-    layer = TransportLayer(reactor, controller, bind_address="::", port=0)
-    layer.start()
-    return layer, reactor, controller
-
-
 def test_a_dual_stack_socket_reaches_ipv4_peers_by_their_mapped_address():
     """Bound to ::, an IPv4 peer is written to as ::ffff:a.b.c.d (Twisted refuses a bare IPv4
     address on an IPv6 socket), and one that writes to us is seen as a.b.c.d."""
-    layer, reactor, controller = _dual_stack_layer()
+    layer, reactor, controller = _layer("::")
     port = reactor.udp_ports[layer.port]
     port.receive(INVITE, ("::ffff:192.0.2.1", 40000))
     (message, source), = controller.received
