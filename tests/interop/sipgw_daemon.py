@@ -141,18 +141,18 @@ class Sipgw:
 
 
 def call_once(workdir, call_id: str, domain: str, port: str = "5060", during=None,
-              **settings) -> tuple[Sipgw, dict]:
+              body: dict | None = None, **settings) -> tuple[Sipgw, dict]:
     """Start a daemon with ``settings`` in ``workdir`` (made here), call bob@``domain``
     (``port`` 5060: RFC 3263 decides), wait for ESTABLISHED, run ``during(gw, call)``, hang
-    up, wait for FINISH and stop the daemon. Returns it (for its log) and the ESTABLISHED
-    call."""
+    up, wait for FINISH and stop the daemon. ``body`` adds to or changes /call/startup's.
+    Returns the daemon (for its log) and the ESTABLISHED call."""
     os.makedirs(workdir)
     gw = Sipgw(str(workdir), **settings).start()
     try:
-        assert gw.rest("/call/startup", {
-            "callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
-            "sipDomain": domain, "sipPort": port, "hasVideo": "false",
-            "toStream": f"stream-{call_id}"}) is None
+        startup = {"callId": call_id, "callee": "bob", "sipLogin": "alice",
+                   "sipPassword": "s3cret", "sipDomain": domain, "sipPort": port,
+                   "hasVideo": "false", "toStream": f"stream-{call_id}", **(body or {})}
+        assert gw.rest("/call/startup", startup) is None
         call = gw.wait_status(call_id, "ESTABLISHED")
         if during is not None:
             during(gw, call)
