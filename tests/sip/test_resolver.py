@@ -309,3 +309,25 @@ def test_a_denied_record_route_name_gets_nothing(make_ua, sender, clock):
     _run(clock)
     assert _dests(sender, "ACK") == [] and _dests(sender, "BYE") == []
     assert ua.find("call1")[0]["status"] == "FINISH"
+
+
+def test_an_in_dialog_request_fails_over_between_the_named_hosts_addresses(make_ua, sender,
+                                                                          clock):
+    """A Record-Route naming a host with two addresses: a BYE answered 503 by the first goes
+    to the second in a new transaction, and the call ends when that one answers."""
+    ua = _ua(make_ua, clock)
+    ua.startup(_call(sip_domain="127.0.0.1"))
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
+        ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp"),
+        ("Record-Route", "<sip:live.example.test:5077;lr>")]), PEER)
+    _run(clock)
+    ua.terminate("call1")
+    first = sender.requests("BYE")[0]
+    ua.transactions.receive(make_response(first, 503), PEER)
+    assert _dests(sender, "BYE") == [("UDP", "127.0.0.3", 5077), ("UDP", "127.0.0.4", 5077)]
+    second = sender.requests("BYE")[1]
+    assert second.top_via.branch != first.top_via.branch
+    assert ua.find("call1")[0]["status"] != "FINISH"
+    ua.transactions.receive(make_response(second, 200), PEER)
+    assert ua.find("call1")[0]["status"] == "FINISH"

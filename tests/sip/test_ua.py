@@ -553,3 +553,15 @@ def test_an_ipv6_registration_reads_its_contact_expiry(make_ua, sender, clock):
     ua.transactions.receive(_reply(sender.requests("INVITE")[0], 180), PEER)  # still ringing
     clock.advance(100)
     assert [r.get("Expires") for r in sender.requests("REGISTER")] == ["3600", "3600"]
+
+
+def test_cancel_follows_an_invite_sent_over_tcp_for_its_size(make_ua, sender):
+    """An INVITE over 1300 bytes went over TCP (RFC 3261 §18.1.1): its CANCEL goes over TCP
+    too, with the INVITE's TCP Via (§9.1)."""
+    ua = make_ua()
+    ua.startup(_call(callee="b" * 250, visible_name="V" * 120))
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 180), PEER)
+    ua.terminate("call1")
+    assert [(m.method, t) for m, t, *_ in sender.sent] == [("INVITE", "TCP"), ("CANCEL", "TCP")]
+    assert sender.requests("CANCEL")[0].top_via.transport == "TCP"
