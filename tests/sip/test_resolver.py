@@ -263,13 +263,13 @@ def test_register_fails_over_on_a_transport_error_and_the_invite_follows(make_ua
     assert _dests(sender, "INVITE") == [("TCP", "127.0.0.3", 5080)]
 
 
-def _answer_through_proxy_test(ua, sender, clock):
-    """A call to 127.0.0.1 answered 200 with Record-Route <sip:proxy.test:5077;lr>."""
+def _answer_through_proxy_test(ua, sender, clock, host="proxy.test"):
+    """A call to 127.0.0.1 answered 200 with Record-Route <sip:HOST:5077;lr>."""
     ua.startup(_call(sip_domain="127.0.0.1"))
     invite = sender.requests("INVITE")[-1]
     ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
         ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp"),
-        ("Record-Route", "<sip:proxy.test:5077;lr>")]), PEER)
+        ("Record-Route", f"<sip:{host}:5077;lr>")]), PEER)
     _run(clock)
 
 
@@ -316,12 +316,7 @@ def test_an_in_dialog_request_fails_over_between_the_named_hosts_addresses(make_
     """A Record-Route naming a host with two addresses: a BYE answered 503 by the first goes
     to the second in a new transaction, and the call ends when that one answers."""
     ua = _ua(make_ua, clock)
-    ua.startup(_call(sip_domain="127.0.0.1"))
-    invite = sender.requests("INVITE")[-1]
-    ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
-        ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp"),
-        ("Record-Route", "<sip:live.example.test:5077;lr>")]), PEER)
-    _run(clock)
+    _answer_through_proxy_test(ua, sender, clock, "live.example.test")
     ua.terminate("call1")
     first = sender.requests("BYE")[0]
     ua.transactions.receive(make_response(first, 503), PEER)
