@@ -218,8 +218,13 @@ class Locator:
                    for r in await self._records(srv_name, dns.SRV)]
         targets = []
         for srv in order_srv(records, self.rng):
-            for address in await self._addresses(srv.target):
-                targets.append((transport, address, srv.port))
+            try:
+                addresses = await self._addresses(srv.target)
+            except Exception as exc:  # one target's name not answering: the others remain
+                log.info("DNS lookup of SRV target {target} failed: {why}", target=srv.target,
+                         why=exc.__class__.__name__)
+                continue
+            targets += [(transport, address, srv.port) for address in addresses]
         return targets
 
     async def _targets(self, host: str, port: int | None, transport: str | None,

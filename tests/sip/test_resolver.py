@@ -23,13 +23,13 @@ class FakeDNS:
 
     def __init__(self, clock, records, delay=0.01, unreachable=()):
         self.clock, self.records, self.delay = clock, records, delay
-        self.unreachable = unreachable  # record types whose queries fail (no route)
+        self.unreachable = unreachable  # record types or names whose queries fail (no route)
         self.queries = []
 
     def _answer(self, name, kind):
         name = name.decode() if isinstance(name, bytes) else name
         self.queries.append((dns.QUERY_TYPES[kind], name))
-        if kind in self.unreachable:
+        if kind in self.unreachable or name in self.unreachable:
             return defer.fail(OSError(101, "Network is unreachable"))
         d = defer.Deferred()
         found = self.records.get((kind, name))
@@ -176,6 +176,15 @@ def test_aaaa_records_are_asked_for_the_families_of_our_sockets(clock):
         found[name] = [host for _, host, _ in _chain(got[0])]
     assert found == {"v4": ["127.0.0.3", "127.0.0.4"], "v6": ["::1"],
                      "both": ["127.0.0.3", "127.0.0.4", "::1"]}
+
+
+def test_an_srv_target_whose_address_lookup_fails_is_skipped(clock):
+    """The first SRV target's A query gets no answer: the other targets are still used."""
+    fake = FakeDNS(clock, ZONE, unreachable=("dead.example.test",))
+    got = []
+    Locator(clock, fake).locate("example.test", None, "TCP").addBoth(got.append)
+    _run(clock)
+    assert _chain(got[0]) == [("TCP", "127.0.0.3", 5080), ("TCP", "127.0.0.4", 5080)]
 
 
 def test_a_name_that_does_not_resolve_is_an_error(clock):
