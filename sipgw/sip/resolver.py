@@ -18,6 +18,9 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.names.error import DNSNameError, DNSServerError, DomainError
 
+from .transaction import new_branch
+from .transport import set_top_via
+
 log = Logger(namespace="sipgw.sip.resolver")
 
 DEFAULT_PORT = 5060
@@ -57,6 +60,24 @@ def fails_over(response) -> bool:
     """RFC 3263 §4.3: a timeout (the locally made 408 of Timer B/F), a transport error (a
     local 503) or a 503 from the server sends the request to the next target."""
     return response.status == 503 or (response.status == 408 and getattr(response, "local", False))
+
+
+def send_with_failover(transactions, request, dest: Destination, on_response,
+                       moved=lambda dest: None) -> None:
+    """Send ``request`` to ``dest``; after a timeout, transport error or 503 send it again,
+    in a new transaction (new branch), to the next target (RFC 3263 §4.3), telling
+    ``moved(next)``. ``on_response`` gets the responses of the last transaction."""
+    def answered(response):
+        nxt = dest.next() if fails_over(response) else None
+        if nxt is None:
+            on_response(response)
+            return
+        log.info("{method} got {status} from {dest}, trying {next}", method=request.method,
+                 status=response.status, dest=repr(dest), next=repr(nxt))
+        moved(nxt)
+        set_top_via(request, nxt.transport, new_branch())
+        send_with_failover(transactions, request, nxt, on_response, moved)
+    transactions.send_request(request, dest.transport, dest.host, dest.port, answered)
 
 
 @dataclass(frozen=True)

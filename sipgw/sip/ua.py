@@ -27,8 +27,8 @@ from .headers import HeaderError, URI, bracket
 from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
 from .registration import Registration, account_key, new_tag
-from .resolver import Destination, Locator, fails_over
-from .transport import TransportLayer, is_ip, set_top_via
+from .resolver import Destination, Locator, fails_over, send_with_failover
+from .transport import TransportLayer, is_ip
 from ..rtp.ports import PortPool, PortsExhausted
 
 log = Logger(namespace="sipgw.sip.ua")
@@ -395,7 +395,7 @@ class UserAgent:
         if hop is not None and hop not in call.hops:
             # A Route or Contact naming a host: locate it first (RFC 3263 §4).
             def located(dest):
-                call.hops[hop] = dest
+                call.hops[hop] = self._allowed(hop[1], dest) or dest  # none: refused below
                 self.send_in_dialog(call, request, on_response)
 
             def failed(failure):
@@ -420,19 +420,18 @@ class UserAgent:
             self.transport.send(request, dest.transport, dest.host, dest.port)
             return
 
-        def answered(response):
-            nxt = dest.next() if hop is not None and fails_over(response) else None
-            if nxt is None:
-                (on_response or (lambda r: None))(response)
-                return
-            # RFC 3263 §4.3: the next target of the named hop, in a new transaction.
-            log.info("call {call_id}: {method} got {status} from {dest}, trying {next}",
-                     call_id=call.request.call_id, method=request.method,
-                     status=response.status, dest=repr(dest), next=repr(nxt))
-            call.hops[hop] = nxt
-            set_top_via(request, nxt.transport, new_branch())
-            self.send_in_dialog(call, request, on_response)
-        self.transactions.send_request(request, dest.transport, dest.host, dest.port, answered)
+        def moved(nxt):  # later requests go to the target that answered (RFC 3263 §4.3)
+            if hop is None:
+                call.dest = nxt  # the outbound proxy's next address
+            else:
+                call.hops[hop] = nxt
+        send_with_failover(self.transactions, request, dest, on_response or (lambda r: None),
+                           moved)
+
+    def _allowed(self, name: str, dest: Destination) -> Destination | None:
+        """The targets ``name`` resolved to that sip_egress allows, in order; None if none."""
+        allowed = [t for t in (tuple(dest), *dest.rest) if self.egress.allows(name, resolved=t[1])]
+        return Destination.chain(allowed) if allowed else None
 
     @staticmethod
     def _refused(request: Request, status: int, reason: str) -> Response:
@@ -473,15 +472,14 @@ class UserAgent:
             return
         # The name was checked at the REST layer; each address it resolved to is checked here.
         field = "sipOutboundProxy" if r.sip_outbound_proxy else "sipDomain"
-        targets = [tuple(dest), *dest.rest]
-        allowed = [t for t in targets if self.egress.allows(host, resolved=t[1])]
-        if not allowed:
+        allowed = self._allowed(host, dest)
+        if allowed is None:
             try:
                 self.egress.check(host, field, resolved=dest.host)
             except EgressDenied as exc:
                 call.set_status(CallStatus.FAILED, exc.message)
             return
-        call.dest = Destination.chain(allowed)
+        call.dest = allowed
         if r.sip_register_required:
             key = account_key(r)
             registration = self.registrations.get(key)

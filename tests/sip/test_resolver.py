@@ -335,3 +335,11 @@ def test_an_in_dialog_request_fails_over_between_the_named_hosts_addresses(make_
     assert ua.find("call1")[0]["status"] != "FINISH"
     ua.transactions.receive(make_response(second, 200), PEER)
     assert ua.find("call1")[0]["status"] == "FINISH"
+
+
+def test_targets_denied_by_egress_are_skipped(make_ua, sender, clock):
+    """sip_egress_deny holds the first SRV target's address: the INVITE goes to the next."""
+    ua = _ua(make_ua, clock, sip_egress_deny="127.0.0.2")
+    ua.startup(_call())
+    _run(clock)
+    assert _dests(sender, "INVITE") == [("TCP", "127.0.0.3", 5080)]
