@@ -100,6 +100,8 @@ class Config:
     sip_max_tcp_connections: int = 1000
     sip_tcp_idle_timeout: int = 300
     sip_tcp_message_timeout: int = 30
+    # DNS (RFC 3263)
+    sip_dns_servers: str = ""
 
     def __post_init__(self):
         for name in ("rest_port", "https_port", "ws_port", "wss_port", "sip_local_port", "media_port_from", "media_port_to"):
@@ -135,6 +137,11 @@ class Config:
             egress.EgressPolicy.from_config(self, "sip")
             egress.EgressPolicy.from_config(self, "rtmp")
         except policy.PolicyError as exc:
+            raise ConfigError(str(exc)) from None
+        from .sip.resolver import parse_servers
+        try:
+            parse_servers(self.sip_dns_servers)
+        except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
 

@@ -1,12 +1,14 @@
 """Fakes shared by the SIP and RTP tests: a UDP-capable fake reactor and a sender that
 records what would go on the wire."""
+import socket
+
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import InvalidAddressError
 from twisted.internet.testing import MemoryReactorClock
 
 from sipgw.sip.parser import parse
-from sipgw.sip.transport import Source
+from sipgw.sip.transport import Source, transport_for
 
 
 class RecordingSender:
@@ -22,6 +24,8 @@ class RecordingSender:
 
     def send_response(self, response, source=None):
         self.sent.append((parse(bytes(response)), source and source.transport, None, None))
+
+    transport_for = staticmethod(transport_for)
 
     def sent_by(self, host):
         return "127.0.0.1"
@@ -47,13 +51,23 @@ PEER = Source("UDP", "127.0.0.1", 5060)
 class FakeUDPPort:
     """What listenUDP returns: records the datagrams written."""
 
-    def __init__(self, reactor, port, proto, interface):
+    def __init__(self, reactor, port, proto, interface, max_packet_size=8192):
         self.reactor, self.port, self.proto, self.interface = reactor, port, proto, interface
+        self.max_packet_size = max_packet_size
+        self.addressFamily = socket.AF_INET6 if ":" in (interface or "") else socket.AF_INET
         self.written = []
+
+    def receive(self, data, addr):
+        """A datagram arrives: cut at maxPacketSize, as the kernel's recvfrom does."""
+        self.proto.datagramReceived(data[:self.max_packet_size], addr)
 
     def write(self, data, addr):
         if not (isIPAddress(addr[0]) or isIPv6Address(addr[0])):  # as twisted.internet.udp does
             raise InvalidAddressError(addr[0], "write() only accepts IP addresses, not hostnames")
+        if isIPAddress(addr[0]) and self.addressFamily == socket.AF_INET6:  # as Twisted does
+            raise InvalidAddressError(addr[0], "IPv6 port write() called with IPv4 address")
+        if isIPv6Address(addr[0]) and self.addressFamily == socket.AF_INET:
+            raise InvalidAddressError(addr[0], "IPv4 port write() called with IPv6 address")
         self.written.append((data, addr))
 
     def getHost(self):
@@ -74,7 +88,7 @@ class UDPMemoryReactor(MemoryReactorClock):
     def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
         if port == 0:
             port, self._next_port = self._next_port, self._next_port + 1
-        fake = FakeUDPPort(self, port, protocol, interface)
+        fake = FakeUDPPort(self, port, protocol, interface, maxPacketSize)
         self.udp_ports[port] = fake
         protocol.makeConnection(fake)
         return fake

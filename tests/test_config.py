@@ -88,6 +88,7 @@ def test_overrides_are_typed():
     ({"rest_prot": "1"}, "unknown setting(s): rest_prot (did you mean rest_port?)"),
     ({"media_port_from": "5000", "media_port_to": "4000"}, "media_port_from must be below"),
     ({"call_retention": "-1"}, "call_retention must not be negative"),
+    ({"sip_dns_servers": "dns.example.org"}, "sip_dns_servers: 'dns.example.org' is not an IP"),
 ])
 def test_bad_values_name_the_setting(overrides, message):
     """Every unusable setting raises ConfigError naming the key."""

@@ -18,6 +18,7 @@ PACKAGES=(
     libnginx-mod-rtmp # nginx-rtmp: live RTMP read-back of pushed streams
     chromium          # headless browser playing streams over WebRTC
     chromium-driver   # /usr/bin/chromedriver for selenium (nothing downloaded)
+    dnsmasq-base      # local DNS server (NAPTR/SRV/A/AAAA) for the RFC 3263 tests
 )
 if ! command -v npm >/dev/null 2>&1; then
     PACKAGES+=(npm)   # installs the WebSDK below (Debian's npm brings nodejs)

@@ -138,6 +138,12 @@ def quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def bracket(host: str) -> str:
+    """A host as it goes in a URI, Via or Contact: an IPv6 address in brackets (RFC 3261
+    §25.1 IPv6reference)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 @dataclass
 class URI:
     """A sip:/sips:/tel: URI (RFC 3261 §19.1)."""
@@ -193,7 +199,7 @@ class URI:
             if self.password is not None:
                 out += ":" + self.password
             out += "@"
-        out += self.host
+        out += bracket(self.host)
         if self.port is not None:
             out += f":{self.port}"
         out += format_params(self.params)

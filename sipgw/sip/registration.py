@@ -11,22 +11,13 @@ from ..calls import CallError, CallRequest
 from .auth import ChallengeAnswerer, DigestClient
 from .headers import URI
 from .message import Request, Response
+from .resolver import Destination, fails_over
 
 log = Logger(namespace="sipgw.sip.ua")
 
 
 def new_tag() -> str:
     return secrets.token_hex(6)
-
-
-class Destination:
-    """Where requests of one account go: transport, resolved host, port."""
-
-    def __init__(self, transport: str, host: str, port: int):
-        self.transport, self.host, self.port = transport, host, port
-
-    def __repr__(self):
-        return f"{self.transport}:{self.host}:{self.port}"
 
 
 class Registration:
@@ -80,6 +71,12 @@ class Registration:
     def _on_response(self, request: Request, expires: int, response: Response) -> None:
         if response.status < 200:
             return
+        if fails_over(response) and self.dest.rest:  # RFC 3263 §4.3: the next target
+            log.info("REGISTER {aor}: {status} from {dest}, trying {next}", aor=str(self.aor),
+                     status=response.status, dest=repr(self.dest), next=repr(self.dest.next()))
+            self.dest = self.dest.next()
+            self._send(expires, [])
+            return
         if response.status in (401, 407):
             headers = self._auth.headers_for(response, "REGISTER", str(self.registrar), b"")
             if headers is not None:
@@ -116,7 +113,7 @@ class Registration:
     def _granted(self, response: Response, asked: int) -> int:
         for contact in response.contacts:
             value = contact.params.get("expires")
-            if value and value.isascii() and value.isdigit() and contact.uri.host in (self.ua.transport.sent_by(self.dest.host),):
+            if value and value.isascii() and value.isdigit() and contact.uri.host.strip("[]") == self.ua.transport.sent_by(self.dest.host):
                 return int(value)
         expires = response.get("Expires")
         return int(expires) if expires and expires.isascii() and expires.isdigit() else asked

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from .message import Request, Response, make_response
 from ..loglimit import LogLimiter, held_back
+from .transport import set_top_via
 
 log = Logger(namespace="sipgw.sip.transaction")
 
@@ -75,6 +76,7 @@ class ClientTransaction(_Transaction):
         self.key = (request.top_via.branch, request.method)
         self._interval = T1
         self.last_ack: Request | None = None
+        self.udp_fallback = False  # sent over TCP only for its size (§18.1.1)
 
     def start(self) -> None:
         self.state = "calling" if self.invite else "trying"
@@ -112,6 +114,15 @@ class ClientTransaction(_Transaction):
             self._terminate()
 
     def transport_failed(self, why: str) -> None:
+        if self.udp_fallback and self.state in ("calling", "trying"):
+            # §18.1.1: TCP chosen only for the size was refused: retry over UDP.
+            log.info("{method} to {host}:{port}: TCP failed ({why}), retried over UDP",
+                     method=self.request.method, host=self.host, port=self.port, why=why)
+            self.udp_fallback = False
+            self.transport, self.reliable = "UDP", False
+            set_top_via(self.request, "UDP")
+            self.start()
+            return
         if self.state in ("calling", "trying", "proceeding"):
             self._terminate()
             self.on_response(local_response(self.request, 503, f"Transport Error: {why}"))
@@ -261,7 +272,9 @@ class TransactionLayer:
 
     def send_request(self, request: Request, transport: str, host: str, port: int,
                      on_response) -> ClientTransaction:
-        tx = ClientTransaction(self, request, transport, host, port, on_response)
+        chosen = self.sender.transport_for(request, transport)
+        tx = ClientTransaction(self, request, chosen, host, port, on_response)
+        tx.udp_fallback = chosen != transport
         self.client[tx.key] = tx
         tx.start()
         if request.method == "CANCEL":

@@ -17,10 +17,42 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 
 from ..loglimit import LogLimiter, held_back
+from .headers import Via
 from .message import Request, Response, make_response
 from .parser import MAX_MESSAGE_SIZE, ParseError, StreamParser, parse
 
 log = Logger(namespace="sipgw.sip.transport")
+
+# RFC 3261 §18.1.1: with the path MTU unknown, a request larger than 1300 bytes goes over a
+# congestion-controlled transport (TCP), not UDP.
+UDP_SIZE_THRESHOLD = 1300
+
+
+def set_top_via(request: Request, transport: str, branch: str | None = None) -> None:
+    """Change the transport of the top Via (§18.1.1: it must say what carries the request),
+    and its branch when the request goes out again as a new transaction."""
+    vias = request.get_all("Via")
+    top = Via.parse(vias[0])
+    top.transport = transport
+    if branch:
+        top.params["branch"] = branch
+    request.remove("Via")
+    for value in [str(top)] + vias[1:]:
+        request.add("Via", value)
+
+
+def transport_for(request: Request, transport: str) -> str:
+    """The transport a request really goes over: TCP instead of UDP when it is larger than
+    UDP_SIZE_THRESHOLD (RFC 3261 §18.1.1), with its top Via changed to say so."""
+    if transport != "UDP" or request.method == "ACK":
+        return transport
+    size = len(bytes(request))
+    if size <= UDP_SIZE_THRESHOLD:
+        return transport
+    set_top_via(request, "TCP")
+    log.info("{method} of {size} bytes sent over TCP, not UDP: larger than {limit} bytes "
+             "(RFC 3261 §18.1.1)", method=request.method, size=size, limit=UDP_SIZE_THRESHOLD)
+    return "TCP"
 
 
 @dataclass(frozen=True)
@@ -46,6 +78,11 @@ def local_address_for(host: str) -> str:
             return "127.0.0.1"
 
 
+def unmapped(host: str) -> str:
+    """An IPv4 peer of a dual-stack (``::``) socket shows as ::ffff:a.b.c.d: a.b.c.d."""
+    return host[7:] if host.lower().startswith("::ffff:") and "." in host else host
+
+
 def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -63,12 +100,13 @@ class _UDPProtocol(protocol.DatagramProtocol):
         if not data.strip(b"\r\n"):
             return  # RFC 5626 keep-alive
         self.layer.bytes_received += len(data)
+        source = Source("UDP", unmapped(addr[0]), addr[1])
         try:
             message = parse(data, self.layer.max_size)
         except ParseError as exc:
-            self.layer.reject(exc, Source("UDP", addr[0], addr[1]))
+            self.layer.reject(exc, source)
             return
-        self.layer.deliver(message, Source("UDP", addr[0], addr[1]))
+        self.layer.deliver(message, source)
 
 
 class _TCPProtocol(protocol.Protocol):
@@ -88,7 +126,7 @@ class _TCPProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        self.peer = (peer.host, peer.port)
+        self.peer = (unmapped(peer.host), peer.port)
         layer = self.layer
         if self.inbound and layer.max_tcp_connections and layer.tcp_open >= layer.max_tcp_connections:
             layer.note(peer.host, "SIP TCP connection from {host} refused: "
@@ -197,7 +235,10 @@ class TransportLayer:
         self._tcp = None
 
     def start(self) -> None:
-        self._udp = self.reactor.listenUDP(self.port, _UDPProtocol(self), interface=self.bind_address)
+        # Read whole datagrams up to sip_max_message_size (Twisted cuts at 8,192 by default);
+        # one byte more lets the parser refuse a larger one as too large, not as truncated.
+        self._udp = self.reactor.listenUDP(self.port, _UDPProtocol(self), interface=self.bind_address,
+                                           maxPacketSize=self.max_size + 1)
         self.port = self._udp.getHost().port
         self._tcp = self.reactor.listenTCP(self.port, self.factory, interface=self.bind_address)
         log.info("SIP listening on {addr}:{port} (UDP and TCP)", addr=self.bind_address, port=self.port)
@@ -266,6 +307,8 @@ class TransportLayer:
             self.send_response(response, source)
 
     # -- outbound ----------------------------------------------------------
+    transport_for = staticmethod(transport_for)
+
     def send(self, message, transport: str, host: str, port: int) -> None:
         """Send a request (or ACK) to host:port over the named transport."""
         data = bytes(message)
@@ -275,9 +318,14 @@ class TransportLayer:
                 conn = self._connect(host, port)
             conn.send(data)
         else:
+            address = host.strip("[]")
+            if getattr(self._udp, "addressFamily", None) == socket.AF_INET6 and "." in address:
+                address = "::ffff:" + address  # an IPv4 peer through a dual-stack socket
             try:
-                self._udp.write(data, (host, port))
-            except OSError as exc:  # e.g. no route to host: fail the transaction, not us
+                self._udp.write(data, (address, port))
+            except (OSError, ValueError) as exc:
+                # No route to host, or an address of the other family (an IPv6 Record-Route
+                # on an IPv4 socket): fail the transaction, not us.
                 log.warn("SIP UDP send to {host}:{port} failed: {why}", host=host, port=port,
                          why=str(exc))
                 self.reactor.callLater(0, self.controller.transport_error, (host, port), str(exc))

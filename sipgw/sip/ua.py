@@ -23,10 +23,11 @@ from ..streams.stream import Stream, StreamStatus
 from . import sdp as sdplib
 from .auth import ChallengeAnswerer, DigestClient
 from .dialog import Dialog
-from .headers import HeaderError, URI
+from .headers import HeaderError, URI, bracket
 from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
-from .registration import Destination, Registration, account_key, new_tag
+from .registration import Registration, account_key, new_tag
+from .resolver import Destination, Locator, fails_over, send_with_failover
 from .transport import TransportLayer, is_ip
 from ..rtp.ports import PortPool, PortsExhausted
 
@@ -57,6 +58,7 @@ class Call:
         self.local_tag = new_tag()
         self.cseq = 0
         self.dest: Destination | None = None
+        self.hops: dict[tuple, Destination] = {}  # in-dialog next hops named by host name
         self.invite: Request | None = None
         self.invite_tx = None
         self.provisional = False
@@ -166,6 +168,14 @@ class Call:
         if status < 300:
             self.on_2xx(response)
             return
+        if fails_over(response) and self.dest.rest and not self.cancel_requested:
+            # RFC 3263 §4.3: a timeout, transport error or 503: the next target.
+            log.info("call {call_id}: {status} from {dest}, trying {next}",
+                     call_id=self.request.call_id, status=status, dest=repr(self.dest),
+                     next=repr(self.dest.next()))
+            self.dest = self.dest.next()
+            self.send_invite()
+            return
         if status in (401, 407) and not self.cancel_requested:
             headers = self._auth.headers_for(response, "INVITE", str(self.invite.uri),
                                              self.invite.body)
@@ -252,7 +262,8 @@ class Call:
                    ("CSeq", f"{inv.cseq.seq} CANCEL")]
         headers += [("Route", r) for r in inv.get_all("Route")]
         cancel = Request("CANCEL", inv.uri, headers)
-        self.ua.transactions.send_request(cancel, self.dest.transport, self.dest.host,
+        # The INVITE's own transport: TCP when it was too large for UDP (§18.1.1).
+        self.ua.transactions.send_request(cancel, self.invite_tx.transport, self.dest.host,
                                           self.dest.port, lambda r: None)
         # If no final response arrives, the INVITE is as good as cancelled (§9.1).
         self.later(64 * T1, self.set_status, CallStatus.FINISH, TERMINATED_BY_REST)
@@ -288,9 +299,15 @@ class Call:
 class UserAgent:
     """Transaction user for every call and registration of this daemon."""
 
-    def __init__(self, reactor, config, ports=None, streams: StreamRegistry | None = None):
+    def __init__(self, reactor, config, ports=None, streams: StreamRegistry | None = None,
+                 dns=None):
         self.reactor = reactor
         self.config = config
+        # RFC 3263 through twisted.names (``dns``: an IResolver, else sip_dns_servers')
+        # A records for an IPv4 socket, AAAA for an IPv6 one, both for a dual-stack "::".
+        ipv6 = ":" in config.sip_bind_address
+        self.locator = Locator(reactor, dns, config.sip_dns_servers, ipv6=ipv6,
+                               ipv4=not ipv6 or config.sip_bind_address == "::")
         self.ports = ports or PortPool(config.media_port_from, config.media_port_to,
                                        config.sip_bind_address)
         self.transactions = TransactionLayer(reactor, tu=self,
@@ -321,18 +338,20 @@ class UserAgent:
 
     # -- addressing --------------------------------------------------------
     def via(self, dest: Destination, branch: str | None = None) -> str:
-        host = self.transport.sent_by(dest.host)
+        host = bracket(self.transport.sent_by(dest.host))
         return f"SIP/2.0/{dest.transport} {host}:{self.transport.port};branch={branch or new_branch()};rport"
 
     def contact(self, user: str, dest: Destination) -> str:
-        host = self.transport.sent_by(dest.host)
+        host = bracket(self.transport.sent_by(dest.host))
         params = ";transport=tcp" if dest.transport == "TCP" else ""
         return f"<sip:{user}@{host}:{self.transport.port}{params}>"
 
-    def first_hop(self, r: CallRequest) -> tuple[str, str, int]:
+    def first_hop(self, r: CallRequest) -> tuple[str | None, str, int | None]:
         """(transport, host, port) for out-of-dialog requests: the outbound proxy if
-        given, else the domain at sipPort."""
-        transport = "TCP" if self.config.sip_use_tcp_transport else "UDP"
+        given, else the domain at sipPort. None where nothing was asked: RFC 3263 finds it
+        (sipPort 5060 is the default WCS forms always send, so it counts as none)."""
+        transport = "TCP" if self.config.sip_use_tcp_transport else None
+        default_port = r.sip_port if r.sip_port != 5060 else None
         if r.sip_outbound_proxy:
             text = r.sip_outbound_proxy
             hostport = text.split(";")[0]
@@ -341,14 +360,12 @@ class UserAgent:
             uri = URI.parse(text if text.startswith(("sip:", "sips:")) else "sip:" + text)
             if "transport" in uri.params:
                 transport = uri.transport.upper()
-            return transport, uri.host, uri.port or r.sip_port
-        return transport, r.sip_domain, r.sip_port
+            return transport, uri.host, uri.port or default_port
+        return transport, r.sip_domain, default_port
 
-    def resolve(self, host: str) -> defer.Deferred:
-        host = host.strip("[]")
-        if is_ip(host):
-            return defer.succeed(host)
-        return self.reactor.resolve(host)
+    def resolve(self, transport: str | None, host: str, port: int | None) -> defer.Deferred:
+        """A Deferred Destination chain for a URI's parts (RFC 3263 §4)."""
+        return self.locator.locate(host, port, transport)
 
     def in_dialog_destination(self, call: Call) -> Destination:
         """Next hop of an in-dialog request: the top route, else the outbound proxy,
@@ -359,27 +376,68 @@ class UserAgent:
         uri = dialog.next_hop()
         transport = uri.params.get("transport", call.dest.transport).upper()
         host = uri.host.strip("[]")
-        if not is_ip(host):
-            return call.dest  # names other than the resolved first hop: reuse that hop
+        if not is_ip(host):  # resolved by send_in_dialog (RFC 3263 §4); till then the first hop
+            return call.hops.get(self._named_hop(call), call.dest)
         return Destination(transport, host, uri.port or 5060)
 
+    def _named_hop(self, call: Call) -> tuple | None:
+        """(transport, host, port) of an in-dialog next hop that is a host name, else None."""
+        if call.dialog is None or (not call.dialog.route_set and call.request.sip_outbound_proxy):
+            return None
+        uri = call.dialog.next_hop()
+        if is_ip(uri.host):
+            return None
+        transport = uri.params.get("transport")
+        return (transport.upper() if transport else None, uri.host, uri.port)
+
     def send_in_dialog(self, call: Call, request: Request, on_response=None) -> None:
+        hop = self._named_hop(call)
+        if hop is not None and hop not in call.hops:
+            # A Route or Contact naming a host: locate it first (RFC 3263 §4).
+            def located(dest):
+                call.hops[hop] = self._allowed(hop[1], dest) or dest  # none: refused below
+                self.send_in_dialog(call, request, on_response)
+
+            def failed(failure):
+                log.warn("call {call_id}: cannot resolve {host}: {why}", host=hop[1],
+                         call_id=call.request.call_id, why=failure.getErrorMessage())
+                if on_response is not None and request.method != "ACK":
+                    on_response(self._refused(request, 503, f"Cannot resolve {hop[1]}"))
+            self.locator.locate(hop[1], hop[2], hop[0], call.dest.transport).addCallbacks(
+                located, failed)
+            return
         dest = self.in_dialog_destination(call)
-        if not self.egress.allows(dest.host):
+        if not self.egress.allows(hop[1] if hop else dest.host, resolved=dest.host):
             # The peer's Contact or Record-Route names a denied address: send nothing there;
             # the request fails at once as if refused (a BYE still ends the call).
             log.warn("call {call_id}: {method} to {host} refused by sip_egress",
                      call_id=call.request.call_id, method=request.method, host=dest.host)
             if on_response is not None and request.method != "ACK":
-                refused = make_response(request, 403, "Denied by sip_egress")
-                refused.local = True
-                self.reactor.callLater(0, on_response, refused)
+                self.reactor.callLater(0, on_response,
+                                       self._refused(request, 403, "Denied by sip_egress"))
             return
         if request.method == "ACK":
             self.transport.send(request, dest.transport, dest.host, dest.port)
             return
-        self.transactions.send_request(request, dest.transport, dest.host, dest.port,
-                                       on_response or (lambda r: None))
+
+        def moved(nxt):  # later requests go to the target that answered (RFC 3263 §4.3)
+            if hop is None:
+                call.dest = nxt  # the outbound proxy's next address
+            else:
+                call.hops[hop] = nxt
+        send_with_failover(self.transactions, request, dest, on_response or (lambda r: None),
+                           moved)
+
+    def _allowed(self, name: str, dest: Destination) -> Destination | None:
+        """The targets ``name`` resolved to that sip_egress allows, in order; None if none."""
+        allowed = [t for t in (tuple(dest), *dest.rest) if self.egress.allows(name, resolved=t[1])]
+        return Destination.chain(allowed) if allowed else None
+
+    @staticmethod
+    def _refused(request: Request, status: int, reason: str) -> Response:
+        refused = make_response(request, status, reason)
+        refused.local = True
+        return refused
 
     # -- the manager interface (REST) -----------------------------------------
     def startup(self, request: CallRequest) -> None:
@@ -410,17 +468,20 @@ class UserAgent:
         r = call.request
         transport, host, port = self.first_hop(r)
         try:
-            address = await self.resolve(host)
+            dest = await self.resolve(transport, host, port)
         except Exception as exc:  # DNS failure: the call fails, the daemon goes on
             call.set_status(CallStatus.FAILED, f"Cannot resolve {host}: {exc.__class__.__name__}")
             return
-        try:  # the name was checked at the REST layer; its address is checked here
-            self.egress.check(host, "sipOutboundProxy" if r.sip_outbound_proxy else "sipDomain",
-                              resolved=address)
-        except EgressDenied as exc:
-            call.set_status(CallStatus.FAILED, exc.message)
+        # The name was checked at the REST layer; each address it resolved to is checked here.
+        field = "sipOutboundProxy" if r.sip_outbound_proxy else "sipDomain"
+        allowed = self._allowed(host, dest)
+        if allowed is None:
+            try:
+                self.egress.check(host, field, resolved=dest.host)
+            except EgressDenied as exc:
+                call.set_status(CallStatus.FAILED, exc.message)
             return
-        call.dest = Destination(transport, address, port)
+        call.dest = allowed
         if r.sip_register_required:
             key = account_key(r)
             registration = self.registrations.get(key)
@@ -429,6 +490,7 @@ class UserAgent:
             registration.users += 1
             call.registration = registration
             await registration.ensure()
+            call.dest = registration.dest  # the target that answered (RFC 3263 §4.3)
         if call.status.ended:
             return
         self._prepare_offer(call)

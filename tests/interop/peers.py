@@ -99,7 +99,7 @@ def free_port(kind: str = "udp", count: int = 1) -> int:
 
 
 def bound_ports(pids: Iterable[int], proto: str) -> set[int]:
-    """Ports of the IPv4 sockets that ``pids`` hold: bound (udp) or listening (tcp)."""
+    """Ports of the IPv4 and IPv6 sockets that ``pids`` hold: bound (udp) or listening (tcp)."""
     inodes = set()
     for pid in pids:
         try:
@@ -114,15 +114,20 @@ def bound_ports(pids: Iterable[int], proto: str) -> set[int]:
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
     ports = set()
-    with open(f"/proc/net/{proto}") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if proto == "tcp" and state != "0A":  # TCP_LISTEN
-                continue
-            if inode in inodes:
-                ports.add(int(local.split(":")[1], 16))
+    for table_name in (proto, proto + "6"):
+        try:
+            table = open(f"/proc/net/{table_name}")
+        except FileNotFoundError:  # no IPv6 in this kernel
+            continue
+        with table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if proto == "tcp" and state != "0A":  # TCP_LISTEN
+                    continue
+                if inode in inodes:
+                    ports.add(int(local.split(":")[1], 16))
     return ports
 
 
@@ -392,6 +397,7 @@ class Sipp(_Peer):
     ``pause_ms`` is -d: the length of every <pause/> and <timewait/> without
     milliseconds (the UAS scenarios' final timewait, the UACs' call length).
     ``timeout_s`` is SIPp's own global timeout: it then exits with an error.
+    ``host`` is the address its SIP and media sockets use (``::1`` for IPv6).
     """
 
     program = "sipp"
@@ -411,8 +417,10 @@ class Sipp(_Peer):
         pause_ms: int = 0,
         timeout_s: float = 60,
         trace: bool = True,
+        host: str = HOST,
     ) -> None:
         super().__init__(tmpdir)
+        self.host = host
         if transport not in ("u1", "t1", "un", "tn"):
             raise ValueError(f"transport must be u1, t1, un or tn, not {transport!r}")
         path = Path(scenario)
@@ -442,16 +450,17 @@ class Sipp(_Peer):
     @property
     def uri_host(self) -> str:
         """host:port to put in a SIP URI that reaches this SIPp."""
-        return f"{HOST}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def command(self) -> list[str]:
         argv = [
             require_program("sipp"),
             "-sf", str(self.scenario),
             "-t", self.transport,
-            "-i", HOST, "-p", str(self.port), "-bind_local",
+            "-i", self.host, "-p", str(self.port), "-bind_local",
             "-ci", HOST, "-cp", str(self.control_port),
-            "-mi", HOST, "-mp", str(self.media_port),
+            "-mi", self.host, "-mp", str(self.media_port),
             "-nostdin",
             "-d", str(self.pause_ms),
             "-timeout", f"{self.timeout_s:g}s", "-timeout_error",
@@ -1031,6 +1040,56 @@ class NginxRtmp(_Peer):
         self.process = None
         time.sleep(down_for)
         return self.start(timeout)
+
+
+# --------------------------------------------------------------------------
+# dnsmasq: a local DNS server for RFC 3263 (NAPTR, SRV, A, AAAA)
+
+
+class Dnsmasq(_Peer):
+    """dnsmasq answering from its own records only, on 127.0.0.1:``port`` (UDP and TCP).
+
+    ``records`` are dnsmasq options without the dashes, e.g.
+    ``"srv-host=_sip._udp.sip.test,live.sip.test,5060,10,0"``, ``"naptr-record=..."``,
+    ``"host-record=live.sip.test,127.0.0.1"``. ``domain`` is answered locally (NXDOMAIN for
+    what is not listed); nothing is forwarded, no hosts file or resolv.conf is read, and
+    every query is logged (``queries()``).
+    """
+
+    program = "dnsmasq"
+
+    def __init__(self, tmpdir: str | os.PathLike, *, port: int, domain: str,
+                 records: Iterable[str]) -> None:
+        super().__init__(Path(tmpdir) / f"dnsmasq-{port}")
+        self.port = port
+        self.domain = domain
+        self.records = list(records)
+
+    def command(self) -> list[str]:
+        argv = [require_program("dnsmasq"), "--keep-in-foreground", "--conf-file=/dev/null",
+                f"--port={self.port}", f"--listen-address={HOST}", "--bind-interfaces",
+                "--no-resolv", "--no-hosts", "--no-poll", "--no-negcache",
+                f"--local=/{self.domain}/", f"--pid-file={self.tmpdir}/dnsmasq.pid",
+                "--log-queries", "--log-facility=-"]
+        if os.geteuid() == 0:
+            argv.append("--user=root")  # stays able to write its log in pytest's 0700 tmp
+        return argv + [f"--{record}" for record in self.records]
+
+    def start(self, timeout: float = 10) -> Dnsmasq:
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
+        self._spawn(self.command(), "dnsmasq.log")
+
+        def ready() -> bool:
+            assert self.pid is not None
+            return self.port in bound_ports([self.pid], "udp")
+
+        wait_for(ready, timeout, f"dnsmasq to bind {HOST}:{self.port}", process=self.process,
+                 log=self.log)
+        return self
+
+    def queries(self) -> list[tuple[str, str]]:
+        """(type, name) of every query it received, in order."""
+        return re.findall(r"query\[(\w+)\] (\S+) from", self.log())
 
 
 # --------------------------------------------------------------------------

@@ -138,3 +138,26 @@ class Sipgw:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(5)
+
+
+def call_once(workdir, call_id: str, domain: str, port: str = "5060", during=None,
+              body: dict | None = None, **settings) -> tuple[Sipgw, dict]:
+    """Start a daemon with ``settings`` in ``workdir`` (made here), call bob@``domain``
+    (``port`` 5060: RFC 3263 decides), wait for ESTABLISHED, run ``during(gw, call)``, hang
+    up, wait for FINISH and stop the daemon. ``body`` adds to or changes /call/startup's.
+    Returns the daemon (for its log) and the ESTABLISHED call."""
+    os.makedirs(workdir)
+    gw = Sipgw(str(workdir), **settings).start()
+    try:
+        startup = {"callId": call_id, "callee": "bob", "sipLogin": "alice",
+                   "sipPassword": "s3cret", "sipDomain": domain, "sipPort": port,
+                   "hasVideo": "false", "toStream": f"stream-{call_id}", **(body or {})}
+        assert gw.rest("/call/startup", startup) is None
+        call = gw.wait_status(call_id, "ESTABLISHED")
+        if during is not None:
+            during(gw, call)
+        gw.rest("/call/terminate", {"callId": call_id})
+        gw.wait_status(call_id, "FINISH")
+    finally:
+        gw.stop()
+    return gw, call

@@ -248,3 +248,38 @@ def test_respond_once_keeps_no_state_and_never_retransmits(clock, sender):
     clock.advance(64 * T1)
     assert [r.status for r in sender.responses()] == [603]
     assert layer.server == {} and clock.getDelayedCalls() == []
+
+
+def _large_request():
+    request = _request()
+    request.body = b"v=0\r\n" + b"a=x-filler:" + b"x" * 1400 + b"\r\n"
+    return request
+
+
+def test_a_request_larger_than_1300_bytes_goes_over_tcp(clock, sender):
+    """RFC 3261 §18.1.1: a request over 1300 bytes meant for UDP is sent over TCP, its top
+    Via saying TCP, and is not retransmitted (TCP is reliable); the log says why."""
+    from twisted.logger import globalLogPublisher
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        layer = _layer(clock, sender)
+        layer.send_request(_large_request(), "UDP", "127.0.0.1", 5060, lambda r: None)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    clock.advance(5)
+    (message, transport, host, port), = sender.sent
+    assert (transport, message.top_via.transport) == ("TCP", "TCP")
+    assert any("sent over TCP" in e.get("log_format", "") for e in logged)
+
+
+def test_a_large_request_falls_back_to_udp_when_tcp_fails(clock, sender):
+    """§18.1.1: when the TCP connection for a request sent over TCP only for its size
+    fails, the request is retried over UDP."""
+    layer = _layer(clock, sender)
+    got = []
+    layer.send_request(_large_request(), "UDP", "127.0.0.1", 5060, got.append)
+    layer.transport_error(("127.0.0.1", 5060), "Connection refused")
+    assert got == []
+    (_, first, *_), (retry, second, *_) = sender.sent
+    assert (first, second, retry.top_via.transport) == ("TCP", "UDP", "UDP")

@@ -28,10 +28,10 @@ class RecordingController:
         self.errors.append((dest, why))
 
 
-def _layer():
+def _layer(bind_address="127.0.0.1"):
     reactor = UDPMemoryReactor()
     controller = RecordingController()
-    layer = TransportLayer(reactor, controller, bind_address="127.0.0.1", port=0)
+    layer = TransportLayer(reactor, controller, bind_address=bind_address, port=0)
     layer.start()
     return layer, reactor, controller
 
@@ -293,3 +293,40 @@ def test_a_message_trickled_slower_than_the_message_timeout_is_cut():
         proto.dataReceived(tcp_invite[i:i + 1])
         reactor.advance(1.5)
     assert transport.disconnecting and len(controller.received) == 1
+
+
+def test_a_9_kb_udp_response_is_read_whole():
+    """A 9 KB 200 OK over UDP arrives whole: the socket reads up to sip_max_message_size,
+    not Twisted's default 8,192 bytes."""
+    layer, reactor, controller = _layer()
+    sdp = b"v=0\r\n" + b"a=x-filler:" + b"x" * 9000 + b"\r\n"
+    response = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa\r\n"
+                b"From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c@x\r\n"
+                b"CSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n"
+                b"Content-Length: " + str(len(sdp)).encode() + b"\r\n\r\n" + sdp)
+    reactor.udp_ports[layer.port].receive(response, ("127.0.0.1", 5060))
+    (message, source), = controller.received
+    assert message.status == 200 and message.body == sdp
+
+
+def test_a_dual_stack_socket_reaches_ipv4_peers_by_their_mapped_address():
+    """Bound to ::, an IPv4 peer is written to as ::ffff:a.b.c.d (Twisted refuses a bare IPv4
+    address on an IPv6 socket), and one that writes to us is seen as a.b.c.d."""
+    layer, reactor, controller = _layer("::")
+    port = reactor.udp_ports[layer.port]
+    port.receive(INVITE, ("::ffff:192.0.2.1", 40000))
+    (message, source), = controller.received
+    assert (source.host, message.top_via.params["received"]) == ("192.0.2.1", "192.0.2.1")
+    layer.send_response(make_response(message, 200), source)
+    layer.send(message, "UDP", "::1", 5060)
+    assert [addr for _, addr in port.written] == [("::ffff:192.0.2.1", 40000), ("::1", 5060)]
+
+
+def test_an_address_of_the_other_family_is_a_transport_error():
+    """An IPv6 destination on an IPv4 socket fails the transaction (transport error), it
+    does not raise into the caller."""
+    layer, reactor, controller = _layer()
+    layer.send(parse(INVITE), "UDP", "2001:db8::1", 5060)
+    reactor.advance(0)
+    (dest, why), = controller.errors
+    assert dest == ("2001:db8::1", 5060)

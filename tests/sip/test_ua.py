@@ -523,7 +523,9 @@ def test_a_domain_resolving_to_a_denied_address_fails_before_any_packet(make_ua,
     with the reason and no packet is sent."""
     from twisted.internet import defer
     ua = make_ua()
-    ua.resolve = lambda host: defer.succeed("169.254.169.254")
+    from sipgw.sip.resolver import Destination
+    ua.resolve = lambda transport, host, port: defer.succeed(
+        Destination("UDP", "169.254.169.254", 5060))
     ua.startup(_call(sip_domain="pbx.example.org"))
     call = ua.find("call1")[0]
     assert call["status"] == "FAILED"
@@ -545,3 +547,41 @@ def test_in_dialog_requests_never_go_to_a_denied_contact(make_ua, sender, clock)
     clock.advance(0)
     assert [m.method for m in sender.requests()] == ["INVITE"]
     assert _status(ua) == "FINISH"
+
+
+def test_ipv6_hosts_are_bracketed_in_uris_via_and_contact(make_ua, sender):
+    """Calling [::1] from ::1: the Request-URI, Via and Contact carry [::1] (RFC 3261 §25.1)
+    and the SDP offer says c=IN IP6 ::1 (RFC 4566)."""
+    sender.sent_by = lambda host: "::1"
+    ua = make_ua()
+    ua.startup(_call(sip_domain="::1", sip_port=5099))
+    (msg, transport, host, port), = sender.sent
+    assert (str(msg.uri), host, port) == ("sip:bob@[::1]:5099", "::1", 5099)
+    assert msg.top_via.host == "[::1]" and msg.contacts[0].uri.host == "[::1]"
+    assert b"c=IN IP6 ::1" in msg.body
+
+
+def test_an_ipv6_registration_reads_its_contact_expiry(make_ua, sender, clock):
+    """Registered from [::1], the expiry granted on our bracketed Contact (120 s) wins over
+    the Expires header: the binding is refreshed before 120 s, not after an hour."""
+    sender.sent_by = lambda host: "::1"
+    ua = make_ua()
+    ua.startup(_call(sip_domain="::1", sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[
+        ("Contact", "<sip:alice@[::1]:5070>;expires=120"), ("Expires", "3600")]), PEER)
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 180), PEER)  # still ringing
+    clock.advance(100)
+    assert [r.get("Expires") for r in sender.requests("REGISTER")] == ["3600", "3600"]
+
+
+def test_cancel_follows_an_invite_sent_over_tcp_for_its_size(make_ua, sender):
+    """An INVITE over 1300 bytes went over TCP (RFC 3261 §18.1.1): its CANCEL goes over TCP
+    too, with the INVITE's TCP Via (§9.1)."""
+    ua = make_ua()
+    ua.startup(_call(callee="b" * 250, visible_name="V" * 120))
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 180), PEER)
+    ua.terminate("call1")
+    assert [(m.method, t) for m, t, *_ in sender.sent] == [("INVITE", "TCP"), ("CANCEL", "TCP")]
+    assert sender.requests("CANCEL")[0].top_via.transport == "TCP"
