@@ -61,6 +61,7 @@ class Config:
     sip_user_agent: str = "sipgw/0.1"
     sip_answer_unsolicited: bool = True
     sip_max_server_transactions: int = 10000
+    sip_max_requests_per_source: int = 2000
     call_retention: int = 60
     # media
     media_address: str = ""
@@ -123,7 +124,7 @@ class Config:
                      "keep_alive_probes", "max_calls", "max_calls_per_account", "max_pushes",
                      "max_recordings", "dtmf_digits_per_second", "max_viewers_per_stream",
                      "max_viewers_per_connection", "sip_max_tcp_connections",
-                     "sip_tcp_idle_timeout", "sip_tcp_message_timeout",
+                     "sip_tcp_idle_timeout", "sip_tcp_message_timeout", "sip_max_requests_per_source",
                      "record_min_free_space_mb", "record_max_size_mb", "record_max_duration"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")

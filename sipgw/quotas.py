@@ -30,31 +30,30 @@ class _MonotonicClock:
         return time.monotonic()
 
 
-class DigitBuckets:
-    """DTMF rate per call: a token bucket of ``burst`` digits refilled at ``rate`` digits a
-    second (``dtmf_max_digits``, ``dtmf_digits_per_second``).  Bounded in memory: full
-    buckets are forgotten."""
+class TokenBuckets:
+    """A token bucket per key: ``burst`` tokens refilled at ``rate`` a second (0: no limit).
+    Bounded in memory: full buckets are forgotten."""
 
-    def __init__(self, rate: float, burst: int, clock=None, max_keys: int = 10000) -> None:
+    def __init__(self, rate: float, burst: float, clock=None, max_keys: int = 10000) -> None:
         self.rate = rate
         self.burst = burst
         self.clock = clock or _MonotonicClock()
         self.max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+        self._buckets: dict[object, tuple[float, float]] = {}  # key -> (tokens, when)
 
-    def take(self, key: str, digits: int) -> None:
-        """Spend ``digits`` tokens of ``key``'s bucket or raise QuotaExceeded."""
+    def allow(self, key, cost: float = 1) -> bool:
+        """Spend ``cost`` tokens of ``key``'s bucket; False (nothing spent) when it has fewer."""
         if not self.rate:
-            return
+            return True
         now = self.clock.seconds()
         tokens, when = self._buckets.get(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - when) * self.rate)
-        if digits > tokens:
-            raise QuotaExceeded(f"DTMF rate exceeded: at most dtmf_digits_per_second="
-                                f"{self.rate:g} per call, after a burst of {self.burst}", "dtmf")
-        if len(self._buckets) >= self.max_keys:
+        if cost > tokens:
+            return False
+        if key not in self._buckets and len(self._buckets) >= self.max_keys:
             self._forget_full(now)
-        self._buckets[key] = (tokens - digits, now)
+        self._buckets[key] = (tokens - cost, now)
+        return True
 
     def _forget_full(self, now: float) -> None:
         for key, (tokens, when) in list(self._buckets.items()):
@@ -62,3 +61,13 @@ class DigitBuckets:
                 del self._buckets[key]
         if len(self._buckets) >= self.max_keys:
             self._buckets.clear()
+
+
+class DigitBuckets(TokenBuckets):
+    """DTMF rate per call (``dtmf_max_digits`` burst, ``dtmf_digits_per_second``)."""
+
+    def take(self, key: str, digits: int) -> None:
+        """Spend ``digits`` tokens of ``key``'s bucket or raise QuotaExceeded."""
+        if not self.allow(key, digits):
+            raise QuotaExceeded(f"DTMF rate exceeded: at most dtmf_digits_per_second="
+                                f"{self.rate:g} per call, after a burst of {self.burst}", "dtmf")

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from .message import Request, Response, make_response
 from ..loglimit import LogLimiter, held_back
+from ..quotas import TokenBuckets
 from .transport import set_top_via
 
 log = Logger(namespace="sipgw.sip.transaction")
@@ -255,11 +256,14 @@ class TransactionLayer:
     of 2xx, which are end-to-end (§13.2.2.4).
     """
 
-    def __init__(self, clock, tu=None, sender=None, max_server: int = 10000):
+    def __init__(self, clock, tu=None, sender=None, max_server: int = 10000,
+                 requests_per_source: float = 0):
         self.clock = clock
         self.tu = tu
         self.sender = sender
         self.max_server = max_server
+        # new requests (and ACKs) per second from one host, a one-second burst (0: no limit)
+        self._per_source = TokenBuckets(requests_per_source, requests_per_source, clock)
         self.client: dict[tuple, ClientTransaction] = {}
         self.server: dict[tuple, ServerTransaction] = {}
         self._log_limiter = LogLimiter(clock)
@@ -315,6 +319,9 @@ class TransactionLayer:
         if tx is not None:
             tx.retransmission(message)
             return
+        if not self._per_source.allow(source.host):
+            self._flooded(message, source)
+            return
         if message.method == "ACK":
             self.tu.ack(message, source)
             return
@@ -324,6 +331,15 @@ class TransactionLayer:
         tx = ServerTransaction(self, message, source)
         self.server[self._server_key(message)] = tx
         self.tu.request(message, tx)
+
+    def _flooded(self, request: Request, source) -> None:
+        """Over sip_max_requests_per_source: dropped, not answered (an answer would feed a
+        reflection); one log line per source and interval."""
+        held = self._log_limiter.allow(("flood", source.host))
+        if held is not None:
+            log.warn("{host} sends more than {rate:g} SIP requests a second: {method} dropped{more}",
+                     host=source.host, rate=self._per_source.rate, method=request.method,
+                     more=held_back(held))
 
     def _overloaded(self, request: Request, source) -> None:
         """Over sip_max_server_transactions: a stateless 503 (RFC 3261 §21.5.4), no new state."""

@@ -311,7 +311,8 @@ class UserAgent:
         self.ports = ports or PortPool(config.media_port_from, config.media_port_to,
                                        config.sip_bind_address)
         self.transactions = TransactionLayer(reactor, tu=self,
-                                             max_server=config.sip_max_server_transactions)
+                                             max_server=config.sip_max_server_transactions,
+                                             requests_per_source=config.sip_max_requests_per_source)
         self.transport = TransportLayer(reactor, self.transactions,
                                         bind_address=config.sip_bind_address,
                                         port=config.sip_local_port,

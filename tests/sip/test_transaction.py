@@ -1,5 +1,5 @@
 """Transaction state machines (RFC 3261 §17) on a task.Clock."""
-from fakes import PEER
+from fakes import PEER, Source
 from sipgw.sip.message import Request, make_response
 from sipgw.sip.headers import URI
 from sipgw.sip.transaction import T1, T2, T4, TransactionLayer, new_branch
@@ -235,6 +235,26 @@ def test_server_transactions_are_capped(clock, sender):
     assert (refusal.status, refusal.get("Retry-After")) == (503, "5")
     layer.receive(first, PEER)
     assert len(layer.tu.requests) == 2 and len(sender.responses()) == 1
+
+
+def test_requests_from_one_source_are_rate_limited(clock, sender):
+    """Beyond requests_per_source new requests a second from one host are dropped unanswered
+    and make no state; retransmissions of known ones still get their answer; the next second
+    takes new ones again, and another host is not affected."""
+    layer = TransactionLayer(clock, RecordingTU(), sender, requests_per_source=3)
+    first = _request("INFO")
+    for request in (first, _request("INFO"), _request("INFO"), _request("INFO"), _request("BYE")):
+        layer.receive(request, PEER)
+    assert len(layer.tu.requests) == 3 and len(layer.server) == 3 and sender.responses() == []
+    layer.tu.requests[0][1].respond(make_response(first, 200))
+    layer.receive(first, PEER)  # a retransmission: answered again, not counted
+    assert [r.status for r in sender.responses()] == [200, 200]
+    other = Source("UDP", "192.0.2.9", 5060)
+    layer.receive(_request("INFO"), other)
+    assert len(layer.tu.requests) == 4
+    clock.advance(1)
+    layer.receive(_request("INFO"), PEER)
+    assert len(layer.tu.requests) == 5
 
 
 def test_respond_once_keeps_no_state_and_never_retransmits(clock, sender):
