@@ -361,3 +361,26 @@ class _EgressEndpoint:
                     endpoint)
             return endpoint.connect(factory)
         return resolved.addCallback(connect)
+
+
+# -- what is reported: the call layer's and the stream registry's changes -------------------
+def watch(hooks: Hooks, ua) -> None:
+    """CallStatusEvent on every status change of a call (the UA's observer hook), and
+    StreamStatusEvent when a call's stream is published and when it ends."""
+    def call_changed(call) -> None:
+        body = call.to_json()
+        body.pop("history", None)
+        hooks.event(call.request.app_key, "CallStatusEvent", body, key=call.request.call_id)
+
+    def stream_changed(stream, event: str) -> None:
+        call = ua.calls.get(stream.call_id)
+        app_key = call.request.app_key if call is not None else ""
+        body = {"mediaSessionId": stream.media_session_id, "name": stream.name,
+                "published": True, "status": stream.status.value, "info": stream.info,
+                "appKey": app_key or DEFAULT_APP, "callId": stream.call_id,
+                "hasAudio": stream.has_audio, "hasVideo": stream.has_video}
+        # the call's key: its stream's events and its own stay in one order
+        hooks.event(app_key, "StreamStatusEvent", body, key=stream.call_id)
+
+    ua.call_observers.append(call_changed)
+    ua.streams.listeners.append(stream_changed)
