@@ -270,6 +270,9 @@ def _why(failure) -> str:
         return "no answer in time"
     if failure.check(EgressDenied):
         return failure.value.message
+    reasons = getattr(failure.value, "reasons", None)  # ResponseFailed & co: a list
+    if reasons:
+        return _why(reasons[0])
     return failure.getErrorMessage()[:200] or failure.type.__name__
 
 
@@ -278,23 +281,41 @@ class AgentClient:
     """POSTs JSON with a bounded persistent pool; https verified as a browser does."""
 
     def __init__(self, reactor, egress: EgressPolicy, max_connections: int = 20) -> None:
-        from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+        from twisted.web.client import (Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool,
+                                        _HTTP11ClientFactory)
+
+        class QuietFactory(_HTTP11ClientFactory):
+            noisy = False  # no "Starting factory" line per connection
+
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = max(1, max_connections)
-        self.pool.retryAutomatically = False  # an event is sent once, never twice
-        self.agent = Agent.usingEndpointFactory(
-            reactor, _EgressEndpoints(reactor, egress, BrowserLikePolicyForHTTPS()),
-            pool=self.pool)
+        self.pool._factory = QuietFactory
+        endpoints = _EgressEndpoints(reactor, egress, BrowserLikePolicyForHTTPS())
+        self.agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self.pool)
+        fresh = HTTPConnectionPool(reactor, persistent=False)
+        fresh._factory = QuietFactory
+        self.fresh_agent = Agent.usingEndpointFactory(reactor, endpoints, pool=fresh)
 
     def post(self, url: str, data: bytes) -> defer.Deferred:
+        """Fires the answer's status code.  A request that got no answer at all (a kept-alive
+        connection the server had closed meanwhile: HTTP/1.0 servers close without saying
+        so) is sent once more, on a new connection."""
+        from twisted.web._newclient import (RequestNotSent, RequestTransmissionFailed,
+                                            ResponseNeverReceived)
+
+        def again(failure):  # the cases twisted.web's own retry logic retries
+            failure.trap(RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
+            return self._request(url, data, self.fresh_agent)
+        return self._request(url, data).addErrback(again).addCallback(_discard_body)
+
+    def _request(self, url: str, data: bytes, agent=None) -> defer.Deferred:
+        from io import BytesIO
+
         from twisted.web.client import FileBodyProducer
         from twisted.web.http_headers import Headers
-        from io import BytesIO
-        d = self.agent.request(b"POST", url.encode("ascii"),
-                               Headers({b"Content-Type": [b"application/json"],
-                                        b"User-Agent": [b"sipgw"]}),
-                               FileBodyProducer(BytesIO(data)))
-        return d.addCallback(_discard_body)
+        headers = Headers({b"Content-Type": [b"application/json"], b"User-Agent": [b"sipgw"]})
+        return (agent or self.agent).request(b"POST", url.encode("ascii"), headers,
+                                             FileBodyProducer(BytesIO(data)))
 
     def close(self) -> defer.Deferred:
         return self.pool.closeCachedConnections()
@@ -304,8 +325,6 @@ def _discard_body(response) -> defer.Deferred:
     """Read (and drop) the answer so the connection goes back to the pool; fires the code."""
     from twisted.internet.protocol import Protocol
     from twisted.web.client import ResponseDone, PotentialDataLoss
-    done = defer.Deferred()
-
     class Discard(Protocol):
         size = 0
 
@@ -315,12 +334,17 @@ def _discard_body(response) -> defer.Deferred:
                 self.transport.stopProducing()
 
         def connectionLost(self, reason):
+            if done.called:  # cancelled
+                return
             if reason.check(ResponseDone, PotentialDataLoss) or self.size > MAX_ANSWER:
                 done.callback(response.code)
             else:
                 done.errback(reason)
 
-    response.deliverBody(Discard())
+    discard = Discard()
+    # cancelled (rest_request_timeout) while the body trickles: the connection is cut
+    done = defer.Deferred(lambda _: discard.transport and discard.transport.stopProducing())
+    response.deliverBody(discard)
     return done
 
 

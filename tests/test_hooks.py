@@ -9,20 +9,7 @@ from sipgw.config import Config, ConfigError, load
 from sipgw.egress import EgressDenied
 from sipgw.hooks import App, HookRefused, Hooks, parse_apps
 
-
-class HeldHttpClient:
-    """Keeps every POST and its Deferred; the test answers (or never answers) each."""
-
-    def __init__(self):
-        self.posts = []  # (url, body dict, Deferred)
-
-    def post(self, url, data):
-        d = defer.Deferred()
-        self.posts.append((url, json.loads(data), d))
-        return d
-
-    def answer(self, index=0, code=200):
-        self.posts[index][2].callback(code)
+from fakes import HeldHttpClient
 
 
 def make(apps="app1=http://127.0.0.1:9091/App", **kwargs):
