@@ -388,9 +388,10 @@ class _EgressEndpoint:
 
 
 # -- what is reported: the call layer's and the stream registry's changes -------------------
-def watch(hooks: Hooks, ua) -> None:
-    """CallStatusEvent on every status change of a call (the UA's observer hook), and
-    StreamStatusEvent when a call's stream is published and when it ends."""
+def watch(hooks: Hooks, ua, media=None) -> None:
+    """CallStatusEvent on every status change of a call (the UA's observer hook),
+    StreamStatusEvent when a call's stream is published and when it ends, and with ``media``
+    (pushes and recorders) PushStatusEvent and RecordingStatusEvent on their state changes."""
     def call_changed(call) -> None:
         body = call.to_json()
         body.pop("history", None)
@@ -406,5 +407,15 @@ def watch(hooks: Hooks, ua) -> None:
         # the call's key: its stream's events and its own stay in one order
         hooks.event(app_key, "StreamStatusEvent", body, key=stream.call_id)
 
+    def job_changed(method: str, job) -> None:
+        call = ua.calls.get(job.stream.call_id)
+        app_key = call.request.app_key if call is not None else ""
+        body = {**job.to_json(), "appKey": app_key or DEFAULT_APP, "callId": job.stream.call_id}
+        hooks.event(app_key, method, body, key=job.stream.call_id)
+
     ua.call_observers.append(call_changed)
     ua.streams.listeners.append(stream_changed)
+    if media is not None:
+        media.pushes.observers.append(lambda push: job_changed("PushStatusEvent", push))
+        media.recorders.observers.append(
+            lambda recording: job_changed("RecordingStatusEvent", recording))

@@ -99,11 +99,12 @@ class _HooksService(service.Service):
         return close() if close is not None else None
 
 
-def make_hooks(config, reactor, ua: UserAgent) -> _HooksService:
-    """The apps of rest_apps, told of every call's and stream's status changes."""
+def make_hooks(config, reactor, ua: UserAgent, media=None) -> _HooksService:
+    """The apps of rest_apps, told of every call's, stream's, push's and recording's
+    status changes."""
     from .hooks import Hooks, watch
     hooks = Hooks.from_config(config, reactor)
-    watch(hooks, ua)
+    watch(hooks, ua, media)
     return _HooksService(hooks)
 
 
@@ -186,7 +187,7 @@ def make_service(config, reactor) -> service.MultiService:
     _UserAgentService(ua).setServiceParent(top)
     media = make_media(config, reactor, ua.streams)
     media.setServiceParent(top)  # added after the UA: stopped before it
-    hooks = make_hooks(config, reactor, ua)
+    hooks = make_hooks(config, reactor, ua, media)
     hooks.setServiceParent(top)
     from .rest.router import RestSite
     site = RestSite(make_root(config, ua, media, hooks.hooks), max_body=config.rest_max_body)

@@ -160,3 +160,57 @@ def test_agent_client_refuses_denied_resolved_address():
     assert failure.check(EgressDenied) and reactor.tcpClients == []
     client.post("http://127.0.0.1:9/x", b"{}")
     assert [(c[0], c[1]) for c in reactor.tcpClients] == [("127.0.0.1", 9)]
+
+
+def test_watch_reports_calls_streams_pushes_and_recordings_in_order():
+    """watch(): every call status change is a CallStatusEvent, the call's stream publishing
+    and ending a StreamStatusEvent, push and recording state changes PushStatusEvent and
+    RecordingStatusEvent, all to the call's app, in order (one key: the callId)."""
+    from types import SimpleNamespace
+
+    from sipgw.calls import CallRequest, CallStatus
+    from sipgw.hooks import watch
+    from sipgw.media.worker import MediaJob
+    from sipgw.streams.registry import StreamRegistry
+    from sipgw.streams.stream import Stream
+
+    _, client, hooks = make("shop=http://127.0.0.1:9/shop", timeout=0)
+    request = CallRequest("c1", "bob", "alice", "example.org", app_key="shop")
+    call = SimpleNamespace(request=request, status=CallStatus.PENDING,
+                           to_json=lambda: {"callId": "c1", "status": call.status.value,
+                                            "appKey": "shop",
+                                            "history": []})
+    ua = SimpleNamespace(calls={"c1": call}, call_observers=[], streams=StreamRegistry())
+    media = SimpleNamespace(pushes=SimpleNamespace(observers=[]),
+                            recorders=SimpleNamespace(observers=[]))
+    watch(hooks, ua, media)
+    stream = ua.streams.add(Stream("s1", call_id="c1"))
+    for observer in ua.call_observers:  # what Call.set_status does
+        observer(call)
+    job = MediaJob(Clock(), stream)
+    job.to_json = lambda: {"status": job.state}
+    job.observers = media.pushes.observers
+    job._set_state("PUBLISHING", "")
+    while any(not d.called for _, _, d in client.posts):  # the app answers each in turn
+        client.answer([d.called for _, _, d in client.posts].index(False))
+    sent = [(url.rsplit("/", 1)[1], body["status"]) for url, body, _ in client.posts]
+    assert sent == [("StreamStatusEvent", "PENDING"), ("CallStatusEvent", "PENDING"),
+                    ("PushStatusEvent", "PUBLISHING")]
+    assert all(body["appKey"] == "shop" and body["callId"] == "c1"
+               for _, body, _ in client.posts)
+    assert "history" not in client.posts[1][1]
+
+
+def test_https_hooks_are_verified_tls():
+    """An https hook URL connects through TLS with the browser-like (verifying) policy."""
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from sipgw.egress import EgressPolicy
+    from sipgw.hooks import AgentClient
+    reactor = MemoryReactorClock()
+    client = AgentClient(reactor, EgressPolicy())
+    client.post("https://127.0.0.1:8443/x", b"{}")
+    factory = reactor.tcpClients[0][2]._wrappedFactory  # the endpoint's wrapper around it
+    assert isinstance(factory, TLSMemoryBIOFactory)
+    assert type(factory._creator).__name__ == "ClientTLSOptions"  # hostname verified
