@@ -213,4 +213,5 @@ def test_https_hooks_are_verified_tls():
     client.post("https://127.0.0.1:8443/x", b"{}")
     factory = reactor.tcpClients[0][2]._wrappedFactory  # the endpoint's wrapper around it
     assert isinstance(factory, TLSMemoryBIOFactory)
-    assert type(factory._creator).__name__ == "ClientTLSOptions"  # hostname verified
+    from twisted.web.client import BrowserLikePolicyForHTTPS
+    assert isinstance(client.agent._endpointFactory.tls_policy, BrowserLikePolicyForHTTPS)
