@@ -211,6 +211,11 @@ class Hooks:
         queue = self._queues.get(app_key)
         return queue.size if queue else 0
 
+    def counters(self, app_key: str) -> dict:
+        """What /app/find_all shows of an app's events: waiting, dropped, failed."""
+        return {"queued": self.queued(app_key), "dropped": self.dropped.get(app_key, 0),
+                "failed": self.failed.get(app_key, 0)}
+
     def _pump(self, app_key: str, queue: _Queue) -> None:
         while queue.ready and queue.in_flight < self.max_connections:
             key = queue.ready.popleft()
@@ -393,6 +398,8 @@ def watch(hooks: Hooks, ua, media=None) -> None:
     StreamStatusEvent when a call's stream is published and when it ends, and with ``media``
     (pushes and recorders) PushStatusEvent and RecordingStatusEvent on their state changes."""
     def call_changed(call) -> None:
+        if hooks.app_for(call.request.app_key, "CallStatusEvent") is None:
+            return  # no JSON built for nobody: this runs for every status of every call
         body = call.to_json()
         body.pop("history", None)
         hooks.event(call.request.app_key, "CallStatusEvent", body, key=call.request.call_id)
@@ -400,6 +407,8 @@ def watch(hooks: Hooks, ua, media=None) -> None:
     def stream_changed(stream, event: str) -> None:
         call = ua.calls.get(stream.call_id)
         app_key = call.request.app_key if call is not None else ""
+        if hooks.app_for(app_key, "StreamStatusEvent") is None:
+            return
         body = {"mediaSessionId": stream.media_session_id, "name": stream.name,
                 "published": True, "status": stream.status.value, "info": stream.info,
                 "appKey": app_key or DEFAULT_APP, "callId": stream.call_id,
@@ -410,6 +419,8 @@ def watch(hooks: Hooks, ua, media=None) -> None:
     def job_changed(method: str, job) -> None:
         call = ua.calls.get(job.stream.call_id)
         app_key = call.request.app_key if call is not None else ""
+        if hooks.app_for(app_key, method) is None:
+            return
         body = {**job.to_json(), "appKey": app_key or DEFAULT_APP, "callId": job.stream.call_id}
         hooks.event(app_key, method, body, key=job.stream.call_id)
 

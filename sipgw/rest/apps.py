@@ -42,7 +42,10 @@ class AppApi:
 
     @router.route("/app/find_all", get=True)
     def find_all(self, request: Any, body: dict) -> list[dict]:
-        return [app.to_json() for app in self._hooks.apps.values()]
+        """Each app with its event counters: ``queued``, ``dropped`` (queue full) and
+        ``failed`` (an error or no answer in time)."""
+        return [{**app.to_json(), **self._hooks.counters(app.app_key)}
+                for app in self._hooks.apps.values()]
 
     @router.route("/app/remove")
     def remove(self, request: Any, body: dict) -> None:

@@ -25,6 +25,7 @@ def test_add_find_all_remove(client_for):
                             "restMethods": ["CallStatusEvent", "connect"]}
     listed = post("/app/find_all", {}).json()
     assert [a["appKey"] for a in listed] == ["defaultApp", "shop"]
+    assert listed[1]["dropped"] == listed[1]["failed"] == listed[1]["queued"] == 0
     assert hooks.app_for("shop", "connect") and not hooks.app_for("shop", "playStream")
     assert post("/app/remove", {"appKey": "shop"}).code == 200
     assert post("/app/remove", {"appKey": "shop"}).code == 404
