@@ -256,10 +256,28 @@ class Hooks:
         url = app.url.rstrip("/") + "/" + method
         try:
             data = json.dumps(body, default=str).encode("utf-8")
-            d = self.client.post(url, data)
+            inner = self.client.post(url, data)
         except Exception:  # noqa: BLE001 - a hook never breaks the caller
             return defer.fail()
-        return d.addTimeout(self.timeout, self.reactor) if self.timeout > 0 else d
+        if self.timeout <= 0:
+            return inner
+        # Our own timer: whatever the client does once cancelled, the answer is settled (and
+        # the slot in the queue freed) after rest_request_timeout.
+        outer = defer.Deferred(lambda _: inner.cancel())
+
+        def expire():
+            outer.errback(defer.TimeoutError(f"no answer within {self.timeout} s"))
+            inner.cancel()
+
+        timer = self.reactor.callLater(self.timeout, expire)
+
+        def settle(result):
+            if timer.active():
+                timer.cancel()
+            if not outer.called:
+                outer.callback(result)
+        inner.addBoth(settle)
+        return outer
 
 
 def _reason(code: int) -> str:
@@ -310,6 +328,8 @@ class AgentClient:
 
         def again(failure):  # the cases twisted.web's own retry logic retries
             failure.trap(RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
+            if any(r.check(defer.CancelledError) for r in getattr(failure.value, "reasons", ())):
+                return failure  # cancelled (rest_request_timeout): no second try
             return self._request(url, data, self.fresh_agent)
         return self._request(url, data).addErrback(again).addCallback(_discard_body)
 

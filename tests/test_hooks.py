@@ -215,3 +215,22 @@ def test_https_hooks_are_verified_tls():
     assert isinstance(factory, TLSMemoryBIOFactory)
     from twisted.web.client import BrowserLikePolicyForHTTPS
     assert isinstance(client.agent._endpointFactory.tls_policy, BrowserLikePolicyForHTTPS)
+
+
+def test_a_request_that_never_settles_still_ends_at_the_timeout():
+    """A client that goes on waiting even once cancelled (a retry that hangs) cannot hold a
+    slot: at rest_request_timeout the query refuses and the event counts as failed."""
+    class RetryingForeverClient:
+        def post(self, url, data):
+            return defer.Deferred().addErrback(lambda _: defer.Deferred())
+    clock = Clock()
+    hooks = Hooks(clock, RetryingForeverClient(), timeout=2, max_connections=1,
+                  apps=parse_apps("a=http://127.0.0.1/x"))
+    query = hooks.query("a", "connect", {})
+    hooks.event("a", "CallStatusEvent", {}, key="c1")
+    hooks.event("a", "CallStatusEvent", {}, key="c2")
+    clock.advance(2)
+    assert result_of(query).check(HookRefused)
+    assert hooks.failed == {"a": 1} and hooks.queued("a") == 0  # c2 went out
+    clock.advance(2)
+    assert hooks.failed == {"a": 2} and hooks._queues == {}

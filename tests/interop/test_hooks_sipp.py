@@ -3,6 +3,7 @@ a thread of this process): every hook of a call to a SIPp callee and of a websoc
 order; a connect the app refuses; and a dead app server while 100 calls still set up."""
 import asyncio
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -148,14 +149,27 @@ def test_a_connect_the_app_refuses(tmp_path, app_server):
         (m, b.get("status")) for m, b in app_server.seen()]
 
 
-def test_a_dead_app_server_costs_no_call(tmp_path):
-    """With the app server down (nothing listens at its URL), 100 calls to a SIPp callee still
-    set up and end, quickly, and the failed hooks are logged at most once a minute."""
-    dead = free_port("tcp")
+@pytest.fixture(params=["refusing", "silent"])
+def dead_app_url(request):
+    """An app server that is down: nothing listens (connections refused), or a socket that
+    takes connections and never answers (each hook waits for rest_request_timeout)."""
+    if request.param == "refusing":
+        yield f"http://127.0.0.1:{free_port('tcp')}/dead"
+        return
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1024)  # never accepted: the kernel completes handshakes, nobody reads
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}/silent"
+
+
+def test_a_dead_app_server_costs_no_call(tmp_path, dead_app_url):
+    """With the app server down, 100 calls to a SIPp callee still set up and end, quickly;
+    its events fail or are dropped (a small queue), counted in /app/find_all, and logged at
+    most once a minute."""
     media = free_port("udp", count=400)
-    gw = Sipgw(str(tmp_path), rest_apps=f"defaultApp=http://127.0.0.1:{dead}/dead",
-               max_calls_per_account=0, media_port_from=media, media_port_to=media + 399,
-               call_retention=120).start()
+    gw = Sipgw(str(tmp_path), rest_apps=f"defaultApp={dead_app_url}", rest_request_timeout=1,
+               rest_max_connections=5, rest_queue_size=50, max_calls_per_account=0,
+               media_port_from=media, media_port_to=media + 399, call_retention=120).start()
     sipp = Sipp("uas_bench.xml", port=free_port("udp"), tmpdir=tmp_path, calls=100,
                 trace=False).start()
     ids = [f"d{n}" for n in range(100)]
@@ -173,9 +187,20 @@ def test_a_dead_app_server_costs_no_call(tmp_path):
         for call_id in ids:
             gw.wait_status(call_id, "FINISH", timeout=30)
         assert sipp.wait(30) == 0
+        deadline = time.monotonic() + 10  # the silent server's hooks time out after 1 s
+        while True:
+            (app,) = gw.rest("/app/find_all")
+            if app["failed"] >= 10 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         gw.stop()
         sipp.stop()
     assert set_up < 20, f"100 calls took {set_up:.1f} s to set up"
-    failed_lines = [line for line in gw.log().splitlines() if "hook " in line and " of defaultApp" in line]
-    assert 1 <= len(failed_lines) <= 2, failed_lines
+    assert app["queued"] <= 50 and app["failed"] >= 10
+    if "silent" in dead_app_url:
+        assert app["dropped"] > 0  # 5 in flight for 1 s each: the queue of 50 overflows
+    lines = gw.log().splitlines()
+    failed = [line for line in lines if "hook " in line and " of defaultApp:" in line]
+    dropped = [line for line in lines if "hooks of defaultApp: queue full" in line]
+    assert 1 <= len(failed) <= 2 and len(dropped) <= 2, failed + dropped
