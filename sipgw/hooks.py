@@ -38,6 +38,7 @@ EVENTS = ("ConnectionStatusEvent", "StreamStatusEvent", "CallStatusEvent", "Push
           "RecordingStatusEvent")
 METHODS = QUERIES + EVENTS
 DEFAULT_APP = "defaultApp"  # WCS's appKey when a client sends none
+UNREACHABLE = "The application could not be asked (the reason is in sipgw's log)"
 MAX_ANSWER = 65536  # bytes of an answer read (and discarded); beyond, the connection is cut
 
 
@@ -181,7 +182,8 @@ class Hooks:
                      why=_why(failure))
             if self.failure_allows:
                 return None
-            raise HookRefused(f"The application could not be asked: {_why(failure)}")
+            # the client learns no more (refused, timed out, TLS...): the reason is in the log
+            raise HookRefused(UNREACHABLE)
         return d.addCallbacks(answered, failed)
 
     # -- events: fire and forget -------------------------------------------------------

@@ -4,6 +4,8 @@ order; a connect the app refuses; and a dead app server while 100 calls still se
 import asyncio
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from peers import Sipp, free_port
+from sipgw.hooks import UNREACHABLE
 from sipgw_daemon import Sipgw
 from ws_viewer import WcsSession
 
@@ -19,7 +22,7 @@ class AppServer:
     """A WCS-style application server: records every hook (method, body) as it arrives and
     answers 200, or 403 to a ``connect`` whose authToken is "let-me-not-in"."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.hooks = []
         self.lock = threading.Lock()
         app = self
@@ -39,7 +42,13 @@ class AppServer:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/apps/TestApp"
+        if tls is not None:  # (certificate, key): https
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.server.handle_error = lambda *args: None  # refused handshakes are expected
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/apps/TestApp"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -204,3 +213,41 @@ def test_a_dead_app_server_costs_no_call(tmp_path, dead_app_url):
     failed = [line for line in lines if "hook " in line and " of defaultApp:" in line]
     dropped = [line for line in lines if "hooks of defaultApp: queue full" in line]
     assert 1 <= len(failed) <= 2 and len(dropped) <= 2, failed + dropped
+
+
+def test_https_app_servers_are_verified(tmp_path, monkeypatch):
+    """An https app server is asked only when its certificate verifies: with a self-signed
+    one the daemon does not trust, connect is refused and the app sees nothing; once the
+    daemon trusts it (SSL_CERT_FILE), the same app is asked and lets the player in."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    app = AppServer(tls=(str(cert), str(key)))
+    try:
+        answers = []
+        for trusted in (False, True):
+            if trusted:
+                monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+            workdir = tmp_path / f"trusted-{trusted}"
+            workdir.mkdir()
+            gw = Sipgw(str(workdir), rest_apps=f"defaultApp={app.url}").start()
+            try:
+                async def connect():
+                    session = WcsSession(f"ws://127.0.0.1:{gw.settings['ws_port']}")
+                    answer = await session.connect()
+                    session.close()
+                    return answer
+                answers.append(_run(connect()))
+            finally:
+                gw.stop()
+            if not trusted:
+                assert app.seen() == []
+                log = gw.log()
+    finally:
+        app.close()
+    assert answers[0]["message"] == "fail"
+    assert answers[0]["data"][0]["info"] == UNREACHABLE
+    assert "certificate verify failed" in log
+    assert answers[1]["message"] == "getUserData"
+    assert [m for m, _ in app.seen()][:1] == ["connect"]
