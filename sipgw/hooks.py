@@ -115,11 +115,12 @@ class _Queue:
     busy: set = field(default_factory=set)  # keys with an event in flight
     size: int = 0
     in_flight: int = 0
+    pumping: bool = False  # events that settle at once are sent by the loop, not recursion
 
 
 class Hooks:
-    """Apps by appKey, and the requests to them.  ``client.post(url, body, timeout)`` returns
-    a Deferred firing with the HTTP status code (``AgentClient`` in the daemon)."""
+    """Apps by appKey, and the requests to them.  ``client.post(url, data)`` returns a
+    Deferred firing with the HTTP status code (``AgentClient`` in the daemon)."""
 
     def __init__(self, reactor, client, *, timeout: float = 5, max_connections: int = 20,
                  queue_size: int = 1000, failure_allows: bool = False,
@@ -219,6 +220,15 @@ class Hooks:
                 "failed": self.failed.get(app_key, 0)}
 
     def _pump(self, app_key: str, queue: _Queue) -> None:
+        if queue.pumping:
+            return
+        queue.pumping = True
+        try:
+            self._send_ready(app_key, queue)
+        finally:
+            queue.pumping = False
+
+    def _send_ready(self, app_key: str, queue: _Queue) -> None:
         while queue.ready and queue.in_flight < self.max_connections:
             key = queue.ready.popleft()
             events = queue.pending[key]

@@ -234,3 +234,14 @@ def test_a_request_that_never_settles_still_ends_at_the_timeout():
     assert hooks.failed == {"a": 1} and hooks.queued("a") == 0  # c2 went out
     clock.advance(2)
     assert hooks.failed == {"a": 2} and hooks._queues == {}
+
+
+def test_events_settled_at_once_do_not_recurse():
+    """Thousands of queued events that settle at once (their app removed meanwhile) drain in
+    a loop, not one stack frame per event."""
+    _, client, hooks = make(max_connections=1, queue_size=5000)
+    for n in range(3000):
+        hooks.event("app1", "CallStatusEvent", {}, key=f"c{n}")
+    hooks.remove("app1")
+    client.answer(0)
+    assert hooks._queues == {} and len(client.posts) == 1
