@@ -80,6 +80,7 @@ class SignallingProtocol(WebSocketServerProtocol):
         self.session_id = secrets.token_hex(8)
         self.app_key = DEFAULT_APP
         self._asking: set = set()  # "connection" and mediaSessionIds whose hook is asked
+        self._connection: dict = {}  # the client's 'connection' object, for the hooks
         self._connect_timer = None
         self._keep_alive = None
         self._missed = 0  # pings sent since the client last answered
@@ -135,7 +136,7 @@ class SignallingProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         if self.established:
-            self._hook_event("ConnectionStatusEvent", {"status": "DISCONNECTED"})
+            self._connection_event("DISCONNECTED")
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
         self._stop_keep_alive()
@@ -167,6 +168,11 @@ class SignallingProtocol(WebSocketServerProtocol):
         if hooks is not None:
             hooks.event(self.app_key, method, self._hook_body(body), key=self.session_id)
 
+    def _connection_event(self, status: str, info: str = "") -> None:
+        """ConnectionStatusEvent: as WCS, the client's 'connection' fields and the status."""
+        self._hook_event("ConnectionStatusEvent", {**self._connection, "status": status,
+                                                   "info": info})
+
     def _ask(self, what: str, method: str, body: dict, then, refused) -> None:
         """``then()`` when the app allows (at once without hooks), else ``refused(info)``."""
         hooks = self.factory.hooks
@@ -197,13 +203,14 @@ class SignallingProtocol(WebSocketServerProtocol):
         if "connection" in self._asking:
             return
         self.app_key = _text(obj.get("appKey")) or DEFAULT_APP
+        self._connection = obj
         self._ask("connection", "connect", obj, self._established, self._connect_refused)
 
     def _connect_refused(self, info: str) -> None:
         """The app server refused (or could not be asked): fail, FAILED, close."""
         log.info("ws {peer}: connection refused by the app ({info})", peer=self.peer, info=info)
         self.fail("connection", info)
-        self._hook_event("ConnectionStatusEvent", {"status": "FAILED", "info": info})
+        self._connection_event("FAILED", info)
         self.sendClose(4003, info[:100])
 
     def _established(self) -> None:
@@ -215,7 +222,7 @@ class SignallingProtocol(WebSocketServerProtocol):
                                   "status": "ESTABLISHED", "mediaProviders": ["WebRTC"]})
         self._start_keep_alive()
         if first:
-            self._hook_event("ConnectionStatusEvent", {"status": "ESTABLISHED"})
+            self._connection_event("ESTABLISHED")
 
     # -- keep-alive (WCS keep_alive.*) -------------------------------------------------
     def _start_keep_alive(self) -> None:
