@@ -408,12 +408,20 @@ class _EgressEndpoint:
         owner = self.owner
         try:
             ipaddress.ip_address(self.host)
-            resolved = defer.succeed(self.host)
+            resolved = defer.succeed([self.host])
         except ValueError:
-            resolved = owner.reactor.resolve(self.host)
+            resolved = _resolve(owner.reactor, self.host)
 
-        def connect(address):
-            owner.egress.check(self.host, "rest_apps", resolved=address)
+        def connect(addresses):
+            denied = None
+            for address in addresses:  # the first the egress policy allows
+                try:
+                    owner.egress.check(self.host, "rest_apps", resolved=address)
+                    break
+                except EgressDenied as exc:
+                    denied = denied or exc
+            else:
+                raise denied or EgressDenied(f"{self.host} has no address")
             kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
             endpoint = kind(owner.reactor, address, self.port, timeout=30)
             if self.scheme == b"https":
@@ -422,6 +430,30 @@ class _EgressEndpoint:
                     endpoint)
             return endpoint.connect(factory)
         return resolved.addCallback(connect)
+
+
+def _resolve(reactor, host: str) -> defer.Deferred:
+    """Every address of ``host`` (A and AAAA, through the reactor's resolver, off the
+    reactor thread), or DNSLookupError."""
+    from twisted.internet.error import DNSLookupError
+    found, d = [], defer.Deferred()
+
+    class Receiver:
+        def resolutionBegan(self, resolution):
+            pass
+
+        def addressResolved(self, address):
+            if address.host not in found:
+                found.append(address.host)
+
+        def resolutionComplete(self):
+            if found:
+                d.callback(found)
+            else:
+                d.errback(DNSLookupError(host))
+
+    reactor.nameResolver.resolveHostName(Receiver(), host)
+    return d
 
 
 # -- what is reported: the call layer's and the stream registry's changes -------------------

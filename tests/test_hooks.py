@@ -144,22 +144,33 @@ def test_settings_parse_and_egress():
     assert Config().rest_hook_failure_allows is False
 
 
-def test_agent_client_refuses_denied_resolved_address():
-    """The Agent's endpoints check the address a name resolves to before connecting."""
+def test_agent_client_connects_only_to_allowed_resolved_addresses():
+    """The Agent's endpoints resolve the host (A and AAAA) and connect to the first address
+    the egress policy allows: a name for link-local only is refused before any connection."""
+    from twisted.internet.address import IPv4Address, IPv6Address
     from twisted.internet.testing import MemoryReactorClock
 
     from sipgw.egress import EgressPolicy
     from sipgw.hooks import AgentClient
 
-    class Resolving(MemoryReactorClock):
-        def resolve(self, name, timeout=None):
-            return defer.succeed("169.254.169.254")
-    reactor = Resolving()
+    class FixedResolver:
+        names = {"metadata.example": ["169.254.169.254"],
+                 "app.example": ["169.254.169.254", "::1", "127.0.0.1"]}
+
+        def resolveHostName(self, receiver, host, *args, **kwargs):
+            receiver.resolutionBegan(None)
+            for address in self.names[host]:
+                kind = IPv6Address if ":" in address else IPv4Address
+                receiver.addressResolved(kind("TCP", address, 0))
+            receiver.resolutionComplete()
+    reactor = MemoryReactorClock()
+    reactor.nameResolver = FixedResolver()
     client = AgentClient(reactor, EgressPolicy.from_config(Config(), "rest"))
     failure = result_of(client.post("http://metadata.example/x", b"{}"))
     assert failure.check(EgressDenied) and reactor.tcpClients == []
+    client.post("http://app.example:9/x", b"{}")
     client.post("http://127.0.0.1:9/x", b"{}")
-    assert [(c[0], c[1]) for c in reactor.tcpClients] == [("127.0.0.1", 9)]
+    assert [(c[0], c[1]) for c in reactor.tcpClients] == [("::1", 9), ("127.0.0.1", 9)]
 
 
 def test_watch_reports_calls_streams_pushes_and_recordings_in_order():
