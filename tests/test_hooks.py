@@ -1,5 +1,4 @@
 """REST hooks on a Clock with a fake HTTP client: allow/refuse, timeouts, bounded queues."""
-import json
 
 import pytest
 from twisted.internet import defer

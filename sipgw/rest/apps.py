@@ -17,7 +17,8 @@ _URL_MAX = 2048
 
 
 class AppApi:
-    """``/app/add {appKey, url, name?, restMethods?}``, ``/app/find_all``, ``/app/remove {appKey}``."""
+    """``/app/add {appKey, url, name?, restMethods?}``, ``/app/find_all``,
+    ``/app/remove {appKey}``."""
 
     router = Router()
 
