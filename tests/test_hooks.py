@@ -78,7 +78,7 @@ def test_events_of_one_call_go_in_order_one_at_a_time():
     assert [(p[1]["status"]) for p in client.posts] == ["PENDING", "PENDING", "TRYING"]
 
 
-def test_dead_app_server_costs_dropped_events_not_memory(capture_log=None):
+def test_dead_app_server_costs_dropped_events_not_memory():
     """With the app server never answering: rest_max_connections in flight, rest_queue_size
     queued, every further event dropped and counted; the timeout frees the slots."""
     clock, client, hooks = make(timeout=5, max_connections=3, queue_size=10)
