@@ -109,3 +109,15 @@ class HeldHttpClient:
 
     def answer(self, index=0, code=200):
         self.posts[index][2].callback(code)
+
+
+class AnsweringHttpClient:
+    """Answers every POST at once with ``code``; counts them (keeps nothing else)."""
+
+    def __init__(self, code=200):
+        self.code = code
+        self.count = 0
+
+    def post(self, url, data):
+        self.count += 1
+        return defer.succeed(self.code)
