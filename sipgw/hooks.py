@@ -488,9 +488,20 @@ def watch(hooks: Hooks, ua, media=None) -> None:
         body = {**job.to_json(), "appKey": app_key or DEFAULT_APP, "callId": job.stream.call_id}
         hooks.event(app_key, method, body, key=job.stream.call_id)
 
-    ua.call_observers.append(call_changed)
-    ua.streams.listeners.append(stream_changed)
+    ua.call_observers.append(_safe(call_changed))
+    ua.streams.listeners.append(_safe(stream_changed))
     if media is not None:
-        media.pushes.observers.append(lambda push: job_changed("PushStatusEvent", push))
+        media.pushes.observers.append(_safe(lambda push: job_changed("PushStatusEvent", push)))
         media.recorders.observers.append(
-            lambda recording: job_changed("RecordingStatusEvent", recording))
+            _safe(lambda recording: job_changed("RecordingStatusEvent", recording)))
+
+
+def _safe(observer):
+    """``observer`` run inside the call layer: a bug in a hook is logged, never raised into
+    the call's status change (which must go on to end the call, free its ports...)."""
+    def run(*args) -> None:
+        try:
+            observer(*args)
+        except Exception:  # noqa: BLE001
+            log.failure("REST hook observer failed")
+    return run

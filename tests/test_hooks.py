@@ -255,3 +255,30 @@ def test_events_settled_at_once_do_not_recurse():
     hooks.remove("app1")
     client.answer(0)
     assert hooks._queues == {} and len(client.posts) == 1
+
+
+def test_a_failing_hook_never_breaks_the_call_layer():
+    """An error while building an event is logged; the status change that caused it goes on."""
+    from types import SimpleNamespace
+
+    from sipgw.calls import CallRequest
+    from sipgw.hooks import watch
+    from sipgw.streams.registry import StreamRegistry
+
+    _, client, hooks = make("defaultApp=http://127.0.0.1:9/d")
+
+    def broken():
+        raise RuntimeError("bug")
+    call = SimpleNamespace(request=CallRequest("c1", "bob", "alice", "example.org"),
+                           to_json=broken)
+    ua = SimpleNamespace(calls={}, call_observers=[], streams=StreamRegistry())
+    watch(hooks, ua)
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for observer in ua.call_observers:
+            observer(call)  # does not raise
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any(e.get("log_failure") for e in events) and client.posts == []
