@@ -103,6 +103,14 @@ class Config:
     sip_tcp_message_timeout: int = 30
     # DNS (RFC 3263)
     sip_dns_servers: str = ""
+    # REST hooks: the application server of each appKey (sipgw/hooks.py)
+    rest_apps: str = ""
+    rest_request_timeout: int = 5
+    rest_max_connections: int = 20
+    rest_queue_size: int = 1000
+    rest_hook_failure_allows: bool = False
+    rest_egress_allow: str = ""
+    rest_egress_deny: str = egress.DEFAULT_DENY
 
     def __post_init__(self):
         for name in ("rest_port", "https_port", "ws_port", "wss_port", "sip_local_port", "media_port_from", "media_port_to"):
@@ -116,7 +124,7 @@ class Config:
         for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
                      "sip_max_server_transactions", "dtmf_max_digits", "rtp_probation_packets",
                      "rtp_max_packets_per_second", "stream_gop_cache_max_bytes",
-                     "sink_queue_max_bytes"):
+                     "sink_queue_max_bytes", "rest_max_connections", "rest_queue_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",
@@ -125,7 +133,8 @@ class Config:
                      "max_recordings", "dtmf_digits_per_second", "max_viewers_per_stream",
                      "max_viewers_per_connection", "sip_max_tcp_connections",
                      "sip_tcp_idle_timeout", "sip_tcp_message_timeout", "sip_max_requests_per_source",
-                     "record_min_free_space_mb", "record_max_size_mb", "record_max_duration"):
+                     "record_min_free_space_mb", "record_max_size_mb", "record_max_duration",
+                     "rest_request_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         try:
@@ -137,7 +146,9 @@ class Config:
                               bool(self.ws_auth_tokens.strip(", ")), networks)
             egress.EgressPolicy.from_config(self, "sip")
             egress.EgressPolicy.from_config(self, "rtmp")
-        except policy.PolicyError as exc:
+            from .hooks import parse_apps
+            parse_apps(self.rest_apps, egress.EgressPolicy.from_config(self, "rest"))
+        except (policy.PolicyError, ValueError, egress.EgressDenied) as exc:
             raise ConfigError(str(exc)) from None
         from .sip.resolver import parse_servers
         try:

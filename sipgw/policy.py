@@ -21,7 +21,8 @@ LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 
 # The scope each REST route needs, by its first path segment (or whole path).
 _ROUTE_SCOPES = {"/call": "calls", "/stream": "streams", "/push": "push", "/recorder": "record",
-                 "/stream/startRecording": "record", "/stream/stopRecording": "record"}
+                 "/app": "admin", "/stream/startRecording": "record",
+                 "/stream/stopRecording": "record"}
 
 
 class PolicyError(ValueError):

@@ -85,12 +85,39 @@ def make_media(config, reactor, registry) -> _MediaService:
     return _MediaService(pushes, recorders)
 
 
-def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> resource.Resource:
+class _HooksService(service.Service):
+    """REST hooks (sipgw/hooks.py); stopping it closes the idle connections to app servers."""
+
+    name = "hooks"
+
+    def __init__(self, hooks):
+        self.hooks = hooks
+
+    def stopService(self):
+        super().stopService()
+        close = getattr(self.hooks.client, "close", None)
+        return close() if close is not None else None
+
+
+def make_hooks(config, reactor, ua: UserAgent, media=None) -> _HooksService:
+    """The apps of rest_apps, told of every call's, stream's, push's and recording's
+    status changes."""
+    from .hooks import Hooks, watch
+    hooks = Hooks.from_config(config, reactor)
+    watch(hooks, ua, media)
+    return _HooksService(hooks)
+
+
+def make_root(config, ua: UserAgent, media: _MediaService | None = None,
+              hooks=None) -> resource.Resource:
     from .policy import AccessPolicy
     from .rest import CallApi, RestResource
     from .rest.streams import StreamApi
     apis = [CallApi(ua, config, ua.reactor, pushes=media.pushes if media else None),
             StreamApi(ua.streams)]
+    if hooks is not None:
+        from .rest.apps import AppApi
+        apis.append(AppApi(hooks))
     if media is not None:
         from .rest.push import PushApi
         from .rest.recorder import RecorderApi
@@ -132,12 +159,13 @@ def wss_options(certificate: str, private_key: str):
     return options
 
 
-def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService) -> None:
+def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService,
+                    hooks=None) -> None:
     """Websocket signalling for players: ws on ws_port, wss when a certificate is set."""
     from .webrtc.viewer import pin_ice_host
     from .ws.signalling import SignallingFactory
     pin_ice_host(config.webrtc_ice_address)
-    factory = SignallingFactory(config, ua.streams, reactor)
+    factory = SignallingFactory(config, ua.streams, reactor, hooks=hooks)
     ws = internet.TCPServer(config.ws_port, factory, interface=config.ws_bind_address,
                             reactor=reactor)
     ws.setName("ws")
@@ -159,8 +187,10 @@ def make_service(config, reactor) -> service.MultiService:
     _UserAgentService(ua).setServiceParent(top)
     media = make_media(config, reactor, ua.streams)
     media.setServiceParent(top)  # added after the UA: stopped before it
+    hooks = make_hooks(config, reactor, ua, media)
+    hooks.setServiceParent(top)
     from .rest.router import RestSite
-    site = RestSite(make_root(config, ua, media), max_body=config.rest_max_body)
+    site = RestSite(make_root(config, ua, media, hooks.hooks), max_body=config.rest_max_body)
     rest = internet.TCPServer(config.rest_port, site, interface=config.rest_bind_address,
                               reactor=reactor)
     rest.setName("rest")
@@ -171,7 +201,8 @@ def make_service(config, reactor) -> service.MultiService:
                                    interface=config.rest_bind_address, reactor=reactor)
         https.setName("https")
         https.setServiceParent(top)
-    make_signalling(config, ua, reactor, top)
+    make_signalling(config, ua, reactor, top, hooks.hooks)
     top.ua = ua
+    top.hooks = hooks.hooks
     top.media = media
     return top

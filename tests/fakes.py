@@ -1,7 +1,9 @@
 """Fakes shared by the SIP and RTP tests: a UDP-capable fake reactor and a sender that
 records what would go on the wire."""
+import json
 import socket
 
+from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import InvalidAddressError
@@ -92,3 +94,30 @@ class UDPMemoryReactor(MemoryReactorClock):
         self.udp_ports[port] = fake
         protocol.makeConnection(fake)
         return fake
+
+
+class HeldHttpClient:
+    """Keeps every POST and its Deferred; the test answers (or never answers) each."""
+
+    def __init__(self):
+        self.posts = []  # (url, body dict, Deferred)
+
+    def post(self, url, data):
+        d = defer.Deferred()
+        self.posts.append((url, json.loads(data), d))
+        return d
+
+    def answer(self, index=0, code=200):
+        self.posts[index][2].callback(code)
+
+
+class AnsweringHttpClient:
+    """Answers every POST at once with ``code``; counts them (keeps nothing else)."""
+
+    def __init__(self, code=200):
+        self.code = code
+        self.count = 0
+
+    def post(self, url, data):
+        self.count += 1
+        return defer.succeed(self.code)

@@ -170,6 +170,7 @@ class PushManager:
         self.timeout = timeout
         self.queue_frames = queue_frames
         self.pushes: dict[str, RtmpPush] = {}
+        self.observers: list = []  # given to every push: callables(push) on state changes
 
     def startup(self, stream_name: str, rtmp_url: str, full_url: bool = False,
                 options: dict | None = None, published_name: str = "",
@@ -193,6 +194,7 @@ class PushManager:
                         queue_frames=self.queue_frames, egress=self.egress,
                         wait_for_media=wait_for_media)
         self.pushes[push.media_session_id] = push
+        push.observers = self.observers
         push.done.addCallback(self._ended)
         log.info("push of {name} to {url} started ({id})", name=stream.name, url=where.redacted,
                  id=push.media_session_id)

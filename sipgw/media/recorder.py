@@ -420,6 +420,7 @@ class RecorderManager:
         self.active: dict[str, Recording] = {}
         self.history: list[Recording] = []
         self.history_limit = history
+        self.observers: list = []  # given to every recording: callables(recording)
         if auto:
             registry.listeners.append(self._stream_event)
 
@@ -449,6 +450,7 @@ class RecorderManager:
         except BadFileName as exc:
             raise RecordingError(400, str(exc), "fileName" if file_name else "fileTemplate")
         self.active[stream.media_session_id] = recording
+        recording.observers = self.observers
         recording.done.addCallback(self._ended)
         log.info("recording {name} to {file}", name=stream.name, file=recording.file_name)
         return recording.start()

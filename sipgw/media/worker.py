@@ -126,6 +126,7 @@ class MediaJob:
         self._sink = None
         self._stopping = False
         self.clock = time.monotonic  # arrival stamps (tests put a fake clock here)
+        self.observers: list = []  # callables(job) on every state change (REST hooks)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"sipgw-{self.kind}-{stream.name}")
 
@@ -188,6 +189,8 @@ class MediaJob:
         self.state, self.info = state, info
         if changed:
             self.on_state(state, info)
+            for observer in self.observers:
+                observer(self)
 
     def on_state(self, state: str, info: str) -> None:
         """Reactor thread: the worker reported a new state (for logging)."""

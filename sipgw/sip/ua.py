@@ -93,6 +93,8 @@ class Call:
         emit = log.debug if status in _QUIET_STATUSES else log.info
         emit("call {call_id} {status}{reason}", call_id=self.request.call_id,
              status=status.value, reason=f" ({reason})" if reason else "")
+        for observer in self.ua.call_observers:  # e.g. the CallStatusEvent hook
+            observer(self)
         if status.ended:
             self.ua.call_ended(self)
 
@@ -323,6 +325,7 @@ class UserAgent:
                                         tcp_message_timeout=config.sip_tcp_message_timeout)
         self.transactions.sender = self.transport
         self.calls: dict[str, Call] = {}  # by WCS callId
+        self.call_observers: list = []  # callables(call) on every status change
         self.by_sip_call_id: dict[str, Call] = {}
         self.streams = streams if streams is not None else StreamRegistry()
         self.registrations: dict[tuple, Registration] = {}

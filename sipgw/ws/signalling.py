@@ -31,6 +31,7 @@ from autobahn.twisted.websocket import (ConnectionDeny, WebSocketServerFactory,
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from ..hooks import DEFAULT_APP, HookRefused
 from ..policy import AccessPolicy, token_matches
 from ..quotas import QuotaExceeded, check
 from ..webrtc.viewer import NoCommonCodecs, Viewer
@@ -77,6 +78,9 @@ class SignallingProtocol(WebSocketServerProtocol):
         self.established = False
         self.viewers: dict[str, Viewer] = {}
         self.session_id = secrets.token_hex(8)
+        self.app_key = DEFAULT_APP
+        self._asking: set = set()  # "connection" and mediaSessionIds whose hook is asked
+        self._connection: dict = {}  # the client's 'connection' object, for the hooks
         self._connect_timer = None
         self._keep_alive = None
         self._missed = 0  # pings sent since the client last answered
@@ -131,6 +135,8 @@ class SignallingProtocol(WebSocketServerProtocol):
         handler(self, obj)
 
     def onClose(self, wasClean, code, reason):
+        if self.established:
+            self._connection_event("DISCONNECTED")
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
         self._stop_keep_alive()
@@ -148,9 +154,42 @@ class SignallingProtocol(WebSocketServerProtocol):
 
     def status(self, media_session_id: str, name: str, status: str, info: str = "",
                published: bool = False) -> None:
-        self.send("notifyStreamStatusEvent", {"mediaSessionId": media_session_id, "name": name,
-                                              "published": published, "status": status,
-                                              "info": info})
+        event = {"mediaSessionId": media_session_id, "name": name, "published": published,
+                 "status": status, "info": info}
+        self.send("notifyStreamStatusEvent", event)
+        self._hook_event("StreamStatusEvent", dict(event))
+
+    # -- REST hooks (sipgw/hooks.py): the app server of this session's appKey --------------
+    def _hook_body(self, body: dict) -> dict:
+        return {**body, "appKey": self.app_key, "sessionId": self.session_id}
+
+    def _hook_event(self, method: str, body: dict) -> None:
+        hooks = self.factory.hooks
+        if hooks is not None:
+            hooks.event(self.app_key, method, self._hook_body(body), key=self.session_id)
+
+    def _connection_event(self, status: str, info: str = "") -> None:
+        """ConnectionStatusEvent: as WCS, the client's 'connection' fields and the status."""
+        self._hook_event("ConnectionStatusEvent", {**self._connection, "status": status,
+                                                   "info": info})
+
+    def _ask(self, what: str, method: str, body: dict, then, refused) -> None:
+        """``then()`` when the app allows (at once without hooks), else ``refused(info)``."""
+        hooks = self.factory.hooks
+        if hooks is None:
+            then()
+            return
+        self._asking.add(what)
+
+        def answered(result):
+            self._asking.discard(what)
+            if self.state != WebSocketServerProtocol.STATE_OPEN:
+                return
+            if result is None:
+                then()
+            else:
+                refused(result.value.info if result.check(HookRefused) else "refused")
+        hooks.query(self.app_key, method, self._hook_body(body)).addBoth(answered)
 
     # -- handlers --------------------------------------------------------------
     def on_connection(self, obj: dict) -> None:
@@ -161,12 +200,29 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.fail("connection", "authentication failed")
             self.sendClose(4003, "authentication failed")
             return
+        if "connection" in self._asking:
+            return
+        self.app_key = _text(obj.get("appKey")) or DEFAULT_APP
+        self._connection = obj
+        self._ask("connection", "connect", obj, self._established, self._connect_refused)
+
+    def _connect_refused(self, info: str) -> None:
+        """The app server refused (or could not be asked): fail, FAILED, close."""
+        log.info("ws {peer}: connection refused by the app ({info})", peer=self.peer, info=info)
+        self.fail("connection", info)
+        self._connection_event("FAILED", info)
+        self.sendClose(4003, info[:100])
+
+    def _established(self) -> None:
+        first = not self.established
         self.established = True
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
         self.send("getUserData", {"authToken": self.session_id, "sessionId": self.session_id,
                                   "status": "ESTABLISHED", "mediaProviders": ["WebRTC"]})
         self._start_keep_alive()
+        if first:
+            self._connection_event("ESTABLISHED")
 
     # -- keep-alive (WCS keep_alive.*) -------------------------------------------------
     def _start_keep_alive(self) -> None:
@@ -208,6 +264,15 @@ class SignallingProtocol(WebSocketServerProtocol):
         if not isinstance(name, str) or not name:
             self.status(media_session_id, "", "FAILED", "name is required")
             return
+        if media_session_id in self.viewers or media_session_id in self._asking:
+            self.status(media_session_id, name, "FAILED", MEDIASESSION_ID_IN_USE)
+            return
+        asked = {k: v for k, v in obj.items() if k != "sdp"}
+        self._ask(media_session_id, "playStream", asked,
+                  lambda: self._play(media_session_id, name, sdp),
+                  lambda info: self.status(media_session_id, name, "FAILED", info))
+
+    def _play(self, media_session_id: str, name: str, sdp) -> None:
         if media_session_id in self.viewers:
             self.status(media_session_id, name, "FAILED", MEDIASESSION_ID_IN_USE)
             return
@@ -342,9 +407,10 @@ class SignallingProtocol(WebSocketServerProtocol):
 class SignallingFactory(WebSocketServerFactory):
     protocol = SignallingProtocol
 
-    def __init__(self, config, registry, reactor, url: str | None = None):
+    def __init__(self, config, registry, reactor, url: str | None = None, hooks=None):
         super().__init__(url, reactor=reactor)
         self.config = config
+        self.hooks = hooks  # sipgw.hooks.Hooks: connect/playStream asked, events told
         self.registry = registry
         self.reactor = reactor
         self.ice_servers = [u.strip() for u in config.webrtc_ice_servers.split(",") if u.strip()]

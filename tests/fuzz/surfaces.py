@@ -356,8 +356,14 @@ class RestSurface(_CallHarness):
         self.recorders = RecorderManager(self.clock, self.ua.streams, self.folder,
                                          "{streamName}-{mediaSessionId}", limits=Limits())
         rest = _load("fuzz_rest_http", os.path.join(TESTS, "rest", "conftest.py"))
+        from fakes import AnsweringHttpClient
+        from sipgw.hooks import Hooks, parse_apps
+        from sipgw.rest.apps import AppApi
+        hooks = Hooks(self.clock, AnsweringHttpClient(),
+                      apps=parse_apps("defaultApp=http://127.0.0.1:9/app"))
         resource = RestResource(CallApi(self.ua), StreamApi(self.ua.streams),
-                                PushApi(self.pushes), RecorderApi(self.recorders, self.ua.streams))
+                                PushApi(self.pushes), RecorderApi(self.recorders, self.ua.streams),
+                                AppApi(hooks))
         self.client = rest.RestClient(resource)
         self.paths = resource.paths
 
@@ -383,6 +389,9 @@ class RestSurface(_CallHarness):
             ("/recorder/find_all", {}), ("/recorder/terminate", {"mediaSessionId": "{STREAM}"}),
             ("/stream/startRecording", {"mediaSessionId": "{STREAM}", "fileName": "f"}),
             ("/stream/stopRecording", {"mediaSessionId": "{STREAM}"}),
+            ("/app/add", {"appKey": "a1", "name": "A", "url": "http://127.0.0.1:9/a",
+                          "restMethods": ["connect", "CallStatusEvent"]}),
+            ("/app/find_all", {}), ("/app/remove", {"appKey": "a1"}),
             ("/nope", {})]
         return [path.encode() + b"\n" + json.dumps(body).encode() for path, body in bodies]
 
@@ -445,7 +454,12 @@ class WsSurface:
                 self.producer = None
 
         self.transport_class = ClosableTransport
-        self.factory = SignallingFactory(Config(), StreamRegistry(), Clock())
+        from fakes import AnsweringHttpClient
+        from sipgw.hooks import Hooks, parse_apps
+        clock = Clock()  # with an app that allows everything: the hooks' paths are fuzzed too
+        hooks = Hooks(clock, AnsweringHttpClient(),
+                      apps=parse_apps("defaultApp=http://127.0.0.1:9/app"))
+        self.factory = SignallingFactory(Config(), StreamRegistry(), clock, hooks=hooks)
         self.ws = _load("fuzz_test_signalling", os.path.join(TESTS, "ws", "test_signalling.py"))
         self.frame = self.ws.client_frame
         self._open()

@@ -1,0 +1,68 @@
+"""The websocket asks the app server: connect and playStream allowed or refused, and the
+ConnectionStatusEvent/StreamStatusEvent it is told."""
+import json
+
+from twisted.internet.task import Clock
+
+from sipgw.config import Config
+from sipgw.hooks import Hooks, parse_apps
+from sipgw.streams.registry import StreamRegistry
+from sipgw.ws.signalling import SignallingFactory
+
+from test_signalling import LOCAL, UPGRADE, TcpLikeTransport  # noqa: E402
+from fakes import HeldHttpClient
+
+
+def _session(apps="app1=http://127.0.0.1:9091/App"):
+    clock, client = Clock(), HeldHttpClient()
+    hooks = Hooks(clock, client, apps=parse_apps(apps))
+    factory = SignallingFactory(Config(), StreamRegistry(), clock, hooks=hooks)
+    protocol = factory.buildProtocol(LOCAL)
+    protocol.makeConnection(TcpLikeTransport(peerAddress=LOCAL))
+    protocol.dataReceived(UPGRADE)
+    sent = []
+    protocol.sendMessage = lambda payload, *a, **kw: sent.append(json.loads(payload))
+    protocol.sendClose = lambda *a, **kw: sent.append("closed")
+    return protocol, client, sent
+
+
+def _posted(client):
+    return [(url.rsplit("/", 1)[1], body.get("status")) for url, body, _ in client.posts]
+
+
+def test_connect_refused_by_the_app_fails_and_closes():
+    """connect answered 403: the client gets a fail with the reason and the socket closes."""
+    protocol, client, sent = _session()
+    protocol.on_connection({"appKey": "app1", "authToken": "t"})
+    assert not protocol.established and sent == []
+    url, body, _ = client.posts[0]
+    assert url.endswith("/App/connect") and body["appKey"] == "app1" and body["sessionId"]
+    client.answer(0, 403)
+    assert sent[0]["message"] == "fail" and "403 Forbidden" in sent[0]["data"][0]["info"]
+    assert sent[-1] == "closed" and not protocol.established
+
+
+def test_connect_allowed_then_play_refused_gets_failed():
+    """connect 200 establishes (ConnectionStatusEvent ESTABLISHED told); playStream refused
+    gives the player FAILED with the reason, and StreamStatusEvent FAILED is told."""
+    protocol, client, sent = _session()
+    protocol.on_connection({"appKey": "app1"})
+    client.answer(0, 200)
+    assert protocol.established and sent[0]["message"] == "getUserData"
+    assert _posted(client)[1] == ("ConnectionStatusEvent", "ESTABLISHED")
+    client.answer(1, 200)
+    protocol.on_play_stream({"mediaSessionId": "m1", "name": "s1", "sdp": "v=0"})
+    assert _posted(client)[2] == ("playStream", None)
+    assert "sdp" not in client.posts[2][1]
+    client.answer(2, 404)
+    event = sent[-1]
+    assert event["message"] == "notifyStreamStatusEvent"
+    assert event["data"][0]["status"] == "FAILED" and "404" in event["data"][0]["info"]
+    assert _posted(client)[3] == ("StreamStatusEvent", "FAILED")
+
+
+def test_other_app_keys_are_not_asked():
+    """A client of an appKey without app (and no defaultApp) connects as before."""
+    protocol, client, sent = _session()
+    protocol.on_connection({"appKey": "someone-else"})
+    assert protocol.established and client.posts == []
