@@ -146,6 +146,9 @@ class Call:
     def on_invite_response(self, response: Response) -> None:
         status = response.status
         self.sip_status = status
+        if getattr(response, "local", False) and status == 500:
+            self.fail(response.reason)  # our own handler failed (TransactionLayer)
+            return
         if status < 200:
             self.provisional = True
             if self.cancel_requested:
@@ -208,7 +211,12 @@ class Call:
             self.ua.ack_and_bye_fork(self, response)
             return
         self.ua.send_in_dialog(self, self.ack)
-        if self.status in (CallStatus.ESTABLISHED, CallStatus.HOLD) or self.status.ended:
+        if self.status.ended:
+            # The call ended before this answer (ring timeout, a CANCEL that crossed the
+            # 200, a local failure): the callee is answered now, so hang it up (§15).
+            self._send_bye_request()
+            return
+        if self.status in (CallStatus.ESTABLISHED, CallStatus.HOLD):
             return  # a retransmitted 2xx: the ACK above is all it needs
         if response.body:
             self.take_answer(response)
@@ -216,8 +224,8 @@ class Call:
             self.send_bye(TERMINATED_BY_REST)
             return
         if not self.media:
-            self.set_status(CallStatus.ESTABLISHED)
-            self.send_bye(NO_COMMON_CODECS, CallStatus.FAILED)
+            # Media cannot flow: never show ESTABLISHED while the BYE is outstanding.
+            self.send_bye(NO_COMMON_CODECS, CallStatus.FAILED, wait=False)
             return
         self.set_status(CallStatus.ESTABLISHED)
         if self.media_session is not None:
@@ -241,6 +249,19 @@ class Call:
             self.send_cancel()
         # else: §9.1, wait for a provisional response before sending CANCEL.
 
+    def fail(self, reason: str) -> None:
+        """End the call FAILED on a local decision: BYE after the answer (§15), CANCEL
+        before it once a provisional came (§9.1); a later 2xx is BYEd by ``on_2xx``."""
+        if self.status.ended:
+            return
+        if self.dialog is not None:
+            self.send_bye(reason, CallStatus.FAILED, wait=False)
+            return
+        self.cancel_requested = True
+        if self.provisional:
+            self.send_cancel()
+        self.set_status(CallStatus.FAILED, reason)
+
     def send_cancel(self) -> None:
         """CANCEL with the INVITE's Request-URI, Call-ID, From, To, top Via (§9.1)."""
         inv = self.invite
@@ -259,13 +280,19 @@ class Call:
         """BYE (§15.1.1); the call ends when it is answered, or at once unless ``wait``."""
         if self.status.ended or self._bye_sent:
             return
-        self._bye_sent = True
-        bye = self.dialog.create_request("BYE", via=self.ua.via(self.dest_for_dialog()),
-                                         headers=[("User-Agent", self.ua.config.sip_user_agent)])
-        self.ua.send_in_dialog(self, bye, lambda r: self.set_status(status, reason)
+        self._send_bye_request(lambda r: self.set_status(status, reason)
                                if r.status >= 200 else None)
         if not wait:
             self.set_status(status, reason)
+
+    def _send_bye_request(self, on_response=None) -> None:
+        """One BYE per dialog, whatever asks for it."""
+        if self._bye_sent:
+            return
+        self._bye_sent = True
+        bye = self.dialog.create_request("BYE", via=self.ua.via(self.dest_for_dialog()),
+                                         headers=[("User-Agent", self.ua.config.sip_user_agent)])
+        self.ua.send_in_dialog(self, bye, on_response)
 
     def rtp_timed_out(self) -> None:
         """No RTP for rtp_activity_timeout: hang up and fail (WCS 'Failed by RTP activity')."""
@@ -394,6 +421,8 @@ class UserAgent:
         except Exception as exc:  # DNS failure: the call fails, the daemon goes on
             call.set_status(CallStatus.FAILED, f"Cannot resolve {host}: {exc.__class__.__name__}")
             return
+        if call.status.ended:  # terminated during the lookup: use no registration
+            return
         call.dest = Destination(transport, address, port)
         if r.sip_register_required:
             key = account_key(r)
@@ -443,11 +472,8 @@ class UserAgent:
                                        session_id=self._session_version)
 
     def _ring_timeout(self, call: Call) -> None:
-        if call.dialog is None and not call.status.ended:
-            call.cancel_requested = True
-            if call.provisional:
-                call.send_cancel()
-            call.set_status(CallStatus.FAILED, f"No answer within {self.config.sip_ring_timeout} s")
+        if call.dialog is None:
+            call.fail(f"No answer within {self.config.sip_ring_timeout} s")
 
     def find(self, call_id: str | None = None, status: str | None = None) -> list[dict]:
         calls = list(self.calls.values())

@@ -205,3 +205,19 @@ def test_transport_error_fails_pending_transactions_with_503(clock, sender):
     layer.send_request(_request("OPTIONS"), "TCP", "127.0.0.1", 5999, got.append)
     layer.transport_error(("127.0.0.1", 5999), "Connection refused")
     assert [r.status for r in got] == [503] and got[0].local
+
+
+def test_exception_in_the_tu_handler_becomes_a_local_500(clock, sender):
+    """A response handler that raises gets a local 500 naming the error, once, so its
+    user can end instead of waiting for ever; the exception goes no further."""
+    layer = _layer(clock, sender)
+    got = []
+
+    def handler(response):
+        got.append(response)
+        raise ValueError("no supported qop in auth-conf")
+    request = _request("REGISTER")
+    layer.send_request(request, "UDP", "127.0.0.1", 5060, handler)
+    layer.receive(make_response(request, 401, to_tag="r"), PEER)
+    assert [(r.status, getattr(r, "local", False)) for r in got] == [(401, False), (500, True)]
+    assert got[1].reason == "Internal error: no supported qop in auth-conf"

@@ -390,3 +390,112 @@ def test_password_and_digest_response_never_logged(make_ua, sender):
     response = sender.requests("INVITE")[1].get("Authorization").split('response="')[1][:32]
     assert events and "s3cret-pw" not in text and response not in text
     assert "s3cret-pw" not in repr(ua.find("call1"))
+
+
+# --- races that must not orphan a call or an account (issue 10) ------------------------
+
+UNUSABLE = (b"v=0\r\no=- 9 9 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            b"m=audio 6000 RTP/AVP 98\r\na=rtpmap:98 nothing-we-know/8000\r\n")
+AUTH_CONF_ONLY = 'Digest realm="r", nonce="n1", qop="auth-conf"'
+
+
+def _ring_then_end(ua, sender, clock, how):
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 180), PEER)
+    if how == "ring timeout":
+        clock.advance(ua.config.sip_ring_timeout)
+    else:  # /call/terminate, then no final response until the §9.1 fallback
+        ua.terminate("call1")
+        clock.advance(64 * T1)
+    assert ua.calls["call1"].status.ended
+    assert len({c.top_via.branch for c in sender.requests("CANCEL")}) == 1
+    return invite
+
+
+@pytest.mark.parametrize("how", ["ring timeout", "cancel fallback"])
+def test_answer_after_the_call_ended_is_acked_and_hung_up(make_ua, sender, clock, how):
+    """A 2xx arriving after the call already ended (ring timeout, CANCEL unanswered for
+    64*T1) is ACKed and then BYEd (§15), once even if the 2xx is retransmitted."""
+    ua = make_ua(sip_ring_timeout=5 if how == "ring timeout" else 0)
+    invite = _ring_then_end(ua, sender, clock, how)
+    ok = _reply(invite, 200, body=ANSWER)
+    ua.transactions.receive(ok, PEER)
+    assert len(sender.requests("ACK")) == 1
+    bye, = sender.requests("BYE")
+    assert bye.call_id == invite.call_id and bye.to.tag == "b1"
+    ua.transactions.receive(ok, PEER)
+    assert len(sender.requests("ACK")) == 2 and len(sender.requests("BYE")) == 1
+    assert ua.calls["call1"].status.ended
+
+
+def test_unusable_answer_fails_at_once_with_no_common_codecs(make_ua, sender, clock):
+    """A 200 whose SDP shares no codec with the offer is ACKed, BYEd and FAILED at once:
+    the call never shows ESTABLISHED while its BYE is outstanding."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 200, body=UNUSABLE), PEER)
+    assert len(sender.requests("ACK")) == 1 and len(sender.requests("BYE")) == 1
+    call = ua.find("call1")[0]
+    assert (call["status"], call["info"]) == ("FAILED", "No common codecs")
+    assert "ESTABLISHED" not in call["history"]
+
+
+def test_invite_challenge_that_cannot_be_answered_fails_the_call(make_ua, sender):
+    """An exception in a response handler (a challenge offering only qop=auth-conf) ends
+    the call FAILED with the reason instead of leaving it pending."""
+    ua = make_ua()
+    ua.startup(_call())
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 401, extra=[
+        ("WWW-Authenticate", AUTH_CONF_ONLY)]), PEER)
+    call = ua.find("call1")[0]
+    assert call["status"] == "FAILED" and "auth-conf" in call["info"]
+
+
+def test_exception_on_a_provisional_fails_the_call_and_cancels_it(make_ua, sender, monkeypatch):
+    """An exception while handling a 183 fails the call and CANCELs the INVITE; a 200
+    that still arrives is ACKed and BYEd."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    call = ua.calls["call1"]
+
+    def broken(*args):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(call, "take_answer", broken)
+    ua.transactions.receive(_reply(invite, 183, body=ANSWER), PEER)
+    assert call.status.value == "FAILED" and "boom" in call.reason
+    assert len(sender.requests("CANCEL")) == 1
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER), PEER)
+    assert len(sender.requests("ACK")) == 1 and len(sender.requests("BYE")) == 1
+
+
+def test_register_challenge_that_cannot_be_answered_frees_the_account(make_ua, sender):
+    """A REGISTER challenge offering only qop=auth-conf fails the call with the reason,
+    and the next call of the same account registers afresh instead of waiting for ever."""
+    ua = make_ua()
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 401, to_tag="r", extra=[
+        ("WWW-Authenticate", AUTH_CONF_ONLY)]), PEER)
+    call = ua.find("call1")[0]
+    assert call["status"] == "FAILED" and "auth-conf" in call["info"]
+    assert ua.registrations == {}
+    ua.startup(_call(call_id="call2", sip_register_required=True))
+    assert len(sender.requests("REGISTER")) == 2
+
+
+def test_terminate_during_dns_lookup_counts_no_registration_user(make_ua, sender):
+    """/call/terminate while sipDomain is being resolved: no REGISTER, no registration
+    left counting the ended call as a user."""
+    from twisted.internet import defer
+    ua = make_ua()
+    lookup = defer.Deferred()
+    ua.resolve = lambda host: lookup
+    ua.startup(_call(sip_register_required=True, sip_domain="pbx.example.org"))
+    ua.terminate("call1")
+    assert _status(ua) == "FINISH"
+    lookup.callback("127.0.0.1")
+    assert ua.registrations == {} and sender.requests("REGISTER") == []
+    assert ua.calls["call1"].registration is None
