@@ -43,6 +43,8 @@ class Config:
     sip_max_message_size: int = 65535
     sip_user_agent: str = "sipgw/0.1"
     call_retention: int = 60
+    call_retention_max: int = 1000
+    call_find_limit: int = 200
     # media
     media_address: str = ""
     media_port_from: int = 31000
@@ -70,8 +72,8 @@ class Config:
         for name in ("sip_register_expires", "sip_max_message_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",
-                     "ws_connection_timeout"):
+        for name in ("call_retention", "call_retention_max", "call_find_limit",
+                     "sip_ring_timeout", "rtp_activity_timeout", "ws_connection_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
 

@@ -8,6 +8,7 @@ status. It implements the manager interface the REST layer calls
 """
 from __future__ import annotations
 
+import collections
 import secrets
 import time
 
@@ -328,6 +329,8 @@ class UserAgent:
         self.by_sip_call_id: dict[str, Call] = {}
         self.streams = streams if streams is not None else StreamRegistry()
         self.registrations: dict[tuple, Registration] = {}
+        self._ended: collections.deque[Call] = collections.deque()  # in order of ending
+        self._prune_timer = None
         self._session_version = int(time.time())
 
     def start(self) -> None:
@@ -476,12 +479,16 @@ class UserAgent:
             call.fail(f"No answer within {self.config.sip_ring_timeout} s")
 
     def find(self, call_id: str | None = None, status: str | None = None) -> list[dict]:
-        calls = list(self.calls.values())
+        """The calls asked for, at most ``call_find_limit`` of them (the most recently
+        started): building the answer runs on the reactor, so one request stays short."""
         if call_id is not None:
-            calls = [c for c in calls if c.request.call_id == call_id]
+            calls = [self.calls[call_id]] if call_id in self.calls else []
+        else:
+            calls = list(self.calls.values())
         if status is not None:
             calls = [c for c in calls if c.status.value == status.upper()]
-        return [c.to_json() for c in calls]
+        limit = self.config.call_find_limit
+        return [c.to_json() for c in calls[-limit:]] if limit else []
 
     def terminate(self, call_id: str) -> None:
         call = self.calls.get(call_id)
@@ -518,7 +525,19 @@ class UserAgent:
         if call.registration is not None:
             call.registration.release()
             call.registration = None
-        self.reactor.callLater(self.config.call_retention, self._forget, call)
+        self._ended.append(call)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Forget ended calls once ``call_retention`` seconds old, and the oldest beyond
+        ``call_retention_max``; one timer for the oldest instead of one per call."""
+        now, ended, config = self.reactor.seconds(), self._ended, self.config
+        while ended and (len(ended) > config.call_retention_max
+                         or ended[0].ended_at + config.call_retention <= now):
+            self._forget(ended.popleft())
+        if ended and (self._prune_timer is None or not self._prune_timer.active()):
+            self._prune_timer = self.reactor.callLater(
+                ended[0].ended_at + config.call_retention - now, self._prune)
 
     def _forget(self, call: Call) -> None:
         if self.calls.get(call.request.call_id) is call:

@@ -499,3 +499,34 @@ def test_terminate_during_dns_lookup_counts_no_registration_user(make_ua, sender
     lookup.callback("127.0.0.1")
     assert ua.registrations == {} and sender.requests("REGISTER") == []
     assert ua.calls["call1"].registration is None
+
+
+# --- bounded state (issue 10) ---------------------------------------------------------------
+
+def _busy(ua, sender, call_id):
+    ua.startup(_call(call_id=call_id))
+    ua.transactions.receive(_reply(sender.requests("INVITE")[-1], 486), PEER)
+
+
+def test_ended_calls_are_retained_by_count_too(make_ua, sender, clock):
+    """Beyond call_retention_max ended calls the oldest is forgotten before its time."""
+    ua = make_ua(call_retention=60, call_retention_max=2)
+    for n in range(3):
+        _busy(ua, sender, f"call{n}")
+        clock.advance(1)
+    assert [c["callId"] for c in ua.find()] == ["call1", "call2"]
+    clock.advance(58)
+    assert [c["callId"] for c in ua.find()] == ["call2"]
+    clock.advance(1)
+    assert ua.find() == [] and ua.by_sip_call_id == {}
+
+
+def test_find_lists_at_most_call_find_limit_calls(make_ua, sender):
+    """/call/find_all and /call/find by status answer at most call_find_limit calls, the
+    most recently started."""
+    ua = make_ua(call_find_limit=2)
+    for n in range(3):
+        _busy(ua, sender, f"call{n}")
+    assert [c["callId"] for c in ua.find()] == ["call1", "call2"]
+    assert [c["callId"] for c in ua.find(status="BUSY")] == ["call1", "call2"]
+    assert [c["callId"] for c in ua.find("call0")] == ["call0"]
