@@ -45,6 +45,7 @@ class Config:
     call_retention: int = 60
     call_retention_max: int = 1000
     call_find_limit: int = 200
+    shutdown_timeout: int = 10
     # media
     media_address: str = ""
     media_port_from: int = 31000
@@ -72,7 +73,7 @@ class Config:
         for name in ("sip_register_expires", "sip_max_message_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("call_retention", "call_retention_max", "call_find_limit",
+        for name in ("call_retention", "call_retention_max", "call_find_limit", "shutdown_timeout",
                      "sip_ring_timeout", "rtp_activity_timeout", "ws_connection_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")

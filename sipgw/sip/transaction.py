@@ -294,6 +294,12 @@ class TransactionLayer:
         self.server[self._server_key(message)] = tx
         self.tu.request(message, tx)
 
+    def close(self) -> None:
+        """Daemon shutdown: drop every transaction and its timers, telling no TU, so
+        nothing is retransmitted on a closed socket."""
+        for tx in list(self.client.values()) + list(self.server.values()):
+            tx._terminate()
+
     def transport_error(self, dest: tuple[str, int], why: str) -> None:
         for tx in list(self.client.values()):
             if (tx.host, tx.port) == dest:

@@ -16,7 +16,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..calls import (NO_COMMON_CODECS, NORMAL_CLEARING, REQUEST_TIMEOUT, RTP_ACTIVITY,
-                     TERMINATED_BY_REST, CallError, CallRequest, CallStatus, Conflict, NotFound)
+                     SHUTDOWN, TERMINATED_BY_REST, CallError, CallRequest, CallStatus, Conflict,
+                     NotFound, Unavailable)
 from ..rtp.session import MediaSession
 from ..streams.registry import StreamExists, StreamRegistry
 from ..streams.stream import Stream, StreamStatus
@@ -68,6 +69,7 @@ class Call:
         self.remote_media: dict = {}
         self.registration: Registration | None = None
         self.cancel_requested = False
+        self.cancel_reason = TERMINATED_BY_REST
         self.ended_at: float | None = None
         self._auth = None
         self._timers: list = []
@@ -175,7 +177,7 @@ class Call:
                 self.send_invite(headers)
                 return
         if self.cancel_requested and status == 487:
-            self.set_status(CallStatus.FINISH, TERMINATED_BY_REST)
+            self.set_status(CallStatus.FINISH, self.cancel_reason)
         elif getattr(response, "local", False) and status == 408:
             self.set_status(CallStatus.FAILED, REQUEST_TIMEOUT)
         elif status in (486, 600):
@@ -222,7 +224,7 @@ class Call:
         if response.body:
             self.take_answer(response)
         if self.cancel_requested:
-            self.send_bye(TERMINATED_BY_REST)
+            self.send_bye(self.cancel_reason)
             return
         if not self.media:
             # Media cannot flow: never show ESTABLISHED while the BYE is outstanding.
@@ -236,16 +238,17 @@ class Call:
         return self.ua.in_dialog_destination(self)
 
     # -- ending ------------------------------------------------------------
-    def terminate(self) -> None:
+    def terminate(self, reason: str = TERMINATED_BY_REST) -> None:
         """``/call/terminate``: CANCEL before the answer, BYE after (§9, §15)."""
         if self.status.ended:
             return
         if self.dialog is not None:
-            self.send_bye(TERMINATED_BY_REST)
+            self.send_bye(reason)
             return
         self.cancel_requested = True
+        self.cancel_reason = reason
         if self.invite is None:
-            self.set_status(CallStatus.FINISH, TERMINATED_BY_REST)
+            self.set_status(CallStatus.FINISH, reason)
         elif self.provisional:
             self.send_cancel()
         # else: §9.1, wait for a provisional response before sending CANCEL.
@@ -274,7 +277,7 @@ class Call:
         self.ua.transactions.send_request(cancel, self.dest.transport, self.dest.host,
                                           self.dest.port, lambda r: None)
         # If no final response arrives, the INVITE is as good as cancelled (§9.1).
-        self.later(64 * T1, self.set_status, CallStatus.FINISH, TERMINATED_BY_REST)
+        self.later(64 * T1, self.set_status, CallStatus.FINISH, self.cancel_reason)
 
     def send_bye(self, reason: str, status: CallStatus = CallStatus.FINISH,
                  wait: bool = True) -> None:
@@ -332,14 +335,54 @@ class UserAgent:
         self._ended: collections.deque[Call] = collections.deque()  # in order of ending
         self._prune_timer = None
         self._session_version = int(time.time())
+        self.accepting = True
+        self.leaving: set[Registration] = set()  # unregistering (or registering, unused)
+        self.unregistered = 0
+        self._stopping: set[Call] = set()  # calls ended by stop(), not ended yet
+        self._drained: defer.Deferred | None = None
 
     def start(self) -> None:
         self.transport.start()
 
-    def stop(self) -> defer.Deferred:
-        for call in list(self.calls.values()):
-            call.terminate()
-        return defer.maybeDeferred(self.transport.stop)
+    def stop(self, timeout: float | None = None) -> defer.Deferred:
+        """Ordered shutdown within ``timeout`` (default ``shutdown_timeout``): refuse new
+        calls; CANCEL calls not answered yet (§9.1) and BYE established ones (§15.1) while
+        the sockets stay open, so retransmissions go on; each account is unregistered
+        (Expires: 0, §10.2.2) when its last call ends.  Once every call and REGISTER is
+        answered, or at the deadline, calls still up are ended, every transaction is
+        dropped and the sockets close.  Fires with counts for the summary line."""
+        self.accepting = False
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        live = [c for c in self.calls.values() if not c.status.ended]
+        self._stopping = set(live)
+        self._drained = defer.Deferred()
+        self._drained.addTimeout(timeout, self.reactor, onTimeoutCancel=lambda result, t: None)
+        for call in live:
+            call.terminate(SHUTDOWN)
+        self._check_drained()
+        return self._drained.addCallback(lambda _: self._close(live))
+
+    def _check_drained(self) -> None:
+        d = self._drained
+        if d is not None and not d.called and not self._stopping and not self.leaving:
+            d.callback(None)
+
+    def _close(self, live: list[Call]):
+        answered = sum(1 for call in live if call.status.ended)
+        for call in live:  # the deadline passed: end what is left, unanswered
+            call.set_status(CallStatus.FINISH, SHUTDOWN)
+        summary = {"calls": len(live), "answered": answered, "unregistered": self.unregistered,
+                   "not_unregistered": len(self.leaving)}
+        self.transactions.close()  # no retransmission may outlive the sockets
+        if self._prune_timer is not None and self._prune_timer.active():
+            self._prune_timer.cancel()
+        return defer.maybeDeferred(self.transport.stop).addCallback(lambda _: summary)
+
+    def registration_left(self, registration: Registration, removed: bool) -> None:
+        """A released registration is done: unregistered (``removed``), or it never was."""
+        self.leaving.discard(registration)
+        self.unregistered += removed
+        self._check_drained()
 
     # -- addressing --------------------------------------------------------
     def via(self, dest: Destination, branch: str | None = None) -> str:
@@ -395,6 +438,8 @@ class UserAgent:
 
     # -- the manager interface (REST) -----------------------------------------
     def startup(self, request: CallRequest) -> None:
+        if not self.accepting:
+            raise Unavailable("The server is shutting down")
         existing = self.calls.get(request.call_id)
         if existing is not None and not existing.status.ended:
             raise Conflict(f"callId {request.call_id} is already in use")
@@ -527,6 +572,9 @@ class UserAgent:
             call.registration = None
         self._ended.append(call)
         self._prune()
+        if call in self._stopping:
+            self._stopping.discard(call)
+            self._check_drained()
 
     def _prune(self) -> None:
         """Forget ended calls once ``call_retention`` seconds old, and the oldest beyond

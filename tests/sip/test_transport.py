@@ -180,3 +180,12 @@ def test_udp_send_error_becomes_a_transport_error():
     assert controller.errors == []  # reported on the next turn, not re-entrantly
     reactor.advance(0)
     assert controller.errors == [(("192.0.2.1", 5060), "[Errno 101] Network is unreachable")]
+
+
+def test_nothing_is_sent_once_stopped():
+    """After stop() a send (a late retransmission) writes nothing and raises nothing."""
+    layer, reactor, controller = _layer()
+    port = reactor.udp_ports[layer.port]
+    layer.stop()
+    layer.send(parse(INVITE), "UDP", "127.0.0.1", 5060)
+    assert port.written == [] and controller.errors == []

@@ -3,7 +3,7 @@ import pytest
 from twisted.logger import globalLogPublisher
 
 from fakes import PEER
-from sipgw.calls import CallRequest, Conflict, NotFound
+from sipgw.calls import CallRequest, Conflict, NotFound, Unavailable
 from sipgw.sip.message import Request, make_response
 from sipgw.sip.headers import URI
 from sipgw.sip.sdp import SessionDescription, make_offer
@@ -530,3 +530,72 @@ def test_find_lists_at_most_call_find_limit_calls(make_ua, sender):
     assert [c["callId"] for c in ua.find()] == ["call1", "call2"]
     assert [c["callId"] for c in ua.find(status="BUSY")] == ["call1", "call2"]
     assert [c["callId"] for c in ua.find("call0")] == ["call0"]
+
+
+# --- ordered shutdown (issue 10) ----------------------------------------------------------
+
+def _registered_and_established(ua, sender):
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[("Expires", "600")]), PEER)
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER), PEER)
+    assert _status(ua) == "ESTABLISHED"
+
+
+def test_stop_ends_calls_and_unregisters_before_closing(make_ua, sender, clock):
+    """stop() BYEs established calls and CANCELs ringing ones while SIP stays open
+    (retransmissions go on), unregisters the account after its last call, and only then
+    drops every transaction; no new call is taken meanwhile."""
+    ua = make_ua()
+    _registered_and_established(ua, sender)
+    ua.startup(_call(call_id="call2"))
+    ringing = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(ringing, 180), PEER)
+    done = []
+    ua.stop(timeout=10).addCallback(done.append)
+    with pytest.raises(Unavailable):
+        ua.startup(_call(call_id="call3"))
+    bye, = sender.requests("BYE")
+    cancel, = sender.requests("CANCEL")
+    clock.advance(T1)
+    assert len(sender.requests("BYE")) == 2  # retransmitted: the socket is still open
+    ua.transactions.receive(make_response(bye, 200), PEER)
+    unreg = sender.requests("REGISTER")[-1]
+    assert unreg.get("Expires") == "0"
+    ua.transactions.receive(make_response(cancel, 200), PEER)
+    ua.transactions.receive(_reply(ringing, 487), PEER)
+    assert [_status(ua, c) for c in ("call1", "call2")] == ["FINISH", "FINISH"]
+    assert ua.find("call2")[0]["info"] == "Stopped: server shutdown"
+    assert done == []  # the unregistration is still outstanding
+    ua.transactions.receive(make_response(unreg, 200, to_tag="r"), PEER)
+    assert done == [{"calls": 2, "answered": 2, "unregistered": 1, "not_unregistered": 0}]
+    assert ua.transactions.client == {} and ua.transactions.server == {}
+    sent = len(sender.sent)
+    clock.advance(100)
+    assert len(sender.sent) == sent
+
+
+def test_stop_gives_up_at_the_deadline_and_retransmits_nothing_after(make_ua, sender, clock):
+    """A peer that never answers the BYE: at shutdown_timeout the call is ended, the
+    account's REGISTER Expires: 0 goes out once, and nothing is retransmitted after."""
+    ua = make_ua(shutdown_timeout=4)
+    _registered_and_established(ua, sender)
+    done = []
+    ua.stop().addCallback(done.append)
+    clock.advance(3.9)
+    assert done == [] and _status(ua) == "ESTABLISHED"
+    clock.advance(0.1)
+    assert done == [{"calls": 1, "answered": 0, "unregistered": 0, "not_unregistered": 1}]
+    assert _status(ua) == "FINISH" and sender.requests("REGISTER")[-1].get("Expires") == "0"
+    sent = len(sender.sent)
+    clock.advance(100)
+    assert len(sender.sent) == sent and clock.getDelayedCalls() == []
+
+
+def test_stop_with_nothing_to_end_closes_at_once(make_ua, sender):
+    """With no call and no registration, stop() closes without waiting."""
+    ua = make_ua()
+    done = []
+    ua.stop().addCallback(done.append)
+    assert done == [{"calls": 0, "answered": 0, "unregistered": 0, "not_unregistered": 0}]
