@@ -45,7 +45,7 @@ def env(client_for):
     manager = PushManager(calls, registry, reconnect_min=5, reconnect_max=5, timeout=1)
     client = client_for(RestResource(PushApi(manager)))
     yield client, manager, stream
-    closing = manager.close()
+    closing = manager.close(timeout=0)  # ThreadCalls has no clock: no deadline
     calls.run_until(lambda: closing.called)
 
 
