@@ -599,3 +599,68 @@ def test_stop_with_nothing_to_end_closes_at_once(make_ua, sender):
     done = []
     ua.stop().addCallback(done.append)
     assert done == [{"calls": 0, "answered": 0, "unregistered": 0, "not_unregistered": 0}]
+
+
+# --- churn: every ending, then nothing left (issue 10) --------------------------------------
+
+def _end_every_way(ua, sender, clock, n):
+    """Start one call per ending; returns when each has been driven to its end."""
+    from twisted.internet import defer
+    rx = ua.transactions.receive
+    invites = lambda: sender.requests("INVITE")  # noqa: E731
+
+    def start(name, **fields):
+        ua.startup(_call(call_id=f"{name}{n}", **fields))
+        return invites()[-1]
+
+    invite = start("bye-from-callee")
+    rx(_reply(invite, 200, body=ANSWER), PEER)
+    rx(_in_dialog(invite, "BYE", 1), PEER)
+    invite = start("terminated")
+    rx(_reply(invite, 200, body=ANSWER), PEER)
+    ua.terminate(f"terminated{n}")
+    rx(make_response(sender.requests("BYE")[-1], 200), PEER)
+    invite = start("cancelled")
+    rx(_reply(invite, 180), PEER)
+    ua.terminate(f"cancelled{n}")
+    rx(make_response(sender.requests("CANCEL")[-1], 200), PEER)
+    rx(_reply(invite, 487), PEER)
+    rx(_reply(start("busy"), 486), PEER)
+    start("timeout")  # Timer B
+    rx(_reply(start("no-codec"), 200, body=UNUSABLE), PEER)
+    rx(make_response(sender.requests("BYE")[-1], 200), PEER)
+    rx(_reply(start("auth-conf"), 401, extra=[("WWW-Authenticate", AUTH_CONF_ONLY)]), PEER)
+    invite = start("late-answer", sip_login="ring")
+    rx(_reply(invite, 180), PEER)
+    ua.calls[f"late-answer{n}"].fail("test")  # as the ring timeout does
+    rx(make_response(sender.requests("CANCEL")[-1], 200), PEER)
+    rx(_reply(invite, 200, body=ANSWER), PEER)
+    rx(make_response(sender.requests("BYE")[-1], 200), PEER)
+    lookup = defer.Deferred()
+    ua.resolve = lambda host: lookup
+    start("during-dns", sip_register_required=True, sip_domain="pbx.example.org")
+    ua.terminate(f"during-dns{n}")
+    lookup.callback("127.0.0.1")
+    del ua.resolve
+    start("during-register", sip_register_required=True, sip_login="reg")
+    reg = sender.requests("REGISTER")[-1]
+    ua.terminate(f"during-register{n}")
+    rx(make_response(reg, 200, to_tag="r", extra=[("Expires", "600")]), PEER)
+    rx(make_response(sender.requests("REGISTER")[-1], 200, to_tag="r"), PEER)
+
+
+def test_churn_of_every_ending_leaves_nothing_behind(make_ua, sender, clock):
+    """Calls ended every way (BYE either side, CANCEL, 486, Timer B, no common codec, a
+    challenge we cannot answer, a late 2xx, terminate during DNS and during REGISTER),
+    then time passing: no call, stream, registration, transaction, RTP port or timer left."""
+    ua = make_ua(call_retention=10, sip_ring_timeout=0)
+    for n in range(5):
+        _end_every_way(ua, sender, clock, n)
+        clock.advance(0.1)
+    clock.advance(64 * T1)
+    assert [c for c in ua.find() if c["status"] not in ("FINISH", "FAILED", "BUSY")] == []
+    clock.advance(10)
+    assert ua.calls == {} and ua.by_sip_call_id == {} and ua.streams.all() == []
+    assert ua.registrations == {} and ua.leaving == set()
+    assert ua.transactions.client == {} and ua.transactions.server == {}
+    assert ua.ports.in_use == set() and clock.getDelayedCalls() == []
