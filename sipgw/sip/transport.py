@@ -149,7 +149,8 @@ class TransportLayer:
 
     def stop(self):
         for conn in list(self.connections.values()):
-            conn.transport.loseConnection()
+            if conn.transport is not None:  # None: still connecting
+                conn.transport.loseConnection()
         udp, tcp, self._udp, self._tcp = self._udp, self._tcp, None, None
         if udp is not None:
             udp.stopListening()
