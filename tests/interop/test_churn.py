@@ -1,0 +1,114 @@
+"""Churn with real SIPp callees (issue 10): hundreds of calls through five endings, then nothing left: no call, no stream, fds and threads back to the
+baseline, and a SIGTERM that finds nothing to end."""
+import json
+import os
+import signal
+import time
+import urllib.request
+
+from peers import Sipp, free_port, wait_for
+from sipgw_daemon import RestError, Sipgw
+
+PER_ENDING = 60  # calls per ending; 5 endings
+ENDINGS = {  # scenario -> what sipgw does, and the status the call must end in
+    "uas_200.xml": ("terminate when ESTABLISHED (our BYE)", "FINISH"),
+    "uas_bye_from_callee.xml": ("nothing (the callee's BYE)", "FINISH"),
+    "uas_486.xml": ("nothing (486 Busy Here)", "BUSY"),
+    "uas_noanswer_cancel.xml": ("terminate when RING (our CANCEL, 487)", "FINISH"),
+    "uas_cancel_crosses_200.xml": ("ring timeout: CANCEL, then ACK+BYE the late 200", "FAILED"),
+}
+
+
+def _pid_figures(pid):
+    with open(f"/proc/{pid}/status") as f:
+        threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    return len(os.listdir(f"/proc/{pid}/fd")), threads
+
+
+def _found(gw, path, body):
+    try:
+        return gw.rest(path, body)
+    except RestError as exc:
+        if exc.code == 404:
+            return []
+        raise
+
+
+def _post(gw, path, body):
+    """One REST request on its own connection (as a WCS page does)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{gw.rest_port}/rest-api{path}",
+                                     json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+def test_churn_through_every_ending_leaves_nothing(tmp_path):
+    """300 calls over 5 endings (our BYE, the callee's BYE, 486, our CANCEL, a 200 crossing
+    the ring-timeout CANCEL): every one ends as expected and every SIPp callee is
+    satisfied; afterwards no call or stream is left, fds and threads are back to what an
+    idle daemon had, and SIGTERM has no call to end."""
+    # every call listed by one find_all; ended calls kept long enough for the poll below
+    gw = Sipgw(str(tmp_path), call_retention=20, call_find_limit=1000, sip_ring_timeout=4,
+               media_port_from=20000, media_port_to=29999).start()
+    callees = {}
+    try:
+        # a call first: the lazily made parts (REST connection pool, loggers) are counted
+        base_callee = Sipp("uas_486.xml", port=free_port("udp"), tmpdir=tmp_path).start()
+        _post(gw, "/call/startup", {"callId": "warm", "callee": "bob", "sipLogin": "alice",
+                                    "sipDomain": "127.0.0.1", "sipPort": str(base_callee.port),
+                                    "hasVideo": "false"})
+        gw.wait_status("warm", "BUSY")
+        base_callee.wait(10)
+        baseline = _pid_figures(gw.proc.pid)
+        for scenario in ENDINGS:
+            callees[scenario] = Sipp(scenario, port=free_port("udp"), tmpdir=tmp_path,
+                                     calls=PER_ENDING, trace=False, pause_ms=200,
+                                     timeout_s=120).start()
+        ids, ended, terminated = {}, {}, set()
+
+        def sweep():
+            """One find_all: note the ended calls, hang up those waiting for us."""
+            for call in _found(gw, "/call/find_all", {}):
+                call_id, status = call["callId"], call["status"]
+                scenario = ids.get(call_id)
+                if scenario is None or call_id in ended:
+                    continue
+                if status in ("FINISH", "FAILED", "BUSY"):
+                    ended[call_id] = (status, call["info"])
+                elif call_id not in terminated and (
+                        status == "ESTABLISHED" and scenario == "uas_200.xml"
+                        or status == "RING" and scenario == "uas_noanswer_cancel.xml"):
+                    terminated.add(call_id)
+                    _post(gw, "/call/terminate", {"callId": call_id})
+
+        for n in range(PER_ENDING):
+            for k, (scenario, sipp) in enumerate(callees.items()):
+                call_id = f"c{k}-{n}"
+                ids[call_id] = scenario
+                _post(gw, "/call/startup", {
+                    "callId": call_id, "callee": "bob", "sipLogin": "alice",
+                    "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false"})
+            sweep()
+        deadline = time.monotonic() + 60
+        while len(ended) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            sweep()
+        wrong = {c: s for c, s in ended.items() if s[0] != ENDINGS[ids[c]][1]}
+        assert len(ended) == len(ids) and not wrong, (len(ended), wrong)
+        for scenario, sipp in callees.items():
+            assert sipp.wait(60) == 0, f"{scenario}: SIPp counted failed calls"
+        wait_for(lambda: not _found(gw, "/call/find_all", {}), 30, "ended calls to expire")
+        assert _found(gw, "/stream/find_all", {}) == []
+        wait_for(lambda: all(now <= then for now, then in
+                             zip(_pid_figures(gw.proc.pid), baseline)), 10,
+                 f"fds and threads back to {baseline}, not {_pid_figures(gw.proc.pid)}")
+        gw.proc.send_signal(signal.SIGTERM)
+        gw.proc.wait(10)
+        log = gw.log().split("Received SIGTERM")[-1]
+        assert "0 call(s) ended" in log and "0 registration(s) removed (0 not)" in log, log
+        assert "Traceback" not in gw.log()
+    finally:
+        for sipp in callees.values():
+            sipp.stop()
+        gw.stop()
