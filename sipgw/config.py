@@ -70,10 +70,10 @@ class Config:
             raise ConfigError("wss_certificate and wss_private_key go together")
         if self.media_port_from > self.media_port_to - 1:
             raise ConfigError("media_port_from must be below media_port_to")
-        for name in ("sip_register_expires", "sip_max_message_size"):
+        for name in ("sip_register_expires", "sip_max_message_size", "call_find_limit"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("call_retention", "call_retention_max", "call_find_limit", "shutdown_timeout",
+        for name in ("call_retention", "call_retention_max", "shutdown_timeout",
                      "sip_ring_timeout", "rtp_activity_timeout", "ws_connection_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")

@@ -532,8 +532,7 @@ class UserAgent:
             calls = list(self.calls.values())
         if status is not None:
             calls = [c for c in calls if c.status.value == status.upper()]
-        limit = self.config.call_find_limit
-        return [c.to_json() for c in calls[-limit:]] if limit else []
+        return [c.to_json() for c in calls[-self.config.call_find_limit:]]
 
     def terminate(self, call_id: str) -> None:
         call = self.calls.get(call_id)
