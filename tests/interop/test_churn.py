@@ -43,14 +43,16 @@ def _post(gw, path, body):
         response.read()
 
 
-def test_churn_through_every_ending_leaves_nothing(tmp_path):
+def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp):
     """300 calls over 5 endings (our BYE, the callee's BYE, 486, our CANCEL, a 200 crossing
-    the ring-timeout CANCEL): every one ends as expected and every SIPp callee is
-    satisfied; afterwards no call or stream is left, fds and threads are back to what an
-    idle daemon had, and SIGTERM has no call to end."""
+    the ring-timeout CANCEL), every 10th answered call also recorded and pushed to
+    nginx-rtmp before it is hung up: every call ends as expected and every SIPp callee is
+    satisfied; afterwards no call, stream, recording or push is left, fds and threads are
+    back to what an idle daemon had, and SIGTERM has no call to end."""
     # every call listed by one find_all; ended calls kept long enough for the poll below
     gw = Sipgw(str(tmp_path), call_retention=20, call_find_limit=1000, sip_ring_timeout=4,
-               media_port_from=20000, media_port_to=29999).start()
+               media_port_from=20000, media_port_to=29999,
+               record_dir=str(tmp_path / "records")).start()
     callees = {}
     try:
         # a call first: the lazily made parts (REST connection pool, loggers) are counted
@@ -80,6 +82,11 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path):
                         status == "ESTABLISHED" and scenario == "uas_200.xml"
                         or status == "RING" and scenario == "uas_noanswer_cancel.xml"):
                     terminated.add(call_id)
+                    if status == "ESTABLISHED" and call_id.endswith("0"):
+                        stream, = _found(gw, "/stream/find", {"name": call_id})
+                        _post(gw, "/recorder/startup", {"mediaSessionId": stream["mediaSessionId"]})
+                        _post(gw, "/push/startup", {"streamName": call_id,
+                                                    "rtmpUrl": nginx_rtmp.url()})
                     _post(gw, "/call/terminate", {"callId": call_id})
 
         for n in range(PER_ENDING):
@@ -100,6 +107,10 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path):
             assert sipp.wait(60) == 0, f"{scenario}: SIPp counted failed calls"
         wait_for(lambda: not _found(gw, "/call/find_all", {}), 30, "ended calls to expire")
         assert _found(gw, "/stream/find_all", {}) == []
+        assert _found(gw, "/push/find_all", {}) == []
+        # no recording active; these calls sent no media, so none made a file to list
+        assert _found(gw, "/recorder/find_all", {}) == []
+        assert gw.log().count("recording c0-") >= 6 and gw.log().count("push of c0-") >= 6
         wait_for(lambda: all(now <= then for now, then in
                              zip(_pid_figures(gw.proc.pid), baseline)), 10,
                  f"fds and threads back to {baseline}, not {_pid_figures(gw.proc.pid)}")
