@@ -1,5 +1,6 @@
-"""Churn with real SIPp callees (issue 10): hundreds of calls through five endings, then nothing left: no call, no stream, fds and threads back to the
-baseline, and a SIGTERM that finds nothing to end."""
+"""Churn with real SIPp callees (issue 10): hundreds of calls through six endings, then
+nothing left: no call, stream, recording or push, fds and threads back to the baseline,
+and a SIGTERM that finds nothing to end."""
 import json
 import os
 import signal
@@ -9,13 +10,14 @@ import urllib.request
 from peers import Sipp, free_port, wait_for
 from sipgw_daemon import RestError, Sipgw
 
-PER_ENDING = 60  # calls per ending; 5 endings
-ENDINGS = {  # scenario -> what sipgw does, and the status the call must end in
-    "uas_200.xml": ("terminate when ESTABLISHED (our BYE)", "FINISH"),
-    "uas_bye_from_callee.xml": ("nothing (the callee's BYE)", "FINISH"),
-    "uas_486.xml": ("nothing (486 Busy Here)", "BUSY"),
-    "uas_noanswer_cancel.xml": ("terminate when RING (our CANCEL, 487)", "FINISH"),
-    "uas_cancel_crosses_200.xml": ("ring timeout: CANCEL, then ACK+BYE the late 200", "FAILED"),
+PER_ENDING = 50  # calls per ending; 6 endings
+ENDINGS = {  # ending -> (SIPp callee, the status the call must end in)
+    "our BYE": ("uas_200.xml", "FINISH"),  # /call/terminate once ESTABLISHED
+    "callee's BYE": ("uas_bye_from_callee.xml", "FINISH"),
+    "busy": ("uas_486.xml", "BUSY"),
+    "our CANCEL": ("uas_noanswer_cancel.xml", "FINISH"),  # /call/terminate once RING
+    "200 crossing the ring-timeout CANCEL": ("uas_cancel_crosses_200.xml", "FAILED"),
+    "RTP timeout": ("uas_200.xml", "FAILED"),  # no RTP for rtp_activity_timeout: our BYE
 }
 
 
@@ -44,13 +46,14 @@ def _post(gw, path, body):
 
 
 def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp):
-    """300 calls over 5 endings (our BYE, the callee's BYE, 486, our CANCEL, a 200 crossing
-    the ring-timeout CANCEL), every 10th answered call also recorded and pushed to
+    """300 calls over 6 endings (our BYE, the callee's BYE, 486, our CANCEL, a 200 crossing
+    the ring-timeout CANCEL, RTP timeout), every 10th answered call also recorded and pushed to
     nginx-rtmp before it is hung up: every call ends as expected and every SIPp callee is
     satisfied; afterwards no call, stream, recording or push is left, fds and threads are
     back to what an idle daemon had, and SIGTERM has no call to end."""
     # every call listed by one find_all; ended calls kept long enough for the poll below
     gw = Sipgw(str(tmp_path), call_retention=20, call_find_limit=1000, sip_ring_timeout=4,
+               rtp_activity_timeout=3,
                media_port_from=20000, media_port_to=29999,
                record_dir=str(tmp_path / "records")).start()
     callees = {}
@@ -63,8 +66,8 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp):
         gw.wait_status("warm", "BUSY")
         base_callee.wait(10)
         baseline = _pid_figures(gw.proc.pid)
-        for scenario in ENDINGS:
-            callees[scenario] = Sipp(scenario, port=free_port("udp"), tmpdir=tmp_path,
+        for ending, (scenario, _) in ENDINGS.items():
+            callees[ending] = Sipp(scenario, port=free_port("udp"), tmpdir=tmp_path,
                                      calls=PER_ENDING, trace=False, pause_ms=200,
                                      timeout_s=120).start()
         ids, ended, terminated = {}, {}, set()
@@ -73,14 +76,14 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp):
             """One find_all: note the ended calls, hang up those waiting for us."""
             for call in _found(gw, "/call/find_all", {}):
                 call_id, status = call["callId"], call["status"]
-                scenario = ids.get(call_id)
-                if scenario is None or call_id in ended:
+                ending = ids.get(call_id)
+                if ending is None or call_id in ended:
                     continue
                 if status in ("FINISH", "FAILED", "BUSY"):
                     ended[call_id] = (status, call["info"])
                 elif call_id not in terminated and (
-                        status == "ESTABLISHED" and scenario == "uas_200.xml"
-                        or status == "RING" and scenario == "uas_noanswer_cancel.xml"):
+                        status == "ESTABLISHED" and ending == "our BYE"
+                        or status == "RING" and ending == "our CANCEL"):
                     terminated.add(call_id)
                     if status == "ESTABLISHED" and call_id.endswith("0"):
                         stream, = _found(gw, "/stream/find", {"name": call_id})
@@ -90,9 +93,9 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp):
                     _post(gw, "/call/terminate", {"callId": call_id})
 
         for n in range(PER_ENDING):
-            for k, (scenario, sipp) in enumerate(callees.items()):
+            for k, (ending, sipp) in enumerate(callees.items()):
                 call_id = f"c{k}-{n}"
-                ids[call_id] = scenario
+                ids[call_id] = ending
                 _post(gw, "/call/startup", {
                     "callId": call_id, "callee": "bob", "sipLogin": "alice",
                     "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false"})
@@ -103,14 +106,14 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp):
             sweep()
         wrong = {c: s for c, s in ended.items() if s[0] != ENDINGS[ids[c]][1]}
         assert len(ended) == len(ids) and not wrong, (len(ended), wrong)
-        for scenario, sipp in callees.items():
-            assert sipp.wait(60) == 0, f"{scenario}: SIPp counted failed calls"
+        for ending, sipp in callees.items():
+            assert sipp.wait(60) == 0, f"{ending}: SIPp counted failed calls"
         wait_for(lambda: not _found(gw, "/call/find_all", {}), 30, "ended calls to expire")
         assert _found(gw, "/stream/find_all", {}) == []
         assert _found(gw, "/push/find_all", {}) == []
         # no recording active; these calls sent no media, so none made a file to list
         assert _found(gw, "/recorder/find_all", {}) == []
-        assert gw.log().count("recording c0-") >= 6 and gw.log().count("push of c0-") >= 6
+        assert gw.log().count("recording c0-") >= 5 and gw.log().count("push of c0-") >= 5
         wait_for(lambda: all(now <= then for now, then in
                              zip(_pid_figures(gw.proc.pid), baseline)), 10,
                  f"fds and threads back to {baseline}, not {_pid_figures(gw.proc.pid)}")
