@@ -353,6 +353,7 @@ class UserAgent:
         dropped and the sockets close.  Fires with counts for the summary line."""
         self.accepting = False
         timeout = self.config.shutdown_timeout if timeout is None else timeout
+        self.unregistered = 0  # counted from here: what this stop removed
         live = [c for c in self.calls.values() if not c.status.ended]
         self._stopping = set(live)
         self._drained = defer.Deferred()

@@ -594,8 +594,14 @@ def test_stop_gives_up_at_the_deadline_and_retransmits_nothing_after(make_ua, se
 
 
 def test_stop_with_nothing_to_end_closes_at_once(make_ua, sender):
-    """With no call and no registration, stop() closes without waiting."""
+    """With no call left and no registration, stop() closes without waiting, and counts
+    no unregistration made before it."""
     ua = make_ua()
+    _registered_and_established(ua, sender)
+    ua.terminate("call1")
+    ua.transactions.receive(make_response(sender.requests("BYE")[-1], 200), PEER)
+    ua.transactions.receive(make_response(sender.requests("REGISTER")[-1], 200, to_tag="r"), PEER)
+    assert ua.registrations == {} and ua.leaving == set()
     done = []
     ua.stop().addCallback(done.append)
     assert done == [{"calls": 0, "answered": 0, "unregistered": 0, "not_unregistered": 0}]
