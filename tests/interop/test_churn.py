@@ -4,6 +4,7 @@ and a SIGTERM that finds nothing to end."""
 import json
 import os
 import signal
+import socket
 import time
 import urllib.request
 
@@ -45,11 +46,32 @@ def _post(gw, path, body):
         response.read()
 
 
-def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp):
+def _pipelined(gw, *requests):
+    """Several REST requests in one write on one connection: sipgw reads the next before
+    anything else happens (here: /call/terminate before the REGISTER is answered)."""
+    data = b""
+    for path, body in requests:
+        payload = json.dumps(body).encode()
+        data += (f"POST /rest-api{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+                 ).encode() + payload
+    with socket.create_connection(("127.0.0.1", gw.rest_port), timeout=10) as conn:
+        conn.sendall(data)
+        answers = b""
+        while answers.count(b"HTTP/1.1 ") < len(requests) or not answers.endswith(b"\r\n\r\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answers += chunk
+    assert answers.count(b"HTTP/1.1 200") == len(requests), answers[:500]
+
+
+def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp, kamailio):
     """300 calls over 6 endings (our BYE, the callee's BYE, 486, our CANCEL, a 200 crossing
     the ring-timeout CANCEL, RTP timeout), every 10th answered call also recorded and pushed to
-    nginx-rtmp before it is hung up: every call ends as expected and every SIPp callee is
-    satisfied; afterwards no call, stream, recording or push is left, fds and threads are
+    nginx-rtmp before it is hung up, plus 10 calls hung up while registering at Kamailio:
+    every call ends as expected, every SIPp callee is satisfied and alice is unregistered;
+    afterwards no call, stream, recording or push is left, fds and threads are
     back to what an idle daemon had, and SIGTERM has no call to end."""
     # every call listed by one find_all; ended calls kept long enough for the poll below
     gw = Sipgw(str(tmp_path), call_retention=20, call_find_limit=1000, sip_ring_timeout=4,
@@ -104,6 +126,15 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp):
         while len(ended) < len(ids) and time.monotonic() < deadline:
             time.sleep(0.2)
             sweep()
+        for n in range(10):  # /call/terminate while the account's REGISTER is under way
+            _pipelined(gw, ("/call/startup", {
+                "callId": f"r{n}", "callee": "bob", "sipLogin": "alice",
+                "sipAuthenticationName": "alice", "sipPassword": "alicepw",
+                "sipDomain": "127.0.0.1", "sipPort": str(kamailio.port), "hasVideo": "false",
+                "sipRegisterRequired": "true"}), ("/call/terminate", {"callId": f"r{n}"}))
+        for n in range(10):
+            gw.wait_status(f"r{n}", "FINISH")
+        wait_for(lambda: not kamailio.registered("alice"), 10, "alice to be unregistered")
         wrong = {c: s for c, s in ended.items() if s[0] != ENDINGS[ids[c]][1]}
         assert len(ended) == len(ids) and not wrong, (len(ended), wrong)
         for ending, sipp in callees.items():
