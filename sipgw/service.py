@@ -102,7 +102,7 @@ class _Daemon(service.MultiService):
                 counts.update(result)
             else:
                 log.failure("shutdown step failed", result)
-        log.info("stopped in {seconds:.1f} s: {calls} call(s) ended ({answered} answered, "
+        log.info("stopped in {seconds:.2f} s: {calls} call(s) ended ({answered} answered, "
                  "the rest at the deadline), {unregistered} registration(s) removed "
                  "({not_unregistered} not), {finalized} recording(s) finalized "
                  "({not_finalized} not), {pushes} push(es) closed ({pushes_aborted} aborted)",
