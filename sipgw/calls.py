@@ -40,6 +40,12 @@ class Conflict(CallError):
     code = 409
 
 
+class Unavailable(CallError):
+    """The daemon is shutting down and takes no new calls."""
+
+    code = 503
+
+
 @dataclass(frozen=True)
 class CallRequest:
     """A validated ``/call/startup`` body."""
@@ -76,3 +82,4 @@ REQUEST_TIMEOUT = "Failed by request timeout"
 TERMINATED_BY_REST = "Stopped by rest /terminate"
 RTP_ACTIVITY = "Failed by RTP activity"
 NO_COMMON_CODECS = "No common codecs"
+SHUTDOWN = "Stopped: server shutdown"

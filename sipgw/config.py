@@ -63,6 +63,9 @@ class Config:
     sip_max_server_transactions: int = 10000
     sip_max_requests_per_source: int = 2000
     call_retention: int = 60
+    call_retention_max: int = 1000
+    call_find_limit: int = 200
+    shutdown_timeout: int = 10
     # media
     media_address: str = ""
     media_port_from: int = 31000
@@ -124,10 +127,12 @@ class Config:
         for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
                      "sip_max_server_transactions", "dtmf_max_digits", "rtp_probation_packets",
                      "rtp_max_packets_per_second", "stream_gop_cache_max_bytes",
-                     "sink_queue_max_bytes", "rest_max_connections", "rest_queue_size"):
+                     "sink_queue_max_bytes", "rest_max_connections", "rest_queue_size",
+                     "call_find_limit"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("call_retention", "sip_ring_timeout", "rtp_activity_timeout",
+        for name in ("call_retention", "call_retention_max", "shutdown_timeout",
+                     "sip_ring_timeout", "rtp_activity_timeout",
                      "ws_connection_timeout", "keep_alive_server_interval",
                      "keep_alive_probes", "max_calls", "max_calls_per_account", "max_pushes",
                      "max_recordings", "dtmf_digits_per_second", "max_viewers_per_stream",

@@ -6,12 +6,14 @@ import re
 
 from twisted.application import internet, service
 from twisted.internet import defer
-from twisted.logger import FilteringLogObserver, PredicateResult, globalLogPublisher
+from twisted.logger import FilteringLogObserver, Logger, PredicateResult, globalLogPublisher
 from twisted.web import resource, static
 
 from .rtp.ports import PortPool
 from .sip.ua import UserAgent
 
+
+log = Logger(namespace="sipgw.service")
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 
@@ -49,21 +51,68 @@ class _UserAgentService(service.Service):
 
     def stopService(self):
         super().stopService()
-        return self.ua.stop()
+        return self.ua.stop()  # fires with its counts once the sockets are closed
 
 
 class _MediaService(service.Service):
-    """RTMP pushes and recordings; stopping it finalizes every open recording."""
+    """RTMP pushes and recordings; stopping it finalizes every open recording and closes
+    every push, both within ``timeout`` seconds."""
 
     name = "media"
 
-    def __init__(self, pushes, recorders):
+    def __init__(self, pushes, recorders, timeout: float = 10.0):
         self.pushes = pushes
         self.recorders = recorders
+        self.timeout = timeout
 
     def stopService(self):
         super().stopService()
-        return defer.DeferredList([self.recorders.close(), self.pushes.close()])
+        d = defer.gatherResults([self.recorders.close(self.timeout),
+                                 self.pushes.close(self.timeout)], consumeErrors=True)
+        return d.addCallback(lambda r: {"finalized": r[0][0], "not_finalized": r[0][1],
+                                        "pushes": r[1][0], "pushes_aborted": r[1][1]})
+
+
+class _Daemon(service.MultiService):
+    """Every service of the daemon; stopping it (SIGTERM) goes in order, see ``stopService``."""
+
+    def __init__(self, reactor):
+        super().__init__()
+        self.reactor = reactor
+
+    def stopService(self):
+        """(1) Close the REST and websocket listeners and take no new call; (2) end every
+        call and unregister every account while SIP stays open, finalize recordings and
+        close pushes, all within ``shutdown_timeout``; (3) close the SIP sockets and the
+        hooks' connections; then log one summary line."""
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        started = self.reactor.seconds()
+        sip, media = self.getServiceNamed("sip"), self.getServiceNamed("media")
+        late = [s for s in self if s.name == "hooks"]  # the calls' last events still go out
+        sip.ua.accepting = False
+        await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self
+                                  if s not in (sip, media, *late)])
+        results = await defer.DeferredList([defer.maybeDeferred(sip.stopService),
+                                            defer.maybeDeferred(media.stopService)],
+                                           consumeErrors=True)
+        counts = {}
+        for ok, result in results:
+            if ok:
+                counts.update(result)
+            else:
+                log.failure("shutdown step failed", result)
+        await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in late])
+        log.info("stopped in {seconds:.2f} s: {calls} call(s) ended ({answered} answered, "
+                 "the rest at the deadline), {unregistered} registration(s) removed "
+                 "({not_unregistered} not), {finalized} recording(s) finalized "
+                 "({not_finalized} not), {pushes} push(es) closed ({pushes_aborted} aborted)",
+                 seconds=self.reactor.seconds() - started,
+                 **{k: counts.get(k, "?") for k in (
+                     "calls", "answered", "unregistered", "not_unregistered", "finalized",
+                     "not_finalized", "pushes", "pushes_aborted")})
 
 
 def make_media(config, reactor, registry) -> _MediaService:
@@ -82,7 +131,7 @@ def make_media(config, reactor, registry) -> _MediaService:
                                     limits=Limits.from_config(config))
     except BadFileName as exc:
         raise ConfigError(f"record_file_template: {exc}") from None
-    return _MediaService(pushes, recorders)
+    return _MediaService(pushes, recorders, timeout=config.shutdown_timeout)
 
 
 class _HooksService(service.Service):
@@ -180,7 +229,7 @@ def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService
 
 
 def make_service(config, reactor) -> service.MultiService:
-    top = service.MultiService()
+    top = _Daemon(reactor)
     ports = PortPool(config.media_port_from, config.media_port_to,
                      config.sip_bind_address)
     ua = UserAgent(reactor, config, ports=ports)

@@ -89,6 +89,8 @@ def test_overrides_are_typed():
     ({"media_port_from": "5000", "media_port_to": "4000"}, "media_port_from must be below"),
     ({"call_retention": "-1"}, "call_retention must not be negative"),
     ({"sip_dns_servers": "dns.example.org"}, "sip_dns_servers: 'dns.example.org' is not an IP"),
+    ({"call_retention_max": "-1"}, "call_retention_max must not be negative"),
+    ({"call_find_limit": "0"}, "call_find_limit must be positive"),
 ])
 def test_bad_values_name_the_setting(overrides, message):
     """Every unusable setting raises ConfigError naming the key."""

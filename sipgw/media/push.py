@@ -17,7 +17,7 @@ from . import flv
 from .avc import length_prefixed
 from .pipeline import Pipeline
 from .rtmp import RtmpError, RtmpPublisher, RtmpTarget, redact
-from .worker import MediaJob
+from .worker import MediaJob, wait_done
 
 log = Logger(namespace="sipgw.media.push")
 
@@ -54,11 +54,22 @@ class RtmpPush(MediaJob):
         self.reconnects = 0
         self.sent = {"audio": 0, "video": 0, "bytes": 0}
         self._final = (UNPUBLISHED, "")
+        self._publisher: RtmpPublisher | None = None
+        self._aborted = False
 
     def stop(self, info: str = "", discard: bool = True):
         if not self._stopping:
             self._final = (STOPPED, info)
         return super().stop(info, discard=discard)
+
+    def abort(self) -> None:
+        """Reactor thread, past the shutdown deadline: stop, and shut the RTMP socket down
+        under the worker so a blocked handshake, read or write ends now."""
+        self.stop("Stopped: server shutdown")
+        self._aborted = True
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.abort()
 
     def on_state(self, state: str, info: str) -> None:
         log.info("push of {name} to {url}: {state}{info}", name=self.stream.name,
@@ -81,7 +92,9 @@ class RtmpPush(MediaJob):
         if self.wait_for_media and not self.queue.wait_frame():
             return self._final  # the stream ended before any media
         while True:
-            publisher = RtmpPublisher(self.target, self.timeout, self.egress)
+            publisher = self._publisher = RtmpPublisher(self.target, self.timeout, self.egress)
+            if self._aborted:
+                return self._final
             try:
                 publisher.open()
                 self.report(PUBLISHING, "")
@@ -238,10 +251,18 @@ class PushManager:
         push.stop("Stopped by rest /terminate")
         return push
 
-    def close(self):
-        """Stop every push (daemon shutdown); fires when their workers are done."""
-        from twisted.internet import defer
+    def close(self, timeout: float = 10.0):
+        """Stop every push (daemon shutdown) within a hard total ``timeout``: the pushes
+        still running then have their socket shut down.  Fires with (pushes, late)."""
         jobs = list(self.pushes.values())
         for push in jobs:
             push.stop("Stopped: server shutdown")
-        return defer.DeferredList([push.done for push in jobs])
+
+        def late(running):
+            for push in running:
+                push.abort()
+            if running:
+                log.warn("{n} push(es) not closed within {t} s: aborted", n=len(running),
+                         t=timeout)
+            return len(jobs), len(running)
+        return wait_done(self.reactor, jobs, timeout).addCallback(late)

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from .audio import DECODERS, output_rate
 from .pipeline import Pipeline
-from .worker import MediaJob
+from .worker import MediaJob, wait_done
 
 log = Logger(namespace="sipgw.media.recorder")
 
@@ -474,14 +474,14 @@ class RecorderManager:
 
     def close(self, timeout: float = 10.0):
         """Finalize every open recording (daemon shutdown): fires when all are closed, or
-        after ``timeout`` seconds."""
-        from twisted.internet import defer
+        after ``timeout`` seconds, with (files finalized, recordings not finalized)."""
         jobs = list(self.active.values())
         for recording in jobs:
             recording.stop("Stopped: server shutdown")
-        waiting = defer.DeferredList([r.done for r in jobs])
-        if jobs and timeout:
-            waiting.addTimeout(timeout, self.reactor)
-            waiting.addErrback(lambda f: log.error(
-                "recordings not finalized within {t} s", t=timeout))
-        return waiting
+
+        def counted(running):
+            if running:
+                log.error("{n} recording(s) not finalized within {t} s", n=len(running),
+                          t=timeout)
+            return sum(1 for r in jobs if r.state == FINISHED), len(running)
+        return wait_done(self.reactor, jobs, timeout).addCallback(counted)

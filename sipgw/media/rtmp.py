@@ -282,15 +282,17 @@ class RtmpPublisher:
             raise
 
     def _handshake(self) -> None:
+        # One deadline for the whole handshake: a server trickling bytes cannot stretch it.
+        deadline = time.monotonic() + self.timeout
         c1 = struct.pack(">II", 0, 0) + os.urandom(_HANDSHAKE_SIZE - 8)
         self._send_raw(b"\x03" + c1)
-        s0s1 = self._recv_exact(1 + _HANDSHAKE_SIZE)
+        s0s1 = self._recv_exact(1 + _HANDSHAKE_SIZE, deadline)
         if s0s1[0] != 3:
             raise RtmpError(f"not an RTMP server (version byte {s0s1[0]})")
         s1 = s0s1[1:]
         self._send_raw(s1[:4] + struct.pack(">I", int(time.monotonic() * 1000) & 0xFFFFFFFF)
                        + s1[8:])
-        self._recv_exact(_HANDSHAKE_SIZE)  # S2: echo of C1, not checked (as most clients)
+        self._recv_exact(_HANDSHAKE_SIZE, deadline)  # S2: echo of C1, not checked (as most clients)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -306,6 +308,16 @@ class RtmpPublisher:
         finally:
             self._stream_id = 0
             sock.close()
+
+    def abort(self) -> None:
+        """Any thread: shut the socket down so a call blocked on it returns at once (and
+        fails); the owner still calls ``close``."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @property
     def connected(self) -> bool:
@@ -420,9 +432,13 @@ class RtmpPublisher:
         self._sock.settimeout(self.timeout)
         self._sock.sendall(data)
 
-    def _recv_exact(self, size: int) -> bytes:
+    def _recv_exact(self, size: int, deadline: float) -> bytes:
         out = bytearray()
         while len(out) < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RtmpError(f"no handshake within {self.timeout:g} s")
+            self._sock.settimeout(left)
             chunk = self._sock.recv(size - len(out))
             if not chunk:
                 raise RtmpError("server closed the connection during the handshake")

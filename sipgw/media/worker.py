@@ -223,3 +223,22 @@ class MediaJob:
     def work(self) -> tuple[str, str]:
         """Worker thread: consume frames; return the final (state, info)."""
         raise NotImplementedError
+
+
+def wait_done(reactor, jobs: list["MediaJob"], timeout: float) -> defer.Deferred:
+    """Fires with the jobs still running once every job is done or ``timeout`` seconds
+    have passed (0: no limit), whichever comes first; the jobs themselves are untouched."""
+    result = defer.Deferred()
+    timer = None
+
+    def fire(_=None):
+        if not result.called:
+            if timer is not None and timer.active():
+                timer.cancel()
+            result.callback([job for job in jobs if not job.finished])
+        return _
+
+    if jobs and timeout:
+        timer = reactor.callLater(timeout, fire)
+    defer.DeferredList([job.done for job in jobs]).addCallback(fire)
+    return result

@@ -86,6 +86,7 @@ class Registration:
             if expires == 0:
                 self.state = "idle"
                 log.info("unregistered {aor}", aor=str(self.aor))
+                self.ua.registration_left(self, True)
                 return
             granted = self._granted(response, expires)
             self.state = "registered"
@@ -109,6 +110,8 @@ class Registration:
             d.errback(CallError(f"Registration failed: {reason}"))
         if expires:
             self.ua.registrations.pop(self.key, None)
+        if self.users <= 0:  # released already: nothing more will be sent
+            self.ua.registration_left(self, False)
 
     def _granted(self, response: Response, asked: int) -> int:
         for contact in response.contacts:
@@ -125,7 +128,10 @@ class Registration:
             return
         if self._refresh is not None and self._refresh.active():
             self._refresh.cancel()
-        self.ua.registrations.pop(self.key, None)
+        if self.ua.registrations.get(self.key) is self:
+            del self.ua.registrations[self.key]
+        if self.state in ("registered", "registering"):
+            self.ua.leaving.add(self)  # until the binding is removed (§10.2.2)
         if self.state == "registered":
             self._start(0)
 

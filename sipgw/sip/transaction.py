@@ -103,7 +103,7 @@ class ClientTransaction(_Transaction):
     def _timeout(self) -> None:
         if self.state in ("calling", "trying", "proceeding"):
             self._terminate()
-            self.on_response(local_response(self.request, 408, "Request Timeout"))
+            self._notify(local_response(self.request, 408, "Request Timeout"))
 
     def cancelled(self) -> None:
         """A CANCEL for this INVITE went out: without a final response within 64*T1 the
@@ -126,7 +126,7 @@ class ClientTransaction(_Transaction):
             return
         if self.state in ("calling", "trying", "proceeding"):
             self._terminate()
-            self.on_response(local_response(self.request, 503, f"Transport Error: {why}"))
+            self._notify(local_response(self.request, 503, f"Transport Error: {why}"))
 
     def receive(self, response: Response) -> None:
         status = response.status
@@ -138,31 +138,45 @@ class ClientTransaction(_Transaction):
                     self.state = "proceeding"
                     self._cancel_timer("A/E")
                     self._cancel_timer("B/F")
-                    self.on_response(response)
+                    self._notify(response)
                 elif status < 300:
                     # §17.1.1.2: 2xx ends the transaction; the TU ACKs it.
                     self._terminate()
-                    self.on_response(response)
+                    self._notify(response)
                 else:
                     self.state = "completed"
                     self._cancel_timer("A/E")
                     self._cancel_timer("B/F")
                     self._send_ack(response)
                     self._start_timer("D", 0 if self.reliable else 32.0, self._terminate)
-                    self.on_response(response)
+                    self._notify(response)
             elif self.state == "completed" and status >= 300:
                 self._send_ack(response)  # retransmitted final: ACK again
         else:
             if self.state in ("trying", "proceeding"):
                 if status < 200:
                     self.state = "proceeding"
-                    self.on_response(response)
+                    self._notify(response)
                 else:
                     self.state = "completed"
                     self._cancel_timer("A/E")
                     self._cancel_timer("B/F")
                     self._start_timer("K", 0 if self.reliable else T4, self._terminate)
-                    self.on_response(response)
+                    self._notify(response)
+
+    def _notify(self, response: Response) -> None:
+        """Hand a response to the TU.  An exception there (a bug, or e.g. an AuthError from
+        a challenge we cannot answer) must not leave the TU's user (call, registration)
+        waiting for ever: it gets a local 500 naming the error, as for Timer B (§8.1.3.1)."""
+        try:
+            self.on_response(response)
+        except Exception as exc:
+            log.failure("handling {status} to {method} failed", status=response.status,
+                        method=self.request.method)
+            if getattr(response, "local", False) and response.status == 500:
+                return  # the TU failed on our own 500 too: nothing more to tell it
+            reason = " ".join(f"Internal error: {exc}".split())
+            self._notify(local_response(self.request, 500, reason))
 
     def _send_ack(self, response: Response) -> None:
         """ACK for a non-2xx final response (§17.1.1.3): same branch, To with the tag."""
@@ -350,6 +364,12 @@ class TransactionLayer:
                      more=held_back(held))
         self.sender.send_response(make_response(request, 503, extra=[("Retry-After", "5")]),
                                   source)
+
+    def close(self) -> None:
+        """Daemon shutdown: drop every transaction and its timers, telling no TU, so
+        nothing is retransmitted on a closed socket."""
+        for tx in list(self.client.values()) + list(self.server.values()):
+            tx._terminate()
 
     def transport_error(self, dest: tuple[str, int], why: str) -> None:
         for tx in list(self.client.values()):

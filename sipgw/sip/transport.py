@@ -245,11 +245,13 @@ class TransportLayer:
 
     def stop(self):
         for conn in list(self.connections.values()):
-            conn.transport.loseConnection()
-        if self._udp is not None:
-            self._udp.stopListening()
-        if self._tcp is not None:
-            return self._tcp.stopListening()
+            if conn.transport is not None:  # None: still connecting
+                conn.transport.loseConnection()
+        udp, tcp, self._udp, self._tcp = self._udp, self._tcp, None, None
+        if udp is not None:
+            udp.stopListening()
+        if tcp is not None:
+            return tcp.stopListening()
 
     def sent_by(self, dest_host: str) -> str:
         """The address to put in Via and Contact for messages to ``dest_host``."""
@@ -311,6 +313,9 @@ class TransportLayer:
 
     def send(self, message, transport: str, host: str, port: int) -> None:
         """Send a request (or ACK) to host:port over the named transport."""
+        if self._udp is None:  # stopped (or not started): nothing goes out any more
+            log.debug("SIP transport closed: not sending to {host}:{port}", host=host, port=port)
+            return
         data = bytes(message)
         if transport == "TCP":
             conn = self.connections.get((host, port))

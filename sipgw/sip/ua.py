@@ -8,6 +8,7 @@ status. It implements the manager interface the REST layer calls
 """
 from __future__ import annotations
 
+import collections
 import secrets
 import time
 
@@ -15,7 +16,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..calls import (NO_COMMON_CODECS, NORMAL_CLEARING, REQUEST_TIMEOUT, RTP_ACTIVITY,
-                     TERMINATED_BY_REST, CallError, CallRequest, CallStatus, Conflict, NotFound)
+                     SHUTDOWN, TERMINATED_BY_REST, CallError, CallRequest, CallStatus, Conflict,
+                     NotFound, Unavailable)
 from ..egress import EgressDenied, EgressPolicy
 from ..rtp.session import MediaSession
 from ..streams.registry import StreamExists, StreamRegistry
@@ -71,6 +73,7 @@ class Call:
         self.remote_media: dict = {}
         self.registration: Registration | None = None
         self.cancel_requested = False
+        self.cancel_reason = TERMINATED_BY_REST
         self.ended_at: float | None = None
         self._auth = None
         self._timers: list = []
@@ -152,6 +155,9 @@ class Call:
     def on_invite_response(self, response: Response) -> None:
         status = response.status
         self.sip_status = status
+        if getattr(response, "local", False) and status == 500:
+            self.fail(response.reason)  # our own handler failed (TransactionLayer)
+            return
         if status < 200:
             self.provisional = True
             if self.cancel_requested:
@@ -185,7 +191,7 @@ class Call:
                 self.send_invite(headers)
                 return
         if self.cancel_requested and status == 487:
-            self.set_status(CallStatus.FINISH, TERMINATED_BY_REST)
+            self.set_status(CallStatus.FINISH, self.cancel_reason)
         elif getattr(response, "local", False) and status == 408:
             self.set_status(CallStatus.FAILED, REQUEST_TIMEOUT)
         elif status in (486, 600):
@@ -223,16 +229,21 @@ class Call:
             self.ua.ack_and_bye_fork(self, response)
             return
         self.ua.send_in_dialog(self, self.ack)
-        if self.status in (CallStatus.ESTABLISHED, CallStatus.HOLD) or self.status.ended:
+        if self.status.ended:
+            # The call ended before this answer (ring timeout, a CANCEL that crossed the
+            # 200, a local failure): the callee is answered now, so hang it up (§15).
+            self._send_bye_request()
+            return
+        if self.status in (CallStatus.ESTABLISHED, CallStatus.HOLD):
             return  # a retransmitted 2xx: the ACK above is all it needs
         if response.body:
             self.take_answer(response)
         if self.cancel_requested:
-            self.send_bye(TERMINATED_BY_REST)
+            self.send_bye(self.cancel_reason)
             return
         if not self.media:
-            self.set_status(CallStatus.ESTABLISHED)
-            self.send_bye(self.answer_error or NO_COMMON_CODECS, CallStatus.FAILED)
+            # Media cannot flow: never show ESTABLISHED while the BYE is outstanding.
+            self.send_bye(self.answer_error or NO_COMMON_CODECS, CallStatus.FAILED, wait=False)
             return
         self.set_status(CallStatus.ESTABLISHED)
         if self.media_session is not None:
@@ -242,19 +253,33 @@ class Call:
         return self.ua.in_dialog_destination(self)
 
     # -- ending ------------------------------------------------------------
-    def terminate(self) -> None:
+    def terminate(self, reason: str = TERMINATED_BY_REST) -> None:
         """``/call/terminate``: CANCEL before the answer, BYE after (§9, §15)."""
         if self.status.ended:
             return
         if self.dialog is not None:
-            self.send_bye(TERMINATED_BY_REST)
+            self.send_bye(reason)
             return
         self.cancel_requested = True
+        self.cancel_reason = reason
         if self.invite is None:
-            self.set_status(CallStatus.FINISH, TERMINATED_BY_REST)
+            self.set_status(CallStatus.FINISH, reason)
         elif self.provisional:
             self.send_cancel()
         # else: §9.1, wait for a provisional response before sending CANCEL.
+
+    def fail(self, reason: str) -> None:
+        """End the call FAILED on a local decision: BYE after the answer (§15), CANCEL
+        before it once a provisional came (§9.1); a later 2xx is BYEd by ``on_2xx``."""
+        if self.status.ended:
+            return
+        if self.dialog is not None:
+            self.send_bye(reason, CallStatus.FAILED, wait=False)
+            return
+        self.cancel_requested = True
+        if self.provisional:
+            self.send_cancel()
+        self.set_status(CallStatus.FAILED, reason)
 
     def send_cancel(self) -> None:
         """CANCEL with the INVITE's Request-URI, Call-ID, From, To, top Via (§9.1)."""
@@ -268,20 +293,26 @@ class Call:
         self.ua.transactions.send_request(cancel, self.invite_tx.transport, self.dest.host,
                                           self.dest.port, lambda r: None)
         # If no final response arrives, the INVITE is as good as cancelled (§9.1).
-        self.later(64 * T1, self.set_status, CallStatus.FINISH, TERMINATED_BY_REST)
+        self.later(64 * T1, self.set_status, CallStatus.FINISH, self.cancel_reason)
 
     def send_bye(self, reason: str, status: CallStatus = CallStatus.FINISH,
                  wait: bool = True) -> None:
         """BYE (§15.1.1); the call ends when it is answered, or at once unless ``wait``."""
         if self.status.ended or self._bye_sent:
             return
-        self._bye_sent = True
-        bye = self.dialog.create_request("BYE", via=self.ua.via(self.dest_for_dialog()),
-                                         headers=[("User-Agent", self.ua.config.sip_user_agent)])
-        self.ua.send_in_dialog(self, bye, lambda r: self.set_status(status, reason)
+        self._send_bye_request(lambda r: self.set_status(status, reason)
                                if r.status >= 200 else None)
         if not wait:
             self.set_status(status, reason)
+
+    def _send_bye_request(self, on_response=None) -> None:
+        """One BYE per dialog, whatever asks for it."""
+        if self._bye_sent:
+            return
+        self._bye_sent = True
+        bye = self.dialog.create_request("BYE", via=self.ua.via(self.dest_for_dialog()),
+                                         headers=[("User-Agent", self.ua.config.sip_user_agent)])
+        self.ua.send_in_dialog(self, bye, on_response)
 
     def rtp_timed_out(self) -> None:
         """No RTP for rtp_activity_timeout: hang up and fail (WCS 'Failed by RTP activity')."""
@@ -330,15 +361,58 @@ class UserAgent:
         self.streams = streams if streams is not None else StreamRegistry()
         self.registrations: dict[tuple, Registration] = {}
         self.egress = EgressPolicy.from_config(config, "sip")
+        self._ended: collections.deque[Call] = collections.deque()  # in order of ending
+        self._prune_timer = None
         self._session_version = int(time.time())
+        self.accepting = True
+        self.leaving: set[Registration] = set()  # unregistering (or registering, unused)
+        self.unregistered = 0
+        self._stopping: set[Call] = set()  # calls ended by stop(), not ended yet
+        self._drained: defer.Deferred | None = None
 
     def start(self) -> None:
         self.transport.start()
 
-    def stop(self) -> defer.Deferred:
-        for call in list(self.calls.values()):
-            call.terminate()
-        return defer.maybeDeferred(self.transport.stop)
+    def stop(self, timeout: float | None = None) -> defer.Deferred:
+        """Ordered shutdown within ``timeout`` (default ``shutdown_timeout``): refuse new
+        calls; CANCEL calls not answered yet (§9.1) and BYE established ones (§15.1) while
+        the sockets stay open, so retransmissions go on; each account is unregistered
+        (Expires: 0, §10.2.2) when its last call ends.  Once every call and REGISTER is
+        answered, or at the deadline, calls still up are ended, every transaction is
+        dropped and the sockets close.  Fires with counts for the summary line."""
+        self.accepting = False
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        self.unregistered = 0  # counted from here: what this stop removed
+        live = [c for c in self.calls.values() if not c.status.ended]
+        self._stopping = set(live)
+        self._drained = defer.Deferred()
+        self._drained.addTimeout(timeout, self.reactor, onTimeoutCancel=lambda result, t: None)
+        for call in live:
+            call.terminate(SHUTDOWN)
+        self._check_drained()
+        return self._drained.addCallback(lambda _: self._close(live))
+
+    def _check_drained(self) -> None:
+        d = self._drained
+        if d is not None and not d.called and not self._stopping and not self.leaving:
+            d.callback(None)
+
+    def _close(self, live: list[Call]):
+        answered = sum(1 for call in live if call.status.ended)
+        for call in live:  # the deadline passed: end what is left, unanswered
+            call.set_status(CallStatus.FINISH, SHUTDOWN)
+        summary = {"calls": len(live), "answered": answered, "unregistered": self.unregistered,
+                   "not_unregistered": len(self.leaving)}
+        self.transactions.close()  # no retransmission may outlive the sockets
+        if self._prune_timer is not None and self._prune_timer.active():
+            self._prune_timer.cancel()
+        return defer.maybeDeferred(self.transport.stop).addCallback(lambda _: summary)
+
+    def registration_left(self, registration: Registration, removed: bool) -> None:
+        """A released registration is done: unregistered (``removed``), or it never was."""
+        self.leaving.discard(registration)
+        self.unregistered += removed
+        self._check_drained()
 
     # -- addressing --------------------------------------------------------
     def via(self, dest: Destination, branch: str | None = None) -> str:
@@ -445,6 +519,8 @@ class UserAgent:
 
     # -- the manager interface (REST) -----------------------------------------
     def startup(self, request: CallRequest) -> None:
+        if not self.accepting:
+            raise Unavailable("The server is shutting down")
         existing = self.calls.get(request.call_id)
         if existing is not None and not existing.status.ended:
             raise Conflict(f"callId {request.call_id} is already in use")
@@ -475,6 +551,8 @@ class UserAgent:
             dest = await self.resolve(transport, host, port)
         except Exception as exc:  # DNS failure: the call fails, the daemon goes on
             call.set_status(CallStatus.FAILED, f"Cannot resolve {host}: {exc.__class__.__name__}")
+            return
+        if call.status.ended:  # terminated during the lookup: use no registration
             return
         # The name was checked at the REST layer; each address it resolved to is checked here.
         field = "sipOutboundProxy" if r.sip_outbound_proxy else "sipDomain"
@@ -537,19 +615,19 @@ class UserAgent:
                                        session_id=self._session_version)
 
     def _ring_timeout(self, call: Call) -> None:
-        if call.dialog is None and not call.status.ended:
-            call.cancel_requested = True
-            if call.provisional:
-                call.send_cancel()
-            call.set_status(CallStatus.FAILED, f"No answer within {self.config.sip_ring_timeout} s")
+        if call.dialog is None:
+            call.fail(f"No answer within {self.config.sip_ring_timeout} s")
 
     def find(self, call_id: str | None = None, status: str | None = None) -> list[dict]:
-        calls = list(self.calls.values())
+        """The calls asked for, at most ``call_find_limit`` of them (the most recently
+        started): building the answer runs on the reactor, so one request stays short."""
         if call_id is not None:
-            calls = [c for c in calls if c.request.call_id == call_id]
+            calls = [self.calls[call_id]] if call_id in self.calls else []
+        else:
+            calls = list(self.calls.values())
         if status is not None:
             calls = [c for c in calls if c.status.value == status.upper()]
-        return [c.to_json() for c in calls]
+        return [c.to_json() for c in calls[-self.config.call_find_limit:]]
 
     def terminate(self, call_id: str) -> None:
         call = self.calls.get(call_id)
@@ -581,13 +659,13 @@ class UserAgent:
         (a half-done teardown would keep the call, its stream name and its ports for ever)."""
         call.ended_at = self.reactor.seconds()
         steps = [call.cancel_timers, lambda: self._end_media(call),
-                 lambda: self._end_stream(call), lambda: self._end_registration(call)]
+                 lambda: self._end_stream(call), lambda: self._end_registration(call),
+                 lambda: self._retain(call)]
         for step in steps:
             try:
                 step()
             except Exception:
                 log.failure("call {call_id}: teardown step failed", call_id=call.request.call_id)
-        self.reactor.callLater(self.config.call_retention, self._forget, call)
 
     @staticmethod
     def _end_media(call: Call) -> None:
@@ -608,6 +686,24 @@ class UserAgent:
         registration, call.registration = call.registration, None
         if registration is not None:
             registration.release()
+
+    def _retain(self, call: Call) -> None:
+        self._ended.append(call)
+        self._prune()
+        if call in self._stopping:
+            self._stopping.discard(call)
+            self._check_drained()
+
+    def _prune(self) -> None:
+        """Forget ended calls once ``call_retention`` seconds old, and the oldest beyond
+        ``call_retention_max``; one timer for the oldest instead of one per call."""
+        now, ended, config = self.reactor.seconds(), self._ended, self.config
+        while ended and (len(ended) > config.call_retention_max
+                         or ended[0].ended_at + config.call_retention <= now):
+            self._forget(ended.popleft())
+        if ended and (self._prune_timer is None or not self._prune_timer.active()):
+            self._prune_timer = self.reactor.callLater(
+                ended[0].ended_at + config.call_retention - now, self._prune)
 
     def _forget(self, call: Call) -> None:
         if self.calls.get(call.request.call_id) is call:

@@ -35,7 +35,10 @@ class Sipgw:
                          "webrtc_ice_address": "127.0.0.1",
                          "sip_bind_address": "127.0.0.1", "sip_local_port": self.sip_port,
                          "media_port_from": media_from, "media_port_to": media_from + 39,
-                         "call_retention": 30}
+                         "call_retention": 30,
+                         # stop() waits 10 s: a call whose peer is already gone when the
+                         # daemon stops must not hold the ordered shutdown longer than that
+                         "shutdown_timeout": 3}
         self.settings.update(settings)
         self.proc = None
         self.log_path = os.path.join(workdir, "sipgw.log")

@@ -1,7 +1,7 @@
 """An RTMP server in a thread, just enough to accept one publisher: it answers the
 handshake, connect, createStream and publish, and keeps every message the client sent.
 It can hang up on its clients (``drop``), refuse new ones, or accept TCP and then say
-nothing at all (``silent``)."""
+nothing at all (``silent``), or answer the handshake one byte at a time (``trickle``)."""
 from __future__ import annotations
 
 import os
@@ -14,9 +14,11 @@ from sipgw.media.rtmp import _chunks, _ChunkReader
 
 
 class FakeRtmpServer:
-    def __init__(self, *, silent: bool = False, chunk_size: int | None = None):
+    def __init__(self, *, silent: bool = False, chunk_size: int | None = None,
+                 trickle: float = 0.0):
         self.silent = silent
         self.chunk_size = chunk_size  # sent to clients after the handshake, replies use it
+        self.trickle = trickle  # > 0: the handshake answer comes one byte per `trickle` s
         self.messages: list[tuple[int, int, bytes]] = []  # (type, timestamp, payload)
         self.published: list[str] = []
         self.connects: list[dict] = []
@@ -90,7 +92,12 @@ class FakeRtmpServer:
     def _handshake(self, client) -> None:
         c0c1 = self._recv(client, 1537)
         s1 = b"\x00" * 8 + os.urandom(1528)
-        client.sendall(b"\x03" + s1 + c0c1[1:])
+        answer = b"\x03" + s1 + c0c1[1:]
+        while self.trickle and not self._stopped:
+            client.sendall(answer[:1])
+            answer = answer[1:]
+            time.sleep(self.trickle)
+        client.sendall(answer)
         self._recv(client, 1536)
 
     def _message(self, client, kind, msid, payload, ts) -> None:

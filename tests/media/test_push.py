@@ -163,3 +163,35 @@ def test_push_manager_refuses_duplicates_unknown_streams_and_bad_urls():
         calls.run_until(lambda: not manager.pushes, what="the other push to end")
     finally:
         server.stop()
+
+
+def test_close_aborts_a_push_stuck_in_its_handshake_at_the_deadline():
+    """PushManager.close(timeout) has a hard total deadline: a push stuck in a trickled
+    handshake (rtmp_timeout 30 s) has its socket shut down then and its worker ends."""
+    from twisted.internet.task import Clock
+
+    class ClockedCalls(ThreadCalls):
+        """ThreadCalls with a task.Clock for callLater."""
+
+        def __init__(self):
+            super().__init__()
+            clock = Clock()
+            self.callLater, self.advance = clock.callLater, clock.advance
+
+    server = FakeRtmpServer(trickle=0.2)
+    calls = ClockedCalls()
+    registry = StreamRegistry()
+    stream = registry.add(_stream())
+    manager = PushManager(calls, registry, timeout=30)
+    try:
+        push = manager.startup(stream.name, server.url())
+        calls.run_until(lambda: push._publisher is not None and push._publisher.connected, what="connecting")
+        closing = manager.close(timeout=2)
+        calls.advance(1.9)
+        assert not closing.called
+        calls.advance(0.1)
+        assert closing.result == (1, 1)
+        calls.run_until(lambda: push.finished, timeout=3, what="the worker to end")
+        assert push.state == "STOPPED"
+    finally:
+        server.stop()

@@ -205,3 +205,24 @@ def test_replies_that_arrive_in_one_read_are_all_used():
     finally:
         for sock in (ours, theirs, listener):
             sock.close()
+
+
+def test_a_trickled_handshake_is_bounded_by_the_timeout_in_total():
+    """A server sending its handshake one byte every 0.1 s cannot keep open() past its
+    timeout: the timeout bounds the whole handshake, not each read."""
+    server = FakeRtmpServer(trickle=0.1)
+    errors = []
+
+    def connect():
+        try:
+            RtmpPublisher(target(server.url(), "rtmp_s"), timeout=0.5).open()
+        except RtmpError as exc:
+            errors.append(str(exc))
+    thread = threading.Thread(target=connect, daemon=True)
+    try:
+        thread.start()
+        thread.join(3)
+        assert not thread.is_alive() and errors
+    finally:
+        server.stop()
+        thread.join(3)

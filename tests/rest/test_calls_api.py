@@ -345,6 +345,18 @@ def test_duplicate_call_id_is_409(client, manager):
     assert response.json() == {"error": "Call with callId v4pz6k1ujm already exists", "field": None}
 
 
+def test_startup_while_shutting_down_is_503(client, manager, monkeypatch):
+    """The user agent's Unavailable during a shutdown is a 503 with its message."""
+    from sipgw.calls import Unavailable
+
+    def refuse(request):
+        raise Unavailable("The server is shutting down")
+    monkeypatch.setattr(manager, "startup", refuse)
+    response = client.post("/call/startup", PAGE_BODY)
+    assert response.code == 503
+    assert response.json() == {"error": "The server is shutting down", "field": None}
+
+
 def test_call_request_repr_hides_password():
     """The parsed request's repr (what a log line would show) has no password."""
     assert PASSWORD not in repr(parse_call_request(PAGE_BODY))

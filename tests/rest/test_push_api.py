@@ -45,7 +45,7 @@ def env(client_for):
     manager = PushManager(calls, registry, reconnect_min=5, reconnect_max=5, timeout=1)
     client = client_for(RestResource(PushApi(manager)))
     yield client, manager, stream
-    closing = manager.close()
+    closing = manager.close(timeout=0)  # ThreadCalls has no clock: no deadline
     calls.run_until(lambda: closing.called)
 
 
@@ -136,7 +136,7 @@ def test_rtmp_allow_list_and_max_pushes(client_for):
     full = client.post("/push/startup", {"streamName": "call2", "rtmpUrl": URL})
     assert full.code == 429
     assert full.json() == {"error": "too many pushes: 1 of max_pushes=1", "field": None}
-    closing = manager.close()
+    closing = manager.close(timeout=0)  # ThreadCalls has no clock: no deadline
     calls.run_until(lambda: closing.called)
 
 

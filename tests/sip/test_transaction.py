@@ -303,3 +303,19 @@ def test_a_large_request_falls_back_to_udp_when_tcp_fails(clock, sender):
     assert got == []
     (_, first, *_), (retry, second, *_) = sender.sent
     assert (first, second, retry.top_via.transport) == ("TCP", "UDP", "UDP")
+
+
+def test_exception_in_the_tu_handler_becomes_a_local_500(clock, sender):
+    """A response handler that raises gets a local 500 naming the error, once, so its
+    user can end instead of waiting for ever; the exception goes no further."""
+    layer = _layer(clock, sender)
+    got = []
+
+    def handler(response):
+        got.append(response)
+        raise ValueError("no supported qop in auth-conf")
+    request = _request("REGISTER")
+    layer.send_request(request, "UDP", "127.0.0.1", 5060, handler)
+    layer.receive(make_response(request, 401, to_tag="r"), PEER)
+    assert [(r.status, getattr(r, "local", False)) for r in got] == [(401, False), (500, True)]
+    assert got[1].reason == "Internal error: no supported qop in auth-conf"

@@ -330,3 +330,22 @@ def test_an_address_of_the_other_family_is_a_transport_error():
     reactor.advance(0)
     (dest, why), = controller.errors
     assert dest == ("2001:db8::1", 5060)
+
+
+def test_nothing_is_sent_once_stopped():
+    """After stop() a send (a late retransmission) writes nothing and raises nothing."""
+    layer, reactor, controller = _layer()
+    port = reactor.udp_ports[layer.port]
+    layer.stop()
+    layer.send(parse(INVITE), "UDP", "127.0.0.1", 5060)
+    assert port.written == [] and controller.errors == []
+
+
+def test_stop_with_a_tcp_connection_still_being_made():
+    """stop() while a TCP connection is still connecting closes the rest without an
+    AttributeError on its missing transport."""
+    layer, reactor, controller = _layer()
+    layer.send(parse(INVITE), "TCP", "127.0.0.1", 5099)
+    assert reactor.tcpClients and list(layer.connections) == [("127.0.0.1", 5099)]
+    layer.stop()
+    assert layer.port not in reactor.udp_ports

@@ -3,7 +3,7 @@ import pytest
 from twisted.logger import globalLogPublisher
 
 from fakes import PEER
-from sipgw.calls import CallRequest, Conflict, NotFound
+from sipgw.calls import CallRequest, Conflict, NotFound, Unavailable
 from sipgw.config import Config
 from sipgw.sip.parser import parse
 from sipgw.sip.message import Request, make_response
@@ -585,3 +585,285 @@ def test_cancel_follows_an_invite_sent_over_tcp_for_its_size(make_ua, sender):
     ua.terminate("call1")
     assert [(m.method, t) for m, t, *_ in sender.sent] == [("INVITE", "TCP"), ("CANCEL", "TCP")]
     assert sender.requests("CANCEL")[0].top_via.transport == "TCP"
+
+
+# --- races that must not orphan a call or an account (issue 10) ------------------------
+
+UNUSABLE = (b"v=0\r\no=- 9 9 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            b"m=audio 6000 RTP/AVP 98\r\na=rtpmap:98 nothing-we-know/8000\r\n")
+AUTH_CONF_ONLY = 'Digest realm="r", nonce="n1", qop="auth-conf"'
+
+
+def _ring_then_end(ua, sender, clock, how):
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 180), PEER)
+    if how == "ring timeout":
+        clock.advance(ua.config.sip_ring_timeout)
+    else:  # /call/terminate, then no final response until the §9.1 fallback
+        ua.terminate("call1")
+        clock.advance(64 * T1)
+    assert ua.calls["call1"].status.ended
+    assert len({c.top_via.branch for c in sender.requests("CANCEL")}) == 1
+    return invite
+
+
+@pytest.mark.parametrize("how", ["ring timeout", "cancel fallback"])
+def test_answer_after_the_call_ended_is_acked_and_hung_up(make_ua, sender, clock, how):
+    """A 2xx arriving after the call already ended (ring timeout, CANCEL unanswered for
+    64*T1) is ACKed and then BYEd (§15), once even if the 2xx is retransmitted."""
+    ua = make_ua(sip_ring_timeout=5 if how == "ring timeout" else 0)
+    invite = _ring_then_end(ua, sender, clock, how)
+    ok = _reply(invite, 200, body=ANSWER)
+    ua.transactions.receive(ok, PEER)
+    assert len(sender.requests("ACK")) == 1
+    bye, = sender.requests("BYE")
+    assert bye.call_id == invite.call_id and bye.to.tag == "b1"
+    ua.transactions.receive(ok, PEER)
+    assert len(sender.requests("ACK")) == 2 and len(sender.requests("BYE")) == 1
+    assert ua.calls["call1"].status.ended
+
+
+def test_unusable_answer_fails_at_once_with_no_common_codecs(make_ua, sender, clock):
+    """A 200 whose SDP shares no codec with the offer is ACKed, BYEd and FAILED at once:
+    the call never shows ESTABLISHED while its BYE is outstanding."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 200, body=UNUSABLE), PEER)
+    assert len(sender.requests("ACK")) == 1 and len(sender.requests("BYE")) == 1
+    call = ua.find("call1")[0]
+    assert (call["status"], call["info"]) == ("FAILED", "No common codecs")
+    assert "ESTABLISHED" not in call["history"]
+
+
+def test_invite_challenge_that_cannot_be_answered_fails_the_call(make_ua, sender):
+    """A challenge offering only qop=auth-conf (which cannot be answered) ends the call
+    FAILED with the 401 instead of leaving it pending."""
+    ua = make_ua()
+    ua.startup(_call())
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 401, extra=[
+        ("WWW-Authenticate", AUTH_CONF_ONLY)]), PEER)
+    call = ua.find("call1")[0]
+    assert call["status"] == "FAILED" and "401 Unauthorized" in call["info"]
+
+
+def test_exception_on_a_provisional_fails_the_call_and_cancels_it(make_ua, sender, monkeypatch):
+    """An exception while handling a 183 fails the call and CANCELs the INVITE; a 200
+    that still arrives is ACKed and BYEd."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    call = ua.calls["call1"]
+
+    def broken(*args):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(call, "take_answer", broken)
+    ua.transactions.receive(_reply(invite, 183, body=ANSWER), PEER)
+    assert call.status.value == "FAILED" and "boom" in call.reason
+    assert len(sender.requests("CANCEL")) == 1
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER), PEER)
+    assert len(sender.requests("ACK")) == 1 and len(sender.requests("BYE")) == 1
+
+
+def test_register_challenge_that_cannot_be_answered_frees_the_account(make_ua, sender):
+    """A REGISTER challenge offering only qop=auth-conf fails the call with the reason,
+    and the next call of the same account registers afresh instead of waiting for ever."""
+    ua = make_ua()
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 401, to_tag="r", extra=[
+        ("WWW-Authenticate", AUTH_CONF_ONLY)]), PEER)
+    call = ua.find("call1")[0]
+    assert call["status"] == "FAILED" and "401 Unauthorized" in call["info"]
+    assert ua.registrations == {}
+    ua.startup(_call(call_id="call2", sip_register_required=True))
+    assert len(sender.requests("REGISTER")) == 2
+
+
+def test_terminate_during_dns_lookup_counts_no_registration_user(make_ua, sender):
+    """/call/terminate while sipDomain is being resolved: no REGISTER, no registration
+    left counting the ended call as a user."""
+    from twisted.internet import defer
+
+    from sipgw.sip.resolver import Destination
+    ua = make_ua()
+    lookup = defer.Deferred()
+    ua.resolve = lambda transport, host, port: lookup
+    ua.startup(_call(sip_register_required=True, sip_domain="pbx.example.org"))
+    ua.terminate("call1")
+    assert _status(ua) == "FINISH"
+    lookup.callback(Destination("UDP", "127.0.0.1", 5060))
+    assert ua.registrations == {} and sender.requests("REGISTER") == []
+    assert ua.calls["call1"].registration is None
+
+
+# --- bounded state (issue 10) ---------------------------------------------------------------
+
+def _busy(ua, sender, call_id):
+    ua.startup(_call(call_id=call_id))
+    ua.transactions.receive(_reply(sender.requests("INVITE")[-1], 486), PEER)
+
+
+def test_ended_calls_are_retained_by_count_too(make_ua, sender, clock):
+    """Beyond call_retention_max ended calls the oldest is forgotten before its time."""
+    ua = make_ua(call_retention=60, call_retention_max=2)
+    for n in range(3):
+        _busy(ua, sender, f"call{n}")
+        clock.advance(1)
+    assert [c["callId"] for c in ua.find()] == ["call1", "call2"]
+    clock.advance(58)
+    assert [c["callId"] for c in ua.find()] == ["call2"]
+    clock.advance(1)
+    assert ua.find() == [] and ua.by_sip_call_id == {}
+
+
+def test_find_lists_at_most_call_find_limit_calls(make_ua, sender):
+    """/call/find_all and /call/find by status answer at most call_find_limit calls, the
+    most recently started."""
+    ua = make_ua(call_find_limit=2)
+    for n in range(3):
+        _busy(ua, sender, f"call{n}")
+    assert [c["callId"] for c in ua.find()] == ["call1", "call2"]
+    assert [c["callId"] for c in ua.find(status="BUSY")] == ["call1", "call2"]
+    assert [c["callId"] for c in ua.find("call0")] == ["call0"]
+
+
+# --- ordered shutdown (issue 10) ----------------------------------------------------------
+
+def _registered_and_established(ua, sender):
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[("Expires", "600")]), PEER)
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER), PEER)
+    assert _status(ua) == "ESTABLISHED"
+
+
+def test_stop_ends_calls_and_unregisters_before_closing(make_ua, sender, clock):
+    """stop() BYEs established calls and CANCELs ringing ones while SIP stays open
+    (retransmissions go on), unregisters the account after its last call, and only then
+    drops every transaction; no new call is taken meanwhile."""
+    ua = make_ua()
+    _registered_and_established(ua, sender)
+    ua.startup(_call(call_id="call2"))
+    ringing = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(ringing, 180), PEER)
+    done = []
+    ua.stop(timeout=10).addCallback(done.append)
+    with pytest.raises(Unavailable):
+        ua.startup(_call(call_id="call3"))
+    bye, = sender.requests("BYE")
+    cancel, = sender.requests("CANCEL")
+    clock.advance(T1)
+    assert len(sender.requests("BYE")) == 2  # retransmitted: the socket is still open
+    ua.transactions.receive(make_response(bye, 200), PEER)
+    unreg = sender.requests("REGISTER")[-1]
+    assert unreg.get("Expires") == "0"
+    ua.transactions.receive(make_response(cancel, 200), PEER)
+    ua.transactions.receive(_reply(ringing, 487), PEER)
+    assert [_status(ua, c) for c in ("call1", "call2")] == ["FINISH", "FINISH"]
+    assert ua.find("call2")[0]["info"] == "Stopped: server shutdown"
+    assert done == []  # the unregistration is still outstanding
+    ua.transactions.receive(make_response(unreg, 200, to_tag="r"), PEER)
+    assert done == [{"calls": 2, "answered": 2, "unregistered": 1, "not_unregistered": 0}]
+    assert ua.transactions.client == {} and ua.transactions.server == {}
+    sent = len(sender.sent)
+    clock.advance(100)
+    assert len(sender.sent) == sent
+
+
+def test_stop_gives_up_at_the_deadline_and_retransmits_nothing_after(make_ua, sender, clock):
+    """A peer that never answers the BYE: at shutdown_timeout the call is ended, the
+    account's REGISTER Expires: 0 goes out once, and nothing is retransmitted after."""
+    ua = make_ua(shutdown_timeout=4)
+    _registered_and_established(ua, sender)
+    done = []
+    ua.stop().addCallback(done.append)
+    clock.advance(3.9)
+    assert done == [] and _status(ua) == "ESTABLISHED"
+    clock.advance(0.1)
+    assert done == [{"calls": 1, "answered": 0, "unregistered": 0, "not_unregistered": 1}]
+    assert _status(ua) == "FINISH" and sender.requests("REGISTER")[-1].get("Expires") == "0"
+    sent = len(sender.sent)
+    clock.advance(100)
+    assert len(sender.sent) == sent and clock.getDelayedCalls() == []
+
+
+def test_stop_with_nothing_to_end_closes_at_once(make_ua, sender):
+    """With no call left and no registration, stop() closes without waiting, and counts
+    no unregistration made before it."""
+    ua = make_ua()
+    _registered_and_established(ua, sender)
+    ua.terminate("call1")
+    ua.transactions.receive(make_response(sender.requests("BYE")[-1], 200), PEER)
+    ua.transactions.receive(make_response(sender.requests("REGISTER")[-1], 200, to_tag="r"), PEER)
+    assert ua.registrations == {} and ua.leaving == set()
+    done = []
+    ua.stop().addCallback(done.append)
+    assert done == [{"calls": 0, "answered": 0, "unregistered": 0, "not_unregistered": 0}]
+
+
+# --- churn: every ending, then nothing left (issue 10) --------------------------------------
+
+def _end_every_way(ua, sender, clock, n):
+    """Start one call per ending; returns when each has been driven to its end."""
+    from twisted.internet import defer
+    rx = ua.transactions.receive
+    invites = lambda: sender.requests("INVITE")  # noqa: E731
+
+    def start(name, **fields):
+        ua.startup(_call(call_id=f"{name}{n}", **fields))
+        return invites()[-1]
+
+    invite = start("bye-from-callee")
+    rx(_reply(invite, 200, body=ANSWER), PEER)
+    rx(_in_dialog(invite, "BYE", 1), PEER)
+    invite = start("terminated")
+    rx(_reply(invite, 200, body=ANSWER), PEER)
+    ua.terminate(f"terminated{n}")
+    rx(make_response(sender.requests("BYE")[-1], 200), PEER)
+    invite = start("cancelled")
+    rx(_reply(invite, 180), PEER)
+    ua.terminate(f"cancelled{n}")
+    rx(make_response(sender.requests("CANCEL")[-1], 200), PEER)
+    rx(_reply(invite, 487), PEER)
+    rx(_reply(start("busy"), 486), PEER)
+    start("timeout")  # Timer B
+    rx(_reply(start("no-codec"), 200, body=UNUSABLE), PEER)
+    rx(make_response(sender.requests("BYE")[-1], 200), PEER)
+    rx(_reply(start("auth-conf"), 401, extra=[("WWW-Authenticate", AUTH_CONF_ONLY)]), PEER)
+    invite = start("late-answer", sip_login="ring")
+    rx(_reply(invite, 180), PEER)
+    ua.calls[f"late-answer{n}"].fail("test")  # as the ring timeout does
+    rx(make_response(sender.requests("CANCEL")[-1], 200), PEER)
+    rx(_reply(invite, 200, body=ANSWER), PEER)
+    rx(make_response(sender.requests("BYE")[-1], 200), PEER)
+    lookup = defer.Deferred()
+    ua.resolve = lambda host: lookup
+    start("during-dns", sip_register_required=True, sip_domain="pbx.example.org")
+    ua.terminate(f"during-dns{n}")
+    lookup.callback("127.0.0.1")
+    del ua.resolve
+    start("during-register", sip_register_required=True, sip_login="reg")
+    reg = sender.requests("REGISTER")[-1]
+    ua.terminate(f"during-register{n}")
+    rx(make_response(reg, 200, to_tag="r", extra=[("Expires", "600")]), PEER)
+    rx(make_response(sender.requests("REGISTER")[-1], 200, to_tag="r"), PEER)
+
+
+def test_churn_of_every_ending_leaves_nothing_behind(make_ua, sender, clock):
+    """Calls ended every way (BYE either side, CANCEL, 486, Timer B, no common codec, a
+    challenge we cannot answer, a late 2xx, terminate during DNS and during REGISTER),
+    then time passing: no call, stream, registration, transaction, RTP port or timer left."""
+    ua = make_ua(call_retention=10, sip_ring_timeout=0)
+    for n in range(5):
+        _end_every_way(ua, sender, clock, n)
+        clock.advance(0.1)
+    clock.advance(64 * T1)
+    assert [c for c in ua.find() if c["status"] not in ("FINISH", "FAILED", "BUSY")] == []
+    clock.advance(10)
+    assert ua.calls == {} and ua.by_sip_call_id == {} and ua.streams.all() == []
+    assert ua.registrations == {} and ua.leaving == set()
+    assert ua.transactions.client == {} and ua.transactions.server == {}
+    assert ua.ports.in_use == set() and clock.getDelayedCalls() == []
