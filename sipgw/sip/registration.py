@@ -2,6 +2,7 @@
 expires and removed after the account's last call."""
 from __future__ import annotations
 
+import hashlib
 import secrets
 
 from twisted.internet import defer
@@ -137,5 +138,8 @@ class Registration:
 
 
 def account_key(r: CallRequest) -> tuple:
-    """Calls of the same account share one registration."""
-    return (r.sip_login, r.sip_domain, r.sip_outbound_proxy, r.sip_port)
+    """Calls of the same account share one registration: the same login, authentication
+    name and password (a call with a wrong password must not ride on another call's binding)
+    toward the same registrar. The password is held as a digest, never as text."""
+    password = hashlib.sha256(r.sip_password.encode("utf-8", "surrogatepass")).digest()
+    return (r.sip_login, r.auth_name, password, r.sip_domain, r.sip_outbound_proxy, r.sip_port)

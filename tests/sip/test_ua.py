@@ -358,6 +358,20 @@ def test_register_first_then_invite_then_unregister(make_ua, sender):
     assert unreg.get("Expires") == "0"
 
 
+def test_a_call_with_another_password_does_not_share_the_registration(make_ua, sender):
+    """Registrations are keyed by the full credentials: a second call for the same login
+    with a wrong password registers on its own (and fails), it does not ride on the first
+    call's binding; a call with the same credentials shares it."""
+    ua = make_ua()
+    ua.startup(_call(sip_register_required=True))
+    ua.startup(_call(call_id="call2", sip_register_required=True, sip_password="wrong"))
+    ua.startup(_call(call_id="call3", sip_register_required=True))
+    assert len(ua.registrations) == 2
+    assert len(sender.requests("REGISTER")) == 2
+    assert all(b"s3cret" not in repr(key).encode() and b"wrong" not in repr(key).encode()
+               for key in ua.registrations)
+
+
 def test_call_ended_while_registering_unregisters_at_once(make_ua, sender, clock):
     """A call terminated before its REGISTER succeeds leaves no binding refreshed forever."""
     ua = make_ua()
