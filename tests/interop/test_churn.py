@@ -75,7 +75,7 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp, kamaili
     back to what an idle daemon had, and SIGTERM has no call to end."""
     # every call listed by one find_all; ended calls kept long enough for the poll below
     gw = Sipgw(str(tmp_path), call_retention=20, call_find_limit=1000, sip_ring_timeout=4,
-               rtp_activity_timeout=3,
+               rtp_activity_timeout=3, max_calls=0, max_calls_per_account=0,  # no quota here
                media_port_from=20000, media_port_to=29999,
                record_dir=str(tmp_path / "records")).start()
     callees = {}
