@@ -17,6 +17,7 @@ setup(
         "service-identity>=24.1",
         "pyOpenSSL>=23.0",  # TLS for wss and https (Twisted's ssl; sipgw/service.py)
         "numpy>=1.24",  # audio sample conversion (sipgw/media/audio.py)
+        "prometheus-client>=0.20",  # /metrics (sipgw/metrics.py)
     ],
     extras_require={
         # selenium drives Debian's chromium via /usr/bin/chromedriver; setuptools builds

@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-SCOPES = ("calls", "streams", "push", "record", "admin")
+SCOPES = ("calls", "streams", "push", "record", "metrics", "admin")
 LOOPBACK = "loopback"
 LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 

@@ -85,9 +85,12 @@ def make_media(config, reactor, registry) -> _MediaService:
     return _MediaService(pushes, recorders)
 
 
-def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> resource.Resource:
+def make_root(config, ua: UserAgent, media: _MediaService | None = None, metrics=None,
+              health=None) -> resource.Resource:
+    """The REST port's tree: pages, /rest-api/, and /metrics and /health when given."""
     from .policy import AccessPolicy
     from .rest import CallApi, RestResource
+    from .rest.metrics import HealthResource, MetricsResource
     from .rest.streams import StreamApi
     apis = [CallApi(ua, config, ua.reactor, pushes=media.pushes if media else None),
             StreamApi(ua.streams)]
@@ -96,8 +99,12 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None) -> reso
         from .rest.recorder import RecorderApi
         apis += [PushApi(media.pushes, config), RecorderApi(media.recorders, ua.streams, config)]
     root = static.File(WEB_DIR)  # the daemon's own pages (SIP as stream, Player)
-    root.putChild(b"rest-api", RestResource(*apis, access=AccessPolicy.from_config(config),
-                                            max_body=config.rest_max_body))
+    access = AccessPolicy.from_config(config)
+    root.putChild(b"rest-api", RestResource(*apis, access=access, max_body=config.rest_max_body))
+    if metrics is not None:
+        root.putChild(b"metrics", MetricsResource(metrics, access))
+    if health is not None:
+        root.putChild(b"health", HealthResource(health, access))
     return root
 
 
@@ -159,12 +166,18 @@ def make_service(config, reactor) -> service.MultiService:
     _UserAgentService(ua).setServiceParent(top)
     media = make_media(config, reactor, ua.streams)
     media.setServiceParent(top)  # added after the UA: stopped before it
+    from .metrics import Health, HealthService, LagMonitor, Metrics
     from .rest.router import RestSite
-    site = RestSite(make_root(config, ua, media), max_body=config.rest_max_body)
+    viewers: dict = {}  # filled below, once the players' factories exist
+    metrics = Metrics(ua, media, viewers)
+    LagMonitor(reactor, metrics.reactor_lag).setServiceParent(top)
+    health = Health()
+    site = RestSite(make_root(config, ua, media, metrics, health), max_body=config.rest_max_body)
     rest = internet.TCPServer(config.rest_port, site, interface=config.rest_bind_address,
                               reactor=reactor)
     rest.setName("rest")
     rest.setServiceParent(top)
+    health.parts.update(sip=lambda: ua.transport.listening, rest=lambda: rest.running)
     if config.wss_certificate:  # https REST (WCS https.port) with the wss certificate
         options = wss_options(config.wss_certificate, config.wss_private_key)
         https = internet.SSLServer(config.https_port, site, options,
@@ -172,6 +185,10 @@ def make_service(config, reactor) -> service.MultiService:
         https.setName("https")
         https.setServiceParent(top)
     make_signalling(config, ua, reactor, top)
+    viewers["websocket"] = top.signalling.viewer_count
+    HealthService(health).setServiceParent(top)  # added last: stopped first
     top.ua = ua
     top.media = media
+    top.metrics = metrics
+    top.health = health
     return top

@@ -6,6 +6,7 @@ on ``twisted.internet.task.Clock``. Bytes go through a ``sender`` object with
 """
 from __future__ import annotations
 
+import collections
 import secrets
 
 from twisted.logger import Logger
@@ -93,6 +94,7 @@ class ClientTransaction(_Transaction):
             return
         if self.invite and self.state != "calling":
             return  # Timer A stops once a provisional arrives (§17.1.1.2)
+        self.layer.retransmissions[self.request.method] += 1
         self._send()
         self._interval = self._interval * 2 if self.invite else min(self._interval * 2, T2)
         if self.state == "proceeding":
@@ -229,6 +231,7 @@ class ServerTransaction(_Transaction):
     def _retransmit(self) -> None:
         if self.state != "completed":
             return
+        self.layer.retransmissions[self.request.method] += 1
         self._send_last()
         self._interval = min(self._interval * 2, T2)
         self._start_timer("G", self._interval, self._retransmit)
@@ -243,6 +246,7 @@ class ServerTransaction(_Transaction):
                 self._start_timer("I", 0 if self.reliable else T4, self._terminate)
             return
         if self.last_response is not None:
+            self.layer.retransmissions[self.request.method] += 1
             self._send_last()
 
 
@@ -260,6 +264,9 @@ class TransactionLayer:
         self.tu = tu
         self.sender = sender
         self.max_server = max_server
+        # Messages sent again (Timers A, E, G; a response resent for a retransmitted
+        # request), by the transaction's method: read by the metrics at scrape time.
+        self.retransmissions: collections.Counter = collections.Counter()
         self.client: dict[tuple, ClientTransaction] = {}
         self.server: dict[tuple, ServerTransaction] = {}
         self._log_limiter = LogLimiter(clock)

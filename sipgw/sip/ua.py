@@ -50,6 +50,7 @@ class Call:
     def __init__(self, ua: "UserAgent", request: CallRequest):
         self.ua = ua
         self.request = request
+        self.started_at = ua.reactor.seconds()  # /call/startup: the setup time's origin
         self.status = CallStatus.NEW
         self.history: list[str] = [CallStatus.NEW.value]
         self.sip_status = 0
@@ -93,6 +94,8 @@ class Call:
         emit = log.debug if status in _QUIET_STATUSES else log.info
         emit("call {call_id} {status}{reason}", call_id=self.request.call_id,
              status=status.value, reason=f" ({reason})" if reason else "")
+        for listener in list(self.ua.call_listeners):
+            listener(self, status)
         if status.ended:
             self.ua.call_ended(self)
 
@@ -325,6 +328,7 @@ class UserAgent:
         self.by_sip_call_id: dict[str, Call] = {}
         self.streams = streams if streams is not None else StreamRegistry()
         self.registrations: dict[tuple, Registration] = {}
+        self.call_listeners: list = []  # callables(call, status) on each status change
         self.egress = EgressPolicy.from_config(config, "sip")
         self._session_version = int(time.time())
 

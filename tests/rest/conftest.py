@@ -169,3 +169,20 @@ def logs():
 def client_for():
     """Builds a RestClient in front of a given RestResource."""
     return RestClient
+
+
+def get(site: Site, path: str, headers: dict[str, str] | None = None,
+        peer: IPv4Address = CLIENT, method: str = "GET", body: bytes = b"") -> HttpResponse:
+    """``method`` (GET unless told) of ``path`` (any path of ``site``, not only /rest-api/)
+    and the finished response."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: gateway.test", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return HttpExchange(site, raw, peer=peer).response
+
+
+@pytest.fixture
+def http_get():
+    """``get(site, path, headers=None, peer=CLIENT, method="GET", body=b"")``: one request
+    to any path of a Site."""
+    return get
