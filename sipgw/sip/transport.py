@@ -60,7 +60,11 @@ def message_key(message) -> tuple[str, str]:
     """(method, "") of a request, (its CSeq method, status code) of a response."""
     if isinstance(message, Request):
         return message.method, ""
-    return message.cseq.method, str(message.status)
+    try:
+        method = message.cseq.method
+    except (KeyError, ValueError):  # a stateless answer to a request with a bad CSeq
+        method = ""
+    return method, str(message.status)
 
 
 @dataclass(frozen=True)
