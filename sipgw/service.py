@@ -92,8 +92,9 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None, metrics
     from .rest import CallApi, RestResource
     from .rest.metrics import HealthResource, MetricsResource
     from .rest.streams import StreamApi
+    from .rest.openapi import OpenApi
     apis = [CallApi(ua, config, ua.reactor, pushes=media.pushes if media else None),
-            StreamApi(ua.streams)]
+            StreamApi(ua.streams), OpenApi()]
     if media is not None:
         from .rest.push import PushApi
         from .rest.recorder import RecorderApi
