@@ -186,7 +186,12 @@ def make_service(config, reactor) -> service.MultiService:
         https.setName("https")
         https.setServiceParent(top)
     make_signalling(config, ua, reactor, top)
-    viewers["websocket"] = top.signalling.viewer_count
+    from .policy import AccessPolicy
+    from .rest.whep import WhepResource
+    whep = WhepResource(ua.streams, top.signalling, config, AccessPolicy.from_config(config))
+    site.resource.putChild(b"whep", whep)  # WHEP players, counted with the websocket's
+    viewers["websocket"] = lambda: top.signalling.viewer_count() - len(whep.sessions)
+    viewers["whep"] = lambda: len(whep.sessions)
     HealthService(health).setServiceParent(top)  # added last: stopped first
     top.ua = ua
     top.media = media

@@ -178,14 +178,20 @@ def client_for():
     return RestClient
 
 
-def get(site: Site, path: str, headers: dict[str, str] | None = None,
-        peer: IPv4Address = CLIENT, method: str = "GET", body: bytes = b"") -> HttpResponse:
-    """``method`` (GET unless told) of ``path`` (any path of ``site``, not only /rest-api/)
-    and the finished response."""
+def exchange(site: Site, path: str, headers: dict[str, str] | None = None,
+             peer: IPv4Address = CLIENT, method: str = "GET", body: bytes = b"") -> HttpExchange:
+    """``method`` (GET unless told) of ``path`` (any path of ``site``, not only /rest-api/),
+    answered or not yet."""
     lines = [f"{method} {path} HTTP/1.1", "Host: gateway.test", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-    return HttpExchange(site, raw, peer=peer).response
+    return HttpExchange(site, raw, peer=peer)
+
+
+def get(site: Site, path: str, headers: dict[str, str] | None = None,
+        peer: IPv4Address = CLIENT, method: str = "GET", body: bytes = b"") -> HttpResponse:
+    """``exchange(...)``'s finished response."""
+    return exchange(site, path, headers, peer, method, body).response
 
 
 @pytest.fixture
@@ -209,9 +215,31 @@ class OpenApiCheck:
 
     def serves_the_api(self, site: Site) -> bool:
         """The site's /rest-api/ serves only documented routes (not a router test's own)."""
-        rest = getattr(site.resource, "children", {}).get(b"rest-api")
+        children = getattr(site.resource, "children", {})
+        if b"rest-api" not in children and b"whep" in children:
+            return True  # the WHEP resource alone
+        rest = children.get(b"rest-api")
         paths = getattr(rest, "paths", None)
         return bool(paths) and all("/rest-api" + p in self.document["paths"] for p in paths)
+
+    @property
+    def prefixes(self) -> set[str]:
+        """First segments of the documented paths (``rest-api``, ``whep``, ``metrics`` ...)."""
+        return {path.split("/")[1] for path in self.document["paths"]}
+
+    def template_of(self, path: str) -> str:
+        """The documented path ``path`` matches (``/whep/s1`` -> ``/whep/{streamName}``), or
+        ``path`` itself."""
+        if path in self.document["paths"]:
+            return path
+        segments = path.split("/")
+        for template in self.document["paths"]:
+            parts = template.split("/")
+            if len(parts) == len(segments) and all(
+                    p == s or (p.startswith("{") and p.endswith("}") and s)
+                    for p, s in zip(parts, segments)):
+                return template
+        return path
 
     def schema_errors(self, pointer: str, instance: Any) -> list[str]:
         from jsonschema import Draft202012Validator
@@ -230,13 +258,16 @@ class OpenApiCheck:
 
     def check(self, method: str, target: str, request_body: bytes, response: HttpResponse) -> list[str]:
         """What in this exchange the document does not say; [] when all of it is described."""
-        path = target.split("?")[0]
-        where = f"{method} {path} -> {response.code}"
+        target_path = target.split("?")[0]
+        where = f"{method} {target_path} -> {response.code}"
+        path = self.template_of(target_path)
         item = self.document["paths"].get(path)
-        if item is None:
-            if path.startswith("/rest-api/") and response.code in (401, 403, 404):
+        if item is None:  # an unknown path below a documented one: refused with an Error
+            if path.split("/")[1] not in self.prefixes:
+                return []  # the pages, served from files
+            if response.code in (401, 403, 404):
                 return [f"{where}: {e}" for e in self._error_body(response)]
-            return [] if not path.startswith("/rest-api/") else [f"{where}: path not documented"]
+            return [f"{where}: path not documented"]
         operation = item.get(method.lower())
         head = method == "HEAD"  # answered as GET, without the body
         if operation is None and head and "get" in item:
@@ -265,7 +296,8 @@ class OpenApiCheck:
             media = spec_pointer + "/content/application~1json/schema"
             errors += self.schema_errors(media, json.loads(response.body))
         refused = response.body and "x-sipgw-refusal" in spec  # /call/send_dtmf's 200
-        if 200 <= response.code < 300 and "requestBody" in operation and not refused:
+        json_body = "application/json" in operation.get("requestBody", {}).get("content", {})
+        if 200 <= response.code < 300 and json_body and not refused:
             raw = request_body.strip() or b"{}"
             errors += ["request " + e for e in self.schema_errors(
                 pointer + "/requestBody/content/application~1json/schema", json.loads(raw))]
