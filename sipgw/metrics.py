@@ -41,7 +41,7 @@ class Metrics:
             "sipgw_reactor_lag_seconds", "How late a 1 s reactor timer fires",
             buckets=LAG_BUCKETS, registry=self.registry)
         # RTP counters of the streams that are gone, so the totals never go down.
-        self._retired = {"audio": collections.Counter(), "video": collections.Counter()}
+        self.retired = {"audio": collections.Counter(), "video": collections.Counter()}
         ua.call_listeners.append(self._call_status)
         ua.streams.listeners.append(self._stream_event)
         self.registry.register(_Collector(self))
@@ -60,9 +60,9 @@ class Metrics:
         if event != "ended":
             return
         for kind, counters in _stream_counters(stream).items():
-            if kind in self._retired:
+            if kind in self.retired:
                 for name in RTP_TOTALS:
-                    self._retired[kind][name] += max(0, int(counters.get(name, 0)))
+                    self.retired[kind][name] += max(0, int(counters.get(name, 0)))
 
 
 def _stream_counters(stream) -> dict:
@@ -122,7 +122,7 @@ class _Collector:
         yield recordings
 
     def _rtp(self, streams):
-        totals = {kind: collections.Counter(c) for kind, c in self.m._retired.items()}
+        totals = {kind: collections.Counter(c) for kind, c in self.m.retired.items()}
         jitter = GaugeMetricFamily("sipgw_rtp_jitter", "Interarrival jitter of each live "
                                    "stream (RFC 3550 §6.4.1, RTP timestamp units)",
                                    labels=["stream", "kind"])

@@ -18,6 +18,13 @@ class _Guarded(resource.Resource):
         super().__init__()
         self._access = access
 
+    def render(self, request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            method = request.method.decode("ascii", "replace")
+            return json_answer(request, 405, error_body(f"{method} not allowed: GET only"))
+        return self.render_GET(request)
+
     def render_GET(self, request) -> bytes:
         host = getattr(request.getClientAddress(), "host", "")
         try:

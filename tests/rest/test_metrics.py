@@ -149,6 +149,9 @@ def test_metrics_and_health_are_admitted_as_rest_is(daemon, http_get, path):
     good = http_get(daemon.site, path, {"Authorization": f"Bearer {METRICS_TOKEN}"}, STRANGER)
     assert good.code == 200
     assert http_get(daemon.site, path).code == 200
+    post = http_get(daemon.site, path, method="POST")
+    assert (post.code, post.headers["allow"], post.json()["error"]) == (
+        405, "GET, HEAD", "POST not allowed: GET only")
 
 
 def test_two_daemons_count_apart(tmp_path, http_get):

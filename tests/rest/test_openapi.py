@@ -92,8 +92,8 @@ def test_the_document_is_valid(openapi):
         Draft202012Validator.check_schema(schema)
     for path, item in document["paths"].items():
         for method, operation in item.items():
-            if method == "parameters":
-                continue
+            if method not in ("get", "post", "delete", "patch", "options", "head", "put"):
+                continue  # parameters, description
             ids.append(operation["operationId"])
             for code, answer in operation["responses"].items():
                 if code.startswith(("4", "5")) and path.startswith("/rest-api/"):
