@@ -1,6 +1,7 @@
-"""A real call's stream (baresip through Kamailio) played by a WHEP client (aiortc, written
-from the spec: POST the offer, read the 201's answer, DELETE the Location), and the daemon
-scraped as Prometheus would (/metrics parsed by prometheus_client's parser, /health)."""
+"""A real call's stream (baresip through Kamailio) played by WHEP clients (aiortc, written
+from the spec: POST the offer, read the 201's answer, DELETE the Location; and the daemon's
+whep.html page in Chromium), and the daemon scraped as Prometheus would (/metrics parsed by
+prometheus_client's parser, /health)."""
 import asyncio
 import json
 import time
@@ -11,6 +12,7 @@ import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from prometheus_client.parser import text_string_to_metric_families
+from selenium.webdriver.common.by import By
 
 from sipgw_daemon import Sipgw
 
@@ -99,3 +101,22 @@ def test_a_whep_player_plays_a_calls_stream_and_prometheus_sees_it(daemon, kamai
     daemon.rest("/call/terminate", {"callId": "h1"})
     daemon.wait_status("h1", "FINISH")
     assert scrape(daemon)["sipgw_calls_ended_total", (("status", "FINISH"),)] == 1
+
+
+def test_the_whep_page_plays_a_calls_stream_in_chromium(daemon, kamailio, baresip, chromium):
+    """whep.html in Chromium plays a baresip call's stream: PLAYING, 320x240 video and audio
+    flowing, one WHEP viewer; Stop DELETEs the session."""
+    daemon.call_bob(kamailio.port, "h2")
+    chromium.open(f"http://127.0.0.1:{daemon.rest_port}/whep.html?streamName=stream-h2&autoplay")
+    chromium.wait_text("status", "PLAYING", timeout=20)
+    chromium.wait(lambda: chromium.video_size("#video") == (320, 240), 10,
+                  "the video to be 320x240")
+    chromium.wait_media_flowing(timeout=20, frames=25, packets=25)
+    assert scrape(daemon)["sipgw_viewers", (("kind", "whep"),)] == 1
+    chromium.driver.find_element(By.ID, "stopBtn").click()
+    chromium.wait_text("status", "STOPPED", timeout=10)
+    deadline = time.monotonic() + 5
+    while scrape(daemon)["sipgw_viewers", (("kind", "whep"),)] != 0:
+        assert time.monotonic() < deadline, "the WHEP session outlived Stop"
+        time.sleep(0.1)
+    daemon.rest("/call/terminate", {"callId": "h2"})
