@@ -162,3 +162,26 @@ def test_two_daemons_count_apart(tmp_path, http_get):
     assert tops[0].metrics.registry is not tops[1].metrics.registry
     tops[0].metrics.calls_ended.labels("FAILED").inc()
     assert tops[1].metrics.calls_ended.labels("FAILED")._value.get() == 0
+
+
+def test_pushes_and_recordings_running_are_gauges(daemon, http_get):
+    """Pushes by status and recordings are read from the media managers at each scrape."""
+    pushes, recordings = daemon.media.pushes.pushes, daemon.media.recorders.active
+    pushes.update({"p1": _Job("PUBLISHING"), "p2": _Job("RECONNECTING"), "p3": _Job("PUBLISHING")})
+    recordings["r1"] = _Job("RECORDING")
+    samples = scrape(http_get, daemon)
+    assert samples["sipgw_pushes", (("status", "PUBLISHING"),)] == 2
+    assert samples["sipgw_pushes", (("status", "RECONNECTING"),)] == 1
+    assert samples["sipgw_recordings", ()] == 1
+    pushes.clear()
+    recordings.clear()
+    samples = scrape(http_get, daemon)
+    assert samples["sipgw_recordings", ()] == 0
+    assert not [key for key in samples if key[0] == "sipgw_pushes"]
+
+
+class _Job:
+    """A push or recording as the managers hold it: only its state is read."""
+
+    def __init__(self, state):
+        self.state = state
