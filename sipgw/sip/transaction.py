@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from .message import Request, Response, make_response
 from ..loglimit import LogLimiter, held_back
-from .transport import set_top_via
+from .transport import COUNTED_METHODS, set_top_via
 
 log = Logger(namespace="sipgw.sip.transaction")
 
@@ -94,7 +94,7 @@ class ClientTransaction(_Transaction):
             return
         if self.invite and self.state != "calling":
             return  # Timer A stops once a provisional arrives (§17.1.1.2)
-        self.layer.retransmissions[self.request.method] += 1
+        self.layer.count_retransmission(self.request)
         self._send()
         self._interval = self._interval * 2 if self.invite else min(self._interval * 2, T2)
         if self.state == "proceeding":
@@ -231,7 +231,7 @@ class ServerTransaction(_Transaction):
     def _retransmit(self) -> None:
         if self.state != "completed":
             return
-        self.layer.retransmissions[self.request.method] += 1
+        self.layer.count_retransmission(self.request)
         self._send_last()
         self._interval = min(self._interval * 2, T2)
         self._start_timer("G", self._interval, self._retransmit)
@@ -246,7 +246,7 @@ class ServerTransaction(_Transaction):
                 self._start_timer("I", 0 if self.reliable else T4, self._terminate)
             return
         if self.last_response is not None:
-            self.layer.retransmissions[self.request.method] += 1
+            self.layer.count_retransmission(self.request)
             self._send_last()
 
 
@@ -270,6 +270,10 @@ class TransactionLayer:
         self.client: dict[tuple, ClientTransaction] = {}
         self.server: dict[tuple, ServerTransaction] = {}
         self._log_limiter = LogLimiter(clock)
+
+    def count_retransmission(self, request: Request) -> None:
+        method = request.method
+        self.retransmissions[method if method in COUNTED_METHODS else "other"] += 1
 
     @staticmethod
     def _server_key(request: Request) -> tuple:

@@ -56,15 +56,25 @@ def transport_for(request: Request, transport: str) -> str:
     return "TCP"
 
 
+# Methods counted by name; any other (a peer may send any token) is counted as "other", so
+# the counters stay bounded whatever arrives.
+COUNTED_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO",
+                             "PRACK", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE",
+                             "PUBLISH"})
+
+
 def message_key(message) -> tuple[str, str]:
-    """(method, "") of a request, (its CSeq method, status code) of a response."""
+    """(method, "") of a request, (its CSeq method, status code) of a response; a method
+    not in COUNTED_METHODS is "other"."""
     if isinstance(message, Request):
-        return message.method, ""
-    try:
-        method = message.cseq.method
-    except (KeyError, ValueError):  # a stateless answer to a request with a bad CSeq
-        method = ""
-    return method, str(message.status)
+        method, code = message.method, ""
+    else:
+        try:
+            method = message.cseq.method
+        except (KeyError, ValueError):  # a stateless answer to a request with a bad CSeq
+            method = "other"
+        code = str(message.status)
+    return (method if method in COUNTED_METHODS else "other"), code
 
 
 @dataclass(frozen=True)

@@ -185,3 +185,21 @@ class _Job:
 
     def __init__(self, state):
         self.state = state
+
+
+def test_sip_counters_stay_bounded_whatever_methods_arrive(daemon, http_get):
+    """500 requests with 500 made-up methods (and our answers to them) are counted under
+    method "other": a peer cannot grow the metrics without bound."""
+    sip = daemon.clock.udp_ports[daemon.ua.transport.port]
+    for i in range(500):
+        sip.proto.datagramReceived((
+            f"X{i} sip:gw@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK{i}"
+            f"\r\nFrom: <sip:x@198.51.100.7>;tag=f{i}\r\nTo: <sip:gw@127.0.0.1>\r\n"
+            f"Call-ID: c{i}@x\r\nCSeq: 1 X{i}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode(), ("198.51.100.7", 5060))
+    samples = scrape(http_get, daemon)
+    received = {k: v for k, v in samples.items() if k[0] == "sipgw_sip_messages_received_total"}
+    assert received == {("sipgw_sip_messages_received_total",
+                         (("code", ""), ("method", "other"))): 500}
+    sent = {k for k in samples if k[0] == "sipgw_sip_messages_sent_total"}
+    assert {dict(labels)["method"] for _, labels in sent} <= {"other"}
