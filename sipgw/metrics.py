@@ -95,8 +95,8 @@ class _Collector:
                 family.add_metric([method, code], count)
             yield family
         retransmissions = CounterMetricFamily(
-            "sipgw_sip_retransmissions", "SIP messages sent again by the transaction layer "
-            "(Timers A, E, G; a response resent for a retransmitted request), by method",
+            "sipgw_sip_retransmissions", "SIP messages sent again (Timers A, E, G; a response "
+            "resent for a retransmitted request; a 2xx resent until its ACK), by method",
             labels=["method"])
         for method, count in sorted(ua.transactions.retransmissions.items()):
             retransmissions.add_metric([method], count)

@@ -94,7 +94,7 @@ class ClientTransaction(_Transaction):
             return
         if self.invite and self.state != "calling":
             return  # Timer A stops once a provisional arrives (§17.1.1.2)
-        self.layer.count_retransmission(self.request)
+        self.layer.count_retransmission(self.request.method)
         self._send()
         self._interval = self._interval * 2 if self.invite else min(self._interval * 2, T2)
         if self.state == "proceeding":
@@ -231,7 +231,7 @@ class ServerTransaction(_Transaction):
     def _retransmit(self) -> None:
         if self.state != "completed":
             return
-        self.layer.count_retransmission(self.request)
+        self.layer.count_retransmission(self.request.method)
         self._send_last()
         self._interval = min(self._interval * 2, T2)
         self._start_timer("G", self._interval, self._retransmit)
@@ -246,7 +246,7 @@ class ServerTransaction(_Transaction):
                 self._start_timer("I", 0 if self.reliable else T4, self._terminate)
             return
         if self.last_response is not None:
-            self.layer.count_retransmission(self.request)
+            self.layer.count_retransmission(self.request.method)
             self._send_last()
 
 
@@ -265,14 +265,14 @@ class TransactionLayer:
         self.sender = sender
         self.max_server = max_server
         # Messages sent again (Timers A, E, G; a response resent for a retransmitted
-        # request), by the transaction's method: read by the metrics at scrape time.
+        # request; the TU's 2xx until its ACK), by method: read by the metrics at scrape time.
         self.retransmissions: collections.Counter = collections.Counter()
         self.client: dict[tuple, ClientTransaction] = {}
         self.server: dict[tuple, ServerTransaction] = {}
         self._log_limiter = LogLimiter(clock)
 
-    def count_retransmission(self, request: Request) -> None:
-        method = request.method
+    def count_retransmission(self, method: str) -> None:
+        """One more message of a ``method`` transaction sent again (the TU's 2xx too)."""
         self.retransmissions[method if method in COUNTED_METHODS else "other"] += 1
 
     @staticmethod

@@ -711,6 +711,7 @@ class UserAgent:
             call._pending_2xx = None
             call.send_bye("No ACK for 200 OK")  # §13.3.1.4
             return
+        self.transactions.count_retransmission("INVITE")
         self.transport.send_response(response, source)
         interval = min(interval * 2, T2)
         call._pending_2xx = (response, source, interval, elapsed + interval)
