@@ -115,6 +115,27 @@ def test_the_stream_ending_ends_the_whep_session(daemon):
     assert daemon.whep.sessions == {} and daemon.signalling.viewers_of(daemon.stream) == 0
 
 
+def test_a_player_gone_before_the_answer_leaves_no_session(daemon):
+    """A client that disconnects while its answer is made leaves no session or viewer."""
+    async def scenario():
+        pc = RTCPeerConnection()
+        pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        pending = exchange(daemon.site, "/whep/s1", SDP, method="POST",
+                           body=pc.localDescription.sdp.encode())
+        assert len(daemon.whep.sessions) == 1
+        pending.disconnect()
+        for _ in range(200):
+            if not daemon.whep.sessions:
+                break
+            await asyncio.sleep(0.01)
+        await pc.close()
+        return pending.done
+
+    assert asyncio.run(scenario()) is False
+    assert daemon.whep.sessions == {} and daemon.signalling.viewers_of(daemon.stream) == 0
+
+
 def test_whep_players_count_with_websocket_players(daemon, http_get):
     """max_viewers_per_stream counts websocket and WHEP players together: 429 beyond it."""
     daemon.signalling.watch(daemon.stream, object(), "ws1")
