@@ -201,6 +201,18 @@ def http_get():
     return get
 
 
+@pytest.fixture
+def http_exchange():
+    """``exchange(...)``: as http_get, for an answer that comes later (``.done``)."""
+    return exchange
+
+
+@pytest.fixture
+def http_response():
+    """The HttpResponse class, to build answers for the OpenAPI check."""
+    return HttpResponse
+
+
 class OpenApiCheck:
     """Validates HTTP exchanges against an OpenAPI 3.1 document (JSON Schema 2020-12)."""
 
@@ -253,7 +265,8 @@ class OpenApiCheck:
             node = node[part.replace("~1", "/").replace("~0", "~")]
         return node, pointer
 
-    def check(self, method: str, target: str, request_body: bytes, response: HttpResponse) -> list[str]:
+    def check(self, method: str, target: str, request_body: bytes,
+              response: HttpResponse) -> list[str]:
         """What in this exchange the document does not say; [] when all of it is described."""
         target_path = target.split("?")[0]
         where = f"{method} {target_path} -> {response.code}"
@@ -313,7 +326,8 @@ def _request_parts(raw: bytes) -> tuple[str, str, bytes] | None:
     parts = lines[0].split(" ")
     if not sep or len(parts) != 3:
         return None
-    headers = {n.strip().lower(): v.strip() for n, _, v in (line.partition(":") for line in lines[1:])}
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines[1:])}
     if headers.get("transfer-encoding") == "chunked":
         body = _dechunk(rest) or b""
     else:

@@ -9,7 +9,6 @@ import pytest
 from jsonschema import Draft202012Validator
 from twisted.internet.address import IPv4Address
 
-from conftest import HttpResponse
 from sipgw.config import Config
 
 STRANGER = IPv4Address("TCP", "192.0.2.7", 40313)
@@ -101,20 +100,21 @@ def test_the_document_is_valid(openapi):
     assert len(ids) == len(set(ids))
 
 
-def test_the_check_catches_what_the_document_does_not_say(openapi):
+def test_the_check_catches_what_the_document_does_not_say(openapi, http_response):
     """An undocumented field in an answer, an undocumented status code, a wrong error body,
     and an accepted request missing a required field are all reported."""
     call = {"callId": "c1", "status": "ESTABLISHED", "secretSauce": 1}
-    answer = HttpResponse(200, {"content-type": "application/json"}, json.dumps([call]).encode())
+    answer = http_response(200, {"content-type": "application/json"}, json.dumps([call]).encode())
     found = openapi.check("POST", "/rest-api/call/find", b'{"callId": "c1"}', answer)
     assert found and "secretSauce" in found[0]
-    teapot = HttpResponse(418, {"content-type": "application/json"}, b'{"error": "x", "field": null}')
+    teapot = http_response(418, {"content-type": "application/json"},
+                           b'{"error": "x", "field": null}')
     assert openapi.check("POST", "/rest-api/call/find", b"{}", teapot) == [
         "POST /rest-api/call/find -> 418: status code not documented"]
-    bad_error = HttpResponse(404, {"content-type": "application/json"}, b'{"message": "x"}')
+    bad_error = http_response(404, {"content-type": "application/json"}, b'{"message": "x"}')
     assert openapi.check("POST", "/rest-api/call/find", b"{}", bad_error)
-    accepted = HttpResponse(200, {}, b"")
+    accepted = http_response(200, {}, b"")
     found = openapi.check("POST", "/rest-api/call/startup", b'{"callee": "bob"}', accepted)
     assert found and "sipLogin" in found[0]
-    assert openapi.check("POST", "/rest-api/no/such", b"{}", HttpResponse(200, {}, b"")) == [
+    assert openapi.check("POST", "/rest-api/no/such", b"{}", http_response(200, {}, b"")) == [
         "POST /rest-api/no/such -> 200: path not documented"]

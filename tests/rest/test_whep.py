@@ -10,7 +10,6 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from twisted.internet.address import IPv4Address
 
-from conftest import exchange
 from fakes import UDPMemoryReactor
 from sipgw.config import Config
 from sipgw.rest.router import RestSite
@@ -49,7 +48,7 @@ async def answered(pending, timeout: float = 10):
     return pending.response
 
 
-async def play(daemon, name: str = "s1"):
+async def play(daemon, exchange, name: str = "s1"):
     """A recvonly audio offer POSTed to /whep/<name>: (peer connection, 201 response)."""
     pc = RTCPeerConnection()
     pc.addTransceiver("audio", direction="recvonly")
@@ -70,13 +69,14 @@ async def publish(stream, stop: asyncio.Event):
         await asyncio.sleep(0.02)
 
 
-def test_an_aiortc_player_plays_over_whep_then_deletes_its_session(daemon, http_get):
+def test_an_aiortc_player_plays_over_whep_then_deletes_its_session(daemon, http_get,
+                                                                    http_exchange):
     """POST offer -> 201 with the answer, Location and ETag; audio frames arrive; the player
     counts as a viewer; DELETE Location -> 200 and the session and its viewer are gone."""
     async def scenario():
         stop = asyncio.Event()
         feeder = asyncio.ensure_future(publish(daemon.stream, stop))
-        pc, response = await play(daemon)
+        pc, response = await play(daemon, http_exchange)
         track = pc.getReceivers()[0].track
         frames = [await asyncio.wait_for(track.recv(), 10) for _ in range(10)]
         viewers = http_get(daemon.site, "/metrics").body.decode()
@@ -101,10 +101,10 @@ def test_an_aiortc_player_plays_over_whep_then_deletes_its_session(daemon, http_
     assert daemon.whep.sessions == {} and daemon.signalling.viewers_of(daemon.stream) == 0
 
 
-def test_the_stream_ending_ends_the_whep_session(daemon):
+def test_the_stream_ending_ends_the_whep_session(daemon, http_exchange):
     """When the call behind the stream ends, its WHEP sessions end too."""
     async def scenario():
-        pc, _ = await play(daemon)
+        pc, _ = await play(daemon, http_exchange)
         assert len(daemon.whep.sessions) == 1
         daemon.stream.end()
         daemon.ua.streams.remove(daemon.stream)
@@ -115,14 +115,14 @@ def test_the_stream_ending_ends_the_whep_session(daemon):
     assert daemon.whep.sessions == {} and daemon.signalling.viewers_of(daemon.stream) == 0
 
 
-def test_a_player_gone_before_the_answer_leaves_no_session(daemon):
+def test_a_player_gone_before_the_answer_leaves_no_session(daemon, http_exchange):
     """A client that disconnects while its answer is made leaves no session or viewer."""
     async def scenario():
         pc = RTCPeerConnection()
         pc.addTransceiver("audio", direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())
-        pending = exchange(daemon.site, "/whep/s1", SDP, method="POST",
-                           body=pc.localDescription.sdp.encode())
+        pending = http_exchange(daemon.site, "/whep/s1", SDP, method="POST",
+                                body=pc.localDescription.sdp.encode())
         assert len(daemon.whep.sessions) == 1
         pending.disconnect()
         for _ in range(200):
@@ -155,8 +155,9 @@ def test_refusals(daemon, http_get):
     assert (wrong_type.code, wrong_type.json()["error"]) == (
         415, "Content-Type must be application/sdp")
     assert http_get(daemon.site, "/whep/s1", SDP, method="POST", body=b"hello").code == 400
-    patch = http_get(daemon.site, "/whep/s1/abc", {"Content-Type":
-                     "application/trickle-ice-sdpfrag"}, method="PATCH", body=b"a=end-of-candidates")
+    patch = http_get(daemon.site, "/whep/s1/abc",
+                     {"Content-Type": "application/trickle-ice-sdpfrag"}, method="PATCH",
+                     body=b"a=end-of-candidates")
     assert (patch.code, patch.json()["error"], patch.headers["allow"]) == (
         405, NO_PATCH, "DELETE, OPTIONS")
     assert http_get(daemon.site, "/whep/s1").code == 405
