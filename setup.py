@@ -7,7 +7,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["sipgw", "sipgw.*"]) + ["twisted.plugins"],
-    package_data={"sipgw": ["web/*"]},
+    package_data={"sipgw": ["web/*", "rest/openapi.json"]},
     install_requires=[
         "twisted>=23.10",
         "autobahn>=23.1",
@@ -17,6 +17,7 @@ setup(
         "service-identity>=24.1",
         "pyOpenSSL>=23.0",  # TLS for wss and https (Twisted's ssl; sipgw/service.py)
         "numpy>=1.24",  # audio sample conversion (sipgw/media/audio.py)
+        "prometheus-client>=0.20",  # /metrics (sipgw/metrics.py)
     ],
     extras_require={
         # selenium drives Debian's chromium via /usr/bin/chromedriver; setuptools builds
@@ -24,6 +25,8 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
                  "selenium>=4.20", "setuptools>=70.1",
                  "websockets>=13.1",  # the tests' websocket client (tests/interop/ws_viewer.py)
-                 "cryptography>=41"],  # test certificates (tests/ws/test_wss.py)
+                 "cryptography>=41",  # test certificates (tests/ws/test_wss.py)
+                 # REST answers checked against openapi.json (tests/rest/conftest.py)
+                 "jsonschema>=4.18", "referencing>=0.28"],
     },
 )

@@ -15,14 +15,15 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-SCOPES = ("calls", "streams", "push", "record", "admin")
+SCOPES = ("calls", "streams", "push", "record", "metrics", "admin")
 LOOPBACK = "loopback"
 LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 
-# The scope each REST route needs, by its first path segment (or whole path).
+# The scope each REST route needs, by its first path segment (or whole path); "" is any
+# valid token (the API description).
 _ROUTE_SCOPES = {"/call": "calls", "/stream": "streams", "/push": "push", "/recorder": "record",
                  "/app": "admin", "/stream/startRecording": "record",
-                 "/stream/stopRecording": "record"}
+                 "/stream/stopRecording": "record", "/openapi.json": ""}
 
 
 class PolicyError(ValueError):
@@ -76,8 +77,11 @@ def is_loopback(address: str) -> bool:
 
 
 def route_scope(path: str) -> str:
-    """The scope a REST path needs (``/call/startup`` -> ``calls``); unknown paths: admin."""
-    return _ROUTE_SCOPES.get(path) or _ROUTE_SCOPES.get("/" + path.split("/")[1], "admin")
+    """The scope a REST path needs (``/call/startup`` -> ``calls``, ``""``: any token);
+    unknown paths: admin."""
+    if path in _ROUTE_SCOPES:
+        return _ROUTE_SCOPES[path]
+    return _ROUTE_SCOPES.get("/" + path.split("/")[1], "admin")
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ class AccessPolicy:
         scopes = self._scopes_of(credential.strip())
         if scopes is None:
             raise Denied(401, "the bearer token is not valid")
-        if "admin" not in scopes and scope not in scopes:
+        if scope and "admin" not in scopes and scope not in scopes:
             raise Denied(403, f"the bearer token does not have the {scope} scope")
 
     def _scopes_of(self, credential: bytes) -> frozenset | None:

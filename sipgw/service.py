@@ -157,13 +157,16 @@ def make_hooks(config, reactor, ua: UserAgent, media=None) -> _HooksService:
     return _HooksService(hooks)
 
 
-def make_root(config, ua: UserAgent, media: _MediaService | None = None,
-              hooks=None) -> resource.Resource:
+def make_root(config, ua: UserAgent, media: _MediaService | None = None, hooks=None,
+              metrics=None, health=None) -> resource.Resource:
+    """The REST port's tree: pages, /rest-api/, and /metrics and /health when given."""
     from .policy import AccessPolicy
     from .rest import CallApi, RestResource
+    from .rest.metrics import HealthResource, MetricsResource
     from .rest.streams import StreamApi
+    from .rest.openapi import OpenApi
     apis = [CallApi(ua, config, ua.reactor, pushes=media.pushes if media else None),
-            StreamApi(ua.streams)]
+            StreamApi(ua.streams), OpenApi()]
     if hooks is not None:
         from .rest.apps import AppApi
         apis.append(AppApi(hooks))
@@ -172,8 +175,12 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None,
         from .rest.recorder import RecorderApi
         apis += [PushApi(media.pushes, config), RecorderApi(media.recorders, ua.streams, config)]
     root = static.File(WEB_DIR)  # the daemon's own pages (SIP as stream, Player)
-    root.putChild(b"rest-api", RestResource(*apis, access=AccessPolicy.from_config(config),
-                                            max_body=config.rest_max_body))
+    access = AccessPolicy.from_config(config)
+    root.putChild(b"rest-api", RestResource(*apis, access=access, max_body=config.rest_max_body))
+    if metrics is not None:
+        root.putChild(b"metrics", MetricsResource(metrics, access))
+    if health is not None:
+        root.putChild(b"health", HealthResource(health, access))
     return root
 
 
@@ -238,12 +245,19 @@ def make_service(config, reactor) -> service.MultiService:
     media.setServiceParent(top)  # added after the UA: stopped before it
     hooks = make_hooks(config, reactor, ua, media)
     hooks.setServiceParent(top)
+    from .metrics import Health, HealthService, LagMonitor, Metrics
     from .rest.router import RestSite
-    site = RestSite(make_root(config, ua, media, hooks.hooks), max_body=config.rest_max_body)
+    viewers: dict = {}  # filled below, once the players' factories exist
+    metrics = Metrics(ua, media, viewers)
+    LagMonitor(reactor, metrics.reactor_lag).setServiceParent(top)
+    health = Health()
+    site = RestSite(make_root(config, ua, media, hooks.hooks, metrics, health),
+                    max_body=config.rest_max_body)
     rest = internet.TCPServer(config.rest_port, site, interface=config.rest_bind_address,
                               reactor=reactor)
     rest.setName("rest")
     rest.setServiceParent(top)
+    health.parts.update(sip=lambda: ua.transport.listening, rest=lambda: rest.running)
     if config.wss_certificate:  # https REST (WCS https.port) with the wss certificate
         options = wss_options(config.wss_certificate, config.wss_private_key)
         https = internet.SSLServer(config.https_port, site, options,
@@ -251,7 +265,16 @@ def make_service(config, reactor) -> service.MultiService:
         https.setName("https")
         https.setServiceParent(top)
     make_signalling(config, ua, reactor, top, hooks.hooks)
+    from .policy import AccessPolicy
+    from .rest.whep import WhepResource
+    whep = WhepResource(ua.streams, top.signalling, config, AccessPolicy.from_config(config))
+    site.resource.putChild(b"whep", whep)  # WHEP players, counted with the websocket's
+    viewers["websocket"] = lambda: top.signalling.viewer_count() - len(whep.sessions)
+    viewers["whep"] = lambda: len(whep.sessions)
+    HealthService(health).setServiceParent(top)  # added last: stopped first
     top.ua = ua
     top.hooks = hooks.hooks
     top.media = media
+    top.metrics = metrics
+    top.health = health
     return top

@@ -6,6 +6,7 @@ on ``twisted.internet.task.Clock``. Bytes go through a ``sender`` object with
 """
 from __future__ import annotations
 
+import collections
 import secrets
 
 from twisted.logger import Logger
@@ -13,7 +14,7 @@ from twisted.logger import Logger
 from .message import Request, Response, make_response
 from ..loglimit import LogLimiter, held_back
 from ..quotas import TokenBuckets
-from .transport import set_top_via
+from .transport import COUNTED_METHODS, set_top_via
 
 log = Logger(namespace="sipgw.sip.transaction")
 
@@ -94,6 +95,7 @@ class ClientTransaction(_Transaction):
             return
         if self.invite and self.state != "calling":
             return  # Timer A stops once a provisional arrives (§17.1.1.2)
+        self.layer.count_retransmission(self.request.method)
         self._send()
         self._interval = self._interval * 2 if self.invite else min(self._interval * 2, T2)
         if self.state == "proceeding":
@@ -244,6 +246,7 @@ class ServerTransaction(_Transaction):
     def _retransmit(self) -> None:
         if self.state != "completed":
             return
+        self.layer.count_retransmission(self.request.method)
         self._send_last()
         self._interval = min(self._interval * 2, T2)
         self._start_timer("G", self._interval, self._retransmit)
@@ -258,6 +261,7 @@ class ServerTransaction(_Transaction):
                 self._start_timer("I", 0 if self.reliable else T4, self._terminate)
             return
         if self.last_response is not None:
+            self.layer.count_retransmission(self.request.method)
             self._send_last()
 
 
@@ -278,9 +282,16 @@ class TransactionLayer:
         self.max_server = max_server
         # new requests (and ACKs) per second from one host, a one-second burst (0: no limit)
         self._per_source = TokenBuckets(requests_per_source, requests_per_source, clock)
+        # Messages sent again (Timers A, E, G; a response resent for a retransmitted
+        # request; the TU's 2xx until its ACK), by method: read by the metrics at scrape time.
+        self.retransmissions: collections.Counter = collections.Counter()
         self.client: dict[tuple, ClientTransaction] = {}
         self.server: dict[tuple, ServerTransaction] = {}
         self._log_limiter = LogLimiter(clock)
+
+    def count_retransmission(self, method: str) -> None:
+        """One more message of a ``method`` transaction sent again (the TU's 2xx too)."""
+        self.retransmissions[method if method in COUNTED_METHODS else "other"] += 1
 
     @staticmethod
     def _server_key(request: Request) -> tuple:

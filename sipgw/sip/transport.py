@@ -8,6 +8,7 @@ the way §18.2.2 says. Parsed messages go to a controller:
 """
 from __future__ import annotations
 
+import collections
 import functools
 import ipaddress
 import socket
@@ -53,6 +54,27 @@ def transport_for(request: Request, transport: str) -> str:
     log.info("{method} of {size} bytes sent over TCP, not UDP: larger than {limit} bytes "
              "(RFC 3261 §18.1.1)", method=request.method, size=size, limit=UDP_SIZE_THRESHOLD)
     return "TCP"
+
+
+# Methods counted by name; any other (a peer may send any token) is counted as "other", so
+# the counters stay bounded whatever arrives.
+COUNTED_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO",
+                             "PRACK", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE",
+                             "PUBLISH"})
+
+
+def message_key(message) -> tuple[str, str]:
+    """(method, "") of a request, (its CSeq method, status code) of a response; a method
+    not in COUNTED_METHODS is "other"."""
+    if isinstance(message, Request):
+        method, code = message.method, ""
+    else:
+        try:
+            method = message.cseq.method
+        except (KeyError, ValueError):  # a stateless answer to a request with a bad CSeq
+            method = "other"
+        code = str(message.status)
+    return (method if method in COUNTED_METHODS else "other"), code
 
 
 @dataclass(frozen=True)
@@ -230,9 +252,13 @@ class TransportLayer:
         self.connections: dict[tuple[str, int], _TCPProtocol] = {}
         self.factory = _TCPFactory(self)
         self.bytes_received = 0
+        # Messages by (method, status code or ""): read by the metrics at scrape time.
+        self.received: collections.Counter = collections.Counter()
+        self.sent: collections.Counter = collections.Counter()
         self.log_limiter = LogLimiter(reactor)
         self._udp = None
         self._tcp = None
+        self._stopped = False
 
     def start(self) -> None:
         # Read whole datagrams up to sip_max_message_size (Twisted cuts at 8,192 by default);
@@ -244,6 +270,7 @@ class TransportLayer:
         log.info("SIP listening on {addr}:{port} (UDP and TCP)", addr=self.bind_address, port=self.port)
 
     def stop(self):
+        self._stopped = True
         for conn in list(self.connections.values()):
             if conn.transport is not None:  # None: still connecting
                 conn.transport.loseConnection()
@@ -278,7 +305,13 @@ class TransportLayer:
         for value in vias[1:]:
             request.add("Via", value)
 
+    @property
+    def listening(self) -> bool:
+        """Both listeners are open (started, not stopped): /health."""
+        return self._udp is not None and self._tcp is not None and not self._stopped
+
     def deliver(self, message, source: Source) -> None:
+        self.received[message_key(message)] += 1
         if isinstance(message, Request):
             self._stamp_via(message, source)
         elif len(message.vias) != 1:
@@ -317,6 +350,7 @@ class TransportLayer:
             log.debug("SIP transport closed: not sending to {host}:{port}", host=host, port=port)
             return
         data = bytes(message)
+        self.sent[message_key(message)] += 1
         if transport == "TCP":
             conn = self.connections.get((host, port))
             if conn is None:
@@ -353,6 +387,7 @@ class TransportLayer:
         if transport == "TCP" and source is not None and source.connection is not None:
             conn = source.connection
             if conn.transport is not None and conn.transport.connected:
+                self.sent[message_key(response)] += 1
                 conn.send(bytes(response))
                 return
         if source is not None:

@@ -52,6 +52,7 @@ class Call:
     def __init__(self, ua: "UserAgent", request: CallRequest):
         self.ua = ua
         self.request = request
+        self.started_at = ua.reactor.seconds()  # /call/startup: the setup time's origin
         self.status = CallStatus.NEW
         self.history: list[str] = [CallStatus.NEW.value]
         self.sip_status = 0
@@ -96,8 +97,11 @@ class Call:
         emit = log.debug if status in _QUIET_STATUSES else log.info
         emit("call {call_id} {status}{reason}", call_id=self.request.call_id,
              status=status.value, reason=f" ({reason})" if reason else "")
-        for observer in self.ua.call_observers:  # e.g. the CallStatusEvent hook
-            observer(self)
+        for observer in self.ua.call_observers:  # hooks, metrics
+            try:
+                observer(self)
+            except Exception:  # an observer's bug never stops the call's status change
+                log.failure("call {call_id}: status observer failed", call_id=self.request.call_id)
         if status.ended:
             self.ua.call_ended(self)
 
@@ -807,6 +811,7 @@ class UserAgent:
             call._pending_2xx = None
             call.send_bye("No ACK for 200 OK")  # §13.3.1.4
             return
+        self.transactions.count_retransmission("INVITE")
         self.transport.send_response(response, source)
         interval = min(interval * 2, T2)
         call._pending_2xx = (response, source, interval, elapsed + interval)

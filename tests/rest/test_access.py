@@ -12,6 +12,7 @@ from twisted.internet.testing import StringTransport
 from sipgw.config import Config
 from sipgw.policy import AccessPolicy, parse_networks, parse_tokens, route_scope
 from sipgw.rest.calls import CallApi
+from sipgw.rest.openapi import OpenApi
 from sipgw.rest.push import PushApi
 from sipgw.rest.recorder import RecorderApi
 from sipgw.rest.router import MAX_BODY, RestResource, RestSite, Router
@@ -23,7 +24,7 @@ GOOD = "good-token-0123456789abcdef"
 CALLS_ONLY = "calls-token-0123456789abcd"
 BAD = "bad-token-0123456789abcdefg"
 EVERY_ROUTE = sorted({*CallApi.router.paths, *StreamApi.router.paths, *PushApi.router.paths,
-                      *RecorderApi.router.paths})
+                      *RecorderApi.router.paths, *OpenApi.router.paths})
 
 
 @pytest.fixture
@@ -67,9 +68,10 @@ def test_every_route_needs_a_credential(client_for, rest, path):
 
 @pytest.mark.parametrize("path", EVERY_ROUTE)
 def test_scoped_token(client_for, rest, path):
-    """A token limited to the calls scope reaches /call/* only; elsewhere it gets a 403."""
+    """A token limited to the calls scope reaches /call/* (and the API description, open to
+    any token) only; elsewhere it gets a 403."""
     response = client_for(rest, peer=STRANGER).post(path, {}, headers=bearer(CALLS_ONLY))
-    if path.startswith("/call/"):
+    if path.startswith("/call/") or path == "/openapi.json":
         assert response.code not in (401, 403)
     else:
         assert response.code == 403

@@ -281,6 +281,19 @@ def test_reinvite_hold_and_unhold_are_answered_and_reflected(make_ua, sender, cl
     assert _status(ua) == "ESTABLISHED"
 
 
+def test_2xx_retransmissions_to_a_reinvite_are_counted(make_ua, sender, clock):
+    """The TU's own 2xx retransmissions (§13.3.1.4, no ACK yet) count as INVITE
+    retransmissions, as the transaction layer's do (sipgw_sip_retransmissions_total)."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    offer = make_offer("127.0.0.5", audio_port=7000, video_port=None, session_id=9, version=2)
+    ua.transactions.receive(_in_dialog(invite, "INVITE", 2, bytes(offer), [
+        ("Content-Type", "application/sdp")]), PEER)
+    clock.pump([T1 + 0.01, 2 * T1, 4 * T1])  # resent at 0.5, 1.5 and 3.5 s
+    assert len(sender.responses(200)) == 4
+    assert ua.transactions.retransmissions == {"INVITE": 3}
+
+
 def test_options_and_info_are_answered(make_ua, sender):
     """OPTIONS gets 200 with Allow; an in-dialog INFO gets 200."""
     ua = make_ua()

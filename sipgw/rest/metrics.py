@@ -1,0 +1,70 @@
+"""``/metrics`` (Prometheus text format) and ``/health`` (for load balancers) on the REST
+port, admitted as REST routes are: a client in ``trusted_networks``, or a bearer token with
+the ``metrics`` (or ``admin``) scope. Both answer GET (and HEAD)."""
+from __future__ import annotations
+
+import json
+
+from twisted.web import resource
+
+from sipgw.policy import AccessPolicy, Denied
+from sipgw.rest.errors import error_body
+
+
+class _Guarded(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, access: AccessPolicy) -> None:
+        super().__init__()
+        self._access = access
+
+    def render(self, request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            method = request.method.decode("ascii", "replace")
+            return json_answer(request, 405, error_body(f"{method} not allowed: GET only"))
+        return self.render_GET(request)
+
+    def render_GET(self, request) -> bytes:
+        host = getattr(request.getClientAddress(), "host", "")
+        try:
+            self._access.check(host, request.getHeader(b"authorization"), "metrics")
+        except Denied as denied:
+            if denied.code == 401:
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="sipgw"')
+            return json_answer(request, denied.code, error_body(denied.message))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self.answer(request)
+
+    def answer(self, request) -> bytes:
+        raise NotImplementedError
+
+
+class MetricsResource(_Guarded):
+    """``metrics.exposition()`` -> (content type, body), at each scrape."""
+
+    def __init__(self, metrics, access: AccessPolicy) -> None:
+        super().__init__(access)
+        self._metrics = metrics
+
+    def answer(self, request) -> bytes:
+        content_type, body = self._metrics.exposition()
+        request.setHeader(b"Content-Type", content_type)
+        return body
+
+
+class HealthResource(_Guarded):
+    """``health.report()`` -> (200 or 503, JSON body)."""
+
+    def __init__(self, health, access: AccessPolicy) -> None:
+        super().__init__(access)
+        self._health = health
+
+    def answer(self, request) -> bytes:
+        return json_answer(request, *self._health.report())
+
+
+def json_answer(request, code: int, body: dict) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body).encode("utf-8")

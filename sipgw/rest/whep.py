@@ -1,0 +1,193 @@
+"""WHEP playback (IETF WHEP, the playback twin of WHIP, RFC 9725) of any stream on the REST
+port, beside the WCS websocket players and sharing their viewer code and limits:
+
+- ``POST /whep/<streamName>`` with an ``application/sdp`` offer: ``201 Created``, the answer
+  (every ICE candidate in it), ``Location: /whep/<streamName>/<sessionId>`` and an ``ETag``.
+- ``DELETE /whep/<streamName>/<sessionId>``: stop; ``200``.
+- ``PATCH`` (trickle ICE, ICE restart): not supported, ``405`` (RFC 9725 §4.3.1 says so
+  for a server that supports neither); the answer already carries every candidate.
+- ``OPTIONS``: CORS preflight, with ``Accept-Post: application/sdp``.
+
+Each session is a ``sipgw.webrtc.viewer.Viewer`` counted with the websocket players of the
+stream (``max_viewers_per_stream``) through the players' factory, which also tells it when
+the stream ends. Admitted as REST is, with the ``streams`` scope; errors are the REST API's
+``{"error": ..., "field": ...}``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from urllib.parse import quote
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from sipgw.policy import AccessPolicy, Denied
+from sipgw.quotas import check
+from sipgw.rest.errors import ApiError, BadRequest, NotFound, error_response
+from sipgw.webrtc.viewer import NoCommonCodecs, Viewer
+
+SDP_TYPE = b"application/sdp"
+SCOPE = "streams"
+STREAM_NOT_FOUND = "Stream not found"
+SESSION_NOT_FOUND = "WHEP session not found"
+NO_PATCH = ("trickle ICE and ICE restarts are not supported: the answer carries every "
+            "candidate; send the offer once its candidates are gathered")
+_MAX_NAME = 128
+
+log = Logger(namespace="sipgw.whep")
+
+
+class WhepResource(resource.Resource):
+    """``/whep/``: one Viewer per session, by session id."""
+
+    isLeaf = True
+
+    def __init__(self, registry, players, config, access: AccessPolicy | None = None) -> None:
+        super().__init__()
+        self._registry = registry
+        self._players = players  # SignallingFactory: viewers_of, watch, unwatch, ice_servers
+        self._config = config
+        self._access = access or AccessPolicy()
+        self.sessions: dict[str, Viewer] = {}
+
+    def render(self, request: server.Request):
+        self._cors(request)
+        segments = [s.decode("utf-8", "replace") for s in request.postpath]
+        while segments and segments[-1] == "":
+            segments.pop()
+        method = request.method
+        try:
+            if not 1 <= len(segments) <= 2 or not segments[0] or len(segments[0]) > _MAX_NAME:
+                raise NotFound("unknown WHEP resource: use /whep/<streamName>")
+            allowed = (b"POST", b"OPTIONS") if len(segments) == 1 else \
+                (b"DELETE", b"OPTIONS")
+            if method == b"OPTIONS":
+                return self._preflight(request, allowed)
+            self._admit(request)
+            if len(segments) == 1 and method == b"POST":
+                return self._offer(request, segments[0])
+            if len(segments) == 2 and method == b"DELETE":
+                return self._stop(request, *segments)
+            request.setHeader(b"Allow", b", ".join(allowed))
+            if method == b"PATCH" and len(segments) == 2:
+                raise ApiError(405, NO_PATCH)
+            raise ApiError(405, f"{method.decode('ascii', 'replace')} not allowed: this WHEP "
+                                f"resource takes {' or '.join(m.decode() for m in allowed)}")
+        except (ApiError, Denied) as exc:
+            return self._error(request, exc)
+
+    # -- methods ------------------------------------------------------------------------
+    def _offer(self, request: server.Request, name: str):
+        declared = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if declared != SDP_TYPE:
+            raise ApiError(415, "Content-Type must be application/sdp")
+        stream = self._registry.get(name=name)
+        if stream is None or stream.ended:
+            raise NotFound(STREAM_NOT_FOUND)
+        request.content.seek(0)
+        try:
+            offer = request.content.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the offer is not UTF-8") from None
+        if not offer.startswith("v=0"):
+            raise BadRequest("the body must be an SDP offer (v=0 ...)")
+        check(self._players.viewers_of(stream), self._config.max_viewers_per_stream,
+              f"viewers of {name}", "max_viewers_per_stream")
+        session_id = secrets.token_hex(16)
+        viewer = Viewer(stream, media_session_id=session_id, ice_servers=self._players.ice_servers,
+                        on_state=lambda status, info: self._state(session_id, status))
+        self.sessions[session_id] = viewer
+        self._players.watch(stream, self, session_id)
+        log.info("whep: play {name} as {id}", name=name, id=session_id)
+        gone: list = []
+        request.notifyFinish().addErrback(gone.append)
+        answered = defer.Deferred.fromFuture(asyncio.ensure_future(viewer.answer(offer)))
+        answered.addCallbacks(lambda sdp: self._answered(request, name, session_id, sdp, gone),
+                              lambda failure: self._failed(request, session_id, failure, gone))
+        return server.NOT_DONE_YET
+
+    def _answered(self, request, name: str, session_id: str, sdp: str, gone: list) -> None:
+        if gone or session_id not in self.sessions:
+            self._end(session_id)
+            return
+        request.setResponseCode(201)
+        request.setHeader(b"Content-Type", SDP_TYPE)
+        request.setHeader(b"Location", f"/whep/{quote(name, safe='')}/{session_id}".encode())
+        request.setHeader(b"ETag", f'"{session_id}"'.encode())
+        payload = sdp.encode("utf-8")
+        request.setHeader(b"Content-Length", b"%d" % len(payload))
+        request.write(payload)
+        request.finish()
+
+    def _failed(self, request, session_id: str, failure, gone: list) -> None:
+        self._end(session_id)
+        if gone:
+            return
+        if failure.check(NoCommonCodecs):
+            refusal = BadRequest("No common codecs")
+        else:
+            refusal = BadRequest(f"Bad SDP: {failure.getErrorMessage()}"[:200])
+        request.write(self._error(request, refusal))
+        request.finish()
+
+    def _stop(self, request, name: str, session_id: str) -> bytes:
+        viewer = self.sessions.get(session_id)
+        if viewer is None or viewer.stream.name != name:
+            raise NotFound(SESSION_NOT_FOUND)
+        self._end(session_id)
+        log.info("whep: {id} stopped by DELETE", id=session_id)
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Length", b"0")
+        request.defaultContentType = None
+        return b""
+
+    # -- the session's end ----------------------------------------------------------------
+    def _state(self, session_id: str, status: str) -> None:
+        if status in ("STOPPED", "FAILED"):
+            self._end(session_id)
+
+    def stream_ended(self, session_id: str, stream) -> None:
+        """The players' factory: the call behind the stream ended."""
+        self._end(session_id)
+
+    def _end(self, session_id: str) -> None:
+        viewer = self.sessions.pop(session_id, None)
+        if viewer is not None:
+            self._players.unwatch(viewer.stream, self, session_id)
+            defer.Deferred.fromFuture(asyncio.ensure_future(viewer.close()))
+
+    # -- HTTP -----------------------------------------------------------------------------
+    def _admit(self, request) -> None:
+        host = getattr(request.getClientAddress(), "host", "")
+        self._access.check(host, request.getHeader(b"authorization"), SCOPE)
+
+    def _preflight(self, request, allowed) -> bytes:
+        request.setResponseCode(204)
+        request.setHeader(b"Accept-Post", SDP_TYPE)
+        request.setHeader(b"Allow", b", ".join(allowed))
+        request.defaultContentType = None
+        return b""
+
+    def _cors(self, request) -> None:
+        request.setHeader(b"Vary", b"Origin")
+        origin = self._access.allowed_origin(request.getHeader(b"origin"))
+        if origin is not None:
+            request.setHeader(b"Access-Control-Allow-Origin", origin)
+            request.setHeader(b"Access-Control-Allow-Methods", b"POST, DELETE, PATCH, OPTIONS")
+            request.setHeader(b"Access-Control-Allow-Headers",
+                              b"Authorization, Content-Type, If-Match")
+            request.setHeader(b"Access-Control-Expose-Headers", b"Location, ETag, Accept-Post")
+
+    @staticmethod
+    def _error(request, exc: Exception) -> bytes:
+        code, body = error_response(exc)
+        if code == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="sipgw"')
+        payload = json.dumps(body).encode("utf-8")
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % len(payload))
+        return payload
