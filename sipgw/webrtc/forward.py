@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import fractions
 import struct
+import time
 
 import av
-from aiortc import clock
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, wrap_rtx
 from aiortc.sdp import SessionDescription
 
 HISTORY = 256  # packets kept per viewer for NACK retransmission (~1.5 s of 720p30)
+NTP_EPOCH = 2208988800  # 1900 -> 1970 (RFC 5905)
+_FIRST = struct.Struct("!BBH")  # V/P/X/CC, M/PT, sequence number
+_TS = struct.Struct("!I")
 _H264 = H264Encoder()
 _VIDEO_TB = fractions.Fraction(1, 90000)
 
@@ -119,35 +122,46 @@ class RtpForwarder:
         self.history: list = [None] * HISTORY
         self.sent = 0
         self.retransmitted = 0
+        # The header after its first 4 bytes (timestamp, SSRC, extensions), made once by
+        # aiortc's serializer with the viewer's extension ids; per frame only the timestamp
+        # and the abs-send-time bytes (found by serializing two values) change.
+        first, self.rest = self._serialized(0)[:4], bytearray(self._serialized(0)[4:])
+        self.byte0 = first[0]
+        other = self._serialized(0xFFFFFF)[4:]
+        changed = [i for i in range(len(other)) if other[i] != self.rest[i]]
+        self.abs_at = changed[0] if changed else None
 
-    def _header(self, timestamp: int, ntp_time: int) -> bytearray:
-        """The viewer's RTP header for one frame, extensions included (aiortc serializes)."""
+    def _serialized(self, abs_send_time: int) -> bytes:
         p = self.params
-        packet = RtpPacket(payload_type=p.payload_type, timestamp=timestamp, ssrc=p.ssrc)
+        packet = RtpPacket(payload_type=p.payload_type, ssrc=p.ssrc)
         packet.extensions.mid = p.mid
-        packet.extensions.abs_send_time = (ntp_time >> 14) & 0x00FFFFFF
-        return bytearray(packet.serialize(p.extensions))
+        packet.extensions.abs_send_time = abs_send_time
+        return packet.serialize(p.extensions)
 
     def forward(self, frame) -> bool:
         if self.egress.backlog() > self.max_backlog:
             return False
-        payloads = frame_payloads(frame)
+        payloads = frame.payloads or frame_payloads(frame)
         timestamp = (self.ts_origin + self.timeline._pts(frame.timestamp, frame.clock_rate)) \
             & 0xFFFFFFFF
-        ntp_time = clock.current_ntp_time()
-        header = self._header(timestamp, ntp_time)
-        pt = self.params.payload_type
+        now = time.time() + NTP_EPOCH
+        ntp_time = int(now * 4294967296)
+        rest = self.rest
+        _TS.pack_into(rest, 0, timestamp)
+        if self.abs_at is not None:  # 6.18 fixed-point seconds (abs-send-time)
+            at = self.abs_at
+            rest[at:at + 3] = ((ntp_time >> 14) & 0xFFFFFF).to_bytes(3, "big")
+        rest = bytes(rest)
+        pt, byte0, pack = self.params.payload_type, self.byte0, _FIRST.pack
         seq = self.seq
         last = len(payloads) - 1
         history = self.history
         packets = []
         octets = 0
         for i, payload in enumerate(payloads):
-            header[1] = pt | 0x80 if i == last else pt
-            struct.pack_into("!H", header, 2, seq)
-            head = bytes(header)
-            history[seq % HISTORY] = (seq, head, payload)
-            packets.append(head + payload)
+            mpt = pt | 0x80 if i == last else pt
+            history[seq % HISTORY] = (seq, mpt, rest, payload)
+            packets.append(pack(byte0, mpt, seq) + rest + payload)
             octets += len(payload)
             seq = (seq + 1) & 0xFFFF
         self.seq = seq
@@ -164,7 +178,7 @@ class RtpForwarder:
             entry = self.history[seq % HISTORY]
             if entry is None or entry[0] != seq:
                 continue
-            data = entry[1] + entry[2]
+            data = _FIRST.pack(self.byte0, entry[1], seq) + entry[2] + entry[3]
             if p.rtx_payload_type is not None and p.rtx_ssrc is not None:
                 packet = wrap_rtx(RtpPacket.parse(data, p.extensions),
                                   payload_type=p.rtx_payload_type,

@@ -90,6 +90,7 @@ def test_packets_carry_the_viewers_header_and_the_shared_payloads():
     assert {p.timestamp for p in parsed[n0:]} == {4600}
     assert [p.marker for p in parsed] == [0] * (n0 - 1) + [1] + [0] * (len(parsed) - n0 - 1) + [1]
     assert {(p.ssrc, p.payload_type, p.extensions.mid) for p in parsed} == {(0x11223344, 102, "0")}
+    assert all(p.extensions.abs_send_time is not None for p in parsed)
     assert sender._RTCRtpSender__packet_count == len(parsed)
     assert sender._RTCRtpSender__rtp_timestamp == 4600
 
