@@ -102,6 +102,46 @@ def pcmu_second() -> list[bytes]:
             for i in range(50)]
 
 
+VERIFY_FRAMES = 90  # per receiver: its first 3 s of video are checked against the source
+
+
+def source_digests() -> set[bytes]:
+    """Digests of the source's access units (Annex-B, as sipgw's depacketizer makes them):
+    what a receiver must reassemble, however the server packetized them."""
+    import hashlib
+
+    from sipgw.rtp.h264 import H264Depacketizer
+    from sipgw.rtp.packet import RtpPacket
+    depacketizer = H264Depacketizer()
+    return {hashlib.blake2b(unit.data, digest_size=16).digest() for data in one_gop()
+            for unit in depacketizer.push(RtpPacket.parse(data))}
+
+
+def annex_b(payloads: list[bytes]) -> bytes | None:
+    """One access unit from its RTP payloads (RFC 6184 single NAL, STAP-A, FU-A)."""
+    out, fu = [], None
+    for p in payloads:
+        nal = p[0] & 0x1F
+        if nal == 28:
+            if p[1] & 0x80:
+                fu = bytearray([(p[0] & 0xE0) | (p[1] & 0x1F)])
+            if fu is None:
+                return None
+            fu += p[2:]
+            if p[1] & 0x40:
+                out.append(bytes(fu))
+                fu = None
+        elif nal == 24:
+            i = 1
+            while i + 2 <= len(p):
+                size = p[i] << 8 | p[i + 1]
+                out.append(p[i + 2:i + 2 + size])
+                i += 2 + size
+        else:
+            out.append(p)
+    return b"".join(b"\x00\x00\x00\x01" + n for n in out)
+
+
 def viewer_packet_rate() -> float:
     """RTP packets/s one viewer gets at the full rate: the source's GOP through sipgw's
     depacketizer (the access units the Stream publishes), then aiortc's H264 packetizer
@@ -423,12 +463,15 @@ class Counts:
     complete (every packet from its first to its marker, no gap)."""
 
     __slots__ = ("packets", "base", "cycles", "max_seq", "frames", "first_packet",
-                 "first_frame", "key_ts", "key_start", "key_packets")
+                 "first_frame", "key_ts", "key_start", "key_packets", "au", "au_ts", "au_seq",
+                 "verified", "corrupt")
 
     def __init__(self):
         self.packets = self.cycles = self.frames = self.key_packets = 0
         self.base = self.max_seq = self.key_ts = self.key_start = None
         self.first_packet = self.first_frame = None
+        self.au, self.au_ts, self.au_seq = [], None, None  # the access unit being checked
+        self.verified = self.corrupt = 0
 
     def expected(self) -> int:
         return 0 if self.base is None else self.cycles + self.max_seq - self.base + 1
@@ -478,6 +521,8 @@ async def count_rtp(receiver, packet, arrival_time_ms) -> None:
         return
     if packet.marker:
         c.frames += 1
+    if c.first_frame is not None and c.verified + c.corrupt < VERIFY_FRAMES:
+        check_payload(c, packet)
     if c.first_frame is None:
         ext = c.cycles + seq
         if c.key_ts != packet.timestamp and starts_keyframe(packet.payload):
@@ -488,6 +533,30 @@ async def count_rtp(receiver, packet, arrival_time_ms) -> None:
                 c.first_frame = now
 
 
+DIGESTS: set[bytes] = set()
+
+
+def check_payload(c: Counts, packet) -> None:
+    """Reassemble whole access units (no gap inside) and match them against the source's:
+    a server that mangles payloads cannot look fast."""
+    import hashlib
+    if packet.timestamp != c.au_ts or c.au_seq is None \
+            or packet.sequence_number != (c.au_seq + 1) & 0xFFFF:
+        if packet.timestamp == c.au_ts:  # a gap inside the access unit: not checkable
+            c.au, c.au_ts = [], None
+            return
+        c.au, c.au_ts = [], packet.timestamp
+    c.au_seq = packet.sequence_number
+    c.au.append(packet.payload)
+    if packet.marker:
+        data = annex_b(c.au)
+        c.au, c.au_ts = [], None
+        if data is not None and hashlib.blake2b(data, digest_size=16).digest() in DIGESTS:
+            c.verified += 1
+        else:
+            c.corrupt += 1
+
+
 def run_clients(url: str, count: int, rate: float, janus: bool = False) -> None:
     import asyncio
 
@@ -496,6 +565,7 @@ def run_clients(url: str, count: int, rate: float, janus: bool = False) -> None:
     from ws_viewer import WcsSession
 
     RTCRtpReceiver._handle_rtp_packet = count_rtp
+    DIGESTS.update(source_digests())
 
     class Receiver:
         def __init__(self):
@@ -508,7 +578,8 @@ def run_clients(url: str, count: int, rate: float, janus: bool = False) -> None:
             for kind, receiver in self.receivers.items():
                 c = counts_of(receiver)
                 out[kind] = {"packets": c.packets, "expected": c.expected(), "frames": c.frames,
-                             "first_packet": c.first_packet, "first_frame": c.first_frame}
+                             "first_packet": c.first_packet, "first_frame": c.first_frame,
+                             "verified": c.verified, "corrupt": c.corrupt}
             return out
 
         async def join(self):
@@ -773,7 +844,9 @@ def run_step(n: int, opts, workdir: str, target: str = "sipgw") -> dict:
                      if delivered else float("nan"))
     rtp0, rtp1, rtp2 = stats0["rtp"], stats1["rtp"], stats2["rtp"]
     return {
-        "target": target, "n": n, "joined": len(joined), "errors": errors,
+        "target": target, "n": n, "joined": len(joined),
+        "frames_verified": sum(v["video"]["verified"] for v in after if v.get("video")),
+        "frames_corrupt": sum(v["video"]["corrupt"] for v in after if v.get("video")), "errors": errors,
         "no_frame": len(joined) - len(ttff),
         "server_viewers": stats2["viewers"],
         "base_cpu_pct": base_cpu, "cpu_pct": cpu, "cpu_pct_per_viewer": per_viewer,
@@ -826,7 +899,7 @@ def row(r: dict) -> str:
 def clean(r: dict) -> bool:
     """0 loss: every viewer joined and, in the window, no RTP packet missing at the
     receivers, no frame dropped by the server for a viewer, none lost at its RTP intake."""
-    return (r["joined"] == r["n"] and r["loss_window"] == 0 and r["sink_dropped_window"] == 0
+    return (r["joined"] == r["n"] and r["loss_window"] == 0 and r["frames_corrupt"] == 0 and r["sink_dropped_window"] == 0
             and r["no_frame"] == 0 and r["intake_udp_drops_window"] == 0
             and r["intake_dropped_frames_window"] == 0)
 
@@ -850,6 +923,10 @@ def reexec_in_netns() -> int:
     argv = ["unshare", "-n", "--", "sh", "-c", JANUS_NETNS_SETUP + ' && exec "$@"', "sh",
             sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
     return subprocess.call(argv, env=env)
+
+
+def target_names(opts) -> str:
+    return f"first {VERIFY_FRAMES} frames per viewer"
 
 
 def print_janus_comparison(results: list[dict], janus_results: list[dict]) -> None:
@@ -928,6 +1005,11 @@ def main() -> int:
             if result["errors"]:
                 print(f"        {n - result['joined']} viewer(s) failed: "
                       f"{'; '.join(result['errors'][:3])}", flush=True)
+            print(f"        payload check ({target_names(opts)}): "
+                  + "; ".join(f"{r['target']} {r['frames_verified']} frames as the source sent "
+                              f"them, {r['frames_corrupt']} corrupt"
+                              for r in ([janus_results[-1]] if opts.janus else []) + [result]),
+                  flush=True)
             if result["no_frame"]:
                 print(f"        {result['no_frame']} viewer(s) got no complete keyframe",
                       flush=True)
