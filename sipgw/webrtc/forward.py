@@ -81,18 +81,23 @@ class Egress:
         self.pair = self.dtls.transport._connection._nominated.get(1)
         return self.srtp is not None and self.pair is not None
 
+    def _socket(self):
+        """The asyncio transport and address of the nominated pair (aioice may change it)."""
+        pair = self.pair = self.dtls.transport._connection._nominated.get(1) or self.pair
+        transport = pair.protocol.transport
+        if transport is None:
+            raise ConnectionError("the viewer's ICE socket is closed")
+        return transport, pair.remote_addr
+
     def send(self, packets: list[bytes]) -> None:
-        pair = self.dtls.transport._connection._nominated.get(1) or self.pair
-        self.pair = pair  # aioice may nominate another pair
-        sendto = pair.protocol.transport.sendto
-        addr = pair.remote_addr
-        protect = self.srtp.protect
+        transport, addr = self._socket()
+        sendto, protect = transport.sendto, self.srtp.protect
         for data in packets:
             sendto(protect(data), addr)
 
     def backlog(self) -> int:
         """Bytes asyncio holds for the viewer's socket (the kernel's buffer was full)."""
-        return self.pair.protocol.transport.get_write_buffer_size()
+        return self._socket()[0].get_write_buffer_size()
 
 
 def report_sent(sender, ntp_time: int, rtp_timestamp: int, packets: int, octets: int) -> None:
@@ -122,6 +127,7 @@ class RtpForwarder:
         self.history: list = [None] * HISTORY
         self.sent = 0
         self.retransmitted = 0
+        self.failed = False  # a send failed (logged once)
         # The header after its first 4 bytes (timestamp, SSRC, extensions), made once by
         # aiortc's serializer with the viewer's extension ids; per frame only the timestamp
         # and the abs-send-time bytes (found by serializing two values) change.

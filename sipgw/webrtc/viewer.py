@@ -263,9 +263,11 @@ class Viewer:
             track.frames += 1
             try:
                 return forwarder.forward(frame)
-            except (ConnectionError, OSError, AttributeError) as e:  # socket or pair gone
-                log.info("viewer {id}: {kind} not sent: {e!r}", id=self.media_session_id,
-                         kind=track.kind, e=e)
+            except (ConnectionError, OSError) as e:  # the socket is gone: the viewer ends
+                if not forwarder.failed:
+                    forwarder.failed = True
+                    log.info("viewer {id}: {kind} not sent: {e!r}", id=self.media_session_id,
+                             kind=track.kind, e=e)
                 return True
         return deliver
 
@@ -308,7 +310,7 @@ class Viewer:
                 if forwarder is not None:
                     try:
                         forwarder.retransmit(packet.lost)
-                    except (ConnectionError, OSError, AttributeError):
+                    except (ConnectionError, OSError):
                         pass
                     return
             await handle(packet)
