@@ -150,6 +150,9 @@ def test_aiortc_receivers_decode_what_the_fast_path_sends(monkeypatch):
         assert audio.sample_rate == 8000 or audio.samples > 0
         await feeding
         forwarder = viewer.forwarders["video"]
+        stats = await viewer.transceivers["video"].sender.getStats()
+        outbound = [s for s in stats.values() if s.type == "outbound-rtp"]
+        assert outbound[0].packetsSent == forwarder.sent > 0  # what aiortc's RTCP SR reports
         sent = forwarder.sent
         nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=forwarder.params.ssrc,
                                lost=[(forwarder.seq - 1) & 0xFFFF])
