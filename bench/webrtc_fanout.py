@@ -15,6 +15,7 @@ on its sockets, frames its depacketizer dropped).
     .venv/bin/python bench/webrtc_fanout.py            # N = 1, 16, 64, 128; 15 s windows (about 2.5 min)
     .venv/bin/python bench/webrtc_fanout.py --quick    # N = 1, 16; 4 s windows (about 30 s)
     .venv/bin/python bench/webrtc_fanout.py --keep     # keep the work directory (server and client logs)
+    .venv/bin/python bench/webrtc_fanout.py --janus    # Janus's streaming plugin at every N too (issue 15)
 
 Processes (all on 127.0.0.1, all stopped at the end of each step):
   server   this file, ``--role server``: the asyncio reactor (as ``twistd --reactor=asyncio``
@@ -27,7 +28,12 @@ Processes (all on 127.0.0.1, all stopped at the end of each step):
            ``WcsSession``/``Player``, one websocket each, joining at ``--join-rate`` per second;
            two processes above 32 viewers. Their RTCRtpReceivers count packets instead of
            depacketizing and decoding (``_handle_rtp_packet`` replaced): no jitter buffer,
-           no decoder, no NACK/PLI (RTCP receiver reports still go out).
+           no decoder, no NACK/PLI (RTCP receiver reports still go out). Each reassembles
+           its first 90 access units and matches them against the source's (payload check).
+  janus    with ``--janus``: Debian's janus, its config written here, one RTP mountpoint fed
+           by the same source, watched by the same receivers over its websocket API; the
+           whole bench then runs in a private network namespace (libnice needs a non-lo
+           interface holding 127.0.0.1/32).
 """
 from __future__ import annotations
 
