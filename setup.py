@@ -11,8 +11,10 @@ setup(
     install_requires=[
         "twisted>=23.10",
         "autobahn>=23.1",
-        "aiortc>=1.9",
-        "aioice>=0.9",  # ICE host candidates pinned to webrtc_ice_address (sipgw/webrtc/viewer.py)
+        # The WebRTC fast path (sipgw/webrtc/forward.py) uses aiortc and aioice internals,
+        # checked by tests/webrtc/test_forward.py: widen these ranges only after it passes.
+        "aiortc>=1.16,<1.17",
+        "aioice>=0.13,<0.14",  # ICE host candidates pinned to webrtc_ice_address (sipgw/webrtc/viewer.py)
         "av>=12",
         "service-identity>=24.1",
         "pyOpenSSL>=23.0",  # TLS for wss and https (Twisted's ssl; sipgw/service.py)

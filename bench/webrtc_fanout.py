@@ -15,6 +15,7 @@ on its sockets, frames its depacketizer dropped).
     .venv/bin/python bench/webrtc_fanout.py            # N = 1, 16, 64, 128; 15 s windows (about 2.5 min)
     .venv/bin/python bench/webrtc_fanout.py --quick    # N = 1, 16; 4 s windows (about 30 s)
     .venv/bin/python bench/webrtc_fanout.py --keep     # keep the work directory (server and client logs)
+    .venv/bin/python bench/webrtc_fanout.py --janus    # Janus's streaming plugin at every N too (issue 15)
 
 Processes (all on 127.0.0.1, all stopped at the end of each step):
   server   this file, ``--role server``: the asyncio reactor (as ``twistd --reactor=asyncio``
@@ -27,7 +28,12 @@ Processes (all on 127.0.0.1, all stopped at the end of each step):
            ``WcsSession``/``Player``, one websocket each, joining at ``--join-rate`` per second;
            two processes above 32 viewers. Their RTCRtpReceivers count packets instead of
            depacketizing and decoding (``_handle_rtp_packet`` replaced): no jitter buffer,
-           no decoder, no NACK/PLI (RTCP receiver reports still go out).
+           no decoder, no NACK/PLI (RTCP receiver reports still go out). Each reassembles
+           its first 90 access units and matches them against the source's (payload check).
+  janus    with ``--janus``: Debian's janus, its config written here, one RTP mountpoint fed
+           by the same source, watched by the same receivers over its websocket API; the
+           whole bench then runs in a private network namespace (libnice needs a non-lo
+           interface holding 127.0.0.1/32).
 """
 from __future__ import annotations
 
@@ -100,6 +106,46 @@ def one_gop() -> list[bytes]:
 def pcmu_second() -> list[bytes]:
     return [struct.pack("!BBHII", 0x80, AUDIO_PT, i, i * 160, 0x5678) + b"\xff" * 160
             for i in range(50)]
+
+
+VERIFY_FRAMES = 90  # per receiver: its first 3 s of video are checked against the source
+
+
+def source_digests() -> set[bytes]:
+    """Digests of the source's access units (Annex-B, as sipgw's depacketizer makes them):
+    what a receiver must reassemble, however the server packetized them."""
+    import hashlib
+
+    from sipgw.rtp.h264 import H264Depacketizer
+    from sipgw.rtp.packet import RtpPacket
+    depacketizer = H264Depacketizer()
+    return {hashlib.blake2b(unit.data, digest_size=16).digest() for data in one_gop()
+            for unit in depacketizer.push(RtpPacket.parse(data))}
+
+
+def annex_b(payloads: list[bytes]) -> bytes | None:
+    """One access unit from its RTP payloads (RFC 6184 single NAL, STAP-A, FU-A)."""
+    out, fu = [], None
+    for p in payloads:
+        nal = p[0] & 0x1F
+        if nal == 28:
+            if p[1] & 0x80:
+                fu = bytearray([(p[0] & 0xE0) | (p[1] & 0x1F)])
+            if fu is None:
+                return None
+            fu += p[2:]
+            if p[1] & 0x40:
+                out.append(bytes(fu))
+                fu = None
+        elif nal == 24:
+            i = 1
+            while i + 2 <= len(p):
+                size = p[i] << 8 | p[i + 1]
+                out.append(p[i + 2:i + 2 + size])
+                i += 2 + size
+        else:
+            out.append(p)
+    return b"".join(b"\x00\x00\x00\x01" + n for n in out)
 
 
 def viewer_packet_rate() -> float:
@@ -238,6 +284,184 @@ def run_server() -> None:
     reactor.run()
 
 
+# -- Janus: the same source into its streaming plugin, the same receivers -------------------
+JANUS_PLUGINS = "/usr/lib/x86_64-linux-gnu/janus"
+JANUS_NETNS_SETUP = ("ip link set lo up && ip link add jv0 type veth peer name jv1 && "
+                     "ip addr add 127.0.0.1/32 dev jv0 && ip link set jv0 up && ip link set jv1 up")
+JANUS_MOUNTPOINT = 1
+
+
+def free_port(kind: int = 0) -> int:
+    import socket
+    with socket.socket(socket.AF_INET, kind or socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def janus_config(folder: str, ws_port: int, video_port: int, audio_port: int) -> None:
+    """Janus core (ICE on jv0 only: libnice gathers no loopback), the websockets transport
+    on 127.0.0.1 and the streaming plugin with one RTP mountpoint for the bench's source."""
+    plugins = ",".join(f"libjanus_{p}.so" for p in (
+        "audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip", "textroom",
+        "videocall", "videoroom", "voicemail"))
+    transports = ",".join(f"libjanus_{t}.so" for t in ("http", "mqtt", "nanomsg", "pfunix",
+                                                       "rabbitmq"))
+    files = {
+        "janus.jcfg": f"""general: {{
+  configs_folder = "{folder}"
+  plugins_folder = "{JANUS_PLUGINS}/plugins"
+  transports_folder = "{JANUS_PLUGINS}/transports"
+  events_folder = "{JANUS_PLUGINS}/events"
+  loggers_folder = "{JANUS_PLUGINS}/loggers"
+  debug_level = 3
+}}
+media: {{ rtp_port_range = "40000-49999" }}
+nat: {{ nice_debug = false
+  ice_enforce_list = "jv0" }}
+plugins: {{ disable = "{plugins}" }}
+transports: {{ disable = "{transports}" }}
+loggers: {{ disable = "libjanus_jsonlog.so" }}
+events: {{ broadcast = false }}
+""",
+        "janus.transport.websockets.jcfg": f"""general: {{ json = "plain"
+  ws = true
+  ws_port = {ws_port}
+  ws_ip = "127.0.0.1"
+  wss = false }}
+admin: {{ admin_ws = false
+  admin_wss = false }}
+""",
+        "janus.plugin.streaming.jcfg": f"""general: {{ }}
+bench: {{
+  type = "rtp"
+  id = {JANUS_MOUNTPOINT}
+  description = "bench"
+  media = (
+    {{ type = "video", mid = "v", port = {video_port}, pt = {VIDEO_PT}, codec = "h264",
+       fmtp = "profile-level-id=42e01f;packetization-mode=1" }},
+    {{ type = "audio", mid = "a", port = {audio_port}, pt = {AUDIO_PT}, codec = "pcmu" }}
+  )
+}}
+""",
+    }
+    os.makedirs(folder, exist_ok=True)
+    for name, text in files.items():
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+
+
+class JanusServer:
+    """Debian's janus (1.1.2), its config written by the bench; stopped by its pid. Quacks
+    like the sipgw server ``Child`` for the step: pid, cpu(), ask("stats"), stop()."""
+
+    def __init__(self, name: str, workdir: str):
+        self.name = name
+        folder = os.path.join(workdir, name)
+        self.ports = {"ws_port": free_port(__import__("socket").SOCK_STREAM),
+                      "video_port": free_port(), "audio_port": free_port()}
+        janus_config(folder, self.ports["ws_port"], self.ports["video_port"],
+                     self.ports["audio_port"])
+        self.log = os.path.join(workdir, f"{name}.log")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(["janus", "-F", folder, "-C",
+                                          os.path.join(folder, "janus.jcfg")],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self.pid = self.proc.pid
+
+    def read(self, timeout: float) -> dict:
+        """Wait until the websocket API listens: the ports, as the sipgw server gives them."""
+        import socket
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise HarnessError(f"janus exited with {self.proc.returncode} (log: {self.log})")
+            try:
+                socket.create_connection(("127.0.0.1", self.ports["ws_port"]), 0.5).close()
+                return dict(self.ports)
+            except OSError:
+                time.sleep(0.1)
+        raise HarnessError(f"janus: websocket API not up within {timeout} s (log: {self.log})")
+
+    def ask(self, command: str, timeout: float = 15) -> dict:
+        """No lag probe, no Sinks inside Janus: the columns sipgw alone has are zero."""
+        return {"viewers": -1, "sink_dropped": 0, "sinks_waiting_keyframe": 0,
+                "sink_queue_max": 0, "lag_p99_ms": float("nan"), "lag_max_ms": float("nan"),
+                "rtp": {"video": {"dropped_frames": 0}}}
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def stop(self, timeout: float = 25) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class JanusPlayer:
+    """One viewer of the Janus mountpoint over Janus's websocket API (one websocket each):
+    create, attach streaming, watch -> Janus's offer, our answer with start."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.ws = self.pc = self.started_at = None
+        self.session = self.handle = None
+        self.tasks: list = []
+
+    async def request(self, body: dict) -> dict:
+        import secrets
+        transaction = secrets.token_hex(6)
+        await self.ws.send(json.dumps(dict(body, transaction=transaction)))
+        while True:
+            msg = json.loads(await self.ws.recv())
+            if msg.get("transaction") == transaction and msg["janus"] != "ack":
+                if msg["janus"] == "error":
+                    raise RuntimeError(f"janus: {msg['error']}")
+                return msg
+
+    async def play(self) -> "JanusPlayer":
+        import asyncio
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+        from websockets.asyncio.client import connect as ws_connect
+        self.ws = await ws_connect(self.url, subprotocols=["janus-protocol"], ping_interval=None,
+                                   open_timeout=15)
+        self.session = (await self.request({"janus": "create"}))["data"]["id"]
+        self.handle = (await self.request({"janus": "attach", "plugin": "janus.plugin.streaming",
+                                           "session_id": self.session}))["data"]["id"]
+        ids = {"session_id": self.session, "handle_id": self.handle}
+        self.started_at = time.monotonic()
+        offer = await self.request({"janus": "message", **ids,
+                                    "body": {"request": "watch", "id": JANUS_MOUNTPOINT}})
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer["jsep"]["sdp"], "offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await self.request({"janus": "message", **ids, "body": {"request": "start"},
+                            "jsep": {"type": "answer", "sdp": self.pc.localDescription.sdp}})
+
+        async def keepalive():  # Janus ends a session after 60 s of silence
+            while True:
+                await asyncio.sleep(15)
+                await self.ws.send(json.dumps({"janus": "keepalive", "session_id": self.session,
+                                               "transaction": "ka"}))
+
+        async def drain():  # events (webrtcup, media, ...) are read and dropped
+            async for _ in self.ws:
+                pass
+        self.tasks = [asyncio.ensure_future(keepalive()), asyncio.ensure_future(drain())]
+        return self
+
+    async def close(self):
+        for task in self.tasks:
+            task.cancel()
+        if self.pc is not None:
+            await self.pc.close()
+        if self.ws is not None:
+            await self.ws.close()
+
+
 # -- clients: aiortc receivers that count packets ----------------------------------------
 class Counts:
     """One RTCRtpReceiver's packets: RFC 3550 A.1-style extended sequence numbers give the
@@ -245,12 +469,15 @@ class Counts:
     complete (every packet from its first to its marker, no gap)."""
 
     __slots__ = ("packets", "base", "cycles", "max_seq", "frames", "first_packet",
-                 "first_frame", "key_ts", "key_start", "key_packets")
+                 "first_frame", "key_ts", "key_start", "key_packets", "au", "au_ts", "au_seq",
+                 "verified", "corrupt")
 
     def __init__(self):
         self.packets = self.cycles = self.frames = self.key_packets = 0
         self.base = self.max_seq = self.key_ts = self.key_start = None
         self.first_packet = self.first_frame = None
+        self.au, self.au_ts, self.au_seq = [], None, None  # the access unit being checked
+        self.verified = self.corrupt = 0
 
     def expected(self) -> int:
         return 0 if self.base is None else self.cycles + self.max_seq - self.base + 1
@@ -300,6 +527,8 @@ async def count_rtp(receiver, packet, arrival_time_ms) -> None:
         return
     if packet.marker:
         c.frames += 1
+    if c.first_frame is not None and c.verified + c.corrupt < VERIFY_FRAMES:
+        check_payload(c, packet)
     if c.first_frame is None:
         ext = c.cycles + seq
         if c.key_ts != packet.timestamp and starts_keyframe(packet.payload):
@@ -310,7 +539,31 @@ async def count_rtp(receiver, packet, arrival_time_ms) -> None:
                 c.first_frame = now
 
 
-def run_clients(url: str, count: int, rate: float) -> None:
+DIGESTS: set[bytes] = set()
+
+
+def check_payload(c: Counts, packet) -> None:
+    """Reassemble whole access units (no gap inside) and match them against the source's:
+    a server that mangles payloads cannot look fast."""
+    import hashlib
+    if packet.timestamp != c.au_ts or c.au_seq is None \
+            or packet.sequence_number != (c.au_seq + 1) & 0xFFFF:
+        if packet.timestamp == c.au_ts:  # a gap inside the access unit: not checkable
+            c.au, c.au_ts = [], None
+            return
+        c.au, c.au_ts = [], packet.timestamp
+    c.au_seq = packet.sequence_number
+    c.au.append(packet.payload)
+    if packet.marker:
+        data = annex_b(c.au)
+        c.au, c.au_ts = [], None
+        if data is not None and hashlib.blake2b(data, digest_size=16).digest() in DIGESTS:
+            c.verified += 1
+        else:
+            c.corrupt += 1
+
+
+def run_clients(url: str, count: int, rate: float, janus: bool = False) -> None:
     import asyncio
 
     sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
@@ -318,6 +571,7 @@ def run_clients(url: str, count: int, rate: float) -> None:
     from ws_viewer import WcsSession
 
     RTCRtpReceiver._handle_rtp_packet = count_rtp
+    DIGESTS.update(source_digests())
 
     class Receiver:
         def __init__(self):
@@ -330,14 +584,19 @@ def run_clients(url: str, count: int, rate: float) -> None:
             for kind, receiver in self.receivers.items():
                 c = counts_of(receiver)
                 out[kind] = {"packets": c.packets, "expected": c.expected(), "frames": c.frames,
-                             "first_packet": c.first_packet, "first_frame": c.first_frame}
+                             "first_packet": c.first_packet, "first_frame": c.first_frame,
+                             "verified": c.verified, "corrupt": c.corrupt}
             return out
 
         async def join(self):
             try:
-                self.session = WcsSession(url)
-                await asyncio.wait_for(self.session.connect(), 20)
-                self.player = await asyncio.wait_for(self.session.play(STREAM, decode=False), 30)
+                if janus:
+                    self.player = await asyncio.wait_for(JanusPlayer(url).play(), 30)
+                else:
+                    self.session = WcsSession(url)
+                    await asyncio.wait_for(self.session.connect(), 20)
+                    self.player = await asyncio.wait_for(self.session.play(STREAM, decode=False),
+                                                         30)
                 for transceiver in self.player.pc.getTransceivers():
                     self.receivers[transceiver.kind] = transceiver.receiver
                     counts_of(transceiver.receiver)
@@ -516,14 +775,17 @@ def loss(before: list[dict], after: list[dict]) -> tuple[float, float, float]:
     return window, overall, frames / viewers if viewers else 0.0
 
 
-def run_step(n: int, opts, workdir: str) -> dict:
+def run_step(n: int, opts, workdir: str, target: str = "sipgw") -> dict:
     children: list[Child] = []
     try:
-        server = Child(f"server-{n}", ["--role", "server"], workdir)
+        if target == "janus":
+            server = JanusServer(f"janus-{n}", workdir)
+        else:
+            server = Child(f"server-{n}", ["--role", "server"], workdir)
         children.append(server)
         info = server.read(30)
         bound = opts.warmup + opts.baseline + n / opts.join_rate + 60 + 2 * opts.window
-        source = Child(f"source-{n}", ["--role", "source", "--audio-port",
+        source = Child(f"source-{target}-{n}", ["--role", "source", "--audio-port",
                                        str(info["audio_port"]), "--video-port",
                                        str(info["video_port"]), "--seconds", str(bound)], workdir)
         children.append(source)
@@ -540,9 +802,10 @@ def run_step(n: int, opts, workdir: str) -> dict:
         url = f"ws://127.0.0.1:{info['ws_port']}"
         clients = []
         for i, count in enumerate(split):
-            client = Child(f"clients-{n}-{i}", ["--role", "clients", "--url", url, "--count",
-                                                str(count), "--join-rate",
-                                                str(opts.join_rate / len(split))], workdir)
+            client = Child(f"clients-{target}-{n}-{i}",
+                           ["--role", "clients", "--url", url, "--count", str(count),
+                            "--join-rate", str(opts.join_rate / len(split))]
+                           + (["--janus"] if target == "janus" else []), workdir)
             children.append(client)
             clients.append(client)
         for client in clients:
@@ -587,7 +850,9 @@ def run_step(n: int, opts, workdir: str) -> dict:
                      if delivered else float("nan"))
     rtp0, rtp1, rtp2 = stats0["rtp"], stats1["rtp"], stats2["rtp"]
     return {
-        "n": n, "joined": len(joined), "errors": errors,
+        "target": target, "n": n, "joined": len(joined),
+        "frames_verified": sum(v["video"]["verified"] for v in after if v.get("video")),
+        "frames_corrupt": sum(v["video"]["corrupt"] for v in after if v.get("video")), "errors": errors,
         "no_frame": len(joined) - len(ttff),
         "server_viewers": stats2["viewers"],
         "base_cpu_pct": base_cpu, "cpu_pct": cpu, "cpu_pct_per_viewer": per_viewer,
@@ -640,13 +905,53 @@ def row(r: dict) -> str:
 def clean(r: dict) -> bool:
     """0 loss: every viewer joined and, in the window, no RTP packet missing at the
     receivers, no frame dropped by the server for a viewer, none lost at its RTP intake."""
-    return (r["joined"] == r["n"] and r["loss_window"] == 0 and r["sink_dropped_window"] == 0
+    return (r["joined"] == r["n"] and r["loss_window"] == 0 and r["frames_corrupt"] == 0 and r["sink_dropped_window"] == 0
             and r["no_frame"] == 0 and r["intake_udp_drops_window"] == 0
             and r["intake_dropped_frames_window"] == 0)
 
 
 def met(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
+
+
+def reexec_in_netns() -> int:
+    """Janus's ICE (libnice) gathers no loopback address and falls back to every interface:
+    run the whole bench, sipgw too, in a private network namespace whose only other
+    interface is a veth holding 127.0.0.1/32 (see /work/shared/PEERS.md)."""
+    if not shutil.which("janus") or not os.path.isdir(JANUS_PLUGINS):
+        print("--janus needs Debian's janus package: apt-get install -y janus "
+              "(a bench peer, not installed by tools/install-test-deps.sh)", flush=True)
+        return 2
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        print("--janus needs root and unshare(1) for its private network namespace", flush=True)
+        return 2
+    env = dict(os.environ, SIPGW_BENCH_NETNS="1")
+    argv = ["unshare", "-n", "--", "sh", "-c", JANUS_NETNS_SETUP + ' && exec "$@"', "sh",
+            sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
+    return subprocess.call(argv, env=env)
+
+
+def target_names(opts) -> str:
+    return f"first {VERIFY_FRAMES} frames per viewer"
+
+
+def print_janus_comparison(results: list[dict], janus_results: list[dict]) -> None:
+    """sipgw and Janus at each N, from the same run, and the issue-15 ratios."""
+    print("\nsipgw vs Janus 1.1.2 streaming plugin, same source, same aiortc receivers, same run:")
+    print("     N  us/pkt sipgw janus  ratio   %/viewer sipgw janus  loss% sipgw janus"
+          "  TTFF p50 sipgw janus  KB/viewer sipgw janus  ratio")
+    for r, j in zip(results, janus_results):
+        print(f"  {r['n']:4d}  {r['us_per_packet']:12.1f} {j['us_per_packet']:5.1f}"
+              f" {r['us_per_packet'] / j['us_per_packet']:6.2f}"
+              f"  {r['cpu_pct_per_viewer']:15.3f} {j['cpu_pct_per_viewer']:5.3f}"
+              f"  {r['loss_window'] * 100:11.3f} {j['loss_window'] * 100:5.3f}"
+              f"  {r['ttff_p50_ms']:14.0f} {j['ttff_p50_ms']:5.0f}"
+              f"  {r['kb_per_viewer']:15.0f} {j['kb_per_viewer']:5.0f}"
+              f" {r['kb_per_viewer'] / j['kb_per_viewer'] if j['kb_per_viewer'] > 0 else float('nan'):6.2f}",
+              flush=True)
+    print("targets (issue 15): CPU per viewer <= 1.2x Janus's, memory <= 2x Janus's, "
+          "TTFF p50 <= 250 ms; us/pkt is the server's CPU above its baseline per RTP packet "
+          "delivered")
 
 
 def main() -> int:
@@ -656,6 +961,9 @@ def main() -> int:
     parser.add_argument("--steps", help="comma-separated viewer counts (default 1,16,64,128)")
     parser.add_argument("--join-rate", type=float, default=16.0,
                         help="viewers joining per second, in total (default 16)")
+    parser.add_argument("--janus", action="store_true",
+                        help="also run Janus's streaming plugin at every N, side by side (needs "
+                             "Debian's janus and root for a private network namespace)")
     parser.add_argument("--role", choices=("server", "source", "clients"), help=argparse.SUPPRESS)
     parser.add_argument("--audio-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--video-port", type=int, help=argparse.SUPPRESS)
@@ -670,8 +978,10 @@ def main() -> int:
         run_source(opts.audio_port, opts.video_port, opts.seconds)
         return 0
     if opts.role == "clients":
-        run_clients(opts.url, opts.count, opts.join_rate)
+        run_clients(opts.url, opts.count, opts.join_rate, opts.janus)
         return 0
+    if opts.janus and os.environ.get("SIPGW_BENCH_NETNS") != "1":
+        return reexec_in_netns()
 
     steps = ([int(s) for s in opts.steps.split(",")] if opts.steps
              else list(QUICK_STEPS if opts.quick else STEPS))
@@ -689,14 +999,23 @@ def main() -> int:
           f"{load_before[2]:.2f}")
     print(HEADER, flush=True)
     results = []
+    janus_results = []
     try:
         for n in steps:
+            if opts.janus:  # same N, same minutes: Janus right after sipgw
+                janus_results.append(run_step(n, opts, workdir, "janus"))
+                print(row(janus_results[-1]) + "  (janus)", flush=True)
             result = run_step(n, opts, workdir)
             results.append(result)
             print(row(result), flush=True)
             if result["errors"]:
                 print(f"        {n - result['joined']} viewer(s) failed: "
                       f"{'; '.join(result['errors'][:3])}", flush=True)
+            print(f"        payload check ({target_names(opts)}): "
+                  + "; ".join(f"{r['target']} {r['frames_verified']} frames as the source sent "
+                              f"them, {r['frames_corrupt']} corrupt"
+                              for r in ([janus_results[-1]] if opts.janus else []) + [result]),
+                  flush=True)
             if result["no_frame"]:
                 print(f"        {result['no_frame']} viewer(s) got no complete keyframe",
                       flush=True)
@@ -750,8 +1069,10 @@ def main() -> int:
               f"but had no core: the figures of such steps are bounded by the machine")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
           f"took {time.monotonic() - started:.0f} s")
+    if janus_results:
+        print_janus_comparison(results, janus_results)
     print(json.dumps({"steps": results, "baseline_cpu_pct": base,
-                      "per_viewer_to_baseline": ratio}))
+                      "per_viewer_to_baseline": ratio, "janus_steps": janus_results}))
     if opts.keep:
         print(f"work directory kept: {workdir}")
     else:

@@ -29,7 +29,7 @@ class StreamStatus(str, enum.Enum):
 class MediaFrame:
     """One access unit (video, Annex-B) or one audio frame, with its RTP timestamp."""
 
-    __slots__ = ("kind", "codec", "clock_rate", "timestamp", "data", "keyframe")
+    __slots__ = ("kind", "codec", "clock_rate", "timestamp", "data", "keyframe", "payloads")
 
     def __init__(self, kind: str, codec: str, clock_rate: int, timestamp: int, data: bytes,
                  keyframe: bool = False):
@@ -39,6 +39,7 @@ class MediaFrame:
         self.timestamp = timestamp
         self.data = data
         self.keyframe = keyframe
+        self.payloads = None  # RTP payloads, made once for every WebRTC viewer
 
     def __repr__(self):
         return (f"<MediaFrame {self.kind} {self.codec} ts={self.timestamp} {len(self.data)}B"
@@ -47,7 +48,9 @@ class MediaFrame:
 
 class Sink:
     """A consumer's queue, bounded in frames and bytes. ``get()`` gives a Deferred firing
-    with the next frame, or with None once the stream has ended."""
+    with the next frame, or with None once the stream has ended. ``listen(deliver)`` turns
+    it into push mode: frames go straight to ``deliver``, which returns False when its
+    consumer is full (the sink then drops to the next keyframe, as a full queue does)."""
 
     def __init__(self, stream: "Stream", maxlen: int = 256, name: str = "sink",
                  kinds: tuple[str, ...] = ("audio", "video"), max_bytes: int | None = None):
@@ -63,6 +66,7 @@ class Sink:
         self.dropped = 0
         self.closed = False
         self._waiter: defer.Deferred | None = None
+        self._deliver = None
 
     def offer(self, frame: MediaFrame) -> None:
         if self.closed or frame.kind not in self.kinds:
@@ -72,6 +76,10 @@ class Sink:
                 self.dropped += 1
                 return
             self.waiting_keyframe = False
+        if self._deliver is not None:
+            if not self._deliver(frame):
+                self.congested(frame)
+            return
         size = len(frame.data)
         if len(self.queue) >= self.maxlen or self.queued_bytes + size > self.max_bytes:
             # Too slow: throw away what is queued and restart at the next keyframe.
@@ -88,6 +96,28 @@ class Sink:
         self.queue.append(frame)
         self.queued_bytes += size
         self._wake()
+
+    def take(self) -> MediaFrame | None:
+        """The next queued frame, or None (a consumer that drains the queue at its own pace)."""
+        return self._pop() if self.queue else None
+
+    def listen(self, deliver) -> None:
+        """Push mode: what is queued goes to ``deliver`` now, every later frame at once."""
+        while self.queue:
+            frame = self._pop()
+            if not deliver(frame):
+                self.congested(frame)
+                break
+        self._deliver = deliver
+
+    def congested(self, frame: MediaFrame) -> None:
+        """The push consumer refused ``frame``: skip to the next keyframe."""
+        self.dropped += 1 + len(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        if self.video and frame.kind == "video":
+            self.waiting_keyframe = True
+            self.stream.request_keyframe()
 
     def _pop(self) -> MediaFrame:
         frame = self.queue.popleft()

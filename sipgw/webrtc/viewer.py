@@ -1,27 +1,33 @@
 """One WebRTC viewer of a stream: an aiortc RTCPeerConnection fed from a Sink.
 
-H264 access units are passed through as ``av.Packet`` (aiortc packetizes them,
-nothing is decoded or re-encoded). Audio is passed through when the browser
-accepted the callee's codec; otherwise it is decoded here and handed to aiortc
-as frames, which aiortc encodes to opus in its executor, off the event loop.
+H264 access units and audio the browser accepted in the callee's codec take the
+forwarding fast path (``forward.py``): packetized once per stream, per viewer only
+the RTP header, SRTP and the send; nothing is decoded or re-encoded. Audio in
+another codec is decoded here and handed to aiortc as frames (``SinkTrack``), which
+aiortc encodes to opus in its executor, off the event loop.
 Runs on the asyncio loop that the Twisted asyncio reactor drives.
 """
 from __future__ import annotations
 
 import asyncio
 import fractions
+import random
 
 import aioice.ice
 import av
 from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender,
                     RTCSessionDescription)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,
+                        RtcpRtpfbPacket)
 from twisted.logger import Logger
+
+from .forward import Egress, RtpForwarder, SendParameters
 
 log = Logger(namespace="sipgw.webrtc")
 
 MAX_TIMESTAMP_GAP = 5  # seconds
+CATCH_UP_FRAMES, CATCH_UP_PAUSE = 6, 0.01  # a cached GOP goes out at 20x real time (30 fps)
 AUDIO_CODECS = {"PCMU": "audio/PCMU", "PCMA": "audio/PCMA", "opus": "audio/opus"}
 
 
@@ -69,6 +75,13 @@ class SinkTrack(MediaStreamTrack):
         self.discontinuities = 0
         self.decoder = None  # audio transcoding only
         self.frames = 0
+        self.forwarded = False  # the fast path owns the sink: aiortc gets nothing from recv()
+        self._stopped: asyncio.Future | None = None
+
+    def stop(self) -> None:
+        super().stop()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     def _pts(self, timestamp: int, clock_rate: int) -> int:
         """RTP timestamps (32-bit, wrapping) to a pts that only grows. A jump backwards or of
@@ -92,6 +105,12 @@ class SinkTrack(MediaStreamTrack):
 
     async def recv(self):
         loop = asyncio.get_running_loop()
+        if self.forwarded:  # aiortc's sender waits here, idle, until the track stops
+            if self._stopped is None:
+                self._stopped = loop.create_future()
+            if self.readyState != "ended":
+                await self._stopped
+            raise MediaStreamError
         while True:
             frame = await self.sink.get().asFuture(loop)
             if frame is None:
@@ -145,6 +164,8 @@ class Viewer:
         self.queue_frames = queue_frames
         self.transcode_audio = False
         self.tracks: list[SinkTrack] = []
+        self.transceivers: dict[str, object] = {}
+        self.forwarders: dict[str, RtpForwarder] = {}
         self.playing = False
         self.closed = False
 
@@ -155,6 +176,7 @@ class Viewer:
                 # PLAYING as WCS sends it, once the browser is connected, not at the first
                 # frame: until PLAYING the WebSDK's stop() loops without sending stopStream.
                 self.first_media("connected")
+                self._start_forwarding()
             elif state in ("failed", "closed") and not self.closed:
                 self._notify("FAILED" if state == "failed" else "STOPPED",
                              "WebRTC connection " + state)
@@ -187,14 +209,67 @@ class Viewer:
             self.tracks.append(track)
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
             transceiver.setCodecPreferences(self._preferences(kind))
-            self._forward_keyframe_requests(transceiver.sender)
+            self.transceivers[kind] = transceiver
+            self._forward_keyframe_requests(kind, transceiver.sender)
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         answer = await self.pc.createAnswer()
         if not any(f"m={k}" in answer.sdp and f"m={k} 0 " not in answer.sdp for k in kinds):
             raise NoCommonCodecs("No common codecs")
         await self.pc.setLocalDescription(answer)
         self._check_audio_codec()
+        for track in self.tracks:
+            track.forwarded = track.kind == "video" or not self.transcode_audio
         return self.pc.localDescription.sdp
+
+    def _start_forwarding(self) -> None:
+        """Connected (ICE + DTLS): the fast path takes each forwarded sink, queued GOP first."""
+        if self.forwarders or self.closed or self.pc.localDescription is None:
+            return
+        sdp = self.pc.localDescription.sdp
+        for track in self.tracks:
+            transceiver = self.transceivers[track.kind]
+            if not track.forwarded or transceiver.mid is None:
+                continue
+            egress = Egress(transceiver.sender.transport)
+            if not egress.attach():
+                log.warn("viewer {id}: no SRTP session or ICE pair for {kind}",
+                         id=self.media_session_id, kind=track.kind)
+                continue
+            forwarder = RtpForwarder(track, SendParameters(sdp, transceiver.mid), egress,
+                                     transceiver.sender, track.sink.max_bytes,
+                                     random.getrandbits(16), random.getrandbits(32))
+            self.forwarders[track.kind] = forwarder
+            asyncio.ensure_future(self._catch_up(track.sink, self._deliver(track, forwarder)))
+
+    async def _catch_up(self, sink, deliver) -> None:
+        """Send what the sink queued before the connection was up (the cached GOP) at
+        CATCH_UP_FRAMES per CATCH_UP_PAUSE, not in one burst a receiver's socket cannot
+        hold, then switch the sink to push mode."""
+        sent = 0
+        while not self.closed and (frame := sink.take()) is not None:
+            if not deliver(frame):
+                sink.congested(frame)
+                break
+            sent += 1
+            if sent % CATCH_UP_FRAMES == 0:
+                await asyncio.sleep(CATCH_UP_PAUSE)
+        if not self.closed:
+            sink.listen(deliver)
+
+    def _deliver(self, track: SinkTrack, forwarder: RtpForwarder):
+        def deliver(frame) -> bool:
+            if frame.kind != track.kind:
+                return True
+            track.frames += 1
+            try:
+                return forwarder.forward(frame)
+            except (ConnectionError, OSError) as e:  # the socket is gone: the viewer ends
+                if not forwarder.failed:
+                    forwarder.failed = True
+                    log.info("viewer {id}: {kind} not sent: {e!r}", id=self.media_session_id,
+                             kind=track.kind, e=e)
+                return True
+        return deliver
 
     def _preferences(self, kind: str):
         capabilities = RTCRtpSender.getCapabilities(kind).codecs
@@ -221,14 +296,23 @@ class Viewer:
                 log.info("viewer {id}: browser took {chosen}, stream is {source}: transcoding",
                          id=self.media_session_id, chosen=chosen, source=source)
 
-    def _forward_keyframe_requests(self, sender) -> None:
-        """Browser PLI/FIR go upstream: aiortc ignores them for passed-through packets."""
+    def _forward_keyframe_requests(self, kind: str, sender) -> None:
+        """Browser PLI/FIR go upstream: aiortc ignores them for passed-through packets.
+        NACKs for forwarded packets are answered from the forwarder's history."""
         handle = sender._handle_rtcp_packet
         stream = self.stream
 
         async def handle_rtcp(packet):
             if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                 stream.request_keyframe()
+            elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                forwarder = self.forwarders.get(kind)
+                if forwarder is not None:
+                    try:
+                        forwarder.retransmit(packet.lost)
+                    except (ConnectionError, OSError):
+                        pass
+                    return
             await handle(packet)
         sender._handle_rtcp_packet = handle_rtcp
 

@@ -174,3 +174,41 @@ def test_audio_sink_is_bounded_in_bytes_too():
     for ts in range(7):  # 160 bytes each: the seventh does not fit
         stream.publish(_audio(ts))
     assert [f.timestamp for f in _drain(sink)] == [6] and sink.dropped == 6
+
+
+def test_push_mode_gets_the_queue_first_then_every_frame_at_once():
+    """listen(deliver): the frames queued so far go first, in order, later ones at publish."""
+    stream = Stream("s1")
+    stream.publish(_video(0, key=True))
+    sink = stream.subscribe(kinds=("video",))
+    stream.publish(_video(3000))
+    got = []
+    sink.listen(lambda frame: got.append(frame.timestamp) or True)
+    assert got == [0, 3000] and not sink.queue
+    stream.publish(_video(6000))
+    assert got == [0, 3000, 6000]
+
+
+def test_push_consumer_full_drops_to_the_next_keyframe():
+    """deliver() returning False (the viewer's socket backlog is full) skips to the next
+    keyframe and asks the source for one, as a full queue does."""
+    requests = []
+    stream = Stream("s1", on_keyframe_request=lambda: requests.append(1))
+    stream.publish(_video(0, key=True))
+    sink = stream.subscribe(kinds=("video",))
+    full = [False]
+    got = []
+
+    def deliver(frame):
+        if full[0]:
+            return False
+        got.append(frame.timestamp)
+        return True
+    sink.listen(deliver)
+    full[0] = True
+    stream.publish(_video(3000))
+    full[0] = False
+    stream.publish(_video(6000))
+    stream.publish(_video(9000, key=True))
+    assert got == [0, 9000]
+    assert requests and sink.dropped == 2
