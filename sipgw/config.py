@@ -87,6 +87,7 @@ class Config:
     rtmp_reconnect_delay: int = 1
     rtmp_reconnect_max_delay: int = 30
     rtmp_timeout: int = 10
+    sound_dir: str = "/var/lib/sipgw/media"
     # egress policy and quotas
     sip_egress_allow: str = ""
     sip_egress_deny: str = egress.DEFAULT_DENY
