@@ -88,6 +88,8 @@ class Config:
     rtmp_reconnect_max_delay: int = 30
     rtmp_timeout: int = 10
     sound_dir: str = "/var/lib/sipgw/media"
+    periodic_fir_request: bool = True
+    periodic_fir_request_interval: int = 5000
     # egress policy and quotas
     sip_egress_allow: str = ""
     sip_egress_deny: str = egress.DEFAULT_DENY
@@ -128,7 +130,8 @@ class Config:
         for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
                      "sip_max_server_transactions", "dtmf_max_digits", "rtp_probation_packets",
                      "rtp_max_packets_per_second", "stream_gop_cache_max_bytes",
-                     "sink_queue_max_bytes", "rest_max_connections", "rest_queue_size",
+                     "sink_queue_max_bytes", "rest_max_connections",
+                     "periodic_fir_request_interval", "rest_queue_size",
                      "call_find_limit"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

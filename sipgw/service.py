@@ -119,16 +119,19 @@ def make_media(config, reactor, registry) -> _MediaService:
     """/push/* and recording (sip_record_stream): PyAV work on worker threads."""
     from .config import ConfigError
     from .egress import EgressPolicy
+    from .media.keyframes import PeriodicKeyframes
     from .media.push import PushManager
     from .media.recorder import BadFileName, Limits, RecorderManager
+    keyframes = PeriodicKeyframes(reactor, config.periodic_fir_request_interval / 1000
+                                  if config.periodic_fir_request else 0)
     pushes = PushManager(reactor, registry, reconnect_min=config.rtmp_reconnect_delay,
                          reconnect_max=config.rtmp_reconnect_max_delay,
                          timeout=config.rtmp_timeout,
-                         egress=EgressPolicy.from_config(config, "rtmp"))
+                         egress=EgressPolicy.from_config(config, "rtmp"), keyframes=keyframes)
     try:
         recorders = RecorderManager(reactor, registry, config.record_dir,
                                     config.record_file_template, auto=config.sip_record_stream,
-                                    limits=Limits.from_config(config))
+                                    limits=Limits.from_config(config), keyframes=keyframes)
     except BadFileName as exc:
         raise ConfigError(f"record_file_template: {exc}") from None
     return _MediaService(pushes, recorders, timeout=config.shutdown_timeout)

@@ -218,8 +218,9 @@ class PushManager:
 
     def __init__(self, reactor, registry, *, reconnect_min: float = 1.0,
                  reconnect_max: float = 30.0, timeout: float = 10.0,
-                 queue_frames: int | None = None, egress=None):
+                 queue_frames: int | None = None, egress=None, keyframes=None):
         self.reactor = reactor
+        self.keyframes = keyframes  # PeriodicKeyframes while pushes run
         self.egress = egress  # sipgw.egress.EgressPolicy for rtmp_egress_*
         self.registry = registry
         self.reconnect_min = reconnect_min
@@ -252,6 +253,8 @@ class PushManager:
                         wait_for_media=wait_for_media)
         self.pushes[push.media_session_id] = push
         push.observers = self.observers
+        if self.keyframes is not None:
+            self.keyframes.follow(push)
         push.done.addCallback(self._ended)
         log.info("push of {name} to {url} started ({id})", name=stream.name, url=where.redacted,
                  id=push.media_session_id)

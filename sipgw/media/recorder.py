@@ -408,8 +408,9 @@ class RecorderManager:
 
     def __init__(self, reactor, registry, folder: str, template: str, *, auto: bool = False,
                  history: int = 1000, queue_frames: int | None = None,
-                 limits: Limits = Limits(), free=free_bytes):
+                 limits: Limits = Limits(), free=free_bytes, keyframes=None):
         check_template(template)
+        self.keyframes = keyframes  # PeriodicKeyframes while recordings run
         self.limits = limits
         self.free = free
         self.reactor = reactor
@@ -451,6 +452,8 @@ class RecorderManager:
             raise RecordingError(400, str(exc), "fileName" if file_name else "fileTemplate")
         self.active[stream.media_session_id] = recording
         recording.observers = self.observers
+        if self.keyframes is not None:
+            self.keyframes.follow(recording)
         recording.done.addCallback(self._ended)
         log.info("recording {name} to {file}", name=stream.name, file=recording.file_name)
         return recording.start()

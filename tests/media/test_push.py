@@ -5,7 +5,7 @@ import numpy
 import pytest
 
 from fake_rtmp import FakeRtmpServer
-from synthetic import FakeClock, ThreadCalls, ffprobe, frames, publish
+from synthetic import ClockedCalls, FakeClock, ThreadCalls, ffprobe, frames, publish
 from sipgw.media import flv
 from sipgw.media.push import PushError, PushManager, RtmpPush
 from sipgw.media.rtmp import target
@@ -169,16 +169,6 @@ def test_push_manager_refuses_duplicates_unknown_streams_and_bad_urls():
 def test_close_aborts_a_push_stuck_in_its_handshake_at_the_deadline():
     """PushManager.close(timeout) has a hard total deadline: a push stuck in a trickled
     handshake (rtmp_timeout 30 s) has its socket shut down then and its worker ends."""
-    from twisted.internet.task import Clock
-
-    class ClockedCalls(ThreadCalls):
-        """ThreadCalls with a task.Clock for callLater."""
-
-        def __init__(self):
-            super().__init__()
-            clock = Clock()
-            self.callLater, self.advance = clock.callLater, clock.advance
-
     server = FakeRtmpServer(trickle=0.2)
     calls = ClockedCalls()
     registry = StreamRegistry()
