@@ -432,9 +432,12 @@ class RecorderManager:
             except RecordingError as exc:
                 log.error("cannot record {name}: {why}", name=stream.name, why=str(exc))
 
-    def start(self, stream, template: str | None = None,
-              file_name: str | None = None) -> Recording:
-        if stream.media_session_id in self.active:
+    def start(self, stream, template: str | None = None, file_name: str | None = None,
+              restart: bool = False) -> Recording:
+        """``restart``: a running recording of the stream is stopped (its file finalized) and
+        a new one started, as WCS's /recorder/startup does; without it, a 409."""
+        running = self.active.get(stream.media_session_id)
+        if running is not None and not restart:
             raise RecordingError(409, "The stream is already being recorded", "mediaSessionId")
         if stream.ended:
             raise RecordingError(404, "Stream not found", "mediaSessionId")
@@ -450,6 +453,8 @@ class RecorderManager:
                                   limits=self.limits, free=self.free)
         except BadFileName as exc:
             raise RecordingError(400, str(exc), "fileName" if file_name else "fileTemplate")
+        if running is not None:
+            running.stop("Restarted by rest /recorder/startup")
         self.active[stream.media_session_id] = recording
         recording.observers = self.observers
         if self.keyframes is not None:

@@ -7,7 +7,7 @@ from typing import Any
 from sipgw.config import Config
 from sipgw.media.recorder import RecorderManager, RecordingError
 from sipgw.quotas import check
-from sipgw.rest.fields import string_field
+from sipgw.rest.fields import boolean_field, string_field
 from sipgw.rest.errors import ApiError, BadRequest, NotFound
 from sipgw.rest.router import Router
 from sipgw.rest.streams import STREAM_NOT_FOUND
@@ -35,11 +35,13 @@ class RecorderApi:
             raise NotFound(STREAM_NOT_FOUND, "mediaSessionId")
         return stream
 
-    def _start(self, stream, template: str | None = None, file_name: str | None = None) -> None:
-        check(len(self._manager.active), self._max, "recordings", "max_recordings",
-              "mediaSessionId")
+    def _start(self, stream, template: str | None = None, file_name: str | None = None,
+               restart: bool = False) -> None:
+        if not (restart and stream.media_session_id in self._manager.active):
+            check(len(self._manager.active), self._max, "recordings", "max_recordings",
+                  "mediaSessionId")
         try:
-            self._manager.start(stream, template=template, file_name=file_name)
+            self._manager.start(stream, template=template, file_name=file_name, restart=restart)
         except RecordingError as exc:
             raise ApiError(exc.code, str(exc), exc.field) from None
 
@@ -61,7 +63,7 @@ class RecorderApi:
                            forbidden=frozenset())
         if config.get("rotation") not in _NO_ROTATION:
             raise BadRequest("rotation is not supported (use disabled)", "rotation")
-        self._start(stream, template=template or None)
+        self._start(stream, template=template or None, restart=True)  # WCS: a new recording
         return None
 
     @router.route("/recorder/terminate")
@@ -80,7 +82,8 @@ class RecorderApi:
         stream = self._stream(body)
         file_name = string_field(body, "fileName", max_len=_NAME_MAX, spaces=True,
                             forbidden=frozenset())
-        self._start(stream, file_name=file_name or None)
+        self._start(stream, file_name=file_name or None,
+                    restart=boolean_field(body, "force", False))
         return None
 
     @router.route("/stream/stopRecording")

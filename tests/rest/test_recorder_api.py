@@ -24,14 +24,17 @@ def env(client_for, tmp_path):
 
 
 def test_recorder_startup_find_all_and_terminate(env):
-    """startup → 200 and listed with its file name; a second startup 409; terminate
-    answers once the recording is closed; one that never got a keyframe (no file) is
-    then no longer listed."""
+    """startup → 200 and listed with its file name; a second startup (as WCS) stops that
+    recording and starts a new one with its settings; terminate answers once the recording
+    is closed; one that never got a keyframe (no file) is then no longer listed."""
     client, manager, stream, calls = env
     sid = stream.media_session_id
     body = {"mediaSessionId": sid, "config": {"fileTemplate": "{streamName}-rec", "rotation": "disabled"}}
+    assert client.post("/recorder/startup", {"mediaSessionId": sid}).code == 200
+    first = manager.active[sid]
     assert client.post("/recorder/startup", body).code == 200
-    assert client.post("/recorder/startup", body).code == 409
+    calls.run_until(lambda: first.finished)
+    assert manager.active[sid] is not first
     listed = client.post("/recorder/find_all").json()
     assert [(r["fileName"], r["mediaSessionId"]) for r in listed] == [("call1-rec.mp4", sid)]
     exchange = client.send("POST", "/recorder/terminate",
@@ -60,7 +63,8 @@ def test_recorder_startup_refusals(env, body, code):
 
 
 def test_stream_start_and_stop_recording(env):
-    """The older /stream/startRecording takes a fileName; names with '/' are refused."""
+    """The older /stream/startRecording takes a fileName; names with '/' are refused; on a
+    stream already recorded it is a 409 unless force restarts the recording."""
     client, manager, stream, calls = env
     sid = stream.media_session_id
     assert client.post("/stream/startRecording", {"mediaSessionId": sid,
@@ -68,6 +72,10 @@ def test_stream_start_and_stop_recording(env):
     assert client.post("/stream/startRecording", {"mediaSessionId": sid,
                                                   "fileName": "my call"}).code == 200
     assert manager.active[sid].file_name == "my call.mp4"
+    assert client.post("/stream/startRecording", {"mediaSessionId": sid}).code == 409
+    again = {"mediaSessionId": sid, "fileName": "again", "force": "true"}
+    assert client.post("/stream/startRecording", again).code == 200
+    assert manager.active[sid].file_name == "again.mp4"
     exchange = client.send("POST", "/stream/stopRecording",
                            b'{"mediaSessionId": "%s"}' % sid.encode(),
                            headers={"Content-Type": "application/json"})
