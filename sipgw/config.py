@@ -167,7 +167,8 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_WCS_NAMES = {"http.port": "rest_port"}  # WCS names that are not ours with dots as underscores
+# WCS names that are not ours with dots as underscores
+_WCS_NAMES = {"http.port": "rest_port", "stream_record_policy_template": "record_file_template"}
 
 
 def setting_name(key: str) -> str:

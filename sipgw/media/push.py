@@ -124,7 +124,8 @@ class RtmpPush(MediaJob):
                 "rtmpUrl": self.shown_url, "sourceStream": stream.name,
                 "sourceMediaSessionId": stream.media_session_id, "status": self.state,
                 "info": self.info, "width": stream.width, "height": stream.height,
-                "muted": self.muted, "soundEnabled": self.sound is not None, "options": self.options,
+                "muted": self.muted, "soundEnabled": self.sound is not None,
+                "options": self.options,
                 "reconnects": self.reconnects, "dropped": self.queue.dropped,
                 "sent": dict(self.sent)}
 

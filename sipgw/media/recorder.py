@@ -39,7 +39,10 @@ FINISHED = "FINISHED"
 FAILED = "FAILED"
 
 TOKENS = ("streamName", "startTime", "endTime", "duration", "startTimeMillis",
-          "endTimeMillis", "mediaSessionId", "audioCodec", "videoCodec")
+          "endTimeMillis", "mediaSessionId", "audioCodec", "videoCodec", "login", "sessionId")
+# the call's sipLogin and sessionId (WCS's longest): anything but [A-Za-z0-9_.@+-] becomes _
+_OWNER_TOKENS = {"login": 32, "sessionId": 60}
+_NOT_IN_OWNER = re.compile(r"[^\w.@+-]", re.ASCII)
 END_TOKENS = frozenset({"endTime", "endTimeMillis", "duration"})
 EXTENSION = ".mp4"
 PARTIAL = ".recording"
@@ -135,7 +138,7 @@ class Recording(MediaJob):
 
     def __init__(self, reactor, stream, folder: str, template: str, *, wall=time.time,
                  opener=None, queue_frames: int | None = None, file_name: str | None = None,
-                 limits: Limits = Limits(), free=free_bytes):
+                 limits: Limits = Limits(), free=free_bytes, owner: dict | None = None):
         kwargs = {} if queue_frames is None else {"queue_frames": queue_frames}
         super().__init__(reactor, stream, **kwargs)
         self.folder = os.path.abspath(folder)
@@ -153,6 +156,9 @@ class Recording(MediaJob):
                        "mediaSessionId": stream.media_session_id,
                        "audioCodec": "aac" if stream.has_audio else "",
                        "videoCodec": "h264" if stream.has_video else ""}
+        for token, longest in _OWNER_TOKENS.items():  # owner: the call's, {} for none
+            value = str((owner or {}).get(token) or "")
+            self.values[token] = _NOT_IN_OWNER.sub("_", value)[:longest]
         self.file_name = render(self.template, self.values)
         self._partial = bool(END_TOKENS & set(_TOKEN.findall(self.template)))
         self.written = {"audio": 0, "video": 0}
@@ -408,8 +414,9 @@ class RecorderManager:
 
     def __init__(self, reactor, registry, folder: str, template: str, *, auto: bool = False,
                  history: int = 1000, queue_frames: int | None = None,
-                 limits: Limits = Limits(), free=free_bytes, keyframes=None):
+                 limits: Limits = Limits(), free=free_bytes, keyframes=None, owner=None):
         check_template(template)
+        self.owner = owner  # stream -> {"login", "sessionId"} of its call, for the template
         self.keyframes = keyframes  # PeriodicKeyframes while recordings run
         self.limits = limits
         self.free = free
@@ -450,7 +457,8 @@ class RecorderManager:
         try:
             recording = Recording(self.reactor, stream, self.folder, template or self.template,
                                   file_name=file_name, queue_frames=self.queue_frames,
-                                  limits=self.limits, free=self.free)
+                                  limits=self.limits, free=self.free,
+                                  owner=self.owner(stream) if self.owner else None)
         except BadFileName as exc:
             raise RecordingError(400, str(exc), "fileName" if file_name else "fileTemplate")
         if running is not None:

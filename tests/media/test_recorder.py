@@ -297,3 +297,40 @@ def test_manager_records_every_published_stream_and_finalizes_on_close(tmp_path)
     listed = [r.to_json() for r in manager.find_all()]
     assert [(r["fileName"], r["status"]) for r in listed] == [("auto1.mp4", "FINISHED")]
     assert _by_kind(ffprobe(str(tmp_path / "auto1.mp4")))["video"]["codec_name"] == "h264"
+
+
+def test_login_and_session_id_tokens_come_from_the_stream_s_call(tmp_path):
+    """{login} and {sessionId} (WCS's stream_record_policy_template default uses them) are
+    the call's sipLogin and sessionId, given by the manager's owner; characters outside
+    [A-Za-z0-9_.@+-] become _ and WCS's lengths (32, 60) are kept; no call: empty."""
+    registry = StreamRegistry()
+    owners = {"c1": {"login": "alice/../x", "sessionId": "a" * 70 + "@pbx"}}
+    calls = ThreadCalls()
+    manager = RecorderManager(calls, registry, str(tmp_path),
+                              "stream-{mediaSessionId}-{login}-{sessionId}",
+                              owner=lambda stream: owners.get(stream.call_id, {}))
+    stream = registry.add(Stream("s1", call_id="c1"))
+    recording = manager.start(stream)
+    assert recording.file_name == f"stream-{stream.media_session_id}-alice_.._x-{'a' * 60}.mp4"
+    bare = manager.start(registry.add(Stream("s2")), template="{streamName}-{login}{sessionId}")
+    assert bare.file_name == "s2-.mp4"
+    closing = manager.close(timeout=0)
+    calls.run_until(lambda: closing.called, what="the recordings to end")
+
+
+def test_the_daemon_names_recordings_by_the_call_s_login_and_session_id(tmp_path):
+    """make_media's recordings take {login} and {sessionId} from the UA's call of the stream."""
+    from types import SimpleNamespace
+    from synthetic import ClockedCalls
+    from sipgw.config import Config
+    from sipgw.service import make_media
+    registry = StreamRegistry()
+    calls = ClockedCalls()
+    call = SimpleNamespace(request=SimpleNamespace(sip_login="bob"), sip_call_id="abc@host")
+    media = make_media(Config(record_dir=str(tmp_path),
+                              record_file_template="{login}-{sessionId}"), calls, registry,
+                       {"call7": call})
+    recording = media.recorders.start(registry.add(Stream("s1", call_id="call7")))
+    assert recording.file_name == "bob-abc@host.mp4"
+    closing = media.recorders.close(timeout=0)
+    calls.run_until(lambda: closing.called, what="the recording to end")
