@@ -84,6 +84,7 @@ class Config:
     record_min_free_space_mb: int = 100
     record_max_size_mb: int = 0
     record_max_duration: int = 0
+    record_rotation: str = "disabled"
     rtmp_reconnect_delay: int = 1
     rtmp_reconnect_max_delay: int = 30
     rtmp_timeout: int = 10

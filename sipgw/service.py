@@ -122,7 +122,7 @@ def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaSe
     from .egress import EgressPolicy
     from .media.keyframes import PeriodicKeyframes
     from .media.push import PushManager
-    from .media.recorder import BadFileName, Limits, RecorderManager
+    from .media.recorder import BadFileName, Limits, RecorderManager, Rotation
     keyframes = PeriodicKeyframes(reactor, config.periodic_fir_request_interval / 1000
                                   if config.periodic_fir_request else 0)
     pushes = PushManager(reactor, registry, reconnect_min=config.rtmp_reconnect_delay,
@@ -130,10 +130,15 @@ def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaSe
                          timeout=config.rtmp_timeout,
                          egress=EgressPolicy.from_config(config, "rtmp"), keyframes=keyframes)
     try:
+        rotation = Rotation.parse(config.record_rotation)
+    except ValueError as exc:
+        raise ConfigError(f"record_rotation: {exc}") from None
+    try:
         recorders = RecorderManager(reactor, registry, config.record_dir,
                                     config.record_file_template, auto=config.sip_record_stream,
                                     limits=Limits.from_config(config), keyframes=keyframes,
-                                    owner=lambda stream: _owner((calls or {}).get(stream.call_id)))
+                                    owner=lambda stream: _owner((calls or {}).get(stream.call_id)),
+                                    rotation=rotation)
     except BadFileName as exc:
         raise ConfigError(f"record_file_template: {exc}") from None
     return _MediaService(pushes, recorders, timeout=config.shutdown_timeout)

@@ -51,11 +51,13 @@ def test_recorder_startup_find_all_and_terminate(env):
     ({}, 400),
     ({"mediaSessionId": "SID", "config": {"fileTemplate": "../../etc/passwd"}}, 400),
     ({"mediaSessionId": "SID", "config": {"fileTemplate": "{bogus}"}}, 400),
-    ({"mediaSessionId": "SID", "config": {"rotation": "20M"}}, 400),
+    ({"mediaSessionId": "SID", "config": {"rotation": "20K"}}, 400),
+    ({"mediaSessionId": "SID", "config": {"rotation": True}}, 400),
     ({"mediaSessionId": "SID", "config": "x"}, 400),
 ])
 def test_recorder_startup_refusals(env, body, code):
-    """Unknown stream 404; missing id, escaping names, unknown tokens, rotation 400."""
+    """Unknown stream 404; missing id, escaping names, unknown tokens, a rotation that is not
+    WCS's syntax 400."""
     client, _, stream, _ = env
     if body.get("mediaSessionId") == "SID":
         body = {**body, "mediaSessionId": stream.media_session_id}
@@ -99,3 +101,25 @@ def test_beyond_max_recordings_is_429(client_for, tmp_path):
                               "field": "mediaSessionId"}
     closing = manager.close(timeout=0)
     calls.run_until(lambda: closing.called)
+
+
+def test_recorder_startup_rotation(env):
+    """config.rotation in WCS's syntax ("20M", "20" seconds, "disabled") is the recording's;
+    without it the record_rotation setting's (the manager's) applies; parts are listed."""
+    from sipgw.media.recorder import MB, Rotation
+    client, manager, stream, calls = env
+    sid = stream.media_session_id
+    assert client.post("/recorder/startup", {"mediaSessionId": sid,
+                                             "config": {"rotation": "20M"}}).code == 200
+    assert manager.active[sid].rotation == Rotation(bytes=20 * MB)
+    assert client.post("/recorder/startup", {"mediaSessionId": sid,
+                                             "config": {"rotation": 20}}).code == 200
+    assert manager.active[sid].rotation == Rotation(seconds=20)
+    manager.rotation = Rotation(seconds=60)
+    assert client.post("/recorder/startup", {"mediaSessionId": sid}).code == 200
+    assert manager.active[sid].rotation == Rotation(seconds=60)
+    assert client.post("/recorder/startup", {"mediaSessionId": sid,
+                                             "config": {"rotation": "disabled"}}).code == 200
+    assert manager.active[sid].rotation is None
+    listed, = client.post("/recorder/find_all").json()
+    assert listed["parts"] == []
