@@ -145,6 +145,8 @@ class SoundLoop:
         chunks, total = [], 0
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         with av.open(path) as container:
+            if not container.streams.audio:
+                raise ValueError("no audio in the sound file")
             for frame in container.decode(audio=0):
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
