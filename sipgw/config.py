@@ -84,9 +84,13 @@ class Config:
     record_min_free_space_mb: int = 100
     record_max_size_mb: int = 0
     record_max_duration: int = 0
+    record_rotation: str = "disabled"
     rtmp_reconnect_delay: int = 1
     rtmp_reconnect_max_delay: int = 30
     rtmp_timeout: int = 10
+    sound_dir: str = "/var/lib/sipgw/media"
+    periodic_fir_request: bool = True
+    periodic_fir_request_interval: int = 5000
     # egress policy and quotas
     sip_egress_allow: str = ""
     sip_egress_deny: str = egress.DEFAULT_DENY
@@ -127,7 +131,8 @@ class Config:
         for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
                      "sip_max_server_transactions", "dtmf_max_digits", "rtp_probation_packets",
                      "rtp_max_packets_per_second", "stream_gop_cache_max_bytes",
-                     "sink_queue_max_bytes", "rest_max_connections", "rest_queue_size",
+                     "sink_queue_max_bytes", "rest_max_connections",
+                     "periodic_fir_request_interval", "rest_queue_size",
                      "call_find_limit"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -163,7 +168,8 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_WCS_NAMES = {"http.port": "rest_port"}  # WCS names that are not ours with dots as underscores
+# WCS names that are not ours with dots as underscores
+_WCS_NAMES = {"http.port": "rest_port", "stream_record_policy_template": "record_file_template"}
 
 
 def setting_name(key: str) -> str:

@@ -115,23 +115,40 @@ class _Daemon(service.MultiService):
                      "not_finalized", "pushes", "pushes_aborted")})
 
 
-def make_media(config, reactor, registry) -> _MediaService:
-    """/push/* and recording (sip_record_stream): PyAV work on worker threads."""
+def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaService:
+    """/push/* and recording (sip_record_stream): PyAV work on worker threads; ``calls``
+    (the UA's, by callId) give recordings their call's {login} and {sessionId}."""
     from .config import ConfigError
     from .egress import EgressPolicy
+    from .media.keyframes import PeriodicKeyframes
     from .media.push import PushManager
-    from .media.recorder import BadFileName, Limits, RecorderManager
+    from .media.recorder import BadFileName, Limits, RecorderManager, Rotation
+    keyframes = PeriodicKeyframes(reactor, config.periodic_fir_request_interval / 1000
+                                  if config.periodic_fir_request else 0)
     pushes = PushManager(reactor, registry, reconnect_min=config.rtmp_reconnect_delay,
                          reconnect_max=config.rtmp_reconnect_max_delay,
                          timeout=config.rtmp_timeout,
-                         egress=EgressPolicy.from_config(config, "rtmp"))
+                         egress=EgressPolicy.from_config(config, "rtmp"), keyframes=keyframes)
+    try:
+        rotation = Rotation.parse(config.record_rotation)
+    except ValueError as exc:
+        raise ConfigError(f"record_rotation: {exc}") from None
     try:
         recorders = RecorderManager(reactor, registry, config.record_dir,
                                     config.record_file_template, auto=config.sip_record_stream,
-                                    limits=Limits.from_config(config))
+                                    limits=Limits.from_config(config), keyframes=keyframes,
+                                    owner=lambda stream: _owner((calls or {}).get(stream.call_id)),
+                                    rotation=rotation)
     except BadFileName as exc:
         raise ConfigError(f"record_file_template: {exc}") from None
     return _MediaService(pushes, recorders, timeout=config.shutdown_timeout)
+
+
+def _owner(call) -> dict:
+    """The {login} and {sessionId} of a recording's call (none for a stream without one)."""
+    if call is None:
+        return {}
+    return {"login": call.request.sip_login, "sessionId": call.sip_call_id}
 
 
 class _HooksService(service.Service):
@@ -241,7 +258,7 @@ def make_service(config, reactor) -> service.MultiService:
                      config.sip_bind_address)
     ua = UserAgent(reactor, config, ports=ports)
     _UserAgentService(ua).setServiceParent(top)
-    media = make_media(config, reactor, ua.streams)
+    media = make_media(config, reactor, ua.streams, ua.calls)
     media.setServiceParent(top)  # added after the UA: stopped before it
     hooks = make_hooks(config, reactor, ua, media)
     hooks.setServiceParent(top)

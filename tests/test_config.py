@@ -148,3 +148,13 @@ def test_open_control_plane_is_refused(overrides, message):
 def test_non_loopback_bind_with_credentials_starts(overrides):
     """A token or a trusted network beyond loopback makes a public bind acceptable."""
     config.load(overrides=overrides)
+
+
+def test_wcs_record_template_name_is_record_file_template(tmp_path):
+    """WCS's stream_record_policy_template sets record_file_template, with its tokens
+    {login} and {sessionId}."""
+    path = tmp_path / "flashphoner.properties"
+    path.write_text("stream_record_policy_template=stream-{mediaSessionId}-{login}\n")
+    assert config.load(str(path)).record_file_template == "stream-{mediaSessionId}-{login}"
+    loaded = config.load(None, {"stream_record_policy_template": "{sessionId}"})
+    assert loaded.record_file_template == "{sessionId}"

@@ -53,6 +53,9 @@ class AacEncoder:
                                             frame_size=self.frame_size)
         self._next: int | None = None  # next input sample position (1/in_rate)
         self._in_tb = Fraction(1, clock_rate)
+        # substitute(n, rate): n mono float samples to encode instead of the source's, or
+        # None for the source's (a push muted or playing a sound file)
+        self.substitute = None
 
     @property
     def extradata(self) -> bytes:
@@ -111,6 +114,9 @@ class AacEncoder:
     def _encode(self, frame: av.AudioFrame | None) -> list[tuple[int, bytes]]:
         out = []
         for resampled in self._resampler.resample(frame):
+            samples = self.substitute and self.substitute(resampled.samples, self.rate)
+            if samples is not None:
+                resampled = _mono(samples, resampled, self.rate)
             for packet in self._encoder.encode(resampled):
                 out.append((packet.pts, bytes(packet)))
         return out
@@ -119,4 +125,53 @@ class AacEncoder:
         out = self._encode(None)
         for packet in self._encoder.encode(None):
             out.append((packet.pts, bytes(packet)))
+        return out
+
+
+def _mono(samples: numpy.ndarray, like: av.AudioFrame, rate: int) -> av.AudioFrame:
+    """A fltp mono frame of ``samples`` in the place (pts, time base) of ``like``."""
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="fltp", layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = rate, like.pts, like.time_base
+    return frame
+
+
+class SoundLoop:
+    """A sound file decoded with PyAV (on the worker thread that plays it) to mono float
+    samples at ``rate``, at most ``max_seconds`` of it; ``take(n)`` gives the next ``n``,
+    from the start again at the end (``loop``) or silence once played through."""
+
+    def __init__(self, path: str, rate: int, loop: bool = True, max_seconds: float = 60.0):
+        limit = int(rate * max_seconds)
+        chunks, total = [], 0
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise ValueError("no audio in the sound file")
+            for frame in container.decode(audio=0):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    total += out.samples
+                if total >= limit:
+                    break
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+        samples = numpy.concatenate(chunks)[:limit] if chunks else numpy.zeros(0)
+        if not samples.size:
+            raise ValueError("no audio in the sound file")
+        self.samples = samples.astype(numpy.float32)
+        self.loop = loop
+        self._at = 0
+
+    def take(self, n: int) -> numpy.ndarray:
+        out = numpy.zeros(n, dtype=numpy.float32)
+        filled = 0
+        while filled < n:
+            if self._at >= len(self.samples):
+                if not self.loop:
+                    break
+                self._at = 0
+            k = min(n - filled, len(self.samples) - self._at)
+            out[filled:filled + k] = self.samples[self._at:self._at + k]
+            filled += k
+            self._at += k
         return out

@@ -29,6 +29,7 @@ class Pipeline:
         self.audio_problem = ""
         self.skipped = 0
         self._last_video = -1.0
+        self.substitute = None  # given to the AAC encoder (AacEncoder.substitute)
 
     @property
     def started(self) -> bool:
@@ -79,6 +80,7 @@ class Pipeline:
                 self.audio_problem = f"no AAC transcoding from {frame.codec}"
                 return []
             self.aac = AacEncoder(frame.codec, frame.clock_rate)
+            self.aac.substitute = self.substitute
         return [("audio", pts, raw) for pts, raw in self.aac.push(frame.data, position)]
 
     def flush(self) -> list[tuple]:

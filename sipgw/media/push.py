@@ -6,14 +6,21 @@ connection starts at a keyframe (one is requested upstream).  When the server dr
 the connection or refuses it, the push goes RECONNECTING and retries with an
 exponential backoff up to ``reconnect_max`` seconds; it ends when its stream ends
 (UNPUBLISHED) or on ``/push/terminate`` (STOPPED).
+
+The pushed audio is the call's, silence while muted (``/push/mute``, ``options.action``
+``mute``), or a sound file looped in its place (``/push/sound_on``, ``sound_on``): the
+reactor sets ``audio_action``, the worker reads it for each AAC frame and decodes the file.
 """
 from __future__ import annotations
 
 import secrets
 
+import av
+import numpy
 from twisted.logger import Logger
 
 from . import flv
+from .audio import SoundLoop
 from .avc import length_prefixed
 from .pipeline import Pipeline
 from .rtmp import RtmpError, RtmpPublisher, RtmpTarget, redact
@@ -56,6 +63,42 @@ class RtmpPush(MediaJob):
         self._final = (UNPUBLISHED, "")
         self._publisher: RtmpPublisher | None = None
         self._aborted = False
+        self.muted = False
+        self.sound: tuple[str, bool] | None = None  # (path, loop) while sound_on
+        # what the worker encodes: ("live",), ("mute",) or ("sound", path, loop); a new
+        # tuple for each change (the worker decodes a sound anew when it sees another)
+        self.audio_action: tuple = ("live",)
+        self._sound_loop: tuple | None = None  # worker thread: (action, SoundLoop | None)
+
+    # -- reactor thread: the pushed audio ------------------------------------------
+    def set_audio(self, muted: bool | None = None, sound=False) -> None:
+        """``muted``: silence instead of the call's audio; ``sound``: (path, loop) played
+        instead of both, or None to stop it; left out: unchanged."""
+        if muted is not None:
+            self.muted = muted
+        if sound is not False:
+            self.sound = sound
+        self.audio_action = (("sound", *self.sound) if self.sound else
+                             ("mute",) if self.muted else ("live",))
+
+    def _substitute(self, samples: int, rate: int):
+        """Worker thread: what the AAC encoder encodes instead of the call's audio."""
+        action = self.audio_action
+        if action[0] == "live":
+            return None
+        if action[0] == "sound":
+            if self._sound_loop is None or self._sound_loop[0] is not action:
+                try:
+                    loop = SoundLoop(action[1], rate, loop=action[2])
+                except (av.FFmpegError, OSError, ValueError) as exc:
+                    loop, reason = None, str(exc)
+                    self.call(lambda: log.warn("push of {name}: sound file unusable ({e}): "
+                                               "silence instead", name=self.stream.name,
+                                               e=reason))
+                self._sound_loop = (action, loop)
+            if self._sound_loop[1] is not None:
+                return self._sound_loop[1].take(samples)
+        return numpy.zeros(samples, dtype=numpy.float32)
 
     def stop(self, info: str = "", discard: bool = True):
         if not self._stopping:
@@ -81,7 +124,8 @@ class RtmpPush(MediaJob):
                 "rtmpUrl": self.shown_url, "sourceStream": stream.name,
                 "sourceMediaSessionId": stream.media_session_id, "status": self.state,
                 "info": self.info, "width": stream.width, "height": stream.height,
-                "muted": False, "soundEnabled": stream.has_audio, "options": self.options,
+                "muted": self.muted, "soundEnabled": self.sound is not None,
+                "options": self.options,
                 "reconnects": self.reconnects, "dropped": self.queue.dropped,
                 "sent": dict(self.sent)}
 
@@ -123,6 +167,7 @@ class RtmpPush(MediaJob):
         """Send frames until the queue ends (True); RtmpError when the server goes away."""
         stream = self.stream
         pipe = Pipeline(stream.has_video, stream.has_audio)
+        pipe.substitute = self._substitute
         audio_rate = 16000 if stream.audio_codec in ("PCMU", "PCMA") else 48000
         publisher.send(flv.TAG_SCRIPT, 0, flv.metadata(
             width=stream.width, height=stream.height, has_video=stream.has_video,
@@ -174,8 +219,9 @@ class PushManager:
 
     def __init__(self, reactor, registry, *, reconnect_min: float = 1.0,
                  reconnect_max: float = 30.0, timeout: float = 10.0,
-                 queue_frames: int | None = None, egress=None):
+                 queue_frames: int | None = None, egress=None, keyframes=None):
         self.reactor = reactor
+        self.keyframes = keyframes  # PeriodicKeyframes while pushes run
         self.egress = egress  # sipgw.egress.EgressPolicy for rtmp_egress_*
         self.registry = registry
         self.reconnect_min = reconnect_min
@@ -208,6 +254,8 @@ class PushManager:
                         wait_for_media=wait_for_media)
         self.pushes[push.media_session_id] = push
         push.observers = self.observers
+        if self.keyframes is not None:
+            self.keyframes.follow(push)
         push.done.addCallback(self._ended)
         log.info("push of {name} to {url} started ({id})", name=stream.name, url=where.redacted,
                  id=push.media_session_id)

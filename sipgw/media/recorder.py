@@ -14,6 +14,11 @@ removed when not one fragment is complete: no ``.recording.mp4`` stays behind.
 
 ``Limits``: a free-space floor (checked at start and every second), and a maximum size
 and duration per recording (the recording ends FINISHED at the first fragment past it).
+
+Rotation (WCS ``record_rotation``, ``/recorder/startup`` ``config.rotation``): ``20`` cuts
+the recording into parts of 20 seconds, ``20M`` of 20 MB, each part its own MP4 starting at a
+keyframe at time 0, named from the template with the part's own start (and end) time, or
+with ``-1``, ``-2``... added when the template has no start time token.
 """
 from __future__ import annotations
 
@@ -39,7 +44,13 @@ FINISHED = "FINISHED"
 FAILED = "FAILED"
 
 TOKENS = ("streamName", "startTime", "endTime", "duration", "startTimeMillis",
-          "endTimeMillis", "mediaSessionId", "audioCodec", "videoCodec")
+          "endTimeMillis", "mediaSessionId", "audioCodec", "videoCodec", "login", "sessionId")
+# the call's sipLogin and sessionId (WCS's longest): anything but [A-Za-z0-9_.@+-] becomes _
+_OWNER_TOKENS = {"login": 32, "sessionId": 60}
+_START_TOKENS = frozenset({"startTime", "startTimeMillis"})
+_ROTATION = re.compile(r"(\d{1,9})(M?)", re.IGNORECASE)
+NO_ROTATION = ("", "disabled", "0", "false")
+_NOT_IN_OWNER = re.compile(r"[^\w.@+-]", re.ASCII)
 END_TOKENS = frozenset({"endTime", "endTimeMillis", "duration"})
 EXTENSION = ".mp4"
 PARTIAL = ".recording"
@@ -89,6 +100,33 @@ def low_space(folder: str, limits: Limits, free=free_bytes) -> str:
             f"record_min_free_space_mb={limits.min_free_bytes // MB}")
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """When a recording goes on in a new part: after ``seconds`` or ``bytes`` (one of them)."""
+
+    seconds: int = 0
+    bytes: int = 0
+
+    @classmethod
+    def parse(cls, value) -> "Rotation | None":
+        """WCS's syntax: ``disabled``, ``N`` (seconds) or ``NM`` (megabytes); ValueError."""
+        text = str(value).strip().lower() if value not in (None, False, 0) else ""
+        if text in NO_ROTATION:
+            return None
+        match = _ROTATION.fullmatch(text)
+        if not match or not int(match.group(1)):
+            raise ValueError(f"rotation {value!r}: expected disabled, seconds (20) or "
+                             "megabytes (20M)")
+        number = int(match.group(1))
+        return cls(bytes=number * MB) if match.group(2) else cls(seconds=number)
+
+    def due(self, out: "_Mp4", position: float) -> bool:
+        """A part that began at ``out.origin`` is long enough at ``position``."""
+        if self.seconds:
+            return position - out.origin >= self.seconds - 0.001
+        return out.handle.tell() >= self.bytes
+
+
 class BadFileName(ValueError):
     """A template or file name that cannot be used (REST 400)."""
 
@@ -135,8 +173,12 @@ class Recording(MediaJob):
 
     def __init__(self, reactor, stream, folder: str, template: str, *, wall=time.time,
                  opener=None, queue_frames: int | None = None, file_name: str | None = None,
-                 limits: Limits = Limits(), free=free_bytes):
+                 limits: Limits = Limits(), free=free_bytes, owner: dict | None = None,
+                 rotation: Rotation | None = None):
         kwargs = {} if queue_frames is None else {"queue_frames": queue_frames}
+        self.rotation = rotation
+        self.parts: list[str] = []  # the finished parts of a rotated recording
+        self.part = 0
         super().__init__(reactor, stream, **kwargs)
         self.folder = os.path.abspath(folder)
         self.template = file_name or template
@@ -153,8 +195,14 @@ class Recording(MediaJob):
                        "mediaSessionId": stream.media_session_id,
                        "audioCodec": "aac" if stream.has_audio else "",
                        "videoCodec": "h264" if stream.has_video else ""}
-        self.file_name = render(self.template, self.values)
-        self._partial = bool(END_TOKENS & set(_TOKEN.findall(self.template)))
+        for token, longest in _OWNER_TOKENS.items():  # owner: the call's, {} for none
+            value = str((owner or {}).get(token) or "")
+            self.values[token] = _NOT_IN_OWNER.sub("_", value)[:longest]
+        tokens = set(_TOKEN.findall(self.template))
+        self._partial = bool(END_TOKENS & tokens)
+        self._numbered = rotation is not None and not (_START_TOKENS & tokens)
+        self._part_start = self.started_at
+        self.file_name = self._name()
         self.written = {"audio": 0, "video": 0}
         self.opened = False
         self.duration = 0.0
@@ -176,7 +224,8 @@ class Recording(MediaJob):
                 "streamName": self.stream.name, "status": self.state, "info": self.info,
                 "startTimeMillis": int(self.started_at * 1000),
                 "endTimeMillis": int(self.ended_at * 1000) if self.ended_at else None,
-                "duration": round(self.duration * 1000), "written": dict(self.written)}
+                "duration": round(self.duration * 1000), "written": dict(self.written),
+                "parts": self.parts + ([self.file_name] if self.parts else [])}
 
     def _done(self, state: str, info: str) -> None:
         self.ended_at = self.ended_at or self.wall()
@@ -194,8 +243,13 @@ class Recording(MediaJob):
                 item = self.next_frame()
                 events = pipe.feed(*item) if item is not None else pipe.flush()
                 for event in events:
+                    if out is not None and self._rotate_here(out, event, pipe):
+                        out.close()
+                        out = None
+                        self._finish_name()
+                        self.parts.append(self.file_name)
                     if out is None:
-                        out = self._open(pipe)
+                        out = self._open(pipe, self._position(event, pipe) if self.part else 0.0)
                         self.report(RECORDING, "")
                     out.write(event, pipe)
                     self.written[event[0]] += 1
@@ -251,11 +305,28 @@ class Recording(MediaJob):
         except OSError as exc:
             return f"cannot clean up {self._open_name}: {_reason(exc)}"
 
-    def _open(self, pipe: Pipeline) -> "_Mp4":
+    def _rotate_here(self, out: "_Mp4", event: tuple, pipe: Pipeline) -> bool:
+        """A new part begins at this event: it is a keyframe and rotation is due."""
+        if self.rotation is None:
+            return False
+        if self.stream.has_video and not (event[0] == "video" and event[3]):
+            return False
+        return self.rotation.due(out, self._position(event, pipe))
+
+    @staticmethod
+    def _position(event: tuple, pipe: Pipeline) -> float:
+        return event[1] if event[0] == "video" else event[1] / pipe.aac.rate
+
+    def _open(self, pipe: Pipeline, origin: float = 0.0) -> "_Mp4":
         os.makedirs(self.folder, exist_ok=True)
-        name = self.file_name
+        self.part += 1
+        if self.part > 1:
+            self._part_start = self.wall()
+            self.values.update(startTime=_stamp(self._part_start),
+                               startTimeMillis=int(self._part_start * 1000))
+        self.file_name = name = self._name()
         if self._partial:
-            name = render(self.template, self.values)[:-len(EXTENSION)] + PARTIAL + EXTENSION
+            name = name[:-len(EXTENSION)] + PARTIAL + EXTENSION
         base, n = name[:-len(EXTENSION)], 0
         while True:
             path = os.path.join(self.folder, name)
@@ -279,7 +350,14 @@ class Recording(MediaJob):
         codec = stream.audio_codec or ""
         if stream.has_audio and codec in DECODERS:
             audio = output_rate(codec, 48000 if codec == "opus" else 8000)
-        return _Mp4(handle, stream.has_video, width, height, audio)
+        return _Mp4(handle, stream.has_video, width, height, audio, origin)
+
+    def _name(self) -> str:
+        """The file name of the current part (end tokens as known now)."""
+        name = render(self.template, self.values)
+        if self._numbered:
+            name = check_name(f"{name[:-len(EXTENSION)]}-{max(self.part, 1)}{EXTENSION}")
+        return name
 
     def _finish_name(self) -> str:
         """Rename a partial file now that the end tokens are known."""
@@ -287,8 +365,8 @@ class Recording(MediaJob):
             return ""
         self.ended_at = self.wall()
         self.values.update(endTime=_stamp(self.ended_at), endTimeMillis=int(self.ended_at * 1000),
-                           duration=round((self.ended_at - self.started_at) * 1000))
-        final = render(self.template, self.values)
+                           duration=round((self.ended_at - self._part_start) * 1000))
+        final = self._name()
         source = os.path.join(self.folder, self._open_name)
         target = os.path.join(self.folder, final)
         if os.path.exists(target):
@@ -327,8 +405,10 @@ def _playable_length(path: str) -> int:
 class _Mp4:
     """One fragmented MP4 file: H.264 passed through, AAC from the pipeline."""
 
-    def __init__(self, handle, has_video: bool, width: int, height: int, audio_rate: int | None):
+    def __init__(self, handle, has_video: bool, width: int, height: int, audio_rate: int | None,
+                 origin: float = 0.0):
         self.handle = handle
+        self.origin = origin  # the recording's position at this file's time 0 (a part)
         self.container = av.open(handle, "w", format="mp4", container_options=MP4_OPTIONS)
         self.video = None
         self.audio = None
@@ -348,7 +428,7 @@ class _Mp4:
             if self.video is None:
                 return
             _, position, nals, keyframe, _changed = event
-            ticks = max(round(position * 90000), self._last_video + 1)
+            ticks = max(round((position - self.origin) * 90000), self._last_video + 1)
             self._last_video = ticks
             packet = av.Packet(b"".join(b"\x00\x00\x00\x01" + n for n in nals))
             packet.pts = packet.dts = ticks
@@ -360,8 +440,11 @@ class _Mp4:
             if self.audio is None or pipe.aac is None or pipe.aac.rate != self.audio.rate:
                 return
             _, pts, raw = event
+            shifted = pts - round(self.origin * pipe.aac.rate)
+            if shifted < 0 and self.origin:
+                return  # before this part's first keyframe: the last part has it
             packet = av.Packet(raw)
-            packet.pts = packet.dts = pts
+            packet.pts = packet.dts = shifted
             packet.time_base = self.audio.time_base
             packet.stream = self.audio
             self.last_position = max(self.last_position, pts / pipe.aac.rate)
@@ -408,8 +491,12 @@ class RecorderManager:
 
     def __init__(self, reactor, registry, folder: str, template: str, *, auto: bool = False,
                  history: int = 1000, queue_frames: int | None = None,
-                 limits: Limits = Limits(), free=free_bytes):
+                 limits: Limits = Limits(), free=free_bytes, keyframes=None, owner=None,
+                 rotation: Rotation | None = None):
         check_template(template)
+        self.rotation = rotation  # record_rotation: for recordings started without their own
+        self.owner = owner  # stream -> {"login", "sessionId"} of its call, for the template
+        self.keyframes = keyframes  # PeriodicKeyframes while recordings run
         self.limits = limits
         self.free = free
         self.reactor = reactor
@@ -427,13 +514,16 @@ class RecorderManager:
     def _stream_event(self, stream, event: str) -> None:
         if event == "published" and stream.media_session_id not in self.active:
             try:
-                self.start(stream)
+                self.start(stream, rotation=self.rotation)
             except RecordingError as exc:
                 log.error("cannot record {name}: {why}", name=stream.name, why=str(exc))
 
-    def start(self, stream, template: str | None = None,
-              file_name: str | None = None) -> Recording:
-        if stream.media_session_id in self.active:
+    def start(self, stream, template: str | None = None, file_name: str | None = None,
+              restart: bool = False, rotation: Rotation | None = None) -> Recording:
+        """``restart``: a running recording of the stream is stopped (its file finalized) and
+        a new one started, as WCS's /recorder/startup does; without it, a 409."""
+        running = self.active.get(stream.media_session_id)
+        if running is not None and not restart:
             raise RecordingError(409, "The stream is already being recorded", "mediaSessionId")
         if stream.ended:
             raise RecordingError(404, "Stream not found", "mediaSessionId")
@@ -446,11 +536,17 @@ class RecorderManager:
         try:
             recording = Recording(self.reactor, stream, self.folder, template or self.template,
                                   file_name=file_name, queue_frames=self.queue_frames,
-                                  limits=self.limits, free=self.free)
+                                  limits=self.limits, free=self.free,
+                                  owner=self.owner(stream) if self.owner else None,
+                                  rotation=rotation)
         except BadFileName as exc:
             raise RecordingError(400, str(exc), "fileName" if file_name else "fileTemplate")
+        if running is not None:
+            running.stop("Restarted by rest /recorder/startup")
         self.active[stream.media_session_id] = recording
         recording.observers = self.observers
+        if self.keyframes is not None:
+            self.keyframes.follow(recording)
         recording.done.addCallback(self._ended)
         log.info("recording {name} to {file}", name=stream.name, file=recording.file_name)
         return recording.start()

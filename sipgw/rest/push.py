@@ -5,6 +5,7 @@ answers show it with user, password and query values replaced by ``***``.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,7 +27,8 @@ UNREACHABLE = "cannot publish to the RTMP server (the reason is in sipgw's log)"
 
 
 class PushApi:
-    """``/push/startup``, ``/push/find``, ``/push/find_all``, ``/push/terminate``."""
+    """``/push/startup``, ``/push/find``, ``/push/find_all``, ``/push/terminate``, and the
+    pushed audio: ``/push/mute``, ``/push/unmute``, ``/push/sound_on``, ``/push/sound_off``."""
 
     router = Router()
 
@@ -46,12 +48,51 @@ class PushApi:
             options = {}
         if not isinstance(options, dict):
             raise BadRequest("options must be a JSON object", "options")
+        action = options.get("action") or ""
+        if action not in ("", "mute", "sound_on"):
+            raise BadRequest("options.action must be mute or sound_on", "options")
+        sound = self._sound(options, "options") if action == "sound_on" else None
         admit(self._egress, self._manager, self._config, rtmp_url)
         try:
             push = self._manager.startup(stream_name, rtmp_url, full_url, options)
         except PushError as exc:
             raise ApiError(exc.code, str(exc), exc.field) from None
+        push.set_audio(muted=action == "mute", sound=sound)
         return shown(push)
+
+    @router.route("/push/mute")
+    def mute(self, request: Any, body: dict) -> dict:
+        return self._set_audio(body, muted=True)
+
+    @router.route("/push/unmute")
+    def unmute(self, request: Any, body: dict) -> dict:
+        return self._set_audio(body, muted=False)
+
+    @router.route("/push/sound_on")
+    def sound_on(self, request: Any, body: dict) -> dict:
+        return self._set_audio(body, sound=self._sound(body, "soundFile"))
+
+    @router.route("/push/sound_off")
+    def sound_off(self, request: Any, body: dict) -> dict:
+        return self._set_audio(body, sound=None)
+
+    def _set_audio(self, body: dict, **change) -> dict:
+        session_id = string_field(body, "mediaSessionId", required=True, max_len=_ID_MAX)
+        push = self._manager.pushes.get(session_id)
+        if push is None:
+            raise NotFound(PUSH_NOT_FOUND, "mediaSessionId")
+        push.set_audio(**change)
+        return shown(push)
+
+    def _sound(self, body: dict, field: str) -> tuple[str, bool]:
+        """(path, loop) of ``soundFile``: a file name in sound_dir (404 when it is not there)."""
+        name = string_field(body, "soundFile", required=True, max_len=_NAME_MAX)
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise BadRequest("soundFile must be a file name in sound_dir", field)
+        path = os.path.join(self._config.sound_dir, name)
+        if not os.path.isfile(path):
+            raise NotFound("Sound file not found", field)
+        return path, boolean_field(body, "loop", True)
 
     @router.route("/push/find")
     def find(self, request: Any, body: dict) -> list[dict]:

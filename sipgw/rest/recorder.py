@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sipgw.config import Config
-from sipgw.media.recorder import RecorderManager, RecordingError
+from sipgw.media.recorder import RecorderManager, RecordingError, Rotation
 from sipgw.quotas import check
-from sipgw.rest.fields import string_field
+from sipgw.rest.fields import boolean_field, string_field
 from sipgw.rest.errors import ApiError, BadRequest, NotFound
 from sipgw.rest.router import Router
 from sipgw.rest.streams import STREAM_NOT_FOUND
@@ -15,7 +15,6 @@ from sipgw.rest.streams import STREAM_NOT_FOUND
 RECORDING_NOT_FOUND = "Recording not found"
 _ID_MAX = 128
 _NAME_MAX = 200
-_NO_ROTATION = ("", "disabled", "0", "false", 0, False, None)
 
 
 class RecorderApi:
@@ -35,11 +34,14 @@ class RecorderApi:
             raise NotFound(STREAM_NOT_FOUND, "mediaSessionId")
         return stream
 
-    def _start(self, stream, template: str | None = None, file_name: str | None = None) -> None:
-        check(len(self._manager.active), self._max, "recordings", "max_recordings",
-              "mediaSessionId")
+    def _start(self, stream, template: str | None = None, file_name: str | None = None,
+               restart: bool = False, rotation: Rotation | None = None) -> None:
+        if not (restart and stream.media_session_id in self._manager.active):
+            check(len(self._manager.active), self._max, "recordings", "max_recordings",
+                  "mediaSessionId")
         try:
-            self._manager.start(stream, template=template, file_name=file_name)
+            self._manager.start(stream, template=template, file_name=file_name, restart=restart,
+                                rotation=rotation)
         except RecordingError as exc:
             raise ApiError(exc.code, str(exc), exc.field) from None
 
@@ -59,9 +61,17 @@ class RecorderApi:
             raise BadRequest("config must be a JSON object", "config")
         template = string_field(config, "fileTemplate", max_len=_NAME_MAX, spaces=True,
                            forbidden=frozenset())
-        if config.get("rotation") not in _NO_ROTATION:
-            raise BadRequest("rotation is not supported (use disabled)", "rotation")
-        self._start(stream, template=template or None)
+        rotation = self._manager.rotation
+        value = config.get("rotation")
+        if value is not None:
+            try:
+                if not isinstance(value, (str, int)) or isinstance(value, bool):
+                    raise ValueError("rotation must be disabled, seconds (20) or megabytes (20M)")
+                rotation = Rotation.parse(value)
+            except ValueError as exc:
+                raise BadRequest(str(exc), "rotation") from None
+        self._start(stream, template=template or None, restart=True,  # WCS: a new recording
+                    rotation=rotation)
         return None
 
     @router.route("/recorder/terminate")
@@ -80,7 +90,8 @@ class RecorderApi:
         stream = self._stream(body)
         file_name = string_field(body, "fileName", max_len=_NAME_MAX, spaces=True,
                             forbidden=frozenset())
-        self._start(stream, file_name=file_name or None)
+        self._start(stream, file_name=file_name or None,
+                    restart=boolean_field(body, "force", False), rotation=self._manager.rotation)
         return None
 
     @router.route("/stream/stopRecording")

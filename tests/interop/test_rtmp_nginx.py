@@ -122,3 +122,56 @@ def test_sip_as_rtmp_call_is_watchable_from_nginx(daemon, kamailio, baresip, ngi
     assert audio["codec_name"] == "aac"
     daemon.rest("/call/terminate", {"callId": "sar1"})
     wait_for(lambda: _push(daemon, "rtmp_sar1") is None, 15, "the push to end with the call")
+
+
+def test_muted_push_and_periodic_keyframes_as_nginx_records_them(tmp_path, kamailio, baresip,
+                                                                 nginx_rtmp):
+    """options.action mute: what nginx-rtmp receives (its FLV recording, decoded with PyAV)
+    has silent AAC until /push/unmute, then baresip's 440 Hz; and with
+    periodic_fir_request_interval=2000 baresip (a 10 s GOP of its own) is asked for a
+    keyframe every 2 s, so a player joining the RTMP stream at any moment waits at most
+    about that long for a picture (no gap between keyframes over 3 s)."""
+    import av
+    import numpy
+    gw = Sipgw(str(tmp_path), rtp_activity_timeout=10, periodic_fir_request_interval=2000,
+               record_dir=str(tmp_path / "gw-records")).start()
+    try:
+        gw.call_bob(kamailio.port, "m1")
+        answer = gw.rest("/push/startup", {"streamName": "stream-m1", "rtmpUrl": nginx_rtmp.url(),
+                                           "options": {"action": "mute"}})
+        assert (answer["muted"], answer["soundEnabled"]) == (True, False)
+        wait_for(lambda: (p := _push(gw, "rtmp_stream-m1")) and p["status"] == "PUBLISHING"
+                 and p["sent"]["video"] > 0, 20, "the push to publish")
+        published = time.monotonic()
+        time.sleep(6)
+        ref = {"mediaSessionId": answer["mediaSessionId"]}
+        assert gw.rest("/push/unmute", ref)["muted"] is False
+        unmuted = time.monotonic() - published
+        time.sleep(5)
+        gw.rest("/push/terminate", ref)
+        wait_for(lambda: _push(gw, "rtmp_stream-m1") is None, 10, "the push to stop")
+        gw.rest("/call/terminate", {"callId": "m1"})
+    finally:
+        gw.stop()
+    path = nginx_rtmp.record_dir / "rtmp_stream-m1.flv"
+    wait_for(lambda: path.exists() and path.stat().st_size > 0, 10, "nginx's recording")
+    keyframes, audio = [], []
+    with av.open(str(path)) as container:
+        rate = container.streams.audio[0].sample_rate
+        for packet in container.demux():
+            if packet.pts is None:
+                continue
+            at = float(packet.pts * packet.time_base)
+            if packet.stream.type == "video" and packet.is_keyframe:
+                keyframes.append(at)
+            elif packet.stream.type == "audio":
+                for frame in packet.decode():
+                    audio.append((at, frame.to_ndarray().reshape(-1)))
+    gaps = [b - a for a, b in zip(keyframes, keyframes[1:])]
+    assert len(keyframes) >= 5 and max(gaps) < 3.0, keyframes
+    muted = numpy.concatenate([s for at, s in audio if 0.5 < at < unmuted - 1.5])
+    live = numpy.concatenate([s for at, s in audio if unmuted + 1.5 < at < audio[-1][0] - 0.5])
+    assert numpy.abs(muted).max() < 1e-3
+    assert numpy.abs(live).max() > 0.05
+    pitch = numpy.argmax(numpy.abs(numpy.fft.rfft(live))) * rate / len(live)
+    assert abs(pitch - 440) < 20

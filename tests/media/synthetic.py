@@ -124,6 +124,16 @@ class ThreadCalls:
             fn(*args, **kwargs)
 
 
+class ClockedCalls(ThreadCalls):
+    """ThreadCalls with a task.Clock for callLater (``advance`` moves it)."""
+
+    def __init__(self):
+        from twisted.internet.task import Clock
+        super().__init__()
+        self.clock = Clock()
+        self.callLater, self.advance = self.clock.callLater, self.clock.advance
+
+
 def publish(stream, timed_frames, clock: FakeClock | None = None, *, realtime: bool = False,
             calls: ThreadCalls | None = None, start: float | None = None) -> None:
     """Publish ``(seconds, frame)`` pairs, moving ``clock`` (or sleeping, ``realtime``)."""

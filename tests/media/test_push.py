@@ -1,10 +1,11 @@
 """A push of synthetic frames: FLV tags over RTMP, starting on a keyframe, reconnecting
 when the server drops it, ending with its stream."""
 import av
+import numpy
 import pytest
 
 from fake_rtmp import FakeRtmpServer
-from synthetic import FakeClock, ThreadCalls, ffprobe, frames, publish
+from synthetic import ClockedCalls, FakeClock, ThreadCalls, ffprobe, frames, publish
 from sipgw.media import flv
 from sipgw.media.push import PushError, PushManager, RtmpPush
 from sipgw.media.rtmp import target
@@ -168,16 +169,6 @@ def test_push_manager_refuses_duplicates_unknown_streams_and_bad_urls():
 def test_close_aborts_a_push_stuck_in_its_handshake_at_the_deadline():
     """PushManager.close(timeout) has a hard total deadline: a push stuck in a trickled
     handshake (rtmp_timeout 30 s) has its socket shut down then and its worker ends."""
-    from twisted.internet.task import Clock
-
-    class ClockedCalls(ThreadCalls):
-        """ThreadCalls with a task.Clock for callLater."""
-
-        def __init__(self):
-            super().__init__()
-            clock = Clock()
-            self.callLater, self.advance = clock.callLater, clock.advance
-
     server = FakeRtmpServer(trickle=0.2)
     calls = ClockedCalls()
     registry = StreamRegistry()
@@ -193,5 +184,99 @@ def test_close_aborts_a_push_stuck_in_its_handshake_at_the_deadline():
         assert closing.result == (1, 1)
         calls.run_until(lambda: push.finished, timeout=3, what="the worker to end")
         assert push.state == "STOPPED"
+    finally:
+        server.stop()
+
+
+def _decoded_audio(server) -> list:
+    """The pushed AAC frames decoded with PyAV: one mono float array per FLV audio tag."""
+    tags = server.media(flv.TAG_AUDIO)
+    decoder = av.CodecContext.create("aac", "r")
+    decoder.extradata = tags[0][2:]
+    out = []
+    for tag in tags[1:]:
+        frames_ = decoder.decode(av.Packet(tag[2:]))
+        out.append(numpy.concatenate([f.to_ndarray().reshape(-1) for f in frames_])
+                   if frames_ else numpy.zeros(0))
+    return out
+
+
+def _pitch(samples, rate=16000) -> float:
+    spectrum = numpy.abs(numpy.fft.rfft(samples))
+    return numpy.argmax(spectrum) * rate / len(samples)
+
+
+def _push_in_two_halves(job, stream, server, calls, between):
+    """Publish 1.5 s, wait for the worker to send it, call ``between()``, publish 1.5 s
+    more and end the stream; the number of audio tags sent before ``between``."""
+    import time
+    clock = FakeClock()
+    job.clock = clock
+    job.start()
+    calls.run_until(lambda: job.state == "PUBLISHING", what="publishing")
+    timed = frames(3.0, gop=25)
+    publish(stream, [t for t in timed if t[0] < 1.5], clock, calls=calls)
+    calls.run_until(lambda: not job.queue._items and len(server.media(flv.TAG_AUDIO)) > 15,
+                    what="the first half")
+    time.sleep(0.3)
+    sent = len(server.media(flv.TAG_AUDIO))
+    between()
+    clock.now += 1.5
+    publish(stream, [(at - 1.5, f) for at, f in timed if at >= 1.5], clock, calls=calls)
+    stream.end()
+    calls.run_until(lambda: job.finished, what="the push to end")
+    return sent - 1  # the AAC sequence header is not a frame
+
+
+def test_push_started_muted_sends_silent_aac_until_unmuted():
+    """options.action mute: the AAC frames decode to silence; after unmute they carry the
+    call's audio (its 440 Hz tone), as the SIP-as-RTMP pages' Mute checkbox expects."""
+    server = FakeRtmpServer()
+    calls = ThreadCalls()
+    stream = _stream()
+    try:
+        job = _push(calls, stream, server)
+        job.set_audio(muted=True)
+        assert job.to_json()["muted"] is True
+        muted = _push_in_two_halves(job, stream, server, calls, lambda: job.set_audio(muted=False))
+        decoded = _decoded_audio(server)
+        assert muted > 15 and len(decoded) > muted + 15
+        assert all(numpy.abs(d).max(initial=0) < 1e-4 for d in decoded[:muted - 2])
+        live = numpy.concatenate(decoded[muted + 3:])
+        assert numpy.abs(live).max() > 0.1 and abs(_pitch(live) - 440) < 20
+        assert job.to_json()["muted"] is False
+    finally:
+        server.stop()
+
+
+def test_push_sound_on_plays_the_file_looped_instead_of_the_call(tmp_path):
+    """sound_on: a 0.3 s 1000 Hz sound file (decoded with PyAV on the push's worker) is
+    played looped in place of the call's 440 Hz audio; sound_off brings the call back."""
+    path = tmp_path / "sample.wav"
+    with av.open(str(path), "w") as out:
+        audio = out.add_stream("pcm_s16le", rate=8000, layout="mono")
+        tone = (numpy.sin(2 * numpy.pi * 1000 * numpy.arange(2400) / 8000) * 16000)
+        frame = av.AudioFrame.from_ndarray(tone.astype("<i2").reshape(1, -1), format="s16",
+                                           layout="mono")
+        frame.sample_rate = 8000
+        for packet in audio.encode(frame):
+            out.mux(packet)
+        for packet in audio.encode(None):
+            out.mux(packet)
+    server = FakeRtmpServer()
+    calls = ThreadCalls()
+    stream = _stream()
+    try:
+        job = _push(calls, stream, server)
+        job.set_audio(sound=(str(path), True))
+        assert job.to_json()["soundEnabled"] is True
+        played = _push_in_two_halves(job, stream, server, calls,
+                                     lambda: job.set_audio(sound=None))
+        decoded = _decoded_audio(server)
+        sound = numpy.concatenate(decoded[2:played - 2])
+        assert len(sound) > 16000 and abs(_pitch(sound) - 1000) < 20  # over 1 s: looped
+        assert numpy.abs(sound[-4000:]).max() > 0.1  # still playing after the file's 0.3 s
+        live = numpy.concatenate(decoded[played + 3:])
+        assert abs(_pitch(live) - 440) < 20
     finally:
         server.stop()

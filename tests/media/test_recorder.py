@@ -297,3 +297,102 @@ def test_manager_records_every_published_stream_and_finalizes_on_close(tmp_path)
     listed = [r.to_json() for r in manager.find_all()]
     assert [(r["fileName"], r["status"]) for r in listed] == [("auto1.mp4", "FINISHED")]
     assert _by_kind(ffprobe(str(tmp_path / "auto1.mp4")))["video"]["codec_name"] == "h264"
+
+
+def test_login_and_session_id_tokens_come_from_the_stream_s_call(tmp_path):
+    """{login} and {sessionId} (WCS's stream_record_policy_template default uses them) are
+    the call's sipLogin and sessionId, given by the manager's owner; characters outside
+    [A-Za-z0-9_.@+-] become _ and WCS's lengths (32, 60) are kept; no call: empty."""
+    registry = StreamRegistry()
+    owners = {"c1": {"login": "alice/../x", "sessionId": "a" * 70 + "@pbx"}}
+    calls = ThreadCalls()
+    manager = RecorderManager(calls, registry, str(tmp_path),
+                              "stream-{mediaSessionId}-{login}-{sessionId}",
+                              owner=lambda stream: owners.get(stream.call_id, {}))
+    stream = registry.add(Stream("s1", call_id="c1"))
+    recording = manager.start(stream)
+    assert recording.file_name == f"stream-{stream.media_session_id}-alice_.._x-{'a' * 60}.mp4"
+    bare = manager.start(registry.add(Stream("s2")), template="{streamName}-{login}{sessionId}")
+    assert bare.file_name == "s2-.mp4"
+    closing = manager.close(timeout=0)
+    calls.run_until(lambda: closing.called, what="the recordings to end")
+
+
+def test_the_daemon_names_recordings_by_the_call_s_login_and_session_id(tmp_path):
+    """make_media's recordings take {login} and {sessionId} from the UA's call of the stream."""
+    from types import SimpleNamespace
+    from synthetic import ClockedCalls
+    from sipgw.config import Config
+    from sipgw.service import make_media
+    registry = StreamRegistry()
+    calls = ClockedCalls()
+    call = SimpleNamespace(request=SimpleNamespace(sip_login="bob"), sip_call_id="abc@host")
+    media = make_media(Config(record_dir=str(tmp_path),
+                              record_file_template="{login}-{sessionId}"), calls, registry,
+                       {"call7": call})
+    recording = media.recorders.start(registry.add(Stream("s1", call_id="call7")))
+    assert recording.file_name == "bob-abc@host.mp4"
+    closing = media.recorders.close(timeout=0)
+    calls.run_until(lambda: closing.called, what="the recording to end")
+
+
+def test_rotation_by_duration_cuts_parts_at_keyframes_each_starting_at_0(tmp_path):
+    """rotation 2 (seconds, WCS's syntax) on 7 s with a keyframe a second: parts of 2 s,
+    each its own MP4 named -1, -2, ... (no start time token), starting with a keyframe at
+    0 with its audio, every picture of the stream in exactly one part."""
+    from sipgw.media.recorder import Rotation
+    job = _record(tmp_path, frames(7.0), rotation=Rotation.parse("2"))
+    assert job.state == "FINISHED", job.info
+    names = ["s1-1.mp4", "s1-2.mp4", "s1-3.mp4", "s1-4.mp4"]
+    assert job.to_json()["parts"] == names and sorted(os.listdir(tmp_path)) == names
+    pictures = 0
+    for name in names:
+        info = ffprobe(str(tmp_path / name))
+        streams = _by_kind(info)
+        assert float(streams["video"]["start_time"]) == pytest.approx(0, abs=0.05)
+        assert float(streams["audio"]["start_time"]) == pytest.approx(0, abs=0.1)
+        with av.open(str(tmp_path / name)) as container:
+            decoded = list(container.decode(video=0))
+        assert decoded[0].key_frame
+        pictures += len(decoded)
+        if name != names[-1]:
+            assert float(info["format"]["duration"]) == pytest.approx(2.0, abs=0.15)
+    assert pictures == 175
+
+
+def test_rotation_by_size_and_part_times_in_names(tmp_path):
+    """rotation 1M cuts at the first keyframe past 1 MB; with {startTimeMillis} and
+    {duration} each part is named by its own start and length, not numbered."""
+    from sipgw.media.recorder import MB, Rotation
+    assert (Rotation.parse("20M"), Rotation.parse(20), Rotation.parse("disabled")) == (
+        Rotation(bytes=20 * MB), Rotation(seconds=20), None)
+    for bad in ("20K", "-1", "M", "0M", "1.5"):
+        with pytest.raises(ValueError):
+            Rotation.parse(bad)
+    wall = iter(range(1000, 2000, 1)).__next__
+    job = _record(tmp_path, frames(6.0), template="{streamName}-{startTimeMillis}-{duration}",
+                  rotation=Rotation(bytes=MB // 8), wall=wall)
+    assert job.state == "FINISHED", job.info
+    parts = job.to_json()["parts"]
+    assert len(parts) >= 2 and sorted(os.listdir(tmp_path)) == sorted(parts)
+    starts = [int(name.split("-")[1]) for name in parts]
+    assert starts == sorted(set(starts))  # each part its own start
+    for name in parts[:-1]:
+        assert os.path.getsize(tmp_path / name) >= MB // 8
+
+
+def test_record_rotation_setting_is_the_daemon_s_default(tmp_path):
+    """record_rotation (WCS syntax) is every recording's rotation unless /recorder/startup
+    gives one; a value that is not the syntax stops the daemon at start, naming it."""
+    from twisted.internet.task import Clock
+    from sipgw.config import Config, ConfigError
+    from sipgw.media.recorder import Rotation
+    from sipgw.service import make_media
+    media = make_media(Config(record_dir=str(tmp_path), record_rotation="10M"), Clock(),
+                       StreamRegistry())
+    assert media.recorders.rotation == Rotation(bytes=10 * MB)
+    assert make_media(Config(record_dir=str(tmp_path)), Clock(),
+                      StreamRegistry()).recorders.rotation is None
+    with pytest.raises(ConfigError, match="record_rotation"):
+        make_media(Config(record_dir=str(tmp_path), record_rotation="ten"), Clock(),
+                   StreamRegistry())

@@ -152,3 +152,47 @@ def test_find_does_not_say_why_a_push_cannot_connect(env):
     assert "refused" in push.info  # the manager knows, for the log
     found, = client.post("/push/find", {"rtmpUrl": URL}).json()
     assert found["info"] == UNREACHABLE + "; next try in 5 s"
+
+
+def test_push_audio_options_and_methods(client_for, tmp_path):
+    """options.action mute starts the push muted, sound_on (soundFile in sound_dir) plays
+    the file; /push/mute, /unmute, /sound_on, /sound_off change it and answer the push with
+    muted and soundEnabled; unknown pushes 404, a sound file not in sound_dir 404, a path or
+    an unknown action 400."""
+    from sipgw.config import Config
+    (tmp_path / "sample.wav").write_bytes(b"RIFF")
+    calls = ThreadCalls()
+    registry = StreamRegistry()
+    registry.add(Stream("call1"))
+    registry.add(Stream("call2"))
+    manager = PushManager(calls, registry, reconnect_min=5, reconnect_max=5, timeout=1)
+    client = client_for(RestResource(PushApi(manager, Config(sound_dir=str(tmp_path)))))
+    muted = client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL,
+                                          "options": {"action": "mute"}}).json()
+    assert (muted["muted"], muted["soundEnabled"]) == (True, False)
+    push = manager.pushes[muted["mediaSessionId"]]
+    assert push.audio_action == ("mute",)
+    sound = client.post("/push/startup", {"streamName": "call2", "rtmpUrl": URL, "options": {
+        "action": "sound_on", "soundFile": "sample.wav"}}).json()
+    assert sound["soundEnabled"] is True
+    assert manager.pushes[sound["mediaSessionId"]].audio_action == (
+        "sound", str(tmp_path / "sample.wav"), True)
+    ref = {"mediaSessionId": muted["mediaSessionId"]}
+    assert client.post("/push/unmute", ref).json()["muted"] is False
+    assert push.audio_action == ("live",)
+    on = client.post("/push/sound_on", {**ref, "soundFile": "sample.wav", "loop": False})
+    assert on.json()["soundEnabled"] is True
+    assert push.audio_action == ("sound", str(tmp_path / "sample.wav"), False)
+    assert client.post("/push/mute", ref).json()["muted"] is True
+    assert push.audio_action[0] == "sound"  # the sound plays over a muted call
+    assert client.post("/push/sound_off", ref).json()["soundEnabled"] is False
+    assert push.audio_action == ("mute",)
+    assert client.post("/push/mute", {"mediaSessionId": "nope"}).code == 404
+    missing = client.post("/push/sound_on", {**ref, "soundFile": "nope.wav"})
+    assert missing.code == 404 and missing.json()["field"] == "soundFile"
+    assert client.post("/push/sound_on", {**ref, "soundFile": "../etc/passwd"}).code == 400
+    bad = client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL + "2",
+                                        "options": {"action": "louder"}})
+    assert bad.code == 400 and bad.json()["field"] == "options"
+    closing = manager.close(timeout=0)
+    calls.run_until(lambda: closing.called)
