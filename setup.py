@@ -14,8 +14,9 @@ setup(
         "aiortc>=1.9",
         "aioice>=0.9",  # ICE host candidates pinned to webrtc_ice_address (sipgw/webrtc/viewer.py)
         "av>=12",
-        "service-identity>=24.1",
-        "pyOpenSSL>=23.0",  # TLS for wss and https (Twisted's ssl; sipgw/service.py)
+        "service-identity>=24.1",  # server certificates of SIP over TLS (sipgw/sip/transport.py)
+        "pyOpenSSL>=23.0",  # TLS for wss, https and SIP (Twisted's ssl; sipgw/service.py)
+        "zope.interface>=5",  # IHandshakeListener of the SIP TLS transport (Twisted's own dependency)
         "numpy>=1.24",  # audio sample conversion (sipgw/media/audio.py)
         "prometheus-client>=0.20",  # /metrics (sipgw/metrics.py)
     ],
