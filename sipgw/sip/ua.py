@@ -455,11 +455,13 @@ class UserAgent:
         transport = "TCP" if self.config.sip_use_tcp_transport else None
         default_port = r.sip_port if r.sip_port != 5060 else None
         if r.sip_outbound_proxy:
-            text = r.sip_outbound_proxy
+            scheme, text = "sip", r.sip_outbound_proxy
+            if text.startswith(("sip:", "sips:")):
+                scheme, _, text = text.partition(":")
             hostport = text.split(";")[0]
             if hostport.count(":") > 1 and "[" not in hostport:  # a bare IPv6 address
                 text = f"[{hostport}]" + text[len(hostport):]
-            uri = URI.parse(text if text.startswith(("sip:", "sips:")) else "sip:" + text)
+            uri = URI.parse(f"{scheme}:{text}")
             return _uri_transport(uri) or transport, uri.host, uri.port or default_port
         return transport, r.sip_domain, default_port
 

@@ -52,8 +52,9 @@ def test_a_tls_handshake_failure_fails_the_call_with_its_reason(make_ua, sender,
     """The transport's TLS error (here a certificate naming another host) is the call's
     failure reason."""
     ua = make_ua()
-    ua.startup(_call(sip_outbound_proxy="sips:127.0.0.2", sip_domain="example.org"))
+    ua.startup(_call(sip_outbound_proxy="sips:127.0.0.2:5071", sip_domain="example.org"))
+    assert sender.sent[0][1:] == ("TLS", "127.0.0.2", 5071)
     why = "TLS with 127.0.0.2 failed: the server's certificate does not name 127.0.0.2"
-    ua.transactions.transport_error(("127.0.0.2", 5061), why)
+    ua.transactions.transport_error(("127.0.0.2", 5071), why)
     call, = ua.find("call1")
     assert call["status"] == "FAILED" and why in call["info"]

@@ -1,0 +1,69 @@
+"""SIP over TLS with a real peer: Kamailio with tls.so (certificate from a CA made here) as
+registrar and proxy; sipgw registers alice over TLS and calls bob (baresip, UDP) through it."""
+import pytest
+
+import peers
+from certs import TestCA
+from sipgw_daemon import Sipgw
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue(["127.0.0.1"], tmp_path)
+    return ca, cert, key
+
+
+@pytest.fixture
+def kamailio(tmp_path, tls_files):
+    """Kamailio on UDP/TCP port and TLS port + 1, its certificate naming 127.0.0.1."""
+    proxy = peers.Kamailio(tmp_path, port=peers.free_port("tcp", count=2), tls=tls_files[1:])
+    try:
+        yield proxy.start()
+    finally:
+        proxy.stop()
+
+
+def _daemon(tmp_path, name, ca_file):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    return Sipgw(str(workdir), sip_tls_ca_file=str(ca_file)).start()
+
+
+def test_register_and_call_over_tls_through_kamailio(tmp_path, tls_files, kamailio, baresip):
+    """sipOutboundProxy sips:127.0.0.1:TLSPORT: REGISTER (401) and INVITE go over TLS, the
+    call is established with baresip and ends with a BYE over the same connection."""
+    gw = _daemon(tmp_path, "gw", tls_files[0].path)
+    try:
+        gw.start_call_to_bob(kamailio.port, "t1", sipAuthenticationName="alice",
+                             sipRegisterRequired="true",
+                             sipOutboundProxy=f"sips:127.0.0.1:{kamailio.tls_port}")
+        call = gw.wait_status("t1", "ESTABLISHED", timeout=30)
+        assert "H264/90000" in call["sdp"]
+        assert kamailio.registered("alice")
+        assert "registered alice from 127.0.0.1:" in kamailio.log()
+        assert "/tls" in kamailio.log().split("registered alice from")[1].split("\n")[0]
+        assert "request INVITE" in kamailio.log() and "request BYE" not in kamailio.log()
+        gw.rest("/call/terminate", {"callId": "t1"})
+        gw.wait_status("t1", "FINISH", timeout=20)
+        byes = [line for line in kamailio.log().splitlines() if "request BYE" in line]
+        assert byes and all(line.endswith("/tls") for line in byes)
+    finally:
+        gw.stop()
+    assert "alicepw" not in gw.log()
+
+
+def test_a_certificate_of_an_unknown_ca_fails_the_call_with_the_reason(tmp_path, kamailio):
+    """With sip_tls_ca_file naming another CA the handshake fails: nothing is sent in clear
+    and the call is FAILED with the TLS reason."""
+    (tmp_path / "other").mkdir()
+    other = TestCA(tmp_path / "other", "Another CA")
+    gw = _daemon(tmp_path, "gw2", other.path)
+    try:
+        gw.start_call_to_bob(kamailio.port, "t2", sipAuthenticationName="alice",
+                             sipOutboundProxy=f"127.0.0.1:{kamailio.tls_port};transport=tls")
+        call = gw.wait_status("t2", "FAILED", timeout=20)
+        assert "certificate verify failed" in call["info"], call["info"]
+        assert "request INVITE" not in kamailio.log()
+    finally:
+        gw.stop()
