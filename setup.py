@@ -19,6 +19,7 @@ setup(
         "zope.interface>=5",  # IHandshakeListener of the SIP TLS transport (Twisted's own dependency)
         "numpy>=1.24",  # audio sample conversion (sipgw/media/audio.py)
         "prometheus-client>=0.20",  # /metrics (sipgw/metrics.py)
+        "pylibsrtp>=0.10",  # SRTP/SRTCP of SDES calls (sipgw/rtp/srtp.py); aiortc's own too
     ],
     extras_require={
         # selenium drives Debian's chromium via /usr/bin/chromedriver; setuptools builds

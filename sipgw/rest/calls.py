@@ -234,6 +234,9 @@ def parse_call_request(body: dict) -> CallRequest:
     if proxy and not _is_proxy(proxy):
         raise BadRequest("sipOutboundProxy must be [sip:|sips:]host or host:port, optionally "
                          "with ;transport=udp, tcp or tls", "sipOutboundProxy")
+    srtp = string_field(body, "sipSrtp", max_len=16).lower()
+    if srtp not in ("", "off", "optional", "mandatory"):
+        raise BadRequest("sipSrtp must be off, optional or mandatory", "sipSrtp")
     to_stream = string_field(body, "toStream", max_len=_NAME_MAX, forbidden=NOT_IN_STREAM_NAME)
     rtmp_url = string_field(body, "rtmpUrl", max_len=_URL_MAX)
     rtmp_stream = string_field(body, "rtmpStream", max_len=_NAME_MAX, forbidden=NOT_IN_STREAM_NAME)
@@ -260,6 +263,7 @@ def parse_call_request(body: dict) -> CallRequest:
         ),
         rtmp_url=rtmp_url,
         rtmp_stream=rtmp_stream,
+        sip_srtp=srtp,
     )
 
 

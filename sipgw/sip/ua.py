@@ -22,6 +22,7 @@ from ..egress import EgressDenied, EgressPolicy
 from ..rtp.session import MediaSession
 from ..streams.registry import StreamExists, StreamRegistry
 from ..streams.stream import Stream, StreamStatus
+from . import sdes
 from . import sdp as sdplib
 from .auth import ChallengeAnswerer, DigestClient
 from .dialog import Dialog
@@ -83,6 +84,8 @@ class Call:
         self.dialog: Dialog | None = None
         self.ack: Request | None = None
         self.offer: sdplib.SessionDescription | None = None
+        self.srtp_mode = "off"
+        self.srtp_offered: dict[str, list[sdes.Crypto]] = {}  # our SDES keys per kind
         self.remote_sdp: bytes = b""
         self.media: dict = {}
         self.answer_error = ""  # why the SDP answer was refused, the call's FAILED reason
@@ -127,7 +130,8 @@ class Call:
                 "callee": r.callee, "incoming": False, "hasAudio": r.has_audio,
                 "hasVideo": r.has_video, "streamName": r.stream_name, "appKey": r.app_key,
                 "sessionId": self.sip_call_id, "visibleName": r.visible_name,
-                "sdp": self.remote_sdp.decode("utf-8", "replace"), "history": list(self.history)}
+                "sdp": sdes.mask(self.remote_sdp.decode("utf-8", "replace")),
+                "history": list(self.history)}
 
     def later(self, delay: float, fn, *args):
         call = self.ua.reactor.callLater(delay, fn, *args)
@@ -221,14 +225,21 @@ class Call:
     def take_answer(self, response: Response) -> None:
         try:
             answer = sdplib.SessionDescription.parse(response.body)
-            self.media = sdplib.negotiate(self.offer, answer)
-        except sdplib.SDPError as exc:
+            media = sdplib.negotiate(self.offer, answer)
+            keys = sdes.agree(self.srtp_mode, self.srtp_offered, answer)
+        except (sdplib.SDPError, sdes.CryptoError) as exc:
             log.warn("call {call_id}: unusable SDP answer: {error}",
                      call_id=self.request.call_id, error=str(exc))
             self.answer_error = str(exc)
             return
+        self.media = media
         self.remote_sdp = response.body
         if self.media_session is not None:
+            if keys:
+                log.info("call {call_id}: SRTP ({suites}) on {kinds}", call_id=self.request.call_id,
+                         suites=", ".join(sorted({k[0].suite for k in keys.values()})),
+                         kinds=", ".join(sorted(keys)))
+                self.media_session.secure(keys)
             self.media_session.negotiate(self.media)
 
     def on_2xx(self, response: Response) -> None:
@@ -639,9 +650,14 @@ class UserAgent:
         call.stream.counters_source = session.counters
         address = self.config.media_address or self.transport.sent_by(call.dest.host)
         self._session_version += 1
+        call.srtp_mode = r.sip_srtp or self.config.sip_srtp
+        if call.srtp_mode != "off":
+            call.srtp_offered = {kind: sdes.offer_keys() for kind in ports}
         call.offer = sdplib.make_offer(address, audio_port=ports.get("audio"),
                                        video_port=ports.get("video"),
-                                       session_id=self._session_version)
+                                       session_id=self._session_version,
+                                       crypto=call.srtp_offered,
+                                       proto="RTP/SAVP" if call.srtp_mode == "mandatory" else "RTP/AVP")
 
     def _ring_timeout(self, call: Call) -> None:
         if call.dialog is None:

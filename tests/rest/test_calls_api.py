@@ -650,3 +650,16 @@ def test_call_request_is_frozen():
     """The parsed request cannot be changed after validation."""
     with pytest.raises(dataclasses.FrozenInstanceError):
         parse_call_request(PAGE_BODY).callee = "mallory"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value,expected", [("mandatory", "mandatory"), ("Optional", "optional"),
+                                            ("off", "off"), ("", "")])
+def test_sip_srtp_is_taken_per_call(value, expected):
+    """sipSrtp: off, optional or mandatory (any case); empty leaves it to sip_srtp."""
+    assert parse_call_request(with_(sipSrtp=value)).sip_srtp == expected
+
+
+def test_bad_sip_srtp_is_400(client):
+    """Any other sipSrtp is a 400 naming it."""
+    response = client.post("/call/startup", with_(sipSrtp="always"))
+    assert response.json() == {"error": "sipSrtp must be off, optional or mandatory", "field": "sipSrtp"}
