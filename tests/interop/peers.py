@@ -891,8 +891,10 @@ class Baresip(_Peer):
         video_file: str | os.PathLike | None = None,
         domain: str = HOST,
         transport: str = "udp",
+        mediaenc: str = "",
     ) -> None:
         super().__init__(Path(tmpdir) / f"baresip-{sip_port}")
+        self.mediaenc = mediaenc  # e.g. "srtp-mand": SDES SRTP required (srtp.so)
         self.user = user
         self.password = password
         self.registrar_port = registrar_port
@@ -912,7 +914,8 @@ class Baresip(_Peer):
 
     def write_config(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        modules = ["g711.so", "opus.so", "ausine.so"]
+        modules = ["g711.so", "opus.so", "ausine.so"] + (["srtp.so"] if self.mediaenc else [])
+        mediaenc = f";mediaenc={self.mediaenc}" if self.mediaenc else ""
         video_lines = ""
         if self.video:
             if self.video_file is None:
@@ -945,11 +948,11 @@ class Baresip(_Peer):
             "module_app\t\tmenu.so\n"
         )
         if self.registrar_port is None:
-            account = f"<{self.aor}>;answermode=auto;regint=0\n"
+            account = f"<{self.aor}>;answermode=auto;regint=0{mediaenc}\n"
         else:
             account = (
                 f"<{self.aor};transport={self.transport}>;auth_pass={self.password};"
-                f"answermode=auto;regint=300;"
+                f"answermode=auto;regint=300{mediaenc};"
                 f'outbound="sip:{HOST}:{self.registrar_port};transport={self.transport}"\n'
             )
         (self.config_dir / "accounts").write_text(account)
