@@ -67,3 +67,18 @@ def test_a_certificate_of_an_unknown_ca_fails_the_call_with_the_reason(tmp_path,
         assert "request INVITE" not in kamailio.log()
     finally:
         gw.stop()
+
+
+def test_callee_bye_comes_back_over_the_tls_connection(tmp_path, tls_files, kamailio, baresip):
+    """sipgw has no TLS listener: bob's BYE reaches it through Kamailio over the connection
+    sipgw opened (RFC 5923 alias in its Via), and the call ends with Normal call clearing."""
+    gw = _daemon(tmp_path, "gw3", tls_files[0].path)
+    try:
+        gw.start_call_to_bob(kamailio.port, "t3", sipAuthenticationName="alice",
+                             sipOutboundProxy=f"127.0.0.1:{kamailio.tls_port};transport=tls")
+        gw.wait_status("t3", "ESTABLISHED", timeout=30)
+        baresip.stop()
+        call = gw.wait_status("t3", "FINISH", timeout=20)
+        assert call["info"] == "Normal call clearing"
+    finally:
+        gw.stop()
