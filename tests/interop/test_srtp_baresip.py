@@ -77,3 +77,30 @@ def test_srtp_access_units_decode_to_frames(kamailio, baresip, tmp_path):
     with av.open(str(out), format="h264") as container:
         decoded = [f for f in container.decode(video=0)]
     assert len(decoded) >= 45 and {(f.width, f.height) for f in decoded} == {(320, 240)}
+
+
+@pytest.fixture
+def baresip_optional(kamailio, tmp_path, test_video):
+    """baresip as bob with SRTP optional (mediaenc=srtp): it answers a=crypto when offered."""
+    phone = peers.Baresip(tmp_path, user="bob", password=kamailio.users["bob"],
+                          registrar_port=kamailio.port, sip_port=peers.free_port(count=2),
+                          video_file=test_video, mediaenc="srtp")
+    try:
+        yield phone.start()
+    finally:
+        phone.stop()
+
+
+def test_optional_setting_gets_srtp_from_a_peer_that_offers_it_too(daemon, kamailio,
+                                                                   baresip_optional):
+    """sip_srtp=optional and no sipSrtp: RTP/AVP with a=crypto, baresip answers with keys,
+    media flows as SRTP with no authentication failure."""
+    call = daemon.call_bob(kamailio.port, "s4")
+    assert "a=crypto:" in call["sdp"] and not INLINE_KEY.search(call["sdp"])
+    stream = wait_for(lambda: (s := daemon.stream("stream-s4")) and s["width"]
+                      and s["counters"]["video"]["keyframes"] and s, 30, "a decoded keyframe")
+    assert stream["counters"]["audio"]["packets"] > 0
+    assert stream["counters"]["video"]["srtp_auth_failures"] == 0
+    assert "SRTP (AES_CM_128_HMAC_SHA1_80) on audio, video" in daemon.log()
+    daemon.rest("/call/terminate", {"callId": "s4"})
+    daemon.wait_status("s4", "FINISH")
