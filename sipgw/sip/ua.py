@@ -155,6 +155,12 @@ class Call:
             host = r.sip_domain
             if r.sip_port != 5060:
                 port = r.sip_port
+        elif host.count(":") == 1 or host.startswith("["):  # callee user@host:port, [v6]:port
+            try:
+                parsed = URI.parse(f"sip:{host}")
+                host, port = parsed.host, parsed.port
+            except HeaderError:
+                pass
         return URI("sip", host, user=user, port=port)
 
     def send_invite(self, auth_headers=()) -> None:

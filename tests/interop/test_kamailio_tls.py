@@ -10,7 +10,7 @@ from sipgw_daemon import Sipgw
 @pytest.fixture
 def tls_files(tmp_path):
     ca = TestCA(tmp_path)
-    cert, key = ca.issue(["127.0.0.1"], tmp_path)
+    cert, key = ca.issue(["127.0.0.1", "sip.test"], tmp_path)
     return ca, cert, key
 
 
@@ -24,10 +24,10 @@ def kamailio(tmp_path, tls_files):
         proxy.stop()
 
 
-def _daemon(tmp_path, name, ca_file):
+def _daemon(tmp_path, name, ca_file, **settings):
     workdir = tmp_path / name
     workdir.mkdir()
-    return Sipgw(str(workdir), sip_tls_ca_file=str(ca_file)).start()
+    return Sipgw(str(workdir), sip_tls_ca_file=str(ca_file), **settings).start()
 
 
 def test_register_and_call_over_tls_through_kamailio(tmp_path, tls_files, kamailio, baresip):
@@ -82,3 +82,30 @@ def test_callee_bye_comes_back_over_the_tls_connection(tmp_path, tls_files, kama
         assert call["info"] == "Normal call clearing"
     finally:
         gw.stop()
+
+
+def test_a_sips_proxy_found_through_naptr_sips_d2t_and_sips_srv(tmp_path, tls_files, kamailio,
+                                                              baresip, dnsmasq):
+    """sipOutboundProxy sips:sip.test (no port): NAPTR SIPS+D2T -> SRV _sips._tcp -> A leads
+    to Kamailio's TLS port, whose certificate is checked against sip.test (RFC 5922)."""
+    dns = dnsmasq(["naptr-record=sip.test,10,10,S,SIPS+D2T,,_sips._tcp.sip.test",
+                   "naptr-record=sip.test,20,10,S,SIP+D2U,,_sip._udp.sip.test",
+                   f"srv-host=_sips._tcp.sip.test,kam.sip.test,{kamailio.tls_port},10,0",
+                   f"srv-host=_sip._udp.sip.test,kam.sip.test,{kamailio.port},10,0",
+                   "host-record=kam.sip.test,127.0.0.1"])
+    gw = _daemon(tmp_path, "gw4", tls_files[0].path, sip_dns_servers=f"127.0.0.1:{dns.port}")
+    try:
+        # sipPort 5060: no port for the proxy, RFC 3263 finds it; Kamailio's port in the callee
+        gw.start_call_to_bob(kamailio.port, "t4", sipAuthenticationName="alice",
+                             sipOutboundProxy="sips:sip.test", sipPort="5060",
+                             callee=f"bob@127.0.0.1:{kamailio.port}")
+        gw.wait_status("t4", "ESTABLISHED", timeout=30)
+        invites = [line for line in kamailio.log().splitlines() if "request INVITE" in line]
+        assert invites and all(line.endswith("/tls") for line in invites)
+        gw.rest("/call/terminate", {"callId": "t4"})
+        gw.wait_status("t4", "FINISH", timeout=20)
+    finally:
+        gw.stop()
+    queries = dns.queries()
+    assert ("NAPTR", "sip.test") in queries and ("SRV", "_sips._tcp.sip.test") in queries
+    assert ("SRV", "_sip._udp.sip.test") not in queries

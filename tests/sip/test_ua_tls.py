@@ -58,3 +58,14 @@ def test_a_tls_handshake_failure_fails_the_call_with_its_reason(make_ua, sender,
     ua.transactions.transport_error(("127.0.0.2", 5071), why)
     call, = ua.find("call1")
     assert call["status"] == "FAILED" and why in call["info"]
+
+
+def test_a_callee_with_a_port_keeps_it_in_the_request_uri(make_ua, sender):
+    """callee bob@host:port (e.g. behind a sips: proxy) is sip:bob@host:port, not a
+    bracketed host:port."""
+    ua = make_ua()
+    ua.startup(_call(callee="bob@127.0.0.1:5099", sip_outbound_proxy="sips:127.0.0.2"))
+    ua.startup(_call(call_id="call2", callee="bob@[::1]:5098", sip_outbound_proxy="sips:127.0.0.2"))
+    ua.startup(_call(call_id="call3", callee="bob@example.org", sip_outbound_proxy="sips:127.0.0.2"))
+    assert [str(m.uri) for m in sender.requests("INVITE")] == [
+        "sip:bob@127.0.0.1:5099", "sip:bob@[::1]:5098", "sip:bob@example.org"]
