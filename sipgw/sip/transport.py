@@ -240,8 +240,8 @@ class _TCPProtocol(protocol.Protocol):
 class _TLSProtocol(_TCPProtocol):
     """One outbound SIP-over-TLS connection: TCP framing under Twisted's TLS, the server's
     certificate checked against the URI's host (RFC 5922 §7.2, service-identity). A
-    connection that closes before its handshake completed fails its transactions with the
-    TLS error as the reason."""
+    connection that closes before its handshake completed, or on a TLS error, fails its
+    transactions with the TLS error as the reason."""
 
     kind = "TLS"
     handshake_done = False
@@ -257,7 +257,10 @@ class _TLSProtocol(_TCPProtocol):
 
     def connectionLost(self, reason) -> None:
         super().connectionLost(reason)
-        if not self.handshake_done and not self.inbound and not self.layer._stopped:
+        # A TLS alert after the handshake (TLS 1.3: the server refusing our client
+        # certificate) fails the transactions as well.
+        failed = not self.handshake_done or reason.check(SSL.Error)
+        if failed and not self.inbound and not self.layer._stopped:
             why = f"TLS with {self.server_name} failed: {tls_failure(reason, self.server_name)}"
             log.warn("SIP {why}", why=why)
             self.layer.controller.transport_error(self.peer, why)

@@ -351,7 +351,7 @@ def test_stop_with_a_tcp_connection_still_being_made():
     assert layer.port not in reactor.udp_ports
 
 
-def _tls_pair(layer, reactor, tmp_path, names):
+def _tls_pair(layer, reactor, tmp_path, names, client_ca=None):
     """The TLS client layer.send just started, connected in memory to a TLS server whose
     certificate (from a test CA the layer trusts) names ``names``; returns the pump and the
     server's protocol (a StringTransport-like recorder of what it read)."""
@@ -363,7 +363,11 @@ def _tls_pair(layer, reactor, tmp_path, names):
     from certs import TestCA
 
     cert, key = TestCA.instance.issue(names, tmp_path)
-    server_options = ssl.PrivateCertificate.loadPEM(cert.read_bytes() + key.read_bytes()).options()
+    server_cert = ssl.PrivateCertificate.loadPEM(cert.read_bytes() + key.read_bytes())
+    if client_ca is None:
+        server_options = server_cert.options()
+    else:  # the server asks for a client certificate from ``client_ca`` and refuses others
+        server_options = server_cert.options(ssl.Certificate.loadPEM(client_ca.path.read_bytes()))
 
     class Reader(protocol.Protocol):
         data = b""
@@ -387,7 +391,7 @@ def _tls_pair(layer, reactor, tmp_path, names):
     return pump, reader
 
 
-def _tls_layer(tmp_path):
+def _tls_layer(tmp_path, certificate="", private_key=""):
     from certs import TestCA
     from sipgw.sip.transport import TLSClientSettings
 
@@ -395,7 +399,8 @@ def _tls_layer(tmp_path):
     reactor = UDPMemoryReactor()
     controller = RecordingController()
     layer = TransportLayer(reactor, controller, bind_address="127.0.0.1", port=0,
-                           tls=TLSClientSettings(str(TestCA.instance.path)))
+                           tls=TLSClientSettings(str(TestCA.instance.path), certificate,
+                                                 private_key))
     layer.start()
     return layer, reactor, controller
 
@@ -445,3 +450,24 @@ def test_tls_server_with_a_certificate_of_an_unknown_ca_fails_with_the_reason(tm
     assert reader.data == b""
     (dest, why), = controller.errors
     assert why == "TLS with 127.0.0.1 failed: certificate verify failed"
+
+
+def test_tls_client_certificate_is_shown_to_a_server_that_asks_for_it(tmp_path):
+    """sip_tls_certificate/sip_tls_private_key: a server that requires a client certificate
+    from its CA accepts ours and reads the request; without one its refusal (a TLS 1.3 alert
+    after the handshake) fails the transactions with the reason."""
+    from certs import TestCA
+
+    (tmp_path / "client").mkdir()
+    client_ca = TestCA(tmp_path / "client", "Client CA")
+    cert, key = client_ca.issue(["sipgw.test"], tmp_path / "client", "client")
+    layer, reactor, controller = _tls_layer(tmp_path, str(cert), str(key))
+    layer.send(parse(INVITE), "TLS", "127.0.0.1", 5061)
+    pump, reader = _tls_pair(layer, reactor, tmp_path, ["127.0.0.1"], client_ca=client_ca)
+    assert reader.data.startswith(b"INVITE ") and controller.errors == []
+    without, reactor, controller = _tls_layer(tmp_path / "client")
+    without.send(parse(INVITE), "TLS", "127.0.0.1", 5061)
+    pump, reader = _tls_pair(without, reactor, tmp_path, ["127.0.0.1"], client_ca=client_ca)
+    assert reader.data == b""
+    assert controller.errors == [(("127.0.0.1", 5061),
+                                  "TLS with 127.0.0.1 failed: tlsv13 alert certificate required")]
