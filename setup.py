@@ -16,7 +16,7 @@ setup(
         "av>=12",
         "service-identity>=24.1",  # server certificates of SIP over TLS (sipgw/sip/transport.py)
         "pyOpenSSL>=23.0",  # TLS for wss, https and SIP (Twisted's ssl; sipgw/service.py)
-        "zope.interface>=5",  # IHandshakeListener of the SIP TLS transport (Twisted's own dependency)
+        "zope.interface>=5",  # IHandshakeListener of SIP over TLS (a Twisted dependency anyway)
         "numpy>=1.24",  # audio sample conversion (sipgw/media/audio.py)
         "prometheus-client>=0.20",  # /metrics (sipgw/metrics.py)
         "pylibsrtp>=0.10",  # SRTP/SRTCP of SDES calls (sipgw/rtp/srtp.py); aiortc's own too

@@ -659,11 +659,11 @@ class UserAgent:
         call.srtp_mode = r.sip_srtp or self.config.sip_srtp
         if call.srtp_mode != "off":
             call.srtp_offered = {kind: sdes.offer_keys() for kind in ports}
+        proto = "RTP/SAVP" if call.srtp_mode == "mandatory" else "RTP/AVP"
         call.offer = sdplib.make_offer(address, audio_port=ports.get("audio"),
                                        video_port=ports.get("video"),
                                        session_id=self._session_version,
-                                       crypto=call.srtp_offered,
-                                       proto="RTP/SAVP" if call.srtp_mode == "mandatory" else "RTP/AVP")
+                                       crypto=call.srtp_offered, proto=proto)
 
     def _ring_timeout(self, call: Call) -> None:
         if call.dialog is None:

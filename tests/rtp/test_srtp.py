@@ -7,7 +7,8 @@ from sipgw.rtp.packet import ReceiverReport, RtpPacket
 from sipgw.rtp.srtp import SrtpContext
 
 
-@pytest.mark.parametrize("suite,tag", [("AES_CM_128_HMAC_SHA1_80", 10), ("AES_CM_128_HMAC_SHA1_32", 4)])
+@pytest.mark.parametrize("suite,tag", [("AES_CM_128_HMAC_SHA1_80", 10),
+                                       ("AES_CM_128_HMAC_SHA1_32", 4)])
 def test_protected_packets_unprotect_on_the_other_side_and_tampering_fails(suite, tag):
     """A packet protected with one side's key unprotects with it on the other side (auth tag
     of 10 or 4 bytes); a changed byte fails authentication (None), never raises."""

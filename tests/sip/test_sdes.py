@@ -63,7 +63,8 @@ def test_mandatory_offer_is_rtp_savp_with_crypto_and_mask_hides_the_keys():
 def test_answer_with_an_offered_tag_and_suite_gives_both_keys():
     """The answer's a=crypto matching an offered tag and suite: (ours, theirs)."""
     offered = {"audio": offer_keys()}
-    got = agree("mandatory", offered, _answer("RTP/SAVP", [f"2 AES_CM_128_HMAC_SHA1_32 inline:{KEY}"]))
+    answer = _answer("RTP/SAVP", [f"2 AES_CM_128_HMAC_SHA1_32 inline:{KEY}"])
+    got = agree("mandatory", offered, answer)
     ours, theirs = got["audio"]
     assert ours is offered["audio"][1] and theirs.key == bytes(range(30))
 

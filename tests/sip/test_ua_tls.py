@@ -65,7 +65,8 @@ def test_a_callee_with_a_port_keeps_it_in_the_request_uri(make_ua, sender):
     bracketed host:port."""
     ua = make_ua()
     ua.startup(_call(callee="bob@127.0.0.1:5099", sip_outbound_proxy="sips:127.0.0.2"))
-    ua.startup(_call(call_id="call2", callee="bob@[::1]:5098", sip_outbound_proxy="sips:127.0.0.2"))
-    ua.startup(_call(call_id="call3", callee="bob@example.org", sip_outbound_proxy="sips:127.0.0.2"))
+    proxy = "sips:127.0.0.2"
+    ua.startup(_call(call_id="call2", callee="bob@[::1]:5098", sip_outbound_proxy=proxy))
+    ua.startup(_call(call_id="call3", callee="bob@example.org", sip_outbound_proxy=proxy))
     assert [str(m.uri) for m in sender.requests("INVITE")] == [
         "sip:bob@127.0.0.1:5099", "sip:bob@[::1]:5098", "sip:bob@example.org"]
