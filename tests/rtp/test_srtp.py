@@ -31,7 +31,7 @@ def test_protected_packets_unprotect_on_the_other_side_and_tampering_fails(suite
 def test_a_secured_session_counts_media_and_auth_failures_and_sends_srtp(tmp_path):
     """After secure(): SRTP from the peer is counted and published as plain RTP would be,
     a packet failing authentication only bumps srtp_auth_failures, and what the session
-    sends (DTMF here) is SRTP the peer can unprotect."""
+    sends (DTMF, RTCP reports) is SRTP/SRTCP the peer can unprotect."""
     from fakes import UDPMemoryReactor
     from sipgw.rtp.ports import PortPool
     from sipgw.sip.sdes import offer_keys
@@ -58,3 +58,6 @@ def test_a_secured_session_counts_media_and_auth_failures_and_sends_srtp(tmp_pat
     clock.advance(0.1)
     sent = [data for data, addr in clock.udp_ports[ports["audio"]].written if addr == AUDIO_SRC]
     assert sent and all(peer.unprotect(data) is not None for data in sent[:1])
+    session.endpoints["audio"].report()  # RTCP RR + SDES: SRTCP
+    rtcp, = [data for data, addr in clock.udp_ports[ports["audio"] + 1].written]
+    assert peer.unprotect_rtcp(rtcp) is not None  # plain RTCP would fail its check
