@@ -16,10 +16,12 @@ setup(
         "aiortc>=1.16,<1.17",
         "aioice>=0.13,<0.14",  # ICE host candidates pinned to webrtc_ice_address (sipgw/webrtc/viewer.py)
         "av>=12",
-        "service-identity>=24.1",
-        "pyOpenSSL>=23.0",  # TLS for wss and https (Twisted's ssl; sipgw/service.py)
+        "service-identity>=24.1",  # server certificates of SIP over TLS (sipgw/sip/transport.py)
+        "pyOpenSSL>=23.0",  # TLS for wss, https and SIP (Twisted's ssl; sipgw/service.py)
+        "zope.interface>=5",  # IHandshakeListener of SIP over TLS (a Twisted dependency anyway)
         "numpy>=1.24",  # audio sample conversion (sipgw/media/audio.py)
         "prometheus-client>=0.20",  # /metrics (sipgw/metrics.py)
+        "pylibsrtp>=0.10",  # SRTP/SRTCP of SDES calls (sipgw/rtp/srtp.py); aiortc's own too
     ],
     extras_require={
         # selenium drives Debian's chromium via /usr/bin/chromedriver; setuptools builds

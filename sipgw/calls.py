@@ -66,6 +66,7 @@ class CallRequest:
     visible_name: str = ""
     rtmp_url: str = field(default="", repr=False)  # SIP as RTMP (may hold credentials)
     rtmp_stream: str = ""
+    sip_srtp: str = ""  # off, optional, mandatory; empty: the sip_srtp setting
 
     @property
     def auth_name(self) -> str:

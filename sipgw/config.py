@@ -76,6 +76,7 @@ class Config:
     stream_gop_cache_max_bytes: int = 8388608
     sink_queue_max_bytes: int = 4194304
     rtp_session_init_always: bool = False
+    sip_srtp: str = "off"
     sip_single_route_only: bool = False
     # recording and RTMP republishing (/push/*)
     record_dir: str = "/var/lib/sipgw/records"
@@ -108,6 +109,10 @@ class Config:
     sip_max_tcp_connections: int = 1000
     sip_tcp_idle_timeout: int = 300
     sip_tcp_message_timeout: int = 30
+    # SIP over TLS (client side: sips: and ;transport=tls destinations)
+    sip_tls_ca_file: str = ""
+    sip_tls_certificate: str = ""
+    sip_tls_private_key: str = ""
     # DNS (RFC 3263)
     sip_dns_servers: str = ""
     # REST hooks: the application server of each appKey (sipgw/hooks.py)
@@ -124,6 +129,10 @@ class Config:
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name}={value}: a port must be between 0 and 65535")
+        if self.sip_srtp not in ("off", "optional", "mandatory"):
+            raise ConfigError("sip_srtp must be off, optional or mandatory")
+        if self.sip_tls_private_key and not self.sip_tls_certificate:
+            raise ConfigError("sip_tls_private_key needs sip_tls_certificate")
         if bool(self.wss_certificate) != bool(self.wss_private_key):
             raise ConfigError("wss_certificate and wss_private_key go together")
         if self.media_port_from > self.media_port_to - 1:

@@ -21,7 +21,7 @@ from .calls import CallStatus
 
 SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
-RTP_TOTALS = ("packets", "bytes", "lost")
+RTP_TOTALS = ("packets", "bytes", "lost", "srtp_auth_failures")
 
 
 class Metrics:
@@ -136,7 +136,9 @@ class _Collector:
                 if "jitter" in counters:
                     jitter.add_metric([stream.name, kind], counters["jitter"])
         helps = {"packets": "RTP packets received", "bytes": "RTP bytes received",
-                 "lost": "RTP packets lost (RFC 3550 cumulative loss)"}
+                 "lost": "RTP packets lost (RFC 3550 cumulative loss)",
+                 "srtp_auth_failures": "SRTP/SRTCP packets dropped: authentication or replay "
+                                       "check failed"}
         for name in RTP_TOTALS:
             family = CounterMetricFamily(f"sipgw_rtp_{name}", helps[name], labels=["kind"])
             for kind in sorted(totals):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 
 from twisted.application import internet, service
 from twisted.internet import defer
@@ -10,6 +9,7 @@ from twisted.logger import FilteringLogObserver, Logger, PredicateResult, global
 from twisted.web import resource, static
 
 from .rtp.ports import PortPool
+from .sip.transport import PEM_CERTIFICATE
 from .sip.ua import UserAgent
 
 
@@ -201,9 +201,6 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None, hooks=N
     return root
 
 
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-
-
 def wss_options(certificate: str, private_key: str):
     """The TLS options of every TLS listener (wss and https REST): the whole chain of
     ``certificate`` (a fullchain.pem: the leaf first, then its intermediates) is served, so
@@ -215,7 +212,7 @@ def wss_options(certificate: str, private_key: str):
     from .config import ConfigError
     try:
         with open(certificate, "rb") as cert, open(private_key, "rb") as key:
-            chain, key_pem = _PEM_CERTIFICATE.findall(cert.read()), key.read()
+            chain, key_pem = PEM_CERTIFICATE.findall(cert.read()), key.read()
     except OSError as exc:
         raise ConfigError(f"wss_certificate/wss_private_key: {exc.filename}: {exc.strerror}") \
             from None

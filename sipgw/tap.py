@@ -40,7 +40,11 @@ class Options(usage.Options):
             if settings.wss_certificate:  # unreadable or mismatched PEM files: say so now
                 from .service import wss_options
                 wss_options(settings.wss_certificate, settings.wss_private_key)
-        except configlib.ConfigError as exc:
+            if settings.sip_tls_ca_file or settings.sip_tls_certificate:  # the same for SIP TLS
+                from .sip.transport import TLSClientSettings
+                TLSClientSettings(settings.sip_tls_ca_file, settings.sip_tls_certificate,
+                                  settings.sip_tls_private_key)
+        except (configlib.ConfigError, ValueError) as exc:
             raise usage.UsageError(str(exc)) from None
 
 

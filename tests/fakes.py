@@ -20,6 +20,7 @@ class RecordingSender:
 
     def __init__(self):
         self.sent = []  # (message, transport, host, port)
+        self.server_names = {}  # as TransportLayer: TLS certificate names by (address, port)
 
     def send(self, message, transport, host, port):
         self.sent.append((parse(bytes(message)), transport, host, port))

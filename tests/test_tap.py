@@ -65,3 +65,14 @@ def test_unusable_wss_files_are_a_usage_error(monkeypatch, tmp_path):
     with pytest.raises(usage.UsageError, match="wss_certificate=.*no PEM certificate"):
         tap.Options().parseOptions(["--set", f"wss_certificate={tmp_path}/empty.pem",
                                     "--set", f"wss_private_key={tmp_path}/empty.pem"])
+
+
+def test_unusable_sip_tls_files_are_a_usage_error(monkeypatch, tmp_path):
+    """A sip_tls_ca_file without a certificate, or one that is not there, stops the start
+    with a message naming the setting."""
+    monkeypatch.setattr(tap, "_require_asyncio_reactor", lambda: None)
+    (tmp_path / "empty.pem").write_text("")
+    with pytest.raises(usage.UsageError, match="sip_tls_ca_file=.*no PEM certificate"):
+        tap.Options().parseOptions(["--set", f"sip_tls_ca_file={tmp_path}/empty.pem"])
+    with pytest.raises(usage.UsageError, match="sip_tls_certificate=.*No such file"):
+        tap.Options().parseOptions(["--set", f"sip_tls_certificate={tmp_path}/nope.pem"])

@@ -8,6 +8,7 @@ set -euo pipefail
 PACKAGES=(
     sip-tester        # sipp: UAS/UAC scenarios and load
     kamailio          # registrar + proxy with digest auth
+    kamailio-tls-modules # tls.so: Kamailio as SIP over TLS registrar and proxy
     baresip-core      # softphone callee (auto-answer)
     baresip-ffmpeg    # baresip avformat (video file source) and avcodec (H264)
     ffmpeg            # makes the test video; ffprobe checks media

@@ -180,7 +180,7 @@ def destinations(call: CallRequest) -> list[tuple[str, str]]:
     host and the callee's host (``user@host``)."""
     found = [(call.sip_domain, "sipDomain")]
     if call.sip_outbound_proxy:
-        found.append((_host_of(call.sip_outbound_proxy.removeprefix("sip:")), "sipOutboundProxy"))
+        found.append((_host_of(_without_scheme(call.sip_outbound_proxy)), "sipOutboundProxy"))
     if "@" in call.callee:
         found.append((_host_of(call.callee.rpartition("@")[2]), "callee"))
     return found
@@ -198,19 +198,24 @@ def _account(call: CallRequest) -> str:
     return f"{call.sip_login}@{call.sip_domain}"
 
 
+def _without_scheme(value: str) -> str:
+    return value.partition(":")[2] if value.startswith(("sip:", "sips:")) else value
+
+
 def _is_proxy(value: str) -> bool:
-    """host[:port][;transport=udp|tcp], with or without a sip: prefix."""
-    text = value[4:] if value.startswith("sip:") else value
+    """host[:port][;transport=udp|tcp|tls], with or without a sip: or sips: prefix."""
+    text = _without_scheme(value)
     hostport, _, params = text.partition(";")
     if not _is_host_port(hostport):
         return False
     if not params:
         return True
     try:
-        uri = URI.parse("sip:" + text)
+        uri = URI.parse(("sips:" if value.startswith("sips:") else "sip:") + text)
     except HeaderError:
         return False
-    return set(uri.params) <= {"transport", "lr"} and uri.transport in ("udp", "tcp")
+    allowed = ("tls",) if uri.scheme == "sips" else ("udp", "tcp", "tls")
+    return set(uri.params) <= {"transport", "lr"} and uri.transport in allowed
 
 
 def parse_call_request(body: dict) -> CallRequest:
@@ -227,8 +232,11 @@ def parse_call_request(body: dict) -> CallRequest:
         raise BadRequest("sipDomain must be a host name or IP address", "sipDomain")
     proxy = string_field(body, "sipOutboundProxy", max_len=_HOST_MAX + 8)
     if proxy and not _is_proxy(proxy):
-        raise BadRequest("sipOutboundProxy must be host or host:port, optionally with "
-                         ";transport=udp or ;transport=tcp", "sipOutboundProxy")
+        raise BadRequest("sipOutboundProxy must be [sip:|sips:]host or host:port, optionally "
+                         "with ;transport=udp, tcp or tls", "sipOutboundProxy")
+    srtp = string_field(body, "sipSrtp", max_len=16).lower()
+    if srtp not in ("", "off", "optional", "mandatory"):
+        raise BadRequest("sipSrtp must be off, optional or mandatory", "sipSrtp")
     to_stream = string_field(body, "toStream", max_len=_NAME_MAX, forbidden=NOT_IN_STREAM_NAME)
     rtmp_url = string_field(body, "rtmpUrl", max_len=_URL_MAX)
     rtmp_stream = string_field(body, "rtmpStream", max_len=_NAME_MAX, forbidden=NOT_IN_STREAM_NAME)
@@ -255,6 +263,7 @@ def parse_call_request(body: dict) -> CallRequest:
         ),
         rtmp_url=rtmp_url,
         rtmp_stream=rtmp_stream,
+        sip_srtp=srtp,
     )
 
 

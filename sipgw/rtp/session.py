@@ -28,6 +28,7 @@ from .packet import (Bye, FullIntraRequest, PacketError, PictureLossIndication, 
                      RtpPacket, SenderReport, SourceDescription, ntp_time,
                      parse_rtcp)
 from .ports import PortsExhausted
+from .srtp import SrtpContext
 
 log = Logger(namespace="sipgw.rtp")
 
@@ -43,7 +44,8 @@ def _counters() -> dict:
     return {"packets": 0, "bytes": 0, "lost": 0, "jitter": 0, "frames": 0, "keyframes": 0,
             "dropped_frames": 0, "bad_packets": 0, "wrong_source": 0, "wrong_payload_type": 0,
             "bad_payloads": 0, "late": 0, "duplicates": 0, "timestamp_jumps": 0,
-            "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0, "rate_limited": 0}
+            "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0, "rate_limited": 0,
+            "srtp_auth_failures": 0}
 
 
 class _Socket(protocol.DatagramProtocol):
@@ -97,6 +99,7 @@ class Endpoint:
         self.ts = secrets.randbits(32)
         self.sent_packets = 0
         self.sent_octets = 0
+        self.srtp = None  # an SrtpContext once SDES keys are agreed (sipgw/rtp/srtp.py)
 
     def listen(self, reactor, address: str) -> None:
         self.rtp_port = reactor.listenUDP(self.port, _Socket(self, False), interface=address)
@@ -210,6 +213,11 @@ class Endpoint:
         if self.media is None:
             counters["wrong_source"] += 1  # before any answer: nobody should send yet
             return
+        if self.srtp is not None:
+            data = self.srtp.unprotect(data)
+            if data is None:
+                counters["srtp_auth_failures"] += 1
+                return
         try:
             packet = RtpPacket.parse(data)
         except PacketError:
@@ -269,6 +277,11 @@ class Endpoint:
 
     # -- RTCP ----------------------------------------------------------------
     def rtcp_received(self, data: bytes, addr) -> None:
+        if self.srtp is not None:
+            data = self.srtp.unprotect_rtcp(data)
+            if data is None:
+                self.counters["srtp_auth_failures"] += 1
+                return
         try:
             packets = parse_rtcp(data)
         except PacketError:
@@ -294,6 +307,8 @@ class Endpoint:
         if self.remote_rtcp is None or self.rtcp_port is None:
             return
         data = b"".join(bytes(p) for p in packets)
+        if self.srtp is not None:
+            data = self.srtp.protect_rtcp(data)
         try:
             self.rtcp_port.write(data, self.remote_rtcp)
         except Exception as exc:  # OSError, Twisted's ValueError for a non-IP: never ours to raise
@@ -333,8 +348,9 @@ class Endpoint:
                            timestamp=self.ts if timestamp is None else timestamp,
                            ssrc=self.local_ssrc, marker=marker, payload=payload)
         self.seq = (self.seq + 1) & 0xFFFF
+        data = bytes(packet) if self.srtp is None else self.srtp.protect(bytes(packet))
         try:
-            self.rtp_port.write(bytes(packet), self.remote_rtp)
+            self.rtp_port.write(data, self.remote_rtp)
         except Exception as exc:  # as in send_rtcp
             log.debug("RTP send failed: {error}", error=str(exc))
             return
@@ -417,6 +433,12 @@ class MediaSession:
             streams.video_codec = "H264"
         # 'inactive' or 'sendonly' from our side means the peer is not sending.
         self.paused = all(m.direction in ("inactive", "sendonly") for m in media.values())
+
+    def secure(self, keys: dict) -> None:
+        """SRTP from now on for each kind in ``keys``: (our Crypto, the peer's Crypto)."""
+        for kind, (ours, theirs) in keys.items():
+            if kind in self.endpoints:
+                self.endpoints[kind].srtp = SrtpContext(ours.suite, ours.key, theirs.key)
 
     def established(self) -> None:
         self.established_at = self.clock.seconds()

@@ -24,10 +24,15 @@ from .transport import set_top_via
 log = Logger(namespace="sipgw.sip.resolver")
 
 DEFAULT_PORT = 5060
-# RFC 3263 §4.1: NAPTR services this stack can use, and the SRV prefix of each transport
-# (SIPS+D2T, TLS, is not supported yet).
-NAPTR_SERVICES = {"SIP+D2U": "UDP", "SIP+D2T": "TCP"}
-SRV_PREFIX = {"UDP": "_sip._udp.", "TCP": "_sip._tcp."}
+DEFAULT_PORTS = {"TLS": 5061}  # §4.2 / RFC 3261 §19.1.2: 5061 for TLS, 5060 otherwise
+# RFC 3263 §4.1: NAPTR services this stack can use, and the SRV prefix of each transport.
+# TLS (SIPS+D2T, _sips._tcp) is looked up only for a sips: URI or ;transport=tls.
+NAPTR_SERVICES = {"SIP+D2U": "UDP", "SIP+D2T": "TCP", "SIPS+D2T": "TLS"}
+SRV_PREFIX = {"UDP": "_sip._udp.", "TCP": "_sip._tcp.", "TLS": "_sips._tcp."}
+
+
+def default_port(transport: str | None) -> int:
+    return DEFAULT_PORTS.get(transport or "", DEFAULT_PORT)
 LOOKUP_TIMEOUT = (1, 3)  # seconds per retry: a SIP transaction cannot wait for 60 s of DNS
 NEGATIVE_TTL = 30  # how long "no such record" is kept (RFC 2308 would read the SOA)
 
@@ -253,18 +258,21 @@ class Locator:
         host = host.strip("[]")
         # §4.1/§4.2: a numeric host, or an explicit port, needs no NAPTR or SRV.
         if is_ip(host):
-            return [(transport or default_transport, host, port or DEFAULT_PORT)]
+            chosen = transport or default_transport
+            return [(chosen, host, port or default_port(chosen))]
         if port:
             return [(transport or default_transport, a, port) for a in await self._addresses(host)]
         from_naptr = False
-        if transport:
+        if transport and transport != "TLS":
             services = [(transport, SRV_PREFIX[transport] + host)]
-        else:
+        else:  # TLS: NAPTR SIPS+D2T first, then _sips._tcp (§4.1)
             naptr = [Naptr(r.order, r.preference, _text(r.flags), _text(r.service),
                            r.replacement.name.decode("ascii"))
                      for r in await self._records(host, dns.NAPTR)]
-            services = naptr_services(naptr, self.transports)
+            services = naptr_services(naptr, (transport,) if transport else self.transports)
             from_naptr = bool(services)
+            if transport and not services:
+                services = [(transport, SRV_PREFIX[transport] + host)]
             if not services:  # §4.1: no NAPTR: an SRV query per transport, ours first
                 order = [default_transport] + [t for t in self.transports if t != default_transport]
                 services = [(t, SRV_PREFIX[t] + host) for t in order]
@@ -275,7 +283,7 @@ class Locator:
                 break  # §4.1: without NAPTR, the first transport whose SRV answers is used
         if not targets:  # §4.2: no SRV either: the name's address at the default port
             chosen = transport or default_transport
-            targets = [(chosen, a, DEFAULT_PORT) for a in await self._addresses(host)]
+            targets = [(chosen, a, default_port(chosen)) for a in await self._addresses(host)]
         return targets
 
     def locate(self, host: str, port: int | None = None, transport: str | None = None,

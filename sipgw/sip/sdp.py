@@ -384,19 +384,24 @@ def _check_port(name: str, port: int | None) -> None:
 
 
 def make_offer(address: str, *, audio_port: int | None, video_port: int | None, session_id: int,
-               version: int = 1, video_framerate: int | None = None) -> SessionDescription:
-    """Our offer (RFC 3264 §5): every supported codec, sendrecv, RTCP on port + 1."""
+               version: int = 1, video_framerate: int | None = None, crypto: dict | None = None,
+               proto: str = "RTP/AVP") -> SessionDescription:
+    """Our offer (RFC 3264 §5): every supported codec, sendrecv, RTCP on port + 1; with
+    ``crypto`` (kind -> a=crypto values, RFC 4568) the keys of each stream, over ``proto``."""
+    crypto = crypto or {}
     if audio_port is None and video_port is None:
         raise ValueError("make_offer needs an audio_port or a video_port")
     _check_port("audio_port", audio_port)
     _check_port("video_port", video_port)
     media = []
     if audio_port is not None:
-        media.append(_media_section("audio", audio_port, SUPPORTED_CODECS["audio"], "sendrecv"))
+        media.append(_media_section("audio", audio_port, SUPPORTED_CODECS["audio"], "sendrecv",
+                                    proto, [("crypto", str(c)) for c in crypto.get("audio", ())]))
     if video_port is not None:
         extra = [("framerate", str(video_framerate))] if video_framerate else []  # RFC 4566 §6
+        extra += [("crypto", str(c)) for c in crypto.get("video", ())]
         media.append(_media_section("video", video_port, SUPPORTED_CODECS["video"], "sendrecv",
-                                    extra=extra))
+                                    proto, extra))
     origin = Origin("-", session_id, version, "IN", _addrtype(address), address)
     return SessionDescription(origin, "sipgw", address, [(0, 0)], [], [], media)
 

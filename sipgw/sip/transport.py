@@ -1,6 +1,8 @@
-"""SIP over UDP and TCP (RFC 3261 §18, RFC 3581).
+"""SIP over UDP, TCP and TLS (RFC 3261 §18 and §26.3.1, RFC 3581, RFC 5922).
 
-``TransportLayer`` owns one UDP port and one TCP listener on the same number,
+``TransportLayer`` owns one UDP port and one TCP listener on the same number, plus
+outbound TLS connections (no TLS listener: a peer's requests come back over the
+connection sipgw opened, which its top Via names with RFC 5923 ``alias``),
 frames and parses bytes, stamps ``received``/``rport`` on requests (§18.2.1),
 answers unparseable requests with a stateless 400, and sends responses back
 the way §18.2.2 says. Parsed messages go to a controller:
@@ -11,11 +13,17 @@ from __future__ import annotations
 import collections
 import functools
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 
-from twisted.internet import protocol
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet import protocol, ssl
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from ..loglimit import LogLimiter, held_back
 from .headers import Via
@@ -136,6 +144,8 @@ class _TCPProtocol(protocol.Protocol):
     for ``sip_tcp_idle_timeout``) and the message timeout (a message begun but not complete
     within ``sip_tcp_message_timeout``), both of which close it."""
 
+    kind = "TCP"
+
     def __init__(self, layer: "TransportLayer", inbound: bool = True):
         self.layer = layer
         self.inbound = inbound
@@ -157,13 +167,22 @@ class _TCPProtocol(protocol.Protocol):
             return
         self.counted = True
         layer.tcp_open += 1
-        layer.connections[self.peer] = self
+        layer.connections[self.key] = self
         if layer.tcp_idle_timeout:
             self._idle = layer.reactor.callLater(layer.tcp_idle_timeout, self._timed_out,
                                                  "idle for sip_tcp_idle_timeout")
         for data in self.pending:
             self.transport.write(data)
         self.pending = []
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """(kind, host, port): connections are reused per transport and destination."""
+        return (self.kind, *self.peer)
+
+    def wrap(self, factory, server_name: str):
+        """The client factory to connect: plain TCP as it is."""
+        return factory
 
     def _active(self) -> None:
         if self._idle is not None and self._idle.active():
@@ -183,7 +202,7 @@ class _TCPProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.layer.bytes_received += len(data)
         self._active()
-        source = Source("TCP", self.peer[0], self.peer[1], self)
+        source = Source(self.kind, self.peer[0], self.peer[1], self)
         try:
             messages = self.parser.feed(data)
         except ParseError as exc:
@@ -213,8 +232,90 @@ class _TCPProtocol(protocol.Protocol):
         if self.counted:
             self.counted = False
             self.layer.tcp_open -= 1
-        if self.peer and self.layer.connections.get(self.peer) is self:
-            del self.layer.connections[self.peer]
+        if self.peer and self.layer.connections.get(self.key) is self:
+            del self.layer.connections[self.key]
+
+
+@implementer(IHandshakeListener)
+class _TLSProtocol(_TCPProtocol):
+    """One outbound SIP-over-TLS connection: TCP framing under Twisted's TLS, the server's
+    certificate checked against the URI's host (RFC 5922 §7.2, service-identity). A
+    connection that closes before its handshake completed, or on a TLS error, fails its
+    transactions with the TLS error as the reason."""
+
+    kind = "TLS"
+    handshake_done = False
+    server_name = ""
+
+    def wrap(self, factory, server_name: str):
+        self.server_name = server_name
+        return TLSMemoryBIOFactory(self.layer.tls.options_for(server_name), True, factory,
+                                   clock=self.layer.reactor)
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        # A TLS alert after the handshake (TLS 1.3: the server refusing our client
+        # certificate) fails the transactions as well.
+        failed = not self.handshake_done or reason.check(SSL.Error)
+        if failed and not self.inbound and not self.layer._stopped:
+            why = f"TLS with {self.server_name} failed: {tls_failure(reason, self.server_name)}"
+            log.warn("SIP {why}", why=why)
+            self.layer.controller.transport_error(self.peer, why)
+
+
+STREAM_KINDS = {"TCP": _TCPProtocol, "TLS": _TLSProtocol}
+
+
+def tls_failure(reason, server_name: str) -> str:
+    """A short reason for a failed TLS handshake: OpenSSL's error strings, or the
+    service-identity mismatch."""
+    if reason.check(VerificationError):
+        return f"the server's certificate does not name {server_name}"
+    error = reason.value
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        return ", ".join(entry[-1] for entry in error.args[0] if entry[-1]) or "handshake failed"
+    return reason.getErrorMessage()
+
+
+PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def _read(setting: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"{setting}={path}: {exc.strerror}") from None
+
+
+class TLSClientSettings:
+    """``sip_tls_ca_file`` (PEM bundle; empty: the system's trust store) and the optional
+    client certificate ``sip_tls_certificate``/``sip_tls_private_key``, read once."""
+
+    def __init__(self, ca_file: str = "", certificate: str = "", private_key: str = ""):
+        self.trust = ssl.platformTrust()
+        if ca_file:
+            certs = PEM_CERTIFICATE.findall(_read("sip_tls_ca_file", ca_file))
+            if not certs:
+                raise ValueError(f"sip_tls_ca_file={ca_file}: no PEM certificate in it")
+            self.trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(c) for c in certs])
+        self.client = None
+        if certificate:
+            pem = _read("sip_tls_certificate", certificate)
+            if private_key:
+                pem += b"\n" + _read("sip_tls_private_key", private_key)
+            try:
+                self.client = ssl.PrivateCertificate.loadPEM(pem)
+            except Exception as exc:
+                raise ValueError(f"sip_tls_certificate/sip_tls_private_key cannot be used: "
+                                 f"{exc}") from None
+
+    def options_for(self, server_name: str):
+        return ssl.optionsForClientTLS(server_name.strip("[]"), trustRoot=self.trust,
+                                       clientCertificate=self.client)
 
 
 class _TCPFactory(protocol.ClientFactory):
@@ -233,12 +334,12 @@ class _TCPFactory(protocol.ClientFactory):
 
 
 class TransportLayer:
-    """UDP and TCP SIP transports sharing one port number."""
+    """UDP and TCP SIP transports sharing one port number, and outbound TLS."""
 
     def __init__(self, reactor, controller, *, bind_address: str = "0.0.0.0", port: int = 5070,
                  advertised_address: str = "", max_size: int = MAX_MESSAGE_SIZE,
                  max_tcp_connections: int = 0, tcp_idle_timeout: float = 0,
-                 tcp_message_timeout: float = 0):
+                 tcp_message_timeout: float = 0, tls: TLSClientSettings | None = None):
         self.reactor = reactor
         self.controller = controller
         self.bind_address = bind_address
@@ -249,7 +350,11 @@ class TransportLayer:
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_message_timeout = tcp_message_timeout
         self.tcp_open = 0  # connections up, in and out
-        self.connections: dict[tuple[str, int], _TCPProtocol] = {}
+        self.connections: dict[tuple[str, str, int], _TCPProtocol] = {}  # by (kind, host, port)
+        self._tls = tls
+        # The name a TLS server's certificate must carry, by (address, port): the URI host
+        # the address was resolved from (RFC 5922 §7.2); else the address itself.
+        self.server_names: dict[tuple[str, int], str] = {}
         self.factory = _TCPFactory(self)
         self.bytes_received = 0
         # Messages by (method, status code or ""): read by the metrics at scrape time.
@@ -268,6 +373,12 @@ class TransportLayer:
         self.port = self._udp.getHost().port
         self._tcp = self.reactor.listenTCP(self.port, self.factory, interface=self.bind_address)
         log.info("SIP listening on {addr}:{port} (UDP and TCP)", addr=self.bind_address, port=self.port)
+
+    @property
+    def tls(self) -> TLSClientSettings:
+        if self._tls is None:
+            self._tls = TLSClientSettings()
+        return self._tls
 
     def stop(self):
         self._stopped = True
@@ -351,10 +462,10 @@ class TransportLayer:
             return
         data = bytes(message)
         self.sent[message_key(message)] += 1
-        if transport == "TCP":
-            conn = self.connections.get((host, port))
+        if transport in STREAM_KINDS:
+            conn = self.connections.get((transport, host, port))
             if conn is None:
-                conn = self._connect(host, port)
+                conn = self._connect(transport, host, port)
             conn.send(data)
         else:
             address = host.strip("[]")
@@ -369,12 +480,12 @@ class TransportLayer:
                          why=str(exc))
                 self.reactor.callLater(0, self.controller.transport_error, (host, port), str(exc))
 
-    def _connect(self, host: str, port: int) -> _TCPProtocol:
-        proto = _TCPProtocol(self, inbound=False)
+    def _connect(self, transport: str, host: str, port: int) -> _TCPProtocol:
+        proto = STREAM_KINDS[transport](self, inbound=False)
         proto.peer = (host, port)
-        self.connections[(host, port)] = proto
-
-        factory = _OneShotFactory(self, proto)
+        self.connections[proto.key] = proto
+        name = self.server_names.get((host, port), host)
+        factory = proto.wrap(_OneShotFactory(self, proto), name)
         self.reactor.connectTCP(host, port, factory, timeout=10)
         return proto
 
@@ -384,7 +495,7 @@ class TransportLayer:
         must not aim our answers at a third party."""
         via = response.top_via
         transport = via.transport
-        if transport == "TCP" and source is not None and source.connection is not None:
+        if transport in STREAM_KINDS and source is not None and source.connection is not None:
             conn = source.connection
             if conn.transport is not None and conn.transport.connected:
                 self.sent[message_key(response)] += 1
@@ -411,6 +522,6 @@ class _OneShotFactory(_TCPFactory):
         return self.proto
 
     def clientConnectionFailed(self, connector, reason):
-        if self.layer.connections.get(self.proto.peer) is self.proto:
-            del self.layer.connections[self.proto.peer]
+        if self.layer.connections.get(self.proto.key) is self.proto:
+            del self.layer.connections[self.proto.key]
         super().clientConnectionFailed(connector, reason)

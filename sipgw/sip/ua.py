@@ -22,6 +22,7 @@ from ..egress import EgressDenied, EgressPolicy
 from ..rtp.session import MediaSession
 from ..streams.registry import StreamExists, StreamRegistry
 from ..streams.stream import Stream, StreamStatus
+from . import sdes
 from . import sdp as sdplib
 from .auth import ChallengeAnswerer, DigestClient
 from .dialog import Dialog
@@ -29,8 +30,8 @@ from .headers import HeaderError, URI, bracket
 from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
 from .registration import Registration, account_key, new_tag
-from .resolver import Destination, Locator, fails_over, send_with_failover
-from .transport import TransportLayer, is_ip
+from .resolver import Destination, Locator, default_port, fails_over, send_with_failover
+from .transport import TLSClientSettings, TransportLayer, is_ip
 from ..rtp.ports import PortPool, PortsExhausted
 
 log = Logger(namespace="sipgw.sip.ua")
@@ -44,6 +45,21 @@ PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_contr
 
 _QUIET_STATUSES = frozenset({CallStatus.TRYING, CallStatus.RING, CallStatus.RING_MEDIA,
                              CallStatus.SESSION_PROGRESS})
+
+
+def _uri_transport(uri: URI) -> str | None:
+    """The transport a URI asks for: its transport parameter, TLS for sips:, else None."""
+    if "transport" in uri.params or uri.scheme == "sips":
+        return uri.transport.upper()
+    return None
+
+
+def _tls_settings(config) -> TLSClientSettings | None:
+    """The SIP TLS client settings, read at start when any is set (else made on first use)."""
+    if config.sip_tls_ca_file or config.sip_tls_certificate:
+        return TLSClientSettings(config.sip_tls_ca_file, config.sip_tls_certificate,
+                                 config.sip_tls_private_key)
+    return None
 
 
 class Call:
@@ -68,6 +84,8 @@ class Call:
         self.dialog: Dialog | None = None
         self.ack: Request | None = None
         self.offer: sdplib.SessionDescription | None = None
+        self.srtp_mode = "off"
+        self.srtp_offered: dict[str, list[sdes.Crypto]] = {}  # our SDES keys per kind
         self.remote_sdp: bytes = b""
         self.media: dict = {}
         self.answer_error = ""  # why the SDP answer was refused, the call's FAILED reason
@@ -112,7 +130,8 @@ class Call:
                 "callee": r.callee, "incoming": False, "hasAudio": r.has_audio,
                 "hasVideo": r.has_video, "streamName": r.stream_name, "appKey": r.app_key,
                 "sessionId": self.sip_call_id, "visibleName": r.visible_name,
-                "sdp": self.remote_sdp.decode("utf-8", "replace"), "history": list(self.history)}
+                "sdp": sdes.mask(self.remote_sdp.decode("utf-8", "replace")),
+                "history": list(self.history)}
 
     def later(self, delay: float, fn, *args):
         call = self.ua.reactor.callLater(delay, fn, *args)
@@ -136,6 +155,12 @@ class Call:
             host = r.sip_domain
             if r.sip_port != 5060:
                 port = r.sip_port
+        elif host.count(":") == 1 or host.startswith("["):  # callee user@host:port, [v6]:port
+            try:
+                parsed = URI.parse(f"sip:{host}")
+                host, port = parsed.host, parsed.port
+            except HeaderError:
+                pass
         return URI("sip", host, user=user, port=port)
 
     def send_invite(self, auth_headers=()) -> None:
@@ -206,14 +231,21 @@ class Call:
     def take_answer(self, response: Response) -> None:
         try:
             answer = sdplib.SessionDescription.parse(response.body)
-            self.media = sdplib.negotiate(self.offer, answer)
-        except sdplib.SDPError as exc:
+            media = sdplib.negotiate(self.offer, answer)
+            keys = sdes.agree(self.srtp_mode, self.srtp_offered, answer)
+        except (sdplib.SDPError, sdes.CryptoError) as exc:
             log.warn("call {call_id}: unusable SDP answer: {error}",
                      call_id=self.request.call_id, error=str(exc))
             self.answer_error = str(exc)
             return
+        self.media = media
         self.remote_sdp = response.body
         if self.media_session is not None:
+            if keys:
+                log.info("call {call_id}: SRTP ({suites}) on {kinds}", call_id=self.request.call_id,
+                         suites=", ".join(sorted({k[0].suite for k in keys.values()})),
+                         kinds=", ".join(sorted(keys)))
+                self.media_session.secure(keys)
             self.media_session.negotiate(self.media)
 
     def on_2xx(self, response: Response) -> None:
@@ -357,7 +389,8 @@ class UserAgent:
                                         max_size=config.sip_max_message_size,
                                         max_tcp_connections=config.sip_max_tcp_connections,
                                         tcp_idle_timeout=config.sip_tcp_idle_timeout,
-                                        tcp_message_timeout=config.sip_tcp_message_timeout)
+                                        tcp_message_timeout=config.sip_tcp_message_timeout,
+                                        tls=_tls_settings(config))
         self.transactions.sender = self.transport
         self.calls: dict[str, Call] = {}  # by WCS callId
         self.call_observers: list = []  # callables(call) on every status change
@@ -421,11 +454,15 @@ class UserAgent:
     # -- addressing --------------------------------------------------------
     def via(self, dest: Destination, branch: str | None = None) -> str:
         host = bracket(self.transport.sent_by(dest.host))
-        return f"SIP/2.0/{dest.transport} {host}:{self.transport.port};branch={branch or new_branch()};rport"
+        # TLS: no listener here, so ask the server to send back over this connection
+        # (RFC 5923 alias; Kamailio: tcp_accept_aliases).
+        alias = ";alias" if dest.transport == "TLS" else ""
+        return (f"SIP/2.0/{dest.transport} {host}:{self.transport.port};"
+                f"branch={branch or new_branch()};rport{alias}")
 
     def contact(self, user: str, dest: Destination) -> str:
         host = bracket(self.transport.sent_by(dest.host))
-        params = ";transport=tcp" if dest.transport == "TCP" else ""
+        params = f";transport={dest.transport.lower()}" if dest.transport != "UDP" else ""
         return f"<sip:{user}@{host}:{self.transport.port}{params}>"
 
     def first_hop(self, r: CallRequest) -> tuple[str | None, str, int | None]:
@@ -435,19 +472,26 @@ class UserAgent:
         transport = "TCP" if self.config.sip_use_tcp_transport else None
         default_port = r.sip_port if r.sip_port != 5060 else None
         if r.sip_outbound_proxy:
-            text = r.sip_outbound_proxy
+            scheme, text = "sip", r.sip_outbound_proxy
+            if text.startswith(("sip:", "sips:")):
+                scheme, _, text = text.partition(":")
             hostport = text.split(";")[0]
             if hostport.count(":") > 1 and "[" not in hostport:  # a bare IPv6 address
                 text = f"[{hostport}]" + text[len(hostport):]
-            uri = URI.parse(text if text.startswith(("sip:", "sips:")) else "sip:" + text)
-            if "transport" in uri.params:
-                transport = uri.transport.upper()
-            return transport, uri.host, uri.port or default_port
+            uri = URI.parse(f"{scheme}:{text}")
+            return _uri_transport(uri) or transport, uri.host, uri.port or default_port
         return transport, r.sip_domain, default_port
 
-    def resolve(self, transport: str | None, host: str, port: int | None) -> defer.Deferred:
-        """A Deferred Destination chain for a URI's parts (RFC 3263 §4)."""
-        return self.locator.locate(host, port, transport)
+    def resolve(self, transport: str | None, host: str, port: int | None,
+                default_transport: str = "UDP") -> defer.Deferred:
+        """A Deferred Destination chain for a URI's parts (RFC 3263 §4); a TLS target's
+        certificate is then checked against ``host`` (RFC 5922 §7.2)."""
+        def named(dest):
+            for target in (tuple(dest), *dest.rest):
+                if target[0] == "TLS" and not is_ip(host):
+                    self.transport.server_names[(target[1], target[2])] = host.strip("[]")
+            return dest
+        return self.locator.locate(host, port, transport, default_transport).addCallback(named)
 
     def in_dialog_destination(self, call: Call) -> Destination:
         """Next hop of an in-dialog request: the top route, else the outbound proxy,
@@ -456,11 +500,11 @@ class UserAgent:
         if not dialog.route_set and call.request.sip_outbound_proxy:
             return call.dest
         uri = dialog.next_hop()
-        transport = uri.params.get("transport", call.dest.transport).upper()
+        transport = _uri_transport(uri) or call.dest.transport
         host = uri.host.strip("[]")
         if not is_ip(host):  # resolved by send_in_dialog (RFC 3263 §4); till then the first hop
             return call.hops.get(self._named_hop(call), call.dest)
-        return Destination(transport, host, uri.port or 5060)
+        return Destination(transport, host, uri.port or default_port(transport))
 
     def _named_hop(self, call: Call) -> tuple | None:
         """(transport, host, port) of an in-dialog next hop that is a host name, else None."""
@@ -469,8 +513,7 @@ class UserAgent:
         uri = call.dialog.next_hop()
         if is_ip(uri.host):
             return None
-        transport = uri.params.get("transport")
-        return (transport.upper() if transport else None, uri.host, uri.port)
+        return (_uri_transport(uri), uri.host, uri.port)
 
     def send_in_dialog(self, call: Call, request: Request, on_response=None) -> None:
         hop = self._named_hop(call)
@@ -485,8 +528,7 @@ class UserAgent:
                          call_id=call.request.call_id, why=failure.getErrorMessage())
                 if on_response is not None and request.method != "ACK":
                     on_response(self._refused(request, 503, f"Cannot resolve {hop[1]}"))
-            self.locator.locate(hop[1], hop[2], hop[0], call.dest.transport).addCallbacks(
-                located, failed)
+            self.resolve(hop[0], hop[1], hop[2], call.dest.transport).addCallbacks(located, failed)
             return
         dest = self.in_dialog_destination(call)
         if not self.egress.allows(hop[1] if hop else dest.host, resolved=dest.host):
@@ -614,9 +656,14 @@ class UserAgent:
         call.stream.counters_source = session.counters
         address = self.config.media_address or self.transport.sent_by(call.dest.host)
         self._session_version += 1
+        call.srtp_mode = r.sip_srtp or self.config.sip_srtp
+        if call.srtp_mode != "off":
+            call.srtp_offered = {kind: sdes.offer_keys() for kind in ports}
+        proto = "RTP/SAVP" if call.srtp_mode == "mandatory" else "RTP/AVP"
         call.offer = sdplib.make_offer(address, audio_port=ports.get("audio"),
                                        video_port=ports.get("video"),
-                                       session_id=self._session_version)
+                                       session_id=self._session_version,
+                                       crypto=call.srtp_offered, proto=proto)
 
     def _ring_timeout(self, call: Call) -> None:
         if call.dialog is None:

@@ -1,7 +1,7 @@
 """Place one call with sipgw's own user agent (in this process, asyncio reactor) and write
 the H264 access units its stream publishes to a file, for PyAV to decode.
 
-    python3 capture_stream.py KAMAILIO_PORT OUT.h264 FRAMES
+    python3 capture_stream.py KAMAILIO_PORT OUT.h264 FRAMES [SRTP_MODE]
 prints one JSON line: {"frames": n, "keyframes": k, "width": w, "height": h}
 """
 import json
@@ -18,12 +18,13 @@ from sipgw.config import Config  # noqa: E402
 from sipgw.sip.ua import UserAgent  # noqa: E402
 
 
-async def capture(port: int, path: str, wanted: int) -> dict:
+async def capture(port: int, path: str, wanted: int, srtp: str = "") -> dict:
     ua = UserAgent(reactor, Config(sip_bind_address="127.0.0.1", sip_local_port=0,
                                    media_port_from=39000, media_port_to=39199))
     ua.start()
     ua.startup(CallRequest(call_id="capture", callee="bob", sip_login="alice",
-                           sip_password="alicepw", sip_domain="127.0.0.1", sip_port=port))
+                           sip_password="alicepw", sip_domain="127.0.0.1", sip_port=port,
+                           sip_srtp=srtp))
     stream = ua.streams.get(name="capture")
     sink = stream.subscribe(maxlen=100000)
     frames = keyframes = 0
@@ -39,17 +40,20 @@ async def capture(port: int, path: str, wanted: int) -> dict:
                 keyframes += frame.keyframe
     if timeout.active():
         timeout.cancel()
+    counters = stream.counters_source() if stream.counters_source else {}  # before the close
     ua.terminate("capture")
     d = defer.Deferred()
     reactor.callLater(0.5, d.callback, None)
     await d
     await ua.stop()
     return {"frames": frames, "keyframes": keyframes, "width": stream.width,
-            "height": stream.height}
+            "height": stream.height,
+            "counters": counters}
 
 
 def main():
     port, path, wanted = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    srtp = sys.argv[4] if len(sys.argv) > 4 else ""
     result = {}
 
     def done(value):
@@ -61,7 +65,7 @@ def main():
         reactor.stop()
 
     reactor.callWhenRunning(
-        lambda: defer.ensureDeferred(capture(port, path, wanted)).addCallbacks(done, failed))
+        lambda: defer.ensureDeferred(capture(port, path, wanted, srtp)).addCallbacks(done, failed))
     reactor.run()
     print(json.dumps(result))
 

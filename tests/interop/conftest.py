@@ -70,6 +70,23 @@ def kamailio(tmp_path: Path) -> Iterator[peers.Kamailio]:
         proxy.stop()
 
 
+@pytest.fixture
+def dnsmasq(tmp_path: Path) -> Iterator[Callable[..., peers.Dnsmasq]]:
+    """Starts dnsmasq serving sip.test with the given records: ``dnsmasq(records)``;
+    stops it afterwards."""
+    require("dnsmasq")
+    started: list[peers.Dnsmasq] = []
+
+    def start(records) -> peers.Dnsmasq:
+        dns = peers.Dnsmasq(tmp_path, port=peers.free_port("udp"), domain="sip.test",
+                            records=records)
+        started.append(dns)
+        return dns.start()
+    yield start
+    for dns in started:
+        dns.stop()
+
+
 @pytest.fixture(scope="session")
 def test_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 120 s 320x240 H264 baseline mkv without audio, made once per session. Long on

@@ -1,29 +1,9 @@
 """RFC 3263 against a real DNS server: the daemon finds a SIPp callee only through
 dnsmasq's NAPTR, SRV, A and AAAA records, and gets past a dead first SRV target."""
-import pytest
-
-from peers import Dnsmasq, PeerMissing, free_port, require_program
+from peers import free_port
 from sipgw_daemon import call_once
 
-DOMAIN = "sip.test"
-
-
-@pytest.fixture
-def dnsmasq(tmp_path):
-    """Starts dnsmasq serving sip.test with the given records; stops it afterwards."""
-    try:
-        require_program("dnsmasq")
-    except PeerMissing as missing:
-        pytest.fail(str(missing), pytrace=False)
-    started = []
-
-    def start(records):
-        dns = Dnsmasq(tmp_path, port=free_port("udp"), domain=DOMAIN, records=records)
-        started.append(dns)
-        return dns.start()
-    yield start
-    for dns in started:
-        dns.stop()
+DOMAIN = "sip.test"  # the dnsmasq fixture's (tests/interop/conftest.py)
 
 
 def test_a_callee_found_only_through_naptr_and_srv_answers_after_a_dead_first_target(

@@ -320,15 +320,19 @@ def test_bad_sip_domain_is_400(client, value):
 
 
 @pytest.mark.parametrize(
-    "value", ["proxy.example.com", "proxy.example.com:5080", "10.0.0.1:5060", "[2001:db8::1]:5060", "[::1]", "2001:db8::1"]
+    "value", ["proxy.example.com", "proxy.example.com:5080", "10.0.0.1:5060", "[2001:db8::1]:5060", "[::1]", "2001:db8::1",
+              "sips:proxy.example.com", "proxy.example.com:5061;transport=tls", "sip:10.0.0.1;transport=TLS",
+              "sips:[2001:db8::1]:5061;transport=tls"]
 )
 def test_outbound_proxy(value):
-    """sipOutboundProxy takes host, host:port, or an IPv6 address with or without brackets and port."""
+    """sipOutboundProxy takes host, host:port, or an IPv6 address with or without brackets and port,
+    with a sip: or sips: prefix and ;transport=udp, tcp or tls."""
     assert parse_call_request(with_(sipOutboundProxy=value)).sip_outbound_proxy == value
 
 
 @pytest.mark.parametrize(
-    "value", ["proxy:99999", "proxy:", "proxy:0", ":5060", "pro xy", "<proxy>", "[::1]:x", "[::1", "[nothost]:5060", "a:b:c"]
+    "value", ["proxy:99999", "proxy:", "proxy:0", ":5060", "pro xy", "<proxy>", "[::1]:x", "[::1", "[nothost]:5060", "a:b:c",
+              "sips:proxy;transport=udp", "proxy;transport=sctp"]
 )
 def test_bad_outbound_proxy_is_400(client, value):
     """A sipOutboundProxy that is not host or host:port is a 400 naming it."""
@@ -646,3 +650,16 @@ def test_call_request_is_frozen():
     """The parsed request cannot be changed after validation."""
     with pytest.raises(dataclasses.FrozenInstanceError):
         parse_call_request(PAGE_BODY).callee = "mallory"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value,expected", [("mandatory", "mandatory"), ("Optional", "optional"),
+                                            ("off", "off"), ("", "")])
+def test_sip_srtp_is_taken_per_call(value, expected):
+    """sipSrtp: off, optional or mandatory (any case); empty leaves it to sip_srtp."""
+    assert parse_call_request(with_(sipSrtp=value)).sip_srtp == expected
+
+
+def test_bad_sip_srtp_is_400(client):
+    """Any other sipSrtp is a 400 naming it."""
+    response = client.post("/call/startup", with_(sipSrtp="always"))
+    assert response.json() == {"error": "sipSrtp must be off, optional or mandatory", "field": "sipSrtp"}

@@ -21,6 +21,7 @@ def _client(client_for, manager, clock=None, **settings):
     ("sipDomain", "0.0.0.0", "0.0.0.0"),
     ("sipOutboundProxy", "224.0.0.1:5060", "224.0.0.1"),
     ("sipOutboundProxy", "sip:[fe80::1]:5060;transport=tcp", "fe80::1"),
+    ("sipOutboundProxy", "sips:[fe80::1]:5061", "fe80::1"),
     ("callee", "bob@169.254.169.254:5060", "169.254.169.254"),
     ("sipDomain", "::", "::"),
 ])

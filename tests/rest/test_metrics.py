@@ -93,6 +93,7 @@ def test_a_call_shows_in_the_scrape(daemon, http_get):
     assert after["sipgw_rtp_packets_total", (("kind", "audio"),)] == 50
     assert after["sipgw_rtp_bytes_total", (("kind", "audio"),)] == 50 * 172
     assert after["sipgw_rtp_lost_total", (("kind", "audio"),)] == 0
+    assert after["sipgw_rtp_srtp_auth_failures_total", (("kind", "audio"),)] == 0
     assert ("sipgw_rtp_jitter", (("kind", "audio"), ("stream", "s1"))) in after
     assert after["sipgw_streams", ()] == 1
     daemon.ua.terminate("c1")

@@ -73,6 +73,8 @@ ZONE = {
     (dns.SRV, "_sip._tcp.example.test"): [_srv(20, 0, 5080, "live.example.test"),
                                           _srv(10, 0, 5070, "dead.example.test")],
     (dns.SRV, "_sip._udp.example.test"): [_srv(10, 0, 5090, "live.example.test")],
+    (dns.SRV, "_sips._tcp.example.test"): [_srv(10, 0, 5071, "live.example.test")],
+    (dns.SRV, "_sips._tcp.srv-only.test"): [_srv(10, 0, 5072, "proxy.test")],
     (dns.SRV, "_sip._udp.srv-only.test"): [_srv(10, 0, 5060, "live.example.test", ttl=60)],
     (dns.A, "dead.example.test"): [_a("127.0.0.2")],
     (dns.A, "live.example.test"): [_a("127.0.0.3"), _a("127.0.0.4")],
@@ -143,6 +145,21 @@ def test_transport_parameter_asks_only_that_srv(clock):
     dest, fake = _locate(clock, "example.test", None, "UDP")
     assert _chain(dest)[0] == ("UDP", "127.0.0.3", 5090)
     assert ("NAPTR", "example.test") not in fake.queries
+
+
+def test_tls_uses_naptr_sips_d2t_then_sips_srv_then_the_address_at_5061(clock):
+    """A sips: URI or ;transport=tls: NAPTR SIPS+D2T leads to _sips._tcp; without NAPTR the
+    _sips._tcp SRV is asked; without SRV the address on 5061, as for a numeric host."""
+    dest, fake = _locate(clock, "example.test", None, "TLS")
+    assert _chain(dest) == [("TLS", "127.0.0.3", 5071), ("TLS", "127.0.0.4", 5071)]
+    assert fake.queries[:2] == [("NAPTR", "example.test"), ("SRV", "_sips._tcp.example.test")]
+    dest, fake = _locate(clock, "srv-only.test", None, "TLS")
+    assert _chain(dest) == [("TLS", "127.0.0.6", 5072)]
+    assert ("SRV", "_sip._udp.srv-only.test") not in fake.queries
+    dest, _ = _locate(clock, "plain.test", None, "TLS")
+    assert _chain(dest) == [("TLS", "127.0.0.5", 5061)]
+    dest, _ = _locate(clock, "127.0.0.9", None, "TLS")
+    assert _chain(dest) == [("TLS", "127.0.0.9", 5061)]
 
 
 def test_without_naptr_srv_then_without_srv_the_a_record_at_5060(clock):

@@ -158,7 +158,7 @@ def test_tcp_connect_failure_is_reported_to_the_controller():
     from twisted.internet.error import ConnectionRefusedError
     factory.clientConnectionFailed(Connector(), Failure(ConnectionRefusedError()))
     assert controller.errors and controller.errors[0][0] == ("127.0.0.1", 5999)
-    assert ("127.0.0.1", 5999) not in layer.connections
+    assert ("TCP", "127.0.0.1", 5999) not in layer.connections
 
 
 def test_tcp_framing_error_answers_400_and_closes():
@@ -256,7 +256,7 @@ def test_tcp_connections_beyond_the_cap_are_closed_at_once():
     first, _ = _accept(layer, 41001)
     _accept(layer, 41002)
     third, transport = _accept(layer, 41003)
-    assert transport.disconnecting and ("192.0.2.9", 41003) not in layer.connections
+    assert transport.disconnecting and ("TCP", "192.0.2.9", 41003) not in layer.connections
     third.connectionLost(Failure(ConnectionDone()))
     assert layer.tcp_open == 2
     first.connectionLost(Failure(ConnectionDone()))
@@ -346,6 +346,128 @@ def test_stop_with_a_tcp_connection_still_being_made():
     AttributeError on its missing transport."""
     layer, reactor, controller = _layer()
     layer.send(parse(INVITE), "TCP", "127.0.0.1", 5099)
-    assert reactor.tcpClients and list(layer.connections) == [("127.0.0.1", 5099)]
+    assert reactor.tcpClients and list(layer.connections) == [("TCP", "127.0.0.1", 5099)]
     layer.stop()
     assert layer.port not in reactor.udp_ports
+
+
+def _tls_pair(layer, reactor, tmp_path, names, client_ca=None):
+    """The TLS client layer.send just started, connected in memory to a TLS server whose
+    certificate (from a test CA the layer trusts) names ``names``; returns the pump and the
+    server's protocol (a StringTransport-like recorder of what it read)."""
+    from twisted.internet import protocol, ssl
+    from twisted.internet.address import IPv4Address
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from twisted.test import iosim
+
+    from certs import TestCA
+
+    cert, key = TestCA.instance.issue(names, tmp_path)
+    server_cert = ssl.PrivateCertificate.loadPEM(cert.read_bytes() + key.read_bytes())
+    if client_ca is None:
+        server_options = server_cert.options()
+    else:  # the server asks for a client certificate from ``client_ca`` and refuses others
+        server_options = server_cert.options(ssl.Certificate.loadPEM(client_ca.path.read_bytes()))
+
+    class Reader(protocol.Protocol):
+        data = b""
+
+        def dataReceived(self, data):
+            self.data += data
+
+    reader = Reader()
+    server_factory = TLSMemoryBIOFactory(server_options, False,
+                                         protocol.Factory.forProtocol(lambda: reader))
+    host, port, client_factory = reactor.tcpClients[-1][:3]
+    address = IPv4Address("TCP", host, port)
+    client = client_factory.buildProtocol(address)
+    server = server_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    pump = iosim.connect(server, iosim.FakeTransport(server, True),
+                         client, iosim.FakeTransport(client, False, peerAddress=address),
+                         greet=False)
+    pump.flush()
+    reactor.advance(0)  # small TLS writes are sent together on the next turn
+    pump.flush()
+    return pump, reader
+
+
+def _tls_layer(tmp_path, certificate="", private_key=""):
+    from certs import TestCA
+    from sipgw.sip.transport import TLSClientSettings
+
+    TestCA.instance = TestCA(tmp_path)
+    reactor = UDPMemoryReactor()
+    controller = RecordingController()
+    layer = TransportLayer(reactor, controller, bind_address="127.0.0.1", port=0,
+                           tls=TLSClientSettings(str(TestCA.instance.path), certificate,
+                                                 private_key))
+    layer.start()
+    return layer, reactor, controller
+
+
+def test_tls_request_goes_over_a_verified_tls_connection_reused_per_destination(tmp_path):
+    """A request to a TLS destination goes out over TLS to a server whose certificate the
+    CA of sip_tls_ca_file signed for the name asked; a second one reuses the connection; TCP
+    to the same address and port is a connection of its own."""
+    layer, reactor, controller = _tls_layer(tmp_path)
+    layer.server_names[("127.0.0.1", 5061)] = "sip.test"
+    layer.send(parse(INVITE), "TLS", "127.0.0.1", 5061)
+    pump, reader = _tls_pair(layer, reactor, tmp_path, ["sip.test"])
+    assert reader.data.startswith(b"INVITE sip:bob@127.0.0.1")
+    layer.send(parse(INVITE), "TLS", "127.0.0.1", 5061)
+    reactor.advance(0)
+    pump.flush()
+    assert reader.data.count(b"INVITE sip:") == 2 and len(reactor.tcpClients) == 1
+    assert list(layer.connections) == [("TLS", "127.0.0.1", 5061)]
+    layer.send(parse(INVITE), "TCP", "127.0.0.1", 5061)
+    assert len(reactor.tcpClients) == 2 and ("TCP", "127.0.0.1", 5061) in layer.connections
+    assert controller.errors == []
+
+
+def test_tls_server_whose_certificate_names_another_host_fails_with_the_reason(tmp_path):
+    """A server certificate that does not name the host asked for: nothing is sent in
+    clear, and the transaction layer is told why (the call fails with that reason)."""
+    layer, reactor, controller = _tls_layer(tmp_path)
+    layer.server_names[("127.0.0.1", 5061)] = "sip.test"
+    layer.send(parse(INVITE), "TLS", "127.0.0.1", 5061)
+    pump, reader = _tls_pair(layer, reactor, tmp_path, ["other.test"])
+    assert reader.data == b""
+    (dest, why), = controller.errors
+    assert dest == ("127.0.0.1", 5061)
+    assert why == "TLS with sip.test failed: the server's certificate does not name sip.test"
+    assert layer.connections == {}
+
+
+def test_tls_server_with_a_certificate_of_an_unknown_ca_fails_with_the_reason(tmp_path):
+    """A certificate that no CA of sip_tls_ca_file signed fails the connection with
+    OpenSSL's reason."""
+    from certs import TestCA
+
+    layer, reactor, controller = _tls_layer(tmp_path)
+    TestCA.instance = TestCA(tmp_path, "Another CA")
+    layer.send(parse(INVITE), "TLS", "127.0.0.1", 5061)
+    pump, reader = _tls_pair(layer, reactor, tmp_path, ["127.0.0.1"])
+    assert reader.data == b""
+    (dest, why), = controller.errors
+    assert why == "TLS with 127.0.0.1 failed: certificate verify failed"
+
+
+def test_tls_client_certificate_is_shown_to_a_server_that_asks_for_it(tmp_path):
+    """sip_tls_certificate/sip_tls_private_key: a server that requires a client certificate
+    from its CA accepts ours and reads the request; without one its refusal (a TLS 1.3 alert
+    after the handshake) fails the transactions with the reason."""
+    from certs import TestCA
+
+    (tmp_path / "client").mkdir()
+    client_ca = TestCA(tmp_path / "client", "Client CA")
+    cert, key = client_ca.issue(["sipgw.test"], tmp_path / "client", "client")
+    layer, reactor, controller = _tls_layer(tmp_path, str(cert), str(key))
+    layer.send(parse(INVITE), "TLS", "127.0.0.1", 5061)
+    pump, reader = _tls_pair(layer, reactor, tmp_path, ["127.0.0.1"], client_ca=client_ca)
+    assert reader.data.startswith(b"INVITE ") and controller.errors == []
+    without, reactor, controller = _tls_layer(tmp_path / "client")
+    without.send(parse(INVITE), "TLS", "127.0.0.1", 5061)
+    pump, reader = _tls_pair(without, reactor, tmp_path, ["127.0.0.1"], client_ca=client_ca)
+    assert reader.data == b""
+    assert controller.errors == [(("127.0.0.1", 5061),
+                                  "TLS with 127.0.0.1 failed: tlsv13 alert certificate required")]
