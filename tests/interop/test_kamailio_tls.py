@@ -109,3 +109,33 @@ def test_a_sips_proxy_found_through_naptr_sips_d2t_and_sips_srv(tmp_path, tls_fi
     queries = dns.queries()
     assert ("NAPTR", "sip.test") in queries and ("SRV", "_sips._tcp.sip.test") in queries
     assert ("SRV", "_sip._udp.sip.test") not in queries
+
+
+def test_srtp_call_over_tls_signalling(tmp_path, tls_files, kamailio, test_video):
+    """The secure trunk case: REGISTER and INVITE over TLS (sips: proxy) and SRTP (SDES,
+    mandatory) media to baresip requiring SRTP: audio and video counted with no
+    authentication failure, and the keys, carried only inside TLS, never in the log."""
+    from test_srtp_baresip import INLINE_KEY
+    phone = peers.Baresip(tmp_path, user="bob", password=kamailio.users["bob"],
+                          registrar_port=kamailio.port, sip_port=peers.free_port(count=2),
+                          video_file=test_video, mediaenc="srtp-mand")
+    phone.start()
+    gw = _daemon(tmp_path, "gw-srtp", tls_files[0].path)
+    try:
+        gw.start_call_to_bob(kamailio.port, "ts1", sipAuthenticationName="alice",
+                             sipRegisterRequired="true", sipSrtp="mandatory",
+                             sipOutboundProxy=f"sips:127.0.0.1:{kamailio.tls_port}")
+        call = gw.wait_status("ts1", "ESTABLISHED", timeout=30)
+        assert "RTP/SAVP" in call["sdp"] and "inline:..." in call["sdp"]
+        stream = peers.wait_for(
+            lambda: (s := gw.stream("stream-ts1")) and s["counters"]["video"]["packets"] > 50
+            and s["counters"]["audio"]["packets"] > 50 and s, 30, "SRTP audio and video")
+        for kind in ("audio", "video"):
+            assert stream["counters"][kind]["srtp_auth_failures"] == 0
+        assert "request INVITE" in kamailio.log()
+        gw.rest("/call/terminate", {"callId": "ts1"})
+        gw.wait_status("ts1", "FINISH", timeout=20)
+    finally:
+        gw.stop()
+        phone.stop()
+    assert not INLINE_KEY.search(gw.log()) and "alicepw" not in gw.log()
