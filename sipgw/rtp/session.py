@@ -415,8 +415,13 @@ class MediaSession:
             streams.audio_codec = media["audio"].codec.name
         if "video" in media:
             streams.video_codec = "H264"
-        # 'inactive' or 'sendonly' from our side means the peer is not sending.
-        self.paused = all(m.direction in ("inactive", "sendonly") for m in media.values())
+        # On hold (RFC 3264 §8.4: sendonly, inactive or c=0.0.0.0, whatever the port) the
+        # peer may send nothing: the RTP timeout pauses, and counts again from the resume.
+        paused = all(m.direction != "sendrecv" for m in media.values())
+        if self.paused and not paused:
+            for endpoint in self.endpoints.values():
+                endpoint.last_rtp = self.clock.seconds()
+        self.paused = paused
 
     def established(self) -> None:
         self.established_at = self.clock.seconds()

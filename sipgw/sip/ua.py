@@ -9,6 +9,7 @@ status. It implements the manager interface the REST layer calls
 from __future__ import annotations
 
 import collections
+import dataclasses
 import secrets
 import time
 
@@ -79,6 +80,7 @@ class Call:
         self._auth = None
         self._timers: list = []
         self._pending_2xx: tuple | None = None  # (response, reinvite tx) awaiting ACK
+        self.reoffer: sdplib.SessionDescription | None = None  # in a 200, answered in the ACK
         self._bye_sent = False
         self.stream = None
         self.media_session = None
@@ -763,7 +765,6 @@ class UserAgent:
         if call._pending_2xx is not None:
             tx.respond(make_response(request, 491))
             return
-        call.dialog.update_target(request)
         body = b""
         if request.body:
             try:
@@ -785,7 +786,13 @@ class UserAgent:
             call.remote_sdp = request.body
             call.set_status(CallStatus.HOLD if sdplib.is_hold(offer) else CallStatus.ESTABLISHED)
         elif call.offer is not None:
-            body = bytes(call.offer)
+            # §14.2 / RFC 3264 §8: no offer in the re-INVITE: ours goes in the 200, a new
+            # version of it; the answer comes in the ACK (see ack()).
+            self._session_version += 1
+            call.reoffer = dataclasses.replace(call.offer, origin=dataclasses.replace(
+                call.offer.origin, sess_version=self._session_version))
+            body = bytes(call.reoffer)
+        call.dialog.update_target(request)  # §12.2.2: only a successful re-INVITE refreshes
         response = make_response(request, 200, extra=[
             ("Contact", self.contact(call.request.sip_login, call.dest)), ("Allow", ALLOW)]
             + ([("Content-Type", "application/sdp")] if body else []), body=body)
@@ -821,6 +828,25 @@ class UserAgent:
         call = self._call_for(request)
         if call is not None and call._pending_2xx is not None:
             call._pending_2xx = None
+            offer, call.reoffer = call.reoffer, None
+            if offer is not None:
+                self._ack_answer(call, offer, request)
+
+    def _ack_answer(self, call: Call, offer, request: Request) -> None:
+        """The answer to the offer of our 200 to an offerless re-INVITE (§13.3.1.4, §14.2):
+        media moves to its address and codec; none or an unusable one ends the call."""
+        try:
+            if not request.body:
+                raise sdplib.SDPError("no SDP answer in the ACK")
+            answer = sdplib.SessionDescription.parse(request.body)
+            media = sdplib.negotiate(offer, answer)
+        except sdplib.SDPError as exc:
+            call.send_bye(f"Bad answer in ACK: {exc}", CallStatus.FAILED, wait=False)
+            return
+        call.remote_media, call.remote_sdp = media, request.body
+        if call.media_session is not None:
+            call.media_session.negotiate(media)
+        call.set_status(CallStatus.HOLD if sdplib.is_hold(answer) else CallStatus.ESTABLISHED)
 
     def stray_response(self, response: Response, source) -> None:
         """2xx retransmissions of an INVITE arrive here (§13.2.2.4): ACK again."""

@@ -894,3 +894,114 @@ def test_churn_of_every_ending_leaves_nothing_behind(make_ua, sender, clock):
     assert ua.registrations == {} and ua.leaving == set()
     assert ua.transactions.client == {} and ua.transactions.server == {}
     assert ua.ports.in_use == set() and clock.getDelayedCalls() == []
+
+
+def _sdp_offer(invite, cseq, sdp, method="INVITE", extra=()):
+    body = bytes(sdp) if not isinstance(sdp, bytes) else sdp
+    return _in_dialog(invite, method, cseq, body,
+                      [("Content-Type", "application/sdp")] + list(extra) if body else list(extra))
+
+
+def _hold_sdp(form, version):
+    address = "0.0.0.0" if form == "c=0.0.0.0" else "127.0.0.1"
+    port = 6000 if form == "port unchanged" else 7000
+    sdp = make_offer(address, audio_port=port, video_port=6002, session_id=9, version=version)
+    direction = {"sendonly": "sendonly", "port unchanged": "sendonly",
+                 "inactive": "inactive"}.get(form)
+    if direction:
+        for m in sdp.media:
+            m.attributes = [a for a in m.attributes if a[0] != "sendrecv"] + [(direction, None)]
+    return sdp
+
+
+@pytest.mark.parametrize("form", ["sendonly", "inactive", "c=0.0.0.0", "port unchanged"])
+def test_every_hold_form_pauses_the_rtp_timeout_and_resume_restarts_it(make_ua, sender, clock,
+                                                                         form):
+    """A callee holding (sendonly, inactive, c=0.0.0.0, or only the direction changed) and
+    sending no RTP stays HOLD past rtp_activity_timeout (RFC 3264 §8.4); resume is
+    ESTABLISHED and the timeout counts again from the resume, not from the hold."""
+    ua = make_ua(rtp_activity_timeout=60)
+    invite = _established(ua, sender)
+    ua.transactions.receive(_sdp_offer(invite, 2, _hold_sdp(form, 2)), PEER)
+    ua.transactions.receive(_in_dialog(invite, "ACK", 2), PEER)
+    assert _status(ua) == "HOLD"
+    clock.pump([1] * 100)
+    assert _status(ua) == "HOLD"
+    ua.transactions.receive(_sdp_offer(invite, 3, make_offer(
+        "127.0.0.1", audio_port=6000, video_port=6002, session_id=9, version=3)), PEER)
+    ua.transactions.receive(_in_dialog(invite, "ACK", 3), PEER)
+    assert _status(ua) == "ESTABLISHED"
+    clock.pump([1] * 30)
+    assert _status(ua) == "ESTABLISHED"
+    clock.pump([1] * 31)
+    assert ua.find("call1")[0]["info"] == "Failed by RTP activity"
+
+
+ANSWER_PCMA = (b"v=0\r\no=- 9 5 IN IP4 127.0.0.9\r\ns=-\r\nc=IN IP4 127.0.0.9\r\nt=0 0\r\n"
+               b"m=audio 7100 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+               b"m=video 7102 RTP/AVP 102\r\na=rtpmap:102 H264/90000\r\n"
+               b"a=fmtp:102 profile-level-id=42e01f;packetization-mode=1\r\n")
+
+
+def test_offerless_reinvite_is_completed_by_the_answer_in_the_ack(make_ua, sender, clock):
+    """A re-INVITE without SDP gets our offer (a new o= version, RFC 3264 §8) in the 200;
+    the answer in the ACK (§14.2, §13.3.1.4) moves the media to its address and codec."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    first = SessionDescription.parse(sender.requests("INVITE")[0].body)
+    ua.transactions.receive(_in_dialog(invite, "INVITE", 2), PEER)
+    ok = sender.responses(200)[-1]
+    offer = SessionDescription.parse(ok.body)
+    assert offer.origin.sess_version > first.origin.sess_version
+    ack = _in_dialog(invite, "ACK", 2, ANSWER_PCMA, [("Content-Type", "application/sdp")])
+    ua.transactions.receive(ack, PEER)
+    call = ua.calls["call1"]
+    audio = call.media_session.endpoints["audio"]
+    assert audio.sdp_rtp == ("127.0.0.9", 7100)
+    assert call.stream.audio_codec == "PCMA" and 8 in audio.accepted_pts
+    assert call.remote_sdp == ANSWER_PCMA
+    clock.advance(10)
+    assert len(sender.responses(200)) == 1  # the ACK stopped the 2xx retransmissions
+    assert _status(ua) == "ESTABLISHED"
+
+
+def test_an_unusable_answer_in_the_ack_ends_the_call(make_ua, sender):
+    """An ACK whose answer cannot be used is followed by a BYE (RFC 3261 §13.2.2.4, the
+    UAS side of it): media cannot flow."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    ua.transactions.receive(_in_dialog(invite, "INVITE", 2), PEER)
+    bad = ANSWER_PCMA.replace(b"RTP/AVP 8\r\na=rtpmap:8 PCMA/8000", b"RTP/AVP 18")
+    bad = bad.replace(b"RTP/AVP 102", b"RTP/AVP 34").replace(b"a=rtpmap:102 H264/90000\r\n", b"")
+    ua.transactions.receive(_in_dialog(invite, "ACK", 2, bad, [
+        ("Content-Type", "application/sdp")]), PEER)
+    assert sender.requests("BYE") and _status(ua) == "FAILED"
+
+
+def test_a_retransmitted_reinvite_after_a_lost_200_is_not_refused(make_ua, sender, clock):
+    """RFC 6026 §7.1: the INVITE server transaction stays Accepted after its 2xx, so a
+    retransmitted re-INVITE is absorbed, never handed up as a new request (500 CSeq out of
+    order); the peer gets the 200 again from the 2xx retransmissions."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    reinvite = _sdp_offer(invite, 2, make_offer("127.0.0.1", audio_port=7000, video_port=None,
+                                                session_id=9, version=2))
+    ua.transactions.receive(reinvite, PEER)
+    ua.transactions.receive(parse(bytes(reinvite)), PEER)
+    clock.advance(T1 + 0.01)
+    assert [r.status for r in sender.responses()] == [200, 200]
+
+
+def test_a_refused_reinvite_leaves_the_remote_target_alone(make_ua, sender):
+    """Only a successful re-INVITE refreshes the remote target (§12.2.2): after a 488 the
+    BYE still goes to the first Contact."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    reinvite = _in_dialog(invite, "INVITE", 2, b"v=0\r\nbogus\r\n",
+                          [("Content-Type", "application/sdp")])
+    reinvite.set("Contact", "<sip:bob@127.0.0.1:7777>")
+    ua.transactions.receive(reinvite, PEER)
+    assert [r.status for r in sender.responses()] == [488]
+    ua.terminate("call1")
+    (bye,) = sender.requests("BYE")
+    assert bye.uri.port == 5060
