@@ -1,0 +1,82 @@
+"""The real daemon against SIPp callees that do what PBXs do mid-call and around the
+answer: hold without music, an offerless re-INVITE, 100rel (issue 12)."""
+import itertools
+import time
+
+import pytest
+
+from peers import Sipp, free_port
+from sipgw_daemon import Sipgw
+
+RTP_TIMEOUT = 3
+_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    gw = Sipgw(str(tmp_path_factory.mktemp("sipgw-ext")),
+               rtp_activity_timeout=RTP_TIMEOUT).start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def callee(tmp_path):
+    started = []
+
+    def start(scenario, **kwargs):
+        sipp = Sipp(scenario, port=free_port("udp"), tmpdir=tmp_path, **kwargs).start()
+        started.append(sipp)
+        return sipp
+    yield start
+    for sipp in started:
+        sipp.stop()
+
+
+def _startup(daemon, sipp):
+    call_id = f"x{next(_ids)}"
+    daemon.rest("/call/startup", {
+        "callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
+        "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false",
+        "toStream": f"stream-{call_id}"})
+    return call_id
+
+
+def _hang_up(daemon, sipp, call_id):
+    daemon.rest("/call/terminate", {"callId": call_id})
+    daemon.wait_status(call_id, "FINISH")
+    assert sipp.wait(15) == 0, sipp.errors()
+
+
+def test_hold_sendonly_without_rtp_outlives_the_rtp_timeout_and_resumes(daemon, callee):
+    """A callee holding with a=sendonly and sending no RTP for longer than
+    rtp_activity_timeout stays HOLD, and its resume makes the call ESTABLISHED again."""
+    sipp = callee("uas_hold_sendonly.xml", pause_ms=(RTP_TIMEOUT + 3) * 1000)
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "HOLD")
+    call = daemon.wait_status(call_id, "ESTABLISHED", "FAILED", timeout=RTP_TIMEOUT + 10)
+    assert call["status"] == "ESTABLISHED", call
+    assert call["history"][-3:] == ["ESTABLISHED", "HOLD", "ESTABLISHED"]
+    _hang_up(daemon, sipp, call_id)
+
+
+def _wait(predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_offerless_reinvite_takes_the_answer_in_the_ack(daemon, callee):
+    """A re-INVITE without SDP gets the gateway's offer in the 200; the answer in SIPp's
+    ACK (PCMA on another port) becomes the call's SDP, and the call stays ESTABLISHED."""
+    port = free_port("udp", count=2)
+    sipp = callee("uas_reinvite_offerless.xml", variables={"answer_port": port})
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "ESTABLISHED")
+    moved = f"m=audio {port} RTP/AVP 8"
+    assert _wait(lambda: moved in daemon.call(call_id)["sdp"]), daemon.call(call_id)
+    assert daemon.call(call_id)["status"] == "ESTABLISHED"
+    offer = sipp.received(200)[-1]
+    assert "CSeq: 1 INVITE" in offer.text and "m=audio" in offer.text
+    _hang_up(daemon, sipp, call_id)
