@@ -43,7 +43,8 @@ def _counters() -> dict:
     return {"packets": 0, "bytes": 0, "lost": 0, "jitter": 0, "frames": 0, "keyframes": 0,
             "dropped_frames": 0, "bad_packets": 0, "wrong_source": 0, "wrong_payload_type": 0,
             "bad_payloads": 0, "late": 0, "duplicates": 0, "timestamp_jumps": 0,
-            "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0, "rate_limited": 0}
+            "ssrc_changes": 0, "codec_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0,
+            "rate_limited": 0}
 
 
 class _Socket(protocol.DatagramProtocol):
@@ -117,6 +118,7 @@ class Endpoint:
         """Apply the SDP answer (or a re-INVITE's new address): where to send, what PTs."""
         self.media = media
         self.accepted_pts = {pt for pt in (media.recv_pt, media.codec.pt) if pt is not None}
+        self.accepted_pts.update(media.recv_codecs)  # every codec of the answer's m-line
         dtmf = {pt for pt in (media.recv_dtmf_pt, media.dtmf_pt) if pt is not None}
         self.dtmf_pts = dtmf
         new_rtp = (media.address, media.port)
@@ -240,8 +242,12 @@ class Endpoint:
         if packet.payload_type not in self.accepted_pts:
             return  # telephone-event (or a stray payload type): not part of the stream
         stream = self.session.stream
-        codec = self.media.codec
+        codec = self.media.recv_codecs.get(packet.payload_type, self.media.codec)
         if self.depacketizer is None:
+            if codec.name != stream.audio_codec:  # the peer switched codec (RFC 3264 §5.1)
+                if stream.audio_codec:
+                    self.counters["codec_changes"] += 1
+                stream.audio_codec = codec.name
             self.counters["frames"] += 1
             stream.publish(MediaFrame("audio", codec.name, codec.clock, packet.timestamp,
                                       packet.payload))
