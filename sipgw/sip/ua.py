@@ -37,6 +37,7 @@ from ..rtp.ports import PortPool, PortsExhausted
 log = Logger(namespace="sipgw.sip.ua")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+CREDENTIALS = ("Authorization", "Proxy-Authorization")
 DTMF_DURATION_MS = 160
 PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_control><vc_primitive>'
                        b'<to_encoder><picture_fast_update/></to_encoder></vc_primitive>'
@@ -227,9 +228,11 @@ class Call:
                          error=str(exc))
                 self.set_status(CallStatus.FAILED, f"Bad 200 OK: {exc}")
                 return
+            # §13.2.2.4, §22.1: the ACK carries the INVITE's credentials.
             self.ack = self.dialog.create_request(
                 "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
-                cseq=self.invite.cseq.seq)
+                cseq=self.invite.cseq.seq, headers=[
+                    (k, v) for k, v in self.invite.headers if k in CREDENTIALS])
         elif response.to.tag != self.dialog.remote_tag:
             # A second fork answered (§13.2.2.4): ACK it and hang it up.
             self.ua.ack_and_bye_fork(self, response)
@@ -318,7 +321,31 @@ class Call:
         self._bye_sent = True
         bye = self.dialog.create_request("BYE", via=self.ua.via(self.dest_for_dialog()),
                                          headers=[("User-Agent", self.ua.config.sip_user_agent)])
-        self.ua.send_in_dialog(self, bye, on_response)
+        self.send_request(bye, on_response)
+
+    def send_request(self, request: Request, on_response=None) -> None:
+        """An in-dialog request. A 401/407 to it is answered (§22.2): the request goes again
+        with a new CSeq and branch and credentials for every realm known (§22.3)."""
+        answerer = self._auth.chain() if self._auth is not None else None
+
+        def handle(response: Response) -> None:
+            if response.status in (401, 407) and answerer is not None:
+                credentials = answerer.headers_for(response, request.method, str(request.uri),
+                                                   request.body)
+                if credentials is not None:
+                    self.ua.send_in_dialog(self, self._resubmit(request, credentials), handle)
+                    return
+            if on_response is not None:
+                on_response(response)
+        self.ua.send_in_dialog(self, request, handle)
+
+    def _resubmit(self, request: Request, credentials) -> Request:
+        self.dialog.local_seq += 1
+        headers = [("Via", self.ua.via(self.dest_for_dialog())),
+                   ("CSeq", f"{self.dialog.local_seq} {request.method}")]
+        headers += [(k, v) for k, v in request.headers
+                    if k not in ("Via", "CSeq") and k not in CREDENTIALS]
+        return Request(request.method, request.uri, headers + list(credentials), request.body)
 
     def rtp_timed_out(self) -> None:
         """No RTP for rtp_activity_timeout: hang up and fail (WCS 'Failed by RTP activity')."""
@@ -332,7 +359,7 @@ class Call:
     def send_info(self, content_type: str, body: bytes) -> None:
         info = self.dialog.create_request("INFO", via=self.ua.via(self.dest_for_dialog()),
                                           headers=[("Content-Type", content_type)], body=body)
-        self.ua.send_in_dialog(self, info, lambda r: None)
+        self.send_request(info)
 
 
 class UserAgent:

@@ -1005,3 +1005,50 @@ def test_a_refused_reinvite_leaves_the_remote_target_alone(make_ua, sender):
     ua.terminate("call1")
     (bye,) = sender.requests("BYE")
     assert bye.uri.port == 5060
+
+
+def _challenged_then_established(ua, sender):
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(first, 407, extra=[
+        ("Proxy-Authenticate", 'Digest realm="proxy", nonce="p1", qop="auth"')]), PEER)
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER), PEER)
+    return invite
+
+
+def test_the_ack_for_a_2xx_carries_the_invites_credentials(make_ua, sender):
+    """RFC 3261 §13.2.2.4 / §22.1: the ACK of a 2xx carries the same credentials as the
+    INVITE it acknowledges."""
+    ua = make_ua()
+    invite = _challenged_then_established(ua, sender)
+    ack = sender.requests("ACK")[-1]
+    assert ack.cseq.seq == invite.cseq.seq
+    assert ack.get("Proxy-Authorization") == invite.get("Proxy-Authorization")
+
+
+@pytest.mark.parametrize("method", ["BYE", "INFO"])
+@pytest.mark.parametrize("status", [401, 407])
+def test_an_in_dialog_request_is_retried_on_a_challenge(make_ua, sender, method, status):
+    """A 401/407 to an in-dialog BYE or INFO is answered: the request goes again with a
+    higher CSeq, a new branch and the credentials (§22.2, §22.3); a BYE answered 200 then
+    ends the call."""
+    ua = make_ua()
+    _challenged_then_established(ua, sender)
+    if method == "BYE":
+        ua.terminate("call1")
+    else:
+        ua.send_dtmf("call1", "1", "INFO")
+    first = sender.requests(method)[0]
+    header = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+    ua.transactions.receive(make_response(first, status, extra=[
+        (header, 'Digest realm="pbx", nonce="b1"')]), PEER)
+    assert _status(ua) == "ESTABLISHED"
+    second = sender.requests(method)[1]
+    assert second.cseq.seq == first.cseq.seq + 1
+    assert second.top_via.branch != first.top_via.branch and second.body == first.body
+    credentials = " ".join(second.get_all("Authorization") + second.get_all("Proxy-Authorization"))
+    assert 'realm="pbx"' in credentials and f'uri="{second.uri}"' in credentials
+    assert 'realm="proxy"' in credentials  # the INVITE's realm too (§22.3)
+    ua.transactions.receive(make_response(second, 200), PEER)
+    assert _status(ua) == ("FINISH" if method == "BYE" else "ESTABLISHED")
