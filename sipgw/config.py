@@ -106,6 +106,11 @@ class Config:
     sip_tcp_message_timeout: int = 30
     # DNS (RFC 3263)
     sip_dns_servers: str = ""
+    # SIP extensions: 100rel/PRACK (RFC 3262), session timers (RFC 4028)
+    sip_100rel: bool = True
+    sip_session_timers: bool = True
+    sip_session_expires: int = 1800
+    sip_min_se: int = 90
     # REST hooks: the application server of each appKey (sipgw/hooks.py)
     rest_apps: str = ""
     rest_request_timeout: int = 5
@@ -155,6 +160,9 @@ class Config:
             parse_apps(self.rest_apps, egress.EgressPolicy.from_config(self, "rest"))
         except (policy.PolicyError, ValueError, egress.EgressDenied) as exc:
             raise ConfigError(str(exc)) from None
+        if self.sip_min_se < 90 or self.sip_session_expires < self.sip_min_se:
+            raise ConfigError("sip_min_se must be at least 90 (RFC 4028 §4) and "
+                              "sip_session_expires at least sip_min_se")
         from .sip.resolver import parse_servers
         try:
             parse_servers(self.sip_dns_servers)

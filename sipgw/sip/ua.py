@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import random
 import secrets
 import time
 
@@ -26,6 +27,8 @@ from ..streams.stream import Stream, StreamStatus
 from . import sdp as sdplib
 from .auth import ChallengeAnswerer, DigestClient
 from .dialog import Dialog
+from .prack import ReliableProvisionals
+from .timer import SessionTimer
 from .headers import HeaderError, URI, bracket
 from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
@@ -36,8 +39,9 @@ from ..rtp.ports import PortPool, PortsExhausted
 
 log = Logger(namespace="sipgw.sip.ua")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, PRACK, UPDATE"
 CREDENTIALS = ("Authorization", "Proxy-Authorization")
+SESSION_EXPIRED = "Session timer expired"
 DTMF_DURATION_MS = 160
 PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_control><vc_primitive>'
                        b'<to_encoder><picture_fast_update/></to_encoder></vc_primitive>'
@@ -82,6 +86,14 @@ class Call:
         self._timers: list = []
         self._pending_2xx: tuple | None = None  # (response, reinvite tx) awaiting ACK
         self.reoffer: sdplib.SessionDescription | None = None  # in a 200, answered in the ACK
+        self.reliable = ReliableProvisionals()  # RFC 3262, per INVITE sent
+        self.early: dict[str, Dialog] = {}  # early dialogs by To tag (PRACKs go in them)
+        self.acks: dict[int, Request] = {}  # ACKs of our refresh re-INVITEs, by CSeq
+        self.peer_allow: list[str] = []
+        config = ua.config
+        self.timer = SessionTimer(ua.reactor, expires=config.sip_session_expires,
+                                  min_se=config.sip_min_se, refresh=self.refresh_session,
+                                  expire=self.session_expired) if config.sip_session_timers else None
         self._bye_sent = False
         self.stream = None
         self.media_session = None
@@ -127,6 +139,8 @@ class Call:
             if call.active():
                 call.cancel()
         self._timers = []
+        if self.timer is not None:
+            self.timer.stop()
 
     # -- INVITE ------------------------------------------------------------
     def target_uri(self) -> URI:
@@ -153,11 +167,19 @@ class Call:
                    ("Call-ID", self.sip_call_id), ("CSeq", f"{self.cseq} INVITE"),
                    ("Contact", ua.contact(r.sip_login, self.dest)), ("Allow", ALLOW),
                    ("User-Agent", ua.config.sip_user_agent), ("Content-Type", "application/sdp")]
-        headers += list(auth_headers)
+        headers += self.extension_headers() + list(auth_headers)
         self.invite = Request("INVITE", target, headers, body)
         self.provisional = False
+        self.reliable, self.early = ReliableProvisionals(), {}
         self.invite_tx = ua.transactions.send_request(
             self.invite, self.dest.transport, self.dest.host, self.dest.port, self.on_invite_response)
+
+    def extension_headers(self) -> list[tuple[str, str]]:
+        """Supported (RFC 3262 §3, RFC 4028 §7.1) and the session timer's headers."""
+        config = self.ua.config
+        tags = [t for t, on in (("100rel", config.sip_100rel), ("timer", self.timer)) if on]
+        headers = [("Supported", ", ".join(tags))] if tags else []
+        return headers + (self.timer.request_headers() if self.timer is not None else [])
 
     def on_invite_response(self, response: Response) -> None:
         status = response.status
@@ -166,6 +188,12 @@ class Call:
             self.fail(response.reason)  # our own handler failed (TransactionLayer)
             return
         if status < 200:
+            if self.ua.config.sip_100rel:
+                process, rack = self.reliable.rack(response)
+                if not process:
+                    return  # RFC 3262 §4: a retransmitted (or out of order) reliable 1xx
+                if rack is not None:
+                    self._prack(response, rack)
             self.provisional = True
             if self.cancel_requested:
                 self.send_cancel()
@@ -197,6 +225,12 @@ class Call:
             if headers is not None:
                 self.send_invite(headers)
                 return
+        if (status == 422 and self.timer is not None and not self.cancel_requested
+                and self.timer.too_small(response)):
+            # RFC 4028 §7.4: again with the Min-SE asked for (and the credentials known).
+            self.send_invite(self._auth.credentials("INVITE", str(self.invite.uri),
+                                                    self.invite.body) or ())
+            return
         if self.cancel_requested and status == 487:
             self.set_status(CallStatus.FINISH, self.cancel_reason)
         elif getattr(response, "local", False) and status == 408:
@@ -205,6 +239,21 @@ class Call:
             self.set_status(CallStatus.BUSY, f"{status} {response.reason}")
         else:
             self.set_status(CallStatus.FAILED, f"{status} {response.reason}")
+
+    def _prack(self, response: Response, rack: str) -> None:
+        """RFC 3262 §7.2: PRACK a reliable provisional response in its early dialog."""
+        tag = response.to.tag
+        if not tag:
+            return
+        dialog = self.early.get(tag)
+        if dialog is None:
+            try:
+                dialog = self.early[tag] = Dialog.from_uac(self.invite, response)
+            except (ValueError, HeaderError):
+                return
+        prack = dialog.create_request("PRACK", via=self.ua.via(self.dest_for_dialog(dialog)),
+                                      headers=[("RAck", rack)])
+        self.ua.send_in_dialog(self, prack, dialog=dialog)
 
     def take_answer(self, response: Response) -> None:
         try:
@@ -233,11 +282,14 @@ class Call:
                 "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
                 cseq=self.invite.cseq.seq, headers=[
                     (k, v) for k, v in self.invite.headers if k in CREDENTIALS])
+            early = self.early.get(self.dialog.remote_tag)
+            if early is not None:  # its PRACKs used CSeq numbers of the dialog (RFC 3262 §7.2)
+                self.dialog.local_seq = max(self.dialog.local_seq, early.local_seq)
         elif response.to.tag != self.dialog.remote_tag:
             # A second fork answered (§13.2.2.4): ACK it and hang it up.
             self.ua.ack_and_bye_fork(self, response)
             return
-        self.ua.send_in_dialog(self, self.ack)
+        self.ua.send_in_dialog(self, self.acks.get(response.cseq.seq, self.ack))
         if self.status.ended:
             # The call ended before this answer (ring timeout, a CANCEL that crossed the
             # 200, a local failure): the callee is answered now, so hang it up (§15).
@@ -254,12 +306,62 @@ class Call:
             # Media cannot flow: never show ESTABLISHED while the BYE is outstanding.
             self.send_bye(self.answer_error or NO_COMMON_CODECS, CallStatus.FAILED, wait=False)
             return
+        self.peer_allow = [m.strip().upper() for m in response.get_all("Allow")]
+        if self.timer is not None:
+            self.timer.answered(response)
         self.set_status(CallStatus.ESTABLISHED)
         if self.media_session is not None:
             self.media_session.established()
 
-    def dest_for_dialog(self) -> Destination:
-        return self.ua.in_dialog_destination(self)
+    # -- session timer (RFC 4028) -------------------------------------------------
+    def refresh_session(self) -> None:
+        """§10: refresh by UPDATE when the peer allows it (no SDP), else by re-INVITE with
+        our unchanged offer (RFC 3264 §8: the same o= version)."""
+        if self.status.ended or self.dialog is None:
+            return
+        headers = self.extension_headers()
+        contact = self.ua.contact(self.request.sip_login, self.dest)
+        if "UPDATE" in self.peer_allow:
+            request = self.dialog.create_request("UPDATE", via=self.ua.via(self.dest_for_dialog()),
+                                                 contact=contact, headers=headers)
+        else:
+            request = self.dialog.create_request(
+                "INVITE", via=self.ua.via(self.dest_for_dialog()), contact=contact,
+                headers=headers + [("Content-Type", "application/sdp")], body=bytes(self.offer))
+        self.send_request(request, lambda response: self._refreshed(request, response))
+
+    def _refreshed(self, request: Request, response: Response) -> None:
+        status = response.status
+        if status < 200 or self.status.ended:
+            return
+        if status < 300:
+            if request.method == "INVITE":  # §13.2.2.4: ACK the 2xx, end to end
+                ack = self.acks[response.cseq.seq] = self.dialog.create_request(
+                    "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
+                    cseq=response.cseq.seq,
+                    headers=[(k, v) for k, v in request.headers if k in CREDENTIALS])
+                self.ua.send_in_dialog(self, ack)
+                if response.body:
+                    self.take_answer(response)
+            self.dialog.update_target(response)  # §12.2.1.2: a target refresh
+            self.timer.answered(response)
+        elif status == 422 and self.timer.too_small(response):
+            self.refresh_session()  # RFC 4028 §7.4
+        elif status == 491:
+            self.later(random.uniform(2.1, 4.0), self.refresh_session)  # §14.1, we own the Call-ID
+        elif status in (408, 481):  # §12.2.1.2: the dialog is gone
+            self.send_bye(f"{status} {response.reason}", CallStatus.FAILED, wait=False)
+
+    def session_expired(self) -> None:
+        """RFC 4028 §10: no refresh came within the session interval: BYE."""
+        self.send_bye(SESSION_EXPIRED, CallStatus.FAILED, wait=False)
+
+    def timer_headers(self, request: Request) -> list[tuple[str, str]]:
+        """The session timer headers of our 2xx to a peer's re-INVITE or UPDATE (§9)."""
+        return self.timer.refreshed_by_peer(request) if self.timer is not None else []
+
+    def dest_for_dialog(self, dialog: Dialog | None = None) -> Destination:
+        return self.ua.in_dialog_destination(self, dialog)
 
     # -- ending ------------------------------------------------------------
     def terminate(self, reason: str = TERMINATED_BY_REST) -> None:
@@ -478,36 +580,38 @@ class UserAgent:
         """A Deferred Destination chain for a URI's parts (RFC 3263 §4)."""
         return self.locator.locate(host, port, transport)
 
-    def in_dialog_destination(self, call: Call) -> Destination:
-        """Next hop of an in-dialog request: the top route, else the outbound proxy,
-        else the remote target (§12.2.1.1)."""
-        dialog = call.dialog
+    def in_dialog_destination(self, call: Call, dialog: Dialog | None = None) -> Destination:
+        """Next hop of an in-dialog request (of ``dialog``: an early one, else the call's):
+        the top route, else the outbound proxy, else the remote target (§12.2.1.1)."""
+        dialog = dialog or call.dialog
         if not dialog.route_set and call.request.sip_outbound_proxy:
             return call.dest
         uri = dialog.next_hop()
         transport = uri.params.get("transport", call.dest.transport).upper()
         host = uri.host.strip("[]")
         if not is_ip(host):  # resolved by send_in_dialog (RFC 3263 §4); till then the first hop
-            return call.hops.get(self._named_hop(call), call.dest)
+            return call.hops.get(self._named_hop(call, dialog), call.dest)
         return Destination(transport, host, uri.port or 5060)
 
-    def _named_hop(self, call: Call) -> tuple | None:
+    def _named_hop(self, call: Call, dialog: Dialog | None = None) -> tuple | None:
         """(transport, host, port) of an in-dialog next hop that is a host name, else None."""
-        if call.dialog is None or (not call.dialog.route_set and call.request.sip_outbound_proxy):
+        dialog = dialog or call.dialog
+        if dialog is None or (not dialog.route_set and call.request.sip_outbound_proxy):
             return None
-        uri = call.dialog.next_hop()
+        uri = dialog.next_hop()
         if is_ip(uri.host):
             return None
         transport = uri.params.get("transport")
         return (transport.upper() if transport else None, uri.host, uri.port)
 
-    def send_in_dialog(self, call: Call, request: Request, on_response=None) -> None:
-        hop = self._named_hop(call)
+    def send_in_dialog(self, call: Call, request: Request, on_response=None,
+                       dialog: Dialog | None = None) -> None:
+        hop = self._named_hop(call, dialog)
         if hop is not None and hop not in call.hops:
             # A Route or Contact naming a host: locate it first (RFC 3263 §4).
             def located(dest):
                 call.hops[hop] = self._allowed(hop[1], dest) or dest  # none: refused below
-                self.send_in_dialog(call, request, on_response)
+                self.send_in_dialog(call, request, on_response, dialog)
 
             def failed(failure):
                 log.warn("call {call_id}: cannot resolve {host}: {why}", host=hop[1],
@@ -517,7 +621,7 @@ class UserAgent:
             self.locator.locate(hop[1], hop[2], hop[0], call.dest.transport).addCallbacks(
                 located, failed)
             return
-        dest = self.in_dialog_destination(call)
+        dest = self.in_dialog_destination(call, dialog)
         if not self.egress.allows(hop[1] if hop else dest.host, resolved=dest.host):
             # The peer's Contact or Record-Route names a denied address: send nothing there;
             # the request fails at once as if refused (a BYE still ends the call).
@@ -754,7 +858,7 @@ class UserAgent:
         # sip_answer_unsolicited=false): never retransmitted, no state left behind.
         if method == "OPTIONS":
             tx.respond_once(make_response(request, 200, to_tag=new_tag(), extra=[
-                ("Allow", ALLOW), ("Accept", "application/sdp"),
+                ("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "100rel, timer"),
                 ("User-Agent", self.config.sip_user_agent)]))
             return
         if method == "CANCEL":
@@ -776,6 +880,8 @@ class UserAgent:
             call.set_status(CallStatus.FINISH, NORMAL_CLEARING)
         elif method == "INVITE":
             self._reinvite(call, request, tx)
+        elif method == "UPDATE":
+            self._update(call, request, tx)
         elif method == "INFO":
             tx.respond(make_response(request, 200))
         else:
@@ -795,23 +901,10 @@ class UserAgent:
         body = b""
         if request.body:
             try:
-                offer = sdplib.SessionDescription.parse(request.body)
-                self._session_version += 1
-                ours = call.offer
-                answer, media = sdplib.make_answer(
-                    offer, address=ours.media_address(ours.media[0]),
-                    audio_port=self._our_port(call, "audio"),
-                    video_port=self._our_port(call, "video"),
-                    session_id=ours.origin.sess_id, version=self._session_version)
+                body = self._answer_offer(call, request)
             except sdplib.SDPError as exc:
                 tx.respond(make_response(request, 488, extra=[("Warning", f'399 sipgw "{exc}"')]))
                 return
-            body = bytes(answer)
-            call.remote_media = media
-            if call.media_session is not None:
-                call.media_session.negotiate(media)
-            call.remote_sdp = request.body
-            call.set_status(CallStatus.HOLD if sdplib.is_hold(offer) else CallStatus.ESTABLISHED)
         elif call.offer is not None:
             # §14.2 / RFC 3264 §8: no offer in the re-INVITE: ours goes in the 200, a new
             # version of it; the answer comes in the ACK (see ack()).
@@ -820,13 +913,45 @@ class UserAgent:
                 call.offer.origin, sess_version=self._session_version))
             body = bytes(call.reoffer)
         call.dialog.update_target(request)  # §12.2.2: only a successful re-INVITE refreshes
-        response = make_response(request, 200, extra=[
-            ("Contact", self.contact(call.request.sip_login, call.dest)), ("Allow", ALLOW)]
-            + ([("Content-Type", "application/sdp")] if body else []), body=body)
+        response = self._ok(call, request, body)
         tx.respond(response)
         # §13.3.1.4: the UAS core retransmits 2xx until the ACK arrives.
         call._pending_2xx = (response, tx.source, T1, T1)
         call.later(T1, self._retransmit_2xx, call, response)
+
+    def _update(self, call: Call, request: Request, tx) -> None:
+        """UPDATE (RFC 3311 §5.2): a session refresh (RFC 4028 §9), with or without an offer."""
+        body = b""
+        if request.body:
+            try:
+                body = self._answer_offer(call, request)
+            except sdplib.SDPError as exc:
+                tx.respond(make_response(request, 488, extra=[("Warning", f'399 sipgw "{exc}"')]))
+                return
+        call.dialog.update_target(request)
+        tx.respond(self._ok(call, request, body))
+
+    def _ok(self, call: Call, request: Request, body: bytes) -> Response:
+        return make_response(request, 200, extra=[
+            ("Contact", self.contact(call.request.sip_login, call.dest)), ("Allow", ALLOW)]
+            + call.timer_headers(request)
+            + ([("Content-Type", "application/sdp")] if body else []), body=body)
+
+    def _answer_offer(self, call: Call, request: Request) -> bytes:
+        """Our answer to the peer's offer (RFC 3264 §6), applied to the media; raises SDPError."""
+        offer = sdplib.SessionDescription.parse(request.body)
+        self._session_version += 1
+        ours = call.offer
+        answer, media = sdplib.make_answer(
+            offer, address=ours.media_address(ours.media[0]),
+            audio_port=self._our_port(call, "audio"), video_port=self._our_port(call, "video"),
+            session_id=ours.origin.sess_id, version=self._session_version)
+        call.remote_media = media
+        if call.media_session is not None:
+            call.media_session.negotiate(media)
+        call.remote_sdp = request.body
+        call.set_status(CallStatus.HOLD if sdplib.is_hold(offer) else CallStatus.ESTABLISHED)
+        return bytes(answer)
 
     def _our_port(self, call: Call, kind: str) -> int | None:
         if call.offer is None:

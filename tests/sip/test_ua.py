@@ -1052,3 +1052,130 @@ def test_an_in_dialog_request_is_retried_on_a_challenge(make_ua, sender, method,
     assert 'realm="proxy"' in credentials  # the INVITE's realm too (§22.3)
     ua.transactions.receive(make_response(second, 200), PEER)
     assert _status(ua) == ("FINISH" if method == "BYE" else "ESTABLISHED")
+
+
+def test_invite_advertises_100rel_timer_and_update(make_ua, sender):
+    """The INVITE says Supported: 100rel, timer (RFC 3262 §3, RFC 4028 §7.1), asks for
+    sip_session_expires with Min-SE, and allows PRACK and UPDATE; each can be turned off."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    assert invite.get_all("Supported") == ["100rel", "timer"]
+    assert (invite.get("Session-Expires"), invite.get("Min-SE")) == ("1800", "90")
+    assert {"PRACK", "UPDATE"} <= set(invite.get_all("Allow"))
+    off = make_ua(sip_100rel=False, sip_session_timers=False)
+    off.startup(_call(call_id="call2", to_stream="s2"))
+    invite = sender.requests("INVITE")[-1]
+    assert invite.get("Supported") is None and invite.get("Session-Expires") is None
+
+
+def _reliable(invite, rseq, status=183, tag="b1"):
+    return _reply(invite, status, tag=tag, body=ANSWER, extra=[
+        ("Require", "100rel"), ("RSeq", str(rseq))])
+
+
+def test_reliable_provisional_is_pracked_once_in_its_early_dialog(make_ua, sender):
+    """A 183 with Require: 100rel is PRACKed (RFC 3262 §7.2: RAck 'RSeq CSeq INVITE', in the
+    early dialog, the next CSeq); its retransmission is not; the next RSeq is; the BYE after
+    the 200 takes a CSeq above the PRACKs'."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reliable(invite, 7), PEER)
+    (prack,) = sender.requests("PRACK")
+    assert prack.get("RAck") == f"7 {invite.cseq.seq} INVITE"
+    assert prack.to.tag == "b1" and prack.cseq.seq == invite.cseq.seq + 1
+    assert prack.uri.port == 5060 and prack.call_id == invite.call_id
+    assert _status(ua) == "RING_MEDIA"
+    ua.transactions.receive(_reliable(invite, 7), PEER)  # retransmitted
+    ua.transactions.receive(_reliable(invite, 9), PEER)  # out of order
+    assert len(sender.requests("PRACK")) == 1
+    ua.transactions.receive(_reliable(invite, 8, status=180), PEER)
+    assert [p.get("RAck") for p in sender.requests("PRACK")][-1] == f"8 {invite.cseq.seq} INVITE"
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER), PEER)
+    assert sender.requests("ACK")[-1].cseq.seq == invite.cseq.seq
+    ua.terminate("call1")
+    assert sender.requests("BYE")[0].cseq.seq == invite.cseq.seq + 3
+
+
+def test_100rel_off_sends_no_prack(make_ua, sender):
+    """sip_100rel=false: reliable provisionals are read as plain ones, never PRACKed."""
+    ua = make_ua(sip_100rel=False)
+    ua.startup(_call())
+    ua.transactions.receive(_reliable(sender.requests("INVITE")[0], 1), PEER)
+    assert sender.requests("PRACK") == [] and _status(ua) == "RING_MEDIA"
+
+
+def test_422_is_retried_with_the_min_se_asked_for(make_ua, sender):
+    """422 Session Interval Too Small (RFC 4028 §7.4): the INVITE goes again with its
+    Min-SE as Session-Expires and Min-SE; a 422 asking for no more fails the call."""
+    ua = make_ua()
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(first, 422, extra=[("Min-SE", "3600")]), PEER)
+    second = sender.requests("INVITE")[1]
+    assert second.cseq.seq == first.cseq.seq + 1
+    assert (second.get("Session-Expires"), second.get("Min-SE")) == ("3600", "3600")
+    ua.transactions.receive(_reply(second, 422, extra=[("Min-SE", "3600")]), PEER)
+    assert len(sender.requests("INVITE")) == 2 and _status(ua) == "FAILED"
+
+
+def _timed(ua, sender, session_expires, allow="INVITE, ACK, BYE, UPDATE"):
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER, extra=[
+        ("Session-Expires", session_expires), ("Require", "timer"), ("Allow", allow)]), PEER)
+    return invite
+
+
+@pytest.mark.parametrize("allow,method", [("INVITE, ACK, BYE, UPDATE", "UPDATE"),
+                                          ("INVITE, ACK, BYE", "INVITE")])
+def test_sipgw_refreshes_at_half_the_interval_when_it_is_the_refresher(make_ua, sender, clock,
+                                                                       allow, method):
+    """refresher=uac in the 2xx: sipgw refreshes at half the interval (RFC 4028 §10) by UPDATE
+    when the callee allows it, else by re-INVITE (ACKed with its own CSeq), and again after."""
+    ua = make_ua(rtp_activity_timeout=0)
+    _timed(ua, sender, "180;refresher=uac", allow)
+    before = len(sender.requests(method))
+    clock.advance(89)
+    assert len(sender.requests(method)) == before
+    clock.advance(1.01)
+    refresh = sender.requests(method)[-1]
+    assert len(sender.requests(method)) == before + 1
+    assert refresh.get("Session-Expires") == "180;refresher=uac"
+    assert "timer" in refresh.get_all("Supported")
+    ua.transactions.receive(_reply(refresh, 200, body=ANSWER if method == "INVITE" else b"",
+                                   extra=[("Session-Expires", "180;refresher=uac")]), PEER)
+    if method == "INVITE":
+        assert sender.requests("ACK")[-1].cseq.seq == refresh.cseq.seq
+    clock.pump([1] * 91)
+    assert len({r.cseq.seq for r in sender.requests(method)}) == before + 2
+    assert _status(ua) == "ESTABLISHED"
+
+
+def test_no_refresh_from_the_callee_ends_the_call_with_bye(make_ua, sender, clock):
+    """refresher=uas: the callee refreshes; an UPDATE from it is answered with the interval
+    and Require: timer and restarts the timer; without one the call is BYEd before the
+    interval ends (RFC 4028 §10: the interval minus min(32, a third of it))."""
+    ua = make_ua(rtp_activity_timeout=0)
+    invite = _timed(ua, sender, "180;refresher=uas")
+    clock.advance(100)
+    ua.transactions.receive(_in_dialog(invite, "UPDATE", 1, extra=[
+        ("Session-Expires", "180;refresher=uac"), ("Supported", "timer")]), PEER)
+    ok = sender.responses(200)[-1]
+    assert ok.get("Session-Expires") == "180;refresher=uac" and ok.get("Require") == "timer"
+    clock.advance(147)
+    assert sender.requests("BYE") == [] and _status(ua) == "ESTABLISHED"
+    clock.advance(2)
+    assert sender.requests("BYE")
+    call = ua.find("call1")[0]
+    assert (call["status"], call["info"]) == ("FAILED", "Session timer expired")
+
+
+def test_a_refresh_answered_481_ends_the_call(make_ua, sender, clock):
+    """A 481 to our refresh (§12.2.1.2) means the dialog is gone: the call ends."""
+    ua = make_ua(rtp_activity_timeout=0)
+    _timed(ua, sender, "180;refresher=uac")
+    clock.advance(90.01)
+    ua.transactions.receive(make_response(sender.requests("UPDATE")[-1], 481), PEER)
+    assert _status(ua) == "FAILED"
