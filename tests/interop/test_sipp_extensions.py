@@ -80,3 +80,18 @@ def test_offerless_reinvite_takes_the_answer_in_the_ack(daemon, callee):
     offer = sipp.received(200)[-1]
     assert "CSeq: 1 INVITE" in offer.text and "m=audio" in offer.text
     _hang_up(daemon, sipp, call_id)
+
+
+def test_reliable_183_is_pracked_then_the_call_is_answered(daemon, callee):
+    """A 183 with Require: 100rel and SDP is PRACKed (RAck: its RSeq and the INVITE's
+    CSeq, RFC 3262 §7.2); the 200 that follows makes the call ESTABLISHED."""
+    sipp = callee("uas_183_100rel_200.xml")
+    call_id = _startup(daemon, sipp)
+    call = daemon.wait_status(call_id, "ESTABLISHED")
+    assert "RING_MEDIA" in call["history"]
+    (invite,) = sipp.received("INVITE")
+    assert "100rel" in invite.header("Supported")
+    cseq = invite.header("CSeq").split()[0]
+    (prack,) = sipp.received("PRACK")
+    assert prack.header("RAck") == f"1 {cseq} INVITE"
+    _hang_up(daemon, sipp, call_id)
