@@ -32,7 +32,7 @@ from .timer import SessionTimer
 from .headers import HeaderError, URI, bracket
 from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
-from .registration import Registration, account_key, new_tag
+from .registration import Registration, RegistrationIds, account_key, new_tag
 from .resolver import Destination, Locator, fails_over, send_with_failover
 from .transport import TransportLayer, is_ip
 from ..rtp.ports import PortPool, PortsExhausted
@@ -495,6 +495,7 @@ class UserAgent:
         self.by_sip_call_id: dict[str, Call] = {}
         self.streams = streams if streams is not None else StreamRegistry()
         self.registrations: dict[tuple, Registration] = {}
+        self.register_ids = RegistrationIds()  # one Call-ID per account per boot (§10.2)
         self.egress = EgressPolicy.from_config(config, "sip")
         self._ended: collections.deque[Call] = collections.deque()  # in order of ending
         self._prune_timer = None

@@ -1179,3 +1179,52 @@ def test_a_refresh_answered_481_ends_the_call(make_ua, sender, clock):
     clock.advance(90.01)
     ua.transactions.receive(make_response(sender.requests("UPDATE")[-1], 481), PEER)
     assert _status(ua) == "FAILED"
+
+
+def test_423_is_retried_with_min_expires(make_ua, sender, clock):
+    """423 Interval Too Brief (RFC 3261 §10.2.8): the REGISTER goes again asking for its
+    Min-Expires, and later refreshes ask for that too."""
+    ua = make_ua(sip_register_expires=60, sip_ring_timeout=0)
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 423, to_tag="r", extra=[("Min-Expires", "300")]),
+                            PEER)
+    reg2 = sender.requests("REGISTER")[1]
+    assert reg2.get("Expires") == "300" and reg2.cseq.seq == reg.cseq.seq + 1
+    ua.transactions.receive(make_response(reg2, 200, to_tag="r", extra=[("Expires", "300")]), PEER)
+    assert sender.requests("INVITE")
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 180), PEER)
+    clock.advance(290)
+    assert sender.requests("REGISTER")[-1].get("Expires") == "300"
+
+
+def test_expiry_is_read_from_the_contact_that_is_exactly_ours(make_ua, sender, clock):
+    """Another binding of the same host (another port, another user) is not ours: the
+    expiry granted is the one on our exact Contact (RFC 3261 §10.2.4), 60 s here."""
+    ua = make_ua()
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[
+        ("Contact", "<sip:alice@127.0.0.1:5099>;expires=3600"),
+        ("Contact", "<sip:bob@127.0.0.1:5070>;expires=3600"),
+        ("Contact", "<sip:alice@127.0.0.1:5070>;expires=60")]), PEER)
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 180), PEER)
+    clock.advance(50)
+    assert len(sender.requests("REGISTER")) == 2
+
+
+def test_one_call_id_per_account_per_boot(make_ua, sender):
+    """Every REGISTER of one account in one run shares a Call-ID, its CSeq always rising
+    (RFC 3261 §10.2), even after the binding was removed and made again."""
+    ua = make_ua()
+    for n in (1, 2):
+        ua.startup(_call(call_id=f"call{n}", to_stream=f"s{n}", sip_register_required=True))
+        reg = sender.requests("REGISTER")[-1]
+        ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[("Expires", "600")]),
+                                PEER)
+        ua.transactions.receive(_reply(sender.requests("INVITE")[-1], 486), PEER)
+        ua.transactions.receive(make_response(sender.requests("REGISTER")[-1], 200, to_tag="r"),
+                                PEER)
+    registers = sender.requests("REGISTER")
+    assert len(registers) == 4 and len({r.call_id for r in registers}) == 1
+    assert [r.cseq.seq for r in registers] == [1, 2, 3, 4]
