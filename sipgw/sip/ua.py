@@ -27,6 +27,7 @@ from ..streams.stream import Stream, StreamStatus
 from . import sdp as sdplib
 from .auth import ChallengeAnswerer, DigestClient
 from .dialog import Dialog
+from . import redirect
 from .prack import ReliableProvisionals
 from .timer import SessionTimer
 from .headers import HeaderError, URI, bracket
@@ -90,6 +91,9 @@ class Call:
         self.early: dict[str, Dialog] = {}  # early dialogs by To tag (PRACKs go in them)
         self.acks: dict[int, Request] = {}  # ACKs of our refresh re-INVITEs, by CSeq
         self.peer_allow: list[str] = []
+        self.target: URI | None = None  # the Request-URI a redirect gave (§8.1.3.4)
+        self.tried: set[tuple] = set()  # targets the INVITE went to (loop detection)
+        self.redirects = 0
         config = ua.config
         self.timer = SessionTimer(ua.reactor, expires=config.sip_session_expires,
                                   min_se=config.sip_min_se, refresh=self.refresh_session,
@@ -144,6 +148,8 @@ class Call:
 
     # -- INVITE ------------------------------------------------------------
     def target_uri(self) -> URI:
+        if self.target is not None:
+            return self.target
         r = self.request
         user, _, host = r.callee.partition("@")
         port = None
@@ -219,6 +225,8 @@ class Call:
             self.dest = self.dest.next()
             self.send_invite()
             return
+        if 300 <= status < 400 and not self.cancel_requested and self._redirect(response):
+            return
         if status in (401, 407) and not self.cancel_requested:
             headers = self._auth.headers_for(response, "INVITE", str(self.invite.uri),
                                              self.invite.body)
@@ -239,6 +247,27 @@ class Call:
             self.set_status(CallStatus.BUSY, f"{status} {response.reason}")
         else:
             self.set_status(CallStatus.FAILED, f"{status} {response.reason}")
+
+    def _redirect(self, response: Response) -> bool:
+        """§8.1.3.4: the INVITE again to the best Contact of a 3xx (305: through it), at most
+        sip_max_redirects times, never to a target tried before (a loop)."""
+        if self.redirects >= self.ua.config.sip_max_redirects:
+            return False
+        self.tried.add(redirect.key(self.invite.uri))
+        uri = redirect.next_target(response, self.tried)
+        if uri is None:
+            return False
+        self.redirects += 1
+        self.tried.add(redirect.key(uri))
+        proxy = response.status == 305  # §21.3.6: the same request, through that proxy
+        if not proxy:
+            self.target = uri
+        log.info("call {call_id}: {status} to {uri}", call_id=self.request.call_id,
+                 status=response.status, uri=str(uri))
+        self.invite = None  # till the next INVITE goes, /call/terminate ends the call at once
+        defer.ensureDeferred(self.ua.follow(self, uri, proxy)).addErrback(
+            self.ua._place_failed, self)
+        return True
 
     def _prack(self, response: Response, rack: str) -> None:
         """RFC 3262 §7.2: PRACK a reliable provisional response in its early dialog."""
@@ -719,6 +748,26 @@ class UserAgent:
         call.send_invite()
         if self.config.sip_ring_timeout:
             call.later(self.config.sip_ring_timeout, self._ring_timeout, call)
+
+    async def follow(self, call: Call, uri: URI, proxy: bool) -> None:
+        """Send a redirected INVITE (§8.1.3.4) to the new target's host, or through the
+        outbound proxy when there is one; a 305's proxy is always used."""
+        if proxy or not call.request.sip_outbound_proxy:
+            host, transport = uri.host.strip("[]"), uri.params.get("transport")
+            try:
+                dest = await self.resolve(transport.upper() if transport else None, host,
+                                          uri.port)
+            except Exception as exc:
+                call.set_status(CallStatus.FAILED,
+                                f"Cannot resolve {host}: {exc.__class__.__name__}")
+                return
+            allowed = self._allowed(host, dest)
+            if allowed is None:
+                call.set_status(CallStatus.FAILED, f"Redirect to {host} denied by sip_egress")
+                return
+            call.dest = allowed
+        if not call.status.ended:
+            call.send_invite()
 
     def _place_failed(self, failure, call: Call) -> None:
         reason = failure.getErrorMessage() if failure.check(CallError) else "Internal error"

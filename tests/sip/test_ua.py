@@ -1228,3 +1228,73 @@ def test_one_call_id_per_account_per_boot(make_ua, sender):
     registers = sender.requests("REGISTER")
     assert len(registers) == 4 and len({r.call_id for r in registers}) == 1
     assert [r.cseq.seq for r in registers] == [1, 2, 3, 4]
+
+
+def _redirect(invite, status=302, *contacts):
+    return make_response(invite, status, to_tag="r1", extra=[("Contact", c) for c in contacts])
+
+
+def test_302_is_followed_to_the_best_contact(make_ua, sender):
+    """A 302 sends the INVITE again (RFC 3261 §8.1.3.4) to its highest-q Contact, at that
+    host, with the same Call-ID and From tag and the next CSeq; the new target answers."""
+    ua = make_ua()
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_redirect(first, 302, "<sip:carol@127.0.0.3:5064>;q=0.5",
+                                      "<sip:dave@127.0.0.2:5062>;q=0.9"), PEER)
+    second = sender.requests("INVITE")[1]
+    (_, _, host, port) = sender.sent[-1]
+    assert str(second.uri) == "sip:dave@127.0.0.2:5062" and (host, port) == ("127.0.0.2", 5062)
+    assert second.call_id == first.call_id and second.from_.tag == first.from_.tag
+    assert second.cseq.seq == first.cseq.seq + 1
+    ua.transactions.receive(_reply(second, 200, body=ANSWER), PEER)
+    assert _status(ua) == "ESTABLISHED"
+
+
+def test_a_redirect_loop_and_the_hop_limit_stop_the_call(make_ua, sender):
+    """A redirect back to a target already tried is not followed (a loop), nor one beyond
+    sip_max_redirects: the call fails with the 3xx."""
+    ua = make_ua()
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_redirect(first, 302, "<sip:dave@127.0.0.2:5062>"), PEER)
+    second = sender.requests("INVITE")[1]
+    ua.transactions.receive(_redirect(second, 302, f"<{first.uri}>"), PEER)
+    assert len(sender.requests("INVITE")) == 2
+    call = ua.find("call1")[0]
+    assert call["status"] == "FAILED" and call["info"].startswith("302")
+    limited = make_ua(sip_max_redirects=1)
+    limited.startup(_call(call_id="c2", to_stream="s2"))
+    invite = sender.requests("INVITE")[-1]
+    limited.transactions.receive(_redirect(invite, 301, "<sip:e@127.0.0.4>"), PEER)
+    invite = sender.requests("INVITE")[-1]
+    limited.transactions.receive(_redirect(invite, 301, "<sip:f@127.0.0.5>"), PEER)
+    assert str(sender.requests("INVITE")[-1].uri) == "sip:e@127.0.0.4"
+    assert limited.find("c2")[0]["status"] == "FAILED"
+
+
+def test_305_sends_the_same_request_through_the_proxy_named(make_ua, sender):
+    """305 Use Proxy (§21.3.6): the same Request-URI, sent to the proxy of the Contact."""
+    ua = make_ua()
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_redirect(first, 305, "<sip:127.0.0.7:5080;lr>"), PEER)
+    second = sender.requests("INVITE")[1]
+    (_, _, host, port) = sender.sent[-1]
+    assert second.uri == first.uri and (host, port) == ("127.0.0.7", 5080)
+
+
+def test_terminate_while_a_redirect_is_followed_ends_the_call(make_ua, sender, monkeypatch):
+    """/call/terminate between a 302 and the next INVITE ends the call at once."""
+    from twisted.internet import defer
+    ua = make_ua()
+    ua.startup(_call())
+    pending = defer.Deferred()
+    monkeypatch.setattr(ua, "resolve", lambda *a: pending)
+    ua.transactions.receive(_redirect(sender.requests("INVITE")[0], 302,
+                                      "<sip:dave@127.0.0.2:5062>"), PEER)
+    ua.terminate("call1")
+    assert _status(ua) == "FINISH"
+    from sipgw.sip.resolver import Destination
+    pending.callback(Destination("UDP", "127.0.0.2", 5062))
+    assert len(sender.requests("INVITE")) == 1
