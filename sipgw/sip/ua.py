@@ -28,6 +28,7 @@ from . import sdp as sdplib
 from .auth import ChallengeAnswerer, DigestClient
 from .dialog import Dialog
 from . import redirect
+from .body import sdp_of
 from .prack import ReliableProvisionals
 from .timer import SessionTimer
 from .headers import HeaderError, URI, bracket
@@ -172,6 +173,7 @@ class Call:
                    ("From", f"{display}<{aor}>;tag={self.local_tag}"), ("To", f"<{target}>"),
                    ("Call-ID", self.sip_call_id), ("CSeq", f"{self.cseq} INVITE"),
                    ("Contact", ua.contact(r.sip_login, self.dest)), ("Allow", ALLOW),
+                   ("Accept", "application/sdp"),
                    ("User-Agent", ua.config.sip_user_agent), ("Content-Type", "application/sdp")]
         headers += self.extension_headers() + list(auth_headers)
         self.invite = Request("INVITE", target, headers, body)
@@ -206,7 +208,7 @@ class Call:
                 return
             if status == 100:
                 self.set_status(CallStatus.TRYING)
-            elif response.body and response.content_type == "application/sdp":
+            elif sdp_of(response):
                 self.take_answer(response)
                 self.set_status(CallStatus.RING_MEDIA)
             elif status == 183:
@@ -285,15 +287,16 @@ class Call:
         self.ua.send_in_dialog(self, prack, dialog=dialog)
 
     def take_answer(self, response: Response) -> None:
+        body = sdp_of(response)
         try:
-            answer = sdplib.SessionDescription.parse(response.body)
+            answer = sdplib.SessionDescription.parse(body)
             self.media = sdplib.negotiate(self.offer, answer)
         except sdplib.SDPError as exc:
             log.warn("call {call_id}: unusable SDP answer: {error}",
                      call_id=self.request.call_id, error=str(exc))
             self.answer_error = str(exc)
             return
-        self.remote_sdp = response.body
+        self.remote_sdp = body
         if self.media_session is not None:
             self.media_session.negotiate(self.media)
 
@@ -949,7 +952,7 @@ class UserAgent:
             tx.respond(make_response(request, 491))
             return
         body = b""
-        if request.body:
+        if sdp_of(request):
             try:
                 body = self._answer_offer(call, request)
             except sdplib.SDPError as exc:
@@ -972,7 +975,7 @@ class UserAgent:
     def _update(self, call: Call, request: Request, tx) -> None:
         """UPDATE (RFC 3311 §5.2): a session refresh (RFC 4028 §9), with or without an offer."""
         body = b""
-        if request.body:
+        if sdp_of(request):
             try:
                 body = self._answer_offer(call, request)
             except sdplib.SDPError as exc:
@@ -989,7 +992,7 @@ class UserAgent:
 
     def _answer_offer(self, call: Call, request: Request) -> bytes:
         """Our answer to the peer's offer (RFC 3264 §6), applied to the media; raises SDPError."""
-        offer = sdplib.SessionDescription.parse(request.body)
+        offer = sdplib.SessionDescription.parse(sdp_of(request))
         self._session_version += 1
         ours = call.offer
         answer, media = sdplib.make_answer(
@@ -999,7 +1002,7 @@ class UserAgent:
         call.remote_media = media
         if call.media_session is not None:
             call.media_session.negotiate(media)
-        call.remote_sdp = request.body
+        call.remote_sdp = sdp_of(request)
         call.set_status(CallStatus.HOLD if sdplib.is_hold(offer) else CallStatus.ESTABLISHED)
         return bytes(answer)
 
@@ -1037,15 +1040,16 @@ class UserAgent:
     def _ack_answer(self, call: Call, offer, request: Request) -> None:
         """The answer to the offer of our 200 to an offerless re-INVITE (§13.3.1.4, §14.2):
         media moves to its address and codec; none or an unusable one ends the call."""
+        body = sdp_of(request)
         try:
-            if not request.body:
+            if not body:
                 raise sdplib.SDPError("no SDP answer in the ACK")
-            answer = sdplib.SessionDescription.parse(request.body)
+            answer = sdplib.SessionDescription.parse(body)
             media = sdplib.negotiate(offer, answer)
         except sdplib.SDPError as exc:
             call.send_bye(f"Bad answer in ACK: {exc}", CallStatus.FAILED, wait=False)
             return
-        call.remote_media, call.remote_sdp = media, request.body
+        call.remote_media, call.remote_sdp = media, body
         if call.media_session is not None:
             call.media_session.negotiate(media)
         call.set_status(CallStatus.HOLD if sdplib.is_hold(answer) else CallStatus.ESTABLISHED)

@@ -1298,3 +1298,26 @@ def test_terminate_while_a_redirect_is_followed_ends_the_call(make_ua, sender, m
     from sipgw.sip.resolver import Destination
     pending.callback(Destination("UDP", "127.0.0.2", 5062))
     assert len(sender.requests("INVITE")) == 1
+
+
+def test_invite_says_it_accepts_sdp(make_ua, sender):
+    """The INVITE carries Accept: application/sdp (RFC 3261 §20.1)."""
+    ua = make_ua()
+    ua.startup(_call())
+    assert sender.requests("INVITE")[0].get("Accept") == "application/sdp"
+
+
+def test_an_answer_in_a_multipart_body_is_found(make_ua, sender):
+    """A 200 whose body is multipart/mixed (SDP beside ISUP or a PIDF) is searched for its
+    application/sdp part (RFC 5621 §3), which is the answer."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    body = (b"--b1\r\nContent-Type: application/isup;version=itu-t92+\r\n\r\n\x01\x02\r\n"
+            b"--b1\r\nContent-Type: application/sdp\r\n\r\n" + ANSWER + b"\r\n--b1--\r\n")
+    ok = make_response(invite, 200, to_tag="b1", body=body, extra=[
+        ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", 'multipart/mixed;boundary="b1"')])
+    ua.transactions.receive(ok, PEER)
+    call = ua.find("call1")[0]
+    assert call["status"] == "ESTABLISHED" and call["sdp"].startswith("v=0")
+    assert ua.calls["call1"].media["audio"].port == 6000
