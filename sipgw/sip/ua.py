@@ -184,10 +184,8 @@ class Call:
 
     def extension_headers(self) -> list[tuple[str, str]]:
         """Supported (RFC 3262 §3, RFC 4028 §7.1) and the session timer's headers."""
-        config = self.ua.config
-        tags = [t for t, on in (("100rel", config.sip_100rel), ("timer", self.timer)) if on]
-        headers = [("Supported", ", ".join(tags))] if tags else []
-        return headers + (self.timer.request_headers() if self.timer is not None else [])
+        timer = self.timer.request_headers() if self.timer is not None else []
+        return self.ua.supported() + timer
 
     def on_invite_response(self, response: Response) -> None:
         status = response.status
@@ -582,6 +580,13 @@ class UserAgent:
         self.unregistered += removed
         self._check_drained()
 
+    def supported(self) -> list[tuple[str, str]]:
+        """The Supported header of the extensions turned on (RFC 3262 §3, RFC 4028 §3)."""
+        config = self.config
+        tags = [t for t, on in (("100rel", config.sip_100rel),
+                                ("timer", config.sip_session_timers)) if on]
+        return [("Supported", ", ".join(tags))] if tags else []
+
     # -- addressing --------------------------------------------------------
     def via(self, dest: Destination, branch: str | None = None) -> str:
         host = bracket(self.transport.sent_by(dest.host))
@@ -911,7 +916,7 @@ class UserAgent:
         # sip_answer_unsolicited=false): never retransmitted, no state left behind.
         if method == "OPTIONS":
             tx.respond_once(make_response(request, 200, to_tag=new_tag(), extra=[
-                ("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", "100rel, timer"),
+                ("Allow", ALLOW), ("Accept", "application/sdp"), *self.supported(),
                 ("User-Agent", self.config.sip_user_agent)]))
             return
         if method == "CANCEL":
@@ -951,14 +956,10 @@ class UserAgent:
         if call._pending_2xx is not None:
             tx.respond(make_response(request, 491))
             return
-        body = b""
-        if sdp_of(request):
-            try:
-                body = self._answer_offer(call, request)
-            except sdplib.SDPError as exc:
-                tx.respond(make_response(request, 488, extra=[("Warning", f'399 sipgw "{exc}"')]))
-                return
-        elif call.offer is not None:
+        body = self._answer_or_488(call, request, tx)
+        if body is None:
+            return
+        if not body and call.offer is not None:
             # §14.2 / RFC 3264 §8: no offer in the re-INVITE: ours goes in the 200, a new
             # version of it; the answer comes in the ACK (see ack()).
             self._session_version += 1
@@ -974,15 +975,21 @@ class UserAgent:
 
     def _update(self, call: Call, request: Request, tx) -> None:
         """UPDATE (RFC 3311 §5.2): a session refresh (RFC 4028 §9), with or without an offer."""
-        body = b""
-        if sdp_of(request):
-            try:
-                body = self._answer_offer(call, request)
-            except sdplib.SDPError as exc:
-                tx.respond(make_response(request, 488, extra=[("Warning", f'399 sipgw "{exc}"')]))
-                return
-        call.dialog.update_target(request)
-        tx.respond(self._ok(call, request, body))
+        body = self._answer_or_488(call, request, tx)
+        if body is not None:
+            call.dialog.update_target(request)
+            tx.respond(self._ok(call, request, body))
+
+    def _answer_or_488(self, call: Call, request: Request, tx) -> bytes | None:
+        """Our SDP answer to the request's offer (b"" without one), or None once an
+        unusable offer was answered 488 (RFC 3261 §14.2)."""
+        if not sdp_of(request):
+            return b""
+        try:
+            return self._answer_offer(call, request)
+        except sdplib.SDPError as exc:
+            tx.respond(make_response(request, 488, extra=[("Warning", f'399 sipgw "{exc}"')]))
+            return None
 
     def _ok(self, call: Call, request: Request, body: bytes) -> Response:
         return make_response(request, 200, extra=[
