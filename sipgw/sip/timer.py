@@ -71,14 +71,18 @@ class SessionTimer:
 
     def refreshed_by_peer(self, request) -> list[tuple[str, str]]:
         """A re-INVITE or UPDATE from the peer (§9): the headers of our 2xx, timers reset.
-        Without a refresher in the request we pick the peer if it supports timers."""
+        Without a refresher in the request we pick the peer if it supports timers; without
+        Session-Expires the refresher stays who it was (the peer only if it supports them)."""
         value = request.get("Session-Expires")
         interval = _delta(value) or self.interval
         if interval is None:
             return []
         interval = max(interval, self.min_se)
         peer_can = supports(request, OPTION_TAG)
-        refresher = (_refresher(value) if value else None) or ("uac" if peer_can else "uas")
+        if value:
+            refresher = _refresher(value) or ("uac" if peer_can else "uas")
+        else:  # "uac" names the peer here, the UAC of its request
+            refresher = "uac" if peer_can and not self.we_refresh else "uas"
         self._start(interval, refresher == "uas")  # "uac" there is the peer
         headers = [("Session-Expires", f"{interval};refresher={refresher}")]
         return headers + ([("Require", OPTION_TAG)] if refresher == "uac" else [])

@@ -264,7 +264,7 @@ class Call:
             self.target = uri
         log.info("call {call_id}: {status} to {uri}", call_id=self.request.call_id,
                  status=response.status, uri=str(uri))
-        self.invite = None  # till the next INVITE goes, /call/terminate ends the call at once
+        self.invite, self.provisional = None, False  # till the next INVITE: nothing to CANCEL
         defer.ensureDeferred(self.ua.follow(self, uri, proxy)).addErrback(
             self.ua._place_failed, self)
         return True
@@ -1064,7 +1064,8 @@ class UserAgent:
     def stray_response(self, response: Response, source) -> None:
         """2xx retransmissions of an INVITE arrive here (§13.2.2.4): ACK again."""
         call = self._call_for(response)
-        if call is not None and response.cseq.method == "INVITE" and 200 <= response.status < 300:
+        if (call is not None and call.invite is not None and response.cseq.method == "INVITE"
+                and 200 <= response.status < 300):
             call.on_2xx(response)
 
     def ack_and_bye_fork(self, call: Call, response: Response) -> None:

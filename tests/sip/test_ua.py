@@ -1321,3 +1321,18 @@ def test_an_answer_in_a_multipart_body_is_found(make_ua, sender):
     call = ua.find("call1")[0]
     assert call["status"] == "ESTABLISHED" and call["sdp"].startswith("v=0")
     assert ua.calls["call1"].media["audio"].port == 6000
+
+
+def test_a_hold_reinvite_without_session_expires_keeps_sipgw_the_refresher(make_ua, sender,
+                                                                           clock):
+    """RFC 4028 §9: a peer's re-INVITE without Session-Expires (a hold) does not hand the
+    refreshing to it: our 200 says refresher=uas and sipgw goes on refreshing."""
+    ua = make_ua(rtp_activity_timeout=0)
+    invite = _timed(ua, sender, "180;refresher=uac")
+    clock.advance(60)
+    ua.transactions.receive(_sdp_offer(invite, 1, _hold_sdp("inactive", 2), extra=[
+        ("Supported", "timer")]), PEER)
+    assert sender.responses(200)[-1].get("Session-Expires") == "180;refresher=uas"
+    ua.transactions.receive(_in_dialog(invite, "ACK", 1), PEER)
+    clock.pump([1] * 91)
+    assert sender.requests("UPDATE") and _status(ua) == "HOLD"
