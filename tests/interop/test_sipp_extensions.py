@@ -1,6 +1,8 @@
 """The real daemon against SIPp callees that do what PBXs do mid-call and around the
-answer: hold without music, an offerless re-INVITE, 100rel (issue 12)."""
+answer: hold without music, an offerless re-INVITE, 100rel, a 407 to BYE, a 302 (issue 12)."""
+import hashlib
 import itertools
+import re
 import time
 
 import pytest
@@ -95,3 +97,35 @@ def test_reliable_183_is_pracked_then_the_call_is_answered(daemon, callee):
     (prack,) = sipp.received("PRACK")
     assert prack.header("RAck") == f"1 {cseq} INVITE"
     _hang_up(daemon, sipp, call_id)
+
+
+def test_a_bye_challenged_with_407_is_sent_again_with_credentials(daemon, callee):
+    """/call/terminate's BYE gets a 407: it goes again with a right Proxy-Authorization (RFC
+    2617 digest recomputed here) and a higher CSeq, and its 200 ends the call."""
+    sipp = callee("uas_bye_407.xml")
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "ESTABLISHED")
+    _hang_up(daemon, sipp, call_id)
+    first, second = sipp.received("BYE")
+    assert first.header("Proxy-Authorization") is None
+    assert int(second.header("CSeq").split()[0]) == int(first.header("CSeq").split()[0]) + 1
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', second.header("Proxy-Authorization")))
+    md5 = lambda text: hashlib.md5(text.encode()).hexdigest()  # noqa: E731
+    assert (fields["username"], fields["realm"]) == ("alice", "sipp")
+    assert fields["response"] == md5(f"{md5('alice:sipp:s3cret')}:{fields['nonce']}:"
+                                     f"{md5('BYE:' + fields['uri'])}")
+
+
+def test_302_is_followed_to_another_sipp(daemon, callee):
+    """A 302 from one SIPp sends the INVITE (same Call-ID, next CSeq) to the SIPp its Contact
+    names, whose 200 makes the call ESTABLISHED."""
+    target = callee("uas_200.xml")
+    redirector = callee("uas_302.xml", variables={"target_port": target.port})
+    call_id = _startup(daemon, redirector)
+    daemon.wait_status(call_id, "ESTABLISHED")
+    assert redirector.wait(15) == 0, redirector.errors()
+    (moved,) = redirector.received("INVITE")
+    (invite,) = target.received("INVITE")
+    assert invite.first_line.startswith(f"INVITE sip:bob@127.0.0.1:{target.port} ")
+    assert invite.header("Call-ID") == moved.header("Call-ID")
+    _hang_up(daemon, target, call_id)
