@@ -10,7 +10,7 @@ import pytest
 from peers import Sipp, free_port
 from sipgw_daemon import Sipgw
 
-RTP_TIMEOUT = 3
+RTP_TIMEOUT = 6  # the 422 test runs two 4 s session-timer refreshes without RTP
 _ids = itertools.count(1)
 
 
@@ -129,3 +129,19 @@ def test_302_is_followed_to_another_sipp(daemon, callee):
     assert invite.first_line.startswith(f"INVITE sip:bob@127.0.0.1:{target.port} ")
     assert invite.header("Call-ID") == moved.header("Call-ID")
     _hang_up(daemon, target, call_id)
+
+
+def test_422_then_timers_refreshed_within_a_short_interval(daemon, callee):
+    """A 422 is retried with its Min-SE (RFC 4028 §7.4); the 200 makes sipgw the refresher
+    of a 4 s session: it sends UPDATEs (the callee allows them) within each interval, and the
+    call stays ESTABLISHED across them."""
+    sipp = callee("uas_422_timer.xml")
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "ESTABLISHED")
+    assert _wait(lambda: len(sipp.received("UPDATE")) >= 2, timeout=8), sipp.errors()
+    assert daemon.call(call_id)["status"] == "ESTABLISHED"
+    _hang_up(daemon, sipp, call_id)
+    first, second = sipp.received("INVITE")
+    assert first.header("Session-Expires") == "1800" and second.header("Min-SE") == "1900"
+    update = sipp.received("UPDATE")[0]
+    assert update.header("Session-Expires") == "4;refresher=uac"
