@@ -100,6 +100,9 @@ class Call:
                                   min_se=config.sip_min_se, refresh=self.refresh_session,
                                   expire=self.session_expired) if config.sip_session_timers else None
         self._bye_sent = False
+        self._cancel_sent = False
+        self._infos: collections.deque = collections.deque()  # INFOs waiting their turn
+        self._info_out = False
         self.stream = None
         self.media_session = None
 
@@ -160,7 +163,8 @@ class Call:
             host = r.sip_domain
             if r.sip_port != 5060:
                 port = r.sip_port
-        return URI("sip", host, user=user, port=port)
+        # §25.1: '#' is not in user-unreserved ("*72#100" dialled as a feature code).
+        return URI("sip", host, user=user.replace("#", "%23"), port=port)
 
     def send_invite(self, auth_headers=()) -> None:
         ua, r = self.ua, self.request
@@ -179,6 +183,7 @@ class Call:
         self.invite = Request("INVITE", target, headers, body)
         self.provisional = False
         self.reliable, self.early = ReliableProvisionals(), {}
+        self._cancel_sent = False
         self.invite_tx = ua.transactions.send_request(
             self.invite, self.dest.transport, self.dest.host, self.dest.port, self.on_invite_response)
 
@@ -379,8 +384,8 @@ class Call:
             self.refresh_session()  # RFC 4028 §7.4
         elif status == 491:
             self.later(random.uniform(2.1, 4.0), self.refresh_session)  # §14.1, we own the Call-ID
-        elif status in (408, 481):  # §12.2.1.2: the dialog is gone
-            self.send_bye(f"{status} {response.reason}", CallStatus.FAILED, wait=False)
+        else:
+            self._dialog_gone(response)
 
     def session_expired(self) -> None:
         """RFC 4028 §10: no refresh came within the session interval: BYE."""
@@ -423,7 +428,11 @@ class Call:
         self.set_status(CallStatus.FAILED, reason)
 
     def send_cancel(self) -> None:
-        """CANCEL with the INVITE's Request-URI, Call-ID, From, To, top Via (§9.1)."""
+        """CANCEL with the INVITE's Request-URI, Call-ID, From, To, top Via (§9.1); one per
+        INVITE, however many provisional responses come."""
+        if self._cancel_sent:
+            return
+        self._cancel_sent = True
         inv = self.invite
         headers = [("Via", inv.get_all("Via")[0]), ("Max-Forwards", "70"),
                    ("From", inv.get("From")), ("To", inv.get("To")), ("Call-ID", inv.call_id),
@@ -489,9 +498,33 @@ class Call:
             self.send_info("application/media_control+xml", PICTURE_FAST_UPDATE)
 
     def send_info(self, content_type: str, body: bytes) -> None:
+        """INFOs go one at a time, each once the one before is answered: concurrent ones may
+        arrive reordered (DTMF digits)."""
+        self._infos.append((content_type, body))
+        self._next_info()
+
+    def _next_info(self) -> None:
+        if self._info_out or not self._infos or self.status.ended:
+            return
+        content_type, body = self._infos.popleft()
         info = self.dialog.create_request("INFO", via=self.ua.via(self.dest_for_dialog()),
                                           headers=[("Content-Type", content_type)], body=body)
-        self.send_request(info)
+        self._info_out = True
+        self.send_request(info, self._info_answered)
+
+    def _info_answered(self, response: Response) -> None:
+        if response.status < 200:
+            return
+        self._info_out = False
+        if not self._dialog_gone(response):
+            self._next_info()
+
+    def _dialog_gone(self, response: Response) -> bool:
+        """§12.2.1.2: a 481 or 408 to an in-dialog request ends the dialog: BYE, FAILED."""
+        if response.status not in (408, 481):
+            return False
+        self.send_bye(f"{response.status} {response.reason}", CallStatus.FAILED, wait=False)
+        return True
 
 
 class UserAgent:

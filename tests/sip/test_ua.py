@@ -307,13 +307,19 @@ def test_options_and_info_are_answered(make_ua, sender):
 
 
 def test_send_dtmf_info_uses_dtmf_relay(make_ua, sender):
-    """/call/send_dtmf type INFO sends one application/dtmf-relay INFO per digit."""
+    """/call/send_dtmf type INFO sends one application/dtmf-relay INFO per digit, each once
+    the one before is answered (concurrent INFOs may arrive reordered)."""
     ua = make_ua()
     _established(ua, sender)
-    ua.send_dtmf("call1", "12#", "INFO")
-    infos = sender.requests("INFO")
+    ua.send_dtmf("call1", "12", "INFO")
+    ua.send_dtmf("call1", "#", "INFO")
+    for n in (1, 2, 3):
+        infos = sender.requests("INFO")
+        assert len(infos) == n
+        ua.transactions.receive(make_response(infos[-1], 200), PEER)
     assert [i.body.split(b"\r\n")[0] for i in infos] == [b"Signal=1", b"Signal=2", b"Signal=#"]
     assert infos[0].get("Content-Type") == "application/dtmf-relay"
+    assert len(sender.requests("INFO")) == 3
 
 
 def test_unknown_call_ids_raise_not_found(make_ua):
@@ -1336,3 +1342,33 @@ def test_a_hold_reinvite_without_session_expires_keeps_sipgw_the_refresher(make_
     ua.transactions.receive(_in_dialog(invite, "ACK", 1), PEER)
     clock.pump([1] * 91)
     assert sender.requests("UPDATE") and _status(ua) == "HOLD"
+
+
+def test_one_cancel_however_many_provisionals_come(make_ua, sender):
+    """/call/terminate while ringing sends one CANCEL (§9.1), not one per provisional."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 180), PEER)
+    ua.terminate("call1")
+    for status in (180, 183, 182):
+        ua.transactions.receive(_reply(invite, status), PEER)
+    assert len(sender.requests("CANCEL")) == 1
+
+
+@pytest.mark.parametrize("status", [481, 408])
+def test_a_481_or_408_to_info_ends_the_call(make_ua, sender, status):
+    """§12.2.1.2: a 481 or 408 to an in-dialog request means the dialog is gone."""
+    ua = make_ua()
+    _established(ua, sender)
+    ua.send_dtmf("call1", "5", "INFO")
+    ua.transactions.receive(make_response(sender.requests("INFO")[0], status), PEER)
+    assert _status(ua) == "FAILED"
+
+
+def test_a_hash_in_the_callee_is_escaped(make_ua, sender):
+    """'#' is not allowed unescaped in a SIP URI user part (§25.1): it goes as %23."""
+    ua = make_ua()
+    ua.startup(_call(callee="*72#100"))
+    invite = sender.requests("INVITE")[0]
+    assert str(invite.uri).startswith("sip:*72%23100@") and "#" not in invite.get("To")
