@@ -516,12 +516,14 @@ class Call:
         if response.status < 200:
             return
         self._info_out = False
-        if not self._dialog_gone(response):
+        # A 408 is left to the RTP timeout here: a callee that drops INFO (picture_fast_update)
+        # must not lose its call for it.
+        if not self._dialog_gone(response, (481,)):
             self._next_info()
 
-    def _dialog_gone(self, response: Response) -> bool:
+    def _dialog_gone(self, response: Response, statuses=(408, 481)) -> bool:
         """§12.2.1.2: a 481 or 408 to an in-dialog request ends the dialog: BYE, FAILED."""
-        if response.status not in (408, 481):
+        if response.status not in statuses:
             return False
         self.send_bye(f"{response.status} {response.reason}", CallStatus.FAILED, wait=False)
         return True
