@@ -367,17 +367,18 @@ class Call:
 
     def _refreshed(self, request: Request, response: Response) -> None:
         status = response.status
+        if 200 <= status < 300 and request.method == "INVITE":
+            # §13.2.2.4: ACK the 2xx, end to end, even when the call ended meanwhile
+            ack = self.acks[response.cseq.seq] = self.dialog.create_request(
+                "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
+                cseq=response.cseq.seq,
+                headers=[(k, v) for k, v in request.headers if k in CREDENTIALS])
+            self.ua.send_in_dialog(self, ack)
         if status < 200 or self.status.ended:
             return
         if status < 300:
-            if request.method == "INVITE":  # §13.2.2.4: ACK the 2xx, end to end
-                ack = self.acks[response.cseq.seq] = self.dialog.create_request(
-                    "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
-                    cseq=response.cseq.seq,
-                    headers=[(k, v) for k, v in request.headers if k in CREDENTIALS])
-                self.ua.send_in_dialog(self, ack)
-                if response.body:
-                    self.take_answer(response)
+            if request.method == "INVITE" and response.body:
+                self.take_answer(response)
             self.dialog.update_target(response)  # §12.2.1.2: a target refresh
             self.timer.answered(response)
         elif status == 422 and self.timer.too_small(response):

@@ -1375,3 +1375,19 @@ def test_a_hash_in_the_callee_is_escaped(make_ua, sender):
     ua.startup(_call(callee="*72#100"))
     invite = sender.requests("INVITE")[0]
     assert str(invite.uri).startswith("sip:*72%23100@") and "#" not in invite.get("To")
+
+
+def test_a_refresh_reinvite_answered_after_the_call_ended_is_still_acked(make_ua, sender,
+                                                                         clock):
+    """The 2xx to our refresh re-INVITE is ACKed (§13.2.2.4) even when the call ended while
+    it was out, and its retransmission gets that same ACK again, not the first INVITE's."""
+    ua = make_ua(rtp_activity_timeout=0)
+    _timed(ua, sender, "180;refresher=uac", "INVITE, ACK, BYE")
+    clock.advance(90.01)
+    refresh = sender.requests("INVITE")[-1]
+    ua.terminate("call1")
+    ok = _reply(refresh, 200, body=ANSWER)
+    ua.transactions.receive(ok, PEER)
+    ua.transactions.receive(parse(bytes(ok)), PEER)
+    acks = [a for a in sender.requests("ACK") if a.cseq.seq == refresh.cseq.seq]
+    assert len(acks) == 2
