@@ -1385,7 +1385,8 @@ def test_a_refresh_reinvite_answered_after_the_call_ended_is_still_acked(make_ua
     _timed(ua, sender, "180;refresher=uac", "INVITE, ACK, BYE")
     clock.advance(90.01)
     refresh = sender.requests("INVITE")[-1]
-    ua.terminate("call1")
+    ua.calls["call1"].rtp_timed_out()  # ends the call at once (BYE, FAILED)
+    assert _status(ua) == "FAILED"
     ok = _reply(refresh, 200, body=ANSWER)
     ua.transactions.receive(ok, PEER)
     ua.transactions.receive(parse(bytes(ok)), PEER)
