@@ -145,3 +145,21 @@ def test_422_then_timers_refreshed_within_a_short_interval(daemon, callee):
     assert first.header("Session-Expires") == "1800" and second.header("Min-SE") == "1900"
     update = sipp.received("UPDATE")[0]
     assert update.header("Session-Expires") == "4;refresher=uac"
+
+
+def test_media_in_the_second_codec_of_the_answer_is_taken(daemon, callee):
+    """SIPp answers `0 8 101` (PCMU first) and sends PCMA (its g711a.pcap): every packet is
+    taken (none counted wrong_payload_type), the switch from PCMU is counted once, and the
+    stream's audio codec is PCMA."""
+    sipp = callee("uas_pcap_answer_0_8_101.xml")
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "ESTABLISHED")
+
+    def audio():
+        stream = daemon.stream(f"stream-{call_id}")
+        return stream["counters"].get("audio", {}) if stream else {}
+    assert _wait(lambda: audio().get("packets", 0) >= 50, timeout=15), audio()
+    counters = audio()
+    assert counters["wrong_payload_type"] == 0 and counters["codec_changes"] == 1
+    assert daemon.stream(f"stream-{call_id}")["audioCodec"] == "PCMA"
+    _hang_up(daemon, sipp, call_id)
