@@ -287,7 +287,7 @@ class Call:
                 return
         prack = dialog.create_request("PRACK", via=self.ua.via(self.dest_for_dialog(dialog)),
                                       headers=[("RAck", rack)])
-        self.ua.send_in_dialog(self, prack, dialog=dialog)
+        self.send_request(prack, dialog=dialog)
 
     def take_answer(self, response: Response) -> None:
         body = sdp_of(response)
@@ -465,9 +465,11 @@ class Call:
                                          headers=[("User-Agent", self.ua.config.sip_user_agent)])
         self.send_request(bye, on_response)
 
-    def send_request(self, request: Request, on_response=None) -> None:
-        """An in-dialog request. A 401/407 to it is answered (§22.2): the request goes again
-        with a new CSeq and branch and credentials for every realm known (§22.3)."""
+    def send_request(self, request: Request, on_response=None,
+                     dialog: Dialog | None = None) -> None:
+        """An in-dialog request (of ``dialog``: an early one, else the call's). A 401/407 to
+        it is answered (§22.2): the request goes again with a new CSeq and branch and
+        credentials for every realm known (§22.3)."""
         answerer = self._auth.chain() if self._auth is not None else None
 
         def handle(response: Response) -> None:
@@ -475,16 +477,17 @@ class Call:
                 credentials = answerer.headers_for(response, request.method, str(request.uri),
                                                    request.body)
                 if credentials is not None:
-                    self.ua.send_in_dialog(self, self._resubmit(request, credentials), handle)
+                    retry = self._resubmit(request, credentials, dialog or self.dialog)
+                    self.ua.send_in_dialog(self, retry, handle, dialog)
                     return
             if on_response is not None:
                 on_response(response)
-        self.ua.send_in_dialog(self, request, handle)
+        self.ua.send_in_dialog(self, request, handle, dialog)
 
-    def _resubmit(self, request: Request, credentials) -> Request:
-        self.dialog.local_seq += 1
-        headers = [("Via", self.ua.via(self.dest_for_dialog())),
-                   ("CSeq", f"{self.dialog.local_seq} {request.method}")]
+    def _resubmit(self, request: Request, credentials, dialog: Dialog) -> Request:
+        dialog.local_seq += 1
+        headers = [("Via", self.ua.via(self.dest_for_dialog(dialog))),
+                   ("CSeq", f"{dialog.local_seq} {request.method}")]
         headers += [(k, v) for k, v in request.headers
                     if k not in ("Via", "CSeq") and k not in CREDENTIALS]
         return Request(request.method, request.uri, headers + list(credentials), request.body)

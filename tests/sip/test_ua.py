@@ -1392,3 +1392,18 @@ def test_a_refresh_reinvite_answered_after_the_call_ended_is_still_acked(make_ua
     ua.transactions.receive(parse(bytes(ok)), PEER)
     acks = [a for a in sender.requests("ACK") if a.cseq.seq == refresh.cseq.seq]
     assert len(acks) == 2
+
+
+def test_a_challenged_prack_is_sent_again_with_credentials(make_ua, sender):
+    """A 407 to a PRACK (a proxy challenging in-dialog requests) is answered like any other
+    in-dialog request (§22.2): the PRACK again, next CSeq of the early dialog, credentials."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reliable(invite, 1), PEER)
+    first = sender.requests("PRACK")[0]
+    ua.transactions.receive(make_response(first, 407, extra=[
+        ("Proxy-Authenticate", 'Digest realm="proxy", nonce="p9"')]), PEER)
+    second = sender.requests("PRACK")[1]
+    assert second.cseq.seq == first.cseq.seq + 1 and second.get("RAck") == first.get("RAck")
+    assert 'realm="proxy"' in second.get("Proxy-Authorization")
