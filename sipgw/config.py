@@ -113,6 +113,8 @@ class Config:
     sip_min_se: int = 90
     # 3xx redirects followed per call (RFC 3261 §8.1.3.4); 0: none
     sip_max_redirects: int = 5
+    # NAT keep-alive: seconds between OPTIONS to the registrar while registered; 0: none
+    sip_keepalive_interval: int = 0
     # REST hooks: the application server of each appKey (sipgw/hooks.py)
     rest_apps: str = ""
     rest_request_timeout: int = 5
@@ -146,7 +148,7 @@ class Config:
                      "max_viewers_per_connection", "sip_max_tcp_connections",
                      "sip_tcp_idle_timeout", "sip_tcp_message_timeout", "sip_max_requests_per_source",
                      "record_min_free_space_mb", "record_max_size_mb", "record_max_duration",
-                     "rest_request_timeout", "sip_max_redirects"):
+                     "rest_request_timeout", "sip_max_redirects", "sip_keepalive_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         try:

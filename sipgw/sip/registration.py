@@ -58,6 +58,7 @@ class Registration:
         self.waiters: list[defer.Deferred] = []
         self.users = 0
         self._refresh = None
+        self._keepalive = None
         self._auth = None
 
     def ensure(self) -> defer.Deferred:
@@ -124,6 +125,7 @@ class Registration:
             # Refresh ahead of expiry (RFC 3261 §10.2.4).
             delay = max(granted * 0.8, granted - 30, 1)
             self._refresh = self.ua.reactor.callLater(delay, self._start, expires)
+            self._keep_alive_later()
             waiters, self.waiters = self.waiters, []
             for d in waiters:
                 d.callback(self)
@@ -138,6 +140,27 @@ class Registration:
             self.ua.registrations.pop(self.key, None)
         if self.users <= 0:  # released already: nothing more will be sent
             self.ua.registration_left(self, False)
+
+    def _keep_alive_later(self) -> None:
+        interval = self.ua.config.sip_keepalive_interval
+        if interval and (self._keepalive is None or not self._keepalive.active()):
+            self._keepalive = self.ua.reactor.callLater(interval, self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        """NAT keep-alive (RFC 5626 §3.5 in spirit, as phones do it): an OPTIONS to the
+        registrar every sip_keepalive_interval while registered, so the NAT binding the
+        registrar reaches us through stays open; its answer is not needed."""
+        if self.state != "registered" or self.users <= 0:
+            return
+        ua = self.ua
+        headers = [("Via", ua.via(self.dest)), ("Max-Forwards", "70"),
+                   ("From", f"<{self.aor}>;tag={self.tag}"), ("To", f"<{self.registrar}>"),
+                   ("Call-ID", f"{secrets.token_hex(10)}@sipgw"), ("CSeq", "1 OPTIONS"),
+                   ("User-Agent", ua.config.sip_user_agent)]
+        ua.transactions.send_request(Request("OPTIONS", self.registrar, headers),
+                                     self.dest.transport, self.dest.host, self.dest.port,
+                                     lambda response: None)
+        self._keep_alive_later()
 
     def _granted(self, response: Response, asked: int) -> int:
         """§10.2.4: the expires of the Contact that is ours (user, host and port compared as
@@ -160,8 +183,9 @@ class Registration:
         self.users -= 1
         if self.users > 0:
             return
-        if self._refresh is not None and self._refresh.active():
-            self._refresh.cancel()
+        for timer in (self._refresh, self._keepalive):
+            if timer is not None and timer.active():
+                timer.cancel()
         if self.ua.registrations.get(self.key) is self:
             del self.ua.registrations[self.key]
         if self.state in ("registered", "registering"):

@@ -1407,3 +1407,25 @@ def test_a_challenged_prack_is_sent_again_with_credentials(make_ua, sender):
     second = sender.requests("PRACK")[1]
     assert second.cseq.seq == first.cseq.seq + 1 and second.get("RAck") == first.get("RAck")
     assert 'realm="proxy"' in second.get("Proxy-Authorization")
+
+
+def test_keepalive_options_go_to_the_registrar_while_registered(make_ua, sender, clock):
+    """sip_keepalive_interval: an OPTIONS to the registrar every interval while the account
+    is registered (a NAT binding stays open), none once the binding is removed."""
+    ua = make_ua(sip_keepalive_interval=25, sip_ring_timeout=0, rtp_activity_timeout=0)
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[("Expires", "600")]), PEER)
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 180), PEER)  # ringing on
+    clock.advance(24)
+    assert sender.requests("OPTIONS") == []
+    clock.advance(1.01)
+    (options,) = sender.requests("OPTIONS")
+    assert str(options.uri) == "sip:127.0.0.1" and options.from_.uri.user == "alice"
+    ua.transactions.receive(make_response(options, 200, to_tag="x"), PEER)
+    clock.advance(25.5)
+    assert len({o.call_id for o in sender.requests("OPTIONS")}) == 2
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 486), PEER)
+    ua.transactions.receive(make_response(sender.requests("REGISTER")[-1], 200, to_tag="r"), PEER)
+    clock.advance(100)
+    assert len({o.call_id for o in sender.requests("OPTIONS")}) == 2
