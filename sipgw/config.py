@@ -115,6 +115,15 @@ class Config:
     sip_tls_private_key: str = ""
     # DNS (RFC 3263)
     sip_dns_servers: str = ""
+    # SIP extensions: 100rel/PRACK (RFC 3262), session timers (RFC 4028)
+    sip_100rel: bool = True
+    sip_session_timers: bool = True
+    sip_session_expires: int = 1800
+    sip_min_se: int = 90
+    # 3xx redirects followed per call (RFC 3261 §8.1.3.4); 0: none
+    sip_max_redirects: int = 5
+    # NAT keep-alive: seconds between OPTIONS to the registrar while registered; 0: none
+    sip_keepalive_interval: int = 0
     # REST hooks: the application server of each appKey (sipgw/hooks.py)
     rest_apps: str = ""
     rest_request_timeout: int = 5
@@ -153,7 +162,7 @@ class Config:
                      "max_viewers_per_connection", "sip_max_tcp_connections",
                      "sip_tcp_idle_timeout", "sip_tcp_message_timeout", "sip_max_requests_per_source",
                      "record_min_free_space_mb", "record_max_size_mb", "record_max_duration",
-                     "rest_request_timeout"):
+                     "rest_request_timeout", "sip_max_redirects", "sip_keepalive_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")
         try:
@@ -169,6 +178,9 @@ class Config:
             parse_apps(self.rest_apps, egress.EgressPolicy.from_config(self, "rest"))
         except (policy.PolicyError, ValueError, egress.EgressDenied) as exc:
             raise ConfigError(str(exc)) from None
+        if self.sip_min_se < 90 or self.sip_session_expires < self.sip_min_se:
+            raise ConfigError("sip_min_se must be at least 90 (RFC 4028 §4) and "
+                              "sip_session_expires at least sip_min_se")
         from .sip.resolver import parse_servers
         try:
             parse_servers(self.sip_dns_servers)

@@ -91,6 +91,9 @@ def test_overrides_are_typed():
     ({"sip_dns_servers": "dns.example.org"}, "sip_dns_servers: 'dns.example.org' is not an IP"),
     ({"call_retention_max": "-1"}, "call_retention_max must not be negative"),
     ({"call_find_limit": "0"}, "call_find_limit must be positive"),
+    ({"sip_min_se": "60"}, "sip_min_se must be at least 90 (RFC 4028 §4)"),
+    ({"sip_session_expires": "100", "sip_min_se": "120"}, "sip_session_expires at least sip_min_se"),
+    ({"sip_max_redirects": "-1"}, "sip_max_redirects must not be negative"),
 ])
 def test_bad_values_name_the_setting(overrides, message):
     """Every unusable setting raises ConfigError naming the key."""

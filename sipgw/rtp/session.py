@@ -44,8 +44,8 @@ def _counters() -> dict:
     return {"packets": 0, "bytes": 0, "lost": 0, "jitter": 0, "frames": 0, "keyframes": 0,
             "dropped_frames": 0, "bad_packets": 0, "wrong_source": 0, "wrong_payload_type": 0,
             "bad_payloads": 0, "late": 0, "duplicates": 0, "timestamp_jumps": 0,
-            "ssrc_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0, "rate_limited": 0,
-            "srtp_auth_failures": 0}
+            "ssrc_changes": 0, "codec_changes": 0, "rtcp_packets": 0, "rtcp_bad": 0,
+            "rate_limited": 0, "srtp_auth_failures": 0}
 
 
 class _Socket(protocol.DatagramProtocol):
@@ -120,6 +120,7 @@ class Endpoint:
         """Apply the SDP answer (or a re-INVITE's new address): where to send, what PTs."""
         self.media = media
         self.accepted_pts = {pt for pt in (media.recv_pt, media.codec.pt) if pt is not None}
+        self.accepted_pts.update(media.recv_codecs)  # every codec of the answer's m-line
         dtmf = {pt for pt in (media.recv_dtmf_pt, media.dtmf_pt) if pt is not None}
         self.dtmf_pts = dtmf
         new_rtp = (media.address, media.port)
@@ -248,8 +249,12 @@ class Endpoint:
         if packet.payload_type not in self.accepted_pts:
             return  # telephone-event (or a stray payload type): not part of the stream
         stream = self.session.stream
-        codec = self.media.codec
+        codec = self.media.recv_codecs.get(packet.payload_type, self.media.codec)
         if self.depacketizer is None:
+            if codec.name != stream.audio_codec:  # the peer switched codec (RFC 3264 §5.1)
+                if stream.audio_codec:
+                    self.counters["codec_changes"] += 1
+                stream.audio_codec = codec.name
             self.counters["frames"] += 1
             stream.publish(MediaFrame("audio", codec.name, codec.clock, packet.timestamp,
                                       packet.payload))
@@ -431,8 +436,13 @@ class MediaSession:
             streams.audio_codec = media["audio"].codec.name
         if "video" in media:
             streams.video_codec = "H264"
-        # 'inactive' or 'sendonly' from our side means the peer is not sending.
-        self.paused = all(m.direction in ("inactive", "sendonly") for m in media.values())
+        # On hold (RFC 3264 §8.4: sendonly, inactive or c=0.0.0.0, whatever the port) the
+        # peer may send nothing: the RTP timeout pauses, and counts again from the resume.
+        paused = all(m.direction != "sendrecv" for m in media.values())
+        if self.paused and not paused:
+            for endpoint in self.endpoints.values():
+                endpoint.last_rtp = self.clock.seconds()
+        self.paused = paused
 
     def secure(self, keys: dict) -> None:
         """SRTP from now on for each kind in ``keys``: (our Crypto, the peer's Crypto)."""

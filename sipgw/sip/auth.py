@@ -173,34 +173,50 @@ MAX_ANSWERS = 4
 
 class ChallengeAnswerer:
     """Answers 401/407 challenges for one request chain (RFC 3261 §22.2), at most
-    ``MAX_ANSWERS`` times."""
+    ``MAX_ANSWERS`` times, with credentials for every realm that challenged so far (§22.3:
+    a proxy's and the callee's both go in the retry). ``chain()`` makes the answerer of
+    another request chain of the same dialog, sharing the realms learnt."""
 
-    def __init__(self, digest: DigestClient):
+    def __init__(self, digest: DigestClient, realms: dict | None = None):
         self.digest = digest
         self.answered: set[tuple[str, str]] = set()
         self.skipped: list[str] = []  # challenges that could not be used, and why
+        self.realms: dict[tuple[str, str], Challenge] = {} if realms is None else realms
+
+    def chain(self) -> "ChallengeAnswerer":
+        return ChallengeAnswerer(self.digest, self.realms)
 
     def headers_for(self, response, method: str, uri: str, body: bytes):
         """Authorization headers for the retry, or None when retrying is pointless."""
-        name = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
-        challenges = []
-        for value in response.get_all(name):
+        by_realm: dict[tuple[str, str], list[Challenge]] = {}
+        for name in ("Proxy-Authenticate", "WWW-Authenticate"):
+            for value in response.get_all(name):
+                try:
+                    challenge = Challenge.parse(value, name)
+                except AuthError as exc:  # e.g. an algorithm we lack beside one we have
+                    self.skipped.append(str(exc))
+                    continue
+                by_realm.setdefault((challenge.header, challenge.realm), []).append(challenge)
+        if not by_realm or len(self.answered) >= MAX_ANSWERS:
+            return None
+        chosen = {key: pick_challenge(found) for key, found in by_realm.items()}
+        for challenge in chosen.values():
+            # The same nonce challenged again means the credentials were refused,
+            # unless the server says the nonce was merely stale.
+            if (challenge.realm, challenge.nonce) in self.answered or (
+                    not challenge.stale and any(r == challenge.realm for r, _ in self.answered)):
+                return None
+        self.answered.update((c.realm, c.nonce) for c in chosen.values())
+        self.realms.update(chosen)
+        return self.credentials(method, uri, body)
+
+    def credentials(self, method: str, uri: str, body: bytes = b""):
+        """One answer per realm known (§22.3), computed for this request; None if none."""
+        headers = []
+        for key, challenge in list(self.realms.items()):
             try:
-                challenges.append(Challenge.parse(value, name))
-            except AuthError as exc:  # e.g. an algorithm we lack beside one we have
+                headers.append(self.digest.authorize(challenge, method, uri, body))
+            except AuthError as exc:  # e.g. only a qop we do not know: not answered
                 self.skipped.append(str(exc))
-        if not challenges or len(self.answered) >= MAX_ANSWERS:
-            return None
-        challenge = pick_challenge(challenges)
-        key = (challenge.realm, challenge.nonce)
-        # The same nonce challenged again means the credentials were refused,
-        # unless the server says the nonce was merely stale.
-        if key in self.answered or (self.answered and not challenge.stale
-                                    and any(r == challenge.realm for r, _ in self.answered)):
-            return None
-        self.answered.add(key)
-        try:
-            return [self.digest.authorize(challenge, method, uri, body)]
-        except AuthError as exc:  # e.g. only a qop we do not know: the request fails as is
-            self.skipped.append(str(exc))
-            return None
+                del self.realms[key]
+        return headers or None

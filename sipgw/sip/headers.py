@@ -156,7 +156,8 @@ class URI:
     params: dict[str, str | None] = field(default_factory=dict)
     headers: str | None = None
 
-    _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::(\d{1,5}))?$", re.ASCII)
+    # §25.1 hostnames have no '_', but peers' do (and the REST layer takes them): liberal.
+    _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(?::(\d{1,5}))?$", re.ASCII)
 
     @classmethod
     def parse(cls, text: str) -> "URI":
@@ -244,8 +245,11 @@ class Address:
         if "<" in text:
             before, _, after = text.partition("<")
             if display is None and before.strip():
-                display = before.strip()
-                if not all(is_token(word) for word in display.split()):
+                # §25.1 wants tokens or a quoted-string; peers write "Reception (ext. 5)" or
+                # UTF-8 unquoted: read as it is (liberal). A stray quote is refused, and a
+                # comma, which splits list headers (RFC 4475 §3.1.2.13 "baddn" refuses it).
+                display = " ".join(before.split())
+                if '"' in display or "," in display:
                     raise HeaderError(f"bad display name {display!r}")
             uritext, close, paramtext = after.partition(">")
             if not close:

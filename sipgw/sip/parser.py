@@ -15,7 +15,7 @@ MAX_MESSAGE_SIZE = 65535  # bytes; larger messages are refused (RFC 3261 §18.1.
 REQUIRED = ("To", "From", "CSeq", "Call-ID", "Via")  # RFC 3261 §8.1.1
 # re.ASCII: DIGIT is 0-9 only (RFC 5234); a bare \d would also match '٢' and int() would take it.
 _REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) SIP/(\d+\.\d+)$", re.ASCII)
-_STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3}) (.*)$", re.ASCII)
+_STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3})(?: (.*))?$", re.ASCII)  # reason may be empty
 
 
 class ParseError(ValueError):
@@ -72,7 +72,7 @@ def _parse_head(head: bytes) -> tuple[Message, int | None]:
         status = int(match.group(2))
         if not 100 <= status <= 699:
             raise ParseError(f"status code out of range: {status}")
-        message: Message = Response(status, match.group(3), headers)
+        message: Message = Response(status, match.group(3) or "", headers)
     else:
         match = _REQUEST_LINE.match(first)
         if not match:

@@ -2,6 +2,7 @@
 expires and removed after the account's last call."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import secrets
 
@@ -10,7 +11,7 @@ from twisted.logger import Logger
 
 from ..calls import CallError, CallRequest
 from .auth import ChallengeAnswerer, DigestClient
-from .headers import URI
+from .headers import Address, URI
 from .message import Request, Response
 from .resolver import Destination, fails_over
 
@@ -19,6 +20,23 @@ log = Logger(namespace="sipgw.sip.ua")
 
 def new_tag() -> str:
     return secrets.token_hex(6)
+
+
+class RegistrationIds:
+    """One Call-ID per account per boot, its CSeq rising across bindings (RFC 3261 §10.2);
+    at most ``limit`` accounts kept, the least recently used forgotten first."""
+
+    def __init__(self, limit: int = 10000):
+        self.limit = limit
+        self._ids: collections.OrderedDict[tuple, list] = collections.OrderedDict()
+
+    def entry(self, key: tuple) -> list:
+        """[Call-ID, last CSeq] of the account, shared by its Registration objects."""
+        entry = self._ids.pop(key, None) or [f"{secrets.token_hex(10)}@sipgw", 0]
+        self._ids[key] = entry
+        while len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+        return entry
 
 
 class Registration:
@@ -31,14 +49,16 @@ class Registration:
         self.registrar = URI("sip", request.sip_domain,
                              port=request.sip_port if request.sip_port != 5060 else None)
         self.dest = dest
-        self.call_id = f"{secrets.token_hex(10)}@sipgw"
+        self._ids = ua.register_ids.entry(self.key)
+        self.call_id = self._ids[0]
         self.tag = new_tag()
-        self.cseq = 0
+        self.cseq = self._ids[1]
         self.digest = DigestClient(request.auth_name, request.sip_password)
         self.state = "idle"
         self.waiters: list[defer.Deferred] = []
         self.users = 0
         self._refresh = None
+        self._keepalive = None
         self._auth = None
 
     def ensure(self) -> defer.Deferred:
@@ -57,7 +77,8 @@ class Registration:
         self._send(expires, [])
 
     def _send(self, expires: int, auth_headers) -> None:
-        self.cseq += 1
+        self._ids[1] += 1
+        self.cseq = self._ids[1]
         ua = self.ua
         headers = [("Via", ua.via(self.dest)), ("Max-Forwards", "70"),
                    ("From", f"<{self.aor}>;tag={self.tag}"), ("To", f"<{self.aor}>"),
@@ -83,6 +104,11 @@ class Registration:
             if headers is not None:
                 self._send(expires, headers)
                 return
+        floor = response.get("Min-Expires", "").strip()
+        if response.status == 423 and expires and floor.isdigit() and int(floor) > expires:
+            # §10.2.8: again, asking for Min-Expires (refreshes too), with the credentials known
+            self._send(int(floor), self._auth.credentials("REGISTER", str(self.registrar)) or [])
+            return
         if 200 <= response.status < 300:
             if expires == 0:
                 self.state = "idle"
@@ -99,6 +125,7 @@ class Registration:
             # Refresh ahead of expiry (RFC 3261 §10.2.4).
             delay = max(granted * 0.8, granted - 30, 1)
             self._refresh = self.ua.reactor.callLater(delay, self._start, expires)
+            self._keep_alive_later()
             waiters, self.waiters = self.waiters, []
             for d in waiters:
                 d.callback(self)
@@ -114,27 +141,63 @@ class Registration:
         if self.users <= 0:  # released already: nothing more will be sent
             self.ua.registration_left(self, False)
 
+    def _keep_alive_later(self) -> None:
+        interval = self.ua.config.sip_keepalive_interval
+        if interval and (self._keepalive is None or not self._keepalive.active()):
+            self._keepalive = self.ua.reactor.callLater(interval, self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        """NAT keep-alive (RFC 5626 §3.5 in spirit, as phones do it): an OPTIONS to the
+        registrar every sip_keepalive_interval while registered, so the NAT binding the
+        registrar reaches us through stays open; its answer is not needed."""
+        if self.state != "registered" or self.users <= 0:
+            return
+        ua = self.ua
+        headers = [("Via", ua.via(self.dest)), ("Max-Forwards", "70"),
+                   ("From", f"<{self.aor}>;tag={self.tag}"), ("To", f"<{self.registrar}>"),
+                   ("Call-ID", f"{secrets.token_hex(10)}@sipgw"), ("CSeq", "1 OPTIONS"),
+                   ("User-Agent", ua.config.sip_user_agent)]
+        ua.transactions.send_request(Request("OPTIONS", self.registrar, headers),
+                                     self.dest.transport, self.dest.host, self.dest.port,
+                                     lambda response: None)
+        self._keep_alive_later()
+
     def _granted(self, response: Response, asked: int) -> int:
+        """§10.2.4: the expires of the Contact that is ours (user, host and port compared as
+        §19.1.4 says), else the Expires header, else the shortest one granted, else ``asked``."""
+        ours = Address.parse(self.ua.contact(self.aor.user, self.dest)).uri
+        granted = {}
         for contact in response.contacts:
-            value = contact.params.get("expires")
-            if value and value.isascii() and value.isdigit() and contact.uri.host.strip("[]") == self.ua.transport.sent_by(self.dest.host):
-                return int(value)
+            value = contact.params.get("expires", "")
+            if value.isascii() and value.isdigit():
+                granted[_binding(contact.uri)] = int(value)
+        if _binding(ours) in granted:
+            return granted[_binding(ours)]
         expires = response.get("Expires")
-        return int(expires) if expires and expires.isascii() and expires.isdigit() else asked
+        if expires and expires.isascii() and expires.isdigit():
+            return int(expires)
+        return min(granted.values(), default=asked)
 
     def release(self) -> None:
         """A call of this account ended; unregister after the last one."""
         self.users -= 1
         if self.users > 0:
             return
-        if self._refresh is not None and self._refresh.active():
-            self._refresh.cancel()
+        for timer in (self._refresh, self._keepalive):
+            if timer is not None and timer.active():
+                timer.cancel()
         if self.ua.registrations.get(self.key) is self:
             del self.ua.registrations[self.key]
         if self.state in ("registered", "registering"):
             self.ua.leaving.add(self)  # until the binding is removed (§10.2.2)
         if self.state == "registered":
             self._start(0)
+
+
+def _binding(uri: URI) -> tuple:
+    """What makes two Contact URIs the same binding (§19.1.4): user, host, port, transport."""
+    return (uri.user, uri.host.lower().strip("[]"), uri.port or 5060,
+            (uri.params.get("transport") or "udp").lower())
 
 
 def account_key(r: CallRequest) -> tuple:

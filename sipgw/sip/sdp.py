@@ -92,7 +92,8 @@ def _parse_rtpmap(value: str) -> tuple[str, int, int] | None:
     if len(parts) not in (2, 3) or not parts[0]:
         return None
     clock = _number(parts[1])
-    channels = _number(parts[2]) if len(parts) == 3 else 1
+    # RFC 7587 §7 says opus/48000/2, but many peers leave the /2 out: it is still stereo opus.
+    channels = _number(parts[2]) if len(parts) == 3 else 2 if parts[0].lower() == "opus" else 1
     if not clock or not channels:
         return None
     return parts[0], clock, channels
@@ -363,6 +364,9 @@ class NegotiatedMedia:
     packetization_mode: int | None
     recv_pt: int | None = None       # our payload type for the codec: the peer sends with it
     recv_dtmf_pt: int | None = None  # our telephone-event payload type
+    # Every codec of the m-line both sides listed, by either side's payload type: the peer
+    # may send any of them and switch mid-call (RFC 3264 §5.1, §6.1).
+    recv_codecs: dict[int, Codec] = field(default_factory=dict)
 
 
 def _media_section(kind: str, port: int, codecs: list[Codec], direction: str,
@@ -428,9 +432,16 @@ def _pick(answer: list[Codec], offer: list[Codec]) -> tuple[Codec, Codec, Codec 
     return answer_codec, offer_codec, answer_dtmf, offer_dtmf
 
 
+def _receivable(answer: list[Codec], offer: list[Codec]) -> dict[int, Codec]:
+    """The media codecs both lists hold, by the payload types of each (RFC 3264 §6.1)."""
+    found = [(a, _find(a, offer)) for a in answer if a.name.lower() not in _AUXILIARY]
+    return {pt: a for a, o in found if o is not None for pt in (o.pt, a.pt)}
+
+
 def _agreed(kind: str, remote: SessionDescription, remote_m: MediaDescription,
             remote_codec: Codec, local_codec: Codec,
-            remote_dtmf: Codec | None, local_dtmf: Codec | None) -> NegotiatedMedia:
+            remote_dtmf: Codec | None, local_dtmf: Codec | None,
+            receivable: dict[int, Codec]) -> NegotiatedMedia:
     address = remote.media_address(remote_m)
     try:  # RTP goes to this address: an IP literal, never a name to resolve (or to fail on)
         ipaddress.ip_address(address)
@@ -443,7 +454,8 @@ def _agreed(kind: str, remote: SessionDescription, remote_m: MediaDescription,
         kind=kind, address=address, port=remote_m.port, rtcp_port=remote_m.rtcp_port,
         codec=remote_codec, dtmf_pt=remote_dtmf.pt if remote_dtmf else None,
         direction=direction, packetization_mode=remote_codec.packetization_mode,
-        recv_pt=local_codec.pt, recv_dtmf_pt=local_dtmf.pt if local_dtmf else None)
+        recv_pt=local_codec.pt, recv_dtmf_pt=local_dtmf.pt if local_dtmf else None,
+        recv_codecs=receivable)
 
 
 def negotiate(offer: SessionDescription, answer: SessionDescription) -> dict[str, NegotiatedMedia]:
@@ -462,7 +474,7 @@ def negotiate(offer: SessionDescription, answer: SessionDescription) -> dict[str
         if pick is not None:
             answer_codec, offer_codec, answer_dtmf, offer_dtmf = pick
             result[a.kind] = _agreed(a.kind, answer, a, answer_codec, offer_codec,
-                                     answer_dtmf, offer_dtmf)
+                                     answer_dtmf, offer_dtmf, _receivable(a.codecs, o.codecs))
     if not result:
         raise SDPError("No common codecs")
     return result
@@ -495,7 +507,8 @@ def make_answer(offer: SessionDescription, *, address: str, audio_port: int | No
             media.append(MediaDescription(m.kind, 0, m.proto, list(m.formats)))
             continue
         answer_codec, offer_codec, answer_dtmf, offer_dtmf = pick
-        agreed = _agreed(m.kind, offer, m, offer_codec, answer_codec, offer_dtmf, answer_dtmf)
+        agreed = _agreed(m.kind, offer, m, offer_codec, answer_codec, offer_dtmf, answer_dtmf,
+                         _receivable(codecs, m.codecs))
         result[m.kind] = agreed
         media.append(_media_section(m.kind, port, codecs, agreed.direction, proto=m.proto))
     if not result:

@@ -205,7 +205,7 @@ class ServerTransaction(_Transaction):
         self.on_ack = None  # callback for the ACK of a non-2xx final (INVITE only)
 
     def respond(self, response: Response) -> None:
-        if self.state in ("completed", "confirmed", "terminated"):
+        if self.state in ("completed", "confirmed", "accepted", "terminated"):
             return
         self.last_response = response
         self._send_last()
@@ -216,8 +216,10 @@ class ServerTransaction(_Transaction):
             return
         if self.invite:
             if status < 300:
-                # §17.2.1 (as updated by RFC 6026): the TU retransmits 2xx itself.
-                self._terminate()
+                # RFC 6026 §7.1: Accepted; the TU retransmits the 2xx itself (§13.3.1.4), and
+                # retransmitted INVITEs are absorbed here until Timer L.
+                self.state = "accepted"
+                self._start_timer("L", 64 * T1, self._terminate)
                 return
             self.state = "completed"
             if not self.reliable:
@@ -260,6 +262,8 @@ class ServerTransaction(_Transaction):
                 self._cancel_timer("H")
                 self._start_timer("I", 0 if self.reliable else T4, self._terminate)
             return
+        if self.state == "accepted":
+            return  # RFC 6026 §8.5: absorbed, the TU's 2xx retransmissions answer it
         if self.last_response is not None:
             self.layer.count_retransmission(self.request.method)
             self._send_last()
@@ -341,7 +345,7 @@ class TransactionLayer:
                     message, 400, "Missing RFC 3261 branch in Via"), source)
             return
         tx = self.find_server(message)
-        if tx is not None:
+        if tx is not None and not (message.method == "ACK" and tx.state == "accepted"):
             tx.retransmission(message)
             return
         if not self._per_source.allow(source.host):

@@ -9,6 +9,8 @@ status. It implements the manager interface the REST layer calls
 from __future__ import annotations
 
 import collections
+import dataclasses
+import random
 import secrets
 import time
 
@@ -26,17 +28,23 @@ from . import sdes
 from . import sdp as sdplib
 from .auth import ChallengeAnswerer, DigestClient
 from .dialog import Dialog
+from . import redirect
+from .body import sdp_of
+from .prack import ReliableProvisionals
+from .timer import SessionTimer
 from .headers import HeaderError, URI, bracket
 from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
-from .registration import Registration, account_key, new_tag
+from .registration import Registration, RegistrationIds, account_key, new_tag
 from .resolver import Destination, Locator, default_port, fails_over, send_with_failover
 from .transport import TLSClientSettings, TransportLayer, is_ip
 from ..rtp.ports import PortPool, PortsExhausted
 
 log = Logger(namespace="sipgw.sip.ua")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, PRACK, UPDATE"
+CREDENTIALS = ("Authorization", "Proxy-Authorization")
+SESSION_EXPIRED = "Session timer expired"
 DTMF_DURATION_MS = 160
 PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_control><vc_primitive>'
                        b'<to_encoder><picture_fast_update/></to_encoder></vc_primitive>'
@@ -97,7 +105,22 @@ class Call:
         self._auth = None
         self._timers: list = []
         self._pending_2xx: tuple | None = None  # (response, reinvite tx) awaiting ACK
+        self.reoffer: sdplib.SessionDescription | None = None  # in a 200, answered in the ACK
+        self.reliable = ReliableProvisionals()  # RFC 3262, per INVITE sent
+        self.early: dict[str, Dialog] = {}  # early dialogs by To tag (PRACKs go in them)
+        self.acks: dict[int, Request] = {}  # ACKs of our refresh re-INVITEs, by CSeq
+        self.peer_allow: list[str] = []
+        self.target: URI | None = None  # the Request-URI a redirect gave (§8.1.3.4)
+        self.tried: set[tuple] = set()  # targets the INVITE went to (loop detection)
+        self.redirects = 0
+        config = ua.config
+        self.timer = SessionTimer(ua.reactor, expires=config.sip_session_expires,
+                                  min_se=config.sip_min_se, refresh=self.refresh_session,
+                                  expire=self.session_expired) if config.sip_session_timers else None
         self._bye_sent = False
+        self._cancel_sent = False
+        self._infos: collections.deque = collections.deque()  # INFOs waiting their turn
+        self._info_out = False
         self.stream = None
         self.media_session = None
 
@@ -143,9 +166,13 @@ class Call:
             if call.active():
                 call.cancel()
         self._timers = []
+        if self.timer is not None:
+            self.timer.stop()
 
     # -- INVITE ------------------------------------------------------------
     def target_uri(self) -> URI:
+        if self.target is not None:
+            return self.target
         r = self.request
         user, _, host = r.callee.partition("@")
         port = None
@@ -161,7 +188,8 @@ class Call:
                 host, port = parsed.host, parsed.port
             except HeaderError:
                 pass
-        return URI("sip", host, user=user, port=port)
+        # §25.1: '#' is not in user-unreserved ("*72#100" dialled as a feature code).
+        return URI("sip", host, user=user.replace("#", "%23"), port=port)
 
     def send_invite(self, auth_headers=()) -> None:
         ua, r = self.ua, self.request
@@ -174,12 +202,20 @@ class Call:
                    ("From", f"{display}<{aor}>;tag={self.local_tag}"), ("To", f"<{target}>"),
                    ("Call-ID", self.sip_call_id), ("CSeq", f"{self.cseq} INVITE"),
                    ("Contact", ua.contact(r.sip_login, self.dest)), ("Allow", ALLOW),
+                   ("Accept", "application/sdp"),
                    ("User-Agent", ua.config.sip_user_agent), ("Content-Type", "application/sdp")]
-        headers += list(auth_headers)
+        headers += self.extension_headers() + list(auth_headers)
         self.invite = Request("INVITE", target, headers, body)
         self.provisional = False
+        self.reliable, self.early = ReliableProvisionals(), {}
+        self._cancel_sent = False
         self.invite_tx = ua.transactions.send_request(
             self.invite, self.dest.transport, self.dest.host, self.dest.port, self.on_invite_response)
+
+    def extension_headers(self) -> list[tuple[str, str]]:
+        """Supported (RFC 3262 §3, RFC 4028 §7.1) and the session timer's headers."""
+        timer = self.timer.request_headers() if self.timer is not None else []
+        return self.ua.supported() + timer
 
     def on_invite_response(self, response: Response) -> None:
         status = response.status
@@ -188,13 +224,19 @@ class Call:
             self.fail(response.reason)  # our own handler failed (TransactionLayer)
             return
         if status < 200:
+            if self.ua.config.sip_100rel:
+                process, rack = self.reliable.rack(response)
+                if not process:
+                    return  # RFC 3262 §4: a retransmitted (or out of order) reliable 1xx
+                if rack is not None:
+                    self._prack(response, rack)
             self.provisional = True
             if self.cancel_requested:
                 self.send_cancel()
                 return
             if status == 100:
                 self.set_status(CallStatus.TRYING)
-            elif response.body and response.content_type == "application/sdp":
+            elif sdp_of(response):
                 self.take_answer(response)
                 self.set_status(CallStatus.RING_MEDIA)
             elif status == 183:
@@ -213,12 +255,20 @@ class Call:
             self.dest = self.dest.next()
             self.send_invite()
             return
+        if 300 <= status < 400 and not self.cancel_requested and self._redirect(response):
+            return
         if status in (401, 407) and not self.cancel_requested:
             headers = self._auth.headers_for(response, "INVITE", str(self.invite.uri),
                                              self.invite.body)
             if headers is not None:
                 self.send_invite(headers)
                 return
+        if (status == 422 and self.timer is not None and not self.cancel_requested
+                and self.timer.too_small(response)):
+            # RFC 4028 §7.4: again with the Min-SE asked for (and the credentials known).
+            self.send_invite(self._auth.credentials("INVITE", str(self.invite.uri),
+                                                    self.invite.body) or ())
+            return
         if self.cancel_requested and status == 487:
             self.set_status(CallStatus.FINISH, self.cancel_reason)
         elif getattr(response, "local", False) and status == 408:
@@ -228,9 +278,46 @@ class Call:
         else:
             self.set_status(CallStatus.FAILED, f"{status} {response.reason}")
 
+    def _redirect(self, response: Response) -> bool:
+        """§8.1.3.4: the INVITE again to the best Contact of a 3xx (305: through it), at most
+        sip_max_redirects times, never to a target tried before (a loop)."""
+        if self.redirects >= self.ua.config.sip_max_redirects:
+            return False
+        self.tried.add(redirect.key(self.invite.uri))
+        uri = redirect.next_target(response, self.tried)
+        if uri is None:
+            return False
+        self.redirects += 1
+        self.tried.add(redirect.key(uri))
+        proxy = response.status == 305  # §21.3.6: the same request, through that proxy
+        if not proxy:
+            self.target = uri
+        log.info("call {call_id}: {status} to {uri}", call_id=self.request.call_id,
+                 status=response.status, uri=str(uri))
+        self.invite, self.provisional = None, False  # till the next INVITE: nothing to CANCEL
+        defer.ensureDeferred(self.ua.follow(self, uri, proxy)).addErrback(
+            self.ua._place_failed, self)
+        return True
+
+    def _prack(self, response: Response, rack: str) -> None:
+        """RFC 3262 §7.2: PRACK a reliable provisional response in its early dialog."""
+        tag = response.to.tag
+        if not tag:
+            return
+        dialog = self.early.get(tag)
+        if dialog is None:
+            try:
+                dialog = self.early[tag] = Dialog.from_uac(self.invite, response)
+            except (ValueError, HeaderError):
+                return
+        prack = dialog.create_request("PRACK", via=self.ua.via(self.dest_for_dialog(dialog)),
+                                      headers=[("RAck", rack)])
+        self.send_request(prack, dialog=dialog)
+
     def take_answer(self, response: Response) -> None:
+        body = sdp_of(response)
         try:
-            answer = sdplib.SessionDescription.parse(response.body)
+            answer = sdplib.SessionDescription.parse(body)
             media = sdplib.negotiate(self.offer, answer)
             keys = sdes.agree(self.srtp_mode, self.srtp_offered, answer)
         except (sdplib.SDPError, sdes.CryptoError) as exc:
@@ -239,7 +326,7 @@ class Call:
             self.answer_error = str(exc)
             return
         self.media = media
-        self.remote_sdp = response.body
+        self.remote_sdp = body
         if self.media_session is not None:
             if keys:
                 log.info("call {call_id}: SRTP ({suites}) on {kinds}", call_id=self.request.call_id,
@@ -257,14 +344,19 @@ class Call:
                          error=str(exc))
                 self.set_status(CallStatus.FAILED, f"Bad 200 OK: {exc}")
                 return
+            # §13.2.2.4, §22.1: the ACK carries the INVITE's credentials.
             self.ack = self.dialog.create_request(
                 "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
-                cseq=self.invite.cseq.seq)
+                cseq=self.invite.cseq.seq, headers=[
+                    (k, v) for k, v in self.invite.headers if k in CREDENTIALS])
+            early = self.early.get(self.dialog.remote_tag)
+            if early is not None:  # its PRACKs used CSeq numbers of the dialog (RFC 3262 §7.2)
+                self.dialog.local_seq = max(self.dialog.local_seq, early.local_seq)
         elif response.to.tag != self.dialog.remote_tag:
             # A second fork answered (§13.2.2.4): ACK it and hang it up.
             self.ua.ack_and_bye_fork(self, response)
             return
-        self.ua.send_in_dialog(self, self.ack)
+        self.ua.send_in_dialog(self, self.acks.get(response.cseq.seq, self.ack))
         if self.status.ended:
             # The call ended before this answer (ring timeout, a CANCEL that crossed the
             # 200, a local failure): the callee is answered now, so hang it up (§15).
@@ -281,12 +373,63 @@ class Call:
             # Media cannot flow: never show ESTABLISHED while the BYE is outstanding.
             self.send_bye(self.answer_error or NO_COMMON_CODECS, CallStatus.FAILED, wait=False)
             return
+        self.peer_allow = [m.strip().upper() for m in response.get_all("Allow")]
+        if self.timer is not None:
+            self.timer.answered(response)
         self.set_status(CallStatus.ESTABLISHED)
         if self.media_session is not None:
             self.media_session.established()
 
-    def dest_for_dialog(self) -> Destination:
-        return self.ua.in_dialog_destination(self)
+    # -- session timer (RFC 4028) -------------------------------------------------
+    def refresh_session(self) -> None:
+        """§10: refresh by UPDATE when the peer allows it (no SDP), else by re-INVITE with
+        our unchanged offer (RFC 3264 §8: the same o= version)."""
+        if self.status.ended or self.dialog is None:
+            return
+        headers = self.extension_headers()
+        contact = self.ua.contact(self.request.sip_login, self.dest)
+        if "UPDATE" in self.peer_allow:
+            request = self.dialog.create_request("UPDATE", via=self.ua.via(self.dest_for_dialog()),
+                                                 contact=contact, headers=headers)
+        else:
+            request = self.dialog.create_request(
+                "INVITE", via=self.ua.via(self.dest_for_dialog()), contact=contact,
+                headers=headers + [("Content-Type", "application/sdp")], body=bytes(self.offer))
+        self.send_request(request, lambda response: self._refreshed(request, response))
+
+    def _refreshed(self, request: Request, response: Response) -> None:
+        status = response.status
+        if 200 <= status < 300 and request.method == "INVITE":
+            # §13.2.2.4: ACK the 2xx, end to end, even when the call ended meanwhile
+            ack = self.acks[response.cseq.seq] = self.dialog.create_request(
+                "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
+                cseq=response.cseq.seq,
+                headers=[(k, v) for k, v in request.headers if k in CREDENTIALS])
+            self.ua.send_in_dialog(self, ack)
+        if status < 200 or self.status.ended:
+            return
+        if status < 300:
+            if request.method == "INVITE" and response.body:
+                self.take_answer(response)
+            self.dialog.update_target(response)  # §12.2.1.2: a target refresh
+            self.timer.answered(response)
+        elif status == 422 and self.timer.too_small(response):
+            self.refresh_session()  # RFC 4028 §7.4
+        elif status == 491:
+            self.later(random.uniform(2.1, 4.0), self.refresh_session)  # §14.1, we own the Call-ID
+        else:
+            self._dialog_gone(response)
+
+    def session_expired(self) -> None:
+        """RFC 4028 §10: no refresh came within the session interval: BYE."""
+        self.send_bye(SESSION_EXPIRED, CallStatus.FAILED, wait=False)
+
+    def timer_headers(self, request: Request) -> list[tuple[str, str]]:
+        """The session timer headers of our 2xx to a peer's re-INVITE or UPDATE (§9)."""
+        return self.timer.refreshed_by_peer(request) if self.timer is not None else []
+
+    def dest_for_dialog(self, dialog: Dialog | None = None) -> Destination:
+        return self.ua.in_dialog_destination(self, dialog)
 
     # -- ending ------------------------------------------------------------
     def terminate(self, reason: str = TERMINATED_BY_REST) -> None:
@@ -318,7 +461,11 @@ class Call:
         self.set_status(CallStatus.FAILED, reason)
 
     def send_cancel(self) -> None:
-        """CANCEL with the INVITE's Request-URI, Call-ID, From, To, top Via (§9.1)."""
+        """CANCEL with the INVITE's Request-URI, Call-ID, From, To, top Via (§9.1); one per
+        INVITE, however many provisional responses come."""
+        if self._cancel_sent:
+            return
+        self._cancel_sent = True
         inv = self.invite
         headers = [("Via", inv.get_all("Via")[0]), ("Max-Forwards", "70"),
                    ("From", inv.get("From")), ("To", inv.get("To")), ("Call-ID", inv.call_id),
@@ -348,7 +495,34 @@ class Call:
         self._bye_sent = True
         bye = self.dialog.create_request("BYE", via=self.ua.via(self.dest_for_dialog()),
                                          headers=[("User-Agent", self.ua.config.sip_user_agent)])
-        self.ua.send_in_dialog(self, bye, on_response)
+        self.send_request(bye, on_response)
+
+    def send_request(self, request: Request, on_response=None,
+                     dialog: Dialog | None = None) -> None:
+        """An in-dialog request (of ``dialog``: an early one, else the call's). A 401/407 to
+        it is answered (§22.2): the request goes again with a new CSeq and branch and
+        credentials for every realm known (§22.3)."""
+        answerer = self._auth.chain() if self._auth is not None else None
+
+        def handle(response: Response) -> None:
+            if response.status in (401, 407) and answerer is not None:
+                credentials = answerer.headers_for(response, request.method, str(request.uri),
+                                                   request.body)
+                if credentials is not None:
+                    retry = self._resubmit(request, credentials, dialog or self.dialog)
+                    self.ua.send_in_dialog(self, retry, handle, dialog)
+                    return
+            if on_response is not None:
+                on_response(response)
+        self.ua.send_in_dialog(self, request, handle, dialog)
+
+    def _resubmit(self, request: Request, credentials, dialog: Dialog) -> Request:
+        dialog.local_seq += 1
+        headers = [("Via", self.ua.via(self.dest_for_dialog(dialog))),
+                   ("CSeq", f"{dialog.local_seq} {request.method}")]
+        headers += [(k, v) for k, v in request.headers
+                    if k not in ("Via", "CSeq") and k not in CREDENTIALS]
+        return Request(request.method, request.uri, headers + list(credentials), request.body)
 
     def rtp_timed_out(self) -> None:
         """No RTP for rtp_activity_timeout: hang up and fail (WCS 'Failed by RTP activity')."""
@@ -360,9 +534,35 @@ class Call:
             self.send_info("application/media_control+xml", PICTURE_FAST_UPDATE)
 
     def send_info(self, content_type: str, body: bytes) -> None:
+        """INFOs go one at a time, each once the one before is answered: concurrent ones may
+        arrive reordered (DTMF digits)."""
+        self._infos.append((content_type, body))
+        self._next_info()
+
+    def _next_info(self) -> None:
+        if self._info_out or not self._infos or self.status.ended:
+            return
+        content_type, body = self._infos.popleft()
         info = self.dialog.create_request("INFO", via=self.ua.via(self.dest_for_dialog()),
                                           headers=[("Content-Type", content_type)], body=body)
-        self.ua.send_in_dialog(self, info, lambda r: None)
+        self._info_out = True
+        self.send_request(info, self._info_answered)
+
+    def _info_answered(self, response: Response) -> None:
+        if response.status < 200:
+            return
+        self._info_out = False
+        # A 408 is left to the RTP timeout here: a callee that drops INFO (picture_fast_update)
+        # must not lose its call for it.
+        if not self._dialog_gone(response, (481,)):
+            self._next_info()
+
+    def _dialog_gone(self, response: Response, statuses=(408, 481)) -> bool:
+        """§12.2.1.2: a 481 or 408 to an in-dialog request ends the dialog: BYE, FAILED."""
+        if response.status not in statuses:
+            return False
+        self.send_bye(f"{response.status} {response.reason}", CallStatus.FAILED, wait=False)
+        return True
 
 
 class UserAgent:
@@ -397,6 +597,7 @@ class UserAgent:
         self.by_sip_call_id: dict[str, Call] = {}
         self.streams = streams if streams is not None else StreamRegistry()
         self.registrations: dict[tuple, Registration] = {}
+        self.register_ids = RegistrationIds()  # one Call-ID per account per boot (§10.2)
         self.egress = EgressPolicy.from_config(config, "sip")
         self._ended: collections.deque[Call] = collections.deque()  # in order of ending
         self._prune_timer = None
@@ -451,6 +652,13 @@ class UserAgent:
         self.unregistered += removed
         self._check_drained()
 
+    def supported(self) -> list[tuple[str, str]]:
+        """The Supported header of the extensions turned on (RFC 3262 §3, RFC 4028 §3)."""
+        config = self.config
+        tags = [t for t, on in (("100rel", config.sip_100rel),
+                                ("timer", config.sip_session_timers)) if on]
+        return [("Supported", ", ".join(tags))] if tags else []
+
     # -- addressing --------------------------------------------------------
     def via(self, dest: Destination, branch: str | None = None) -> str:
         host = bracket(self.transport.sent_by(dest.host))
@@ -493,35 +701,37 @@ class UserAgent:
             return dest
         return self.locator.locate(host, port, transport, default_transport).addCallback(named)
 
-    def in_dialog_destination(self, call: Call) -> Destination:
-        """Next hop of an in-dialog request: the top route, else the outbound proxy,
-        else the remote target (§12.2.1.1)."""
-        dialog = call.dialog
+    def in_dialog_destination(self, call: Call, dialog: Dialog | None = None) -> Destination:
+        """Next hop of an in-dialog request (of ``dialog``: an early one, else the call's):
+        the top route, else the outbound proxy, else the remote target (§12.2.1.1)."""
+        dialog = dialog or call.dialog
         if not dialog.route_set and call.request.sip_outbound_proxy:
             return call.dest
         uri = dialog.next_hop()
         transport = _uri_transport(uri) or call.dest.transport
         host = uri.host.strip("[]")
         if not is_ip(host):  # resolved by send_in_dialog (RFC 3263 §4); till then the first hop
-            return call.hops.get(self._named_hop(call), call.dest)
+            return call.hops.get(self._named_hop(call, dialog), call.dest)
         return Destination(transport, host, uri.port or default_port(transport))
 
-    def _named_hop(self, call: Call) -> tuple | None:
+    def _named_hop(self, call: Call, dialog: Dialog | None = None) -> tuple | None:
         """(transport, host, port) of an in-dialog next hop that is a host name, else None."""
-        if call.dialog is None or (not call.dialog.route_set and call.request.sip_outbound_proxy):
+        dialog = dialog or call.dialog
+        if dialog is None or (not dialog.route_set and call.request.sip_outbound_proxy):
             return None
-        uri = call.dialog.next_hop()
+        uri = dialog.next_hop()
         if is_ip(uri.host):
             return None
         return (_uri_transport(uri), uri.host, uri.port)
 
-    def send_in_dialog(self, call: Call, request: Request, on_response=None) -> None:
-        hop = self._named_hop(call)
+    def send_in_dialog(self, call: Call, request: Request, on_response=None,
+                       dialog: Dialog | None = None) -> None:
+        hop = self._named_hop(call, dialog)
         if hop is not None and hop not in call.hops:
             # A Route or Contact naming a host: locate it first (RFC 3263 §4).
             def located(dest):
                 call.hops[hop] = self._allowed(hop[1], dest) or dest  # none: refused below
-                self.send_in_dialog(call, request, on_response)
+                self.send_in_dialog(call, request, on_response, dialog)
 
             def failed(failure):
                 log.warn("call {call_id}: cannot resolve {host}: {why}", host=hop[1],
@@ -530,7 +740,7 @@ class UserAgent:
                     on_response(self._refused(request, 503, f"Cannot resolve {hop[1]}"))
             self.resolve(hop[0], hop[1], hop[2], call.dest.transport).addCallbacks(located, failed)
             return
-        dest = self.in_dialog_destination(call)
+        dest = self.in_dialog_destination(call, dialog)
         if not self.egress.allows(hop[1] if hop else dest.host, resolved=dest.host):
             # The peer's Contact or Record-Route names a denied address: send nothing there;
             # the request fails at once as if refused (a BYE still ends the call).
@@ -627,6 +837,26 @@ class UserAgent:
         call.send_invite()
         if self.config.sip_ring_timeout:
             call.later(self.config.sip_ring_timeout, self._ring_timeout, call)
+
+    async def follow(self, call: Call, uri: URI, proxy: bool) -> None:
+        """Send a redirected INVITE (§8.1.3.4) to the new target's host, or through the
+        outbound proxy when there is one; a 305's proxy is always used."""
+        if proxy or not call.request.sip_outbound_proxy:
+            host, transport = uri.host.strip("[]"), uri.params.get("transport")
+            try:
+                dest = await self.resolve(transport.upper() if transport else None, host,
+                                          uri.port)
+            except Exception as exc:
+                call.set_status(CallStatus.FAILED,
+                                f"Cannot resolve {host}: {exc.__class__.__name__}")
+                return
+            allowed = self._allowed(host, dest)
+            if allowed is None:
+                call.set_status(CallStatus.FAILED, f"Redirect to {host} denied by sip_egress")
+                return
+            call.dest = allowed
+        if not call.status.ended:
+            call.send_invite()
 
     def _place_failed(self, failure, call: Call) -> None:
         reason = failure.getErrorMessage() if failure.check(CallError) else "Internal error"
@@ -772,7 +1002,7 @@ class UserAgent:
         # sip_answer_unsolicited=false): never retransmitted, no state left behind.
         if method == "OPTIONS":
             tx.respond_once(make_response(request, 200, to_tag=new_tag(), extra=[
-                ("Allow", ALLOW), ("Accept", "application/sdp"),
+                ("Allow", ALLOW), ("Accept", "application/sdp"), *self.supported(),
                 ("User-Agent", self.config.sip_user_agent)]))
             return
         if method == "CANCEL":
@@ -794,6 +1024,8 @@ class UserAgent:
             call.set_status(CallStatus.FINISH, NORMAL_CLEARING)
         elif method == "INVITE":
             self._reinvite(call, request, tx)
+        elif method == "UPDATE":
+            self._update(call, request, tx)
         elif method == "INFO":
             tx.respond(make_response(request, 200))
         else:
@@ -810,36 +1042,62 @@ class UserAgent:
         if call._pending_2xx is not None:
             tx.respond(make_response(request, 491))
             return
-        call.dialog.update_target(request)
-        body = b""
-        if request.body:
-            try:
-                offer = sdplib.SessionDescription.parse(request.body)
-                self._session_version += 1
-                ours = call.offer
-                answer, media = sdplib.make_answer(
-                    offer, address=ours.media_address(ours.media[0]),
-                    audio_port=self._our_port(call, "audio"),
-                    video_port=self._our_port(call, "video"),
-                    session_id=ours.origin.sess_id, version=self._session_version)
-            except sdplib.SDPError as exc:
-                tx.respond(make_response(request, 488, extra=[("Warning", f'399 sipgw "{exc}"')]))
-                return
-            body = bytes(answer)
-            call.remote_media = media
-            if call.media_session is not None:
-                call.media_session.negotiate(media)
-            call.remote_sdp = request.body
-            call.set_status(CallStatus.HOLD if sdplib.is_hold(offer) else CallStatus.ESTABLISHED)
-        elif call.offer is not None:
-            body = bytes(call.offer)
-        response = make_response(request, 200, extra=[
-            ("Contact", self.contact(call.request.sip_login, call.dest)), ("Allow", ALLOW)]
-            + ([("Content-Type", "application/sdp")] if body else []), body=body)
+        body = self._answer_or_488(call, request, tx)
+        if body is None:
+            return
+        if not body and call.offer is not None:
+            # §14.2 / RFC 3264 §8: no offer in the re-INVITE: ours goes in the 200, a new
+            # version of it; the answer comes in the ACK (see ack()).
+            self._session_version += 1
+            call.reoffer = dataclasses.replace(call.offer, origin=dataclasses.replace(
+                call.offer.origin, sess_version=self._session_version))
+            body = bytes(call.reoffer)
+        call.dialog.update_target(request)  # §12.2.2: only a successful re-INVITE refreshes
+        response = self._ok(call, request, body)
         tx.respond(response)
         # §13.3.1.4: the UAS core retransmits 2xx until the ACK arrives.
         call._pending_2xx = (response, tx.source, T1, T1)
         call.later(T1, self._retransmit_2xx, call, response)
+
+    def _update(self, call: Call, request: Request, tx) -> None:
+        """UPDATE (RFC 3311 §5.2): a session refresh (RFC 4028 §9), with or without an offer."""
+        body = self._answer_or_488(call, request, tx)
+        if body is not None:
+            call.dialog.update_target(request)
+            tx.respond(self._ok(call, request, body))
+
+    def _answer_or_488(self, call: Call, request: Request, tx) -> bytes | None:
+        """Our SDP answer to the request's offer (b"" without one), or None once an
+        unusable offer was answered 488 (RFC 3261 §14.2)."""
+        if not sdp_of(request):
+            return b""
+        try:
+            return self._answer_offer(call, request)
+        except sdplib.SDPError as exc:
+            tx.respond(make_response(request, 488, extra=[("Warning", f'399 sipgw "{exc}"')]))
+            return None
+
+    def _ok(self, call: Call, request: Request, body: bytes) -> Response:
+        return make_response(request, 200, extra=[
+            ("Contact", self.contact(call.request.sip_login, call.dest)), ("Allow", ALLOW)]
+            + call.timer_headers(request)
+            + ([("Content-Type", "application/sdp")] if body else []), body=body)
+
+    def _answer_offer(self, call: Call, request: Request) -> bytes:
+        """Our answer to the peer's offer (RFC 3264 §6), applied to the media; raises SDPError."""
+        offer = sdplib.SessionDescription.parse(sdp_of(request))
+        self._session_version += 1
+        ours = call.offer
+        answer, media = sdplib.make_answer(
+            offer, address=ours.media_address(ours.media[0]),
+            audio_port=self._our_port(call, "audio"), video_port=self._our_port(call, "video"),
+            session_id=ours.origin.sess_id, version=self._session_version)
+        call.remote_media = media
+        if call.media_session is not None:
+            call.media_session.negotiate(media)
+        call.remote_sdp = sdp_of(request)
+        call.set_status(CallStatus.HOLD if sdplib.is_hold(offer) else CallStatus.ESTABLISHED)
+        return bytes(answer)
 
     def _our_port(self, call: Call, kind: str) -> int | None:
         if call.offer is None:
@@ -868,11 +1126,32 @@ class UserAgent:
         call = self._call_for(request)
         if call is not None and call._pending_2xx is not None:
             call._pending_2xx = None
+            offer, call.reoffer = call.reoffer, None
+            if offer is not None:
+                self._ack_answer(call, offer, request)
+
+    def _ack_answer(self, call: Call, offer, request: Request) -> None:
+        """The answer to the offer of our 200 to an offerless re-INVITE (§13.3.1.4, §14.2):
+        media moves to its address and codec; none or an unusable one ends the call."""
+        body = sdp_of(request)
+        try:
+            if not body:
+                raise sdplib.SDPError("no SDP answer in the ACK")
+            answer = sdplib.SessionDescription.parse(body)
+            media = sdplib.negotiate(offer, answer)
+        except sdplib.SDPError as exc:
+            call.send_bye(f"Bad answer in ACK: {exc}", CallStatus.FAILED, wait=False)
+            return
+        call.remote_media, call.remote_sdp = media, body
+        if call.media_session is not None:
+            call.media_session.negotiate(media)
+        call.set_status(CallStatus.HOLD if sdplib.is_hold(answer) else CallStatus.ESTABLISHED)
 
     def stray_response(self, response: Response, source) -> None:
         """2xx retransmissions of an INVITE arrive here (§13.2.2.4): ACK again."""
         call = self._call_for(response)
-        if call is not None and response.cseq.method == "INVITE" and 200 <= response.status < 300:
+        if (call is not None and call.invite is not None and response.cseq.method == "INVITE"
+                and 200 <= response.status < 300):
             call.on_2xx(response)
 
     def ack_and_bye_fork(self, call: Call, response: Response) -> None:

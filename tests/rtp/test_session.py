@@ -791,3 +791,24 @@ def test_send_failures_never_escape_and_close_releases_everything(clock, pool, f
     clock.advance(1)
     session.close()
     assert pool.in_use == set() and clock.udp_ports == {}
+
+
+def test_every_codec_of_the_answer_is_received_and_a_switch_is_counted(clock, pool):
+    """Answer `8 0 101`: PCMA first, but PCMU packets are accepted too (RFC 3264 §5.1) and
+    published as PCMU; each switch between them is counted in codec_changes."""
+    session, stream, ports = make_session(clock, pool, kinds=("audio",))
+    sink = stream.subscribe(name="test")
+    offer = make_offer("127.0.0.1", audio_port=ports["audio"], video_port=None, session_id=1)
+    reply = SessionDescription.parse(
+        f"v=0\r\no=- 1 1 IN IP4 {PEER}\r\ns=-\r\nc=IN IP4 {PEER}\r\nt=0 0\r\n"
+        f"m=audio {AUDIO_PORT} RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\n"
+        "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
+    session.negotiate(negotiate(offer, reply))
+    session.established()
+    send_audio(clock, ports, [0], pt=8)
+    send_audio(clock, ports, [1, 2], pt=0)
+    send_audio(clock, ports, [3], pt=8)
+    assert [f.codec for f in sink.queue] == ["PCMA", "PCMU", "PCMU", "PCMA"]
+    counters = session.counters()["audio"]
+    assert counters["wrong_payload_type"] == 0 and counters["codec_changes"] == 2
+    assert stream.audio_codec == "PCMA"

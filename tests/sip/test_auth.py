@@ -336,3 +336,55 @@ def test_answerer_skips_an_unusable_challenge_and_answers_the_usable_one():
     assert name == "Authorization" and "algorithm=MD5" in value
     assert len(answerer.skipped) == 1 and "SHA-512-256" in answerer.skipped[0]
     assert answerer.headers_for(response, "INVITE", "sip:bob@x", b"") is None  # refused again
+
+
+def _challenge(status, *values):
+    from sipgw.sip.message import Response
+    name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+    return Response(status, headers=[(name, v) for v in values])
+
+
+def test_answerer_accumulates_credentials_per_realm_across_hops():
+    """A proxy's 407 then the PBX's 401: the retry carries both answers (RFC 3261 §22.3),
+    the proxy's recomputed for the new request (nc=00000002 on its nonce)."""
+    from sipgw.sip.auth import ChallengeAnswerer
+    answerer = ChallengeAnswerer(DigestClient("alice", "pw"))
+    first = answerer.headers_for(_challenge(407, 'Digest realm="proxy", nonce="p1", qop="auth"'),
+                                 "INVITE", "sip:bob@x", b"")
+    assert [n for n, _ in first] == ["Proxy-Authorization"]
+    second = answerer.headers_for(_challenge(401, 'Digest realm="pbx", nonce="b1", qop="auth"'),
+                                  "INVITE", "sip:bob@x", b"")
+    names = dict(second)
+    assert set(names) == {"Proxy-Authorization", "Authorization"}
+    assert 'realm="proxy"' in names["Proxy-Authorization"] and "nc=00000002" in names[
+        "Proxy-Authorization"]
+    assert 'realm="pbx"' in names["Authorization"]
+
+
+def test_answerer_answers_every_realm_of_one_response():
+    """Several challenges of different realms in one 407 (a forking proxy): one answer per
+    realm (RFC 3261 §22.3); two of one realm: one answer, the preferred algorithm's."""
+    from sipgw.sip.auth import ChallengeAnswerer
+    answerer = ChallengeAnswerer(DigestClient("alice", "pw"))
+    headers = answerer.headers_for(_challenge(
+        407, 'Digest realm="a", nonce="1"', 'Digest realm="b", nonce="2"',
+        'Digest realm="b", nonce="3", algorithm=SHA-256'), "BYE", "sip:bob@x", b"")
+    values = [v for _, v in headers]
+    assert len(values) == 2 and 'realm="a"' in values[0]
+    assert 'realm="b"' in values[1] and "SHA-256" in values[1]
+
+
+def test_a_new_chain_answers_a_fresh_nonce_and_keeps_the_other_realms():
+    """An in-dialog request is a new chain (``chain()``): a new nonce for a realm answered
+    during the INVITE is answered, not taken as a refusal; other realms stay cached."""
+    from sipgw.sip.auth import ChallengeAnswerer
+    invite = ChallengeAnswerer(DigestClient("alice", "pw"))
+    invite.headers_for(_challenge(407, 'Digest realm="proxy", nonce="p1"'), "INVITE", "sip:b", b"")
+    invite.headers_for(_challenge(401, 'Digest realm="pbx", nonce="b1"'), "INVITE", "sip:b", b"")
+    bye = invite.chain()
+    headers = bye.headers_for(_challenge(407, 'Digest realm="proxy", nonce="p2"'), "BYE",
+                              "sip:b", b"")
+    assert {n for n, _ in headers} == {"Proxy-Authorization", "Authorization"}
+    assert 'nonce="p2"' in dict(headers)["Proxy-Authorization"]
+    assert bye.headers_for(_challenge(407, 'Digest realm="proxy", nonce="p2"'), "BYE",
+                           "sip:b", b"") is None  # the same nonce again: refused

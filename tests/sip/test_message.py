@@ -233,10 +233,12 @@ def test_address_normalises_token_display_and_addr_spec():
 
 @pytest.mark.parametrize("text", [
     '"unterminated <sip:a@b>', "Bell, Alexander <sip:a@b>", "<sip:a@b", '"x" sip:a@b',
+    'Bob "the" <sip:a@b>',
     "< sip:a@b >", "sip:a@b?Route=x", "<sip:a@b> junk", "two words sip:a@b",
 ])
 def test_bad_addresses_are_refused(text):
-    """Broken quotes, non-token display names, missing '>', LWS inside <> and '?' outside <> fail."""
+    """Broken or stray quotes, a comma in an unquoted display name (RFC 4475 baddn),
+    missing '>', LWS inside <> and '?' outside <> fail."""
     with pytest.raises(HeaderError):
         Address.parse(text)
 
@@ -276,3 +278,23 @@ def test_cseq_parse_and_limits():
     for bad in ("INVITE", "1 2 INVITE", "-1 INVITE", f"{2**31} INVITE", "\u00b2 INVITE", "1 IN VITE"):
         with pytest.raises(HeaderError):
             CSeq.parse(bad)
+
+
+@pytest.mark.parametrize("text,display", [
+    ("Reception (ext. 100) <sip:100@pbx>", "Reception (ext. 100)"),
+    ("John@Home <sip:j@b>", "John@Home"),
+    ("Müller <sip:m@b>", "Müller"),
+])
+def test_unquoted_display_names_with_non_token_characters_are_read(text, display):
+    """Liberal (RFC 3261 §25 as peers write it): an unquoted display name with characters
+    outside token (but no comma) is read as it is, and written back quoted."""
+    address = Address.parse(text)
+    assert address.display == display and str(address).startswith(quote(display))
+
+
+def test_host_names_with_underscores_are_read():
+    """Host names with '_' (not hostname syntax, §25.1, but common, and accepted by the REST
+    layer) parse in URIs and Vias."""
+    uri = URI.parse("sip:alice@sip_server.example.com:5080;transport=tcp")
+    assert (uri.host, uri.port) == ("sip_server.example.com", 5080)
+    assert Via.parse("SIP/2.0/UDP my_host.lan:5060;branch=z9hG4bKx").host == "my_host.lan"

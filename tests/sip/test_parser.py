@@ -614,3 +614,12 @@ def test_an_empty_via_is_refused_not_crashing():
             b"CSeq: 39234321 OPTIONS\r\nVia:\r\n\r\n SIP/2.0/UDP host1.example.com\r\n")
     with pytest.raises(ParseError, match="empty Via"):
         parse(data)
+
+
+@pytest.mark.parametrize("first", [b"SIP/2.0 200", b"SIP/2.0 180"])
+def test_a_status_line_without_a_reason_phrase_is_read(first):
+    """An empty reason phrase (and no space before it) is accepted (§7.2, as peers send it)."""
+    message = parse(first + b"\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKa\r\n"
+                    b"From: <sip:a@b>;tag=1\r\nTo: <sip:b@b>\r\nCall-ID: x\r\n"
+                    b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    assert message.status == int(first.split()[1]) and message.reason == ""

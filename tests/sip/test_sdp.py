@@ -751,3 +751,16 @@ def test_sdp_like_lines_parse_consistently(lines):
         assert len(answer.media) == len(parsed.media)
     except SDPError:
         pass
+
+
+def test_opus_without_a_channel_count_is_stereo_opus():
+    """`opus/48000` without `/2` (RFC 7587 §7 wants it, many peers leave it out) matches our
+    opus/48000/2, as an answer and as an offer."""
+    ours = sdp.make_offer("127.0.0.1", audio_port=4000, video_port=None, session_id=1)
+    peer = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            "m=audio 5000 RTP/AVP 96\r\na=rtpmap:96 opus/48000\r\n")
+    media = sdp.negotiate(ours, SessionDescription.parse(peer))
+    assert (media["audio"].codec.name, media["audio"].recv_pt) == ("opus", 111)
+    answer, _ = sdp.make_answer(SessionDescription.parse(peer), address="127.0.0.1",
+                                audio_port=4000, video_port=None, session_id=1, version=1)
+    assert answer.media[0].port == 4000 and answer.media[0].formats == ["96"]

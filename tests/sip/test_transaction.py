@@ -200,6 +200,22 @@ def test_server_invite_timer_h_gives_up_without_ack(clock, sender):
     assert len(sender.responses(486)) == count and layer.server == {}
 
 
+def test_server_invite_stays_accepted_after_a_2xx_for_timer_l(clock, sender):
+    """RFC 6026 §7.1: after a 2xx the INVITE server transaction is Accepted: a retransmitted
+    INVITE is absorbed (not a new request for the TU, no response from the transaction),
+    and the transaction ends at Timer L (64*T1)."""
+    layer = _layer(clock, sender)
+    req = _request("INVITE")
+    layer.receive(req, PEER)
+    (_, tx), = layer.tu.requests
+    tx.respond(make_response(req, 200, to_tag="x"))
+    layer.receive(_request_copy(req), PEER)
+    assert len(layer.tu.requests) == 1 and len(sender.responses()) == 1
+    assert tx.state == "accepted"
+    clock.advance(64 * T1 + 0.01)
+    assert layer.server == {}
+
+
 def test_ack_for_2xx_goes_to_tu(clock, sender):
     """An ACK matching no transaction is end-to-end and handed to the TU (§17.2.3)."""
     layer = _layer(clock, sender)

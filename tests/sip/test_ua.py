@@ -307,13 +307,19 @@ def test_options_and_info_are_answered(make_ua, sender):
 
 
 def test_send_dtmf_info_uses_dtmf_relay(make_ua, sender):
-    """/call/send_dtmf type INFO sends one application/dtmf-relay INFO per digit."""
+    """/call/send_dtmf type INFO sends one application/dtmf-relay INFO per digit, each once
+    the one before is answered (concurrent INFOs may arrive reordered)."""
     ua = make_ua()
     _established(ua, sender)
-    ua.send_dtmf("call1", "12#", "INFO")
-    infos = sender.requests("INFO")
+    ua.send_dtmf("call1", "12", "INFO")
+    ua.send_dtmf("call1", "#", "INFO")
+    for n in (1, 2, 3):
+        infos = sender.requests("INFO")
+        assert len(infos) == n
+        ua.transactions.receive(make_response(infos[-1], 200), PEER)
     assert [i.body.split(b"\r\n")[0] for i in infos] == [b"Signal=1", b"Signal=2", b"Signal=#"]
     assert infos[0].get("Content-Type") == "application/dtmf-relay"
+    assert len(sender.requests("INFO")) == 3
 
 
 def test_unknown_call_ids_raise_not_found(make_ua):
@@ -894,3 +900,532 @@ def test_churn_of_every_ending_leaves_nothing_behind(make_ua, sender, clock):
     assert ua.registrations == {} and ua.leaving == set()
     assert ua.transactions.client == {} and ua.transactions.server == {}
     assert ua.ports.in_use == set() and clock.getDelayedCalls() == []
+
+
+def _sdp_offer(invite, cseq, sdp, method="INVITE", extra=()):
+    body = bytes(sdp) if not isinstance(sdp, bytes) else sdp
+    return _in_dialog(invite, method, cseq, body,
+                      [("Content-Type", "application/sdp")] + list(extra) if body else list(extra))
+
+
+def _hold_sdp(form, version):
+    address = "0.0.0.0" if form == "c=0.0.0.0" else "127.0.0.1"
+    port = 6000 if form == "port unchanged" else 7000
+    sdp = make_offer(address, audio_port=port, video_port=6002, session_id=9, version=version)
+    direction = {"sendonly": "sendonly", "port unchanged": "sendonly",
+                 "inactive": "inactive"}.get(form)
+    if direction:
+        for m in sdp.media:
+            m.attributes = [a for a in m.attributes if a[0] != "sendrecv"] + [(direction, None)]
+    return sdp
+
+
+@pytest.mark.parametrize("form", ["sendonly", "inactive", "c=0.0.0.0", "port unchanged"])
+def test_every_hold_form_pauses_the_rtp_timeout_and_resume_restarts_it(make_ua, sender, clock,
+                                                                         form):
+    """A callee holding (sendonly, inactive, c=0.0.0.0, or only the direction changed) and
+    sending no RTP stays HOLD past rtp_activity_timeout (RFC 3264 §8.4); resume is
+    ESTABLISHED and the timeout counts again from the resume, not from the hold."""
+    ua = make_ua(rtp_activity_timeout=60)
+    invite = _established(ua, sender)
+    ua.transactions.receive(_sdp_offer(invite, 2, _hold_sdp(form, 2)), PEER)
+    ua.transactions.receive(_in_dialog(invite, "ACK", 2), PEER)
+    assert _status(ua) == "HOLD"
+    clock.pump([1] * 100)
+    assert _status(ua) == "HOLD"
+    ua.transactions.receive(_sdp_offer(invite, 3, make_offer(
+        "127.0.0.1", audio_port=6000, video_port=6002, session_id=9, version=3)), PEER)
+    ua.transactions.receive(_in_dialog(invite, "ACK", 3), PEER)
+    assert _status(ua) == "ESTABLISHED"
+    clock.pump([1] * 30)
+    assert _status(ua) == "ESTABLISHED"
+    clock.pump([1] * 31)
+    assert ua.find("call1")[0]["info"] == "Failed by RTP activity"
+
+
+ANSWER_PCMA = (b"v=0\r\no=- 9 5 IN IP4 127.0.0.9\r\ns=-\r\nc=IN IP4 127.0.0.9\r\nt=0 0\r\n"
+               b"m=audio 7100 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+               b"m=video 7102 RTP/AVP 102\r\na=rtpmap:102 H264/90000\r\n"
+               b"a=fmtp:102 profile-level-id=42e01f;packetization-mode=1\r\n")
+
+
+def test_offerless_reinvite_is_completed_by_the_answer_in_the_ack(make_ua, sender, clock):
+    """A re-INVITE without SDP gets our offer (a new o= version, RFC 3264 §8) in the 200;
+    the answer in the ACK (§14.2, §13.3.1.4) moves the media to its address and codec."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    first = SessionDescription.parse(sender.requests("INVITE")[0].body)
+    ua.transactions.receive(_in_dialog(invite, "INVITE", 2), PEER)
+    ok = sender.responses(200)[-1]
+    offer = SessionDescription.parse(ok.body)
+    assert offer.origin.sess_version > first.origin.sess_version
+    ack = _in_dialog(invite, "ACK", 2, ANSWER_PCMA, [("Content-Type", "application/sdp")])
+    ua.transactions.receive(ack, PEER)
+    call = ua.calls["call1"]
+    audio = call.media_session.endpoints["audio"]
+    assert audio.sdp_rtp == ("127.0.0.9", 7100)
+    assert call.stream.audio_codec == "PCMA" and 8 in audio.accepted_pts
+    assert call.remote_sdp == ANSWER_PCMA
+    clock.advance(10)
+    assert len(sender.responses(200)) == 1  # the ACK stopped the 2xx retransmissions
+    assert _status(ua) == "ESTABLISHED"
+
+
+def test_an_unusable_answer_in_the_ack_ends_the_call(make_ua, sender):
+    """An ACK whose answer cannot be used is followed by a BYE (RFC 3261 §13.2.2.4, the
+    UAS side of it): media cannot flow."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    ua.transactions.receive(_in_dialog(invite, "INVITE", 2), PEER)
+    bad = ANSWER_PCMA.replace(b"RTP/AVP 8\r\na=rtpmap:8 PCMA/8000", b"RTP/AVP 18")
+    bad = bad.replace(b"RTP/AVP 102", b"RTP/AVP 34").replace(b"a=rtpmap:102 H264/90000\r\n", b"")
+    ua.transactions.receive(_in_dialog(invite, "ACK", 2, bad, [
+        ("Content-Type", "application/sdp")]), PEER)
+    assert sender.requests("BYE") and _status(ua) == "FAILED"
+
+
+def test_a_retransmitted_reinvite_after_a_lost_200_is_not_refused(make_ua, sender, clock):
+    """RFC 6026 §7.1: the INVITE server transaction stays Accepted after its 2xx, so a
+    retransmitted re-INVITE is absorbed, never handed up as a new request (500 CSeq out of
+    order); the peer gets the 200 again from the 2xx retransmissions."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    reinvite = _sdp_offer(invite, 2, make_offer("127.0.0.1", audio_port=7000, video_port=None,
+                                                session_id=9, version=2))
+    ua.transactions.receive(reinvite, PEER)
+    ua.transactions.receive(parse(bytes(reinvite)), PEER)
+    clock.advance(T1 + 0.01)
+    assert [r.status for r in sender.responses()] == [200, 200]
+
+
+def test_a_refused_reinvite_leaves_the_remote_target_alone(make_ua, sender):
+    """Only a successful re-INVITE refreshes the remote target (§12.2.2): after a 488 the
+    BYE still goes to the first Contact."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    reinvite = _in_dialog(invite, "INVITE", 2, b"v=0\r\nbogus\r\n",
+                          [("Content-Type", "application/sdp")])
+    reinvite.set("Contact", "<sip:bob@127.0.0.1:7777>")
+    ua.transactions.receive(reinvite, PEER)
+    assert [r.status for r in sender.responses()] == [488]
+    ua.terminate("call1")
+    (bye,) = sender.requests("BYE")
+    assert bye.uri.port == 5060
+
+
+def _challenged_then_established(ua, sender):
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(first, 407, extra=[
+        ("Proxy-Authenticate", 'Digest realm="proxy", nonce="p1", qop="auth"')]), PEER)
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER), PEER)
+    return invite
+
+
+def test_the_ack_for_a_2xx_carries_the_invites_credentials(make_ua, sender):
+    """RFC 3261 §13.2.2.4 / §22.1: the ACK of a 2xx carries the same credentials as the
+    INVITE it acknowledges."""
+    ua = make_ua()
+    invite = _challenged_then_established(ua, sender)
+    ack = sender.requests("ACK")[-1]
+    assert ack.cseq.seq == invite.cseq.seq
+    assert ack.get("Proxy-Authorization") == invite.get("Proxy-Authorization")
+
+
+@pytest.mark.parametrize("method", ["BYE", "INFO"])
+@pytest.mark.parametrize("status", [401, 407])
+def test_an_in_dialog_request_is_retried_on_a_challenge(make_ua, sender, method, status):
+    """A 401/407 to an in-dialog BYE or INFO is answered: the request goes again with a
+    higher CSeq, a new branch and the credentials (§22.2, §22.3); a BYE answered 200 then
+    ends the call."""
+    ua = make_ua()
+    _challenged_then_established(ua, sender)
+    if method == "BYE":
+        ua.terminate("call1")
+    else:
+        ua.send_dtmf("call1", "1", "INFO")
+    first = sender.requests(method)[0]
+    header = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
+    ua.transactions.receive(make_response(first, status, extra=[
+        (header, 'Digest realm="pbx", nonce="b1"')]), PEER)
+    assert _status(ua) == "ESTABLISHED"
+    second = sender.requests(method)[1]
+    assert second.cseq.seq == first.cseq.seq + 1
+    assert second.top_via.branch != first.top_via.branch and second.body == first.body
+    credentials = " ".join(second.get_all("Authorization") + second.get_all("Proxy-Authorization"))
+    assert 'realm="pbx"' in credentials and f'uri="{second.uri}"' in credentials
+    assert 'realm="proxy"' in credentials  # the INVITE's realm too (§22.3)
+    ua.transactions.receive(make_response(second, 200), PEER)
+    assert _status(ua) == ("FINISH" if method == "BYE" else "ESTABLISHED")
+
+
+def test_invite_advertises_100rel_timer_and_update(make_ua, sender):
+    """The INVITE says Supported: 100rel, timer (RFC 3262 §3, RFC 4028 §7.1), asks for
+    sip_session_expires with Min-SE, and allows PRACK and UPDATE; each can be turned off."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    assert invite.get_all("Supported") == ["100rel", "timer"]
+    assert (invite.get("Session-Expires"), invite.get("Min-SE")) == ("1800", "90")
+    assert {"PRACK", "UPDATE"} <= set(invite.get_all("Allow"))
+    off = make_ua(sip_100rel=False, sip_session_timers=False)
+    off.startup(_call(call_id="call2", to_stream="s2"))
+    invite = sender.requests("INVITE")[-1]
+    assert invite.get("Supported") is None and invite.get("Session-Expires") is None
+
+
+def _reliable(invite, rseq, status=183, tag="b1"):
+    return _reply(invite, status, tag=tag, body=ANSWER, extra=[
+        ("Require", "100rel"), ("RSeq", str(rseq))])
+
+
+def test_reliable_provisional_is_pracked_once_in_its_early_dialog(make_ua, sender):
+    """A 183 with Require: 100rel is PRACKed (RFC 3262 §7.2: RAck 'RSeq CSeq INVITE', in the
+    early dialog, the next CSeq); its retransmission is not; the next RSeq is; the BYE after
+    the 200 takes a CSeq above the PRACKs'."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reliable(invite, 7), PEER)
+    (prack,) = sender.requests("PRACK")
+    assert prack.get("RAck") == f"7 {invite.cseq.seq} INVITE"
+    assert prack.to.tag == "b1" and prack.cseq.seq == invite.cseq.seq + 1
+    assert prack.uri.port == 5060 and prack.call_id == invite.call_id
+    assert _status(ua) == "RING_MEDIA"
+    ua.transactions.receive(_reliable(invite, 7), PEER)  # retransmitted
+    ua.transactions.receive(_reliable(invite, 9), PEER)  # out of order
+    assert len(sender.requests("PRACK")) == 1
+    ua.transactions.receive(_reliable(invite, 8, status=180), PEER)
+    assert [p.get("RAck") for p in sender.requests("PRACK")][-1] == f"8 {invite.cseq.seq} INVITE"
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER), PEER)
+    assert sender.requests("ACK")[-1].cseq.seq == invite.cseq.seq
+    ua.terminate("call1")
+    assert sender.requests("BYE")[0].cseq.seq == invite.cseq.seq + 3
+
+
+def test_100rel_off_sends_no_prack(make_ua, sender):
+    """sip_100rel=false: reliable provisionals are read as plain ones, never PRACKed."""
+    ua = make_ua(sip_100rel=False)
+    ua.startup(_call())
+    ua.transactions.receive(_reliable(sender.requests("INVITE")[0], 1), PEER)
+    assert sender.requests("PRACK") == [] and _status(ua) == "RING_MEDIA"
+
+
+def test_422_is_retried_with_the_min_se_asked_for(make_ua, sender):
+    """422 Session Interval Too Small (RFC 4028 §7.4): the INVITE goes again with its
+    Min-SE as Session-Expires and Min-SE; a 422 asking for no more fails the call."""
+    ua = make_ua()
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(first, 422, extra=[("Min-SE", "3600")]), PEER)
+    second = sender.requests("INVITE")[1]
+    assert second.cseq.seq == first.cseq.seq + 1
+    assert (second.get("Session-Expires"), second.get("Min-SE")) == ("3600", "3600")
+    ua.transactions.receive(_reply(second, 422, extra=[("Min-SE", "3600")]), PEER)
+    assert len(sender.requests("INVITE")) == 2 and _status(ua) == "FAILED"
+
+
+def _timed(ua, sender, session_expires, allow="INVITE, ACK, BYE, UPDATE"):
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(invite, 200, body=ANSWER, extra=[
+        ("Session-Expires", session_expires), ("Require", "timer"), ("Allow", allow)]), PEER)
+    return invite
+
+
+@pytest.mark.parametrize("allow,method", [("INVITE, ACK, BYE, UPDATE", "UPDATE"),
+                                          ("INVITE, ACK, BYE", "INVITE")])
+def test_sipgw_refreshes_at_half_the_interval_when_it_is_the_refresher(make_ua, sender, clock,
+                                                                       allow, method):
+    """refresher=uac in the 2xx: sipgw refreshes at half the interval (RFC 4028 §10) by UPDATE
+    when the callee allows it, else by re-INVITE (ACKed with its own CSeq), and again after."""
+    ua = make_ua(rtp_activity_timeout=0)
+    _timed(ua, sender, "180;refresher=uac", allow)
+    before = len(sender.requests(method))
+    clock.advance(89)
+    assert len(sender.requests(method)) == before
+    clock.advance(1.01)
+    refresh = sender.requests(method)[-1]
+    assert len(sender.requests(method)) == before + 1
+    assert refresh.get("Session-Expires") == "180;refresher=uac"
+    assert "timer" in refresh.get_all("Supported")
+    ua.transactions.receive(_reply(refresh, 200, body=ANSWER if method == "INVITE" else b"",
+                                   extra=[("Session-Expires", "180;refresher=uac")]), PEER)
+    if method == "INVITE":
+        assert sender.requests("ACK")[-1].cseq.seq == refresh.cseq.seq
+    clock.pump([1] * 91)
+    assert len({r.cseq.seq for r in sender.requests(method)}) == before + 2
+    assert _status(ua) == "ESTABLISHED"
+
+
+def test_no_refresh_from_the_callee_ends_the_call_with_bye(make_ua, sender, clock):
+    """refresher=uas: the callee refreshes; an UPDATE from it is answered with the interval
+    and Require: timer and restarts the timer; without one the call is BYEd before the
+    interval ends (RFC 4028 §10: the interval minus min(32, a third of it))."""
+    ua = make_ua(rtp_activity_timeout=0)
+    invite = _timed(ua, sender, "180;refresher=uas")
+    clock.advance(100)
+    ua.transactions.receive(_in_dialog(invite, "UPDATE", 1, extra=[
+        ("Session-Expires", "180;refresher=uac"), ("Supported", "timer")]), PEER)
+    ok = sender.responses(200)[-1]
+    assert ok.get("Session-Expires") == "180;refresher=uac" and ok.get("Require") == "timer"
+    clock.advance(147)
+    assert sender.requests("BYE") == [] and _status(ua) == "ESTABLISHED"
+    clock.advance(2)
+    assert sender.requests("BYE")
+    call = ua.find("call1")[0]
+    assert (call["status"], call["info"]) == ("FAILED", "Session timer expired")
+
+
+def test_a_refresh_answered_481_ends_the_call(make_ua, sender, clock):
+    """A 481 to our refresh (§12.2.1.2) means the dialog is gone: the call ends."""
+    ua = make_ua(rtp_activity_timeout=0)
+    _timed(ua, sender, "180;refresher=uac")
+    clock.advance(90.01)
+    ua.transactions.receive(make_response(sender.requests("UPDATE")[-1], 481), PEER)
+    assert _status(ua) == "FAILED"
+
+
+def test_423_is_retried_with_min_expires(make_ua, sender, clock):
+    """423 Interval Too Brief (RFC 3261 §10.2.8): the REGISTER goes again asking for its
+    Min-Expires, and later refreshes ask for that too."""
+    ua = make_ua(sip_register_expires=60, sip_ring_timeout=0)
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 423, to_tag="r", extra=[("Min-Expires", "300")]),
+                            PEER)
+    reg2 = sender.requests("REGISTER")[1]
+    assert reg2.get("Expires") == "300" and reg2.cseq.seq == reg.cseq.seq + 1
+    ua.transactions.receive(make_response(reg2, 200, to_tag="r", extra=[("Expires", "300")]), PEER)
+    assert sender.requests("INVITE")
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 180), PEER)
+    clock.advance(290)
+    assert sender.requests("REGISTER")[-1].get("Expires") == "300"
+
+
+def test_expiry_is_read_from_the_contact_that_is_exactly_ours(make_ua, sender, clock):
+    """Another binding of the same host (another port, another user) is not ours: the
+    expiry granted is the one on our exact Contact (RFC 3261 §10.2.4), 60 s here."""
+    ua = make_ua()
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[
+        ("Contact", "<sip:alice@127.0.0.1:5099>;expires=3600"),
+        ("Contact", "<sip:bob@127.0.0.1:5070>;expires=3600"),
+        ("Contact", "<sip:alice@127.0.0.1:5070>;expires=60")]), PEER)
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 180), PEER)
+    clock.advance(50)
+    assert len(sender.requests("REGISTER")) == 2
+
+
+def test_one_call_id_per_account_per_boot(make_ua, sender):
+    """Every REGISTER of one account in one run shares a Call-ID, its CSeq always rising
+    (RFC 3261 §10.2), even after the binding was removed and made again."""
+    ua = make_ua()
+    for n in (1, 2):
+        ua.startup(_call(call_id=f"call{n}", to_stream=f"s{n}", sip_register_required=True))
+        reg = sender.requests("REGISTER")[-1]
+        ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[("Expires", "600")]),
+                                PEER)
+        ua.transactions.receive(_reply(sender.requests("INVITE")[-1], 486), PEER)
+        ua.transactions.receive(make_response(sender.requests("REGISTER")[-1], 200, to_tag="r"),
+                                PEER)
+    registers = sender.requests("REGISTER")
+    assert len(registers) == 4 and len({r.call_id for r in registers}) == 1
+    assert [r.cseq.seq for r in registers] == [1, 2, 3, 4]
+
+
+def _redirect(invite, status=302, *contacts):
+    return make_response(invite, status, to_tag="r1", extra=[("Contact", c) for c in contacts])
+
+
+def test_302_is_followed_to_the_best_contact(make_ua, sender):
+    """A 302 sends the INVITE again (RFC 3261 §8.1.3.4) to its highest-q Contact, at that
+    host, with the same Call-ID and From tag and the next CSeq; the new target answers."""
+    ua = make_ua()
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_redirect(first, 302, "<sip:carol@127.0.0.3:5064>;q=0.5",
+                                      "<sip:dave@127.0.0.2:5062>;q=0.9"), PEER)
+    second = sender.requests("INVITE")[1]
+    (_, _, host, port) = sender.sent[-1]
+    assert str(second.uri) == "sip:dave@127.0.0.2:5062" and (host, port) == ("127.0.0.2", 5062)
+    assert second.call_id == first.call_id and second.from_.tag == first.from_.tag
+    assert second.cseq.seq == first.cseq.seq + 1
+    ua.transactions.receive(_reply(second, 200, body=ANSWER), PEER)
+    assert _status(ua) == "ESTABLISHED"
+
+
+def test_a_redirect_loop_and_the_hop_limit_stop_the_call(make_ua, sender):
+    """A redirect back to a target already tried is not followed (a loop), nor one beyond
+    sip_max_redirects: the call fails with the 3xx."""
+    ua = make_ua()
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_redirect(first, 302, "<sip:dave@127.0.0.2:5062>"), PEER)
+    second = sender.requests("INVITE")[1]
+    ua.transactions.receive(_redirect(second, 302, f"<{first.uri}>"), PEER)
+    assert len(sender.requests("INVITE")) == 2
+    call = ua.find("call1")[0]
+    assert call["status"] == "FAILED" and call["info"].startswith("302")
+    limited = make_ua(sip_max_redirects=1)
+    limited.startup(_call(call_id="c2", to_stream="s2"))
+    invite = sender.requests("INVITE")[-1]
+    limited.transactions.receive(_redirect(invite, 301, "<sip:e@127.0.0.4>"), PEER)
+    invite = sender.requests("INVITE")[-1]
+    limited.transactions.receive(_redirect(invite, 301, "<sip:f@127.0.0.5>"), PEER)
+    assert str(sender.requests("INVITE")[-1].uri) == "sip:e@127.0.0.4"
+    assert limited.find("c2")[0]["status"] == "FAILED"
+
+
+def test_305_sends_the_same_request_through_the_proxy_named(make_ua, sender):
+    """305 Use Proxy (§21.3.6): the same Request-URI, sent to the proxy of the Contact."""
+    ua = make_ua()
+    ua.startup(_call())
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(_redirect(first, 305, "<sip:127.0.0.7:5080;lr>"), PEER)
+    second = sender.requests("INVITE")[1]
+    (_, _, host, port) = sender.sent[-1]
+    assert second.uri == first.uri and (host, port) == ("127.0.0.7", 5080)
+
+
+def test_terminate_while_a_redirect_is_followed_ends_the_call(make_ua, sender, monkeypatch):
+    """/call/terminate between a 302 and the next INVITE ends the call at once."""
+    from twisted.internet import defer
+    ua = make_ua()
+    ua.startup(_call())
+    pending = defer.Deferred()
+    monkeypatch.setattr(ua, "resolve", lambda *a: pending)
+    ua.transactions.receive(_redirect(sender.requests("INVITE")[0], 302,
+                                      "<sip:dave@127.0.0.2:5062>"), PEER)
+    ua.terminate("call1")
+    assert _status(ua) == "FINISH"
+    from sipgw.sip.resolver import Destination
+    pending.callback(Destination("UDP", "127.0.0.2", 5062))
+    assert len(sender.requests("INVITE")) == 1
+
+
+def test_invite_says_it_accepts_sdp(make_ua, sender):
+    """The INVITE carries Accept: application/sdp (RFC 3261 §20.1)."""
+    ua = make_ua()
+    ua.startup(_call())
+    assert sender.requests("INVITE")[0].get("Accept") == "application/sdp"
+
+
+def test_an_answer_in_a_multipart_body_is_found(make_ua, sender):
+    """A 200 whose body is multipart/mixed (SDP beside ISUP or a PIDF) is searched for its
+    application/sdp part (RFC 5621 §3), which is the answer."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    body = (b"--b1\r\nContent-Type: application/isup;version=itu-t92+\r\n\r\n\x01\x02\r\n"
+            b"--b1\r\nContent-Type: application/sdp\r\n\r\n" + ANSWER + b"\r\n--b1--\r\n")
+    ok = make_response(invite, 200, to_tag="b1", body=body, extra=[
+        ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", 'multipart/mixed;boundary="b1"')])
+    ua.transactions.receive(ok, PEER)
+    call = ua.find("call1")[0]
+    assert call["status"] == "ESTABLISHED" and call["sdp"].startswith("v=0")
+    assert ua.calls["call1"].media["audio"].port == 6000
+
+
+def test_a_hold_reinvite_without_session_expires_keeps_sipgw_the_refresher(make_ua, sender,
+                                                                           clock):
+    """RFC 4028 §9: a peer's re-INVITE without Session-Expires (a hold) does not hand the
+    refreshing to it: our 200 says refresher=uas and sipgw goes on refreshing."""
+    ua = make_ua(rtp_activity_timeout=0)
+    invite = _timed(ua, sender, "180;refresher=uac")
+    clock.advance(60)
+    ua.transactions.receive(_sdp_offer(invite, 1, _hold_sdp("inactive", 2), extra=[
+        ("Supported", "timer")]), PEER)
+    assert sender.responses(200)[-1].get("Session-Expires") == "180;refresher=uas"
+    ua.transactions.receive(_in_dialog(invite, "ACK", 1), PEER)
+    clock.pump([1] * 91)
+    assert sender.requests("UPDATE") and _status(ua) == "HOLD"
+
+
+def test_one_cancel_however_many_provisionals_come(make_ua, sender):
+    """/call/terminate while ringing sends one CANCEL (§9.1), not one per provisional."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 180), PEER)
+    ua.terminate("call1")
+    for status in (180, 183, 182):
+        ua.transactions.receive(_reply(invite, status), PEER)
+    assert len(sender.requests("CANCEL")) == 1
+
+
+def test_a_481_to_info_ends_the_call(make_ua, sender):
+    """§12.2.1.2: a 481 to an in-dialog INFO means the dialog is gone: the call ends; an
+    INFO timing out (a callee dropping them) leaves the call to its RTP timeout."""
+    ua = make_ua()
+    _established(ua, sender)
+    ua.send_dtmf("call1", "5", "INFO")
+    ua.transactions.receive(make_response(sender.requests("INFO")[0], 408), PEER)
+    assert _status(ua) == "ESTABLISHED"
+    ua.send_dtmf("call1", "6", "INFO")
+    ua.transactions.receive(make_response(sender.requests("INFO")[-1], 481), PEER)
+    assert _status(ua) == "FAILED"
+
+
+def test_a_hash_in_the_callee_is_escaped(make_ua, sender):
+    """'#' is not allowed unescaped in a SIP URI user part (§25.1): it goes as %23."""
+    ua = make_ua()
+    ua.startup(_call(callee="*72#100"))
+    invite = sender.requests("INVITE")[0]
+    assert str(invite.uri).startswith("sip:*72%23100@") and "#" not in invite.get("To")
+
+
+def test_a_refresh_reinvite_answered_after_the_call_ended_is_still_acked(make_ua, sender,
+                                                                         clock):
+    """The 2xx to our refresh re-INVITE is ACKed (§13.2.2.4) even when the call ended while
+    it was out, and its retransmission gets that same ACK again, not the first INVITE's."""
+    ua = make_ua(rtp_activity_timeout=0)
+    _timed(ua, sender, "180;refresher=uac", "INVITE, ACK, BYE")
+    clock.advance(90.01)
+    refresh = sender.requests("INVITE")[-1]
+    ua.calls["call1"].rtp_timed_out()  # ends the call at once (BYE, FAILED)
+    assert _status(ua) == "FAILED"
+    ok = _reply(refresh, 200, body=ANSWER)
+    ua.transactions.receive(ok, PEER)
+    ua.transactions.receive(parse(bytes(ok)), PEER)
+    acks = [a for a in sender.requests("ACK") if a.cseq.seq == refresh.cseq.seq]
+    assert len(acks) == 2
+
+
+def test_a_challenged_prack_is_sent_again_with_credentials(make_ua, sender):
+    """A 407 to a PRACK (a proxy challenging in-dialog requests) is answered like any other
+    in-dialog request (§22.2): the PRACK again, next CSeq of the early dialog, credentials."""
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reliable(invite, 1), PEER)
+    first = sender.requests("PRACK")[0]
+    ua.transactions.receive(make_response(first, 407, extra=[
+        ("Proxy-Authenticate", 'Digest realm="proxy", nonce="p9"')]), PEER)
+    second = sender.requests("PRACK")[1]
+    assert second.cseq.seq == first.cseq.seq + 1 and second.get("RAck") == first.get("RAck")
+    assert 'realm="proxy"' in second.get("Proxy-Authorization")
+
+
+def test_keepalive_options_go_to_the_registrar_while_registered(make_ua, sender, clock):
+    """sip_keepalive_interval: an OPTIONS to the registrar every interval while the account
+    is registered (a NAT binding stays open), none once the binding is removed."""
+    ua = make_ua(sip_keepalive_interval=25, sip_ring_timeout=0, rtp_activity_timeout=0)
+    ua.startup(_call(sip_register_required=True))
+    reg = sender.requests("REGISTER")[0]
+    ua.transactions.receive(make_response(reg, 200, to_tag="r", extra=[("Expires", "600")]), PEER)
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 180), PEER)  # ringing on
+    clock.advance(24)
+    assert sender.requests("OPTIONS") == []
+    clock.advance(1.01)
+    (options,) = sender.requests("OPTIONS")
+    assert str(options.uri) == "sip:127.0.0.1" and options.from_.uri.user == "alice"
+    ua.transactions.receive(make_response(options, 200, to_tag="x"), PEER)
+    clock.advance(25.5)
+    assert len({o.call_id for o in sender.requests("OPTIONS")}) == 2
+    ua.transactions.receive(_reply(sender.requests("INVITE")[0], 486), PEER)
+    ua.transactions.receive(make_response(sender.requests("REGISTER")[-1], 200, to_tag="r"), PEER)
+    clock.advance(100)
+    assert len({o.call_id for o in sender.requests("OPTIONS")}) == 2

@@ -1,0 +1,165 @@
+"""The real daemon against SIPp callees that do what PBXs do mid-call and around the
+answer: hold without music, an offerless re-INVITE, 100rel, a 407 to BYE, a 302 (issue 12)."""
+import hashlib
+import itertools
+import re
+import time
+
+import pytest
+
+from peers import Sipp, free_port
+from sipgw_daemon import Sipgw
+
+RTP_TIMEOUT = 6  # the 422 test runs two 4 s session-timer refreshes without RTP
+_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    gw = Sipgw(str(tmp_path_factory.mktemp("sipgw-ext")),
+               rtp_activity_timeout=RTP_TIMEOUT).start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def callee(tmp_path):
+    started = []
+
+    def start(scenario, **kwargs):
+        sipp = Sipp(scenario, port=free_port("udp"), tmpdir=tmp_path, **kwargs).start()
+        started.append(sipp)
+        return sipp
+    yield start
+    for sipp in started:
+        sipp.stop()
+
+
+def _startup(daemon, sipp):
+    call_id = f"x{next(_ids)}"
+    daemon.rest("/call/startup", {
+        "callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
+        "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false",
+        "toStream": f"stream-{call_id}"})
+    return call_id
+
+
+def _hang_up(daemon, sipp, call_id):
+    daemon.rest("/call/terminate", {"callId": call_id})
+    daemon.wait_status(call_id, "FINISH")
+    assert sipp.wait(15) == 0, sipp.errors()
+
+
+def test_hold_sendonly_without_rtp_outlives_the_rtp_timeout_and_resumes(daemon, callee):
+    """A callee holding with a=sendonly and sending no RTP for longer than
+    rtp_activity_timeout stays HOLD, and its resume makes the call ESTABLISHED again."""
+    sipp = callee("uas_hold_sendonly.xml", pause_ms=(RTP_TIMEOUT + 3) * 1000)
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "HOLD")
+    call = daemon.wait_status(call_id, "ESTABLISHED", "FAILED", timeout=RTP_TIMEOUT + 10)
+    assert call["status"] == "ESTABLISHED", call
+    assert call["history"][-3:] == ["ESTABLISHED", "HOLD", "ESTABLISHED"]
+    _hang_up(daemon, sipp, call_id)
+
+
+def _wait(predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_offerless_reinvite_takes_the_answer_in_the_ack(daemon, callee):
+    """A re-INVITE without SDP gets the gateway's offer in the 200; the answer in SIPp's
+    ACK (PCMA on another port) becomes the call's SDP, and the call stays ESTABLISHED."""
+    port = free_port("udp", count=2)
+    sipp = callee("uas_reinvite_offerless.xml", variables={"answer_port": port})
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "ESTABLISHED")
+    moved = f"m=audio {port} RTP/AVP 8"
+    assert _wait(lambda: moved in daemon.call(call_id)["sdp"]), daemon.call(call_id)
+    assert daemon.call(call_id)["status"] == "ESTABLISHED"
+    offer = sipp.received(200)[-1]
+    assert "CSeq: 1 INVITE" in offer.text and "m=audio" in offer.text
+    _hang_up(daemon, sipp, call_id)
+
+
+def test_reliable_183_is_pracked_then_the_call_is_answered(daemon, callee):
+    """A 183 with Require: 100rel and SDP is PRACKed (RAck: its RSeq and the INVITE's
+    CSeq, RFC 3262 §7.2); the 200 that follows makes the call ESTABLISHED."""
+    sipp = callee("uas_183_100rel_200.xml")
+    call_id = _startup(daemon, sipp)
+    call = daemon.wait_status(call_id, "ESTABLISHED")
+    assert "RING_MEDIA" in call["history"]
+    (invite,) = sipp.received("INVITE")
+    assert "100rel" in invite.header("Supported")
+    cseq = invite.header("CSeq").split()[0]
+    (prack,) = sipp.received("PRACK")
+    assert prack.header("RAck") == f"1 {cseq} INVITE"
+    _hang_up(daemon, sipp, call_id)
+
+
+def test_a_bye_challenged_with_407_is_sent_again_with_credentials(daemon, callee):
+    """/call/terminate's BYE gets a 407: it goes again with a right Proxy-Authorization (RFC
+    2617 digest recomputed here) and a higher CSeq, and its 200 ends the call."""
+    sipp = callee("uas_bye_407.xml")
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "ESTABLISHED")
+    _hang_up(daemon, sipp, call_id)
+    first, second = sipp.received("BYE")
+    assert first.header("Proxy-Authorization") is None
+    assert int(second.header("CSeq").split()[0]) == int(first.header("CSeq").split()[0]) + 1
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', second.header("Proxy-Authorization")))
+    md5 = lambda text: hashlib.md5(text.encode()).hexdigest()  # noqa: E731
+    assert (fields["username"], fields["realm"]) == ("alice", "sipp")
+    assert fields["response"] == md5(f"{md5('alice:sipp:s3cret')}:{fields['nonce']}:"
+                                     f"{md5('BYE:' + fields['uri'])}")
+
+
+def test_302_is_followed_to_another_sipp(daemon, callee):
+    """A 302 from one SIPp sends the INVITE (same Call-ID, next CSeq) to the SIPp its Contact
+    names, whose 200 makes the call ESTABLISHED."""
+    target = callee("uas_200.xml")
+    redirector = callee("uas_302.xml", variables={"target_port": target.port})
+    call_id = _startup(daemon, redirector)
+    daemon.wait_status(call_id, "ESTABLISHED")
+    assert redirector.wait(15) == 0, redirector.errors()
+    (moved,) = redirector.received("INVITE")
+    (invite,) = target.received("INVITE")
+    assert invite.first_line.startswith(f"INVITE sip:bob@127.0.0.1:{target.port} ")
+    assert invite.header("Call-ID") == moved.header("Call-ID")
+    _hang_up(daemon, target, call_id)
+
+
+def test_422_then_timers_refreshed_within_a_short_interval(daemon, callee):
+    """A 422 is retried with its Min-SE (RFC 4028 §7.4); the 200 makes sipgw the refresher
+    of a 4 s session: it sends UPDATEs (the callee allows them) within each interval, and the
+    call stays ESTABLISHED across them."""
+    sipp = callee("uas_422_timer.xml")
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "ESTABLISHED")
+    assert _wait(lambda: len(sipp.received("UPDATE")) >= 2, timeout=8), sipp.errors()
+    assert daemon.call(call_id)["status"] == "ESTABLISHED"
+    _hang_up(daemon, sipp, call_id)
+    first, second = sipp.received("INVITE")
+    assert first.header("Session-Expires") == "1800" and second.header("Min-SE") == "1900"
+    update = sipp.received("UPDATE")[0]
+    assert update.header("Session-Expires") == "4;refresher=uac"
+
+
+def test_media_in_the_second_codec_of_the_answer_is_taken(daemon, callee):
+    """SIPp answers `0 8 101` (PCMU first) and sends PCMA (its g711a.pcap): every packet is
+    taken (none counted wrong_payload_type), the switch from PCMU is counted once, and the
+    stream's audio codec is PCMA."""
+    sipp = callee("uas_pcap_answer_0_8_101.xml")
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "ESTABLISHED")
+
+    def audio():
+        stream = daemon.stream(f"stream-{call_id}")
+        return stream["counters"].get("audio", {}) if stream else {}
+    assert _wait(lambda: audio().get("packets", 0) >= 50, timeout=15), audio()
+    counters = audio()
+    assert counters["wrong_payload_type"] == 0 and counters["codec_changes"] == 1
+    assert daemon.stream(f"stream-{call_id}")["audioCodec"] == "PCMA"
+    _hang_up(daemon, sipp, call_id)
