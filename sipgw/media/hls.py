@@ -1,0 +1,340 @@
+"""HLS of a stream (RFC 8216): fMP4 (CMAF) segments kept in memory, muxed on demand.
+
+``SegmentStore`` (reactor thread, no I/O) holds one stream's init sections and its last
+segments, bounded in count and bytes, and renders the media playlist.  ``HlsJob`` is a
+``MediaJob``: on its worker thread the stream's frames go through the same ``Pipeline``
+(H.264 passed through, audio to AAC) and the same fragmented-MP4 writer as recordings;
+the bytes are cut at top-level boxes, and fragments (one per keyframe) are grouped into
+segments of at least ``target`` seconds.  ``HlsManager`` starts a job when a player
+first asks for a stream's playlist and stops it after ``idle`` seconds without a request.
+"""
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .pipeline import Pipeline
+from .recorder import MP4_OPTIONS, open_mp4
+from .worker import MediaJob
+
+log = Logger(namespace="sipgw.media.hls")
+
+# a fragment at every video keyframe (an audio-only stream: every target duration)
+HLS_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    sequence: int
+    duration: float
+    data: bytes
+    init: int  # the init section (EXT-X-MAP) it needs
+    discontinuity: bool = False
+
+
+class SegmentStore:
+    """One stream's playlist: at most ``count`` segments and ``max_bytes`` bytes."""
+
+    def __init__(self, target: float, count: int, max_bytes: int):
+        self.target = target
+        self.count = count
+        self.max_bytes = max_bytes
+        self.segments: collections.deque[Segment] = collections.deque()
+        self.inits: dict[int, bytes] = {}
+        self.init = 0  # the current init section's number (0: none yet)
+        self.sequence = 0  # EXT-X-MEDIA-SEQUENCE of the first segment kept
+        self.discontinuity_sequence = 0
+        self.ended = False
+        self._next = 0
+        self._discontinuity = False
+        self._waiting: list[defer.Deferred] = []
+
+    def restart(self, init: bytes) -> None:
+        """A new init section (a new muxing job): later segments follow a discontinuity."""
+        self.init += 1
+        self.inits[self.init] = init
+        self._discontinuity = bool(self.segments) or self._next > 0
+        self.ended = False
+
+    def add(self, duration: float, data: bytes) -> Segment:
+        segment = Segment(self._next, duration, data, self.init, self._discontinuity)
+        self._next += 1
+        self._discontinuity = False
+        self.segments.append(segment)
+        while len(self.segments) > 1 and (len(self.segments) > self.count or
+                                          self.size > self.max_bytes):
+            gone = self.segments.popleft()
+            if self.segments[0].discontinuity:
+                self.discontinuity_sequence += 1
+            del gone
+        self.sequence = self.segments[0].sequence
+        needed = {s.init for s in self.segments}
+        for number in [n for n in self.inits if n not in needed and n != self.init]:
+            del self.inits[number]
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(self)
+        return segment
+
+    def end(self) -> None:
+        """The stream ended: the playlist gets EXT-X-ENDLIST."""
+        self.ended = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(self)
+
+    @property
+    def size(self) -> int:
+        return sum(len(s.data) for s in self.segments) + sum(map(len, self.inits.values()))
+
+    def ready(self) -> defer.Deferred:
+        """Fires (with the store) once it has a segment or has ended."""
+        if self.segments or self.ended:
+            return defer.succeed(self)
+        d = defer.Deferred(lambda d: self._waiting.remove(d) if d in self._waiting else None)
+        self._waiting.append(d)
+        return d
+
+    def segment(self, sequence: int) -> Segment | None:
+        for segment in self.segments:
+            if segment.sequence == sequence:
+                return segment
+        return None
+
+    def playlist(self) -> str:
+        """The media playlist (RFC 8216 §4.3), fMP4 segments (version 7)."""
+        longest = max([self.target] + [s.duration for s in self.segments])
+        lines = ["#EXTM3U", "#EXT-X-VERSION:7",
+                 f"#EXT-X-TARGETDURATION:{math.ceil(longest - 0.0005)}",
+                 f"#EXT-X-MEDIA-SEQUENCE:{self.sequence}",
+                 f"#EXT-X-DISCONTINUITY-SEQUENCE:{self.discontinuity_sequence}"]
+        init = None
+        for number, segment in enumerate(self.segments):
+            if segment.discontinuity and number:
+                lines.append("#EXT-X-DISCONTINUITY")
+            if segment.init != init:
+                init = segment.init
+                lines.append(f'#EXT-X-MAP:URI="init-{init}.mp4"')
+            lines += [f"#EXTINF:{segment.duration:.3f},", f"seg-{segment.sequence}.m4s"]
+        if self.ended:
+            lines.append("#EXT-X-ENDLIST")
+        return "\n".join(lines) + "\n"
+
+
+class _Boxes:
+    """The muxer's output as a write-only file, cut into top-level MP4 boxes."""
+
+    def __init__(self):
+        self.buffer = bytearray()
+
+    def write(self, data) -> int:
+        self.buffer += data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+    def take(self):
+        """Every complete box written so far: (type, bytes)."""
+        boxes = []
+        while len(self.buffer) >= 8:
+            size = int.from_bytes(self.buffer[:4], "big")
+            if size == 1 and len(self.buffer) >= 16:
+                size = int.from_bytes(self.buffer[8:16], "big")
+            if size < 8 or len(self.buffer) < size:
+                break
+            boxes.append((bytes(self.buffer[4:8]), bytes(self.buffer[:size])))
+            del self.buffer[:size]
+        return boxes
+
+
+def _children(box: bytes, start: int = 8):
+    pos = start
+    while pos + 8 <= len(box):
+        size = int.from_bytes(box[pos:pos + 4], "big")
+        if size < 8:
+            return
+        yield box[pos + 4:pos + 8], box[pos:pos + size]
+        pos += size
+
+
+def fragment_time(moof: bytes) -> int:
+    """The base media decode time (tfdt) of the first track fragment of a moof (ISO
+    14496-12 §8.8.12), in that track's timescale."""
+    for kind, traf in _children(moof):
+        if kind == b"traf":
+            for sub, tfdt in _children(traf):
+                if sub == b"tfdt":
+                    return int.from_bytes(tfdt[12:20] if tfdt[8] == 1 else tfdt[12:16], "big")
+    raise ValueError("moof without tfdt")
+
+
+class HlsJob(MediaJob):
+    """One stream muxed to fMP4 segments (worker thread) stored in ``store`` (reactor)."""
+
+    kind = "hls"
+
+    def __init__(self, reactor, stream, store: SegmentStore, **kwargs):
+        super().__init__(reactor, stream, **kwargs)
+        self.store = store
+
+    def work(self) -> tuple[str, str]:
+        stream = self.stream
+        pipe = Pipeline(stream.has_video, stream.has_audio)
+        boxes = _Boxes()
+        out = None
+        options = dict(HLS_OPTIONS) if stream.has_video else dict(
+            MP4_OPTIONS, movflags=HLS_OPTIONS["movflags"],
+            frag_duration=str(int(self.store.target * 1e6)))
+        scale = 90000
+        init, pending, started = b"", [], None  # pending: this segment's boxes
+        while True:
+            item = self.next_frame()
+            events = pipe.feed(*item) if item is not None else pipe.flush()
+            for event in events:
+                if out is None:
+                    out = open_mp4(stream, pipe, boxes, options)
+                    if out.video is None and out.audio is not None:
+                        scale = out.audio.rate
+                out.write(event, pipe)
+            if item is None and out is not None:
+                out.close()
+            for kind, box in boxes.take():
+                if kind == b"moof":
+                    start = fragment_time(box) / scale
+                    if started is None:
+                        started = start
+                    elif pending and start - started >= self.store.target - 0.05:
+                        self.call(self.store.add, start - started, b"".join(pending))
+                        pending, started = [], start
+                if kind in (b"moof", b"mdat"):
+                    if init:
+                        self.call(self.store.restart, init)
+                        init = None
+                    pending.append(box)
+                elif init is not None:
+                    init += box  # ftyp, moov: the init section
+            if item is None:
+                break
+        if pending and started is not None:
+            self.call(self.store.add, max(out.last_position - started, 0.001) if out else 0.0,
+                      b"".join(pending))
+        return "FINISHED", ""
+
+
+class _Live:
+    """One stream's HLS: its store, its muxing job and when a player last asked."""
+
+    def __init__(self, store: SegmentStore):
+        self.store = store
+        self.job: HlsJob | None = None
+        self.last = 0.0
+        self.timer = None
+
+
+class HlsManager:
+    """Every stream played over HLS (reactor thread), by stream name."""
+
+    def __init__(self, reactor, registry, *, target: float = 2.0, count: int = 6,
+                 max_bytes: int = 32 << 20, idle: float = 20.0, wait: float | None = None,
+                 keyframes=None, queue_frames: int | None = None):
+        self.reactor = reactor
+        self.registry = registry
+        self.target, self.count, self.max_bytes, self.idle = target, count, max_bytes, idle
+        self.wait = wait if wait is not None else 3 * target + 5  # first segment, at most
+        self.keyframes = keyframes
+        self.queue_frames = queue_frames
+        self.live: dict[str, _Live] = {}
+
+    def _touch(self, name: str, start: bool) -> _Live | None:
+        """The stream's HLS, its idle timer restarted; ``start``: a muxing job for the
+        stream's current publication if none runs (a playlist request)."""
+        stream = self.registry.get(name)
+        live = self.live.get(name)
+        if live is None:
+            if not start or stream is None or stream.ended:
+                return None
+            live = self.live[name] = _Live(SegmentStore(self.target, self.count,
+                                                        self.max_bytes))
+        live.last = self.reactor.seconds()
+        if live.timer is None:
+            live.timer = self.reactor.callLater(self.idle, self._check, name, live)
+        job = live.job
+        if start and stream is not None and not stream.ended and (
+                job is None or job.stream is not stream):
+            if job is not None:
+                job.stop("Restarted: the stream was published again")
+            self._start(live, stream)
+        return live
+
+    def _start(self, live: _Live, stream) -> None:
+        kwargs = {} if self.queue_frames is None else {"queue_frames": self.queue_frames}
+        job = live.job = HlsJob(self.reactor, stream, live.store, **kwargs)
+        job.done.addCallback(lambda _: live.store.end() if live.job is job else None)
+        if self.keyframes is not None:
+            self.keyframes.follow(job)
+        log.info("HLS of {name} started", name=stream.name)
+        job.start()
+        stream.request_keyframe()
+
+    def _check(self, name: str, live: _Live) -> None:
+        left = live.last + self.idle - self.reactor.seconds()
+        if left > 0:
+            live.timer = self.reactor.callLater(left, self._check, name, live)
+            return
+        live.timer = None
+        if self.live.get(name) is live:
+            del self.live[name]
+        if live.job is not None:
+            log.info("HLS of {name} stopped: no request for {idle:g} s", name=name,
+                     idle=self.idle)
+            live.job.stop("no HLS request", discard=True)
+            live.job = None
+
+    async def playlist(self, name: str) -> str | None:
+        """The stream's media playlist once it has a segment; None: no such stream, or no
+        segment within ``wait`` seconds."""
+        live = self._touch(name, start=True)
+        if live is None:
+            return None
+        ready = live.store.ready()
+        timer = self.reactor.callLater(self.wait, ready.cancel)
+        try:
+            await ready
+        except defer.CancelledError:
+            return None
+        if timer.active():
+            timer.cancel()
+        return live.store.playlist() if live.store.segments else None
+
+    def part(self, name: str, file: str) -> bytes | None:
+        """``init-N.mp4`` or ``seg-N.m4s`` of the stream, None when not (or no longer) kept."""
+        live = self._touch(name, start=False)
+        if live is None:
+            return None
+        kind, _, rest = file.partition("-")
+        number, _, ext = rest.partition(".")
+        if not number.isdigit():
+            return None
+        if (kind, ext) == ("init", "mp4"):
+            return live.store.inits.get(int(number))
+        if (kind, ext) == ("seg", "m4s"):
+            segment = live.store.segment(int(number))
+            return segment.data if segment is not None else None
+        return None
+
+    def close(self, timeout: float = 10.0) -> defer.Deferred:
+        """Stop every muxing job (daemon shutdown)."""
+        from .worker import wait_done
+        jobs = [live.job for live in self.live.values() if live.job is not None]
+        for live in self.live.values():
+            if live.timer is not None and live.timer.active():
+                live.timer.cancel()
+        self.live.clear()
+        for job in jobs:
+            job.stop("Stopped: server shutdown", discard=True)
+        return wait_done(self.reactor, jobs, timeout)
