@@ -124,3 +124,37 @@ def test_a_synthetic_stream_becomes_fmp4_segments_that_ffprobe_reads(tmp_path):
     assert (streams["video"]["codec_name"], streams["video"]["width"]) == ("h264", 320)
     assert streams["audio"]["codec_name"] == "aac"
     assert float(info["format"]["duration"]) == pytest.approx(6.0, abs=0.3)
+
+
+def test_the_first_playlist_request_starts_muxing_and_idleness_stops_it():
+    """A playlist request for a live stream starts its HLS job and answers once a segment
+    exists; segments are served by name; ``idle`` seconds (task.Clock) without a request
+    stop the job and forget the segments; an unknown stream gets None."""
+    calls = ClockedCalls()
+    registry = StreamRegistry()
+    stream = registry.add(_stream())
+    manager = HlsManager(calls, registry, target=1.0, count=4, max_bytes=1 << 20, idle=10)
+    assert manager.part("s1", "seg-0.m4s") is None  # no player asked: nothing started
+    asked = defer.ensureDeferred(manager.playlist("s1"))
+    assert not asked.called
+    live = manager.live["s1"]
+    clock = FakeClock()
+    live.job.clock = clock
+    publish(stream, frames(3.0), clock, calls=calls)
+    calls.run_until(lambda: asked.called, what="the first playlist")
+    playlist = asked.result
+    assert "#EXT-X-MAP:URI=\"init-1.mp4\"" in playlist and "seg-0.m4s" in playlist
+    assert manager.part("s1", "init-1.mp4").startswith(b"\x00\x00\x00")
+    assert manager.part("s1", "seg-0.m4s") == live.store.segment(0).data
+    assert manager.part("s1", "seg-99.m4s") is None
+    assert manager.part("s1", "../x") is None
+    calls.advance(9)
+    manager.part("s1", "seg-0.m4s")  # a request: the job goes on
+    calls.advance(9)
+    assert manager.live["s1"] is live and not live.job._stopping
+    job = live.job
+    calls.advance(1.5)
+    assert "s1" not in manager.live and job._stopping
+    calls.run_until(lambda: job.finished, what="the job to stop")
+    missing = defer.ensureDeferred(manager.playlist("nope"))
+    assert missing.result is None
