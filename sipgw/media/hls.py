@@ -192,6 +192,7 @@ class HlsJob(MediaJob):
             frag_duration=str(int(self.store.target * 1e6)))
         scale = 90000
         init, pending, started = b"", [], None  # pending: this segment's boxes
+        cut = None  # when to ask for a keyframe (the source's own may come later)
         while True:
             item = self.next_frame()
             events = pipe.feed(*item) if item is not None else pipe.flush()
@@ -201,6 +202,13 @@ class HlsJob(MediaJob):
                     if out.video is None and out.audio is not None:
                         scale = out.audio.rate
                 out.write(event, pipe)
+                if event[0] == "video":
+                    if event[3]:
+                        cut = event[1] + self.store.target
+                    elif cut is not None and event[1] >= cut:
+                        # the segment is long enough: ask the source for its next keyframe
+                        self.call(stream.request_keyframe)
+                        cut = None
             if item is None and out is not None:
                 out.close()
             for kind, box in boxes.take():
@@ -234,6 +242,7 @@ class _Live:
         self.job: HlsJob | None = None
         self.last = 0.0
         self.timer = None
+        self.waiting = 0  # playlist requests waiting for the first segment
 
 
 class HlsManager:
@@ -283,6 +292,8 @@ class HlsManager:
 
     def _check(self, name: str, live: _Live) -> None:
         left = live.last + self.idle - self.reactor.seconds()
+        if live.waiting:
+            left = self.idle
         if left > 0:
             live.timer = self.reactor.callLater(left, self._check, name, live)
             return
@@ -303,10 +314,14 @@ class HlsManager:
             return None
         ready = live.store.ready()
         timer = self.reactor.callLater(self.wait, ready.cancel)
+        live.waiting += 1
         try:
             await ready
         except defer.CancelledError:
             return None
+        finally:
+            live.waiting -= 1
+            live.last = self.reactor.seconds()
         if timer.active():
             timer.cancel()
         return live.store.playlist() if live.store.segments else None
