@@ -158,3 +158,45 @@ def test_the_first_playlist_request_starts_muxing_and_idleness_stops_it():
     calls.run_until(lambda: job.finished, what="the job to stop")
     missing = defer.ensureDeferred(manager.playlist("nope"))
     assert missing.result is None
+
+
+def test_a_stream_published_again_goes_on_after_a_discontinuity():
+    """The stream ends (EXT-X-ENDLIST), one of the same name is published and a player asks
+    again: a new job's segments follow EXT-X-DISCONTINUITY with their own init section."""
+    calls = ClockedCalls()
+    registry = StreamRegistry()
+    manager = HlsManager(calls, registry, target=1.0, count=10, max_bytes=1 << 20, idle=10)
+    for round_ in (1, 2):
+        stream = registry.add(_stream())
+        asked = defer.ensureDeferred(manager.playlist("s1"))
+        job = manager.live["s1"].job
+        clock = FakeClock()
+        job.clock = clock
+        publish(stream, frames(2.5), clock, calls=calls)
+        stream.end()
+        registry.remove(stream)
+        calls.run_until(lambda: job.finished, what="the job to end")
+        assert asked.called
+    playlist = defer.ensureDeferred(manager.playlist("s1")).result
+    lines = playlist.splitlines()
+    assert lines.count("#EXT-X-DISCONTINUITY") == 1
+    assert _tags(playlist, "#EXT-X-MAP") == ['URI="init-1.mp4"', 'URI="init-2.mp4"']
+    assert lines.index('#EXT-X-MAP:URI="init-2.mp4"') == lines.index("#EXT-X-DISCONTINUITY") + 1
+    assert lines[-1] == "#EXT-X-ENDLIST"
+
+
+def test_a_segment_past_its_target_asks_for_a_keyframe():
+    """With keyframes 3 s apart and a 1 s target, the job asks the source for a keyframe
+    once per overlong segment."""
+    calls = ThreadCalls()
+    stream = _stream()
+    store = SegmentStore(1.0, 10, 1 << 20)
+    job = HlsJob(calls, stream, store, queue_frames=5000)
+    clock = FakeClock()
+    job.clock = clock
+    job.start()
+    before = stream.keyframe_requests  # the subscription's own
+    publish(stream, frames(6.0, gop=75), clock, calls=calls)
+    stream.end()
+    calls.run_until(lambda: job.finished, what="the HLS job to end")
+    assert stream.keyframe_requests - before == 2
