@@ -18,12 +18,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .pipeline import Pipeline
-from .recorder import MP4_OPTIONS, open_mp4
+from .recorder import open_mp4
 from .worker import MediaJob
 
 log = Logger(namespace="sipgw.media.hls")
 
-# a fragment at every video keyframe (an audio-only stream: every target duration)
+# a fragment at every video keyframe (an audio-only stream: one per target duration)
 HLS_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 
 
@@ -187,9 +187,9 @@ class HlsJob(MediaJob):
         pipe = Pipeline(stream.has_video, stream.has_audio)
         boxes = _Boxes()
         out = None
-        options = dict(HLS_OPTIONS) if stream.has_video else dict(
-            MP4_OPTIONS, movflags=HLS_OPTIONS["movflags"],
-            frag_duration=str(int(self.store.target * 1e6)))
+        options = dict(HLS_OPTIONS) if stream.has_video else {  # every AAC frame is a key
+            "movflags": "empty_moov+default_base_moof",
+            "frag_duration": str(int(self.store.target * 1e6))}
         scale = 90000
         init, pending, started = b"", [], None  # pending: this segment's boxes
         cut = None  # when to ask for a keyframe (the source's own may come later)

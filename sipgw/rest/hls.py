@@ -4,6 +4,8 @@
 (``HlsManager``) and is answered once the first segment exists."""
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from twisted.internet import defer
 from twisted.web import resource, server
 
@@ -34,7 +36,7 @@ class HlsResource(resource.Resource):
             request.setResponseCode(204)
             request.setHeader(b"Access-Control-Allow-Methods", b"GET, HEAD, OPTIONS")
             return b""
-        segments = [s.decode("utf-8", "replace") for s in request.postpath]
+        segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath]
         try:
             if request.method not in (b"GET", b"HEAD"):
                 request.setHeader(b"Allow", b"GET, HEAD, OPTIONS")

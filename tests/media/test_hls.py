@@ -89,9 +89,9 @@ def test_ready_fires_at_the_first_segment():
     assert ready.called
 
 
-def _mux(tmp_path, timed, target=2.0):
+def _mux(tmp_path, timed, target=2.0, audio_only=False):
     calls = ThreadCalls()
-    stream = _stream()
+    stream = _stream(has_video=False) if audio_only else _stream()
     clock = FakeClock()
     store = SegmentStore(target, 100, 64 << 20)
     job = HlsJob(calls, stream, store, queue_frames=5000)
@@ -200,3 +200,14 @@ def test_a_segment_past_its_target_asks_for_a_keyframe():
     stream.end()
     calls.run_until(lambda: job.finished, what="the HLS job to end")
     assert stream.keyframe_requests - before == 2
+
+
+def test_an_audio_only_stream_becomes_aac_segments(tmp_path):
+    """A stream without video: AAC segments of the target duration that ffprobe reads."""
+    job, store = _mux(tmp_path, frames(5.0, video=False), audio_only=True)
+    assert job.state == "FINISHED", job.info
+    durations = [s.duration for s in store.segments]
+    assert len(durations) >= 2
+    assert durations[:-1] == pytest.approx([2.0] * (len(durations) - 1), abs=0.15)
+    info = ffprobe(str(tmp_path / "index.m3u8"))
+    assert [s["codec_name"] for s in info["streams"]] == ["aac"]
