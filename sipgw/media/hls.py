@@ -180,7 +180,12 @@ class HlsJob(MediaJob):
 
     def __init__(self, reactor, stream, store: SegmentStore, **kwargs):
         super().__init__(reactor, stream, **kwargs)
-        self.store = store
+        self.store: SegmentStore | None = store  # None: detached, what is left goes nowhere
+        self.target = store.target
+
+    def _to_store(self, method: str, *args) -> None:
+        """Worker thread: ``store.method(*args)`` on the reactor thread, unless detached."""
+        self.call(lambda: self.store is not None and getattr(self.store, method)(*args))
 
     def work(self) -> tuple[str, str]:
         stream = self.stream
@@ -189,7 +194,7 @@ class HlsJob(MediaJob):
         out = None
         options = dict(HLS_OPTIONS) if stream.has_video else {  # every AAC frame is a key
             "movflags": "empty_moov+default_base_moof",
-            "frag_duration": str(int(self.store.target * 1e6))}
+            "frag_duration": str(int(self.target * 1e6))}
         scale = 90000
         init, pending, started = b"", [], None  # pending: this segment's boxes
         cut = None  # when to ask for a keyframe (the source's own may come later)
@@ -204,7 +209,7 @@ class HlsJob(MediaJob):
                 out.write(event, pipe)
                 if event[0] == "video":
                     if event[3]:
-                        cut = event[1] + self.store.target
+                        cut = event[1] + self.target
                     elif cut is not None and event[1] >= cut:
                         # the segment is long enough: ask the source for its next keyframe
                         self.call(stream.request_keyframe)
@@ -216,12 +221,12 @@ class HlsJob(MediaJob):
                     start = fragment_time(box) / scale
                     if started is None:
                         started = start
-                    elif pending and start - started >= self.store.target - 0.05:
-                        self.call(self.store.add, start - started, b"".join(pending))
+                    elif pending and start - started >= self.target - 0.05:
+                        self._to_store("add", start - started, b"".join(pending))
                         pending, started = [], start
                 if kind in (b"moof", b"mdat"):
                     if init:
-                        self.call(self.store.restart, init)
+                        self._to_store("restart", init)
                         init = None
                     pending.append(box)
                 elif init is not None:
@@ -229,7 +234,7 @@ class HlsJob(MediaJob):
             if item is None:
                 break
         if pending and started is not None:
-            self.call(self.store.add, max(out.last_position - started, 0.001) if out else 0.0,
+            self._to_store("add", max(out.last_position - started, 0.001) if out else 0.0,
                       b"".join(pending))
         return "FINISHED", ""
 
@@ -276,7 +281,8 @@ class HlsManager:
         if start and stream is not None and not stream.ended and (
                 job is None or job.stream is not stream):
             if job is not None:
-                job.stop("Restarted: the stream was published again")
+                job.store = None
+                job.stop("Restarted: the stream was published again", discard=True)
             self._start(live, stream)
         return live
 
@@ -303,6 +309,7 @@ class HlsManager:
         if live.job is not None:
             log.info("HLS of {name} stopped: no request for {idle:g} s", name=name,
                      idle=self.idle)
+            live.job.store = None
             live.job.stop("no HLS request", discard=True)
             live.job = None
 
@@ -351,5 +358,6 @@ class HlsManager:
                 live.timer.cancel()
         self.live.clear()
         for job in jobs:
+            job.store = None
             job.stop("Stopped: server shutdown", discard=True)
         return wait_done(self.reactor, jobs, timeout)
