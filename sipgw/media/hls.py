@@ -24,7 +24,8 @@ from .worker import MediaJob
 log = Logger(namespace="sipgw.media.hls")
 
 # a fragment at every video keyframe (an audio-only stream: one per target duration)
-HLS_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+# and each fragment handed over as soon as it is written (no I/O buffer holding its tail)
+HLS_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 
 
 @dataclass(frozen=True)
@@ -162,15 +163,34 @@ def _children(box: bytes, start: int = 8):
         pos += size
 
 
-def fragment_time(moof: bytes) -> int:
-    """The base media decode time (tfdt) of the first track fragment of a moof (ISO
-    14496-12 §8.8.12), in that track's timescale."""
+def fragment_span(moof: bytes, default_duration: int = 0) -> tuple[int, int]:
+    """(base media decode time, duration) of the first track fragment of a moof, in that
+    track's timescale (ISO 14496-12 §8.8.7 tfhd, §8.8.8 trun, §8.8.12 tfdt)."""
+    start, duration = None, 0
     for kind, traf in _children(moof):
-        if kind == b"traf":
-            for sub, tfdt in _children(traf):
-                if sub == b"tfdt":
-                    return int.from_bytes(tfdt[12:20] if tfdt[8] == 1 else tfdt[12:16], "big")
-    raise ValueError("moof without tfdt")
+        if kind != b"traf":
+            continue
+        for sub, box in _children(traf):
+            flags = int.from_bytes(box[9:12], "big")
+            if sub == b"tfhd" and flags & 0x08:
+                offset = 16 + (8 if flags & 0x01 else 0) + (4 if flags & 0x02 else 0)
+                default_duration = int.from_bytes(box[offset:offset + 4], "big")
+            elif sub == b"tfdt":
+                start = int.from_bytes(box[12:20] if box[8] == 1 else box[12:16], "big")
+            elif sub == b"trun":
+                count = int.from_bytes(box[12:16], "big")
+                pos = 16 + (4 if flags & 0x01 else 0) + (4 if flags & 0x04 else 0)
+                step = 4 * bin(flags & 0xF00).count("1")
+                if not flags & 0x100:
+                    duration += count * default_duration
+                    continue
+                for _ in range(count):
+                    duration += int.from_bytes(box[pos:pos + 4], "big")
+                    pos += step
+        break
+    if start is None:
+        raise ValueError("moof without tfdt")
+    return start, duration
 
 
 class HlsJob(MediaJob):
@@ -193,10 +213,10 @@ class HlsJob(MediaJob):
         boxes = _Boxes()
         out = None
         options = dict(HLS_OPTIONS) if stream.has_video else {  # every AAC frame is a key
-            "movflags": "empty_moov+default_base_moof",
+            "movflags": "empty_moov+default_base_moof", "flush_packets": "1",
             "frag_duration": str(int(self.target * 1e6))}
         scale = 90000
-        init, pending, started = b"", [], None  # pending: this segment's boxes
+        init, pending, started, end = b"", [], None, 0.0  # pending: this segment's boxes
         cut = None  # when to ask for a keyframe (the source's own may come later)
         while True:
             item = self.next_frame()
@@ -217,13 +237,6 @@ class HlsJob(MediaJob):
             if item is None and out is not None:
                 out.close()
             for kind, box in boxes.take():
-                if kind == b"moof":
-                    start = fragment_time(box) / scale
-                    if started is None:
-                        started = start
-                    elif pending and start - started >= self.target - 0.05:
-                        self._to_store("add", start - started, b"".join(pending))
-                        pending, started = [], start
                 if kind in (b"moof", b"mdat"):
                     if init:
                         self._to_store("restart", init)
@@ -231,11 +244,19 @@ class HlsJob(MediaJob):
                     pending.append(box)
                 elif init is not None:
                     init += box  # ftyp, moov: the init section
+                if kind == b"moof":
+                    start, length = fragment_span(box)
+                    if started is None:
+                        started = start / scale
+                    end = (start + length) / scale
+                # a fragment is complete once its mdat is out: cut if the segment is long enough
+                if kind == b"mdat" and end - started >= self.target - 0.05:
+                    self._to_store("add", end - started, b"".join(pending))
+                    pending, started = [], None
             if item is None:
                 break
         if pending and started is not None:
-            self._to_store("add", max(out.last_position - started, 0.001) if out else 0.0,
-                      b"".join(pending))
+            self._to_store("add", max(end - started, 0.001), b"".join(pending))
         return "FINISHED", ""
 
 

@@ -211,3 +211,21 @@ def test_an_audio_only_stream_becomes_aac_segments(tmp_path):
     assert durations[:-1] == pytest.approx([2.0] * (len(durations) - 1), abs=0.15)
     info = ffprobe(str(tmp_path / "index.m3u8"))
     assert [s["codec_name"] for s in info["streams"]] == ["aac"]
+
+
+def test_a_segment_is_listed_once_its_last_fragment_is_out_not_a_gop_later():
+    """With a keyframe every second and a 1 s target, frames up to 2.5 s give two segments
+    (0-1 s, 1-2 s): the second is listed once the keyframe at 2 s ends it (and the AAC
+    encoder's delay has passed), not at the keyframe at 3 s."""
+    calls = ThreadCalls()
+    stream = _stream()
+    store = SegmentStore(1.0, 10, 1 << 20)
+    job = HlsJob(calls, stream, store, queue_frames=5000)
+    clock = FakeClock()
+    job.clock = clock
+    job.start()
+    publish(stream, [(at, f) for at, f in frames(4.0) if at < 2.5], clock, calls=calls)
+    calls.run_until(lambda: len(store.segments) >= 2, timeout=10, what="two segments")
+    assert [s.duration for s in store.segments] == pytest.approx([1.0, 1.0], abs=0.07)
+    stream.end()
+    calls.run_until(lambda: job.finished, what="the HLS job to end")
