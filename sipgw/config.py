@@ -92,6 +92,13 @@ class Config:
     sound_dir: str = "/var/lib/sipgw/media"
     periodic_fir_request: bool = True
     periodic_fir_request_interval: int = 5000
+    # HLS (sipgw/media/hls.py)
+    hls_bind_address: str = "127.0.0.1"
+    hls_port: int = 8082
+    hls_target_duration: int = 2
+    hls_segments: int = 6
+    hls_max_bytes: int = 33554432
+    hls_idle_timeout: int = 20
     # egress policy and quotas
     sip_egress_allow: str = ""
     sip_egress_deny: str = egress.DEFAULT_DENY
@@ -134,7 +141,8 @@ class Config:
     rest_egress_deny: str = egress.DEFAULT_DENY
 
     def __post_init__(self):
-        for name in ("rest_port", "https_port", "ws_port", "wss_port", "sip_local_port", "media_port_from", "media_port_to"):
+        for name in ("rest_port", "https_port", "ws_port", "wss_port", "hls_port", "sip_local_port",
+                     "media_port_from", "media_port_to"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name}={value}: a port must be between 0 and 65535")
@@ -151,7 +159,8 @@ class Config:
                      "rtp_max_packets_per_second", "stream_gop_cache_max_bytes",
                      "sink_queue_max_bytes", "rest_max_connections",
                      "periodic_fir_request_interval", "rest_queue_size",
-                     "call_find_limit"):
+                     "call_find_limit", "hls_target_duration", "hls_segments",
+                     "hls_max_bytes", "hls_idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("call_retention", "call_retention_max", "shutdown_timeout",
@@ -169,6 +178,8 @@ class Config:
             networks = policy.parse_networks(self.trusted_networks)
             rest_tokens = policy.parse_tokens(self.rest_auth_tokens)
             policy.check_bind("rest_bind_address", self.rest_bind_address, bool(rest_tokens),
+                              networks)
+            policy.check_bind("hls_bind_address", self.hls_bind_address, bool(rest_tokens),
                               networks)
             policy.check_bind("ws_bind_address", self.ws_bind_address,
                               bool(self.ws_auth_tokens.strip(", ")), networks)

@@ -6,7 +6,7 @@ import os
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.logger import FilteringLogObserver, Logger, PredicateResult, globalLogPublisher
-from twisted.web import resource, static
+from twisted.web import resource, server, static
 
 from .rtp.ports import PortPool
 from .sip.transport import PEM_CERTIFICATE
@@ -60,13 +60,16 @@ class _MediaService(service.Service):
 
     name = "media"
 
-    def __init__(self, pushes, recorders, timeout: float = 10.0):
+    def __init__(self, pushes, recorders, timeout: float = 10.0, hls=None):
         self.pushes = pushes
         self.recorders = recorders
+        self.hls = hls  # HlsManager: its muxing jobs stop with the rest, nothing to finalize
         self.timeout = timeout
 
     def stopService(self):
         super().stopService()
+        if self.hls is not None:
+            self.hls.close(self.timeout)
         d = defer.gatherResults([self.recorders.close(self.timeout),
                                  self.pushes.close(self.timeout)], consumeErrors=True)
         return d.addCallback(lambda r: {"finalized": r[0][0], "not_finalized": r[0][1],
@@ -141,7 +144,11 @@ def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaSe
                                     rotation=rotation)
     except BadFileName as exc:
         raise ConfigError(f"record_file_template: {exc}") from None
-    return _MediaService(pushes, recorders, timeout=config.shutdown_timeout)
+    from .media.hls import HlsManager
+    hls = HlsManager(reactor, registry, target=config.hls_target_duration,
+                     count=config.hls_segments, max_bytes=config.hls_max_bytes,
+                     idle=config.hls_idle_timeout, keyframes=keyframes)
+    return _MediaService(pushes, recorders, timeout=config.shutdown_timeout, hls=hls)
 
 
 def _owner(call) -> dict:
@@ -285,6 +292,12 @@ def make_service(config, reactor) -> service.MultiService:
     site.resource.putChild(b"whep", whep)  # WHEP players, counted with the websocket's
     viewers["websocket"] = lambda: top.signalling.viewer_count() - len(whep.sessions)
     viewers["whep"] = lambda: len(whep.sessions)
+    from .rest.hls import HlsResource
+    hls = internet.TCPServer(config.hls_port, server.Site(HlsResource(
+        media.hls, AccessPolicy.from_config(config))), interface=config.hls_bind_address,
+        reactor=reactor)
+    hls.setName("hls")
+    hls.setServiceParent(top)  # a listener: closed in the first step of _stop
     HealthService(health).setServiceParent(top)  # added last: stopped first
     top.ua = ua
     top.hooks = hooks.hooks

@@ -128,6 +128,9 @@ def test_control_plane_defaults_are_loopback_only():
      "admitted: set rest_auth_tokens (and ws_auth_tokens for the websocket) or add the clients' "
      "networks to trusted_networks, or bind rest_bind_address=127.0.0.1"),
     ({"ws_bind_address": "192.0.2.1"}, "ws_bind_address=192.0.2.1 listens beyond loopback"),
+    ({"hls_bind_address": "0.0.0.0"}, "hls_bind_address=0.0.0.0 listens beyond loopback"),
+    ({"hls_port": "70000"}, "hls_port=70000: a port must be between 0 and 65535"),
+    ({"hls_segments": "0"}, "hls_segments must be positive"),
     ({"rest_bind_address": "::", "trusted_networks": "::1"}, "rest_bind_address=:: listens"),
     ({"trusted_networks": "10.0.0.0/8,lan"}, "trusted_networks: 'lan' is not an address"),
     ({"rest_auth_tokens": "s3cret"}, "rest_auth_tokens: token #1 must be at least 16"),
@@ -147,6 +150,7 @@ def test_open_control_plane_is_refused(overrides, message):
     {"rest_bind_address": "0.0.0.0", "ws_bind_address": "0.0.0.0",
      "trusted_networks": "10.0.0.0/8"},
     {"ws_bind_address": "0.0.0.0", "ws_auth_tokens": "app-key"},
+    {"hls_bind_address": "0.0.0.0", "rest_auth_tokens": "0123456789abcdef0123"},
 ])
 def test_non_loopback_bind_with_credentials_starts(overrides):
     """A token or a trusted network beyond loopback makes a public bind acceptable."""

@@ -18,7 +18,7 @@ def _sent(reactor, port, method):
 
 
 def test_stop_closes_listeners_ends_calls_then_logs_one_summary(tmp_path):
-    """stopService closes the REST and websocket listeners at once, BYEs the established
+    """stopService closes the REST, HLS and websocket listeners at once, BYEs the established
     call while SIP stays open, and once the BYE is answered closes SIP and logs one
     summary line."""
     reactor = UDPMemoryReactor()
@@ -37,6 +37,7 @@ def test_stop_closes_listeners_ends_calls_then_logs_one_summary(tmp_path):
     try:
         stopping = top.stopService()
         assert top.getServiceNamed("rest").running == 0 and top.getServiceNamed("ws").running == 0
+        assert top.getServiceNamed("hls").running == 0
         bye, = _sent(reactor, sip_port, "BYE")
         assert not stopping.called and sip_port in reactor.udp_ports  # SIP still open
         ua.transactions.receive(make_response(bye, 200), PEER)

@@ -41,5 +41,18 @@ install_websdk() {
         "@flashphoner/websdk@$WEBSDK_VERSION"
 }
 
+# hls.js (Apache-2.0): the HLS player the browser test runs against the daemon's HLS port.
+HLSJS_VERSION=1.7.4
+install_hlsjs() {
+    if grep -qs "\"version\": \"$HLSJS_VERSION\"" "$NPM_PREFIX/node_modules/hls.js/package.json"; then
+        echo "install-test-deps: hls.js@$HLSJS_VERSION present"
+        return
+    fi
+    echo "install-test-deps: npm install hls.js@$HLSJS_VERSION into $NPM_PREFIX"
+    mkdir -p "$NPM_PREFIX"
+    npm install --prefix "$NPM_PREFIX" --no-audit --no-fund --loglevel=error "hls.js@$HLSJS_VERSION"
+}
+
 bash "$(dirname "$0")/apt-install.sh" "${PACKAGES[@]}"
 install_websdk
+install_hlsjs

@@ -340,17 +340,7 @@ class Recording(MediaJob):
             self.file_name = name
         self._open_name = name
         self.opened = True
-        stream = self.stream
-        width, height = stream.width, stream.height
-        if not width and pipe.params.sps:
-            from ..rtp.h264 import parse_sps
-            info = parse_sps(pipe.params.sps)
-            width, height = info.width, info.height
-        audio = None
-        codec = stream.audio_codec or ""
-        if stream.has_audio and codec in DECODERS:
-            audio = output_rate(codec, 48000 if codec == "opus" else 8000)
-        return _Mp4(handle, stream.has_video, width, height, audio, origin)
+        return open_mp4(self.stream, pipe, handle, origin=origin)
 
     def _name(self) -> str:
         """The file name of the current part (end tokens as known now)."""
@@ -402,14 +392,30 @@ def _playable_length(path: str) -> int:
     return end
 
 
+def open_mp4(stream, pipe: Pipeline, handle, options: dict = MP4_OPTIONS,
+             origin: float = 0.0) -> "_Mp4":
+    """A fragmented MP4 writer for ``stream`` into ``handle`` (a recording's file, or HLS
+    segments in memory): the video size from the stream or its SPS, the AAC rate."""
+    width, height = stream.width, stream.height
+    if not width and pipe.params.sps:
+        from ..rtp.h264 import parse_sps
+        info = parse_sps(pipe.params.sps)
+        width, height = info.width, info.height
+    audio = None
+    codec = stream.audio_codec or ""
+    if stream.has_audio and codec in DECODERS:
+        audio = output_rate(codec, 48000 if codec == "opus" else 8000)
+    return _Mp4(handle, stream.has_video, width, height, audio, origin, options)
+
+
 class _Mp4:
     """One fragmented MP4 file: H.264 passed through, AAC from the pipeline."""
 
     def __init__(self, handle, has_video: bool, width: int, height: int, audio_rate: int | None,
-                 origin: float = 0.0):
+                 origin: float = 0.0, options: dict = MP4_OPTIONS):
         self.handle = handle
         self.origin = origin  # the recording's position at this file's time 0 (a part)
-        self.container = av.open(handle, "w", format="mp4", container_options=MP4_OPTIONS)
+        self.container = av.open(handle, "w", format="mp4", container_options=options)
         self.video = None
         self.audio = None
         self.last_position = 0.0

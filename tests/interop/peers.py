@@ -1117,6 +1117,7 @@ class Dnsmasq(_Peer):
 # headless Chromium and static pages (browser tests)
 
 WEBSDK_VERSION = "2.0.276"
+HLSJS_VERSION = "1.7.4"  # tools/install-test-deps.sh installs the same
 #: where tools/install-test-deps.sh puts the npm packages the browser tests serve
 NPM_PREFIX = Path(__file__).resolve().parents[2] / "var" / "npm"
 
@@ -1194,6 +1195,14 @@ def websdk_dir(install: bool = True) -> Path:
             return package
     raise PeerMissing(f"@flashphoner/websdk@{WEBSDK_VERSION} is not installed in {package}: "
                       f"{INSTALL_HINT}")
+
+
+def hlsjs_dir() -> Path:
+    """The installed ``hls.js`` package's ``dist`` folder (tools/install-test-deps.sh)."""
+    dist = NPM_PREFIX / "node_modules" / "hls.js" / "dist"
+    if (dist / "hls.min.js").exists():
+        return dist
+    raise PeerMissing(f"hls.js@{HLSJS_VERSION} is not installed in {dist}: {INSTALL_HINT}")
 
 
 class StaticSite:

@@ -30,7 +30,9 @@ class Sipgw:
         self.rest_port = free_port("tcp")
         self.sip_port = free_port("udp")
         media_from = free_port("udp", count=40)  # 20 RTP/RTCP pairs
+        self.hls_port = free_port("tcp")
         self.settings = {"rest_bind_address": "127.0.0.1", "rest_port": self.rest_port,
+                         "hls_port": self.hls_port,
                          "ws_bind_address": "127.0.0.1", "ws_port": free_port("tcp"),
                          "webrtc_ice_address": "127.0.0.1",
                          "sip_bind_address": "127.0.0.1", "sip_local_port": self.sip_port,

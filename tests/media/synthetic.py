@@ -132,6 +132,7 @@ class ClockedCalls(ThreadCalls):
         super().__init__()
         self.clock = Clock()
         self.callLater, self.advance = self.clock.callLater, self.clock.advance
+        self.seconds = self.clock.seconds
 
 
 def publish(stream, timed_frames, clock: FakeClock | None = None, *, realtime: bool = False,
