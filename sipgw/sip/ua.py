@@ -51,6 +51,7 @@ PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_contr
                        b'</media_control>\r\n')
 
 
+_DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 _QUIET_STATUSES = frozenset({CallStatus.TRYING, CallStatus.RING, CallStatus.RING_MEDIA,
                              CallStatus.SESSION_PROGRESS})
 
@@ -123,6 +124,7 @@ class Call:
         self._info_out = False
         self.stream = None
         self.media_session = None
+        self._holding: sdplib.SessionDescription | None = None  # our hold re-INVITE's old offer
 
     # -- status --------------------------------------------------------------
     def set_status(self, status: CallStatus, reason: str = "") -> None:
@@ -419,6 +421,56 @@ class Call:
             self.later(random.uniform(2.1, 4.0), self.refresh_session)  # §14.1, we own the Call-ID
         else:
             self._dialog_gone(response)
+
+    # -- hold from the app (/call/hold, /call/unhold) -------------------------------
+    def hold(self, held: bool) -> None:
+        """RFC 3264 §8.4: re-INVITE with our offer ``sip_hold_direction`` (held) or sendrecv;
+        HOLD or ESTABLISHED once answered.  Conflict unless ESTABLISHED (hold) / HOLD (unhold)
+        with no re-INVITE of ours in flight."""
+        wanted = CallStatus.ESTABLISHED if held else CallStatus.HOLD
+        if self.status != wanted or self.dialog is None or self._holding is not None:
+            raise Conflict(f"call {self.request.call_id} is {self.status.value}, not {wanted.value}")
+        direction = self.ua.config.sip_hold_direction if held else "sendrecv"
+        self.ua._session_version += 1
+        offer = self.offer
+        self.offer = dataclasses.replace(
+            offer, origin=dataclasses.replace(offer.origin, sess_version=self.ua._session_version),
+            media=[dataclasses.replace(m, attributes=[
+                (direction, None) if k in _DIRECTIONS else (k, v) for k, v in m.attributes])
+                for m in offer.media])
+        self._holding = offer  # the offer to go back to if the peer refuses
+        request = self.dialog.create_request(
+            "INVITE", via=self.ua.via(self.dest_for_dialog()),
+            contact=self.ua.contact(self.request.sip_login, self.dest),
+            headers=self.extension_headers() + [("Content-Type", "application/sdp")],
+            body=bytes(self.offer))
+        self.send_request(request, lambda response: self._held(request, response, held))
+
+    def _held(self, request: Request, response: Response, held: bool) -> None:
+        status = response.status
+        if 200 <= status < 300:  # §13.2.2.4: ACK the 2xx, even when the call ended meanwhile
+            ack = self.acks[response.cseq.seq] = self.dialog.create_request(
+                "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
+                cseq=response.cseq.seq,
+                headers=[(k, v) for k, v in request.headers if k in CREDENTIALS])
+            self.ua.send_in_dialog(self, ack)
+        if status < 200 or self._holding is None:
+            return
+        previous, self._holding = self._holding, None
+        if self.status.ended:
+            return
+        if status >= 300:
+            self.offer = previous
+            log.warn("call {call_id}: {what} refused: {status}", call_id=self.request.call_id,
+                     what="hold" if held else "unhold", status=status)
+            self._dialog_gone(response)
+            return
+        if response.body:
+            self.take_answer(response)
+        self.dialog.update_target(response)
+        if self.timer is not None:
+            self.timer.answered(response)
+        self.set_status(CallStatus.HOLD if held else CallStatus.ESTABLISHED)
 
     def session_expired(self) -> None:
         """RFC 4028 §10: no refresh came within the session interval: BYE."""
@@ -915,6 +967,13 @@ class UserAgent:
         if call is None:
             raise NotFound("Call not found")
         call.terminate()
+
+    def hold(self, call_id: str, held: bool = True) -> None:
+        """``/call/hold`` (``held``) and ``/call/unhold``."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise NotFound("Call not found")
+        call.hold(held)
 
     def send_dtmf(self, call_id: str, dtmf: str, kind: str) -> None:
         call = self.calls.get(call_id)

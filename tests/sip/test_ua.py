@@ -1429,3 +1429,61 @@ def test_keepalive_options_go_to_the_registrar_while_registered(make_ua, sender,
     ua.transactions.receive(make_response(sender.requests("REGISTER")[-1], 200, to_tag="r"), PEER)
     clock.advance(100)
     assert len({o.call_id for o in sender.requests("OPTIONS")}) == 2
+
+
+def _answer_with(direction: str, version: int = 2) -> bytes:
+    sdp = make_offer("127.0.0.1", audio_port=6000, video_port=6002, session_id=9, version=version)
+    for m in sdp.media:
+        m.attributes = [(direction, None) if k == "sendrecv" else (k, v) for k, v in m.attributes]
+    return bytes(sdp)
+
+
+@pytest.mark.parametrize("setting", ["sendonly", "inactive"])
+def test_hold_and_unhold_from_the_app_reinvite_with_our_directions(make_ua, sender, setting):
+    """/call/hold re-INVITEs with every stream sip_hold_direction (a new o= version), HOLD on
+    its 2xx (ACKed); /call/unhold offers sendrecv again, ESTABLISHED on its 2xx."""
+    ua = make_ua(sip_hold_direction=setting)
+    invite = _established(ua, sender)
+    first = SessionDescription.parse(invite.body)
+    ua.hold("call1")
+    reinvite = sender.requests("INVITE")[-1]
+    assert reinvite.to.tag == "b1" and reinvite.cseq.seq == invite.cseq.seq + 1
+    offer = SessionDescription.parse(reinvite.body)
+    assert [m.direction() for m in offer.media] == [setting, setting]
+    assert offer.origin.sess_version > first.origin.sess_version
+    assert _status(ua) == "ESTABLISHED"
+    with pytest.raises(Conflict):
+        ua.hold("call1")  # one re-INVITE at a time
+    mirrored = {"sendonly": "recvonly", "inactive": "inactive"}[setting]
+    ua.transactions.receive(_reply(reinvite, 200, body=_answer_with(mirrored)), PEER)
+    assert sender.requests("ACK")[-1].cseq.seq == reinvite.cseq.seq
+    assert _status(ua) == "HOLD"
+    with pytest.raises(Conflict):
+        ua.hold("call1")
+    ua.hold("call1", False)
+    unhold = sender.requests("INVITE")[-1]
+    assert [m.direction() for m in SessionDescription.parse(unhold.body).media] == [
+        "sendrecv", "sendrecv"]
+    ua.transactions.receive(_reply(unhold, 200, body=ANSWER), PEER)
+    assert _status(ua) == "ESTABLISHED"
+    assert ua.find("call1")[0]["history"][-2:] == ["HOLD", "ESTABLISHED"]
+
+
+def test_hold_refused_by_the_peer_keeps_the_call_established(make_ua, sender):
+    """A 488 to the hold re-INVITE leaves the call ESTABLISHED, our offer as before; a call
+    not established cannot be held (Conflict), an unknown one is NotFound."""
+    ua = make_ua()
+    with pytest.raises(NotFound):
+        ua.hold("nope")
+    ua.startup(_call(call_id="ringing"))
+    with pytest.raises(Conflict):
+        ua.hold("ringing")
+    invite = _established(ua, sender)
+    ua.hold("call1")
+    reinvite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(reinvite, 488), PEER)
+    assert _status(ua) == "ESTABLISHED"
+    assert bytes(ua.calls["call1"].offer) == invite.body
+    with pytest.raises(Conflict):
+        ua.hold("call1", False)
+    ua.hold("call1")  # may be tried again
