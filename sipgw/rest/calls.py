@@ -60,11 +60,14 @@ class CallManager(Protocol):
 
     def send_dtmf(self, call_id: str, dtmf: str, kind: str) -> None: ...
 
+    def hold(self, call_id: str, held: bool = True) -> None: ...
+
     def active_calls(self) -> list[CallRequest]: ...
 
 
 class CallApi:
-    """``/call/startup``, ``/call/find``, ``/call/find_all``, ``/call/terminate``, ``/call/send_dtmf``.
+    """``/call/startup``, ``/call/find``, ``/call/find_all``, ``/call/terminate``, ``/call/send_dtmf``,
+    ``/call/hold``, ``/call/unhold``.
 
     The egress policy (``sip_egress_*``) and the quotas (``max_calls*``, ``dtmf_*``) of the
     settings are checked here, before the manager sends anything.
@@ -153,6 +156,18 @@ class CallApi:
     @router.route("/call/terminate")
     def terminate(self, request: Any, body: dict) -> None:
         self._manager.terminate(_call_id(body))
+        return None
+
+    @router.route("/call/hold")
+    def hold(self, request: Any, body: dict) -> None:
+        """Re-INVITE with our SDP sendonly (``sip_hold_direction``); 409 unless ESTABLISHED."""
+        self._manager.hold(_call_id(body), True)
+        return None
+
+    @router.route("/call/unhold")
+    def unhold(self, request: Any, body: dict) -> None:
+        """Re-INVITE with our SDP sendrecv; 409 unless HOLD."""
+        self._manager.hold(_call_id(body), False)
         return None
 
     @router.route("/call/send_dtmf")

@@ -71,6 +71,14 @@ class RecordingCallManager:
             raise NotFound(CALL_NOT_FOUND)
         self.dtmf.append((call_id, dtmf, kind))
 
+    def hold(self, call_id: str, held: bool = True) -> None:
+        if call_id not in self.calls:
+            raise NotFound(CALL_NOT_FOUND)
+        wanted, now = ("ESTABLISHED", "HOLD") if held else ("HOLD", "ESTABLISHED")
+        if self.calls[call_id]["status"] != wanted:
+            raise Conflict(f"call {call_id} is not {wanted}")
+        self.calls[call_id]["status"] = now
+
     def active_calls(self) -> list[CallRequest]:
         ended = {s.value for s in CallStatus if s.ended}
         return [r for r in self.started if self.calls[r.call_id]["status"] not in ended]
@@ -557,6 +565,31 @@ def test_terminate_bad_call_id_is_400(client, manager, body):
     assert manager.terminated == []
 
 
+# --- /call/hold, /call/unhold -------------------------------------------------------------
+
+
+def test_hold_then_unhold(client, manager):
+    """/call/hold on an ESTABLISHED call and /call/unhold on a HOLD one are empty 200s."""
+    manager.add_call("c1")
+    response = client.post("/call/hold", {"callId": "c1"})
+    assert (response.code, response.body) == (200, b"")
+    assert manager.calls["c1"]["status"] == "HOLD"
+    response = client.post("/call/unhold", {"callId": "c1"})
+    assert (response.code, response.body) == (200, b"")
+    assert manager.calls["c1"]["status"] == "ESTABLISHED"
+
+
+@pytest.mark.parametrize("path", ["/call/hold", "/call/unhold"])
+def test_hold_unhold_refusals(client, manager, path):
+    """404 for an unknown call, 409 for a call in the wrong status, 400 without a callId."""
+    manager.add_call("ringing", "RING")
+    assert client.post(path, {"callId": "nope"}).code == 404
+    response = client.post(path, {"callId": "ringing"})
+    assert response.code == 409 and "not" in response.json()["error"]
+    response = client.post(path, {})
+    assert (response.code, response.json()["field"]) == (400, "callId")
+
+
 # --- /call/send_dtmf -----------------------------------------------------------------------
 
 
@@ -636,13 +669,15 @@ def test_send_dtmf_unknown_call_is_404(client):
 
 
 def test_call_api_routes():
-    """CallApi serves exactly the five WCS call methods."""
+    """CallApi serves exactly the seven WCS call methods."""
     assert RestResource(CallApi(RecordingCallManager())).paths == [
         "/call/find",
         "/call/find_all",
+        "/call/hold",
         "/call/send_dtmf",
         "/call/startup",
         "/call/terminate",
+        "/call/unhold",
     ]
 
 
