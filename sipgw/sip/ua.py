@@ -42,9 +42,10 @@ from ..rtp.ports import PortPool, PortsExhausted
 
 log = Logger(namespace="sipgw.sip.ua")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, PRACK, UPDATE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, PRACK, UPDATE, NOTIFY"
 CREDENTIALS = ("Authorization", "Proxy-Authorization")
 SESSION_EXPIRED = "Session timer expired"
+TRANSFERRED = "Transferred"
 DTMF_DURATION_MS = 160
 PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_control><vc_primitive>'
                        b'<to_encoder><picture_fast_update/></to_encoder></vc_primitive>'
@@ -125,6 +126,8 @@ class Call:
         self.stream = None
         self.media_session = None
         self._holding: sdplib.SessionDescription | None = None  # our hold re-INVITE's old offer
+        self.transfer_status: str | None = None  # our REFER's progress (see transfer())
+        self.transfer_target: str | None = None
 
     # -- status --------------------------------------------------------------
     def set_status(self, status: CallStatus, reason: str = "") -> None:
@@ -156,6 +159,7 @@ class Call:
                 "hasVideo": r.has_video, "streamName": r.stream_name, "appKey": r.app_key,
                 "sessionId": self.sip_call_id, "visibleName": r.visible_name,
                 "sdp": sdes.mask(self.remote_sdp.decode("utf-8", "replace")),
+                "target": self.transfer_target, "transferStatus": self.transfer_status,
                 "history": list(self.history)}
 
     def later(self, delay: float, fn, *args):
@@ -472,6 +476,62 @@ class Call:
             self.timer.answered(response)
         self.set_status(CallStatus.HOLD if held else CallStatus.ESTABLISHED)
 
+    # -- blind transfer from the app (/call/transfer, RFC 3515) -----------------------
+    def transfer(self, target: URI) -> None:
+        """REFER in the dialog with Refer-To ``target``; its answer and the NOTIFYs' sipfrag
+        (RFC 3515 §2.4.5) move ``transfer_status``: ACCEPTED, TRYING, COMPLETED (then BYE,
+        RFC 5589 §6) or FAILED."""
+        if (self.status not in (CallStatus.ESTABLISHED, CallStatus.HOLD) or self.dialog is None
+                or self.transfer_status in ("PENDING", "ACCEPTED", "TRYING")):
+            raise Conflict(f"call {self.request.call_id} is {self.status.value}"
+                           + (f", transfer {self.transfer_status}" if self.transfer_status else ""))
+        self.transfer_target = str(target)
+        request = self.dialog.create_request(
+            "REFER", via=self.ua.via(self.dest_for_dialog()),
+            contact=self.ua.contact(self.request.sip_login, self.dest),
+            headers=[("Refer-To", f"<{target}>")])
+        self.set_transfer("PENDING")
+        self.send_request(request, self._referred)
+
+    def _referred(self, response: Response) -> None:
+        if response.status < 200 or self.transfer_status != "PENDING":
+            return
+        if response.status < 300:
+            self.set_transfer("ACCEPTED", response.status)
+        else:
+            self.set_transfer("FAILED", response.status, response.reason)
+            self._dialog_gone(response)
+
+    def notified(self, request: Request) -> int:
+        """A NOTIFY of our REFER's implicit subscription: the status of its sipfrag."""
+        if self.transfer_status is None:
+            return 481  # RFC 6665 §4.1.3: no such subscription
+        if not request.get("Event", "").strip().lower().startswith("refer"):
+            return 489
+        fragment = request.body.split(b"\n", 1)[0].split(None, 2)
+        if len(fragment) < 2 or not fragment[0].startswith(b"SIP/") or not fragment[1].isdigit():
+            return 400
+        code = int(fragment[1])
+        reason = fragment[2].decode("utf-8", "replace").strip() if len(fragment) > 2 else ""
+        if self.transfer_status in ("PENDING", "ACCEPTED", "TRYING"):
+            status = "TRYING" if code < 200 else "COMPLETED" if code < 300 else "FAILED"
+            self.set_transfer(status, code, reason)
+            if status == "COMPLETED":
+                self.send_bye(TRANSFERRED)
+        return 200
+
+    def set_transfer(self, status: str, sip_status: int = 0, reason: str = "") -> None:
+        self.transfer_status = status
+        log.info("call {call_id} transfer to {target} {status} {code} {reason}",
+                 call_id=self.request.call_id, target=self.transfer_target, status=status,
+                 code=sip_status or "", reason=reason)
+        for observer in self.ua.transfer_observers:  # hooks: TransferStatusEvent
+            try:
+                observer(self, sip_status, reason)
+            except Exception:
+                log.failure("call {call_id}: transfer observer failed",
+                            call_id=self.request.call_id)
+
     def session_expired(self) -> None:
         """RFC 4028 §10: no refresh came within the session interval: BYE."""
         self.send_bye(SESSION_EXPIRED, CallStatus.FAILED, wait=False)
@@ -646,6 +706,7 @@ class UserAgent:
         self.transactions.sender = self.transport
         self.calls: dict[str, Call] = {}  # by WCS callId
         self.call_observers: list = []  # callables(call) on every status change
+        self.transfer_observers: list = []  # callables(call, sip_status, reason)
         self.by_sip_call_id: dict[str, Call] = {}
         self.streams = streams if streams is not None else StreamRegistry()
         self.registrations: dict[tuple, Registration] = {}
@@ -975,6 +1036,22 @@ class UserAgent:
             raise NotFound("Call not found")
         call.hold(held)
 
+    def transfer(self, call_id: str, target: str) -> None:
+        """``/call/transfer``: ``target`` a SIP URI, user@host, or a user at the call's domain."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise NotFound("Call not found")
+        try:
+            if target.startswith(("sip:", "sips:")):
+                uri = URI.parse(target)
+            elif "@" in target:
+                uri = URI.parse(f"sip:{target}")
+            else:
+                uri = URI("sip", call.request.sip_domain, user=target)
+        except HeaderError as exc:
+            raise CallError(f"target is not a SIP URI: {exc}") from None
+        call.transfer(uri)
+
     def send_dtmf(self, call_id: str, dtmf: str, kind: str) -> None:
         call = self.calls.get(call_id)
         if call is None:
@@ -1087,6 +1164,10 @@ class UserAgent:
             self._update(call, request, tx)
         elif method == "INFO":
             tx.respond(make_response(request, 200))
+        elif method == "NOTIFY":
+            tx.respond(make_response(request, call.notified(request)))
+        elif method == "REFER" and not self.config.sip_refer_accept:
+            tx.respond(make_response(request, 403, "Transfer not accepted"))
         else:
             tx.respond(make_response(request, 501, extra=[("Allow", ALLOW)]))
 

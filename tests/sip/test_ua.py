@@ -1487,3 +1487,75 @@ def test_hold_refused_by_the_peer_keeps_the_call_established(make_ua, sender):
     with pytest.raises(Conflict):
         ua.hold("call1", False)
     ua.hold("call1")  # may be tried again
+
+
+def _notify(invite, cseq, fragment: bytes, event="refer"):
+    return _in_dialog(invite, "NOTIFY", cseq, fragment, [
+        ("Event", event), ("Subscription-State", "active;expires=60"),
+        ("Content-Type", "message/sipfrag;version=2.0")])
+
+
+def test_transfer_sends_refer_and_follows_the_sipfrag_notifies(make_ua, sender):
+    """/call/transfer REFERs in the dialog with Refer-To; 202 is ACCEPTED, NOTIFY sipfrag
+    100 TRYING and 200 COMPLETED (each answered 200, each reported), then BYE."""
+    ua = make_ua()
+    seen = []
+    ua.transfer_observers.append(lambda call, code, reason: seen.append(
+        (call.transfer_status, code)))
+    invite = _established(ua, sender)
+    ua.transfer("call1", "carol")
+    refer, = sender.requests("REFER")
+    assert refer.to.tag == "b1" and refer.cseq.seq == invite.cseq.seq + 1
+    assert refer.get("Refer-To") == "<sip:carol@127.0.0.1>"
+    with pytest.raises(Conflict):
+        ua.transfer("call1", "dave")  # one at a time
+    ua.transactions.receive(make_response(refer, 202), PEER)
+    found = ua.find("call1")[0]
+    assert (found["transferStatus"], found["target"]) == ("ACCEPTED", "sip:carol@127.0.0.1")
+    ua.transactions.receive(_notify(invite, 1, b"SIP/2.0 100 Trying\r\n"), PEER)
+    assert _status(ua) == "ESTABLISHED" and ua.find("call1")[0]["transferStatus"] == "TRYING"
+    ua.transactions.receive(_notify(invite, 2, b"SIP/2.0 200 OK\r\n"), PEER)
+    assert [r.status for r in sender.responses()] == [200, 200]
+    assert seen == [("PENDING", 0), ("ACCEPTED", 202), ("TRYING", 100), ("COMPLETED", 200)]
+    bye, = sender.requests("BYE")
+    ua.transactions.receive(make_response(bye, 200), PEER)
+    found = ua.find("call1")[0]
+    assert (found["status"], found["info"], found["transferStatus"]) == (
+        "FINISH", "Transferred", "COMPLETED")
+
+
+def test_transfer_refused_or_failing_keeps_the_call(make_ua, sender):
+    """A 603 to the REFER, or a NOTIFY saying 486, is FAILED and the call stays up; a NOTIFY
+    with no transfer is 481, one of another event 489; not established is Conflict."""
+    ua = make_ua()
+    ua.startup(_call(call_id="ringing"))
+    with pytest.raises(Conflict):
+        ua.transfer("ringing", "carol")
+    with pytest.raises(NotFound):
+        ua.transfer("nope", "carol")
+    invite = _established(ua, sender)
+    ua.transactions.receive(_notify(invite, 1, b"SIP/2.0 200 OK\r\n"), PEER)
+    ua.transfer("call1", "sip:carol@example.com")
+    refer = sender.requests("REFER")[-1]
+    assert refer.get("Refer-To") == "<sip:carol@example.com>"
+    ua.transactions.receive(make_response(refer, 603), PEER)
+    assert ua.find("call1")[0]["transferStatus"] == "FAILED" and _status(ua) == "ESTABLISHED"
+    ua.transfer("call1", "carol@example.com")  # again
+    refer = sender.requests("REFER")[-1]
+    ua.transactions.receive(make_response(refer, 202), PEER)
+    ua.transactions.receive(_notify(invite, 2, b"SIP/2.0 100 Trying\r\n", event="dialog"), PEER)
+    ua.transactions.receive(_notify(invite, 3, b"SIP/2.0 486 Busy Here\r\n"), PEER)
+    assert [r.status for r in sender.responses()] == [481, 489, 200]
+    assert ua.find("call1")[0]["transferStatus"] == "FAILED" and _status(ua) == "ESTABLISHED"
+    assert not sender.requests("BYE")
+
+
+@pytest.mark.parametrize("accept, expected", [(False, 403)])
+def test_refer_from_the_callee_is_refused_by_default(make_ua, sender, accept, expected):
+    """A REFER from the callee gets 403 (sip_refer_accept=false)."""
+    ua = make_ua(sip_refer_accept=accept)
+    invite = _established(ua, sender)
+    ua.transactions.receive(_in_dialog(invite, "REFER", 1, extra=[
+        ("Refer-To", "<sip:mallory@example.com>")]), PEER)
+    assert [r.status for r in sender.responses()] == [expected]
+    assert _status(ua) == "ESTABLISHED"
