@@ -1559,3 +1559,23 @@ def test_refer_from_the_callee_is_refused_by_default(make_ua, sender, accept, ex
         ("Refer-To", "<sip:mallory@example.com>")]), PEER)
     assert [r.status for r in sender.responses()] == [expected]
     assert _status(ua) == "ESTABLISHED"
+
+
+def test_hold_from_the_app_pauses_the_rtp_timeout_and_unhold_restarts_it(make_ua, sender, clock):
+    """On hold from the app (the callee answers recvonly and sends nothing) the call stays
+    HOLD past rtp_activity_timeout, with its stream; after unhold the timeout counts again."""
+    ua = make_ua(rtp_activity_timeout=60)
+    _established(ua, sender)
+    stream = ua.calls["call1"].stream
+    ua.hold("call1")
+    ua.transactions.receive(_reply(sender.requests("INVITE")[-1], 200,
+                                   body=_answer_with("recvonly")), PEER)
+    clock.pump([1] * 100)
+    assert _status(ua) == "HOLD" and ua.calls["call1"].stream is stream
+    assert not stream.ended
+    ua.hold("call1", False)
+    ua.transactions.receive(_reply(sender.requests("INVITE")[-1], 200, body=ANSWER), PEER)
+    clock.pump([1] * 30)
+    assert _status(ua) == "ESTABLISHED"
+    clock.pump([1] * 31)
+    assert ua.find("call1")[0]["info"] == "Failed by RTP activity"
