@@ -502,8 +502,22 @@ class Call:
             self.set_transfer("FAILED", response.status, response.reason)
             self._dialog_gone(response)
 
-    def notified(self, request: Request) -> int:
-        """A NOTIFY of our REFER's implicit subscription: the status of its sipfrag."""
+    def notified(self, request: Request, respond) -> None:
+        """A NOTIFY of our REFER's implicit subscription (RFC 3515 §2.4.4): ``respond`` the
+        status (before any BYE it leads to), its sipfrag moves ``transfer_status``."""
+        code = self._notify_status(request)
+        respond(code)
+        if code != 200 or self.transfer_status not in ("PENDING", "ACCEPTED", "TRYING"):
+            return
+        fragment = request.body.split(b"\n", 1)[0].split(None, 2)
+        sip_status = int(fragment[1])
+        reason = fragment[2].decode("utf-8", "replace").strip() if len(fragment) > 2 else ""
+        status = "TRYING" if sip_status < 200 else "COMPLETED" if sip_status < 300 else "FAILED"
+        self.set_transfer(status, sip_status, reason)
+        if status == "COMPLETED":
+            self.send_bye(TRANSFERRED)  # RFC 5589 §6: the transferor ends the call
+
+    def _notify_status(self, request: Request) -> int:
         if self.transfer_status is None:
             return 481  # RFC 6665 §4.1.3: no such subscription
         if not request.get("Event", "").strip().lower().startswith("refer"):
@@ -511,13 +525,6 @@ class Call:
         fragment = request.body.split(b"\n", 1)[0].split(None, 2)
         if len(fragment) < 2 or not fragment[0].startswith(b"SIP/") or not fragment[1].isdigit():
             return 400
-        code = int(fragment[1])
-        reason = fragment[2].decode("utf-8", "replace").strip() if len(fragment) > 2 else ""
-        if self.transfer_status in ("PENDING", "ACCEPTED", "TRYING"):
-            status = "TRYING" if code < 200 else "COMPLETED" if code < 300 else "FAILED"
-            self.set_transfer(status, code, reason)
-            if status == "COMPLETED":
-                self.send_bye(TRANSFERRED)
         return 200
 
     def set_transfer(self, status: str, sip_status: int = 0, reason: str = "") -> None:
@@ -1165,7 +1172,7 @@ class UserAgent:
         elif method == "INFO":
             tx.respond(make_response(request, 200))
         elif method == "NOTIFY":
-            tx.respond(make_response(request, call.notified(request)))
+            call.notified(request, lambda code: tx.respond(make_response(request, code)))
         elif method == "REFER" and not self.config.sip_refer_accept:
             tx.respond(make_response(request, 403, "Transfer not accepted"))
         else:

@@ -1518,6 +1518,9 @@ def test_transfer_sends_refer_and_follows_the_sipfrag_notifies(make_ua, sender):
     assert [r.status for r in sender.responses()] == [200, 200]
     assert seen == [("PENDING", 0), ("ACCEPTED", 202), ("TRYING", 100), ("COMPLETED", 200)]
     bye, = sender.requests("BYE")
+    last_two = [m for m, *_ in sender.sent if getattr(m, "method", None) == "BYE"
+                or getattr(m, "status", None) == 200][-2:]
+    assert [getattr(m, "method", None) for m in last_two] == [None, "BYE"]  # 200 first
     ua.transactions.receive(make_response(bye, 200), PEER)
     found = ua.find("call1")[0]
     assert (found["status"], found["info"], found["transferStatus"]) == (
