@@ -61,7 +61,6 @@ class Config:
     sip_user_agent: str = "sipgw/0.1"
     sip_answer_unsolicited: bool = True
     sip_hold_direction: str = "sendonly"
-    sip_refer_accept: bool = False
     sip_max_server_transactions: int = 10000
     sip_max_requests_per_source: int = 2000
     call_retention: int = 60

@@ -1173,7 +1173,7 @@ class UserAgent:
             tx.respond(make_response(request, 200))
         elif method == "NOTIFY":
             call.notified(request, lambda code: tx.respond(make_response(request, code)))
-        elif method == "REFER" and not self.config.sip_refer_accept:
+        elif method == "REFER":  # sipgw places no call on the callee's behalf (RFC 3515 §2.4.2)
             tx.respond(make_response(request, 403, "Transfer not accepted"))
         else:
             tx.respond(make_response(request, 501, extra=[("Allow", ALLOW)]))

@@ -1553,14 +1553,13 @@ def test_transfer_refused_or_failing_keeps_the_call(make_ua, sender):
     assert not sender.requests("BYE")
 
 
-@pytest.mark.parametrize("accept, expected", [(False, 403)])
-def test_refer_from_the_callee_is_refused_by_default(make_ua, sender, accept, expected):
-    """A REFER from the callee gets 403 (sip_refer_accept=false)."""
-    ua = make_ua(sip_refer_accept=accept)
+def test_refer_from_the_callee_is_refused(make_ua, sender):
+    """A REFER from the callee gets 403: sipgw places no call on its behalf."""
+    ua = make_ua()
     invite = _established(ua, sender)
     ua.transactions.receive(_in_dialog(invite, "REFER", 1, extra=[
         ("Refer-To", "<sip:mallory@example.com>")]), PEER)
-    assert [r.status for r in sender.responses()] == [expected]
+    assert [r.status for r in sender.responses()] == [403]
     assert _status(ua) == "ESTABLISHED"
 
 
