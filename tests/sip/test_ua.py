@@ -1486,6 +1486,11 @@ def test_hold_refused_by_the_peer_keeps_the_call_established(make_ua, sender):
     assert bytes(ua.calls["call1"].offer) == invite.body
     with pytest.raises(Conflict):
         ua.hold("call1", False)
+    ua.transactions.receive(_sdp_offer(invite, 2, make_offer(
+        "127.0.0.1", audio_port=6000, video_port=6002, session_id=9, version=2)), PEER)
+    with pytest.raises(Conflict):
+        ua.hold("call1")  # the callee's re-INVITE awaits its ACK (RFC 3261 §14.1)
+    ua.transactions.receive(_in_dialog(invite, "ACK", 2), PEER)
     ua.hold("call1")  # may be tried again
 
 
