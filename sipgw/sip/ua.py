@@ -64,6 +64,19 @@ def _uri_transport(uri: URI) -> str | None:
     return None
 
 
+def _held_answer(answer, media: dict, hold: str):
+    """``answer`` and ``media`` with every stream kept from receiving (``hold``: sendonly or
+    inactive), as an answer may narrow the offer's direction (RFC 3264 §6.1)."""
+    narrow = {"sendrecv": hold, "recvonly": "inactive",
+              "sendonly": "sendonly" if hold == "sendonly" else "inactive"}
+    sections = [dataclasses.replace(m, attributes=[
+        (narrow.get(k, k), v) if k in _DIRECTIONS else (k, v) for k, v in m.attributes])
+        for m in answer.media]
+    return (dataclasses.replace(answer, media=sections),
+            {kind: dataclasses.replace(m, direction=narrow.get(m.direction, m.direction))
+             for kind, m in media.items()})
+
+
 def _tls_settings(config) -> TLSClientSettings | None:
     """The SIP TLS client settings, read at start when any is set (else made on first use)."""
     if config.sip_tls_ca_file or config.sip_tls_certificate:
@@ -126,6 +139,7 @@ class Call:
         self.stream = None
         self.media_session = None
         self._holding: sdplib.SessionDescription | None = None  # our hold re-INVITE's old offer
+        self.held = False  # on hold from the app (/call/hold answered)
         self.transfer_status: str | None = None  # our REFER's progress (see transfer())
         self.transfer_target: str | None = None
 
@@ -475,6 +489,7 @@ class Call:
         self.dialog.update_target(response)
         if self.timer is not None:
             self.timer.answered(response)
+        self.held = held
         self.set_status(CallStatus.HOLD if held else CallStatus.ESTABLISHED)
 
     # -- blind transfer from the app (/call/transfer, RFC 3515) -----------------------
@@ -1240,11 +1255,14 @@ class UserAgent:
             offer, address=ours.media_address(ours.media[0]),
             audio_port=self._our_port(call, "audio"), video_port=self._our_port(call, "video"),
             session_id=ours.origin.sess_id, version=self._session_version)
+        if call.held:  # held from the app: the answer keeps us not receiving (RFC 3264 §6.1)
+            answer, media = _held_answer(answer, media, self.config.sip_hold_direction)
         call.remote_media = media
         if call.media_session is not None:
             call.media_session.negotiate(media)
         call.remote_sdp = sdp_of(request)
-        call.set_status(CallStatus.HOLD if sdplib.is_hold(offer) else CallStatus.ESTABLISHED)
+        held = call.held or sdplib.is_hold(offer)
+        call.set_status(CallStatus.HOLD if held else CallStatus.ESTABLISHED)
         return bytes(answer)
 
     def _our_port(self, call: Call, kind: str) -> int | None:

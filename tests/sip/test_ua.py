@@ -1460,6 +1460,12 @@ def test_hold_and_unhold_from_the_app_reinvite_with_our_directions(make_ua, send
     assert _status(ua) == "HOLD"
     with pytest.raises(Conflict):
         ua.hold("call1")
+    # the callee's own re-INVITE (sendrecv) while held: answered without receiving, still HOLD
+    ua.transactions.receive(_sdp_offer(invite, 2, ANSWER), PEER)
+    answer = SessionDescription.parse(sender.responses(200)[-1].body)
+    assert [m.direction() for m in answer.media] == [setting, setting]
+    assert _status(ua) == "HOLD"
+    ua.transactions.receive(_in_dialog(invite, "ACK", 2), PEER)
     ua.hold("call1", False)
     unhold = sender.requests("INVITE")[-1]
     assert [m.direction() for m in SessionDescription.parse(unhold.body).media] == [
