@@ -446,9 +446,10 @@ class Call:
         HOLD or ESTABLISHED once answered.  Conflict unless ESTABLISHED (hold) / HOLD (unhold)
         with no re-INVITE of ours in flight."""
         wanted = CallStatus.ESTABLISHED if held else CallStatus.HOLD
-        if (self.status != wanted or self.dialog is None or self._holding is not None
-                or self._pending_2xx is not None):  # §14.1: one INVITE at a time
+        if self.status != wanted or self.dialog is None:
             raise Conflict(f"call {self.request.call_id} is {self.status.value}, not {wanted.value}")
+        if self._holding is not None or self._pending_2xx is not None:  # §14.1: one at a time
+            raise Conflict(f"call {self.request.call_id}: a re-INVITE is in progress")
         direction = self.ua.config.sip_hold_direction if held else "sendrecv"
         self.ua._session_version += 1
         offer = self.offer
