@@ -60,6 +60,7 @@ class Config:
     sip_max_message_size: int = 65535
     sip_user_agent: str = "sipgw/0.1"
     sip_answer_unsolicited: bool = True
+    sip_hold_direction: str = "sendonly"
     sip_max_server_transactions: int = 10000
     sip_max_requests_per_source: int = 2000
     call_retention: int = 60
@@ -146,6 +147,8 @@ class Config:
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name}={value}: a port must be between 0 and 65535")
+        if self.sip_hold_direction not in ("sendonly", "inactive"):
+            raise ConfigError("sip_hold_direction must be sendonly or inactive")
         if self.sip_srtp not in ("off", "optional", "mandatory"):
             raise ConfigError("sip_srtp must be off, optional or mandatory")
         if self.sip_tls_private_key and not self.sip_tls_certificate:

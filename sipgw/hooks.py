@@ -35,7 +35,7 @@ log = Logger(namespace="sipgw.hooks")
 
 QUERIES = ("connect", "playStream")
 EVENTS = ("ConnectionStatusEvent", "StreamStatusEvent", "CallStatusEvent", "PushStatusEvent",
-          "RecordingStatusEvent")
+          "RecordingStatusEvent", "TransferStatusEvent")
 METHODS = QUERIES + EVENTS
 DEFAULT_APP = "defaultApp"  # WCS's appKey when a client sends none
 UNREACHABLE = "The application could not be asked (the reason is in sipgw's log)"
@@ -459,6 +459,7 @@ def _resolve(reactor, host: str) -> defer.Deferred:
 # -- what is reported: the call layer's and the stream registry's changes -------------------
 def watch(hooks: Hooks, ua, media=None) -> None:
     """CallStatusEvent on every status change of a call (the UA's observer hook),
+    TransferStatusEvent on each step of a /call/transfer,
     StreamStatusEvent when a call's stream is published and when it ends, and with ``media``
     (pushes and recorders) PushStatusEvent and RecordingStatusEvent on their state changes."""
     def call_changed(call) -> None:
@@ -488,7 +489,14 @@ def watch(hooks: Hooks, ua, media=None) -> None:
         body = {**job.to_json(), "appKey": app_key or DEFAULT_APP, "callId": job.stream.call_id}
         hooks.event(app_key, method, body, key=job.stream.call_id)
 
+    def transfer_changed(call, sip_status: int, reason: str) -> None:
+        body = {"callId": call.request.call_id, "appKey": call.request.app_key or DEFAULT_APP,
+                "target": call.transfer_target, "status": call.transfer_status,
+                "sipStatus": sip_status, "info": reason}
+        hooks.event(call.request.app_key, "TransferStatusEvent", body, key=call.request.call_id)
+
     ua.call_observers.append(_safe(call_changed))
+    ua.transfer_observers.append(_safe(transfer_changed))
     ua.streams.listeners.append(_safe(stream_changed))
     if media is not None:
         media.pushes.observers.append(_safe(lambda push: job_changed("PushStatusEvent", push)))

@@ -190,7 +190,8 @@ def test_watch_reports_calls_streams_pushes_and_recordings_in_order():
                            to_json=lambda: {"callId": "c1", "status": call.status.value,
                                             "appKey": "shop",
                                             "history": []})
-    ua = SimpleNamespace(calls={"c1": call}, call_observers=[], streams=StreamRegistry())
+    ua = SimpleNamespace(calls={"c1": call}, call_observers=[], transfer_observers=[],
+                         streams=StreamRegistry())
     media = SimpleNamespace(pushes=SimpleNamespace(observers=[]),
                             recorders=SimpleNamespace(observers=[]))
     watch(hooks, ua, media)
@@ -209,6 +210,30 @@ def test_watch_reports_calls_streams_pushes_and_recordings_in_order():
     assert all(body["appKey"] == "shop" and body["callId"] == "c1"
                for _, body, _ in client.posts)
     assert "history" not in client.posts[1][1]
+
+
+def test_watch_reports_each_transfer_step_as_a_transfer_status_event():
+    """watch(): each step of /call/transfer (the UA's transfer observers) is a
+    TransferStatusEvent to the call's app with callId, target, status, sipStatus, info."""
+    from types import SimpleNamespace
+
+    from sipgw.calls import CallRequest
+    from sipgw.hooks import watch
+    from sipgw.streams.registry import StreamRegistry
+
+    _, client, hooks = make("shop=http://127.0.0.1:9/shop", timeout=0)
+    call = SimpleNamespace(request=CallRequest("c1", "bob", "alice", "example.org",
+                                               app_key="shop"),
+                           transfer_target="sip:carol@example.org", transfer_status="TRYING")
+    ua = SimpleNamespace(calls={"c1": call}, call_observers=[], transfer_observers=[],
+                         streams=StreamRegistry())
+    watch(hooks, ua)
+    for observer in ua.transfer_observers:  # what Call.set_transfer does
+        observer(call, 100, "Trying")
+    url, body, _ = client.posts[0]
+    assert url == "http://127.0.0.1:9/shop/TransferStatusEvent"
+    assert body == {"callId": "c1", "appKey": "shop", "target": "sip:carol@example.org",
+                    "status": "TRYING", "sipStatus": 100, "info": "Trying"}
 
 
 def test_https_hooks_are_verified_tls():
@@ -271,7 +296,7 @@ def test_a_failing_hook_never_breaks_the_call_layer():
         raise RuntimeError("bug")
     call = SimpleNamespace(request=CallRequest("c1", "bob", "alice", "example.org"),
                            to_json=broken)
-    ua = SimpleNamespace(calls={}, call_observers=[], streams=StreamRegistry())
+    ua = SimpleNamespace(calls={}, call_observers=[], transfer_observers=[], streams=StreamRegistry())
     watch(hooks, ua)
     from twisted.logger import globalLogPublisher
     events = []

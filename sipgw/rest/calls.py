@@ -35,6 +35,7 @@ _URL_MAX = 2048
 _HOST_MAX = 253
 
 _NOT_IN_DISPLAY_NAME = frozenset('<>"')
+_NOT_IN_TARGET = frozenset('<>" \r\n\t')
 _HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
 _DTMF = re.compile(r"[0-9*#A-D]+")
@@ -60,11 +61,16 @@ class CallManager(Protocol):
 
     def send_dtmf(self, call_id: str, dtmf: str, kind: str) -> None: ...
 
+    def hold(self, call_id: str, held: bool = True) -> None: ...
+
+    def transfer(self, call_id: str, target: str) -> None: ...
+
     def active_calls(self) -> list[CallRequest]: ...
 
 
 class CallApi:
-    """``/call/startup``, ``/call/find``, ``/call/find_all``, ``/call/terminate``, ``/call/send_dtmf``.
+    """``/call/startup``, ``/call/find``, ``/call/find_all``, ``/call/terminate``, ``/call/send_dtmf``,
+    ``/call/hold``, ``/call/unhold``, ``/call/transfer``.
 
     The egress policy (``sip_egress_*``) and the quotas (``max_calls*``, ``dtmf_*``) of the
     settings are checked here, before the manager sends anything.
@@ -153,6 +159,28 @@ class CallApi:
     @router.route("/call/terminate")
     def terminate(self, request: Any, body: dict) -> None:
         self._manager.terminate(_call_id(body))
+        return None
+
+    @router.route("/call/hold")
+    def hold(self, request: Any, body: dict) -> None:
+        """Re-INVITE with our SDP sendonly (``sip_hold_direction``); 409 unless ESTABLISHED."""
+        self._manager.hold(_call_id(body), True)
+        return None
+
+    @router.route("/call/unhold")
+    def unhold(self, request: Any, body: dict) -> None:
+        """Re-INVITE with our SDP sendrecv; 409 unless HOLD."""
+        self._manager.hold(_call_id(body), False)
+        return None
+
+    @router.route("/call/transfer")
+    def transfer(self, request: Any, body: dict) -> None:
+        """Blind transfer: REFER to ``target`` (a SIP URI, user@host or a user at the call's
+        domain); its progress is the call's ``transferStatus`` and TransferStatusEvent."""
+        call_id = _call_id(body)
+        target = string_field(body, "target", required=True, max_len=_URI_PART_MAX,
+                              forbidden=_NOT_IN_TARGET)
+        self._manager.transfer(call_id, target)
         return None
 
     @router.route("/call/send_dtmf")

@@ -42,15 +42,17 @@ from ..rtp.ports import PortPool, PortsExhausted
 
 log = Logger(namespace="sipgw.sip.ua")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, PRACK, UPDATE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, PRACK, UPDATE, NOTIFY"
 CREDENTIALS = ("Authorization", "Proxy-Authorization")
 SESSION_EXPIRED = "Session timer expired"
+TRANSFERRED = "Transferred"
 DTMF_DURATION_MS = 160
 PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_control><vc_primitive>'
                        b'<to_encoder><picture_fast_update/></to_encoder></vc_primitive>'
                        b'</media_control>\r\n')
 
 
+_DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
 _QUIET_STATUSES = frozenset({CallStatus.TRYING, CallStatus.RING, CallStatus.RING_MEDIA,
                              CallStatus.SESSION_PROGRESS})
 
@@ -60,6 +62,19 @@ def _uri_transport(uri: URI) -> str | None:
     if "transport" in uri.params or uri.scheme == "sips":
         return uri.transport.upper()
     return None
+
+
+def _held_answer(answer, media: dict, hold: str):
+    """``answer`` and ``media`` with every stream kept from receiving (``hold``: sendonly or
+    inactive), as an answer may narrow the offer's direction (RFC 3264 §6.1)."""
+    narrow = {"sendrecv": hold, "recvonly": "inactive",
+              "sendonly": "sendonly" if hold == "sendonly" else "inactive"}
+    sections = [dataclasses.replace(m, attributes=[
+        (narrow.get(k, k), v) if k in _DIRECTIONS else (k, v) for k, v in m.attributes])
+        for m in answer.media]
+    return (dataclasses.replace(answer, media=sections),
+            {kind: dataclasses.replace(m, direction=narrow.get(m.direction, m.direction))
+             for kind, m in media.items()})
 
 
 def _tls_settings(config) -> TLSClientSettings | None:
@@ -123,6 +138,10 @@ class Call:
         self._info_out = False
         self.stream = None
         self.media_session = None
+        self._holding: sdplib.SessionDescription | None = None  # our hold re-INVITE's old offer
+        self.held = False  # on hold from the app (/call/hold answered)
+        self.transfer_status: str | None = None  # our REFER's progress (see transfer())
+        self.transfer_target: str | None = None
 
     # -- status --------------------------------------------------------------
     def set_status(self, status: CallStatus, reason: str = "") -> None:
@@ -154,6 +173,7 @@ class Call:
                 "hasVideo": r.has_video, "streamName": r.stream_name, "appKey": r.app_key,
                 "sessionId": self.sip_call_id, "visibleName": r.visible_name,
                 "sdp": sdes.mask(self.remote_sdp.decode("utf-8", "replace")),
+                "target": self.transfer_target, "transferStatus": self.transfer_status,
                 "history": list(self.history)}
 
     def later(self, delay: float, fn, *args):
@@ -420,6 +440,122 @@ class Call:
         else:
             self._dialog_gone(response)
 
+    # -- hold from the app (/call/hold, /call/unhold) -------------------------------
+    def hold(self, held: bool) -> None:
+        """RFC 3264 §8.4: re-INVITE with our offer ``sip_hold_direction`` (held) or sendrecv;
+        HOLD or ESTABLISHED once answered.  Conflict unless ESTABLISHED (hold) / HOLD (unhold)
+        with no re-INVITE of ours in flight."""
+        wanted = CallStatus.ESTABLISHED if held else CallStatus.HOLD
+        if self.status != wanted or self.dialog is None:
+            raise Conflict(f"call {self.request.call_id} is {self.status.value}, not {wanted.value}")
+        if self._holding is not None or self._pending_2xx is not None:  # §14.1: one at a time
+            raise Conflict(f"call {self.request.call_id}: a re-INVITE is in progress")
+        direction = self.ua.config.sip_hold_direction if held else "sendrecv"
+        self.ua._session_version += 1
+        offer = self.offer
+        self.offer = dataclasses.replace(
+            offer, origin=dataclasses.replace(offer.origin, sess_version=self.ua._session_version),
+            media=[dataclasses.replace(m, attributes=[
+                (direction, None) if k in _DIRECTIONS else (k, v) for k, v in m.attributes])
+                for m in offer.media])
+        self._holding = offer  # the offer to go back to if the peer refuses
+        request = self.dialog.create_request(
+            "INVITE", via=self.ua.via(self.dest_for_dialog()),
+            contact=self.ua.contact(self.request.sip_login, self.dest),
+            headers=self.extension_headers() + [("Content-Type", "application/sdp")],
+            body=bytes(self.offer))
+        self.send_request(request, lambda response: self._held(request, response, held))
+
+    def _held(self, request: Request, response: Response, held: bool) -> None:
+        status = response.status
+        if 200 <= status < 300:  # §13.2.2.4: ACK the 2xx, even when the call ended meanwhile
+            ack = self.acks[response.cseq.seq] = self.dialog.create_request(
+                "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
+                cseq=response.cseq.seq,
+                headers=[(k, v) for k, v in request.headers if k in CREDENTIALS])
+            self.ua.send_in_dialog(self, ack)
+        if status < 200 or self._holding is None:
+            return
+        previous, self._holding = self._holding, None
+        if self.status.ended:
+            return
+        if status >= 300:
+            self.offer = previous
+            log.warn("call {call_id}: {what} refused: {status}", call_id=self.request.call_id,
+                     what="hold" if held else "unhold", status=status)
+            self._dialog_gone(response)
+            return
+        if response.body:
+            self.take_answer(response)
+        self.dialog.update_target(response)
+        if self.timer is not None:
+            self.timer.answered(response)
+        self.held = held
+        self.set_status(CallStatus.HOLD if held else CallStatus.ESTABLISHED)
+
+    # -- blind transfer from the app (/call/transfer, RFC 3515) -----------------------
+    def transfer(self, target: URI) -> None:
+        """REFER in the dialog with Refer-To ``target``; its answer and the NOTIFYs' sipfrag
+        (RFC 3515 §2.4.5) move ``transfer_status``: ACCEPTED, TRYING, COMPLETED (then BYE,
+        RFC 5589 §6) or FAILED."""
+        if (self.status not in (CallStatus.ESTABLISHED, CallStatus.HOLD) or self.dialog is None
+                or self.transfer_status in ("PENDING", "ACCEPTED", "TRYING")):
+            raise Conflict(f"call {self.request.call_id} is {self.status.value}"
+                           + (f", transfer {self.transfer_status}" if self.transfer_status else ""))
+        self.transfer_target = str(target)
+        request = self.dialog.create_request(
+            "REFER", via=self.ua.via(self.dest_for_dialog()),
+            contact=self.ua.contact(self.request.sip_login, self.dest),
+            headers=[("Refer-To", f"<{target}>")])
+        self.set_transfer("PENDING")
+        self.send_request(request, self._referred)
+
+    def _referred(self, response: Response) -> None:
+        if response.status < 200 or self.transfer_status != "PENDING":
+            return
+        if response.status < 300:
+            self.set_transfer("ACCEPTED", response.status)
+        else:
+            self.set_transfer("FAILED", response.status, response.reason)
+            self._dialog_gone(response)
+
+    def notified(self, request: Request, respond) -> None:
+        """A NOTIFY of our REFER's implicit subscription (RFC 3515 §2.4.4): ``respond`` the
+        status (before any BYE it leads to), its sipfrag moves ``transfer_status``."""
+        code = self._notify_status(request)
+        respond(code)
+        if code != 200 or self.transfer_status not in ("PENDING", "ACCEPTED", "TRYING"):
+            return
+        fragment = request.body.split(b"\n", 1)[0].split(None, 2)
+        sip_status = int(fragment[1])
+        reason = fragment[2].decode("utf-8", "replace").strip() if len(fragment) > 2 else ""
+        status = "TRYING" if sip_status < 200 else "COMPLETED" if sip_status < 300 else "FAILED"
+        self.set_transfer(status, sip_status, reason)
+        if status == "COMPLETED":
+            self.send_bye(TRANSFERRED)  # RFC 5589 §6: the transferor ends the call
+
+    def _notify_status(self, request: Request) -> int:
+        if self.transfer_status is None:
+            return 481  # RFC 6665 §4.1.3: no such subscription
+        if not request.get("Event", "").strip().lower().startswith("refer"):
+            return 489
+        fragment = request.body.split(b"\n", 1)[0].split(None, 2)
+        if len(fragment) < 2 or not fragment[0].startswith(b"SIP/") or not fragment[1].isdigit():
+            return 400
+        return 200
+
+    def set_transfer(self, status: str, sip_status: int = 0, reason: str = "") -> None:
+        self.transfer_status = status
+        log.info("call {call_id} transfer to {target} {status} {code} {reason}",
+                 call_id=self.request.call_id, target=self.transfer_target, status=status,
+                 code=sip_status or "", reason=reason)
+        for observer in self.ua.transfer_observers:  # hooks: TransferStatusEvent
+            try:
+                observer(self, sip_status, reason)
+            except Exception:
+                log.failure("call {call_id}: transfer observer failed",
+                            call_id=self.request.call_id)
+
     def session_expired(self) -> None:
         """RFC 4028 §10: no refresh came within the session interval: BYE."""
         self.send_bye(SESSION_EXPIRED, CallStatus.FAILED, wait=False)
@@ -594,6 +730,7 @@ class UserAgent:
         self.transactions.sender = self.transport
         self.calls: dict[str, Call] = {}  # by WCS callId
         self.call_observers: list = []  # callables(call) on every status change
+        self.transfer_observers: list = []  # callables(call, sip_status, reason)
         self.by_sip_call_id: dict[str, Call] = {}
         self.streams = streams if streams is not None else StreamRegistry()
         self.registrations: dict[tuple, Registration] = {}
@@ -916,6 +1053,29 @@ class UserAgent:
             raise NotFound("Call not found")
         call.terminate()
 
+    def hold(self, call_id: str, held: bool = True) -> None:
+        """``/call/hold`` (``held``) and ``/call/unhold``."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise NotFound("Call not found")
+        call.hold(held)
+
+    def transfer(self, call_id: str, target: str) -> None:
+        """``/call/transfer``: ``target`` a SIP URI, user@host, or a user at the call's domain."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise NotFound("Call not found")
+        try:
+            if target.startswith(("sip:", "sips:")):
+                uri = URI.parse(target)
+            elif "@" in target:
+                uri = URI.parse(f"sip:{target}")
+            else:
+                uri = URI("sip", call.request.sip_domain, user=target)
+        except HeaderError as exc:
+            raise CallError(f"target is not a SIP URI: {exc}") from None
+        call.transfer(uri)
+
     def send_dtmf(self, call_id: str, dtmf: str, kind: str) -> None:
         call = self.calls.get(call_id)
         if call is None:
@@ -1028,6 +1188,10 @@ class UserAgent:
             self._update(call, request, tx)
         elif method == "INFO":
             tx.respond(make_response(request, 200))
+        elif method == "NOTIFY":
+            call.notified(request, lambda code: tx.respond(make_response(request, code)))
+        elif method == "REFER":  # sipgw places no call on the callee's behalf (RFC 3515 §2.4.2)
+            tx.respond(make_response(request, 403, "Transfer not accepted"))
         else:
             tx.respond(make_response(request, 501, extra=[("Allow", ALLOW)]))
 
@@ -1092,11 +1256,14 @@ class UserAgent:
             offer, address=ours.media_address(ours.media[0]),
             audio_port=self._our_port(call, "audio"), video_port=self._our_port(call, "video"),
             session_id=ours.origin.sess_id, version=self._session_version)
+        if call.held:  # held from the app: the answer keeps us not receiving (RFC 3264 §6.1)
+            answer, media = _held_answer(answer, media, self.config.sip_hold_direction)
         call.remote_media = media
         if call.media_session is not None:
             call.media_session.negotiate(media)
         call.remote_sdp = sdp_of(request)
-        call.set_status(CallStatus.HOLD if sdplib.is_hold(offer) else CallStatus.ESTABLISHED)
+        held = call.held or sdplib.is_hold(offer)
+        call.set_status(CallStatus.HOLD if held else CallStatus.ESTABLISHED)
         return bytes(answer)
 
     def _our_port(self, call: Call, kind: str) -> int | None:

@@ -379,6 +379,12 @@ class SignallingProtocol(WebSocketServerProtocol):
                              "info": "calls over the websocket are not supported by sipgw: "
                                      "use /rest-api/call/startup"})
 
+    def on_call_control(self, obj: dict, name: str = "") -> None:
+        """``hold``, ``unhold``, ``transfer`` act on the page's own call, which sipgw never
+        has (``call`` fails): a fail saying which REST method does it."""
+        self.fail(name, f"{name} over the websocket is not supported by sipgw (a player owns "
+                        f"no call): use /rest-api/call/{name}")
+
     def stream_ended(self, media_session_id: str, stream) -> None:
         """The call behind a played stream ended: STOPPED "Stopped by publisher stop" as WCS
         says it, or FAILED with the stream's reason."""
@@ -401,7 +407,9 @@ class SignallingProtocol(WebSocketServerProtocol):
                 "availableStream": on_available_stream, "snapshot": on_snapshot,
                 "sendStreamEvent": on_stream_event, "publishStream": on_publish_stream,
                 "unPublishStream": on_unpublish_stream, "sendData": on_send_data,
-                "call": on_call, "answer": on_call}
+                "call": on_call, "answer": on_call,
+                **{name: (lambda self, obj, name=name: self.on_call_control(obj, name))
+                   for name in ("hold", "unhold", "transfer")}}
 
 
 class SignallingFactory(WebSocketServerFactory):

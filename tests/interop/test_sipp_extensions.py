@@ -163,3 +163,35 @@ def test_media_in_the_second_codec_of_the_answer_is_taken(daemon, callee):
     assert counters["wrong_payload_type"] == 0 and counters["codec_changes"] == 1
     assert daemon.stream(f"stream-{call_id}")["audioCodec"] == "PCMA"
     _hang_up(daemon, sipp, call_id)
+
+
+def test_hold_and_unhold_from_the_app_send_the_sdp_directions(daemon, callee):
+    """/call/hold re-INVITEs SIPp with every stream a=sendonly (the scenario fails on any other
+    direction), HOLD past rtp_activity_timeout with no RTP; /call/unhold offers a=sendrecv,
+    ESTABLISHED; the stream stays published throughout."""
+    sipp = callee("uas_app_hold.xml")
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "ESTABLISHED")
+    daemon.rest("/call/hold", {"callId": call_id})
+    daemon.wait_status(call_id, "HOLD")
+    time.sleep(RTP_TIMEOUT + 2)
+    assert daemon.call(call_id)["status"] == "HOLD"
+    assert daemon.stream(f"stream-{call_id}") is not None
+    daemon.rest("/call/unhold", {"callId": call_id})
+    call = daemon.wait_status(call_id, "ESTABLISHED", "FAILED")
+    assert call["history"][-3:] == ["ESTABLISHED", "HOLD", "ESTABLISHED"], call
+    _hang_up(daemon, sipp, call_id)
+
+
+def test_transfer_refers_and_follows_the_notifies_to_completion(daemon, callee):
+    """/call/transfer sends SIPp a REFER to carol (202); its NOTIFYs sipfrag 100 then 200 are
+    answered 200; the call shows transferStatus COMPLETED and ends FINISH by our BYE."""
+    sipp = callee("uas_refer_notify.xml")
+    call_id = _startup(daemon, sipp)
+    daemon.wait_status(call_id, "ESTABLISHED")
+    daemon.rest("/call/transfer", {"callId": call_id, "target": "carol"})
+    call = daemon.wait_status(call_id, "FINISH", "FAILED")
+    assert (call["status"], call["transferStatus"], call["info"]) == (
+        "FINISH", "COMPLETED", "Transferred"), call
+    assert call["target"].startswith("sip:carol@")
+    assert sipp.wait(15) == 0, sipp.errors()

@@ -71,6 +71,21 @@ class RecordingCallManager:
             raise NotFound(CALL_NOT_FOUND)
         self.dtmf.append((call_id, dtmf, kind))
 
+    def hold(self, call_id: str, held: bool = True) -> None:
+        if call_id not in self.calls:
+            raise NotFound(CALL_NOT_FOUND)
+        wanted, now = ("ESTABLISHED", "HOLD") if held else ("HOLD", "ESTABLISHED")
+        if self.calls[call_id]["status"] != wanted:
+            raise Conflict(f"call {call_id} is not {wanted}")
+        self.calls[call_id]["status"] = now
+
+    def transfer(self, call_id: str, target: str) -> None:
+        if call_id not in self.calls:
+            raise NotFound(CALL_NOT_FOUND)
+        if self.calls[call_id]["status"] not in ("ESTABLISHED", "HOLD"):
+            raise Conflict(f"call {call_id} is not established")
+        self.calls[call_id].update(target=target, transferStatus="PENDING")
+
     def active_calls(self) -> list[CallRequest]:
         ended = {s.value for s in CallStatus if s.ended}
         return [r for r in self.started if self.calls[r.call_id]["status"] not in ended]
@@ -557,6 +572,59 @@ def test_terminate_bad_call_id_is_400(client, manager, body):
     assert manager.terminated == []
 
 
+# --- /call/hold, /call/unhold -------------------------------------------------------------
+
+
+def test_hold_then_unhold(client, manager):
+    """/call/hold on an ESTABLISHED call and /call/unhold on a HOLD one are empty 200s."""
+    manager.add_call("c1")
+    response = client.post("/call/hold", {"callId": "c1"})
+    assert (response.code, response.body) == (200, b"")
+    assert manager.calls["c1"]["status"] == "HOLD"
+    response = client.post("/call/unhold", {"callId": "c1"})
+    assert (response.code, response.body) == (200, b"")
+    assert manager.calls["c1"]["status"] == "ESTABLISHED"
+
+
+@pytest.mark.parametrize("path", ["/call/hold", "/call/unhold"])
+def test_hold_unhold_refusals(client, manager, path):
+    """404 for an unknown call, 409 for a call in the wrong status, 400 without a callId."""
+    manager.add_call("ringing", "RING")
+    assert client.post(path, {"callId": "nope"}).code == 404
+    response = client.post(path, {"callId": "ringing"})
+    assert response.code == 409 and "not" in response.json()["error"]
+    response = client.post(path, {})
+    assert (response.code, response.json()["field"]) == (400, "callId")
+
+
+# --- /call/transfer ------------------------------------------------------------------------
+
+
+def test_transfer_then_find_shows_its_target_and_status(client, manager):
+    """/call/transfer is an empty 200; /call/find then shows target and transferStatus."""
+    manager.add_call("c1")
+    response = client.post("/call/transfer", {"callId": "c1", "target": "sip:carol@example.com"})
+    assert (response.code, response.body) == (200, b"")
+    found = client.post("/call/find", {"callId": "c1"}).json()[0]
+    assert (found["target"], found["transferStatus"]) == ("sip:carol@example.com", "PENDING")
+
+
+@pytest.mark.parametrize("body, code, field", [
+    ({"callId": "nope", "target": "carol"}, 404, None),
+    ({"callId": "ringing", "target": "carol"}, 409, None),
+    ({"callId": "c1"}, 400, "target"),
+    ({"callId": "c1", "target": "<sip:x@y>"}, 400, "target"),
+    ({"target": "carol"}, 400, "callId"),
+])
+def test_transfer_refusals(client, manager, body, code, field):
+    """404 unknown call, 409 not established, 400 naming a missing or unusable field."""
+    manager.add_call("c1")
+    manager.add_call("ringing", "RING")
+    response = client.post("/call/transfer", body)
+    assert response.code == code
+    assert response.json()["field"] == field
+
+
 # --- /call/send_dtmf -----------------------------------------------------------------------
 
 
@@ -636,13 +704,16 @@ def test_send_dtmf_unknown_call_is_404(client):
 
 
 def test_call_api_routes():
-    """CallApi serves exactly the five WCS call methods."""
+    """CallApi serves exactly the eight WCS call methods."""
     assert RestResource(CallApi(RecordingCallManager())).paths == [
         "/call/find",
         "/call/find_all",
+        "/call/hold",
         "/call/send_dtmf",
         "/call/startup",
         "/call/terminate",
+        "/call/transfer",
+        "/call/unhold",
     ]
 
 

@@ -1429,3 +1429,166 @@ def test_keepalive_options_go_to_the_registrar_while_registered(make_ua, sender,
     ua.transactions.receive(make_response(sender.requests("REGISTER")[-1], 200, to_tag="r"), PEER)
     clock.advance(100)
     assert len({o.call_id for o in sender.requests("OPTIONS")}) == 2
+
+
+def _answer_with(direction: str, version: int = 2) -> bytes:
+    sdp = make_offer("127.0.0.1", audio_port=6000, video_port=6002, session_id=9, version=version)
+    for m in sdp.media:
+        m.attributes = [(direction, None) if k == "sendrecv" else (k, v) for k, v in m.attributes]
+    return bytes(sdp)
+
+
+@pytest.mark.parametrize("setting", ["sendonly", "inactive"])
+def test_hold_and_unhold_from_the_app_reinvite_with_our_directions(make_ua, sender, setting):
+    """/call/hold re-INVITEs with every stream sip_hold_direction (a new o= version), HOLD on
+    its 2xx (ACKed); /call/unhold offers sendrecv again, ESTABLISHED on its 2xx."""
+    ua = make_ua(sip_hold_direction=setting)
+    invite = _established(ua, sender)
+    first = SessionDescription.parse(invite.body)
+    ua.hold("call1")
+    reinvite = sender.requests("INVITE")[-1]
+    assert reinvite.to.tag == "b1" and reinvite.cseq.seq == invite.cseq.seq + 1
+    offer = SessionDescription.parse(reinvite.body)
+    assert [m.direction() for m in offer.media] == [setting, setting]
+    assert offer.origin.sess_version > first.origin.sess_version
+    assert _status(ua) == "ESTABLISHED"
+    with pytest.raises(Conflict):
+        ua.hold("call1")  # one re-INVITE at a time
+    mirrored = {"sendonly": "recvonly", "inactive": "inactive"}[setting]
+    ua.transactions.receive(_reply(reinvite, 200, body=_answer_with(mirrored)), PEER)
+    assert sender.requests("ACK")[-1].cseq.seq == reinvite.cseq.seq
+    assert _status(ua) == "HOLD"
+    with pytest.raises(Conflict):
+        ua.hold("call1")
+    # the callee's own re-INVITE (sendrecv) while held: answered without receiving, still HOLD
+    ua.transactions.receive(_sdp_offer(invite, 2, ANSWER), PEER)
+    answer = SessionDescription.parse(sender.responses(200)[-1].body)
+    assert [m.direction() for m in answer.media] == [setting, setting]
+    assert _status(ua) == "HOLD"
+    ua.transactions.receive(_in_dialog(invite, "ACK", 2), PEER)
+    ua.hold("call1", False)
+    unhold = sender.requests("INVITE")[-1]
+    assert [m.direction() for m in SessionDescription.parse(unhold.body).media] == [
+        "sendrecv", "sendrecv"]
+    ua.transactions.receive(_reply(unhold, 200, body=ANSWER), PEER)
+    assert _status(ua) == "ESTABLISHED"
+    assert ua.find("call1")[0]["history"][-2:] == ["HOLD", "ESTABLISHED"]
+
+
+def test_hold_refused_by_the_peer_keeps_the_call_established(make_ua, sender):
+    """A 488 to the hold re-INVITE leaves the call ESTABLISHED, our offer as before; a call
+    not established cannot be held (Conflict), an unknown one is NotFound."""
+    ua = make_ua()
+    with pytest.raises(NotFound):
+        ua.hold("nope")
+    ua.startup(_call(call_id="ringing"))
+    with pytest.raises(Conflict):
+        ua.hold("ringing")
+    invite = _established(ua, sender)
+    ua.hold("call1")
+    reinvite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(_reply(reinvite, 488), PEER)
+    assert _status(ua) == "ESTABLISHED"
+    assert bytes(ua.calls["call1"].offer) == invite.body
+    with pytest.raises(Conflict):
+        ua.hold("call1", False)
+    ua.transactions.receive(_sdp_offer(invite, 2, make_offer(
+        "127.0.0.1", audio_port=6000, video_port=6002, session_id=9, version=2)), PEER)
+    with pytest.raises(Conflict):
+        ua.hold("call1")  # the callee's re-INVITE awaits its ACK (RFC 3261 §14.1)
+    ua.transactions.receive(_in_dialog(invite, "ACK", 2), PEER)
+    ua.hold("call1")  # may be tried again
+
+
+def _notify(invite, cseq, fragment: bytes, event="refer"):
+    return _in_dialog(invite, "NOTIFY", cseq, fragment, [
+        ("Event", event), ("Subscription-State", "active;expires=60"),
+        ("Content-Type", "message/sipfrag;version=2.0")])
+
+
+def test_transfer_sends_refer_and_follows_the_sipfrag_notifies(make_ua, sender):
+    """/call/transfer REFERs in the dialog with Refer-To; 202 is ACCEPTED, NOTIFY sipfrag
+    100 TRYING and 200 COMPLETED (each answered 200, each reported), then BYE."""
+    ua = make_ua()
+    seen = []
+    ua.transfer_observers.append(lambda call, code, reason: seen.append(
+        (call.transfer_status, code)))
+    invite = _established(ua, sender)
+    ua.transfer("call1", "carol")
+    refer, = sender.requests("REFER")
+    assert refer.to.tag == "b1" and refer.cseq.seq == invite.cseq.seq + 1
+    assert refer.get("Refer-To") == "<sip:carol@127.0.0.1>"
+    with pytest.raises(Conflict):
+        ua.transfer("call1", "dave")  # one at a time
+    ua.transactions.receive(make_response(refer, 202), PEER)
+    found = ua.find("call1")[0]
+    assert (found["transferStatus"], found["target"]) == ("ACCEPTED", "sip:carol@127.0.0.1")
+    ua.transactions.receive(_notify(invite, 1, b"SIP/2.0 100 Trying\r\n"), PEER)
+    assert _status(ua) == "ESTABLISHED" and ua.find("call1")[0]["transferStatus"] == "TRYING"
+    ua.transactions.receive(_notify(invite, 2, b"SIP/2.0 200 OK\r\n"), PEER)
+    assert [r.status for r in sender.responses()] == [200, 200]
+    assert seen == [("PENDING", 0), ("ACCEPTED", 202), ("TRYING", 100), ("COMPLETED", 200)]
+    bye, = sender.requests("BYE")
+    last_two = [m for m, *_ in sender.sent if getattr(m, "method", None) == "BYE"
+                or getattr(m, "status", None) == 200][-2:]
+    assert [getattr(m, "method", None) for m in last_two] == [None, "BYE"]  # 200 first
+    ua.transactions.receive(make_response(bye, 200), PEER)
+    found = ua.find("call1")[0]
+    assert (found["status"], found["info"], found["transferStatus"]) == (
+        "FINISH", "Transferred", "COMPLETED")
+
+
+def test_transfer_refused_or_failing_keeps_the_call(make_ua, sender):
+    """A 603 to the REFER, or a NOTIFY saying 486, is FAILED and the call stays up; a NOTIFY
+    with no transfer is 481, one of another event 489; not established is Conflict."""
+    ua = make_ua()
+    ua.startup(_call(call_id="ringing"))
+    with pytest.raises(Conflict):
+        ua.transfer("ringing", "carol")
+    with pytest.raises(NotFound):
+        ua.transfer("nope", "carol")
+    invite = _established(ua, sender)
+    ua.transactions.receive(_notify(invite, 1, b"SIP/2.0 200 OK\r\n"), PEER)
+    ua.transfer("call1", "sip:carol@example.com")
+    refer = sender.requests("REFER")[-1]
+    assert refer.get("Refer-To") == "<sip:carol@example.com>"
+    ua.transactions.receive(make_response(refer, 603), PEER)
+    assert ua.find("call1")[0]["transferStatus"] == "FAILED" and _status(ua) == "ESTABLISHED"
+    ua.transfer("call1", "carol@example.com")  # again
+    refer = sender.requests("REFER")[-1]
+    ua.transactions.receive(make_response(refer, 202), PEER)
+    ua.transactions.receive(_notify(invite, 2, b"SIP/2.0 100 Trying\r\n", event="dialog"), PEER)
+    ua.transactions.receive(_notify(invite, 3, b"SIP/2.0 486 Busy Here\r\n"), PEER)
+    assert [r.status for r in sender.responses()] == [481, 489, 200]
+    assert ua.find("call1")[0]["transferStatus"] == "FAILED" and _status(ua) == "ESTABLISHED"
+    assert not sender.requests("BYE")
+
+
+def test_refer_from_the_callee_is_refused(make_ua, sender):
+    """A REFER from the callee gets 403: sipgw places no call on its behalf."""
+    ua = make_ua()
+    invite = _established(ua, sender)
+    ua.transactions.receive(_in_dialog(invite, "REFER", 1, extra=[
+        ("Refer-To", "<sip:mallory@example.com>")]), PEER)
+    assert [r.status for r in sender.responses()] == [403]
+    assert _status(ua) == "ESTABLISHED"
+
+
+def test_hold_from_the_app_pauses_the_rtp_timeout_and_unhold_restarts_it(make_ua, sender, clock):
+    """On hold from the app (the callee answers recvonly and sends nothing) the call stays
+    HOLD past rtp_activity_timeout, with its stream; after unhold the timeout counts again."""
+    ua = make_ua(rtp_activity_timeout=60)
+    _established(ua, sender)
+    stream = ua.calls["call1"].stream
+    ua.hold("call1")
+    ua.transactions.receive(_reply(sender.requests("INVITE")[-1], 200,
+                                   body=_answer_with("recvonly")), PEER)
+    clock.pump([1] * 100)
+    assert _status(ua) == "HOLD" and ua.calls["call1"].stream is stream
+    assert not stream.ended
+    ua.hold("call1", False)
+    ua.transactions.receive(_reply(sender.requests("INVITE")[-1], 200, body=ANSWER), PEER)
+    clock.pump([1] * 30)
+    assert _status(ua) == "ESTABLISHED"
+    clock.pump([1] * 31)
+    assert ua.find("call1")[0]["info"] == "Failed by RTP activity"

@@ -233,6 +233,10 @@ def test_client_ping_is_not_answered_with_pong():
     ("call", {"callId": "c1", "callee": "bob"},
      {"message": "finish", "data": [{"callId": "c1", "status": "FAILED",
       "info": "calls over the websocket are not supported by sipgw: use /rest-api/call/startup"}]}),
+    *[(name, {"callId": "c1"},
+       {"message": "fail", "data": [{"apiMethod": name, "id": None,
+        "info": f"{name} over the websocket is not supported by sipgw (a player owns no call): "
+                f"use /rest-api/call/{name}"}]}) for name in ("hold", "unhold", "transfer")],
     ("changeSomething", {"mediaSessionId": "p1"},
      {"message": "fail", "data": [{"apiMethod": "changeSomething", "id": "p1",
       "info": "changeSomething is not supported by sipgw"}]}),
