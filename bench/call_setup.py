@@ -73,6 +73,8 @@ def daemon_settings(workdir: Path) -> dict:
     knows)."""
     wanted = {"call_retention": RETENTION_S, "media_port_from": 20000, "media_port_to": 60000,
               "max_calls": 0, "max_calls_per_account": 0,  # the bench holds 1,000 calls
+              "call_find_limit": 5000,  # and counts them with /call/find by status
+              "hls_port": free_port("tcp"), "https_port": free_port("tcp"),
               "ws_bind_address": "127.0.0.1", "ws_port": free_port("tcp"),
               "wss_port": free_port("tcp"), "record_dir": str(workdir / "records")}
     try:
