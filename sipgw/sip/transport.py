@@ -206,13 +206,17 @@ class _TCPProtocol(protocol.Protocol):
         try:
             messages = self.parser.feed(data)
         except ParseError as exc:
-            # A framing error leaves the stream unusable (RFC 3261 §18.3).
+            # A message beyond the size limit leaves the stream unusable (RFC 3261 §18.3).
             self.layer.reject(exc, source)
             self.transport.loseConnection()
             return
         self._time_partial(bool(messages))
         for message in messages:
-            self.layer.deliver(message, source)
+            # A malformed message is answered or dropped; the next one is still read.
+            if isinstance(message, ParseError):
+                self.layer.reject(message, source)
+            else:
+                self.layer.deliver(message, source)
 
     def _time_partial(self, completed: bool) -> None:
         """The message timeout runs from a message's first byte to its last."""
@@ -441,11 +445,16 @@ class TransportLayer:
             log.info(text + "{more}", host=host, more=held_back(held))
 
     def reject(self, error: ParseError, source: Source) -> None:
-        """Answer a malformed request statelessly; drop anything else (§21.4.1)."""
+        """Answer a malformed request statelessly (§21.4.1); hand a malformed response that
+        still names its transaction up as a final failure (``parser.salvage``); drop
+        anything else."""
         held = self.log_limiter.allow(source.host)
         if held is not None:
             log.info("malformed SIP from {host}:{port}: {error}{more}", host=source.host,
                      port=source.port, error=str(error), more=held_back(held))
+        if error.response is not None:
+            self.deliver(error.response, source)
+            return
         if error.request is not None and error.request.method != "ACK":  # never answer an ACK
             self._stamp_via(error.request, source)
             response = make_response(error.request, error.status, extra=[("Warning", (
