@@ -527,3 +527,20 @@ def test_garbled_final_response_reaches_its_client_transaction(status_line, stat
             _tcp_connection(layer)[0].dataReceived(data.replace(b"/UDP", b"/TCP"))
         clock.advance(1)
         assert [r.status for r in got] == [status], kind
+
+
+def test_keepalive_is_a_double_crlf_on_tcp_and_stun_on_udp():
+    """RFC 5626 §4.4.1: a double CRLF on the TCP connection to the peer; §4.4.2: on UDP a
+    STUN Binding request (type 1, length 0, magic cookie), whose answer on the SIP port is
+    ignored, not logged as malformed SIP."""
+    layer, reactor, controller = _layer()
+    proto, transport = _tcp_connection(layer)
+    layer.send_keepalive("TCP", "127.0.0.1", 41000)
+    assert transport.value() == b"\r\n\r\n"
+    layer.send_keepalive("UDP", "192.0.2.1", 5060)
+    (data, addr), = reactor.udp_ports[layer.port].written
+    assert addr == ("192.0.2.1", 5060) and len(data) == 20
+    assert data[:8] == b"\x00\x01\x00\x00\x21\x12\xa4\x42"
+    answer = b"\x01\x01\x00\x0c\x21\x12\xa4\x42" + data[8:20] + b"\x00\x20\x00\x08" + bytes(8)
+    reactor.udp_ports[layer.port].proto.datagramReceived(answer, ("192.0.2.1", 5060))
+    assert controller.received == [] and len(reactor.udp_ports[layer.port].written) == 1
