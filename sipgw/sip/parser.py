@@ -44,11 +44,16 @@ def salvage(head: bytes) -> Response | None:
     if not lines[0].startswith("SIP/") or re.match(r"SIP/2\.0 1\d\d\b", lines[0]):
         return None
     headers: dict[str, str] = {}
+    vias = 0
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         key = _SALVAGED.get(name.strip().lower())
+        if colon and key == "Via":
+            vias += value.count(",") + 1
         if colon and key and key not in headers:
-            headers[key] = value.split(",")[0].strip() if key == "Via" else value.strip()
+            headers[key] = value.strip()
+    if vias != 1:  # §18.1.2: a response with other Vias than ours is not ours
+        return None
     status = int(status_match.group(1)) if status_match else 500
     response = Response(status, "Unparseable response" if not status_match else None,
                         list(headers.items()))

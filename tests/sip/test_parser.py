@@ -434,11 +434,12 @@ def test_unparseable_response_is_salvaged_as_a_final_failure(first, line, status
 
 
 def test_unparseable_provisional_or_unnamed_response_is_not_salvaged():
-    """A broken 1xx (a final response follows), or one without a usable Via, CSeq or
-    Call-ID, is only dropped."""
+    """A broken 1xx (a final response follows), one without a usable Via, CSeq or Call-ID,
+    or with more than one Via (§18.1.2), is only dropped."""
     for data in (_response("SIP/2.0 180 Ringing", "Contact: <<x"),
                  _response("SIP/2.0 486 Busy", "x").replace(b"CSeq: 7 INVITE", b"CSeq: seven"),
                  _response("SIP/2.0 486 Busy", "x").replace(b";branch=z9hG4bKabc", b""),
+                 _response("SIP/2.0 486 Busy", "x", "Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKb"),
                  _request("Contact: <<x")):
         with pytest.raises(ParseError) as caught:
             parse(data)
