@@ -163,3 +163,24 @@ def test_media_in_the_second_codec_of_the_answer_is_taken(daemon, callee):
     assert counters["wrong_payload_type"] == 0 and counters["codec_changes"] == 1
     assert daemon.stream(f"stream-{call_id}")["audioCodec"] == "PCMA"
     _hang_up(daemon, sipp, call_id)
+
+
+def test_register_423_is_retried_with_min_expires_then_the_call_goes_through(daemon, callee):
+    """A registrar's 423 Interval Too Brief is answered with a REGISTER asking for its
+    Min-Expires (RFC 3261 §10.2.8, same Call-ID, next CSeq); its 200 lets the call go to
+    the callee, and the binding is removed after the call."""
+    sipp = callee("uas_register_423_200.xml", calls=2)
+    call_id = f"x{next(_ids)}"
+    daemon.rest("/call/startup", {
+        "callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
+        "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false",
+        "sipRegisterRequired": "true", "toStream": f"stream-{call_id}"})
+    daemon.wait_status(call_id, "ESTABLISHED")
+    daemon.rest("/call/terminate", {"callId": call_id})
+    daemon.wait_status(call_id, "FINISH")
+    assert _wait(lambda: len(sipp.received("REGISTER")) >= 3), sipp.errors()
+    assert sipp.wait(15) == 0, sipp.errors()
+    first, second, last = sipp.received("REGISTER")
+    assert [r.header("Expires") for r in (first, second, last)] == ["3600", "3700", "0"]
+    assert second.header("Call-ID") == first.header("Call-ID")
+    assert int(second.header("CSeq").split()[0]) == int(first.header("CSeq").split()[0]) + 1
