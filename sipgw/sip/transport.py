@@ -206,6 +206,9 @@ class _TCPProtocol(protocol.Protocol):
         self.layer.bytes_received += len(data)
         self._active()
         source = Source(self.kind, self.peer[0], self.peer[1], self)
+        if data == b"\r\n\r\n" and not self.parser.pending:
+            self.send(b"\r\n")  # RFC 5626 §4.4.1: a double-CRLF ping gets a CRLF pong
+            return
         try:
             messages = self.parser.feed(data)
         except ParseError as exc:

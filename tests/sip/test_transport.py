@@ -544,3 +544,14 @@ def test_keepalive_is_a_double_crlf_on_tcp_and_stun_on_udp():
     answer = b"\x01\x01\x00\x0c\x21\x12\xa4\x42" + data[8:20] + b"\x00\x20\x00\x08" + bytes(8)
     reactor.udp_ports[layer.port].proto.datagramReceived(answer, ("192.0.2.1", 5060))
     assert controller.received == [] and len(reactor.udp_ports[layer.port].written) == 1
+
+
+def test_a_double_crlf_ping_on_tcp_gets_a_crlf_pong():
+    """RFC 5626 §4.4.1: a peer's double-CRLF keep-alive between messages is answered with
+    one CRLF, and the next message is read as usual."""
+    layer, reactor, controller = _layer()
+    proto, transport = _tcp_connection(layer)
+    proto.dataReceived(b"\r\n\r\n")
+    assert transport.value() == b"\r\n" and not transport.disconnecting
+    proto.dataReceived(INVITE.replace(b"/UDP", b"/TCP"))
+    assert len(controller.received) == 1
