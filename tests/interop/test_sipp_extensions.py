@@ -184,3 +184,11 @@ def test_register_423_is_retried_with_min_expires_then_the_call_goes_through(dae
     assert [r.header("Expires") for r in (first, second, last)] == ["3600", "3700", "0"]
     assert second.header("Call-ID") == first.header("Call-ID")
     assert int(second.header("CSeq").split()[0]) == int(first.header("CSeq").split()[0]) + 1
+
+
+def test_tcp_connection_is_read_on_after_a_malformed_request(daemon, callee):
+    """On one TCP connection a malformed OPTIONS (Max-Forwards not a number) is answered 400
+    and the good OPTIONS after it is answered 200: the connection stays open and in step."""
+    sipp = callee("uac_tcp_resync.xml", transport="t1",
+                  remote=f"127.0.0.1:{daemon.sip_port}")
+    assert sipp.wait(15) == 0, sipp.errors()
