@@ -192,3 +192,15 @@ def test_tcp_connection_is_read_on_after_a_malformed_request(daemon, callee):
     sipp = callee("uac_tcp_resync.xml", transport="t1",
                   remote=f"127.0.0.1:{daemon.sip_port}")
     assert sipp.wait(15) == 0, sipp.errors()
+
+
+def test_an_unparseable_486_ends_the_call_busy_at_once(daemon, callee):
+    """A 486 that does not parse (a broken Contact) but has a usable Via, CSeq and Call-ID
+    reaches its transaction: the call ends BUSY and SIPp gets its ACK, well before Timer B
+    (32 s) would end it."""
+    sipp = callee("uas_486_garbled.xml")
+    call_id = _startup(daemon, sipp)
+    call = daemon.wait_status(call_id, "BUSY", "FAILED", timeout=10)
+    assert (call["status"], call["sipStatus"]) == ("BUSY", 486), call
+    assert sipp.wait(15) == 0, sipp.errors()
+    assert [m.method for m in sipp.received()] == ["INVITE", "ACK"]
