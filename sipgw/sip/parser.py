@@ -208,7 +208,10 @@ def parse(data: bytes, max_size: int = MAX_MESSAGE_SIZE) -> Message:
     """Parse one whole message, as received in a UDP datagram (RFC 3261 §18.3)."""
     if len(data) > max_size:
         raise ParseError(f"message of {len(data)} bytes is larger than {max_size}", status=513)
-    head, body = _split_head(data.lstrip(b"\r\n"))
+    try:
+        head, body = _split_head(data.lstrip(b"\r\n"))
+    except ParseError as exc:  # a datagram cut short: its headers may still name the transaction
+        raise _salvaging(exc, data.lstrip(b"\r\n")) from None
     try:
         message, length = _parse_head(head)
         if length is not None:

@@ -433,6 +433,15 @@ def test_unparseable_response_is_salvaged_as_a_final_failure(first, line, status
     assert (response.cseq.method, response.call_id) == ("INVITE", "c@x")
 
 
+def test_a_response_datagram_cut_within_its_headers_is_salvaged():
+    """A 486 cut short before the end of its headers (no blank line) still names its
+    transaction: salvaged as 486."""
+    data = _response("SIP/2.0 486 Busy Here", "Warning: 399 pbx \"x\"")
+    with pytest.raises(ParseError) as caught:
+        parse(data[:data.index(b"Warning")])
+    assert caught.value.response.status == 486
+
+
 def test_unparseable_provisional_or_unnamed_response_is_not_salvaged():
     """A broken 1xx (a final response follows), one without a usable Via, CSeq or Call-ID,
     or with more than one Via (§18.1.2), is only dropped."""
