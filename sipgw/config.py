@@ -130,8 +130,13 @@ class Config:
     sip_min_se: int = 90
     # 3xx redirects followed per call (RFC 3261 §8.1.3.4); 0: none
     sip_max_redirects: int = 5
-    # NAT keep-alive: seconds between OPTIONS to the registrar while registered; 0: none
+    # NAT keep-alive: seconds between keep-alives to the registrar while registered; 0: none
     sip_keepalive_interval: int = 0
+    # what the keep-alive is: options (an OPTIONS request), crlf (RFC 5626 §4.4: double
+    # CRLF on TCP/TLS, a STUN Binding request on UDP), off
+    sip_nat_keepalive: str = "options"
+    # Contact of an account's later REGISTERs and calls from the REGISTER 200's received/rport
+    sip_nat_rewrite_contact: bool = False
     # REST hooks: the application server of each appKey (sipgw/hooks.py)
     rest_apps: str = ""
     rest_request_timeout: int = 5
@@ -149,6 +154,8 @@ class Config:
                 raise ConfigError(f"{name}={value}: a port must be between 0 and 65535")
         if self.sip_hold_direction not in ("sendonly", "inactive"):
             raise ConfigError("sip_hold_direction must be sendonly or inactive")
+        if self.sip_nat_keepalive not in ("options", "crlf", "off"):
+            raise ConfigError("sip_nat_keepalive must be options, crlf or off")
         if self.sip_srtp not in ("off", "optional", "mandatory"):
             raise ConfigError("sip_srtp must be off, optional or mandatory")
         if self.sip_tls_private_key and not self.sip_tls_certificate:

@@ -21,6 +21,14 @@ class RecordingSender:
     def __init__(self):
         self.sent = []  # (message, transport, host, port)
         self.server_names = {}  # as TransportLayer: TLS certificate names by (address, port)
+        self.public = {}  # as TransportLayer: our NAT address by (transport, host, port)
+        self.keepalives = []  # (transport, host, port) of each RFC 5626 keep-alive
+
+    def contact_address(self, transport, host, port):
+        return self.public.get((transport, host, port)) or (self.sent_by(host), self.port)
+
+    def send_keepalive(self, transport, host, port):
+        self.keepalives.append((transport, host, port))
 
     def send(self, message, transport, host, port):
         self.sent.append((parse(bytes(message)), transport, host, port))

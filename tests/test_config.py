@@ -94,6 +94,7 @@ def test_overrides_are_typed():
     ({"sip_min_se": "60"}, "sip_min_se must be at least 90 (RFC 4028 §4)"),
     ({"sip_session_expires": "100", "sip_min_se": "120"}, "sip_session_expires at least sip_min_se"),
     ({"sip_max_redirects": "-1"}, "sip_max_redirects must not be negative"),
+    ({"sip_nat_keepalive": "stun"}, "sip_nat_keepalive must be options, crlf or off"),
 ])
 def test_bad_values_name_the_setting(overrides, message):
     """Every unusable setting raises ConfigError naming the key."""

@@ -19,12 +19,57 @@ _STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3})(?: (.*))?$", re.ASCII)  # re
 
 
 class ParseError(ValueError):
-    """Bytes that are not a valid SIP message; ``request`` is set when a 400 can be sent."""
+    """Bytes that are not a valid SIP message; ``request`` is set when a 400 can be sent,
+    ``response`` when a broken response still names its client transaction (``salvage``)."""
 
     def __init__(self, message: str, request: Request | None = None, status: int = 400):
         super().__init__(message)
         self.request = request
         self.status = status
+        self.response: Response | None = None
+
+
+_SALVAGED = {"via": "Via", "v": "Via", "cseq": "CSeq", "call-id": "Call-ID", "i": "Call-ID",
+             "from": "From", "f": "From", "to": "To", "t": "To"}
+
+
+def salvage(head: bytes) -> Response | None:
+    """What a transaction needs from a response that does not parse (top Via, CSeq, Call-ID):
+    a final failure response, so the call does not wait for Timer B/F (RFC 3261 §17.1.1.2).
+    Its status when the status line reads as a final failure, else 500; None for a
+    provisional (a final one will follow) or when the transaction cannot be named."""
+    text = head.decode("latin-1")
+    lines = re.split(r"\r?\n", text)
+    status_match = re.match(r"SIP/2\.0 ([3-6]\d\d)\b", lines[0], re.ASCII)
+    if not lines[0].startswith("SIP/") or re.match(r"SIP/2\.0 1\d\d\b", lines[0]):
+        return None
+    headers: dict[str, str] = {}
+    vias = 0
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        key = _SALVAGED.get(name.strip().lower())
+        if colon and key == "Via":
+            vias += value.count(",") + 1
+        if colon and key and key not in headers:
+            headers[key] = value.strip()
+    if vias != 1:  # §18.1.2: a response with other Vias than ours is not ours
+        return None
+    status = int(status_match.group(1)) if status_match else 500
+    response = Response(status, "Unparseable response" if not status_match else None,
+                        list(headers.items()))
+    try:
+        if not response.top_via.branch or len(response.get("CSeq", "").split()) != 2 \
+                or not response.call_id:
+            return None
+        response.cseq  # noqa: B018 - parse to check
+    except (HeaderError, IndexError, KeyError, ValueError):
+        return None
+    return response
+
+
+def _salvaging(error: ParseError, head: bytes) -> ParseError:
+    error.response = salvage(head)
+    return error
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
@@ -163,23 +208,32 @@ def parse(data: bytes, max_size: int = MAX_MESSAGE_SIZE) -> Message:
     """Parse one whole message, as received in a UDP datagram (RFC 3261 §18.3)."""
     if len(data) > max_size:
         raise ParseError(f"message of {len(data)} bytes is larger than {max_size}", status=513)
-    head, body = _split_head(data.lstrip(b"\r\n"))
-    message, length = _parse_head(head)
-    if length is not None:
-        if length > len(body):
-            raise ParseError(f"Content-Length {length} is larger than the body ({len(body)} bytes)",
-                             _answerable(message))
-        body = body[:length]  # §18.3: extra bytes in a datagram are discarded
-    message.body = body
-    _validate(message)
+    try:
+        head, body = _split_head(data.lstrip(b"\r\n"))
+    except ParseError as exc:  # a datagram cut short: its headers may still name the transaction
+        raise _salvaging(exc, data.lstrip(b"\r\n")) from None
+    try:
+        message, length = _parse_head(head)
+        if length is not None:
+            if length > len(body):
+                raise ParseError(f"Content-Length {length} is larger than the body "
+                                 f"({len(body)} bytes)", _answerable(message))
+            body = body[:length]  # §18.3: extra bytes in a datagram are discarded
+        message.body = body
+        _validate(message)
+    except ParseError as exc:
+        raise _salvaging(exc, head) from None
     return message
 
 
 class StreamParser:
     """Frames messages out of a byte stream by Content-Length (RFC 3261 §18.3).
 
-    ``feed`` returns the complete messages; a framing error raises ParseError
-    and the connection should be closed. CRLF keep-alives (RFC 5626 §3.5.1)
+    ``feed`` returns the complete messages, in order, with a ``ParseError`` in place of each
+    malformed one: a message whose headers end can be skipped (by its Content-Length when
+    it can be read, else as having no body), so the next one is still read. Only a framing
+    error that leaves the stream unusable (a message beyond the size limit) raises
+    ParseError: the connection should be closed. CRLF keep-alives (RFC 5626 §3.5.1)
     between messages are skipped.
 
     Incremental: each byte is searched for the end of the headers once (the search resumes
@@ -191,7 +245,8 @@ class StreamParser:
         self._buffer = bytearray()
         self._max_size = max_size
         self._searched = 0  # bytes of the buffer already searched for the end of the headers
-        self._head: tuple[Message, int, int] | None = None  # (message, body start, end)
+        # (message or the error that replaces it, body start, end, head bytes)
+        self._head: tuple[Message | ParseError, int, int, bytes] | None = None
         self.scanned = 0
 
     @property
@@ -199,10 +254,10 @@ class StreamParser:
         """A message has begun but is not complete."""
         return bool(self._buffer)
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes) -> list[Message | ParseError]:
         buffer = self._buffer
         buffer += data
-        messages = []
+        messages: list[Message | ParseError] = []
         while True:
             if self._head is None:
                 if not self._searched and buffer[:1] in (b"\r", b"\n"):
@@ -215,21 +270,38 @@ class StreamParser:
                     if len(buffer) > self._max_size:
                         raise ParseError("headers larger than the size limit", status=513)
                     return messages
-                message, length = _parse_head(bytes(buffer[:idx]))
-                if length is None:
-                    raise ParseError("missing Content-Length on a stream transport",
-                                     _answerable(message))
+                head = bytes(buffer[:idx])
+                try:
+                    message, length = _parse_head(head)
+                    if length is None:
+                        raise ParseError("missing Content-Length on a stream transport",
+                                         _answerable(message))
+                except ParseError as exc:
+                    message, length = _salvaging(exc, head), _stream_length(head)
                 end = idx + 4 + length
                 if end > self._max_size:
                     raise ParseError(f"message of {end} bytes is larger than {self._max_size}",
                                      status=513)
-                self._head = (message, idx + 4, end)
-            message, body_start, end = self._head
+                self._head = (message, idx + 4, end, head)
+            message, body_start, end, head = self._head
             if len(buffer) < end:
                 return messages
-            message.body = bytes(buffer[body_start:end])
+            body = bytes(buffer[body_start:end])
             del buffer[:end]
             self._head = None
             self._searched = 0
-            _validate(message)
+            if isinstance(message, Message):
+                message.body = body
+                try:
+                    _validate(message)
+                except ParseError as exc:
+                    message = _salvaging(exc, head)
             messages.append(message)
+
+
+def _stream_length(head: bytes) -> int:
+    """The Content-Length of headers that do not parse, to skip their body; 0 when it
+    cannot be read (the next message is then looked for right after the headers)."""
+    found = re.search(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d{1,9})[ \t]*$", head,
+                      re.I | re.M)
+    return int(found.group(1)) if found else 0

@@ -122,8 +122,9 @@ class Registration:
             if self.users <= 0:  # every call that wanted it ended while registering
                 self._start(0)
                 return
-            # Refresh ahead of expiry (RFC 3261 §10.2.4).
-            delay = max(granted * 0.8, granted - 30, 1)
+            # Refresh ahead of expiry (RFC 3261 §10.2.4); at once when behind a NAT, so the
+            # binding has the public Contact.
+            delay = 0 if self._learn_public(response) else max(granted * 0.8, granted - 30, 1)
             self._refresh = self.ua.reactor.callLater(delay, self._start, expires)
             self._keep_alive_later()
             waiters, self.waiters = self.waiters, []
@@ -141,18 +142,44 @@ class Registration:
         if self.users <= 0:  # released already: nothing more will be sent
             self.ua.registration_left(self, False)
 
+    def _learn_public(self, response: Response) -> bool:
+        """sip_nat_rewrite_contact: our address as the registrar sees it, from the 200's
+        Via ``received``/``rport`` (RFC 3581 §4), kept for the Contact of this account's
+        REGISTERs and calls (``contact_address``). True when it changed the Contact."""
+        if not self.ua.config.sip_nat_rewrite_contact:
+            return False
+        via = response.top_via
+        rport = via.params.get("rport") or ""
+        host = (via.params.get("received") or via.host).strip("[]")
+        port = int(rport) if rport.isascii() and rport.isdigit() else (via.port or 5060)
+        transport = self.ua.transport
+        key = (self.dest.transport, self.dest.host, self.dest.port)
+        if transport.contact_address(*key) == (host, port):
+            return False
+        log.info("REGISTER {aor}: behind a NAT, public address {host}:{port}",
+                 aor=str(self.aor), host=host, port=port)
+        transport.public[key] = (host, port)
+        return True
+
     def _keep_alive_later(self) -> None:
         interval = self.ua.config.sip_keepalive_interval
+        if self.ua.config.sip_nat_keepalive == "off":
+            return
         if interval and (self._keepalive is None or not self._keepalive.active()):
             self._keepalive = self.ua.reactor.callLater(interval, self._keep_alive)
 
     def _keep_alive(self) -> None:
-        """NAT keep-alive (RFC 5626 §3.5 in spirit, as phones do it): an OPTIONS to the
-        registrar every sip_keepalive_interval while registered, so the NAT binding the
-        registrar reaches us through stays open; its answer is not needed."""
+        """NAT keep-alive every sip_keepalive_interval while registered, so the NAT binding
+        the registrar reaches us through stays open: ``crlf``, RFC 5626 §4.4 (double CRLF
+        on TCP/TLS, STUN on UDP); ``options``, an OPTIONS to the registrar as phones do
+        (its answer is not needed)."""
         if self.state != "registered" or self.users <= 0:
             return
         ua = self.ua
+        if ua.config.sip_nat_keepalive == "crlf":
+            ua.transport.send_keepalive(self.dest.transport, self.dest.host, self.dest.port)
+            self._keep_alive_later()
+            return
         headers = [("Via", ua.via(self.dest)), ("Max-Forwards", "70"),
                    ("From", f"<{self.aor}>;tag={self.tag}"), ("To", f"<{self.registrar}>"),
                    ("Call-ID", f"{secrets.token_hex(10)}@sipgw"), ("CSeq", "1 OPTIONS"),

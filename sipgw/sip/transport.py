@@ -14,6 +14,7 @@ import collections
 import functools
 import ipaddress
 import re
+import secrets
 import socket
 from dataclasses import dataclass
 
@@ -129,6 +130,8 @@ class _UDPProtocol(protocol.DatagramProtocol):
     def datagramReceived(self, data: bytes, addr) -> None:
         if not data.strip(b"\r\n"):
             return  # RFC 5626 keep-alive
+        if data[0] < 2:
+            return  # STUN (RFC 5389 §6: first two bits 0), the answer to our keep-alive
         self.layer.bytes_received += len(data)
         source = Source("UDP", unmapped(addr[0]), addr[1])
         try:
@@ -203,16 +206,23 @@ class _TCPProtocol(protocol.Protocol):
         self.layer.bytes_received += len(data)
         self._active()
         source = Source(self.kind, self.peer[0], self.peer[1], self)
+        if data == b"\r\n\r\n" and not self.parser.pending:
+            self.send(b"\r\n")  # RFC 5626 §4.4.1: a double-CRLF ping gets a CRLF pong
+            return
         try:
             messages = self.parser.feed(data)
         except ParseError as exc:
-            # A framing error leaves the stream unusable (RFC 3261 §18.3).
+            # A message beyond the size limit leaves the stream unusable (RFC 3261 §18.3).
             self.layer.reject(exc, source)
             self.transport.loseConnection()
             return
         self._time_partial(bool(messages))
         for message in messages:
-            self.layer.deliver(message, source)
+            # A malformed message is answered or dropped; the next one is still read.
+            if isinstance(message, ParseError):
+                self.layer.reject(message, source)
+            else:
+                self.layer.deliver(message, source)
 
     def _time_partial(self, completed: bool) -> None:
         """The message timeout runs from a message's first byte to its last."""
@@ -355,6 +365,9 @@ class TransportLayer:
         # The name a TLS server's certificate must carry, by (address, port): the URI host
         # the address was resolved from (RFC 5922 §7.2); else the address itself.
         self.server_names: dict[tuple[str, int], str] = {}
+        # Our address as a registrar behind a NAT sees it, by (transport, its host, port):
+        # learned from received/rport (RFC 3581 §4), used in Contact (contact_address).
+        self.public: dict[tuple[str, str, int], tuple[str, int]] = {}
         self.factory = _TCPFactory(self)
         self.bytes_received = 0
         # Messages by (method, status code or ""): read by the metrics at scrape time.
@@ -399,6 +412,27 @@ class TransportLayer:
             return self.bind_address
         return local_address_for(dest_host)
 
+    def contact_address(self, transport: str, host: str, port: int) -> tuple[str, int]:
+        """(host, port) for a Contact sent to host:port: the public address learned from
+        that peer when there is one (``public``), else ``sent_by`` and our port."""
+        return self.public.get((transport, host, port)) or (self.sent_by(host), self.port)
+
+    def send_keepalive(self, transport: str, host: str, port: int) -> None:
+        """RFC 5626 keep-alive: a double CRLF on a TCP/TLS connection (§4.4.1); on UDP,
+        where RFC 5626 defines no CRLF keep-alive, a STUN Binding request (§4.4.2,
+        RFC 5389 §6: type 0x0001, length 0, magic cookie, 96-bit transaction id)."""
+        if transport in STREAM_KINDS:
+            conn = self.connections.get((transport, host, port))
+            if conn is not None:
+                conn.send(b"\r\n\r\n")
+        elif self._udp is not None:
+            stun = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + secrets.token_bytes(12)
+            try:
+                self._udp.write(stun, (host.strip("[]"), port))
+            except (OSError, ValueError) as exc:
+                log.debug("STUN keep-alive to {host}:{port} failed: {why}", host=host,
+                          port=port, why=str(exc))
+
     # -- inbound -----------------------------------------------------------
     @staticmethod
     def _stamp_via(request: Request, source: Source) -> None:
@@ -441,11 +475,16 @@ class TransportLayer:
             log.info(text + "{more}", host=host, more=held_back(held))
 
     def reject(self, error: ParseError, source: Source) -> None:
-        """Answer a malformed request statelessly; drop anything else (§21.4.1)."""
+        """Answer a malformed request statelessly (§21.4.1); hand a malformed response that
+        still names its transaction up as a final failure (``parser.salvage``); drop
+        anything else."""
         held = self.log_limiter.allow(source.host)
         if held is not None:
             log.info("malformed SIP from {host}:{port}: {error}{more}", host=source.host,
                      port=source.port, error=str(error), more=held_back(held))
+        if error.response is not None:
+            self.deliver(error.response, source)
+            return
         if error.request is not None and error.request.method != "ACK":  # never answer an ACK
             self._stamp_via(error.request, source)
             response = make_response(error.request, error.status, extra=[("Warning", (

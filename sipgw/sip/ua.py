@@ -806,9 +806,9 @@ class UserAgent:
                 f"branch={branch or new_branch()};rport{alias}")
 
     def contact(self, user: str, dest: Destination) -> str:
-        host = bracket(self.transport.sent_by(dest.host))
+        host, port = self.transport.contact_address(dest.transport, dest.host, dest.port)
         params = f";transport={dest.transport.lower()}" if dest.transport != "UDP" else ""
-        return f"<sip:{user}@{host}:{self.transport.port}{params}>"
+        return f"<sip:{user}@{bracket(host)}:{port}{params}>"
 
     def first_hop(self, r: CallRequest) -> tuple[str | None, str, int | None]:
         """(transport, host, port) for out-of-dialog requests: the outbound proxy if

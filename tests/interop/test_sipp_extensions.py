@@ -195,3 +195,44 @@ def test_transfer_refers_and_follows_the_notifies_to_completion(daemon, callee):
         "FINISH", "COMPLETED", "Transferred"), call
     assert call["target"].startswith("sip:carol@")
     assert sipp.wait(15) == 0, sipp.errors()
+
+
+def test_register_423_is_retried_with_min_expires_then_the_call_goes_through(daemon, callee):
+    """A registrar's 423 Interval Too Brief is answered with a REGISTER asking for its
+    Min-Expires (RFC 3261 §10.2.8, same Call-ID, next CSeq); its 200 lets the call go to
+    the callee, and the binding is removed after the call."""
+    sipp = callee("uas_register_423_200.xml", calls=2)
+    call_id = f"x{next(_ids)}"
+    daemon.rest("/call/startup", {
+        "callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
+        "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false",
+        "sipRegisterRequired": "true", "toStream": f"stream-{call_id}"})
+    daemon.wait_status(call_id, "ESTABLISHED")
+    daemon.rest("/call/terminate", {"callId": call_id})
+    daemon.wait_status(call_id, "FINISH")
+    assert _wait(lambda: len(sipp.received("REGISTER")) >= 3), sipp.errors()
+    assert sipp.wait(15) == 0, sipp.errors()
+    first, second, last = sipp.received("REGISTER")
+    assert [r.header("Expires") for r in (first, second, last)] == ["3600", "3700", "0"]
+    assert second.header("Call-ID") == first.header("Call-ID")
+    assert int(second.header("CSeq").split()[0]) == int(first.header("CSeq").split()[0]) + 1
+
+
+def test_tcp_connection_is_read_on_after_a_malformed_request(daemon, callee):
+    """On one TCP connection a malformed OPTIONS (Max-Forwards not a number) is answered 400
+    and the good OPTIONS after it is answered 200: the connection stays open and in step."""
+    sipp = callee("uac_tcp_resync.xml", transport="t1",
+                  remote=f"127.0.0.1:{daemon.sip_port}")
+    assert sipp.wait(15) == 0, sipp.errors()
+
+
+def test_an_unparseable_486_ends_the_call_busy_at_once(daemon, callee):
+    """A 486 that does not parse (a broken Contact) but has a usable Via, CSeq and Call-ID
+    reaches its transaction: the call ends BUSY and SIPp gets its ACK, well before Timer B
+    (32 s) would end it."""
+    sipp = callee("uas_486_garbled.xml")
+    call_id = _startup(daemon, sipp)
+    call = daemon.wait_status(call_id, "BUSY", "FAILED", timeout=10)
+    assert (call["status"], call["sipStatus"]) == ("BUSY", 486), call
+    assert sipp.wait(15) == 0, sipp.errors()
+    assert [m.method for m in sipp.received()] == ["INVITE", "ACK"]

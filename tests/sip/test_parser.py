@@ -384,10 +384,75 @@ def test_stream_parser_reads_torture_fixtures_byte_at_a_time(name):
 
 
 def test_stream_message_without_content_length_is_refused():
-    """On a stream, a message without Content-Length cannot be framed: ParseError (§18.3)."""
+    """On a stream, a message without Content-Length cannot be framed: a ParseError in its
+    place, answerable with 400 (§18.3), and the parser goes on after its headers."""
     data = _request().replace(b"Content-Length: 0\r\n", b"")
-    with pytest.raises(ParseError, match="Content-Length"):
-        StreamParser().feed(data)
+    [error] = StreamParser().feed(data)
+    assert isinstance(error, ParseError) and "Content-Length" in str(error)
+    assert error.request is not None
+
+
+def test_stream_resynchronizes_after_a_malformed_message():
+    """A malformed message (bad header line, its body skipped by Content-Length; bad CSeq)
+    becomes a ParseError in its place and the good message after it is still read, also
+    byte by byte."""
+    good = _request(cseq="2 OPTIONS")
+    broken_line = _request("Content-Type: text/plain", body=b"x\r\n\r\ny").replace(
+        b"Max-Forwards: 70", b"Max-Forwards 70")
+    bad_cseq = _request(cseq="1 BYE")
+    stream = broken_line + bad_cseq + good
+    for step in (len(stream), 1):
+        parser, out = StreamParser(), []
+        for i in range(0, len(stream), step):
+            out += parser.feed(stream[i:i + step])
+        assert [type(m) for m in out] == [ParseError, ParseError, Request]
+        assert out[1].request is not None and out[2] == parse(good)
+        assert not parser.pending
+
+
+def _response(first: str, *lines: str) -> bytes:
+    return ("\r\n".join([first, "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKabc",
+                          "From: <sip:a@x>;tag=1", "To: <sip:b@x>;tag=2", "Call-ID: c@x",
+                          "CSeq: 7 INVITE", *lines]) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("first, line, status", [
+    ("SIP/2.0 486 Busy Here", "Contact: <<sip:broken", 486),
+    ("SIP/2.0 486 Busy Here", "this line has no colon", 486),
+    ("SIP/2.0 200 OK", "Contact: <<sip:broken", 500),
+    ("SIP/2.0 2OO OK", "Content-Length: 0", 500),
+])
+def test_unparseable_response_is_salvaged_as_a_final_failure(first, line, status):
+    """A response that does not parse but names its transaction (top Via branch, CSeq,
+    Call-ID) comes with a final failure response: its own status when that is 3xx-6xx,
+    else 500 (a broken 2xx cannot set up a dialog)."""
+    with pytest.raises(ParseError) as caught:
+        parse(_response(first, line))
+    response = caught.value.response
+    assert response.status == status and response.top_via.branch == "z9hG4bKabc"
+    assert (response.cseq.method, response.call_id) == ("INVITE", "c@x")
+
+
+def test_a_response_datagram_cut_within_its_headers_is_salvaged():
+    """A 486 cut short before the end of its headers (no blank line) still names its
+    transaction: salvaged as 486."""
+    data = _response("SIP/2.0 486 Busy Here", "Warning: 399 pbx \"x\"")
+    with pytest.raises(ParseError) as caught:
+        parse(data[:data.index(b"Warning")])
+    assert caught.value.response.status == 486
+
+
+def test_unparseable_provisional_or_unnamed_response_is_not_salvaged():
+    """A broken 1xx (a final response follows), one without a usable Via, CSeq or Call-ID,
+    or with more than one Via (§18.1.2), is only dropped."""
+    for data in (_response("SIP/2.0 180 Ringing", "Contact: <<x"),
+                 _response("SIP/2.0 486 Busy", "x").replace(b"CSeq: 7 INVITE", b"CSeq: seven"),
+                 _response("SIP/2.0 486 Busy", "x").replace(b";branch=z9hG4bKabc", b""),
+                 _response("SIP/2.0 486 Busy", "x", "Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKb"),
+                 _request("Contact: <<x")):
+        with pytest.raises(ParseError) as caught:
+            parse(data)
+        assert caught.value.response is None
 
 
 def test_stream_oversized_message_is_refused_with_513():
@@ -471,6 +536,15 @@ _HEADER_BITS = st.sampled_from(list('abcsip:@;=,<>"\\ \t/?%[].0129\u00b2\u0662\x
     "SIP/2.0/UDP ", "sip:", "<sip:a@b>", "tag=", "branch=z9hG4bK", "\r\n ", "\r\n"])
 
 
+def _stream_raising(data: bytes) -> list:
+    """StreamParser's messages, raising the ParseError that stands for a malformed one."""
+    out = StreamParser().feed(data)
+    for item in out:
+        if isinstance(item, ParseError):
+            raise item
+    return out
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(_HEADER_NAMES), st.lists(_HEADER_BITS, max_size=20).map("".join)),
                 min_size=1, max_size=4),
@@ -480,7 +554,7 @@ def test_odd_header_values_parse_fully_or_raise_parse_error(extra, first):
     lines = [first, "Via: SIP/2.0/UDP h;branch=z9hG4bKx", "From: <sip:a@b>;tag=1", "To: <sip:a@b>",
              "Call-ID: c", "CSeq: 1 OPTIONS", "Content-Length: 0", *(f"{k}: {v}" for k, v in extra)]
     data = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    for read in (lambda d: [parse(d)], StreamParser().feed):
+    for read in (lambda d: [parse(d)], _stream_raising):
         try:
             messages = read(data)
         except ParseError as exc:

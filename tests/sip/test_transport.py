@@ -1,11 +1,15 @@
 """The transport layer (RFC 3261 §18, RFC 3581): framing, received/rport, response routing."""
+import pytest
+from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from fakes import UDPMemoryReactor
 
-from sipgw.sip.message import make_response
+from sipgw.sip.headers import URI
+from sipgw.sip.message import Request, make_response
 from sipgw.sip.parser import parse
+from sipgw.sip.transaction import TransactionLayer, new_branch
 from sipgw.sip.transport import TransportLayer
 
 INVITE = (b"INVITE sip:bob@127.0.0.1 SIP/2.0\r\n"
@@ -161,12 +165,29 @@ def test_tcp_connect_failure_is_reported_to_the_controller():
     assert ("TCP", "127.0.0.1", 5999) not in layer.connections
 
 
-def test_tcp_framing_error_answers_400_and_closes():
-    """A stream message without Content-Length is answered 400 and the connection closed."""
+def test_tcp_malformed_message_is_answered_400_and_the_next_one_still_read():
+    """A stream message without Content-Length, or with a bad CSeq, is answered 400 and the
+    connection stays open: the good request after them is delivered (resynchronized)."""
     layer, reactor, controller = _layer()
     proto, transport = _tcp_connection(layer)
-    proto.dataReceived(INVITE.replace(b"Content-Length: 0\r\n", b"").replace(b"/UDP", b"/TCP"))
-    assert transport.value().startswith(b"SIP/2.0 400 ") and transport.disconnecting
+    tcp_invite = INVITE.replace(b"/UDP", b"/TCP")
+    proto.dataReceived(tcp_invite.replace(b"Content-Length: 0\r\n", b"")
+                       + tcp_invite.replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE"))
+    proto.dataReceived(tcp_invite.replace(b"z9hG4bK1", b"z9hG4bK2"))
+    assert transport.value().count(b"SIP/2.0 400 ") == 2 and not transport.disconnecting
+    (message, source), = controller.received
+    assert message.top_via.branch == "z9hG4bK2" and source.connection is proto
+
+
+def test_tcp_oversized_message_answers_and_closes():
+    """A message beyond sip_max_message_size leaves the stream unusable: closed (§18.3)."""
+    reactor = UDPMemoryReactor()
+    layer = TransportLayer(reactor, RecordingController(), bind_address="127.0.0.1", port=0,
+                           max_size=200)
+    layer.start()
+    proto, transport = _tcp_connection(layer)
+    proto.dataReceived(INVITE.replace(b"/UDP", b"/TCP"))
+    assert transport.disconnecting
 
 
 def test_udp_send_error_becomes_a_transport_error():
@@ -471,3 +492,66 @@ def test_tls_client_certificate_is_shown_to_a_server_that_asks_for_it(tmp_path):
     assert reader.data == b""
     assert controller.errors == [(("127.0.0.1", 5061),
                                   "TLS with 127.0.0.1 failed: tlsv13 alert certificate required")]
+
+
+def _garbled(status_line: bytes, branch: str) -> bytes:
+    return (status_line + b"\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=" + branch.encode()
+            + b"\r\nFrom: <sip:alice@127.0.0.1>;tag=a1\r\nTo: <sip:bob@127.0.0.1>;tag=b\r\n"
+            b"Call-ID: c1@test\r\nCSeq: 1 INVITE\r\nContact: <<sip:broken\r\n"
+            b"Content-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("status_line, status", [(b"SIP/2.0 486 Busy Here", 486),
+                                                 (b"SIP/2.0 200 OK", 500)])
+def test_garbled_final_response_reaches_its_client_transaction(status_line, status):
+    """A final response that does not parse but names its transaction (Via branch, CSeq,
+    Call-ID) ends the INVITE at once (its own failure status, or 500 for a broken 2xx),
+    over UDP and TCP, instead of waiting for Timer B."""
+    for kind in ("UDP", "TCP"):
+        clock = task.Clock()
+        reactor = UDPMemoryReactor()
+        layer = TransportLayer(reactor, None, bind_address="127.0.0.1", port=0)
+        transactions = TransactionLayer(clock, RecordingController(), layer)
+        layer.controller = transactions
+        layer.start()
+        got = []
+        request = Request("INVITE", URI.parse("sip:bob@127.0.0.1"), [
+            ("Via", f"SIP/2.0/{kind} 127.0.0.1:5070;branch={new_branch()}"),
+            ("From", "<sip:alice@127.0.0.1>;tag=a1"), ("To", "<sip:bob@127.0.0.1>"),
+            ("Call-ID", "c1@test"), ("CSeq", "1 INVITE"), ("Max-Forwards", "70")])
+        transactions.send_request(request, "UDP", "127.0.0.1", 5060, got.append)
+        data = _garbled(status_line, request.top_via.branch)
+        if kind == "UDP":
+            reactor.udp_ports[layer.port].proto.datagramReceived(data, ("127.0.0.1", 5060))
+        else:
+            _tcp_connection(layer)[0].dataReceived(data.replace(b"/UDP", b"/TCP"))
+        clock.advance(1)
+        assert [r.status for r in got] == [status], kind
+
+
+def test_keepalive_is_a_double_crlf_on_tcp_and_stun_on_udp():
+    """RFC 5626 §4.4.1: a double CRLF on the TCP connection to the peer; §4.4.2: on UDP a
+    STUN Binding request (type 1, length 0, magic cookie), whose answer on the SIP port is
+    ignored, not logged as malformed SIP."""
+    layer, reactor, controller = _layer()
+    proto, transport = _tcp_connection(layer)
+    layer.send_keepalive("TCP", "127.0.0.1", 41000)
+    assert transport.value() == b"\r\n\r\n"
+    layer.send_keepalive("UDP", "192.0.2.1", 5060)
+    (data, addr), = reactor.udp_ports[layer.port].written
+    assert addr == ("192.0.2.1", 5060) and len(data) == 20
+    assert data[:8] == b"\x00\x01\x00\x00\x21\x12\xa4\x42"
+    answer = b"\x01\x01\x00\x0c\x21\x12\xa4\x42" + data[8:20] + b"\x00\x20\x00\x08" + bytes(8)
+    reactor.udp_ports[layer.port].proto.datagramReceived(answer, ("192.0.2.1", 5060))
+    assert controller.received == [] and len(reactor.udp_ports[layer.port].written) == 1
+
+
+def test_a_double_crlf_ping_on_tcp_gets_a_crlf_pong():
+    """RFC 5626 §4.4.1: a peer's double-CRLF keep-alive between messages is answered with
+    one CRLF, and the next message is read as usual."""
+    layer, reactor, controller = _layer()
+    proto, transport = _tcp_connection(layer)
+    proto.dataReceived(b"\r\n\r\n")
+    assert transport.value() == b"\r\n" and not transport.disconnecting
+    proto.dataReceived(INVITE.replace(b"/UDP", b"/TCP"))
+    assert len(controller.received) == 1
