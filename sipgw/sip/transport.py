@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import protocol, ssl
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -379,12 +380,25 @@ class TransportLayer:
         self._stopped = False
 
     def start(self) -> None:
-        # Read whole datagrams up to sip_max_message_size (Twisted cuts at 8,192 by default);
-        # one byte more lets the parser refuse a larger one as too large, not as truncated.
-        self._udp = self.reactor.listenUDP(self.port, _UDPProtocol(self), interface=self.bind_address,
-                                           maxPacketSize=self.max_size + 1)
-        self.port = self._udp.getHost().port
-        self._tcp = self.reactor.listenTCP(self.port, self.factory, interface=self.bind_address)
+        # Port 0: the kernel's free UDP port may be taken for TCP (an outgoing connection's
+        # source port): try again with another, a few times.
+        tries = 20 if self.port == 0 else 1
+        for attempt in range(tries):
+            # Read whole datagrams up to sip_max_message_size (Twisted cuts at 8,192 by
+            # default); one byte more lets the parser refuse a larger one as too large.
+            self._udp = self.reactor.listenUDP(self.port if tries == 1 else 0, _UDPProtocol(self),
+                                               interface=self.bind_address,
+                                               maxPacketSize=self.max_size + 1)
+            port = self._udp.getHost().port
+            try:
+                self._tcp = self.reactor.listenTCP(port, self.factory, interface=self.bind_address)
+            except CannotListenError:
+                self._udp.stopListening()
+                if attempt == tries - 1:
+                    raise
+                continue
+            self.port = port
+            break
         log.info("SIP listening on {addr}:{port} (UDP and TCP)", addr=self.bind_address, port=self.port)
 
     @property

@@ -555,3 +555,22 @@ def test_a_double_crlf_ping_on_tcp_gets_a_crlf_pong():
     assert transport.value() == b"\r\n" and not transport.disconnecting
     proto.dataReceived(INVITE.replace(b"/UDP", b"/TCP"))
     assert len(controller.received) == 1
+
+
+def test_port_zero_takes_another_port_when_tcp_is_taken_on_the_udp_one():
+    """sip_local_port=0: the kernel's free UDP port can be in use for TCP (an outgoing
+    connection's source port); the layer tries another instead of failing to start."""
+    from twisted.internet.error import CannotListenError
+    reactor = UDPMemoryReactor()
+    real = reactor.listenTCP
+    taken = {40000}
+
+    def listen_tcp(port, factory, backlog=50, interface=""):
+        if port in taken:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return real(port, factory, backlog, interface)
+    reactor.listenTCP = listen_tcp
+    layer = TransportLayer(reactor, RecordingController(), bind_address="127.0.0.1", port=0)
+    layer.start()
+    assert layer.port == 40001 and list(reactor.udp_ports) == [40001]
+    assert [p[0] for p in reactor.tcpServers] == [40001]
