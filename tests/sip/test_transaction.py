@@ -166,6 +166,15 @@ def test_server_transaction_absorbs_retransmitted_request(clock, sender):
     assert layer.server == {}
 
 
+def _server_invite(clock, sender):
+    """A layer holding the server transaction of one INVITE from PEER: (layer, INVITE, tx)."""
+    layer = _layer(clock, sender)
+    req = _request("INVITE")
+    layer.receive(req, PEER)
+    (_, tx), = layer.tu.requests
+    return layer, req, tx
+
+
 def _request_copy(req):
     from sipgw.sip.parser import parse
     return parse(bytes(req))
@@ -173,10 +182,7 @@ def _request_copy(req):
 
 def test_server_invite_non_2xx_is_retransmitted_until_ack(clock, sender):
     """A 488 to a re-INVITE is resent (Timer G) until the ACK, then Timer I ends it."""
-    layer = _layer(clock, sender)
-    req = _request("INVITE")
-    layer.receive(req, PEER)
-    (_, tx), = layer.tu.requests
+    layer, req, tx = _server_invite(clock, sender)
     tx.respond(make_response(req, 488, to_tag="x"))
     clock.advance(T1 + 0.01)
     assert len(sender.responses(488)) == 2
@@ -189,10 +195,7 @@ def test_server_invite_non_2xx_is_retransmitted_until_ack(clock, sender):
 
 def test_server_invite_timer_h_gives_up_without_ack(clock, sender):
     """Without an ACK the non-2xx retransmissions stop at 64*T1 (Timer H)."""
-    layer = _layer(clock, sender)
-    req = _request("INVITE")
-    layer.receive(req, PEER)
-    (_, tx), = layer.tu.requests
+    layer, req, tx = _server_invite(clock, sender)
     tx.respond(make_response(req, 486, to_tag="x"))
     clock.advance(64 * T1 + 1)
     count = len(sender.responses(486))
@@ -204,10 +207,7 @@ def test_server_invite_stays_accepted_after_a_2xx_for_timer_l(clock, sender):
     """RFC 6026 §7.1: after a 2xx the INVITE server transaction is Accepted: a retransmitted
     INVITE is absorbed (not a new request for the TU, no response from the transaction),
     and the transaction ends at Timer L (64*T1)."""
-    layer = _layer(clock, sender)
-    req = _request("INVITE")
-    layer.receive(req, PEER)
-    (_, tx), = layer.tu.requests
+    layer, req, tx = _server_invite(clock, sender)
     tx.respond(make_response(req, 200, to_tag="x"))
     layer.receive(_request_copy(req), PEER)
     assert len(layer.tu.requests) == 1 and len(sender.responses()) == 1
@@ -275,10 +275,7 @@ def test_requests_from_one_source_are_rate_limited(clock, sender):
 
 def test_respond_once_keeps_no_state_and_never_retransmits(clock, sender):
     """A stateless final answer to an INVITE is sent once: no Timer G, transaction gone."""
-    layer = _layer(clock, sender)
-    request = _request("INVITE")
-    layer.receive(request, PEER)
-    (_, tx), = layer.tu.requests
+    layer, request, tx = _server_invite(clock, sender)
     tx.respond_once(make_response(request, 603, to_tag="x"))
     clock.advance(64 * T1)
     clock.advance(64 * T1)
