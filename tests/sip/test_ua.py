@@ -29,6 +29,14 @@ def _reply(invite, status, *, tag="b1", body=b"", extra=()):
                          extra=headers)
 
 
+def _ringing(ua, sender):
+    """Start call1 and let the callee ring (180): its INVITE."""
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    ua.transactions.receive(_reply(invite, 180), PEER)
+    return invite
+
+
 def _status(ua, call_id="call1"):
     return ua.find(call_id)[0]["status"]
 
@@ -175,9 +183,7 @@ def test_no_answer_fails_by_request_timeout(make_ua, sender, clock):
 def test_terminate_while_ringing_sends_cancel_then_finish_on_487(make_ua, sender):
     """/call/terminate before the answer CANCELs the INVITE; its 487 gives FINISH."""
     ua = make_ua()
-    ua.startup(_call())
-    invite = sender.requests("INVITE")[0]
-    ua.transactions.receive(_reply(invite, 180), PEER)
+    invite = _ringing(ua, sender)
     ua.terminate("call1")
     cancel, = sender.requests("CANCEL")
     assert cancel.top_via.branch == invite.top_via.branch and cancel.cseq.seq == invite.cseq.seq
@@ -202,9 +208,7 @@ def test_terminate_before_any_provisional_waits_for_one(make_ua, sender):
 def test_answer_racing_a_cancel_is_acked_and_hung_up(make_ua, sender):
     """A 200 that crosses our CANCEL is ACKed and then ended with BYE."""
     ua = make_ua()
-    ua.startup(_call())
-    invite = sender.requests("INVITE")[0]
-    ua.transactions.receive(_reply(invite, 180), PEER)
+    invite = _ringing(ua, sender)
     ua.terminate("call1")
     ua.transactions.receive(_reply(invite, 200, body=ANSWER), PEER)
     assert len(sender.requests("ACK")) == 1
@@ -628,9 +632,7 @@ AUTH_CONF_ONLY = 'Digest realm="r", nonce="n1", qop="auth-conf"'
 
 
 def _ring_then_end(ua, sender, clock, how):
-    ua.startup(_call())
-    invite = sender.requests("INVITE")[0]
-    ua.transactions.receive(_reply(invite, 180), PEER)
+    invite = _ringing(ua, sender)
     if how == "ring timeout":
         clock.advance(ua.config.sip_ring_timeout)
     else:  # /call/terminate, then no final response until the §9.1 fallback
@@ -1347,9 +1349,7 @@ def test_a_hold_reinvite_without_session_expires_keeps_sipgw_the_refresher(make_
 def test_one_cancel_however_many_provisionals_come(make_ua, sender):
     """/call/terminate while ringing sends one CANCEL (§9.1), not one per provisional."""
     ua = make_ua()
-    ua.startup(_call())
-    invite = sender.requests("INVITE")[0]
-    ua.transactions.receive(_reply(invite, 180), PEER)
+    invite = _ringing(ua, sender)
     ua.terminate("call1")
     for status in (180, 183, 182):
         ua.transactions.receive(_reply(invite, status), PEER)
