@@ -19,7 +19,7 @@ from twisted.names import dns
 from twisted.names.error import DNSNameError, DNSServerError, DomainError
 
 from .transaction import new_branch
-from .transport import set_top_via
+from .transport import is_ip, set_top_via
 
 log = Logger(namespace="sipgw.sip.resolver")
 
@@ -135,16 +135,6 @@ def order_srv(records, rng=random) -> list[Srv]:
 def _text(value) -> str:
     """A NAPTR character-string (twisted.names Charstr) as text."""
     return getattr(value, "string", value).decode("ascii", "replace")
-
-
-def is_ip(host: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host.strip("[]"))
-            return True
-        except OSError:
-            pass
-    return False
 
 
 def parse_servers(text: str) -> list[tuple[str, int]]:
