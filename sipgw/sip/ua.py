@@ -364,11 +364,7 @@ class Call:
                          error=str(exc))
                 self.set_status(CallStatus.FAILED, f"Bad 200 OK: {exc}")
                 return
-            # §13.2.2.4, §22.1: the ACK carries the INVITE's credentials.
-            self.ack = self.dialog.create_request(
-                "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
-                cseq=self.invite.cseq.seq, headers=[
-                    (k, v) for k, v in self.invite.headers if k in CREDENTIALS])
+            self.ack = self._ack_for(self.invite, self.invite.cseq.seq)
             early = self.early.get(self.dialog.remote_tag)
             if early is not None:  # its PRACKs used CSeq numbers of the dialog (RFC 3262 §7.2)
                 self.dialog.local_seq = max(self.dialog.local_seq, early.local_seq)
@@ -400,6 +396,19 @@ class Call:
         if self.media_session is not None:
             self.media_session.established()
 
+    def _ack_for(self, invite: Request, cseq: int) -> Request:
+        """The ACK of a 2xx with CSeq number ``cseq`` to ``invite`` (§13.2.2.4): in the
+        dialog, a new branch, the INVITE's credentials (§22.1)."""
+        return self.dialog.create_request(
+            "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()), cseq=cseq,
+            headers=[(k, v) for k, v in invite.headers if k in CREDENTIALS])
+
+    def _ack_2xx(self, invite: Request, response: Response) -> None:
+        """ACK the 2xx ``response`` to our re-INVITE ``invite``, end to end; kept by CSeq
+        for the 2xx's retransmissions (``on_2xx``)."""
+        ack = self.acks[response.cseq.seq] = self._ack_for(invite, response.cseq.seq)
+        self.ua.send_in_dialog(self, ack)
+
     # -- session timer (RFC 4028) -------------------------------------------------
     def refresh_session(self) -> None:
         """§10: refresh by UPDATE when the peer allows it (no SDP), else by re-INVITE with
@@ -420,12 +429,7 @@ class Call:
     def _refreshed(self, request: Request, response: Response) -> None:
         status = response.status
         if 200 <= status < 300 and request.method == "INVITE":
-            # §13.2.2.4: ACK the 2xx, end to end, even when the call ended meanwhile
-            ack = self.acks[response.cseq.seq] = self.dialog.create_request(
-                "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
-                cseq=response.cseq.seq,
-                headers=[(k, v) for k, v in request.headers if k in CREDENTIALS])
-            self.ua.send_in_dialog(self, ack)
+            self._ack_2xx(request, response)  # even when the call ended meanwhile
         if status < 200 or self.status.ended:
             return
         if status < 300:
@@ -468,12 +472,8 @@ class Call:
 
     def _held(self, request: Request, response: Response, held: bool) -> None:
         status = response.status
-        if 200 <= status < 300:  # §13.2.2.4: ACK the 2xx, even when the call ended meanwhile
-            ack = self.acks[response.cseq.seq] = self.dialog.create_request(
-                "ACK", via=self.ua.via(self.dest_for_dialog(), new_branch()),
-                cseq=response.cseq.seq,
-                headers=[(k, v) for k, v in request.headers if k in CREDENTIALS])
-            self.ua.send_in_dialog(self, ack)
+        if 200 <= status < 300:
+            self._ack_2xx(request, response)  # even when the call ended meanwhile
         if status < 200 or self._holding is None:
             return
         previous, self._holding = self._holding, None
