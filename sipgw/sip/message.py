@@ -55,6 +55,11 @@ class Message:
             return [item for v in values for item in split_list(v)]
         return values
 
+    def has_option_tag(self, name: str, tag: str) -> bool:
+        """``tag`` is among the option tags of header ``name`` (Require, Supported;
+        RFC 3261 §19.2), compared case-insensitively."""
+        return tag.lower() in [t.strip().lower() for t in self.get_all(name)]
+
     def set(self, name: str, value: str) -> None:
         """Replace every value of a header by one."""
         self.remove(name)

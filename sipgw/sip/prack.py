@@ -8,11 +8,6 @@ from __future__ import annotations
 OPTION_TAG = "100rel"  # RFC 3262 §3
 
 
-def requires(message, tag: str) -> bool:
-    """The message names the option tag in Require (RFC 3261 §20.32)."""
-    return tag in [t.strip().lower() for t in message.get_all("Require")]
-
-
 class ReliableProvisionals:
     """The RSeq of the last PRACKed provisional response, per early dialog (To tag)."""
 
@@ -25,7 +20,7 @@ class ReliableProvisionals:
         §4: the first reliable 1xx of a dialog sets the sequence; a later one is PRACKed only
         when its RSeq is one higher: a retransmission (or one out of order) is neither
         PRACKed nor processed further."""
-        if response.status == 100 or not requires(response, OPTION_TAG):
+        if response.status == 100 or not response.has_option_tag("Require", OPTION_TAG):
             return True, None
         try:
             rseq = int((response.get("RSeq") or "").strip())

@@ -27,10 +27,6 @@ def _refresher(value: str) -> str | None:
     return None
 
 
-def supports(message, tag: str) -> bool:
-    return tag in [t.strip().lower() for t in message.get_all("Supported")]
-
-
 class SessionTimer:
     def __init__(self, clock, *, expires: int, min_se: int, refresh, expire):
         self.clock = clock
@@ -78,7 +74,7 @@ class SessionTimer:
         if interval is None:
             return []
         interval = max(interval, self.min_se)
-        peer_can = supports(request, OPTION_TAG)
+        peer_can = request.has_option_tag("Supported", OPTION_TAG)
         if value:
             refresher = _refresher(value) or ("uac" if peer_can else "uas")
         else:  # "uac" names the peer here, the UAC of its request
