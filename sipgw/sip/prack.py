@@ -6,10 +6,14 @@ response of one INVITE and sends the PRACK itself, in the early dialog of the re
 from __future__ import annotations
 
 OPTION_TAG = "100rel"  # RFC 3262 §3
+# Early dialogs (forks, To tags) whose reliable 1xx are PRACKed per INVITE: each To tag a peer
+# sends would otherwise be kept (and PRACKed in its own early dialog) without bound.
+MAX_EARLY_DIALOGS = 16
 
 
 class ReliableProvisionals:
-    """The RSeq of the last PRACKed provisional response, per early dialog (To tag)."""
+    """The RSeq of the last PRACKed provisional response, per early dialog (To tag), for
+    at most ``MAX_EARLY_DIALOGS`` of them."""
 
     def __init__(self):
         self._rseq: dict[str, int] = {}
@@ -30,6 +34,8 @@ class ReliableProvisionals:
             return True, None
         tag = response.to.tag or ""
         last = self._rseq.get(tag)
+        if last is None and len(self._rseq) >= MAX_EARLY_DIALOGS:
+            return True, None  # one fork too many: processed, but not PRACKed
         if last is not None and rseq != last + 1:
             return False, None
         self._rseq[tag] = rseq

@@ -1106,6 +1106,19 @@ def test_reliable_provisional_is_pracked_once_in_its_early_dialog(make_ua, sende
     assert sender.requests("BYE")[0].cseq.seq == invite.cseq.seq + 3
 
 
+def test_reliable_provisionals_of_too_many_forks_are_not_pracked(make_ua, sender):
+    """Early dialogs PRACKed per INVITE are bounded: a reliable 1xx with one To tag more than
+    MAX_EARLY_DIALOGS is processed but neither PRACKed nor kept."""
+    from sipgw.sip.prack import MAX_EARLY_DIALOGS
+    ua = make_ua()
+    ua.startup(_call())
+    invite = sender.requests("INVITE")[0]
+    for n in range(MAX_EARLY_DIALOGS + 3):
+        ua.transactions.receive(_reliable(invite, 1, tag=f"fork{n}"), PEER)
+    assert len(sender.requests("PRACK")) == MAX_EARLY_DIALOGS
+    assert len(ua.calls["call1"].early) == MAX_EARLY_DIALOGS
+
+
 def test_100rel_off_sends_no_prack(make_ua, sender):
     """sip_100rel=false: reliable provisionals are read as plain ones, never PRACKed."""
     ua = make_ua(sip_100rel=False)
