@@ -35,6 +35,11 @@ def default_port(transport: str | None) -> int:
     return DEFAULT_PORTS.get(transport or "", DEFAULT_PORT)
 LOOKUP_TIMEOUT = (1, 3)  # seconds per retry: a SIP transaction cannot wait for 60 s of DNS
 NEGATIVE_TTL = 30  # how long "no such record" is kept (RFC 2308 would read the SOA)
+# Bounds on what DNS answers may make us do and keep: a name's answer over TCP may hold
+# thousands of records, and in-dialog hops (a peer's Record-Route or Contact) name any host.
+MAX_SRV_RECORDS = 32  # per SRV name, the lowest priorities kept (each one is an A lookup)
+MAX_TARGETS = 32  # addresses in one Destination chain
+MAX_CACHED = 4096  # (name, type) answers kept; expired ones, then the oldest, go first
 
 
 class Destination:
@@ -203,7 +208,7 @@ class Locator:
             answers, _, _ = await getattr(self.names, self._LOOKUPS[kind])(name, timeout=LOOKUP_TIMEOUT)
         except (DNSNameError, DomainError, DNSServerError):
             # NXDOMAIN, or the hosts file knowing nothing of this record type.
-            self._cache[key] = (now + NEGATIVE_TTL, [])
+            self._keep(key, now + NEGATIVE_TTL, [])
             return []
         except Exception as exc:
             if kind in (dns.A, dns.AAAA):
@@ -216,8 +221,19 @@ class Locator:
         matching = [rr for rr in answers if rr.type == kind]
         ttl = min((rr.ttl for rr in matching), default=NEGATIVE_TTL)
         payloads = [rr.payload for rr in matching]
-        self._cache[key] = (now + ttl, payloads)
+        self._keep(key, now + ttl, payloads)
         return payloads
+
+    def _keep(self, key: tuple[str, int], until: float, payloads: list) -> None:
+        cache = self._cache
+        cache.pop(key, None)
+        cache[key] = (until, payloads)
+        if len(cache) > MAX_CACHED:
+            now = self.clock.seconds()
+            for old in [k for k, (expires, _) in cache.items() if expires <= now]:
+                del cache[old]
+            while len(cache) > MAX_CACHED:
+                del cache[next(iter(cache))]
 
     async def _addresses(self, name: str) -> list[str]:
         """A records, then AAAA, of the families our sockets can reach (RFC 3263 §4.2)."""
@@ -232,8 +248,11 @@ class Locator:
     async def _srv_targets(self, transport: str, srv_name: str) -> list[tuple[str, str, int]]:
         records = [Srv(r.priority, r.weight, r.port, r.target.name.decode("ascii"))
                    for r in await self._records(srv_name, dns.SRV)]
+        records = sorted(records, key=lambda r: r.priority)[:MAX_SRV_RECORDS]  # stable
         targets = []
         for srv in order_srv(records, self.rng):
+            if len(targets) >= MAX_TARGETS:
+                break
             try:
                 addresses = await self._addresses(srv.target)
             except Exception as exc:  # one target's name not answering: the others remain
@@ -251,7 +270,8 @@ class Locator:
             chosen = transport or default_transport
             return [(chosen, host, port or default_port(chosen))]
         if port:
-            return [(transport or default_transport, a, port) for a in await self._addresses(host)]
+            return [(transport or default_transport, a, port)
+                    for a in await self._addresses(host)][:MAX_TARGETS]
         from_naptr = False
         if transport and transport != "TLS":
             services = [(transport, SRV_PREFIX[transport] + host)]
@@ -268,13 +288,15 @@ class Locator:
                 services = [(t, SRV_PREFIX[t] + host) for t in order]
         targets = []
         for service_transport, srv_name in services:
+            if len(targets) >= MAX_TARGETS:
+                break
             targets += await self._srv_targets(service_transport, srv_name)
             if targets and not from_naptr:
                 break  # §4.1: without NAPTR, the first transport whose SRV answers is used
         if not targets:  # §4.2: no SRV either: the name's address at the default port
             chosen = transport or default_transport
             targets = [(chosen, a, default_port(chosen)) for a in await self._addresses(host)]
-        return targets
+        return targets[:MAX_TARGETS]
 
     def locate(self, host: str, port: int | None = None, transport: str | None = None,
                default_transport: str = "UDP") -> defer.Deferred:

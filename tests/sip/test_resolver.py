@@ -226,6 +226,31 @@ def test_answers_are_cached_for_their_ttl(clock):
     assert ("SRV", "_sip._udp.srv-only.test") in fake.queries[asked:]
 
 
+def test_a_huge_srv_answer_is_bounded(clock):
+    """An SRV answer of 200 records is read for its MAX_SRV_RECORDS best priorities only,
+    and the chain holds at most MAX_TARGETS addresses."""
+    from sipgw.sip.resolver import MAX_SRV_RECORDS, MAX_TARGETS
+    records = {(dns.SRV, "_sip._udp.big.test"): [_srv(p, 0, 5060, f"h{p}.big.test")
+                                                 for p in range(200, 0, -1)]}
+    records.update({(dns.A, f"h{p}.big.test"): [_a("127.0.0.5"), _a("127.0.0.6")]
+                    for p in range(1, 201)})
+    dest, fake = _locate(clock, "big.test", transport="UDP", records=records)
+    assert len([1, *dest.rest]) == MAX_TARGETS
+    asked = {name for kind, name in fake.queries if kind == "A"}
+    assert asked <= {f"h{p}.big.test" for p in range(1, MAX_SRV_RECORDS + 1)}
+
+
+def test_the_answer_cache_is_bounded(clock, monkeypatch):
+    """Past MAX_CACHED answers the expired ones, then the oldest, are forgotten."""
+    from sipgw.sip import resolver
+    monkeypatch.setattr(resolver, "MAX_CACHED", 3)
+    locator = Locator(clock, FakeDNS(clock, ZONE))
+    for n in range(5):
+        locator.locate(f"10.0.0.{n}.test", 5060)  # one A query each, none answered
+        _run(clock)
+    assert len(locator._cache) == 3
+
+
 def test_dns_servers_setting():
     """sip_dns_servers: IP[:port] items, IPv6 in brackets; anything else is refused."""
     assert parse_servers("127.0.0.1:5353, [::1]:53,10.0.0.1") == [
