@@ -169,6 +169,9 @@ def redact_authorization(value: str) -> str:
 # with one stale nonce (RFC 7616 §3.3).  RFC 3261 sets no bound; without one a server that
 # keeps saying stale=true with new nonces would draw INVITEs from sipgw for ever.
 MAX_ANSWERS = 4
+# Realms answered at once and kept per dialog: a proxy's and the callee's, and a few more for
+# proxies in series (§22.3). A response naming more has only its first MAX_REALMS answered.
+MAX_REALMS = 8
 
 
 class ChallengeAnswerer:
@@ -196,7 +199,9 @@ class ChallengeAnswerer:
                 except AuthError as exc:  # e.g. an algorithm we lack beside one we have
                     self.skipped.append(str(exc))
                     continue
-                by_realm.setdefault((challenge.header, challenge.realm), []).append(challenge)
+                key = (challenge.header, challenge.realm)
+                if key in by_realm or len(by_realm) < MAX_REALMS:
+                    by_realm.setdefault(key, []).append(challenge)
         if not by_realm or len(self.answered) >= MAX_ANSWERS:
             return None
         chosen = {key: pick_challenge(found) for key, found in by_realm.items()}
@@ -208,6 +213,9 @@ class ChallengeAnswerer:
                 return None
         self.answered.update((c.realm, c.nonce) for c in chosen.values())
         self.realms.update(chosen)
+        older = [key for key in self.realms if key not in chosen]
+        for key in older[:max(0, len(self.realms) - MAX_REALMS)]:  # the oldest realms go first
+            del self.realms[key]
         return self.credentials(method, uri, body)
 
     def credentials(self, method: str, uri: str, body: bytes = b""):

@@ -374,6 +374,21 @@ def test_answerer_answers_every_realm_of_one_response():
     assert 'realm="b"' in values[1] and "SHA-256" in values[1]
 
 
+def test_realms_answered_and_kept_are_bounded():
+    """A 407 naming more realms than MAX_REALMS has only the first MAX_REALMS answered, and
+    the realms kept for a dialog stay within MAX_REALMS, the oldest forgotten first."""
+    from sipgw.sip.auth import MAX_REALMS, ChallengeAnswerer
+    answerer = ChallengeAnswerer(DigestClient("alice", "pw"))
+    many = [f'Digest realm="r{n}", nonce="n{n}"' for n in range(MAX_REALMS + 5)]
+    headers = answerer.headers_for(_challenge(407, *many), "BYE", "sip:bob@x", b"")
+    assert len(headers) == MAX_REALMS and 'realm="r0"' in headers[0][1]
+    later = answerer.chain()
+    later.headers_for(_challenge(401, 'Digest realm="pbx", nonce="b1"'), "BYE", "sip:bob@x", b"")
+    assert len(answerer.realms) == MAX_REALMS
+    assert ("WWW-Authenticate", "pbx") in answerer.realms
+    assert ("Proxy-Authenticate", "r0") not in answerer.realms
+
+
 def test_a_new_chain_answers_a_fresh_nonce_and_keeps_the_other_realms():
     """An in-dialog request is a new chain (``chain()``): a new nonce for a realm answered
     during the INVITE is answered, not taken as a refusal; other realms stay cached."""
