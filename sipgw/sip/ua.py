@@ -665,9 +665,12 @@ class Call:
         self.send_bye(RTP_ACTIVITY, CallStatus.FAILED, wait=False)
 
     def request_picture_update(self) -> None:
-        """SIP INFO picture_fast_update for callees that ignore RTCP PLI/FIR."""
-        if self.dialog is not None and not self.status.ended:
-            self.send_info("application/media_control+xml", PICTURE_FAST_UPDATE)
+        """SIP INFO picture_fast_update for callees that ignore RTCP PLI/FIR; one waiting in
+        the queue is enough (a callee that lets INFOs time out would grow it by one every
+        keyframe request)."""
+        info = ("application/media_control+xml", PICTURE_FAST_UPDATE)
+        if self.dialog is not None and not self.status.ended and info not in self._infos:
+            self.send_info(*info)
 
     def send_info(self, content_type: str, body: bytes) -> None:
         """INFOs go one at a time, each once the one before is answered: concurrent ones may

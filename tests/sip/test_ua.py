@@ -1382,6 +1382,19 @@ def test_a_481_to_info_ends_the_call(make_ua, sender):
     assert _status(ua) == "FAILED"
 
 
+def test_picture_updates_waiting_for_an_unanswered_info_are_one(make_ua, sender):
+    """Keyframe requests while an INFO is unanswered queue one picture_fast_update INFO,
+    not one each."""
+    ua = make_ua()
+    _established(ua, sender)
+    call = ua.calls["call1"]
+    for _ in range(5):
+        call.request_picture_update()
+    assert len(sender.requests("INFO")) == 1 and len(call._infos) == 1
+    ua.transactions.receive(make_response(sender.requests("INFO")[0], 200), PEER)
+    assert len(sender.requests("INFO")) == 2 and len(call._infos) == 0
+
+
 def test_a_hash_in_the_callee_is_escaped(make_ua, sender):
     """'#' is not allowed unescaped in a SIP URI user part (§25.1): it goes as %23."""
     ua = make_ua()
