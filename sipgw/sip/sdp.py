@@ -13,6 +13,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from .sdes import mask
+
 __all__ = [
     "SDPError", "Codec", "MediaDescription", "Origin", "SessionDescription", "NegotiatedMedia",
     "make_offer", "make_answer", "negotiate", "is_hold", "SUPPORTED_CODECS",
@@ -220,16 +222,16 @@ class SessionDescription:
             if not line:
                 continue  # the body's final CRLF, or a stray blank line
             if "\r" in line or "\0" in line:
-                raise SDPError(f"SDP line {number}: CR or NUL inside the line {line!r}")
+                raise SDPError(f"SDP line {number}: CR or NUL inside the line {mask(line)!r}")
             if len(line) < 2 or line[1] != "=" or not "a" <= line[0] <= "z":
-                raise SDPError(f"SDP line {number}: not a <type>=<value> line {line!r}")
+                raise SDPError(f"SDP line {number}: not a <type>=<value> line {mask(line)!r}")
             kind, value = line[0], line[2:]
             current = sdp.media[-1] if sdp.media else None
             section = sdp if current is None else current  # where b= and a= lines go
             if not seen_version:
                 # RFC 4566 §5: v=0 comes first.
                 if line != "v=0":
-                    raise SDPError(f"SDP line {number}: expected 'v=0' first, got {line!r}")
+                    raise SDPError(f"SDP line {number}: expected 'v=0' first, got {mask(line)!r}")
                 seen_version = True
             elif kind in "vost" and current is not None:
                 raise SDPError(f"SDP line {number}: {kind}= line after the first m= line")
@@ -257,7 +259,7 @@ class SessionDescription:
             elif kind == "a":
                 attr_name, sep, attr_value = value.partition(":")
                 if not attr_name:
-                    raise SDPError(f"SDP line {number}: bad a= line {line!r}")
+                    raise SDPError(f"SDP line {number}: bad a= line {mask(line)!r}")
                 section.attributes.append((attr_name, attr_value if sep else None))
             elif kind == "m":
                 sdp.media.append(_parse_media(value, number, line))

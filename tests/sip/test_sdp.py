@@ -146,6 +146,15 @@ def test_module_is_pure():
 
 # --- parsing -----------------------------------------------------------------------------
 
+
+@pytest.mark.parametrize("line", ["a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:SECRETKEY\0",
+                                  "v=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:SECRETKEY"])
+def test_a_refused_line_is_quoted_without_its_srtp_key(line):
+    """An SDP error quoting a line hides its inline: key (the error reaches logs and /call/find)."""
+    with pytest.raises(SDPError) as caught:
+        SessionDescription.parse(("v=0\r\n" if line[0] == "a" else "") + line + "\r\n")
+    assert "SECRETKEY" not in str(caught.value) and "inline:..." in str(caught.value)
+
 def test_parse_baresip_offer_session_fields():
     """A baresip offer yields its origin, session connection, times and session attributes."""
     s = SessionDescription.parse(BARESIP_OFFER)
