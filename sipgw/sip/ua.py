@@ -47,6 +47,9 @@ CREDENTIALS = ("Authorization", "Proxy-Authorization")
 SESSION_EXPIRED = "Session timer expired"
 TRANSFERRED = "Transferred"
 DTMF_DURATION_MS = 160
+# ACKs of our re-INVITEs' 2xx kept for their retransmissions (which stop within 64*T1): the
+# latest few, so a long call with session refreshes does not keep one per refresh.
+ACKS_KEPT = 4
 PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_control><vc_primitive>'
                        b'<to_encoder><picture_fast_update/></to_encoder></vc_primitive>'
                        b'</media_control>\r\n')
@@ -407,6 +410,8 @@ class Call:
         """ACK the 2xx ``response`` to our re-INVITE ``invite``, end to end; kept by CSeq
         for the 2xx's retransmissions (``on_2xx``)."""
         ack = self.acks[response.cseq.seq] = self._ack_for(invite, response.cseq.seq)
+        while len(self.acks) > ACKS_KEPT:
+            del self.acks[next(iter(self.acks))]
         self.ua.send_in_dialog(self, ack)
 
     # -- session timer (RFC 4028) -------------------------------------------------

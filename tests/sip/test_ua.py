@@ -1174,6 +1174,24 @@ def test_sipgw_refreshes_at_half_the_interval_when_it_is_the_refresher(make_ua, 
     assert _status(ua) == "ESTABLISHED"
 
 
+def test_only_the_latest_refresh_acks_are_kept(make_ua, sender, clock):
+    """A long call refreshed by re-INVITE keeps the ACKs of its last ACKS_KEPT refreshes
+    (for their 2xx retransmissions), not one per refresh; the latest 2xx, again, is ACKed
+    with its own CSeq."""
+    from sipgw.sip.ua import ACKS_KEPT
+    ua = make_ua(rtp_activity_timeout=0)
+    _timed(ua, sender, "180;refresher=uac", "INVITE, ACK, BYE")
+    for _ in range(ACKS_KEPT + 3):
+        clock.advance(90.01)
+        refresh = sender.requests("INVITE")[-1]
+        ua.transactions.receive(_reply(refresh, 200, body=ANSWER, extra=[
+            ("Session-Expires", "180;refresher=uac")]), PEER)
+    assert len(ua.calls["call1"].acks) == ACKS_KEPT
+    ua.transactions.receive(_reply(refresh, 200, body=ANSWER, extra=[
+        ("Session-Expires", "180;refresher=uac")]), PEER)  # retransmitted
+    assert sender.requests("ACK")[-1].cseq.seq == refresh.cseq.seq
+
+
 def test_no_refresh_from_the_callee_ends_the_call_with_bye(make_ua, sender, clock):
     """refresher=uas: the callee refreshes; an UPDATE from it is answered with the interval
     and Require: timer and restarts the timer; without one the call is BYEd before the
