@@ -56,14 +56,16 @@ class SessionTimer:
 
     def answered(self, response) -> None:
         """A 2xx to our INVITE or refresh (§7.2): the interval and refresher it names; no
-        Session-Expires in it means no session timer."""
+        Session-Expires in it means no session timer. An interval below our Min-SE, which
+        the UAS may not answer (§9), is read as Min-SE: a peer saying 1 (or 0) must not make
+        sipgw refresh twice a second, or hang up at once."""
         value = response.get("Session-Expires")
         interval = _delta(value)
         if interval is None:
             self.stop()
             self.interval = None
             return
-        self._start(interval, (_refresher(value) or "uac") == "uac")
+        self._start(max(interval, self.min_se), (_refresher(value) or "uac") == "uac")
 
     def refreshed_by_peer(self, request) -> list[tuple[str, str]]:
         """A re-INVITE or UPDATE from the peer (§9): the headers of our 2xx, timers reset.

@@ -1192,6 +1192,18 @@ def test_only_the_latest_refresh_acks_are_kept(make_ua, sender, clock):
     assert sender.requests("ACK")[-1].cseq.seq == refresh.cseq.seq
 
 
+def test_a_session_interval_below_min_se_in_the_2xx_is_read_as_min_se(make_ua, sender, clock):
+    """A 2xx with Session-Expires: 1 (below our Min-SE, RFC 4028 §9) does not make sipgw
+    refresh every half second: the first refresh comes at half of Min-SE."""
+    ua = make_ua(rtp_activity_timeout=0)
+    _timed(ua, sender, "1;refresher=uac")
+    before = len(sender.requests("UPDATE"))
+    clock.pump([0.5] * 20)
+    assert len(sender.requests("UPDATE")) == before and _status(ua) == "ESTABLISHED"
+    clock.advance(ua.config.sip_min_se / 2)
+    assert len(sender.requests("UPDATE")) == before + 1
+
+
 def test_no_refresh_from_the_callee_ends_the_call_with_bye(make_ua, sender, clock):
     """refresher=uas: the callee refreshes; an UPDATE from it is answered with the interval
     and Require: timer and restarts the timer; without one the call is BYEd before the
