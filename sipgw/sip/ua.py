@@ -987,10 +987,9 @@ class UserAgent:
         """Send a redirected INVITE (§8.1.3.4) to the new target's host, or through the
         outbound proxy when there is one; a 305's proxy is always used."""
         if proxy or not call.request.sip_outbound_proxy:
-            host, transport = uri.host.strip("[]"), uri.params.get("transport")
+            host = uri.host.strip("[]")
             try:
-                dest = await self.resolve(transport.upper() if transport else None, host,
-                                          uri.port)
+                dest = await self.resolve(_uri_transport(uri), host, uri.port)
             except Exception as exc:
                 call.set_status(CallStatus.FAILED,
                                 f"Cannot resolve {host}: {exc.__class__.__name__}")

@@ -70,3 +70,16 @@ def test_a_callee_with_a_port_keeps_it_in_the_request_uri(make_ua, sender):
     ua.startup(_call(call_id="call3", callee="bob@example.org", sip_outbound_proxy=proxy))
     assert [str(m.uri) for m in sender.requests("INVITE")] == [
         "sip:bob@127.0.0.1:5099", "sip:bob@[::1]:5098", "sip:bob@example.org"]
+
+
+def test_a_redirect_to_a_sips_contact_goes_over_tls(make_ua, sender, clock):
+    """A 302 to <sips:...> sends the INVITE again over TLS, to 5061 (RFC 3261 §26.2), as
+    a sips: outbound proxy or Record-Route does."""
+    ua = make_ua()
+    ua.startup(_call(sip_domain="127.0.0.1"))
+    first = sender.requests("INVITE")[0]
+    ua.transactions.receive(make_response(first, 302, to_tag="r1", extra=[
+        ("Contact", "<sips:dave@127.0.0.2>")]), PEER)
+    (_, transport, host, port) = sender.sent[-1]
+    assert (transport, host, port) == ("TLS", "127.0.0.2", 5061)
+    assert sender.requests("INVITE")[-1].top_via.transport == "TLS"
