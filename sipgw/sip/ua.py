@@ -823,7 +823,7 @@ class UserAgent:
         given, else the domain at sipPort. None where nothing was asked: RFC 3263 finds it
         (sipPort 5060 is the default WCS forms always send, so it counts as none)."""
         transport = "TCP" if self.config.sip_use_tcp_transport else None
-        default_port = r.sip_port if r.sip_port != 5060 else None
+        domain_port = r.sip_port if r.sip_port != 5060 else None
         if r.sip_outbound_proxy:
             scheme, text = "sip", r.sip_outbound_proxy
             if text.startswith(("sip:", "sips:")):
@@ -832,8 +832,8 @@ class UserAgent:
             if hostport.count(":") > 1 and "[" not in hostport:  # a bare IPv6 address
                 text = f"[{hostport}]" + text[len(hostport):]
             uri = URI.parse(f"{scheme}:{text}")
-            return _uri_transport(uri) or transport, uri.host, uri.port or default_port
-        return transport, r.sip_domain, default_port
+            return _uri_transport(uri) or transport, uri.host, uri.port or domain_port
+        return transport, r.sip_domain, domain_port
 
     def resolve(self, transport: str | None, host: str, port: int | None,
                 default_transport: str = "UDP") -> defer.Deferred:
