@@ -50,6 +50,9 @@ DTMF_DURATION_MS = 160
 # ACKs of our re-INVITEs' 2xx kept for their retransmissions (which stop within 64*T1): the
 # latest few, so a long call with session refreshes does not keep one per refresh.
 ACKS_KEPT = 4
+# In-dialog next hops named by host name, located and kept per call: the peer's target
+# refreshes (re-INVITE Contact) may name a new host each time.
+HOPS_KEPT = 8
 PICTURE_FAST_UPDATE = (b'<?xml version="1.0" encoding="utf-8" ?>\r\n<media_control><vc_primitive>'
                        b'<to_encoder><picture_fast_update/></to_encoder></vc_primitive>'
                        b'</media_control>\r\n')
@@ -876,6 +879,8 @@ class UserAgent:
             # A Route or Contact naming a host: locate it first (RFC 3263 §4).
             def located(dest):
                 call.hops[hop] = self._allowed(hop[1], dest) or dest  # none: refused below
+                while len(call.hops) > HOPS_KEPT:  # the oldest go (located again if named)
+                    del call.hops[next(iter(call.hops))]
                 self.send_in_dialog(call, request, on_response, dialog)
 
             def failed(failure):

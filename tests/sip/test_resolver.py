@@ -334,6 +334,28 @@ def test_in_dialog_requests_go_to_a_named_record_route_host(make_ua, sender, clo
     assert _dests(sender, "BYE") == [("UDP", "127.0.0.6", 5077)]
 
 
+def test_named_in_dialog_hops_kept_per_call_are_bounded(make_ua, sender, clock):
+    """A peer whose target refreshes name a new host each time: each is located and used,
+    and the call keeps at most HOPS_KEPT of them."""
+    from sipgw.sip.headers import URI
+    from sipgw.sip.ua import HOPS_KEPT
+    ua = make_ua()
+    ua.locator = Locator(clock, FakeDNS(clock, {(dns.A, f"h{n}.test"): [_a("127.0.0.7")]
+                                                for n in range(HOPS_KEPT + 4)}))
+    ua.startup(_call(sip_domain="127.0.0.1"))
+    invite = sender.requests("INVITE")[-1]
+    ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
+        ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp")]), PEER)
+    call = ua.calls["call1"]
+    for n in range(HOPS_KEPT + 4):
+        call.dialog.remote_target = URI("sip", f"h{n}.test", user="bob", port=5077)
+        ua.send_in_dialog(call, call.dialog.create_request("OPTIONS", via=ua.via(call.dest)))
+        _run(clock)
+    assert set(_dests(sender, "OPTIONS")) == {("UDP", "127.0.0.7", 5077)}
+    assert len({r.cseq.seq for r in sender.requests("OPTIONS")}) == HOPS_KEPT + 4
+    assert len(call.hops) == HOPS_KEPT
+
+
 def test_a_domain_that_does_not_resolve_fails_the_call(make_ua, sender, clock):
     """No NAPTR, SRV or A: the call fails saying it cannot resolve the domain; nothing sent."""
     ua = _ua(make_ua, clock)
