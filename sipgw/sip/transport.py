@@ -37,6 +37,9 @@ log = Logger(namespace="sipgw.sip.transport")
 # RFC 3261 §18.1.1: with the path MTU unknown, a request larger than 1300 bytes goes over a
 # congestion-controlled transport (TCP), not UDP.
 UDP_SIZE_THRESHOLD = 1300
+# TLS certificate names kept by (address, port) (``server_names``); the least recently named
+# go first, so peers' sips: Record-Routes and Contacts cannot grow it without bound.
+MAX_SERVER_NAMES = 4096
 
 
 def set_top_via(request: Request, transport: str, branch: str | None = None) -> None:

@@ -37,7 +37,7 @@ from .message import Request, Response, make_response
 from .transaction import T1, T2, TransactionLayer, new_branch
 from .registration import Registration, RegistrationIds, account_key, new_tag
 from .resolver import Destination, Locator, default_port, fails_over, send_with_failover
-from .transport import TLSClientSettings, TransportLayer, is_ip
+from .transport import MAX_SERVER_NAMES, TLSClientSettings, TransportLayer, is_ip
 from ..rtp.ports import PortPool, PortsExhausted
 
 log = Logger(namespace="sipgw.sip.ua")
@@ -843,9 +843,13 @@ class UserAgent:
         """A Deferred Destination chain for a URI's parts (RFC 3263 §4); a TLS target's
         certificate is then checked against ``host`` (RFC 5922 §7.2)."""
         def named(dest):
+            names = self.transport.server_names
             for target in (tuple(dest), *dest.rest):
                 if target[0] == "TLS" and not is_ip(host):
-                    self.transport.server_names[(target[1], target[2])] = host.strip("[]")
+                    names.pop((target[1], target[2]), None)
+                    names[(target[1], target[2])] = host.strip("[]")
+            while len(names) > MAX_SERVER_NAMES:
+                del names[next(iter(names))]
             return dest
         return self.locator.locate(host, port, transport, default_transport).addCallback(named)
 

@@ -83,3 +83,18 @@ def test_a_redirect_to_a_sips_contact_goes_over_tls(make_ua, sender, clock):
     (_, transport, host, port) = sender.sent[-1]
     assert (transport, host, port) == ("TLS", "127.0.0.2", 5061)
     assert sender.requests("INVITE")[-1].top_via.transport == "TLS"
+
+
+def test_tls_certificate_names_kept_are_bounded(make_ua, sender, clock, monkeypatch):
+    """Past MAX_SERVER_NAMES, the name least recently resolved to TLS is forgotten first."""
+    from twisted.names import dns
+    from sipgw.sip import ua as ua_module
+    monkeypatch.setattr(ua_module, "MAX_SERVER_NAMES", 2)
+    ua = make_ua()
+    ua.locator = Locator(clock, FakeDNS(clock, {
+        (dns.A, f"n{n}.test"): [(dns.Record_A(f"127.0.1.{n}"), 300)] for n in range(3)}))
+    for n in range(3):
+        ua.resolve("TLS", f"n{n}.test", 5061)
+        _run(clock)
+    assert sender.server_names == {("127.0.1.1", 5061): "n1.test",
+                                   ("127.0.1.2", 5061): "n2.test"}
