@@ -361,7 +361,8 @@ class HlsManager:
             return None
         kind, _, rest = file.partition("-")
         number, _, ext = rest.partition(".")
-        if not number.isdigit():
+        # from the URL: ASCII digits only (int() refuses "²" and more than 4300 digits)
+        if not (number.isascii() and number.isdigit()) or len(number) > 20:
             return None
         if (kind, ext) == ("init", "mp4"):
             return live.store.inits.get(int(number))

@@ -156,6 +156,8 @@ def test_the_first_playlist_request_starts_muxing_and_idleness_stops_it():
     assert manager.part("s1", "seg-0.m4s") == live.store.segment(0).data
     assert manager.part("s1", "seg-99.m4s") is None
     assert manager.part("s1", "../x") is None
+    assert manager.part("s1", "seg-\u00b2.m4s") is None  # a digit to isdigit(), not to int()
+    assert manager.part("s1", "seg-" + "9" * 5000 + ".m4s") is None
     calls.advance(9)
     manager.part("s1", "seg-0.m4s")  # a request: the job goes on
     calls.advance(9)
