@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .pipeline import Pipeline
-from .recorder import open_mp4
+from .recorder import box_size, open_mp4
 from .worker import MediaJob
 
 log = Logger(namespace="sipgw.media.hls")
@@ -143,9 +143,7 @@ class _Boxes:
         """Every complete box written so far: (type, bytes)."""
         boxes = []
         while len(self.buffer) >= 8:
-            size = int.from_bytes(self.buffer[:4], "big")
-            if size == 1 and len(self.buffer) >= 16:
-                size = int.from_bytes(self.buffer[8:16], "big")
+            size = box_size(self.buffer[:16])
             if size < 8 or len(self.buffer) < size:
                 break
             boxes.append((bytes(self.buffer[4:8]), bytes(self.buffer[:size])))
