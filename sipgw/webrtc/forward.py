@@ -177,10 +177,14 @@ class RtpForwarder:
         return True
 
     def retransmit(self, lost: list[int]) -> None:
-        """NACK (RFC 4585 §6.2.1): resend from the history, over RTX when negotiated."""
+        """NACK (RFC 4585 §6.2.1): resend from the history, over RTX when negotiated; each
+        sequence number once however often a NACK lists it, nothing while the socket is full
+        (a viewer's NACKs cannot make it send more than the history)."""
+        if self.egress.backlog() > self.max_backlog:
+            return
         p = self.params
         packets = []
-        for seq in lost:
+        for seq in dict.fromkeys(lost):
             entry = self.history[seq % HISTORY]
             if entry is None or entry[0] != seq:
                 continue
