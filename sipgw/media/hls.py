@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from .pipeline import Pipeline
 from .recorder import box_size, open_mp4
-from .worker import MediaJob
+from .worker import MediaJob, wait_done
 
 log = Logger(namespace="sipgw.media.hls")
 
@@ -371,7 +371,6 @@ class HlsManager:
 
     def close(self, timeout: float = 10.0) -> defer.Deferred:
         """Stop every muxing job (daemon shutdown)."""
-        from .worker import wait_done
         jobs = [live.job for live in self.live.values() if live.job is not None]
         for live in self.live.values():
             if live.timer is not None and live.timer.active():
