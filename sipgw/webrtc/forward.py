@@ -131,8 +131,8 @@ class RtpForwarder:
         # The header after its first 4 bytes (timestamp, SSRC, extensions), made once by
         # aiortc's serializer with the viewer's extension ids; per frame only the timestamp
         # and the abs-send-time bytes (found by serializing two values) change.
-        first, self.rest = self._serialized(0)[:4], bytearray(self._serialized(0)[4:])
-        self.byte0 = first[0]
+        header = self._serialized(0)
+        self.byte0, self.rest = header[0], bytearray(header[4:])
         other = self._serialized(0xFFFFFF)[4:]
         changed = [i for i in range(len(other)) if other[i] != self.rest[i]]
         self.abs_at = changed[0] if changed else None
