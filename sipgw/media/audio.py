@@ -7,6 +7,7 @@ dropped, and a gap longer than ``max_fill`` seconds restarts the audio clock the
 """
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import av
@@ -135,12 +136,19 @@ def _mono(samples: numpy.ndarray, like: av.AudioFrame, rate: int) -> av.AudioFra
     return frame
 
 
+SOUND_FILE_MAX_BYTES = 64 << 20  # a bigger file would hold the push's worker demuxing it
+
+
 class SoundLoop:
     """A sound file decoded with PyAV (on the worker thread that plays it) to mono float
-    samples at ``rate``, at most ``max_seconds`` of it; ``take(n)`` gives the next ``n``,
-    from the start again at the end (``loop``) or silence once played through."""
+    samples at ``rate``, at most ``max_seconds`` of it from a file of at most ``max_bytes``;
+    ``take(n)`` gives the next ``n``, from the start again at the end (``loop``) or silence
+    once played through."""
 
-    def __init__(self, path: str, rate: int, loop: bool = True, max_seconds: float = 60.0):
+    def __init__(self, path: str, rate: int, loop: bool = True, max_seconds: float = 60.0,
+                 max_bytes: int = SOUND_FILE_MAX_BYTES):
+        if os.path.getsize(path) > max_bytes:
+            raise ValueError(f"the sound file is over {max_bytes >> 20} MB")
         limit = int(rate * max_seconds)
         chunks, total = [], 0
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)

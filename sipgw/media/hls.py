@@ -18,8 +18,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .pipeline import Pipeline
-from .recorder import open_mp4
-from .worker import MediaJob
+from .recorder import box_size, open_mp4
+from .worker import MediaJob, wait_done
 
 log = Logger(namespace="sipgw.media.hls")
 
@@ -143,9 +143,7 @@ class _Boxes:
         """Every complete box written so far: (type, bytes)."""
         boxes = []
         while len(self.buffer) >= 8:
-            size = int.from_bytes(self.buffer[:4], "big")
-            if size == 1 and len(self.buffer) >= 16:
-                size = int.from_bytes(self.buffer[8:16], "big")
+            size = box_size(self.buffer[:16])
             if size < 8 or len(self.buffer) < size:
                 break
             boxes.append((bytes(self.buffer[4:8]), bytes(self.buffer[:size])))
@@ -361,7 +359,8 @@ class HlsManager:
             return None
         kind, _, rest = file.partition("-")
         number, _, ext = rest.partition(".")
-        if not number.isdigit():
+        # from the URL: ASCII digits only (int() refuses "²" and more than 4300 digits)
+        if not (number.isascii() and number.isdigit()) or len(number) > 20:
             return None
         if (kind, ext) == ("init", "mp4"):
             return live.store.inits.get(int(number))
@@ -372,7 +371,6 @@ class HlsManager:
 
     def close(self, timeout: float = 10.0) -> defer.Deferred:
         """Stop every muxing job (daemon shutdown)."""
-        from .worker import wait_done
         jobs = [live.job for live in self.live.values() if live.job is not None]
         for live in self.live.values():
             if live.timer is not None and live.timer.active():

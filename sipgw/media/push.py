@@ -243,10 +243,8 @@ class PushManager:
         where = self.target(rtmp_url, published, full_url)
         if full_url:
             published = where.stream.split("?")[0]
-        for push in self.pushes.values():
-            same = (push.target.host, push.target.port, push.target.app, push.target.stream)
-            if push.stream is stream and same == (where.host, where.port, where.app, where.stream):
-                raise PushError(409, "The stream is already pushed to this RTMP URL", "rtmpUrl")
+        if any(push.stream is stream for push in self._pushing_to(where)):
+            raise PushError(409, "The stream is already pushed to this RTMP URL", "rtmpUrl")
         push = RtmpPush(self.reactor, stream, where, rtmp_url=rtmp_url, published_name=published,
                         options=options, reconnect_min=self.reconnect_min,
                         reconnect_max=self.reconnect_max, timeout=self.timeout,
@@ -272,9 +270,13 @@ class PushManager:
 
     def in_use(self, where) -> bool:
         """A running push already publishes to that server, application and stream name."""
+        return bool(self._pushing_to(where))
+
+    def _pushing_to(self, where) -> list[RtmpPush]:
+        """The running pushes to ``where``'s server, application and stream name."""
         same = (where.host, where.port, where.app, where.stream)
-        return any((p.target.host, p.target.port, p.target.app, p.target.stream) == same
-                   for p in self.pushes.values())
+        return [p for p in self.pushes.values()
+                if (p.target.host, p.target.port, p.target.app, p.target.stream) == same]
 
     def _ended(self, push: RtmpPush) -> None:
         self.pushes.pop(push.media_session_id, None)

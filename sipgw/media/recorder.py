@@ -367,9 +367,18 @@ class Recording(MediaJob):
         return ""
 
 
+def box_size(head) -> int:
+    """The size of the MP4 box whose first (up to 16) bytes are ``head`` (ISO 14496-12 §4.2:
+    size, type, [64-bit size]); below 8 when not known yet or not a box."""
+    size = int.from_bytes(head[:4], "big")
+    if size == 1 and len(head) >= 16:
+        size = int.from_bytes(head[8:16], "big")
+    return size
+
+
 def _playable_length(path: str) -> int:
     """Bytes of a fragmented MP4 up to the end of its last complete fragment (moof + mdat
-    after the moov); 0 when it has none (ISO 14496-12 §4.2: size, type, [64-bit size])."""
+    after the moov); 0 when it has none."""
     end = pos = 0
     moov = moof = False
     with open(path, "rb") as handle:
@@ -377,9 +386,7 @@ def _playable_length(path: str) -> int:
         while pos + 8 <= total:
             handle.seek(pos)
             head = handle.read(16)
-            size, kind = int.from_bytes(head[:4], "big"), head[4:8]
-            if size == 1 and len(head) == 16:
-                size = int.from_bytes(head[8:16], "big")
+            size, kind = box_size(head), head[4:8]
             if size < 8 or pos + size > total:
                 break
             pos += size

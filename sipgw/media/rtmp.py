@@ -446,10 +446,15 @@ class RtmpPublisher:
         return bytes(out)
 
 
+MAX_STATUS_TEXT = 200  # of a server's reason, in a push's info and its log line
+
+
 def _status_text(values: list) -> str:
+    """The server's code and description, cut short and printable (it reaches logs)."""
     for value in values[2:]:
         if isinstance(value, dict) and ("code" in value or "description" in value):
-            return " ".join(str(value[k]) for k in ("code", "description") if value.get(k))
+            text = " ".join(str(value[k]) for k in ("code", "description") if value.get(k))
+            return "".join(c if c.isprintable() else "?" for c in text[:MAX_STATUS_TEXT])
     return "no reason given"
 
 

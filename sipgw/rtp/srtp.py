@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pylibsrtp import Error, Policy, Session
 
+# libsrtp keeps a stream (ROC, replay window) per inbound SSRC that authenticates: a peer
+# changing SSRC without end would grow the session without end. The oldest are dropped.
+MAX_INBOUND_SSRCS = 32
+
 PROFILES = {"AES_CM_128_HMAC_SHA1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
             "AES_CM_128_HMAC_SHA1_32": Policy.SRTP_PROFILE_AES128_CM_SHA1_32}
 
@@ -18,6 +22,21 @@ class SrtpContext:
                                    srtp_profile=profile))
         self._in = Session(Policy(key=remote_key, ssrc_type=Policy.SSRC_ANY_INBOUND,
                                   srtp_profile=profile))
+        self._in_ssrcs: dict[bytes, None] = {}  # inbound SSRCs with a libsrtp stream, oldest first
+
+    def _inbound(self, ssrc: bytes) -> None:
+        """An authentic packet of ``ssrc``: libsrtp holds a stream for it; past
+        MAX_INBOUND_SSRCS the oldest stream is removed."""
+        if ssrc in self._in_ssrcs:
+            return
+        self._in_ssrcs[ssrc] = None
+        if len(self._in_ssrcs) > MAX_INBOUND_SSRCS:
+            oldest = next(iter(self._in_ssrcs))
+            del self._in_ssrcs[oldest]
+            try:
+                self._in.remove_stream(int.from_bytes(oldest, "big"))
+            except Error:
+                pass
 
     def protect(self, data: bytes) -> bytes:
         return self._out.protect(data)
@@ -27,12 +46,16 @@ class SrtpContext:
 
     def unprotect(self, data: bytes) -> bytes | None:
         try:
-            return self._in.unprotect(data)
+            plain = self._in.unprotect(data)
         except (Error, ValueError):
             return None
+        self._inbound(plain[8:12])
+        return plain
 
     def unprotect_rtcp(self, data: bytes) -> bytes | None:
         try:
-            return self._in.unprotect_rtcp(data)
+            plain = self._in.unprotect_rtcp(data)
         except (Error, ValueError):
             return None
+        self._inbound(plain[4:8])
+        return plain

@@ -131,8 +131,8 @@ class RtpForwarder:
         # The header after its first 4 bytes (timestamp, SSRC, extensions), made once by
         # aiortc's serializer with the viewer's extension ids; per frame only the timestamp
         # and the abs-send-time bytes (found by serializing two values) change.
-        first, self.rest = self._serialized(0)[:4], bytearray(self._serialized(0)[4:])
-        self.byte0 = first[0]
+        header = self._serialized(0)
+        self.byte0, self.rest = header[0], bytearray(header[4:])
         other = self._serialized(0xFFFFFF)[4:]
         changed = [i for i in range(len(other)) if other[i] != self.rest[i]]
         self.abs_at = changed[0] if changed else None
@@ -177,10 +177,14 @@ class RtpForwarder:
         return True
 
     def retransmit(self, lost: list[int]) -> None:
-        """NACK (RFC 4585 §6.2.1): resend from the history, over RTX when negotiated."""
+        """NACK (RFC 4585 §6.2.1): resend from the history, over RTX when negotiated; each
+        sequence number once however often a NACK lists it, nothing while the socket is full
+        (a viewer's NACKs cannot make it send more than the history)."""
+        if self.egress.backlog() > self.max_backlog:
+            return
         p = self.params
         packets = []
-        for seq in lost:
+        for seq in dict.fromkeys(lost):
             entry = self.history[seq % HISTORY]
             if entry is None or entry[0] != seq:
                 continue

@@ -89,14 +89,22 @@ def test_ready_fires_at_the_first_segment():
     assert ready.called
 
 
-def _mux(tmp_path, timed, target=2.0, audio_only=False):
+def _started_job(store: SegmentStore, stream=None):
+    """An HLS job of ``stream`` (a video and PCMU one by default) into ``store``, running
+    on its worker thread with a fake arrival clock: (calls, stream, job, clock)."""
     calls = ThreadCalls()
-    stream = _stream(has_video=False) if audio_only else _stream()
-    clock = FakeClock()
-    store = SegmentStore(target, 100, 64 << 20)
+    stream = stream or _stream()
     job = HlsJob(calls, stream, store, queue_frames=5000)
+    clock = FakeClock()
     job.clock = clock
     job.start()
+    return calls, stream, job, clock
+
+
+def _mux(tmp_path, timed, target=2.0, audio_only=False):
+    store = SegmentStore(target, 100, 64 << 20)
+    calls, stream, job, clock = _started_job(
+        store, _stream(has_video=False) if audio_only else None)
     publish(stream, timed, clock, calls=calls)
     stream.end()
     calls.run_until(lambda: job.finished, what="the HLS job to end")
@@ -148,6 +156,8 @@ def test_the_first_playlist_request_starts_muxing_and_idleness_stops_it():
     assert manager.part("s1", "seg-0.m4s") == live.store.segment(0).data
     assert manager.part("s1", "seg-99.m4s") is None
     assert manager.part("s1", "../x") is None
+    assert manager.part("s1", "seg-\u00b2.m4s") is None  # a digit to isdigit(), not to int()
+    assert manager.part("s1", "seg-" + "9" * 5000 + ".m4s") is None
     calls.advance(9)
     manager.part("s1", "seg-0.m4s")  # a request: the job goes on
     calls.advance(9)
@@ -188,13 +198,8 @@ def test_a_stream_published_again_goes_on_after_a_discontinuity():
 def test_a_segment_past_its_target_asks_for_a_keyframe():
     """With keyframes 3 s apart and a 1 s target, the job asks the source for a keyframe
     once per overlong segment."""
-    calls = ThreadCalls()
-    stream = _stream()
     store = SegmentStore(1.0, 10, 1 << 20)
-    job = HlsJob(calls, stream, store, queue_frames=5000)
-    clock = FakeClock()
-    job.clock = clock
-    job.start()
+    calls, stream, job, clock = _started_job(store)
     before = stream.keyframe_requests  # the subscription's own
     publish(stream, frames(6.0, gop=75), clock, calls=calls)
     stream.end()
@@ -217,13 +222,8 @@ def test_a_segment_is_listed_once_its_last_fragment_is_out_not_a_gop_later():
     """With a keyframe every second and a 1 s target, frames up to 2.5 s give two segments
     (0-1 s, 1-2 s): the second is listed once the keyframe at 2 s ends it (and the AAC
     encoder's delay has passed), not at the keyframe at 3 s."""
-    calls = ThreadCalls()
-    stream = _stream()
     store = SegmentStore(1.0, 10, 1 << 20)
-    job = HlsJob(calls, stream, store, queue_frames=5000)
-    clock = FakeClock()
-    job.clock = clock
-    job.start()
+    calls, stream, job, clock = _started_job(store)
     publish(stream, [(at, f) for at, f in frames(4.0) if at < 2.5], clock, calls=calls)
     calls.run_until(lambda: len(store.segments) >= 2, timeout=10, what="two segments")
     assert [s.duration for s in store.segments] == pytest.approx([1.0, 1.0], abs=0.07)

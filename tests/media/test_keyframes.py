@@ -55,8 +55,10 @@ def test_off_and_audio_only():
     audio = Stream("a", has_video=False)
     asked = []
     audio._on_keyframe_request = lambda: asked.append("a")
+    video = Stream("v")  # its requests land in ``asked`` too: "off" is checked, not assumed
+    video._on_keyframe_request = lambda: asked.append("v")
     off = PeriodicKeyframes(clock, 0)
-    off.hold(Stream("v"))
+    off.hold(video)
     on = PeriodicKeyframes(clock, 5)
     on.hold(audio)
     clock.advance(20)

@@ -249,10 +249,8 @@ def test_push_started_muted_sends_silent_aac_until_unmuted():
         server.stop()
 
 
-def test_push_sound_on_plays_the_file_looped_instead_of_the_call(tmp_path):
-    """sound_on: a 0.3 s 1000 Hz sound file (decoded with PyAV on the push's worker) is
-    played looped in place of the call's 440 Hz audio; sound_off brings the call back."""
-    path = tmp_path / "sample.wav"
+def _tone_wav(path):
+    """A 0.3 s 1000 Hz mono WAV at 8 kHz written at ``path``."""
     with av.open(str(path), "w") as out:
         audio = out.add_stream("pcm_s16le", rate=8000, layout="mono")
         tone = (numpy.sin(2 * numpy.pi * 1000 * numpy.arange(2400) / 8000) * 16000)
@@ -263,6 +261,23 @@ def test_push_sound_on_plays_the_file_looped_instead_of_the_call(tmp_path):
             out.mux(packet)
         for packet in audio.encode(None):
             out.mux(packet)
+    return path
+
+
+def test_a_sound_file_over_its_size_bound_is_refused_before_decoding(tmp_path):
+    """SoundLoop refuses a file larger than ``max_bytes`` (ValueError, which the push turns
+    into silence) without opening it; within the bound it decodes 0.3 s at the rate asked."""
+    from sipgw.media.audio import SoundLoop
+    path = _tone_wav(tmp_path / "sample.wav")
+    with pytest.raises(ValueError, match="over"):
+        SoundLoop(str(path), 16000, max_bytes=100)
+    assert abs(len(SoundLoop(str(path), 16000).samples) - 4800) < 100
+
+
+def test_push_sound_on_plays_the_file_looped_instead_of_the_call(tmp_path):
+    """sound_on: a 0.3 s 1000 Hz sound file (decoded with PyAV on the push's worker) is
+    played looped in place of the call's 440 Hz audio; sound_off brings the call back."""
+    path = _tone_wav(tmp_path / "sample.wav")
     server = FakeRtmpServer()
     calls = ThreadCalls()
     stream = _stream()

@@ -6,7 +6,8 @@ import pytest
 
 from fake_rtmp import FakeRtmpServer, wait
 from sipgw.media import flv
-from sipgw.media.rtmp import RtmpError, RtmpPublisher, _chunks, _ChunkReader, redact, target
+from sipgw.media.rtmp import (MAX_STATUS_TEXT, RtmpError, RtmpPublisher, _chunks, _ChunkReader,
+                              _status_text, redact, target)
 
 
 def test_target_from_an_application_url_and_a_stream_name():
@@ -226,3 +227,12 @@ def test_a_trickled_handshake_is_bounded_by_the_timeout_in_total():
     finally:
         server.stop()
         thread.join(3)
+
+
+def test_a_servers_reason_is_cut_short_and_printable():
+    """A status description of a megabyte with control characters reaches the push's info
+    and log line as at most MAX_STATUS_TEXT printable characters."""
+    text = _status_text(["onStatus", 0, None, {"code": "NetStream.Publish.BadName",
+                                              "description": "x\r\n" * 500_000}])
+    assert len(text) == MAX_STATUS_TEXT and text.isprintable()
+    assert text.startswith("NetStream.Publish.BadName x??x")

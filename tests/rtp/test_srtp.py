@@ -4,7 +4,7 @@ import secrets
 import pytest
 
 from sipgw.rtp.packet import ReceiverReport, RtpPacket
-from sipgw.rtp.srtp import SrtpContext
+from sipgw.rtp.srtp import MAX_INBOUND_SSRCS, SrtpContext
 
 
 @pytest.mark.parametrize("suite,tag", [("AES_CM_128_HMAC_SHA1_80", 10),
@@ -61,3 +61,24 @@ def test_a_secured_session_counts_media_and_auth_failures_and_sends_srtp(tmp_pat
     session.endpoints["audio"].report()  # RTCP RR + SDES: SRTCP
     rtcp, = [data for data, addr in clock.udp_ports[ports["audio"] + 1].written]
     assert peer.unprotect_rtcp(rtcp) is not None  # plain RTCP would fail its check
+
+
+def test_inbound_streams_are_bounded_oldest_first():
+    """libsrtp's per-SSRC inbound state is bounded: past MAX_INBOUND_SSRCS authentic SSRCs
+    the oldest stream is removed, and that SSRC, if it comes back, still unprotects."""
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    a_key, b_key = secrets.token_bytes(30), secrets.token_bytes(30)
+    a, b = SrtpContext(suite, a_key, b_key), SrtpContext(suite, b_key, a_key)
+    removed = []
+    remove = b._in.remove_stream
+    b._in.remove_stream = lambda ssrc: (removed.append(ssrc), remove(ssrc))
+
+    def packet(ssrc, seq=1):
+        return a.protect(bytes(RtpPacket(payload_type=0, sequence_number=seq, timestamp=0,
+                                         ssrc=ssrc, payload=b"\x55" * 20)))
+    for ssrc in range(1, MAX_INBOUND_SSRCS + 11):
+        assert b.unprotect(packet(ssrc)) is not None
+    assert removed == list(range(1, 11)) and len(b._in_ssrcs) == MAX_INBOUND_SSRCS
+    assert b.unprotect(packet(1, seq=2)) is not None
+    report = bytes(ReceiverReport(MAX_INBOUND_SSRCS + 10, []))  # a known SSRC: nothing removed
+    assert b.unprotect_rtcp(a.protect_rtcp(report)) == report and len(removed) == 11

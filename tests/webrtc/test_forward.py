@@ -113,6 +113,22 @@ def test_nack_resends_over_rtx_and_a_full_socket_refuses_the_frame():
     assert not forwarder.forward(MediaFrame("video", "H264", 90000, 3000, data, key))
 
 
+def test_a_nack_resends_each_packet_once_and_nothing_into_a_full_socket():
+    """A NACK listing one sequence number 1000 times resends it once; with the socket's
+    backlog over the bound, a NACK resends nothing."""
+    egress = CollectingEgress()
+    forwarder, _ = _forwarder(egress)
+    data, key = h264_access_units(1)[0]
+    forwarder.forward(MediaFrame("video", "H264", 90000, 0, data, key))
+    sent = len(egress.packets)
+    seq = RtpPacket.parse(egress.packets[0], Params().extensions).sequence_number
+    forwarder.retransmit([seq] * 1000)
+    assert len(egress.packets) == sent + 1 and forwarder.retransmitted == 1
+    egress.backlog_bytes = 1001
+    forwarder.retransmit([seq])
+    assert len(egress.packets) == sent + 1 and forwarder.retransmitted == 1
+
+
 def test_aiortc_receivers_decode_what_the_fast_path_sends(monkeypatch):
     """Over loopback, an aiortc peer connection decodes the forwarded H264 at its size and
     gets PCMU audio; a NACK from it is answered from the history."""
