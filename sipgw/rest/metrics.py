@@ -8,7 +8,8 @@ import json
 from twisted.web import resource
 
 from sipgw.policy import AccessPolicy, Denied
-from sipgw.rest.errors import error_body
+from sipgw.rest.admission import admit
+from sipgw.rest.errors import ApiError, write_error
 
 
 class _Guarded(resource.Resource):
@@ -22,17 +23,14 @@ class _Guarded(resource.Resource):
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"Allow", b"GET, HEAD")
             method = request.method.decode("ascii", "replace")
-            return json_answer(request, 405, error_body(f"{method} not allowed: GET only"))
+            return write_error(request, ApiError(405, f"{method} not allowed: GET only"))
         return self.render_GET(request)
 
     def render_GET(self, request) -> bytes:
-        host = getattr(request.getClientAddress(), "host", "")
         try:
-            self._access.check(host, request.getHeader(b"authorization"), "metrics")
+            admit(request, self._access, "metrics")
         except Denied as denied:
-            if denied.code == 401:
-                request.setHeader(b"WWW-Authenticate", b'Bearer realm="sipgw"')
-            return json_answer(request, denied.code, error_body(denied.message))
+            return write_error(request, denied)
         request.setHeader(b"Cache-Control", b"no-store")
         return self.answer(request)
 

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from sipgw.policy import AccessPolicy, Denied, route_scope
+from sipgw.rest.admission import admit, cors
 from sipgw.rest.errors import ApiError, BadRequest, error_body, error_response
 
 MAX_BODY = 64 * 1024
@@ -132,10 +133,8 @@ class RestResource(resource.Resource):
             request.finish()  # a returned b"" would add Content-Length, not allowed on a 204
             return server.NOT_DONE_YET
         try:
-            self._admit(request, path)
+            admit(request, self._access, route_scope(path))
         except Denied as denied:
-            if denied.code == 401:
-                request.setHeader(b"WWW-Authenticate", b'Bearer realm="sipgw"')
             return self._fail(request, method, path, Failure(ApiError(denied.code, denied.message)))
         handler = self._routes.get(path)
         if handler is None:
@@ -159,10 +158,6 @@ class RestResource(resource.Resource):
             self._answer_later(request, method, path, defer.ensureDeferred(result))
             return server.NOT_DONE_YET
         return self._succeed(request, method, path, result)
-
-    def _admit(self, request: server.Request, path: str) -> None:
-        host = getattr(request.getClientAddress(), "host", "")
-        self._access.check(host, request.getHeader(b"authorization"), route_scope(path))
 
     def _read_body(self, request: server.Request) -> dict:
         declared = request.getHeader(b"content-length")
@@ -238,12 +233,7 @@ class RestResource(resource.Resource):
         payload: bytes | None,
     ) -> bytes:
         request.setResponseCode(code)
-        origin = self._access.allowed_origin(request.getHeader(b"origin"))
-        request.setHeader(b"Vary", b"Origin")
-        if origin is not None:  # CORS only for the configured origins
-            request.setHeader(b"Access-Control-Allow-Origin", origin)
-            request.setHeader(b"Access-Control-Allow-Methods", ALLOW_METHODS)
-            request.setHeader(b"Access-Control-Allow-Headers", ALLOW_HEADERS)
+        cors(request, self._access, methods=ALLOW_METHODS, headers=ALLOW_HEADERS)
         if payload is None:
             # An empty answer must not get twisted.web's text/html default.
             request.defaultContentType = None
