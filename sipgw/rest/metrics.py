@@ -13,10 +13,13 @@ from sipgw.rest.errors import ApiError, write_error
 
 
 class _Guarded(resource.Resource):
+    """GET of what ``source`` reports, for an admitted client; ``answer`` says how."""
+
     isLeaf = True
 
-    def __init__(self, access: AccessPolicy) -> None:
+    def __init__(self, source, access: AccessPolicy) -> None:
         super().__init__()
+        self._source = source
         self._access = access
 
     def render(self, request) -> bytes:
@@ -41,12 +44,8 @@ class _Guarded(resource.Resource):
 class MetricsResource(_Guarded):
     """``metrics.exposition()`` -> (content type, body), at each scrape."""
 
-    def __init__(self, metrics, access: AccessPolicy) -> None:
-        super().__init__(access)
-        self._metrics = metrics
-
     def answer(self, request) -> bytes:
-        content_type, body = self._metrics.exposition()
+        content_type, body = self._source.exposition()
         request.setHeader(b"Content-Type", content_type)
         return body
 
@@ -54,12 +53,8 @@ class MetricsResource(_Guarded):
 class HealthResource(_Guarded):
     """``health.report()`` -> (200 or 503, JSON body)."""
 
-    def __init__(self, health, access: AccessPolicy) -> None:
-        super().__init__(access)
-        self._health = health
-
     def answer(self, request) -> bytes:
-        return json_answer(request, *self._health.report())
+        return json_answer(request, *self._source.report())
 
 
 def json_answer(request, code: int, body: dict) -> bytes:
