@@ -237,8 +237,9 @@ def wss_options(certificate: str, private_key: str):
 
 
 def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService,
-                    hooks=None) -> None:
-    """Websocket signalling for players: ws on ws_port, wss when a certificate is set."""
+                    hooks=None, tls=None) -> None:
+    """Websocket signalling for players: ws on ws_port, wss when a certificate is set
+    (``tls``: its ``wss_options``, when the caller has them already)."""
     from .webrtc.viewer import pin_ice_host
     from .ws.signalling import SignallingFactory
     pin_ice_host(config.webrtc_ice_address)
@@ -248,7 +249,7 @@ def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService
     ws.setName("ws")
     ws.setServiceParent(parent)
     if config.wss_certificate:
-        options = wss_options(config.wss_certificate, config.wss_private_key)
+        options = tls or wss_options(config.wss_certificate, config.wss_private_key)
         wss = internet.SSLServer(config.wss_port, factory, options,
                                  interface=config.ws_bind_address, reactor=reactor)
         wss.setName("wss")
@@ -279,13 +280,14 @@ def make_service(config, reactor) -> service.MultiService:
     rest.setName("rest")
     rest.setServiceParent(top)
     health.parts.update(sip=lambda: ua.transport.listening, rest=lambda: rest.running)
+    tls = None
     if config.wss_certificate:  # https REST (WCS https.port) with the wss certificate
-        options = wss_options(config.wss_certificate, config.wss_private_key)
-        https = internet.SSLServer(config.https_port, site, options,
+        tls = wss_options(config.wss_certificate, config.wss_private_key)  # read once, for both
+        https = internet.SSLServer(config.https_port, site, tls,
                                    interface=config.rest_bind_address, reactor=reactor)
         https.setName("https")
         https.setServiceParent(top)
-    make_signalling(config, ua, reactor, top, hooks.hooks)
+    make_signalling(config, ua, reactor, top, hooks.hooks, tls)
     from .policy import AccessPolicy
     from .rest.whep import WhepResource
     whep = WhepResource(ua.streams, top.signalling, config, AccessPolicy.from_config(config))
