@@ -6,7 +6,7 @@ import os
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.logger import FilteringLogObserver, Logger, PredicateResult, globalLogPublisher
-from twisted.web import resource, server, static
+from twisted.web import resource, static
 
 from .rtp.ports import PortPool
 from .sip.transport import PEM_CERTIFICATE
@@ -290,14 +290,16 @@ def make_service(config, reactor) -> service.MultiService:
     make_signalling(config, ua, reactor, top, hooks.hooks, tls)
     from .policy import AccessPolicy
     from .rest.whep import WhepResource
-    whep = WhepResource(ua.streams, top.signalling, config, AccessPolicy.from_config(config))
+    access = AccessPolicy.from_config(config)
+    whep = WhepResource(ua.streams, top.signalling, config, access)
     site.resource.putChild(b"whep", whep)  # WHEP players, counted with the websocket's
     viewers["websocket"] = lambda: top.signalling.viewer_count() - len(whep.sessions)
     viewers["whep"] = lambda: len(whep.sessions)
     from .rest.hls import HlsResource
-    hls = internet.TCPServer(config.hls_port, server.Site(HlsResource(
-        media.hls, AccessPolicy.from_config(config))), interface=config.hls_bind_address,
-        reactor=reactor)
+    # RestSite as on the REST port: a body is refused unread, no access-log line per segment
+    hls_site = RestSite(HlsResource(media.hls, access), max_body=config.rest_max_body)
+    hls = internet.TCPServer(config.hls_port, hls_site, interface=config.hls_bind_address,
+                             reactor=reactor)
     hls.setName("hls")
     hls.setServiceParent(top)  # a listener: closed in the first step of _stop
     HealthService(health).setServiceParent(top)  # added last: stopped first
