@@ -43,6 +43,9 @@ ALLOW_METHODS = b"POST, OPTIONS"
 ALLOW_GET_METHODS = b"GET, POST, OPTIONS"
 ALLOW_HEADERS = b"Authorization, Content-Type"
 JSON_TYPE = b"application/json"
+# Seconds a connection may sit idle (kept alive, or sending its request slowly) before it is
+# closed; twisted.web's default is 12 hours, one socket each for whoever opens many.
+IDLE_TIMEOUT = 60
 _MAX_LOGGED_PATH = 200
 
 _log = Logger(namespace="sipgw.rest")
@@ -293,9 +296,11 @@ class LimitedRequest(server.Request):
 
 class RestSite(server.Site):
     """The Site for the REST API and the pages: bodies capped at ``max_body`` before they are
-    read; no access log (the REST layer logs one line per request itself)."""
+    read; idle connections closed after ``IDLE_TIMEOUT`` s (``timeout=``); no access log (the
+    REST layer logs one line per request itself)."""
 
     def __init__(self, root, max_body: int = MAX_BODY, **kwargs: Any) -> None:
+        kwargs.setdefault("timeout", IDLE_TIMEOUT)
         super().__init__(root, **kwargs)
         self.requestFactory = type("Request", (LimitedRequest,), {"max_body": max_body})
 

@@ -15,7 +15,7 @@ from sipgw.rest.calls import CallApi
 from sipgw.rest.openapi import OpenApi
 from sipgw.rest.push import PushApi
 from sipgw.rest.recorder import RecorderApi
-from sipgw.rest.router import MAX_BODY, RestResource, RestSite, Router
+from sipgw.rest.router import IDLE_TIMEOUT, MAX_BODY, RestResource, RestSite, Router
 from sipgw.rest.streams import StreamApi
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40312)
@@ -216,6 +216,20 @@ def test_body_limit_is_a_setting():
     """rest_max_body caps the body in the Site the daemon builds."""
     assert Config().rest_max_body == MAX_BODY
     assert RestSite(None, max_body=10).requestFactory.max_body == 10
+
+
+def test_an_idle_connection_is_closed_after_idle_timeout():
+    """A client that opens a connection and sends nothing (or stops mid-request) holds its
+    socket for IDLE_TIMEOUT seconds, not twisted.web's 12 hours."""
+    from twisted.web.resource import Resource
+    clock = Clock()
+    site = RestSite(Resource(), reactor=clock)
+    transport = StringTransport(peerAddress=STRANGER)
+    site.buildProtocol(STRANGER).makeConnection(transport)
+    clock.advance(IDLE_TIMEOUT - 1)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
 
 
 def test_token_parsing_names_the_setting_never_the_token():
