@@ -289,9 +289,14 @@ class LimitedRequest(server.Request):
                         b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
                         % (len(payload), payload))
         transport.loseConnection()
+        # The body is refused before requestReceived: method and uri are not set yet; the
+        # request line is still the channel's.  The query is left out of the log.
+        method = getattr(self.channel, "_command", self.method)
+        uri = getattr(self.channel, "_path", self.uri)
         _log.info("{method} {path} -> 413 (body over {limit} bytes, not read)",
-                  method=self.method.decode("ascii", "replace"),
-                  path=_loggable(self.uri.decode("utf-8", "replace")), limit=self.max_body)
+                  method=method.decode("ascii", "replace"),
+                  path=_loggable(uri.split(b"?")[0].decode("utf-8", "replace")),
+                  limit=self.max_body)
 
 
 class RestSite(server.Site):

@@ -194,6 +194,17 @@ def test_300_mb_post_is_413_before_the_body_is_read(expect):
     assert api.ran == 0
 
 
+def test_the_413_log_line_names_the_request_without_its_query(logs):
+    """The body is refused before twisted.web has set the request's method and URI: the log
+    line still says which request it was, and leaves the query string (a token?) out."""
+    protocol, transport, made = _connect(_Recorded())
+    head = _head(f"Content-Length: {MAX_BODY + 1}\r\n").replace(b"/rest-api/do",
+                                                                   b"/rest-api/do?token=s3cret")
+    protocol.dataReceived(head)
+    assert "POST /rest-api/do -> 413 (body over" in logs.everything()
+    assert "s3cret" not in logs.everything()
+
+
 def test_chunked_body_is_cut_at_the_limit():
     """A chunked body is refused once it passes 64 KiB: at most 64 KiB is ever stored."""
     api = _Recorded()
