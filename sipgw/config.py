@@ -29,53 +29,82 @@ class ConfigError(ValueError):
     """A settings file or override that cannot be used; the message names the key."""
 
 
+# The bound of an int setting, declared with its default (``max_calls: int = not_negative(200)``)
+# and checked by ``Config.__post_init__``: a new setting cannot be left out of the check.
+_BOUNDS = {
+    "port": (lambda value: 0 <= value <= 65535,
+             "{name}={value}: a port must be between 0 and 65535"),
+    "positive": (lambda value: value > 0, "{name} must be positive"),
+    "not_negative": (lambda value: value >= 0, "{name} must not be negative"),
+}
+
+
+def _bounded(kind: str, default: int):
+    return dataclasses.field(default=default, metadata={"bound": kind})
+
+
+def port(default: int):
+    """A port, 0 to 65535 (0: any free one)."""
+    return _bounded("port", default)
+
+
+def positive(default: int):
+    """A count, size or duration that must be above 0."""
+    return _bounded("positive", default)
+
+
+def not_negative(default: int):
+    """A count, size or duration where 0 is allowed (often: no limit, or off)."""
+    return _bounded("not_negative", default)
+
+
 @dataclass(frozen=True)
 class Config:
     # REST API and websocket
     rest_bind_address: str = "127.0.0.1"
-    rest_port: int = 8081
-    https_port: int = 8444
+    rest_port: int = port(8081)
+    https_port: int = port(8444)
     rest_cors_origin: str = "loopback"
     rest_auth_tokens: str = ""
     trusted_networks: str = "127.0.0.0/8,::1/128"
-    rest_max_body: int = 65536
-    ws_port: int = 8080
+    rest_max_body: int = positive(65536)
+    ws_port: int = port(8080)
     ws_bind_address: str = "127.0.0.1"
-    wss_port: int = 8443
+    wss_port: int = port(8443)
     wss_certificate: str = ""
     wss_private_key: str = ""
     ws_auth_tokens: str = ""
-    ws_connection_timeout: int = 10
-    keep_alive_server_interval: int = 5000
-    keep_alive_probes: int = 10
+    ws_connection_timeout: int = not_negative(10)
+    keep_alive_server_interval: int = not_negative(5000)
+    keep_alive_probes: int = not_negative(10)
     webrtc_ice_address: str = ""
     webrtc_ice_servers: str = ""
     # SIP user agent
     sip_bind_address: str = "0.0.0.0"
-    sip_local_port: int = 5070
+    sip_local_port: int = port(5070)
     sip_address: str = ""
     sip_use_tcp_transport: bool = False
-    sip_register_expires: int = 3600
-    sip_ring_timeout: int = 120
-    sip_max_message_size: int = 65535
+    sip_register_expires: int = positive(3600)
+    sip_ring_timeout: int = not_negative(120)
+    sip_max_message_size: int = positive(65535)
     sip_user_agent: str = "sipgw/0.1"
     sip_answer_unsolicited: bool = True
     sip_hold_direction: str = "sendonly"
-    sip_max_server_transactions: int = 10000
-    sip_max_requests_per_source: int = 2000
-    call_retention: int = 60
-    call_retention_max: int = 1000
-    call_find_limit: int = 200
-    shutdown_timeout: int = 10
+    sip_max_server_transactions: int = positive(10000)
+    sip_max_requests_per_source: int = not_negative(2000)
+    call_retention: int = not_negative(60)
+    call_retention_max: int = not_negative(1000)
+    call_find_limit: int = positive(200)
+    shutdown_timeout: int = not_negative(10)
     # media
     media_address: str = ""
-    media_port_from: int = 31000
-    media_port_to: int = 31999
-    rtp_activity_timeout: int = 60
-    rtp_probation_packets: int = 3
-    rtp_max_packets_per_second: int = 2000
-    stream_gop_cache_max_bytes: int = 8388608
-    sink_queue_max_bytes: int = 4194304
+    media_port_from: int = port(31000)
+    media_port_to: int = port(31999)
+    rtp_activity_timeout: int = not_negative(60)
+    rtp_probation_packets: int = positive(3)
+    rtp_max_packets_per_second: int = positive(2000)
+    stream_gop_cache_max_bytes: int = positive(8388608)
+    sink_queue_max_bytes: int = positive(4194304)
     rtp_session_init_always: bool = False
     sip_srtp: str = "off"
     sip_single_route_only: bool = False
@@ -83,40 +112,40 @@ class Config:
     record_dir: str = "/var/lib/sipgw/records"
     record_file_template: str = "{streamName}-{startTimeMillis}"
     sip_record_stream: bool = False
-    record_min_free_space_mb: int = 100
-    record_max_size_mb: int = 0
-    record_max_duration: int = 0
+    record_min_free_space_mb: int = not_negative(100)
+    record_max_size_mb: int = not_negative(0)
+    record_max_duration: int = not_negative(0)
     record_rotation: str = "disabled"
-    rtmp_reconnect_delay: int = 1
-    rtmp_reconnect_max_delay: int = 30
-    rtmp_timeout: int = 10
+    rtmp_reconnect_delay: int = not_negative(1)
+    rtmp_reconnect_max_delay: int = not_negative(30)
+    rtmp_timeout: int = not_negative(10)
     sound_dir: str = "/var/lib/sipgw/media"
     periodic_fir_request: bool = True
-    periodic_fir_request_interval: int = 5000
+    periodic_fir_request_interval: int = positive(5000)
     # HLS (sipgw/media/hls.py)
     hls_bind_address: str = "127.0.0.1"
-    hls_port: int = 8082
-    hls_target_duration: int = 2
-    hls_segments: int = 6
-    hls_max_bytes: int = 33554432
-    hls_idle_timeout: int = 20
+    hls_port: int = port(8082)
+    hls_target_duration: int = positive(2)
+    hls_segments: int = positive(6)
+    hls_max_bytes: int = positive(33554432)
+    hls_idle_timeout: int = positive(20)
     # egress policy and quotas
     sip_egress_allow: str = ""
     sip_egress_deny: str = egress.DEFAULT_DENY
     rtmp_egress_allow: str = ""
     rtmp_egress_deny: str = egress.DEFAULT_DENY
-    max_calls: int = 200
-    max_calls_per_account: int = 50
-    max_pushes: int = 20
-    max_recordings: int = 50
-    dtmf_max_digits: int = 32
-    dtmf_digits_per_second: int = 10
-    max_viewers_per_stream: int = 100
-    max_viewers_per_connection: int = 10
+    max_calls: int = not_negative(200)
+    max_calls_per_account: int = not_negative(50)
+    max_pushes: int = not_negative(20)
+    max_recordings: int = not_negative(50)
+    dtmf_max_digits: int = positive(32)
+    dtmf_digits_per_second: int = not_negative(10)
+    max_viewers_per_stream: int = not_negative(100)
+    max_viewers_per_connection: int = not_negative(10)
     # SIP over TCP
-    sip_max_tcp_connections: int = 1000
-    sip_tcp_idle_timeout: int = 300
-    sip_tcp_message_timeout: int = 30
+    sip_max_tcp_connections: int = not_negative(1000)
+    sip_tcp_idle_timeout: int = not_negative(300)
+    sip_tcp_message_timeout: int = not_negative(30)
     # SIP over TLS (client side: sips: and ;transport=tls destinations)
     sip_tls_ca_file: str = ""
     sip_tls_certificate: str = ""
@@ -129,9 +158,9 @@ class Config:
     sip_session_expires: int = 1800
     sip_min_se: int = 90
     # 3xx redirects followed per call (RFC 3261 §8.1.3.4); 0: none
-    sip_max_redirects: int = 5
+    sip_max_redirects: int = not_negative(5)
     # NAT keep-alive: seconds between keep-alives to the registrar while registered; 0: none
-    sip_keepalive_interval: int = 0
+    sip_keepalive_interval: int = not_negative(0)
     # what the keep-alive is: options (an OPTIONS request), crlf (RFC 5626 §4.4: double
     # CRLF on TCP/TLS, a STUN Binding request on UDP), off
     sip_nat_keepalive: str = "options"
@@ -139,19 +168,15 @@ class Config:
     sip_nat_rewrite_contact: bool = False
     # REST hooks: the application server of each appKey (sipgw/hooks.py)
     rest_apps: str = ""
-    rest_request_timeout: int = 5
-    rest_max_connections: int = 20
-    rest_queue_size: int = 1000
+    rest_request_timeout: int = not_negative(5)
+    rest_max_connections: int = positive(20)
+    rest_queue_size: int = positive(1000)
     rest_hook_failure_allows: bool = False
     rest_egress_allow: str = ""
     rest_egress_deny: str = egress.DEFAULT_DENY
 
     def __post_init__(self):
-        for name in ("rest_port", "https_port", "ws_port", "wss_port", "hls_port", "sip_local_port",
-                     "media_port_from", "media_port_to"):
-            value = getattr(self, name)
-            if not 0 <= value <= 65535:
-                raise ConfigError(f"{name}={value}: a port must be between 0 and 65535")
+        self._check_bounds("port")
         if self.sip_hold_direction not in ("sendonly", "inactive"):
             raise ConfigError("sip_hold_direction must be sendonly or inactive")
         if self.sip_nat_keepalive not in ("options", "crlf", "off"):
@@ -164,26 +189,8 @@ class Config:
             raise ConfigError("wss_certificate and wss_private_key go together")
         if self.media_port_from > self.media_port_to - 1:
             raise ConfigError("media_port_from must be below media_port_to")
-        for name in ("sip_register_expires", "sip_max_message_size", "rest_max_body",
-                     "sip_max_server_transactions", "dtmf_max_digits", "rtp_probation_packets",
-                     "rtp_max_packets_per_second", "stream_gop_cache_max_bytes",
-                     "sink_queue_max_bytes", "rest_max_connections",
-                     "periodic_fir_request_interval", "rest_queue_size",
-                     "call_find_limit", "hls_target_duration", "hls_segments",
-                     "hls_max_bytes", "hls_idle_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        for name in ("call_retention", "call_retention_max", "shutdown_timeout",
-                     "sip_ring_timeout", "rtp_activity_timeout",
-                     "ws_connection_timeout", "keep_alive_server_interval",
-                     "keep_alive_probes", "max_calls", "max_calls_per_account", "max_pushes",
-                     "max_recordings", "dtmf_digits_per_second", "max_viewers_per_stream",
-                     "max_viewers_per_connection", "sip_max_tcp_connections",
-                     "sip_tcp_idle_timeout", "sip_tcp_message_timeout", "sip_max_requests_per_source",
-                     "record_min_free_space_mb", "record_max_size_mb", "record_max_duration",
-                     "rest_request_timeout", "sip_max_redirects", "sip_keepalive_interval"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative")
+        self._check_bounds("positive")
+        self._check_bounds("not_negative")
         try:
             networks = policy.parse_networks(self.trusted_networks)
             rest_tokens = policy.parse_tokens(self.rest_auth_tokens)
@@ -207,6 +214,15 @@ class Config:
             parse_servers(self.sip_dns_servers)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+
+    def _check_bounds(self, kind: str) -> None:
+        allowed, message = _BOUNDS[kind]
+        for item in dataclasses.fields(self):
+            if item.metadata.get("bound") == kind:
+                value = getattr(self, item.name)
+                if not allowed(value):
+                    raise ConfigError(message.format(name=item.name, value=value))
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -6,7 +6,7 @@ import os
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.logger import FilteringLogObserver, Logger, PredicateResult, globalLogPublisher
-from twisted.web import resource, server, static
+from twisted.web import resource, static
 
 from .rtp.ports import PortPool
 from .sip.transport import PEM_CERTIFICATE
@@ -237,8 +237,9 @@ def wss_options(certificate: str, private_key: str):
 
 
 def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService,
-                    hooks=None) -> None:
-    """Websocket signalling for players: ws on ws_port, wss when a certificate is set."""
+                    hooks=None, tls=None) -> None:
+    """Websocket signalling for players: ws on ws_port, wss when a certificate is set
+    (``tls``: its ``wss_options``, when the caller has them already)."""
     from .webrtc.viewer import pin_ice_host
     from .ws.signalling import SignallingFactory
     pin_ice_host(config.webrtc_ice_address)
@@ -248,7 +249,7 @@ def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService
     ws.setName("ws")
     ws.setServiceParent(parent)
     if config.wss_certificate:
-        options = wss_options(config.wss_certificate, config.wss_private_key)
+        options = tls or wss_options(config.wss_certificate, config.wss_private_key)
         wss = internet.SSLServer(config.wss_port, factory, options,
                                  interface=config.ws_bind_address, reactor=reactor)
         wss.setName("wss")
@@ -279,23 +280,26 @@ def make_service(config, reactor) -> service.MultiService:
     rest.setName("rest")
     rest.setServiceParent(top)
     health.parts.update(sip=lambda: ua.transport.listening, rest=lambda: rest.running)
+    tls = None
     if config.wss_certificate:  # https REST (WCS https.port) with the wss certificate
-        options = wss_options(config.wss_certificate, config.wss_private_key)
-        https = internet.SSLServer(config.https_port, site, options,
+        tls = wss_options(config.wss_certificate, config.wss_private_key)  # read once, for both
+        https = internet.SSLServer(config.https_port, site, tls,
                                    interface=config.rest_bind_address, reactor=reactor)
         https.setName("https")
         https.setServiceParent(top)
-    make_signalling(config, ua, reactor, top, hooks.hooks)
+    make_signalling(config, ua, reactor, top, hooks.hooks, tls)
     from .policy import AccessPolicy
     from .rest.whep import WhepResource
-    whep = WhepResource(ua.streams, top.signalling, config, AccessPolicy.from_config(config))
+    access = AccessPolicy.from_config(config)
+    whep = WhepResource(ua.streams, top.signalling, config, access)
     site.resource.putChild(b"whep", whep)  # WHEP players, counted with the websocket's
     viewers["websocket"] = lambda: top.signalling.viewer_count() - len(whep.sessions)
     viewers["whep"] = lambda: len(whep.sessions)
     from .rest.hls import HlsResource
-    hls = internet.TCPServer(config.hls_port, server.Site(HlsResource(
-        media.hls, AccessPolicy.from_config(config))), interface=config.hls_bind_address,
-        reactor=reactor)
+    # RestSite as on the REST port: a body is refused unread, no access-log line per segment
+    hls_site = RestSite(HlsResource(media.hls, access), max_body=config.rest_max_body)
+    hls = internet.TCPServer(config.hls_port, hls_site, interface=config.hls_bind_address,
+                             reactor=reactor)
     hls.setName("hls")
     hls.setServiceParent(top)  # a listener: closed in the first step of _stop
     HealthService(health).setServiceParent(top)  # added last: stopped first

@@ -18,21 +18,25 @@ def _pem_key(key) -> bytes:
 
 
 class TestCA:
-    """A self-signed root; ``issue(names, directory, stem)`` writes stem.pem and stem.key for
+    """A self-signed root, or with ``parent`` an intermediate CA it signs (written to
+    directory/ca.pem); ``issue(names, directory, stem)`` writes stem.pem and stem.key for
     a leaf naming ``names`` (DNS names and IP addresses) and returns their paths."""
 
     __test__ = False
 
-    def __init__(self, directory, name="sipgw Test CA"):
+    def __init__(self, directory, name="sipgw Test CA", parent: "TestCA | None" = None):
         self.key = ec.generate_private_key(ec.SECP256R1())
-        self.cert = self._sign(_name(name), self.key.public_key(), ca=True)
+        if parent is None:
+            self.cert = self._sign(_name(name), self.key.public_key(), ca=True, root=True)
+        else:
+            self.cert = parent._sign(_name(name), self.key.public_key(), ca=True)
         self.path = directory / "ca.pem"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def _sign(self, subject, public_key, ca, names=()):
+    def _sign(self, subject, public_key, ca, names=(), root=False):
         now = datetime.datetime.now(datetime.timezone.utc)
         builder = (x509.CertificateBuilder().subject_name(subject)
-                   .issuer_name(self.cert.subject if not ca else subject)
+                   .issuer_name(subject if root else self.cert.subject)
                    .public_key(public_key).serial_number(x509.random_serial_number())
                    .not_valid_before(now - datetime.timedelta(days=1))
                    .not_valid_after(now + datetime.timedelta(days=30))

@@ -6,6 +6,7 @@ and point at the form field it names.
 """
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
 from typing import Any
 
@@ -62,6 +63,17 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
         message = str(exc) or _phrase(code)
         return code, error_body(message)
     return 500, error_body(INTERNAL_ERROR)
+
+
+def write_error(request, exc: BaseException) -> bytes:
+    """``exc`` as the answer to ``request`` (a twisted.web request): its status, the JSON
+    error body (returned) and its Content-Length."""
+    code, body = error_response(exc)
+    payload = json.dumps(body).encode("utf-8")
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(payload))
+    return payload
 
 
 def _phrase(code: int) -> str:

@@ -10,8 +10,8 @@ from twisted.internet import defer
 from twisted.web import resource, server
 
 from sipgw.policy import AccessPolicy, Denied
-from sipgw.rest.errors import NotFound
-from sipgw.rest.whep import WhepResource
+from sipgw.rest.admission import admit, cors
+from sipgw.rest.errors import NotFound, write_error
 
 SCOPE = "streams"
 PLAYLIST = "index.m3u8"
@@ -27,11 +27,7 @@ class HlsResource(resource.Resource):
         self._access = access or AccessPolicy()
 
     def render(self, request: server.Request):
-        origin = self._access.allowed_origin(request.getHeader(b"origin"))
-        if origin is not None:
-            request.setHeader(b"Access-Control-Allow-Origin", origin)
-            request.setHeader(b"Access-Control-Allow-Headers", b"Authorization")
-        request.setHeader(b"Vary", b"Origin")
+        cors(request, self._access, headers=b"Authorization")
         if request.method == b"OPTIONS":
             request.setResponseCode(204)
             request.setHeader(b"Access-Control-Allow-Methods", b"GET, HEAD, OPTIONS")
@@ -42,15 +38,14 @@ class HlsResource(resource.Resource):
                 request.setHeader(b"Allow", b"GET, HEAD, OPTIONS")
                 request.setResponseCode(405)
                 return b""
-            host = getattr(request.getClientAddress(), "host", "")
-            self._access.check(host, request.getHeader(b"authorization"), SCOPE)
+            admit(request, self._access, SCOPE)
             if len(segments) != 2 or not segments[0]:
                 raise NotFound("use /<streamName>/index.m3u8")
             name, file = segments
             if file != PLAYLIST:
                 return self._send(request, file, self._manager.part(name, file))
         except (Denied, NotFound) as exc:
-            return WhepResource._error(request, exc)
+            return write_error(request, exc)
         gone: list = []
         request.notifyFinish().addBoth(gone.append)
         d = defer.ensureDeferred(self._manager.playlist(name))
@@ -61,12 +56,8 @@ class HlsResource(resource.Resource):
     @staticmethod
     def _send(request, file: str, body: bytes | None) -> bytes:
         if body is None:
-            body = b'{"error": "no such stream or segment"}'
-            request.setResponseCode(404)
-            request.setHeader(b"Content-Type", b"application/json")
-        else:
-            request.setHeader(b"Content-Type", TYPES[file.rpartition(".")[2]])
-            request.setHeader(b"Cache-Control", b"no-cache" if file == PLAYLIST
-                              else b"max-age=60")
+            return write_error(request, NotFound("no such stream or segment"))
+        request.setHeader(b"Content-Type", TYPES[file.rpartition(".")[2]])
+        request.setHeader(b"Cache-Control", b"no-cache" if file == PLAYLIST else b"max-age=60")
         request.setHeader(b"Content-Length", b"%d" % len(body))
         return body

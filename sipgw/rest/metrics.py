@@ -8,31 +8,32 @@ import json
 from twisted.web import resource
 
 from sipgw.policy import AccessPolicy, Denied
-from sipgw.rest.errors import error_body
+from sipgw.rest.admission import admit
+from sipgw.rest.errors import ApiError, write_error
 
 
 class _Guarded(resource.Resource):
+    """GET of what ``source`` reports, for an admitted client; ``answer`` says how."""
+
     isLeaf = True
 
-    def __init__(self, access: AccessPolicy) -> None:
+    def __init__(self, source, access: AccessPolicy) -> None:
         super().__init__()
+        self._source = source
         self._access = access
 
     def render(self, request) -> bytes:
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"Allow", b"GET, HEAD")
             method = request.method.decode("ascii", "replace")
-            return json_answer(request, 405, error_body(f"{method} not allowed: GET only"))
+            return write_error(request, ApiError(405, f"{method} not allowed: GET only"))
         return self.render_GET(request)
 
     def render_GET(self, request) -> bytes:
-        host = getattr(request.getClientAddress(), "host", "")
         try:
-            self._access.check(host, request.getHeader(b"authorization"), "metrics")
+            admit(request, self._access, "metrics")
         except Denied as denied:
-            if denied.code == 401:
-                request.setHeader(b"WWW-Authenticate", b'Bearer realm="sipgw"')
-            return json_answer(request, denied.code, error_body(denied.message))
+            return write_error(request, denied)
         request.setHeader(b"Cache-Control", b"no-store")
         return self.answer(request)
 
@@ -43,12 +44,8 @@ class _Guarded(resource.Resource):
 class MetricsResource(_Guarded):
     """``metrics.exposition()`` -> (content type, body), at each scrape."""
 
-    def __init__(self, metrics, access: AccessPolicy) -> None:
-        super().__init__(access)
-        self._metrics = metrics
-
     def answer(self, request) -> bytes:
-        content_type, body = self._metrics.exposition()
+        content_type, body = self._source.exposition()
         request.setHeader(b"Content-Type", content_type)
         return body
 
@@ -56,12 +53,8 @@ class MetricsResource(_Guarded):
 class HealthResource(_Guarded):
     """``health.report()`` -> (200 or 503, JSON body)."""
 
-    def __init__(self, health, access: AccessPolicy) -> None:
-        super().__init__(access)
-        self._health = health
-
     def answer(self, request) -> bytes:
-        return json_answer(request, *self._health.report())
+        return json_answer(request, *self._source.report())
 
 
 def json_answer(request, code: int, body: dict) -> bytes:

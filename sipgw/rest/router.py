@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from sipgw.policy import AccessPolicy, Denied, route_scope
+from sipgw.rest.admission import admit, cors
 from sipgw.rest.errors import ApiError, BadRequest, error_body, error_response
 
 MAX_BODY = 64 * 1024
@@ -42,6 +43,9 @@ ALLOW_METHODS = b"POST, OPTIONS"
 ALLOW_GET_METHODS = b"GET, POST, OPTIONS"
 ALLOW_HEADERS = b"Authorization, Content-Type"
 JSON_TYPE = b"application/json"
+# Seconds a connection may sit idle (kept alive, or sending its request slowly) before it is
+# closed; twisted.web's default is 12 hours, one socket each for whoever opens many.
+IDLE_TIMEOUT = 60
 _MAX_LOGGED_PATH = 200
 
 _log = Logger(namespace="sipgw.rest")
@@ -132,10 +136,8 @@ class RestResource(resource.Resource):
             request.finish()  # a returned b"" would add Content-Length, not allowed on a 204
             return server.NOT_DONE_YET
         try:
-            self._admit(request, path)
+            admit(request, self._access, route_scope(path))
         except Denied as denied:
-            if denied.code == 401:
-                request.setHeader(b"WWW-Authenticate", b'Bearer realm="sipgw"')
             return self._fail(request, method, path, Failure(ApiError(denied.code, denied.message)))
         handler = self._routes.get(path)
         if handler is None:
@@ -159,10 +161,6 @@ class RestResource(resource.Resource):
             self._answer_later(request, method, path, defer.ensureDeferred(result))
             return server.NOT_DONE_YET
         return self._succeed(request, method, path, result)
-
-    def _admit(self, request: server.Request, path: str) -> None:
-        host = getattr(request.getClientAddress(), "host", "")
-        self._access.check(host, request.getHeader(b"authorization"), route_scope(path))
 
     def _read_body(self, request: server.Request) -> dict:
         declared = request.getHeader(b"content-length")
@@ -238,12 +236,7 @@ class RestResource(resource.Resource):
         payload: bytes | None,
     ) -> bytes:
         request.setResponseCode(code)
-        origin = self._access.allowed_origin(request.getHeader(b"origin"))
-        request.setHeader(b"Vary", b"Origin")
-        if origin is not None:  # CORS only for the configured origins
-            request.setHeader(b"Access-Control-Allow-Origin", origin)
-            request.setHeader(b"Access-Control-Allow-Methods", ALLOW_METHODS)
-            request.setHeader(b"Access-Control-Allow-Headers", ALLOW_HEADERS)
+        cors(request, self._access, methods=ALLOW_METHODS, headers=ALLOW_HEADERS)
         if payload is None:
             # An empty answer must not get twisted.web's text/html default.
             request.defaultContentType = None
@@ -296,16 +289,23 @@ class LimitedRequest(server.Request):
                         b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
                         % (len(payload), payload))
         transport.loseConnection()
+        # The body is refused before requestReceived: method and uri are not set yet; the
+        # request line is still the channel's.  The query is left out of the log.
+        method = getattr(self.channel, "_command", self.method)
+        uri = getattr(self.channel, "_path", self.uri)
         _log.info("{method} {path} -> 413 (body over {limit} bytes, not read)",
-                  method=self.method.decode("ascii", "replace"),
-                  path=_loggable(self.uri.decode("utf-8", "replace")), limit=self.max_body)
+                  method=method.decode("ascii", "replace"),
+                  path=_loggable(uri.split(b"?")[0].decode("utf-8", "replace")),
+                  limit=self.max_body)
 
 
 class RestSite(server.Site):
     """The Site for the REST API and the pages: bodies capped at ``max_body`` before they are
-    read; no access log (the REST layer logs one line per request itself)."""
+    read; idle connections closed after ``IDLE_TIMEOUT`` s (``timeout=``); no access log (the
+    REST layer logs one line per request itself)."""
 
     def __init__(self, root, max_body: int = MAX_BODY, **kwargs: Any) -> None:
+        kwargs.setdefault("timeout", IDLE_TIMEOUT)
         super().__init__(root, **kwargs)
         self.requestFactory = type("Request", (LimitedRequest,), {"max_body": max_body})
 

@@ -16,7 +16,6 @@ the stream ends. Admitted as REST is, with the ``streams`` scope; errors are the
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from urllib.parse import quote
 
@@ -26,7 +25,8 @@ from twisted.web import resource, server
 
 from sipgw.policy import AccessPolicy, Denied
 from sipgw.quotas import check
-from sipgw.rest.errors import ApiError, BadRequest, NotFound, error_response
+from sipgw.rest.admission import admit, cors
+from sipgw.rest.errors import ApiError, BadRequest, NotFound, write_error
 from sipgw.webrtc.viewer import NoCommonCodecs, Viewer
 
 SDP_TYPE = b"application/sdp"
@@ -54,7 +54,9 @@ class WhepResource(resource.Resource):
         self.sessions: dict[str, Viewer] = {}
 
     def render(self, request: server.Request):
-        self._cors(request)
+        cors(request, self._access, methods=b"POST, DELETE, PATCH, OPTIONS",
+             headers=b"Authorization, Content-Type, If-Match",
+             expose=b"Location, ETag, Accept-Post")
         segments = [s.decode("utf-8", "replace") for s in request.postpath]
         while segments and segments[-1] == "":
             segments.pop()
@@ -66,7 +68,7 @@ class WhepResource(resource.Resource):
                 (b"DELETE", b"OPTIONS")
             if method == b"OPTIONS":
                 return self._preflight(request, allowed)
-            self._admit(request)
+            admit(request, self._access, SCOPE)
             if len(segments) == 1 and method == b"POST":
                 return self._offer(request, segments[0])
             if len(segments) == 2 and method == b"DELETE":
@@ -77,7 +79,7 @@ class WhepResource(resource.Resource):
             raise ApiError(405, f"{method.decode('ascii', 'replace')} not allowed: this WHEP "
                                 f"resource takes {' or '.join(m.decode() for m in allowed)}")
         except (ApiError, Denied) as exc:
-            return self._error(request, exc)
+            return write_error(request, exc)
 
     # -- methods ------------------------------------------------------------------------
     def _offer(self, request: server.Request, name: str):
@@ -130,7 +132,7 @@ class WhepResource(resource.Resource):
             refusal = BadRequest("No common codecs")
         else:
             refusal = BadRequest(f"Bad SDP: {failure.getErrorMessage()}"[:200])
-        request.write(self._error(request, refusal))
+        request.write(write_error(request, refusal))
         request.finish()
 
     def _stop(self, request, name: str, session_id: str) -> bytes:
@@ -160,34 +162,9 @@ class WhepResource(resource.Resource):
             defer.Deferred.fromFuture(asyncio.ensure_future(viewer.close()))
 
     # -- HTTP -----------------------------------------------------------------------------
-    def _admit(self, request) -> None:
-        host = getattr(request.getClientAddress(), "host", "")
-        self._access.check(host, request.getHeader(b"authorization"), SCOPE)
-
     def _preflight(self, request, allowed) -> bytes:
         request.setResponseCode(204)
         request.setHeader(b"Accept-Post", SDP_TYPE)
         request.setHeader(b"Allow", b", ".join(allowed))
         request.defaultContentType = None
         return b""
-
-    def _cors(self, request) -> None:
-        request.setHeader(b"Vary", b"Origin")
-        origin = self._access.allowed_origin(request.getHeader(b"origin"))
-        if origin is not None:
-            request.setHeader(b"Access-Control-Allow-Origin", origin)
-            request.setHeader(b"Access-Control-Allow-Methods", b"POST, DELETE, PATCH, OPTIONS")
-            request.setHeader(b"Access-Control-Allow-Headers",
-                              b"Authorization, Content-Type, If-Match")
-            request.setHeader(b"Access-Control-Expose-Headers", b"Location, ETag, Accept-Post")
-
-    @staticmethod
-    def _error(request, exc: Exception) -> bytes:
-        code, body = error_response(exc)
-        if code == 401:
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="sipgw"')
-        payload = json.dumps(body).encode("utf-8")
-        request.setResponseCode(code)
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Content-Length", b"%d" % len(payload))
-        return payload

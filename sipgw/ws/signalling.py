@@ -203,8 +203,11 @@ class SignallingProtocol(WebSocketServerProtocol):
         if "connection" in self._asking:
             return
         self.app_key = _text(obj.get("appKey")) or DEFAULT_APP
-        self._connection = obj
-        self._ask("connection", "connect", obj, self._established, self._connect_refused)
+        self._connection = dict(obj)
+        if tokens and token_matches(obj.get("authToken"), tokens):
+            del self._connection["authToken"]  # sipgw's own credential: not for the app server
+        self._ask("connection", "connect", self._connection, self._established,
+                  self._connect_refused)
 
     def _connect_refused(self, info: str) -> None:
         """The app server refused (or could not be asked): fail, FAILED, close."""

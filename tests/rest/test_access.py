@@ -15,7 +15,7 @@ from sipgw.rest.calls import CallApi
 from sipgw.rest.openapi import OpenApi
 from sipgw.rest.push import PushApi
 from sipgw.rest.recorder import RecorderApi
-from sipgw.rest.router import MAX_BODY, RestResource, RestSite, Router
+from sipgw.rest.router import IDLE_TIMEOUT, MAX_BODY, RestResource, RestSite, Router
 from sipgw.rest.streams import StreamApi
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 40312)
@@ -194,6 +194,17 @@ def test_300_mb_post_is_413_before_the_body_is_read(expect):
     assert api.ran == 0
 
 
+def test_the_413_log_line_names_the_request_without_its_query(logs):
+    """The body is refused before twisted.web has set the request's method and URI: the log
+    line still says which request it was, and leaves the query string (a token?) out."""
+    protocol, transport, made = _connect(_Recorded())
+    head = _head(f"Content-Length: {MAX_BODY + 1}\r\n").replace(b"/rest-api/do",
+                                                                   b"/rest-api/do?token=s3cret")
+    protocol.dataReceived(head)
+    assert "POST /rest-api/do -> 413 (body over" in logs.everything()
+    assert "s3cret" not in logs.everything()
+
+
 def test_chunked_body_is_cut_at_the_limit():
     """A chunked body is refused once it passes 64 KiB: at most 64 KiB is ever stored."""
     api = _Recorded()
@@ -216,6 +227,20 @@ def test_body_limit_is_a_setting():
     """rest_max_body caps the body in the Site the daemon builds."""
     assert Config().rest_max_body == MAX_BODY
     assert RestSite(None, max_body=10).requestFactory.max_body == 10
+
+
+def test_an_idle_connection_is_closed_after_idle_timeout():
+    """A client that opens a connection and sends nothing (or stops mid-request) holds its
+    socket for IDLE_TIMEOUT seconds, not twisted.web's 12 hours."""
+    from twisted.web.resource import Resource
+    clock = Clock()
+    site = RestSite(Resource(), reactor=clock)
+    transport = StringTransport(peerAddress=STRANGER)
+    site.buildProtocol(STRANGER).makeConnection(transport)
+    clock.advance(IDLE_TIMEOUT - 1)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
 
 
 def test_token_parsing_names_the_setting_never_the_token():

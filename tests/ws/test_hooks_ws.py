@@ -13,10 +13,10 @@ from test_signalling import LOCAL, UPGRADE, TcpLikeTransport  # noqa: E402
 from fakes import HeldHttpClient
 
 
-def _session(apps="app1=http://127.0.0.1:9091/App"):
+def _session(apps="app1=http://127.0.0.1:9091/App", **settings):
     clock, client = Clock(), HeldHttpClient()
     hooks = Hooks(clock, client, apps=parse_apps(apps))
-    factory = SignallingFactory(Config(), StreamRegistry(), clock, hooks=hooks)
+    factory = SignallingFactory(Config(**settings), StreamRegistry(), clock, hooks=hooks)
     protocol = factory.buildProtocol(LOCAL)
     protocol.makeConnection(TcpLikeTransport(peerAddress=LOCAL))
     protocol.dataReceived(UPGRADE)
@@ -66,3 +66,15 @@ def test_other_app_keys_are_not_asked():
     protocol, client, sent = _session()
     protocol.on_connection({"appKey": "someone-else"})
     assert protocol.established and client.posts == []
+
+
+def test_the_ws_auth_token_is_not_told_to_the_app():
+    """The authToken that admitted the client (ws_auth_tokens) is sipgw's secret: neither the
+    connect query nor ConnectionStatusEvent carries it; the client's other fields go."""
+    protocol, client, sent = _session(ws_auth_tokens="ws-secret-0123456789")
+    protocol.on_connection({"appKey": "app1", "authToken": "ws-secret-0123456789",
+                            "custom": {"room": "7"}})
+    client.answer(0, 200)
+    assert protocol.established and len(client.posts) == 2
+    for url, body, _ in client.posts:
+        assert "authToken" not in body and body["custom"] == {"room": "7"}

@@ -1,45 +1,24 @@
 """wss: the certificate file is a fullchain.pem and the whole chain is served."""
-import datetime
-
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
+from certs import TestCA
 from sipgw.config import ConfigError
 from sipgw.service import wss_options
-
-
-def _cert(name, key, issuer_name, issuer_key, ca):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(days=1))
-               .not_valid_after(now + datetime.timedelta(days=30))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]),
-                                        critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 @pytest.fixture
 def chain(tmp_path):
     """A root CA -> intermediate -> leaf 'gw.test'; fullchain.pem holds leaf + intermediate."""
-    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
-    root = _cert("Test Root", keys[0], "Test Root", keys[0], True)
-    inter = _cert("Test Intermediate", keys[1], "Test Root", keys[0], True)
-    leaf = _cert("gw.test", keys[2], "Test Intermediate", keys[1], False)
-    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)
-    (tmp_path / "fullchain.pem").write_bytes(pem(leaf) + pem(inter))
-    (tmp_path / "privkey.pem").write_bytes(keys[2].private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return tmp_path, root
+    root = TestCA(tmp_path, "Test Root")
+    (tmp_path / "intermediate").mkdir()
+    inter = TestCA(tmp_path / "intermediate", "Test Intermediate", parent=root)
+    leaf, key = inter.issue(["gw.test"], tmp_path, "leaf")
+    (tmp_path / "fullchain.pem").write_bytes(leaf.read_bytes() + inter.path.read_bytes())
+    key.rename(tmp_path / "privkey.pem")
+    return tmp_path, root.cert
 
 
 def _handshake(server_context, root):
