@@ -5,13 +5,13 @@ import asyncio
 import json
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from certs import TestCA
 from peers import Sipp, free_port
 from sipgw.hooks import UNREACHABLE
 from sipgw_daemon import Sipgw
@@ -216,19 +216,17 @@ def test_a_dead_app_server_costs_no_call(tmp_path, dead_app_url):
 
 
 def test_https_app_servers_are_verified(tmp_path, monkeypatch):
-    """An https app server is asked only when its certificate verifies: with a self-signed
-    one the daemon does not trust, connect is refused and the app sees nothing; once the
-    daemon trusts it (SSL_CERT_FILE), the same app is asked and lets the player in."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    """An https app server is asked only when its certificate verifies: with one from a test
+    CA the daemon does not trust, connect is refused and the app sees nothing; once the
+    daemon trusts that CA (SSL_CERT_FILE), the same app is asked and lets the player in."""
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue(["127.0.0.1"], tmp_path)
     app = AppServer(tls=(str(cert), str(key)))
     try:
         answers = []
         for trusted in (False, True):
             if trusted:
-                monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+                monkeypatch.setenv("SSL_CERT_FILE", str(ca.path))
             workdir = tmp_path / f"trusted-{trusted}"
             workdir.mkdir()
             gw = Sipgw(str(workdir), rest_apps=f"defaultApp={app.url}").start()

@@ -175,18 +175,15 @@ def test_auth_token_is_checked_when_configured(tmp_path):
 def test_wss_serves_the_same_protocol(tmp_path):
     """With a certificate and key, wss:// speaks the same signalling."""
     import ssl
-    import subprocess
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    from certs import TestCA
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue(["127.0.0.1"], tmp_path)
     from peers import free_port
     gw = Sipgw(str(tmp_path), wss_port=free_port("tcp"), https_port=free_port("tcp"),
                wss_certificate=str(cert),
                wss_private_key=str(key)).start()
     try:
-        context = ssl.create_default_context(cafile=str(cert))
-        context.check_hostname = False  # the test certificate names localhost, we dial 127.0.0.1
+        context = ssl.create_default_context(cafile=str(ca.path))
 
         async def scenario():
             session = WcsSession(f"wss://127.0.0.1:{gw.settings['wss_port']}")
