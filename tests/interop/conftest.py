@@ -98,7 +98,15 @@ def test_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def baresip(kamailio: peers.Kamailio, tmp_path: Path, test_video: Path) -> Iterator[peers.Baresip]:
+def baresip_mediaenc() -> str:
+    """baresip's ``mediaenc``: none (plain RTP); a test module overrides this fixture, or a
+    test parametrizes it, for SRTP ("srtp", "srtp-mand")."""
+    return ""
+
+
+@pytest.fixture
+def baresip(kamailio: peers.Kamailio, tmp_path: Path, test_video: Path,
+            baresip_mediaenc: str) -> Iterator[peers.Baresip]:
     """baresip registered at ``kamailio`` as bob, auto-answering with H264 + audio."""
     require("baresip", "stdbuf")
     phone = peers.Baresip(
@@ -108,6 +116,7 @@ def baresip(kamailio: peers.Kamailio, tmp_path: Path, test_video: Path) -> Itera
         registrar_port=kamailio.port,
         sip_port=peers.free_port(count=2),  # TLS takes sip_port + 1
         video_file=test_video,
+        mediaenc=baresip_mediaenc,
     )
     try:
         yield phone.start()
