@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from certs import TestCA
-from peers import Sipp, free_port
+from peers import Sipp, free_port, wait_for
 from sipgw.hooks import UNREACHABLE
 from sipgw_daemon import Sipgw
-from ws_viewer import WcsSession
+from ws_viewer import WcsSession, refused_then_let_in
 
 
 class AppServer:
@@ -57,13 +57,8 @@ class AppServer:
             return [(m, b) for m, b in self.hooks if predicate(m, b)]
 
     def wait(self, predicate, timeout=15):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.seen(predicate)
-            if found:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no such hook; got {self.seen()}")
+        return wait_for(lambda: self.seen(predicate), timeout, "a hook",
+                        log=lambda: f"got {self.seen()}")
 
     def close(self):
         self.server.shutdown()
@@ -140,15 +135,8 @@ def test_a_connect_the_app_refuses(tmp_path, app_server):
     closes; another player the app lets in gets getUserData."""
     gw = Sipgw(str(tmp_path), rest_apps=f"defaultApp={app_server.url}").start()
     try:
-        async def players():
-            refused = WcsSession(f"ws://127.0.0.1:{gw.settings['ws_port']}")
-            answer = await refused.connect(authToken="let-me-not-in")
-            closed = await refused.wait_for(lambda m: m["message"] == "__closed__")
-            allowed = WcsSession(f"ws://127.0.0.1:{gw.settings['ws_port']}")
-            welcome = await allowed.connect(authToken="fine")
-            allowed.close()
-            return answer, closed, welcome
-        answer, closed, welcome = _run(players())
+        answer, closed, welcome = _run(refused_then_let_in(
+            f"ws://127.0.0.1:{gw.settings['ws_port']}", "let-me-not-in", "fine"))
     finally:
         gw.stop()
     assert answer["message"] == "fail" and "403 Forbidden" in answer["data"][0]["info"]

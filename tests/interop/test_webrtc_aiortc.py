@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from sipgw_daemon import Sipgw
-from ws_viewer import WcsSession
+from ws_viewer import WcsSession, refused_then_let_in
 
 
 @pytest.fixture
@@ -154,18 +154,8 @@ def test_auth_token_is_checked_when_configured(tmp_path):
     """With ws_auth_tokens set, a wrong token is refused and closed; a right one connects."""
     gw = Sipgw(str(tmp_path), ws_auth_tokens="s3cret-token").start()
     try:
-        url = f"ws://127.0.0.1:{gw.settings['ws_port']}"
-
-        async def scenario():
-            bad = WcsSession(url)
-            refused = await bad.connect(authToken="wrong")
-            closed = await bad.wait_for(lambda m: m["message"] == "__closed__")
-            good = WcsSession(url)
-            accepted = await good.connect(authToken="s3cret-token")
-            good.close()
-            return refused, closed, accepted
-
-        refused, closed, accepted = _run(scenario())
+        refused, closed, accepted = _run(refused_then_let_in(
+            f"ws://127.0.0.1:{gw.settings['ws_port']}", "wrong", "s3cret-token"))
     finally:
         gw.stop()
     assert refused["message"] == "fail" and closed["data"][0]["code"] == 4003
