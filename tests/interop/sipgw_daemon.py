@@ -92,22 +92,22 @@ class Sipgw:
             raw = exc.read()
             raise RestError(exc.code, json.loads(raw) if raw else None) from None
 
-    def call(self, call_id: str) -> dict | None:
+    def found(self, method: str, body: dict | None = None) -> list:
+        """A find method's answer; [] when it finds nothing (WCS answers 404)."""
         try:
-            return self.rest("/call/find", {"callId": call_id})[0]
+            return self.rest(method, body)
         except RestError as exc:
             if exc.code == 404:
-                return None
+                return []
             raise
+
+    def call(self, call_id: str) -> dict | None:
+        """/call/find by callId; None when there is no such call."""
+        return next(iter(self.found("/call/find", {"callId": call_id})), None)
 
     def stream(self, name: str) -> dict | None:
         """/stream/find by name; None when the stream does not exist (404)."""
-        try:
-            return self.rest("/stream/find", {"name": name})[0]
-        except RestError as exc:
-            if exc.code == 404:
-                return None
-            raise
+        return next(iter(self.found("/stream/find", {"name": name})), None)
 
     def start_call_to_bob(self, kamailio_port: int, call_id: str, **extra) -> None:
         """/call/startup: alice calls bob (baresip) through Kamailio, stream "stream-<callId>"."""
