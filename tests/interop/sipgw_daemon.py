@@ -20,10 +20,18 @@ class RestError(Exception):
         self.body = body
 
 
-class Sipgw:
-    """Starts the daemon with test settings, talks to its REST API, stops it by pid."""
+#: what Sipgw(defaults=True) still sets: free ports, so that daemons run side by side
+PORT_SETTINGS = ("rest_port", "hls_port", "ws_port", "sip_local_port", "media_port_from",
+                 "media_port_to")
 
-    def __init__(self, workdir: str, twistd: list[str] | None = None, **settings):
+
+class Sipgw:
+    """Starts the daemon with test settings, talks to its REST API, stops it by pid.
+
+    ``defaults=True``: the built-in defaults but for the ports (PORT_SETTINGS)."""
+
+    def __init__(self, workdir: str, twistd: list[str] | None = None, defaults: bool = False,
+                 **settings):
         self.workdir = workdir
         # how twistd is run: this interpreter by default, or e.g. another venv's twistd
         self.twistd = twistd or [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -41,6 +49,8 @@ class Sipgw:
                          # stop() waits 10 s: a call whose peer is already gone when the
                          # daemon stops must not hold the ordered shutdown longer than that
                          "shutdown_timeout": 3}
+        if defaults:
+            self.settings = {k: v for k, v in self.settings.items() if k in PORT_SETTINGS}
         self.settings.update(settings)
         self.proc = None
         self.log_path = os.path.join(workdir, "sipgw.log")

@@ -68,10 +68,11 @@ def test_wheel_declares_every_dependency(venv):
 
 
 def test_installed_daemon_starts_anywhere_on_built_in_defaults(venv, tmp_path):
-    """The venv's twistd runs sipgw from an unrelated folder with no config file; REST answers."""
+    """The venv's twistd runs sipgw from an unrelated folder with no config file and no
+    setting but its ports; REST answers."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    daemon = Sipgw(str(elsewhere), twistd=[os.path.join(venv, "bin", "twistd")])
+    daemon = Sipgw(str(elsewhere), twistd=[os.path.join(venv, "bin", "twistd")], defaults=True)
     try:
         daemon.start(timeout=60)
         with pytest.raises(RestError) as answer:
