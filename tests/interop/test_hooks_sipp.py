@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from certs import TestCA
-from peers import Sipp, free_port, wait_for
+from peers import free_port, wait_for
 from sipgw.hooks import UNREACHABLE
 from sipgw_daemon import Sipgw
 from ws_viewer import WcsSession, refused_then_let_in
@@ -76,12 +76,12 @@ def _run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
-def test_every_hook_of_a_call_and_a_player_in_order(tmp_path, app_server):
+def test_every_hook_of_a_call_and_a_player_in_order(tmp_path, app_server, sipp_factory):
     """A call to SIPp and a player of its stream: the app server gets StreamStatusEvent and
     CallStatusEvent for every status the call goes through, in order, then connect,
     ConnectionStatusEvent, playStream and the player's StreamStatusEvents, in order."""
+    sipp = sipp_factory("uas_200.xml")
     gw = Sipgw(str(tmp_path), rest_apps=f"defaultApp={app_server.url}").start()
-    sipp = Sipp("uas_200.xml", port=free_port("udp"), tmpdir=tmp_path).start()
     try:
         assert gw.rest("/app/find_all")[0]["url"] == app_server.url
         gw.rest("/call/startup", {"callId": "h1", "callee": "bob", "sipLogin": "alice",
@@ -108,7 +108,6 @@ def test_every_hook_of_a_call_and_a_player_in_order(tmp_path, app_server):
                         and b["status"] == "UNPUBLISHED")
     finally:
         gw.stop()
-        sipp.stop()
     of_call = [(m, b["status"]) for m, b in app_server.seen(lambda m, b: b.get("callId") == "h1")]
     assert of_call == ([("StreamStatusEvent", "PENDING")]
                        + [("CallStatusEvent", s) for s in history[1:]]
@@ -159,16 +158,15 @@ def dead_app_url(request):
         yield f"http://127.0.0.1:{silent.getsockname()[1]}/silent"
 
 
-def test_a_dead_app_server_costs_no_call(tmp_path, dead_app_url):
+def test_a_dead_app_server_costs_no_call(tmp_path, dead_app_url, sipp_factory):
     """With the app server down, 100 calls to a SIPp callee still set up and end, quickly;
     its events fail or are dropped (a small queue), counted in /app/find_all, and logged at
     most once a minute."""
     media = free_port("udp", count=400)
+    sipp = sipp_factory("uas_bench.xml", calls=100, trace=False)
     gw = Sipgw(str(tmp_path), rest_apps=f"defaultApp={dead_app_url}", rest_request_timeout=1,
                rest_max_connections=5, rest_queue_size=50, max_calls_per_account=0,
                media_port_from=media, media_port_to=media + 399, call_retention=120).start()
-    sipp = Sipp("uas_bench.xml", port=free_port("udp"), tmpdir=tmp_path, calls=100,
-                trace=False).start()
     ids = [f"d{n}" for n in range(100)]
     try:
         started = time.monotonic()
@@ -192,7 +190,6 @@ def test_a_dead_app_server_costs_no_call(tmp_path, dead_app_url):
             time.sleep(0.2)
     finally:
         gw.stop()
-        sipp.stop()
     assert set_up < 20, f"100 calls took {set_up:.1f} s to set up"
     assert app["queued"] <= 50 and app["failed"] >= 10
     if "silent" in dead_app_url:
