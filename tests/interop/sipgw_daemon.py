@@ -127,6 +127,16 @@ class Sipgw:
         body.update(extra)
         self.rest("/call/startup", body)
 
+    def start_call_to_sipp(self, port: int | str, call_id: str, domain: str = "127.0.0.1",
+                           **extra):
+        """/call/startup: alice calls bob at ``domain``:``port`` (a SIPp callee, or 5060 for
+        RFC 3263 to decide), audio only, stream "stream-<callId>"; ``extra`` adds or changes.
+        Returns the answer (None when accepted)."""
+        body = {"callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
+                "sipDomain": domain, "sipPort": str(port), "hasVideo": "false",
+                "toStream": f"stream-{call_id}", **extra}
+        return self.rest("/call/startup", body)
+
     def call_bob(self, kamailio_port: int, call_id: str, **extra) -> dict:
         """start_call_to_bob, then wait for ESTABLISHED."""
         self.start_call_to_bob(kamailio_port, call_id, **extra)
@@ -164,10 +174,7 @@ def call_once(workdir, call_id: str, domain: str, port: str = "5060", during=Non
     os.makedirs(workdir)
     gw = Sipgw(str(workdir), **settings).start()
     try:
-        startup = {"callId": call_id, "callee": "bob", "sipLogin": "alice",
-                   "sipPassword": "s3cret", "sipDomain": domain, "sipPort": port,
-                   "hasVideo": "false", "toStream": f"stream-{call_id}", **(body or {})}
-        assert gw.rest("/call/startup", startup) is None
+        assert gw.start_call_to_sipp(port, call_id, domain, **(body or {})) is None
         call = gw.wait_status(call_id, "ESTABLISHED")
         if during is not None:
             during(gw, call)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from peers import Sipp, free_port, wait_for
+from peers import free_port, wait_for
 from sipgw_daemon import Sipgw
 
 RTP_TIMEOUT = 6  # the 422 test runs two 4 s session-timer refreshes without RTP
@@ -23,24 +23,14 @@ def daemon(tmp_path_factory):
 
 
 @pytest.fixture
-def callee(tmp_path):
-    started = []
-
-    def start(scenario, **kwargs):
-        sipp = Sipp(scenario, port=free_port("udp"), tmpdir=tmp_path, **kwargs).start()
-        started.append(sipp)
-        return sipp
-    yield start
-    for sipp in started:
-        sipp.stop()
+def callee(sipp_factory):
+    """conftest's sipp_factory: SIPp scenarios on free ports, all stopped afterwards."""
+    return sipp_factory
 
 
 def _startup(daemon, sipp):
     call_id = f"x{next(_ids)}"
-    daemon.rest("/call/startup", {
-        "callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
-        "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false",
-        "toStream": f"stream-{call_id}"})
+    daemon.start_call_to_sipp(sipp.port, call_id)
     return call_id
 
 
