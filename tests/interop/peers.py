@@ -165,6 +165,12 @@ def wait_for(
 _started_groups: set[int] = set()
 
 
+def track_group(pgid: int) -> None:
+    """Count process group ``pgid`` (a process started with start_new_session=True, such as
+    the sipgw daemon) among those leftover_processes() reports and kill_leftovers() kills."""
+    _started_groups.add(pgid)
+
+
 def _no_core_dumps() -> None:
     # baresip dumps a 60 MB core when it crashes
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

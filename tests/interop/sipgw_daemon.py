@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
-from peers import free_port
+from peers import free_port, track_group
 
 
 class RestError(Exception):
@@ -61,8 +61,12 @@ class Sipgw:
         for key, value in self.settings.items():
             args += ["--set", f"{key}={value}"]
         with open(os.path.join(self.workdir, "sipgw.out"), "wb") as out:
+            # its own process group, as the peers have: a daemon a test leaves running is
+            # reported and killed at the end of the session (conftest.no_peer_left_running)
             self.proc = subprocess.Popen(args, cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT)
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        track_group(self.proc.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
