@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import peers
+from sipgw_daemon import Sipgw
 
 
 def require(*programs: str) -> None:
@@ -57,6 +58,17 @@ def sipp_factory(tmp_path: Path) -> Iterator[SippFactory]:
     yield start
     for sipp in reversed(started):
         sipp.stop()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Sipgw]:
+    """The sipgw daemon on the harness's test settings (sipgw_daemon.Sipgw), stopped
+    afterwards; a module that needs other settings defines its own ``daemon``."""
+    gw = Sipgw(str(tmp_path)).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
 
 
 @pytest.fixture

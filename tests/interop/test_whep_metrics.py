@@ -8,20 +8,11 @@ import urllib.error
 import urllib.request
 
 import aioice.ice
-import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from prometheus_client.parser import text_string_to_metric_families
 from selenium.webdriver.common.by import By
 
 from peers import wait_for
-from sipgw_daemon import Sipgw
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    gw = Sipgw(str(tmp_path)).start()
-    yield gw
-    gw.stop()
 
 
 def http(daemon, method: str, path: str, body: bytes = b"", content_type: str = ""):
