@@ -195,6 +195,11 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+#: a secret in a command line (the daemon's --set rest_auth_tokens=..., sip_password=...)
+_SECRET_SETTING = re.compile(r"((?:token|password|secret|key)s?=)\S+", re.IGNORECASE)
+_MASK = r"\1***"
+
+
 def leftover_processes() -> dict[int, list[str]]:
     """Processes still alive in any group started here: {pgid: [pid command...]}."""
     found = {}
@@ -206,7 +211,7 @@ def leftover_processes() -> dict[int, list[str]]:
                     cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue
-            rows.append(f"{pid} {cmd}")
+            rows.append(f"{pid} {_SECRET_SETTING.sub(_MASK, cmd)}")
         if rows:
             found[pgid] = rows
     return found
