@@ -29,7 +29,7 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
                  "selenium>=4.20", "setuptools>=70.1",
                  "websockets>=13.1",  # the tests' websocket client (tests/interop/ws_viewer.py)
-                 "cryptography>=41",  # test certificates (tests/ws/test_wss.py)
+                 "cryptography>=41",  # test certificates (tests/certs.py, tests/ws/test_wss.py)
                  # REST answers checked against openapi.json (tests/rest/conftest.py)
                  "jsonschema>=4.18", "referencing>=0.28"],
     },

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -688,92 +689,15 @@ def met(ok: bool) -> str:
 # --------------------------------------------------------------------------
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_STEP_S} s steps and fewer rates (a smoke run, not the target)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, SIPp CSVs)")
-    args = parser.parse_args()
-    rates, step_s = (QUICK_RATES, QUICK_STEP_S) if args.quick else (RATES, STEP_S)
-
-    workdir = Path(tempfile.mkdtemp(prefix="sipgw-bench-"))
+def in_workdir(prefix: str, keep: bool, body: Callable[[Path, list[Sipgw]], int]) -> int:
+    """Run ``body(workdir, daemons)`` in a fresh work directory and return its exit status,
+    or 2 on a harness error (the directory is then kept). Afterwards every daemon ``body``
+    put in ``daemons`` is stopped, every peer left is killed, and the directory is removed
+    unless kept."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     daemons: list[Sipgw] = []
-    started = time.monotonic()
-    keep = args.keep
     try:
-        peers.require_program("sipp")
-        say(f"call setup bench: {step_s} s steps, SIPp UAS hangs up after {HOLD_MS} ms, "
-            f"{os.cpu_count()} CPUs shared by sipgw, SIPp and the driver")
-        before = idle_load()
-        if before > BUSY_PCT:
-            say(f"warning: before the run, other processes use {before:.0f}% of a core; "
-                "the figures below will be low")
-
-        say("\n== sipgw (one process) -> SIPp UAS ==")
-        (workdir / "rate").mkdir()
-        gw = Sipgw(str(workdir / "rate"), **daemon_settings(workdir / "rate"))
-        daemons.append(gw)
-        gw.start()
-        say(SIPGW_HEAD)
-        gw_steps = ladder(rates, lambda r: sipgw_step(gw, workdir, r, step_s, HOLD_MS), sipgw_row)
-        gw.stop()
-        notes = [n for n in (busy_note(gw_steps),) if n]
-        for note in notes:
-            say(f"  note: {note}")
-
-        say("\n== SIPp UAC -> SIPp UAS (ceiling) ==")
-        say(SIPP_HEAD)
-        sipp_steps = ladder(rates, lambda r: sipp_step(workdir, r, step_s, HOLD_MS), sipp_row)
-        if note := busy_note(sipp_steps):
-            notes.append(note)
-            say(f"  note: {note}")
-
-        say(f"\n== memory: {MEMORY_CALLS} concurrent calls on a fresh sipgw ==")
-        (workdir / "mem").mkdir()
-        gw2 = Sipgw(str(workdir / "mem"), **daemon_settings(workdir / "mem"))
-        daemons.append(gw2)
-        gw2.start()
-        mem = memory_run(gw2, workdir)
-        gw2.stop()
-        say("  " + ", ".join(f"{n} calls {kb / 1024:.1f} MB" for n, kb in mem.points)
-            + f"; after hang-up {mem.after_kb / 1024:.1f} MB")
-        for problem in mem.problems:
-            say(f"  problem: {problem}")
-
-        say()
-        held = [s for s in gw_steps if s.passed]
-        ceiling = [s for s in sipp_steps if s.passed]
-        best = held[-1] if held else None
-        top = ceiling[-1].rate if ceiling else 0
-        above = "" if sipp_steps and not sipp_steps[-1].passed else "≥ "
-        if best:
-            ratio = f"{best.rate / top:.2f}" if top else "-"
-            say(f"call setup: sipgw held {best.rate} calls/s for {step_s} s with 0 failed; "
-                f"{best.cpu_ms_per_call:.1f} ms CPU/call; ceiling SIPp->SIPp {above}{top} calls/s; "
-                f"ratio {ratio}")
-        else:
-            say(f"call setup: sipgw held no rate; ceiling SIPp->SIPp {above}{top} calls/s")
-        stops = []
-        if gw_steps and not gw_steps[-1].passed:
-            stops.append(f"sipgw failed at {gw_steps[-1].rate} calls/s: {'; '.join(gw_steps[-1].problems)}")
-        if sipp_steps and not sipp_steps[-1].passed:
-            stops.append(f"SIPp failed at {sipp_steps[-1].rate} calls/s: {'; '.join(sipp_steps[-1].problems)}")
-        if notes:
-            stops.append("figures taken on a busy machine, see the notes above")
-        for line in stops:
-            say(f"  ({line})")
-        mem_note = f"; problems: {'; '.join(mem.problems)}" if mem.problems else ""
-        most = mem.points[-1][0] if mem.points else 0
-        say(f"memory: {fmt(mem.slope_kb, '.0f')} KB RSS per established call "
-            f"(slope over {most}){mem_note}")
-        rate_ok = bool(best) and best.rate >= TARGET_RATE
-        cpu_ok = bool(best) and best.cpu_ms_per_call <= TARGET_CPU_MS
-        mem_ok = not mem.problems and not math.isnan(mem.slope_kb) and mem.slope_kb <= TARGET_KB
-        note = f" (--quick: {step_s} s steps, the target asks 30 s)" if args.quick else ""
-        say(f"targets: ≥ {TARGET_RATE} calls/s {met(rate_ok)}; ≤ {TARGET_CPU_MS:g} ms CPU/call "
-            f"{met(cpu_ok)}; ≤ {TARGET_KB} KB/call {met(mem_ok)}{note}")
-        say(f"took {time.monotonic() - started:.0f} s")
-        return 0
+        return body(workdir, daemons)
     except (HarnessError, peers.PeerError, RuntimeError, OSError) as exc:
         keep = True
         say(f"harness error: {type(exc).__name__}: {exc}")
@@ -786,6 +710,94 @@ def main() -> int:
             say(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench(args, workdir: Path, daemons: list[Sipgw]) -> int:
+    """The three parts (rate ladder, SIPp ceiling, memory) and the summary against the targets."""
+    rates, step_s = (QUICK_RATES, QUICK_STEP_S) if args.quick else (RATES, STEP_S)
+    started = time.monotonic()
+    peers.require_program("sipp")
+    say(f"call setup bench: {step_s} s steps, SIPp UAS hangs up after {HOLD_MS} ms, "
+        f"{os.cpu_count()} CPUs shared by sipgw, SIPp and the driver")
+    before = idle_load()
+    if before > BUSY_PCT:
+        say(f"warning: before the run, other processes use {before:.0f}% of a core; "
+            "the figures below will be low")
+
+    say("\n== sipgw (one process) -> SIPp UAS ==")
+    (workdir / "rate").mkdir()
+    gw = Sipgw(str(workdir / "rate"), **daemon_settings(workdir / "rate"))
+    daemons.append(gw)
+    gw.start()
+    say(SIPGW_HEAD)
+    gw_steps = ladder(rates, lambda r: sipgw_step(gw, workdir, r, step_s, HOLD_MS), sipgw_row)
+    gw.stop()
+    notes = [n for n in (busy_note(gw_steps),) if n]
+    for note in notes:
+        say(f"  note: {note}")
+
+    say("\n== SIPp UAC -> SIPp UAS (ceiling) ==")
+    say(SIPP_HEAD)
+    sipp_steps = ladder(rates, lambda r: sipp_step(workdir, r, step_s, HOLD_MS), sipp_row)
+    if note := busy_note(sipp_steps):
+        notes.append(note)
+        say(f"  note: {note}")
+
+    say(f"\n== memory: {MEMORY_CALLS} concurrent calls on a fresh sipgw ==")
+    (workdir / "mem").mkdir()
+    gw2 = Sipgw(str(workdir / "mem"), **daemon_settings(workdir / "mem"))
+    daemons.append(gw2)
+    gw2.start()
+    mem = memory_run(gw2, workdir)
+    gw2.stop()
+    say("  " + ", ".join(f"{n} calls {kb / 1024:.1f} MB" for n, kb in mem.points)
+        + f"; after hang-up {mem.after_kb / 1024:.1f} MB")
+    for problem in mem.problems:
+        say(f"  problem: {problem}")
+
+    say()
+    held = [s for s in gw_steps if s.passed]
+    ceiling = [s for s in sipp_steps if s.passed]
+    best = held[-1] if held else None
+    top = ceiling[-1].rate if ceiling else 0
+    above = "" if sipp_steps and not sipp_steps[-1].passed else "≥ "
+    if best:
+        ratio = f"{best.rate / top:.2f}" if top else "-"
+        say(f"call setup: sipgw held {best.rate} calls/s for {step_s} s with 0 failed; "
+            f"{best.cpu_ms_per_call:.1f} ms CPU/call; ceiling SIPp->SIPp {above}{top} calls/s; "
+            f"ratio {ratio}")
+    else:
+        say(f"call setup: sipgw held no rate; ceiling SIPp->SIPp {above}{top} calls/s")
+    stops = []
+    if gw_steps and not gw_steps[-1].passed:
+        stops.append(f"sipgw failed at {gw_steps[-1].rate} calls/s: {'; '.join(gw_steps[-1].problems)}")
+    if sipp_steps and not sipp_steps[-1].passed:
+        stops.append(f"SIPp failed at {sipp_steps[-1].rate} calls/s: {'; '.join(sipp_steps[-1].problems)}")
+    if notes:
+        stops.append("figures taken on a busy machine, see the notes above")
+    for line in stops:
+        say(f"  ({line})")
+    mem_note = f"; problems: {'; '.join(mem.problems)}" if mem.problems else ""
+    most = mem.points[-1][0] if mem.points else 0
+    say(f"memory: {fmt(mem.slope_kb, '.0f')} KB RSS per established call "
+        f"(slope over {most}){mem_note}")
+    rate_ok = bool(best) and best.rate >= TARGET_RATE
+    cpu_ok = bool(best) and best.cpu_ms_per_call <= TARGET_CPU_MS
+    mem_ok = not mem.problems and not math.isnan(mem.slope_kb) and mem.slope_kb <= TARGET_KB
+    note = f" (--quick: {step_s} s steps, the target asks 30 s)" if args.quick else ""
+    say(f"targets: ≥ {TARGET_RATE} calls/s {met(rate_ok)}; ≤ {TARGET_CPU_MS:g} ms CPU/call "
+        f"{met(cpu_ok)}; ≤ {TARGET_KB} KB/call {met(mem_ok)}{note}")
+    say(f"took {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_STEP_S} s steps and fewer rates (a smoke run, not the target)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, SIPp CSVs)")
+    args = parser.parse_args()
+    return in_workdir("sipgw-bench-", args.keep, lambda workdir, daemons: bench(args, workdir, daemons))
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "interop"))
 
 import peers  # noqa: E402
 from call_setup import (ACTIVE, HarnessError, Rest, cpu_ms, daemon_settings, drive,  # noqa: E402
-                        rss_kb, slope, startup_body, terminate_body, wait_until)
+                        in_workdir, rss_kb, slope, startup_body, terminate_body, wait_until)
 from peers import Sipp, free_port  # noqa: E402
 from sipgw_daemon import Sipgw  # noqa: E402
 
@@ -134,28 +132,16 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     minutes, every = (3.0, 10.0) if args.quick else (args.minutes, args.every)
-    workdir = Path(tempfile.mkdtemp(prefix="sipgw-soak-"))
-    gw = None
-    keep = args.keep
-    try:
+
+    def soak(workdir: Path, daemons: list[Sipgw]) -> int:
         peers.require_program("sipp")
         say(f"soak: {minutes:g} min at {args.rate:g} calls/s, {args.hold:g} s each with RTP "
             f"(SIPp replays PCMA), samples every {every:g} s, {os.cpu_count()} CPUs shared")
         gw = Sipgw(str(workdir), **daemon_settings(workdir))
+        daemons.append(gw)
         gw.start()
         return run(gw, workdir, minutes, args.rate, args.hold, every)
-    except (HarnessError, peers.PeerError, RuntimeError, OSError) as exc:
-        keep = True
-        say(f"harness error: {type(exc).__name__}: {exc}")
-        return 2
-    finally:
-        if gw is not None:
-            gw.stop()
-        peers.kill_leftovers()
-        if keep:
-            say(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return in_workdir("sipgw-soak-", args.keep, soak)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, HERE]
+sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tests", "interop")]
 
+from peers import free_port  # noqa: E402
 from rtp_intake import cpu_seconds, h264_packets, rss_kb, send_at  # noqa: E402
 
 STREAM = "bench"
@@ -291,13 +292,6 @@ JANUS_NETNS_SETUP = ("ip link set lo up && ip link add jv0 type veth peer name j
 JANUS_MOUNTPOINT = 1
 
 
-def free_port(kind: int = 0) -> int:
-    import socket
-    with socket.socket(socket.AF_INET, kind or socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def janus_config(folder: str, ws_port: int, video_port: int, audio_port: int) -> None:
     """Janus core (ICE on jv0 only: libnice gathers no loopback), the websockets transport
     on 127.0.0.1 and the streaming plugin with one RTP mountpoint for the bench's source."""
@@ -357,8 +351,8 @@ class JanusServer:
     def __init__(self, name: str, workdir: str):
         self.name = name
         folder = os.path.join(workdir, name)
-        self.ports = {"ws_port": free_port(__import__("socket").SOCK_STREAM),
-                      "video_port": free_port(), "audio_port": free_port()}
+        self.ports = {"ws_port": free_port("tcp"),
+                      "video_port": free_port("udp"), "audio_port": free_port("udp")}
         janus_config(folder, self.ports["ws_port"], self.ports["video_port"],
                      self.ports["audio_port"])
         self.log = os.path.join(workdir, f"{name}.log")
@@ -566,7 +560,6 @@ def check_payload(c: Counts, packet) -> None:
 def run_clients(url: str, count: int, rate: float, janus: bool = False) -> None:
     import asyncio
 
-    sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
     from aiortc.rtcrtpreceiver import RTCRtpReceiver
     from ws_viewer import WcsSession
 

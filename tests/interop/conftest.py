@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import peers
+from sipgw_daemon import Sipgw
 
 
 def require(*programs: str) -> None:
@@ -60,6 +61,17 @@ def sipp_factory(tmp_path: Path) -> Iterator[SippFactory]:
 
 
 @pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Sipgw]:
+    """The sipgw daemon on the harness's test settings (sipgw_daemon.Sipgw), stopped
+    afterwards; a module that needs other settings defines its own ``daemon``."""
+    gw = Sipgw(str(tmp_path)).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
 def kamailio(tmp_path: Path) -> Iterator[peers.Kamailio]:
     """A fresh Kamailio (users alice/alicepw, bob/bobpw; realm 127.0.0.1)."""
     require("kamailio")
@@ -98,7 +110,15 @@ def test_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def baresip(kamailio: peers.Kamailio, tmp_path: Path, test_video: Path) -> Iterator[peers.Baresip]:
+def baresip_mediaenc() -> str:
+    """baresip's ``mediaenc``: none (plain RTP); a test module overrides this fixture, or a
+    test parametrizes it, for SRTP ("srtp", "srtp-mand")."""
+    return ""
+
+
+@pytest.fixture
+def baresip(kamailio: peers.Kamailio, tmp_path: Path, test_video: Path,
+            baresip_mediaenc: str) -> Iterator[peers.Baresip]:
     """baresip registered at ``kamailio`` as bob, auto-answering with H264 + audio."""
     require("baresip", "stdbuf")
     phone = peers.Baresip(
@@ -108,6 +128,7 @@ def baresip(kamailio: peers.Kamailio, tmp_path: Path, test_video: Path) -> Itera
         registrar_port=kamailio.port,
         sip_port=peers.free_port(count=2),  # TLS takes sip_port + 1
         video_file=test_video,
+        mediaenc=baresip_mediaenc,
     )
     try:
         yield phone.start()

@@ -165,6 +165,12 @@ def wait_for(
 _started_groups: set[int] = set()
 
 
+def track_group(pgid: int) -> None:
+    """Count process group ``pgid`` (a process started with start_new_session=True, such as
+    the sipgw daemon) among those leftover_processes() reports and kill_leftovers() kills."""
+    _started_groups.add(pgid)
+
+
 def _no_core_dumps() -> None:
     # baresip dumps a 60 MB core when it crashes
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -189,6 +195,11 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+#: a secret in a command line (the daemon's --set rest_auth_tokens=..., sip_password=...)
+_SECRET_SETTING = re.compile(r"((?:token|password|secret|key)s?=)\S+", re.IGNORECASE)
+_MASK = r"\1***"
+
+
 def leftover_processes() -> dict[int, list[str]]:
     """Processes still alive in any group started here: {pgid: [pid command...]}."""
     found = {}
@@ -200,7 +211,7 @@ def leftover_processes() -> dict[int, list[str]]:
                     cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue
-            rows.append(f"{pid} {cmd}")
+            rows.append(f"{pid} {_SECRET_SETTING.sub(_MASK, cmd)}")
         if rows:
             found[pgid] = rows
     return found

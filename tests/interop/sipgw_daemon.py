@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
-from peers import free_port
+from peers import free_port, track_group
 
 
 class RestError(Exception):
@@ -20,10 +20,18 @@ class RestError(Exception):
         self.body = body
 
 
-class Sipgw:
-    """Starts the daemon with test settings, talks to its REST API, stops it by pid."""
+#: what Sipgw(defaults=True) still sets: free ports, so that daemons run side by side
+PORT_SETTINGS = ("rest_port", "hls_port", "ws_port", "sip_local_port", "media_port_from",
+                 "media_port_to")
 
-    def __init__(self, workdir: str, twistd: list[str] | None = None, **settings):
+
+class Sipgw:
+    """Starts the daemon with test settings, talks to its REST API, stops it by pid.
+
+    ``defaults=True``: the built-in defaults but for the ports (PORT_SETTINGS)."""
+
+    def __init__(self, workdir: str, twistd: list[str] | None = None, defaults: bool = False,
+                 **settings):
         self.workdir = workdir
         # how twistd is run: this interpreter by default, or e.g. another venv's twistd
         self.twistd = twistd or [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -41,6 +49,8 @@ class Sipgw:
                          # stop() waits 10 s: a call whose peer is already gone when the
                          # daemon stops must not hold the ordered shutdown longer than that
                          "shutdown_timeout": 3}
+        if defaults:
+            self.settings = {k: v for k, v in self.settings.items() if k in PORT_SETTINGS}
         self.settings.update(settings)
         self.proc = None
         self.log_path = os.path.join(workdir, "sipgw.log")
@@ -51,8 +61,12 @@ class Sipgw:
         for key, value in self.settings.items():
             args += ["--set", f"{key}={value}"]
         with open(os.path.join(self.workdir, "sipgw.out"), "wb") as out:
+            # its own process group, as the peers have: a daemon a test leaves running is
+            # reported and killed at the end of the session (conftest.no_peer_left_running)
             self.proc = subprocess.Popen(args, cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT)
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        track_group(self.proc.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -92,22 +106,22 @@ class Sipgw:
             raw = exc.read()
             raise RestError(exc.code, json.loads(raw) if raw else None) from None
 
-    def call(self, call_id: str) -> dict | None:
+    def found(self, method: str, body: dict | None = None) -> list:
+        """A find method's answer; [] when it finds nothing (WCS answers 404)."""
         try:
-            return self.rest("/call/find", {"callId": call_id})[0]
+            return self.rest(method, body)
         except RestError as exc:
             if exc.code == 404:
-                return None
+                return []
             raise
+
+    def call(self, call_id: str) -> dict | None:
+        """/call/find by callId; None when there is no such call."""
+        return next(iter(self.found("/call/find", {"callId": call_id})), None)
 
     def stream(self, name: str) -> dict | None:
         """/stream/find by name; None when the stream does not exist (404)."""
-        try:
-            return self.rest("/stream/find", {"name": name})[0]
-        except RestError as exc:
-            if exc.code == 404:
-                return None
-            raise
+        return next(iter(self.found("/stream/find", {"name": name})), None)
 
     def start_call_to_bob(self, kamailio_port: int, call_id: str, **extra) -> None:
         """/call/startup: alice calls bob (baresip) through Kamailio, stream "stream-<callId>"."""
@@ -116,6 +130,16 @@ class Sipgw:
                 "sipPort": str(kamailio_port), "hasAudio": "true", "hasVideo": "true"}
         body.update(extra)
         self.rest("/call/startup", body)
+
+    def start_call_to_sipp(self, port: int | str, call_id: str, domain: str = "127.0.0.1",
+                           **extra):
+        """/call/startup: alice calls bob at ``domain``:``port`` (a SIPp callee, or 5060 for
+        RFC 3263 to decide), audio only, stream "stream-<callId>"; ``extra`` adds or changes.
+        Returns the answer (None when accepted)."""
+        body = {"callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
+                "sipDomain": domain, "sipPort": str(port), "hasVideo": "false",
+                "toStream": f"stream-{call_id}", **extra}
+        return self.rest("/call/startup", body)
 
     def call_bob(self, kamailio_port: int, call_id: str, **extra) -> dict:
         """start_call_to_bob, then wait for ESTABLISHED."""
@@ -154,10 +178,7 @@ def call_once(workdir, call_id: str, domain: str, port: str = "5060", during=Non
     os.makedirs(workdir)
     gw = Sipgw(str(workdir), **settings).start()
     try:
-        startup = {"callId": call_id, "callee": "bob", "sipLogin": "alice",
-                   "sipPassword": "s3cret", "sipDomain": domain, "sipPort": port,
-                   "hasVideo": "false", "toStream": f"stream-{call_id}", **(body or {})}
-        assert gw.rest("/call/startup", startup) is None
+        assert gw.start_call_to_sipp(port, call_id, domain, **(body or {})) is None
         call = gw.wait_status(call_id, "ESTABLISHED")
         if during is not None:
             during(gw, call)

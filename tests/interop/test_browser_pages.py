@@ -1,17 +1,7 @@
 """sipgw's own pages in headless Chromium: the "SIP as stream" page drives a whole baresip
 call by clicks and plays its stream; the Player page plays one stream in four windows."""
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
-
-from sipgw_daemon import Sipgw
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    gw = Sipgw(str(tmp_path)).start()
-    yield gw
-    gw.stop()
 
 
 def _page(daemon, name, **params):

@@ -2,19 +2,10 @@
 of a baresip call in headless Chromium, as a person would drive it."""
 import time
 
-import pytest
 from selenium.webdriver.common.by import By
 
-from sipgw_daemon import Sipgw
 
 PLAYER_PAGE = "examples/demo/streaming/player/player.html"
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    gw = Sipgw(str(tmp_path)).start()
-    yield gw
-    gw.stop()
 
 
 def _type(driver, element_id, text):

@@ -6,10 +6,9 @@ import os
 import signal
 import socket
 import time
-import urllib.request
 
 from peers import Sipp, free_port, wait_for
-from sipgw_daemon import RestError, Sipgw
+from sipgw_daemon import Sipgw
 
 PER_ENDING = 50  # calls per ending; 6 endings
 ENDINGS = {  # ending -> (SIPp callee, the status the call must end in)
@@ -26,24 +25,6 @@ def _pid_figures(pid):
     with open(f"/proc/{pid}/status") as f:
         threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
     return len(os.listdir(f"/proc/{pid}/fd")), threads
-
-
-def _found(gw, path, body):
-    try:
-        return gw.rest(path, body)
-    except RestError as exc:
-        if exc.code == 404:
-            return []
-        raise
-
-
-def _post(gw, path, body):
-    """One REST request on its own connection (as a WCS page does)."""
-    request = urllib.request.Request(f"http://127.0.0.1:{gw.rest_port}/rest-api{path}",
-                                     json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        response.read()
 
 
 def _pipelined(gw, *requests):
@@ -82,7 +63,7 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp, kamaili
     try:
         # a call first: the lazily made parts (REST connection pool, loggers) are counted
         base_callee = Sipp("uas_486.xml", port=free_port("udp"), tmpdir=tmp_path).start()
-        _post(gw, "/call/startup", {"callId": "warm", "callee": "bob", "sipLogin": "alice",
+        gw.rest("/call/startup", {"callId": "warm", "callee": "bob", "sipLogin": "alice",
                                     "sipDomain": "127.0.0.1", "sipPort": str(base_callee.port),
                                     "hasVideo": "false"})
         gw.wait_status("warm", "BUSY")
@@ -96,7 +77,7 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp, kamaili
 
         def sweep():
             """One find_all: note the ended calls, hang up those waiting for us."""
-            for call in _found(gw, "/call/find_all", {}):
+            for call in gw.found("/call/find_all", {}):
                 call_id, status = call["callId"], call["status"]
                 ending = ids.get(call_id)
                 if ending is None or call_id in ended:
@@ -108,17 +89,17 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp, kamaili
                         or status == "RING" and ending == "our CANCEL"):
                     terminated.add(call_id)
                     if status == "ESTABLISHED" and call_id.endswith("0"):
-                        stream, = _found(gw, "/stream/find", {"name": call_id})
-                        _post(gw, "/recorder/startup", {"mediaSessionId": stream["mediaSessionId"]})
-                        _post(gw, "/push/startup", {"streamName": call_id,
+                        stream, = gw.found("/stream/find", {"name": call_id})
+                        gw.rest("/recorder/startup", {"mediaSessionId": stream["mediaSessionId"]})
+                        gw.rest("/push/startup", {"streamName": call_id,
                                                     "rtmpUrl": nginx_rtmp.url()})
-                    _post(gw, "/call/terminate", {"callId": call_id})
+                    gw.rest("/call/terminate", {"callId": call_id})
 
         for n in range(PER_ENDING):
             for k, (ending, sipp) in enumerate(callees.items()):
                 call_id = f"c{k}-{n}"
                 ids[call_id] = ending
-                _post(gw, "/call/startup", {
+                gw.rest("/call/startup", {
                     "callId": call_id, "callee": "bob", "sipLogin": "alice",
                     "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false"})
             sweep()
@@ -139,11 +120,11 @@ def test_churn_through_every_ending_leaves_nothing(tmp_path, nginx_rtmp, kamaili
         assert len(ended) == len(ids) and not wrong, (len(ended), wrong)
         for ending, sipp in callees.items():
             assert sipp.wait(60) == 0, f"{ending}: SIPp counted failed calls"
-        wait_for(lambda: not _found(gw, "/call/find_all", {}), 30, "ended calls to expire")
-        assert _found(gw, "/stream/find_all", {}) == []
-        assert _found(gw, "/push/find_all", {}) == []
+        wait_for(lambda: not gw.found("/call/find_all", {}), 30, "ended calls to expire")
+        assert gw.found("/stream/find_all", {}) == []
+        assert gw.found("/push/find_all", {}) == []
         # no recording active; these calls sent no media, so none made a file to list
-        assert _found(gw, "/recorder/find_all", {}) == []
+        assert gw.found("/recorder/find_all", {}) == []
         assert gw.log().count("recording c0-") >= 5 and gw.log().count("push of c0-") >= 5
         wait_for(lambda: all(now <= then for now, then in
                              zip(_pid_figures(gw.proc.pid), baseline)), 10,

@@ -5,17 +5,17 @@ import asyncio
 import json
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from peers import Sipp, free_port
+from certs import TestCA
+from peers import free_port, wait_for
 from sipgw.hooks import UNREACHABLE
 from sipgw_daemon import Sipgw
-from ws_viewer import WcsSession
+from ws_viewer import WcsSession, refused_then_let_in
 
 
 class AppServer:
@@ -57,13 +57,8 @@ class AppServer:
             return [(m, b) for m, b in self.hooks if predicate(m, b)]
 
     def wait(self, predicate, timeout=15):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.seen(predicate)
-            if found:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no such hook; got {self.seen()}")
+        return wait_for(lambda: self.seen(predicate), timeout, "a hook",
+                        log=lambda: f"got {self.seen()}")
 
     def close(self):
         self.server.shutdown()
@@ -81,12 +76,12 @@ def _run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
-def test_every_hook_of_a_call_and_a_player_in_order(tmp_path, app_server):
+def test_every_hook_of_a_call_and_a_player_in_order(tmp_path, app_server, sipp_factory):
     """A call to SIPp and a player of its stream: the app server gets StreamStatusEvent and
     CallStatusEvent for every status the call goes through, in order, then connect,
     ConnectionStatusEvent, playStream and the player's StreamStatusEvents, in order."""
+    sipp = sipp_factory("uas_200.xml")
     gw = Sipgw(str(tmp_path), rest_apps=f"defaultApp={app_server.url}").start()
-    sipp = Sipp("uas_200.xml", port=free_port("udp"), tmpdir=tmp_path).start()
     try:
         assert gw.rest("/app/find_all")[0]["url"] == app_server.url
         gw.rest("/call/startup", {"callId": "h1", "callee": "bob", "sipLogin": "alice",
@@ -113,7 +108,6 @@ def test_every_hook_of_a_call_and_a_player_in_order(tmp_path, app_server):
                         and b["status"] == "UNPUBLISHED")
     finally:
         gw.stop()
-        sipp.stop()
     of_call = [(m, b["status"]) for m, b in app_server.seen(lambda m, b: b.get("callId") == "h1")]
     assert of_call == ([("StreamStatusEvent", "PENDING")]
                        + [("CallStatusEvent", s) for s in history[1:]]
@@ -140,15 +134,8 @@ def test_a_connect_the_app_refuses(tmp_path, app_server):
     closes; another player the app lets in gets getUserData."""
     gw = Sipgw(str(tmp_path), rest_apps=f"defaultApp={app_server.url}").start()
     try:
-        async def players():
-            refused = WcsSession(f"ws://127.0.0.1:{gw.settings['ws_port']}")
-            answer = await refused.connect(authToken="let-me-not-in")
-            closed = await refused.wait_for(lambda m: m["message"] == "__closed__")
-            allowed = WcsSession(f"ws://127.0.0.1:{gw.settings['ws_port']}")
-            welcome = await allowed.connect(authToken="fine")
-            allowed.close()
-            return answer, closed, welcome
-        answer, closed, welcome = _run(players())
+        answer, closed, welcome = _run(refused_then_let_in(
+            f"ws://127.0.0.1:{gw.settings['ws_port']}", "let-me-not-in", "fine"))
     finally:
         gw.stop()
     assert answer["message"] == "fail" and "403 Forbidden" in answer["data"][0]["info"]
@@ -171,16 +158,15 @@ def dead_app_url(request):
         yield f"http://127.0.0.1:{silent.getsockname()[1]}/silent"
 
 
-def test_a_dead_app_server_costs_no_call(tmp_path, dead_app_url):
+def test_a_dead_app_server_costs_no_call(tmp_path, dead_app_url, sipp_factory):
     """With the app server down, 100 calls to a SIPp callee still set up and end, quickly;
     its events fail or are dropped (a small queue), counted in /app/find_all, and logged at
     most once a minute."""
     media = free_port("udp", count=400)
+    sipp = sipp_factory("uas_bench.xml", calls=100, trace=False)
     gw = Sipgw(str(tmp_path), rest_apps=f"defaultApp={dead_app_url}", rest_request_timeout=1,
                rest_max_connections=5, rest_queue_size=50, max_calls_per_account=0,
                media_port_from=media, media_port_to=media + 399, call_retention=120).start()
-    sipp = Sipp("uas_bench.xml", port=free_port("udp"), tmpdir=tmp_path, calls=100,
-                trace=False).start()
     ids = [f"d{n}" for n in range(100)]
     try:
         started = time.monotonic()
@@ -204,7 +190,6 @@ def test_a_dead_app_server_costs_no_call(tmp_path, dead_app_url):
             time.sleep(0.2)
     finally:
         gw.stop()
-        sipp.stop()
     assert set_up < 20, f"100 calls took {set_up:.1f} s to set up"
     assert app["queued"] <= 50 and app["failed"] >= 10
     if "silent" in dead_app_url:
@@ -216,19 +201,17 @@ def test_a_dead_app_server_costs_no_call(tmp_path, dead_app_url):
 
 
 def test_https_app_servers_are_verified(tmp_path, monkeypatch):
-    """An https app server is asked only when its certificate verifies: with a self-signed
-    one the daemon does not trust, connect is refused and the app sees nothing; once the
-    daemon trusts it (SSL_CERT_FILE), the same app is asked and lets the player in."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    """An https app server is asked only when its certificate verifies: with one from a test
+    CA the daemon does not trust, connect is refused and the app sees nothing; once the
+    daemon trusts that CA (SSL_CERT_FILE), the same app is asked and lets the player in."""
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue(["127.0.0.1"], tmp_path)
     app = AppServer(tls=(str(cert), str(key)))
     try:
         answers = []
         for trusted in (False, True):
             if trusted:
-                monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+                monkeypatch.setenv("SSL_CERT_FILE", str(ca.path))
             workdir = tmp_path / f"trusted-{trusted}"
             workdir.mkdir()
             gw = Sipgw(str(workdir), rest_apps=f"defaultApp={app.url}").start()

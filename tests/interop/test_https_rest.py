@@ -1,26 +1,23 @@
 """REST over https (WCS https.port) with the wss certificate."""
 import json
 import ssl
-import subprocess
 import urllib.error
 import urllib.request
 
+from certs import TestCA
 from peers import free_port
 from sipgw_daemon import Sipgw
 
 
 def test_https_rest_answers_with_the_wss_certificate(tmp_path):
-    """With wss_certificate and wss_private_key set (a self-signed certificate made here), the
+    """With wss_certificate and wss_private_key set (from a test CA made here), the
     REST API answers on https_port too: GET as the WebSDK sends it and POST."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue(["127.0.0.1"], tmp_path)
     port = free_port("tcp")
     gw = Sipgw(str(tmp_path), https_port=port, wss_port=free_port("tcp"),
                wss_certificate=str(cert), wss_private_key=str(key)).start()
-    context = ssl.create_default_context(cafile=str(cert))
+    context = ssl.create_default_context(cafile=str(ca.path))
     answers = []
     try:
         for method, data in (("GET", None), ("POST", b"{}")):

@@ -19,6 +19,8 @@ from sipgw_daemon import RestError, Sipgw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WHEELS = os.path.join(ROOT, "var", "wheels")
+# the venv's python must not see the checkout (a PYTHONPATH pointing at it, for one)
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 IMPORT_ALL = """
 import pkgutil, sys, sipgw
@@ -31,7 +33,8 @@ print(len(names))
 
 
 def run(args, **kwargs) -> str:
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600, **kwargs)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=CLEAN_ENV,
+                            **kwargs)
     assert result.returncode == 0, f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -67,11 +70,13 @@ def test_wheel_declares_every_dependency(venv):
         assert f"\n{test_only}==" not in "\n" + installed
 
 
-def test_installed_daemon_starts_anywhere_on_built_in_defaults(venv, tmp_path):
-    """The venv's twistd runs sipgw from an unrelated folder with no config file; REST answers."""
+def test_installed_daemon_starts_anywhere_on_built_in_defaults(venv, tmp_path, monkeypatch):
+    """The venv's twistd runs sipgw from an unrelated folder with no config file and no
+    setting but its ports; REST answers."""
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    daemon = Sipgw(str(elsewhere), twistd=[os.path.join(venv, "bin", "twistd")])
+    daemon = Sipgw(str(elsewhere), twistd=[os.path.join(venv, "bin", "twistd")], defaults=True)
     try:
         daemon.start(timeout=60)
         with pytest.raises(RestError) as answer:

@@ -111,15 +111,12 @@ def test_a_sips_proxy_found_through_naptr_sips_d2t_and_sips_srv(tmp_path, tls_fi
     assert ("SRV", "_sip._udp.sip.test") not in queries
 
 
-def test_srtp_call_over_tls_signalling(tmp_path, tls_files, kamailio, test_video):
+@pytest.mark.parametrize("baresip_mediaenc", ["srtp-mand"])  # baresip requires SRTP
+def test_srtp_call_over_tls_signalling(tmp_path, tls_files, kamailio, baresip):
     """The secure trunk case: REGISTER and INVITE over TLS (sips: proxy) and SRTP (SDES,
     mandatory) media to baresip requiring SRTP: audio and video counted with no
     authentication failure, and the keys, carried only inside TLS, never in the log."""
     from test_srtp_baresip import INLINE_KEY
-    phone = peers.Baresip(tmp_path, user="bob", password=kamailio.users["bob"],
-                          registrar_port=kamailio.port, sip_port=peers.free_port(count=2),
-                          video_file=test_video, mediaenc="srtp-mand")
-    phone.start()
     gw = _daemon(tmp_path, "gw-srtp", tls_files[0].path)
     try:
         gw.start_call_to_bob(kamailio.port, "ts1", sipAuthenticationName="alice",
@@ -137,5 +134,4 @@ def test_srtp_call_over_tls_signalling(tmp_path, tls_files, kamailio, test_video
         gw.wait_status("ts1", "FINISH", timeout=20)
     finally:
         gw.stop()
-        phone.stop()
     assert not INLINE_KEY.search(gw.log()) and "alicepw" not in gw.log()

@@ -57,13 +57,6 @@ def pcap_rtp(path: Path) -> list[tuple[int, int, int]]:
     return packets
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    gw = Sipgw(str(tmp_path)).start()
-    yield gw
-    gw.stop()
-
-
 def _rtcp_until(sock, accept):
     """A function for wait_for: read the RTCP that has arrived, return the first compound
     packet ``accept`` takes, else None."""

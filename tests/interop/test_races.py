@@ -1,15 +1,13 @@
 """Races with a real SIPp callee (issue 10): an answer crossing the CANCEL sent at the
 ring timeout is ACKed and hung up, so the callee is not left answered."""
-from peers import Sipp, free_port
 from sipgw_daemon import Sipgw
 
 
-def test_answer_crossing_the_ring_timeout_cancel_is_acked_and_byed(tmp_path):
+def test_answer_crossing_the_ring_timeout_cancel_is_acked_and_byed(tmp_path, sipp_factory):
     """sip_ring_timeout=1: the call is FAILED and CANCELled after 1 s; SIPp answers the
     INVITE 200 anyway; sipgw ACKs it and sends BYE, which SIPp answers."""
+    sipp = sipp_factory("uas_cancel_crosses_200.xml", transport="u1")
     gw = Sipgw(str(tmp_path), sip_ring_timeout=1).start()
-    sipp = Sipp("uas_cancel_crosses_200.xml", port=free_port("udp"), transport="u1",
-                tmpdir=tmp_path).start()
     try:
         gw.rest("/call/startup", {"callId": "x1", "callee": "bob", "sipLogin": "alice",
                                   "sipDomain": "127.0.0.1", "sipPort": str(sipp.port),
@@ -20,5 +18,4 @@ def test_answer_crossing_the_ring_timeout_cancel_is_acked_and_byed(tmp_path):
         assert [m.method for m in sipp.received()] == ["INVITE", "CANCEL", "ACK", "BYE"]
         assert gw.call("x1")["status"] == "FAILED"
     finally:
-        sipp.stop()
         gw.stop()

@@ -10,7 +10,7 @@ import av
 import pytest
 
 from peers import require_program, wait_for
-from sipgw_daemon import RestError, Sipgw
+from sipgw_daemon import Sipgw
 
 
 @pytest.fixture
@@ -29,12 +29,7 @@ def daemon(tmp_path, records):
 
 
 def _recordings(daemon):
-    try:
-        return daemon.rest("/recorder/find_all")
-    except RestError as exc:
-        if exc.code == 404:
-            return []
-        raise
+    return daemon.found("/recorder/find_all")
 
 
 def _recording(daemon, status):

@@ -44,11 +44,7 @@ def callee(transport, tmp_path):
 
 def _startup(daemon, sipp, **extra):
     call_id = f"c{next(_ids)}"
-    body = {"callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
-            "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false",
-            "toStream": f"stream-{call_id}"}
-    body.update(extra)
-    assert daemon.rest("/call/startup", body) is None
+    assert daemon.start_call_to_sipp(sipp.port, call_id, **extra) is None
     return call_id
 
 

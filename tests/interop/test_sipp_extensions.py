@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from peers import Sipp, free_port
+from peers import free_port, wait_for
 from sipgw_daemon import Sipgw
 
 RTP_TIMEOUT = 6  # the 422 test runs two 4 s session-timer refreshes without RTP
@@ -23,24 +23,14 @@ def daemon(tmp_path_factory):
 
 
 @pytest.fixture
-def callee(tmp_path):
-    started = []
-
-    def start(scenario, **kwargs):
-        sipp = Sipp(scenario, port=free_port("udp"), tmpdir=tmp_path, **kwargs).start()
-        started.append(sipp)
-        return sipp
-    yield start
-    for sipp in started:
-        sipp.stop()
+def callee(sipp_factory):
+    """conftest's sipp_factory: SIPp scenarios on free ports, all stopped afterwards."""
+    return sipp_factory
 
 
 def _startup(daemon, sipp):
     call_id = f"x{next(_ids)}"
-    daemon.rest("/call/startup", {
-        "callId": call_id, "callee": "bob", "sipLogin": "alice", "sipPassword": "s3cret",
-        "sipDomain": "127.0.0.1", "sipPort": str(sipp.port), "hasVideo": "false",
-        "toStream": f"stream-{call_id}"})
+    daemon.start_call_to_sipp(sipp.port, call_id)
     return call_id
 
 
@@ -62,13 +52,6 @@ def test_hold_sendonly_without_rtp_outlives_the_rtp_timeout_and_resumes(daemon, 
     _hang_up(daemon, sipp, call_id)
 
 
-def _wait(predicate, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return predicate()
-
-
 def test_offerless_reinvite_takes_the_answer_in_the_ack(daemon, callee):
     """A re-INVITE without SDP gets the gateway's offer in the 200; the answer in SIPp's
     ACK (PCMA on another port) becomes the call's SDP, and the call stays ESTABLISHED."""
@@ -77,7 +60,8 @@ def test_offerless_reinvite_takes_the_answer_in_the_ack(daemon, callee):
     call_id = _startup(daemon, sipp)
     daemon.wait_status(call_id, "ESTABLISHED")
     moved = f"m=audio {port} RTP/AVP 8"
-    assert _wait(lambda: moved in daemon.call(call_id)["sdp"]), daemon.call(call_id)
+    wait_for(lambda: moved in daemon.call(call_id)["sdp"], 10, "the ACK's answer as the call's SDP",
+             log=lambda: str(daemon.call(call_id)))
     assert daemon.call(call_id)["status"] == "ESTABLISHED"
     offer = sipp.received(200)[-1]
     assert "CSeq: 1 INVITE" in offer.text and "m=audio" in offer.text
@@ -138,7 +122,7 @@ def test_422_then_timers_refreshed_within_a_short_interval(daemon, callee):
     sipp = callee("uas_422_timer.xml")
     call_id = _startup(daemon, sipp)
     daemon.wait_status(call_id, "ESTABLISHED")
-    assert _wait(lambda: len(sipp.received("UPDATE")) >= 2, timeout=8), sipp.errors()
+    wait_for(lambda: len(sipp.received("UPDATE")) >= 2, 8, "two UPDATEs", log=sipp.errors)
     assert daemon.call(call_id)["status"] == "ESTABLISHED"
     _hang_up(daemon, sipp, call_id)
     first, second = sipp.received("INVITE")
@@ -158,7 +142,8 @@ def test_media_in_the_second_codec_of_the_answer_is_taken(daemon, callee):
     def audio():
         stream = daemon.stream(f"stream-{call_id}")
         return stream["counters"].get("audio", {}) if stream else {}
-    assert _wait(lambda: audio().get("packets", 0) >= 50, timeout=15), audio()
+    wait_for(lambda: audio().get("packets", 0) >= 50, 15, "50 audio packets",
+             log=lambda: str(audio()))
     counters = audio()
     assert counters["wrong_payload_type"] == 0 and counters["codec_changes"] == 1
     assert daemon.stream(f"stream-{call_id}")["audioCodec"] == "PCMA"
@@ -174,7 +159,7 @@ def test_hold_and_unhold_from_the_app_send_the_sdp_directions(daemon, callee):
     daemon.wait_status(call_id, "ESTABLISHED")
     daemon.rest("/call/hold", {"callId": call_id})
     daemon.wait_status(call_id, "HOLD")
-    time.sleep(RTP_TIMEOUT + 2)
+    time.sleep(RTP_TIMEOUT + 2)  # a bounded negative wait: no RTP timeout while on hold
     assert daemon.call(call_id)["status"] == "HOLD"
     assert daemon.stream(f"stream-{call_id}") is not None
     daemon.rest("/call/unhold", {"callId": call_id})
@@ -210,7 +195,7 @@ def test_register_423_is_retried_with_min_expires_then_the_call_goes_through(dae
     daemon.wait_status(call_id, "ESTABLISHED")
     daemon.rest("/call/terminate", {"callId": call_id})
     daemon.wait_status(call_id, "FINISH")
-    assert _wait(lambda: len(sipp.received("REGISTER")) >= 3), sipp.errors()
+    wait_for(lambda: len(sipp.received("REGISTER")) >= 3, 10, "three REGISTERs", log=sipp.errors)
     assert sipp.wait(15) == 0, sipp.errors()
     first, second, last = sipp.received("REGISTER")
     assert [r.header("Expires") for r in (first, second, last)] == ["3600", "3700", "0"]

@@ -9,7 +9,6 @@ import sys
 import av
 import pytest
 
-import peers
 from peers import wait_for
 from sipgw_daemon import Sipgw
 
@@ -19,15 +18,9 @@ INLINE_KEY = re.compile(r"inline:(?!\.\.\.)[A-Za-z0-9+/]{20,}")
 
 
 @pytest.fixture
-def baresip(kamailio, tmp_path, test_video):
-    """baresip registered at ``kamailio`` as bob, answering only with SRTP (SDES)."""
-    phone = peers.Baresip(tmp_path, user="bob", password=kamailio.users["bob"],
-                          registrar_port=kamailio.port, sip_port=peers.free_port(count=2),
-                          video_file=test_video, mediaenc="srtp-mand")
-    try:
-        yield phone.start()
-    finally:
-        phone.stop()
+def baresip_mediaenc():
+    """conftest's ``baresip`` answers only with SRTP (SDES) in this module."""
+    return "srtp-mand"
 
 
 @pytest.fixture
@@ -83,20 +76,9 @@ def test_srtp_access_units_decode_to_frames(kamailio, baresip, tmp_path):
     assert len(decoded) >= 45 and {(f.width, f.height) for f in decoded} == {(320, 240)}
 
 
-@pytest.fixture
-def baresip_optional(kamailio, tmp_path, test_video):
-    """baresip as bob with SRTP optional (mediaenc=srtp): it answers a=crypto when offered."""
-    phone = peers.Baresip(tmp_path, user="bob", password=kamailio.users["bob"],
-                          registrar_port=kamailio.port, sip_port=peers.free_port(count=2),
-                          video_file=test_video, mediaenc="srtp")
-    try:
-        yield phone.start()
-    finally:
-        phone.stop()
-
-
-def test_optional_setting_gets_srtp_from_a_peer_that_offers_it_too(daemon, kamailio,
-                                                                   baresip_optional):
+# baresip with SRTP optional (mediaenc=srtp): it answers a=crypto when offered
+@pytest.mark.parametrize("baresip_mediaenc", ["srtp"])
+def test_optional_setting_gets_srtp_from_a_peer_that_offers_it_too(daemon, kamailio, baresip):
     """sip_srtp=optional and no sipSrtp: RTP/AVP with a=crypto, baresip answers with keys,
     media flows as SRTP with no authentication failure."""
     call = daemon.call_bob(kamailio.port, "s4")

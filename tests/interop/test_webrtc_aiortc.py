@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from sipgw_daemon import Sipgw
-from ws_viewer import WcsSession
+from ws_viewer import WcsSession, refused_then_let_in
 
 
 @pytest.fixture
@@ -154,18 +154,8 @@ def test_auth_token_is_checked_when_configured(tmp_path):
     """With ws_auth_tokens set, a wrong token is refused and closed; a right one connects."""
     gw = Sipgw(str(tmp_path), ws_auth_tokens="s3cret-token").start()
     try:
-        url = f"ws://127.0.0.1:{gw.settings['ws_port']}"
-
-        async def scenario():
-            bad = WcsSession(url)
-            refused = await bad.connect(authToken="wrong")
-            closed = await bad.wait_for(lambda m: m["message"] == "__closed__")
-            good = WcsSession(url)
-            accepted = await good.connect(authToken="s3cret-token")
-            good.close()
-            return refused, closed, accepted
-
-        refused, closed, accepted = _run(scenario())
+        refused, closed, accepted = _run(refused_then_let_in(
+            f"ws://127.0.0.1:{gw.settings['ws_port']}", "wrong", "s3cret-token"))
     finally:
         gw.stop()
     assert refused["message"] == "fail" and closed["data"][0]["code"] == 4003
@@ -175,18 +165,15 @@ def test_auth_token_is_checked_when_configured(tmp_path):
 def test_wss_serves_the_same_protocol(tmp_path):
     """With a certificate and key, wss:// speaks the same signalling."""
     import ssl
-    import subprocess
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    from certs import TestCA
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue(["127.0.0.1"], tmp_path)
     from peers import free_port
     gw = Sipgw(str(tmp_path), wss_port=free_port("tcp"), https_port=free_port("tcp"),
                wss_certificate=str(cert),
                wss_private_key=str(key)).start()
     try:
-        context = ssl.create_default_context(cafile=str(cert))
-        context.check_hostname = False  # the test certificate names localhost, we dial 127.0.0.1
+        context = ssl.create_default_context(cafile=str(ca.path))
 
         async def scenario():
             session = WcsSession(f"wss://127.0.0.1:{gw.settings['wss_port']}")

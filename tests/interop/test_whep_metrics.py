@@ -4,24 +4,15 @@ whep.html page in Chromium), and the daemon scraped as Prometheus would (/metric
 prometheus_client's parser, /health)."""
 import asyncio
 import json
-import time
 import urllib.error
 import urllib.request
 
 import aioice.ice
-import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from prometheus_client.parser import text_string_to_metric_families
 from selenium.webdriver.common.by import By
 
-from sipgw_daemon import Sipgw
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    gw = Sipgw(str(tmp_path)).start()
-    yield gw
-    gw.stop()
+from peers import wait_for
 
 
 def http(daemon, method: str, path: str, body: bytes = b"", content_type: str = ""):
@@ -94,10 +85,8 @@ def test_a_whep_player_plays_a_calls_stream_and_prometheus_sees_it(daemon, kamai
     assert during["sipgw_rtp_packets_total", (("kind", "audio"),)] > 0
     assert json.loads(http(daemon, "GET", "/health")[2]) == {"status": "up", "sip": True,
                                                              "rest": True}
-    deadline = time.monotonic() + 5
-    while scrape(daemon)["sipgw_viewers", (("kind", "whep"),)] != 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for(lambda: scrape(daemon)["sipgw_viewers", (("kind", "whep"),)] == 0, 5,
+             "no WHEP viewer after DELETE")
     daemon.rest("/call/terminate", {"callId": "h1"})
     daemon.wait_status("h1", "FINISH")
     assert scrape(daemon)["sipgw_calls_ended_total", (("status", "FINISH"),)] == 1
@@ -115,8 +104,6 @@ def test_the_whep_page_plays_a_calls_stream_in_chromium(daemon, kamailio, baresi
     assert scrape(daemon)["sipgw_viewers", (("kind", "whep"),)] == 1
     chromium.driver.find_element(By.ID, "stopBtn").click()
     chromium.wait_text("status", "STOPPED", timeout=10)
-    deadline = time.monotonic() + 5
-    while scrape(daemon)["sipgw_viewers", (("kind", "whep"),)] != 0:
-        assert time.monotonic() < deadline, "the WHEP session outlived Stop"
-        time.sleep(0.1)
+    wait_for(lambda: scrape(daemon)["sipgw_viewers", (("kind", "whep"),)] == 0, 5,
+             "the WHEP session to end with Stop")
     daemon.rest("/call/terminate", {"callId": "h2"})

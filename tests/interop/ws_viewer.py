@@ -91,6 +91,18 @@ class WcsSession:
         asyncio.ensure_future(self.ws.close())
 
 
+async def refused_then_let_in(url: str, refused_token: str, token: str):
+    """Connect with ``refused_token`` and wait for that socket to close, then connect another
+    session with ``token``: (the first answer, the close, the second answer)."""
+    refused = WcsSession(url)
+    answer = await refused.connect(authToken=refused_token)
+    closed = await refused.wait_for(lambda m: m["message"] == "__closed__")
+    allowed = WcsSession(url)
+    welcome = await allowed.connect(authToken=token)
+    allowed.close()
+    return answer, closed, welcome
+
+
 class Player:
     """An aiortc peer connection receiving one stream; counts what arrives."""
 
