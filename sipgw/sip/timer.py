@@ -10,6 +10,8 @@ from __future__ import annotations
 OPTION_TAG = "timer"  # RFC 4028 §3
 MIN_SE = 90  # §4: the smallest Min-SE allowed, and the default
 
+SHORTEST_INTERVAL = 4  # seconds: at most one refresh every 2 s, whatever a 2xx says
+
 
 def _delta(value: str | None) -> int | None:
     """The delta-seconds of a Session-Expires or Min-SE value; None if absent or bad."""
@@ -56,16 +58,17 @@ class SessionTimer:
 
     def answered(self, response) -> None:
         """A 2xx to our INVITE or refresh (§7.2): the interval and refresher it names; no
-        Session-Expires in it means no session timer. An interval below our Min-SE, which
-        the UAS may not answer (§9), is read as Min-SE: a peer saying 1 (or 0) must not make
-        sipgw refresh twice a second, or hang up at once."""
+        Session-Expires in it means no session timer. An interval below SHORTEST_INTERVAL
+        is read as that: a peer saying 1 (or 0) must not make sipgw refresh twice a second,
+        or hang up at once. (Min-SE itself is not enforced on the answer: short intervals
+        that peers do answer, below the §9 minimum, are followed.)"""
         value = response.get("Session-Expires")
         interval = _delta(value)
         if interval is None:
             self.stop()
             self.interval = None
             return
-        self._start(max(interval, self.min_se), (_refresher(value) or "uac") == "uac")
+        self._start(max(interval, SHORTEST_INTERVAL), (_refresher(value) or "uac") == "uac")
 
     def refreshed_by_peer(self, request) -> list[tuple[str, str]]:
         """A re-INVITE or UPDATE from the peer (§9): the headers of our 2xx, timers reset.
