@@ -171,6 +171,7 @@ class Config:
     rest_request_timeout: int = not_negative(5)
     rest_max_connections: int = positive(20)
     rest_queue_size: int = positive(1000)
+    rest_queue_bytes: int = positive(16 << 20)
     rest_hook_failure_allows: bool = False
     rest_egress_allow: str = ""
     rest_egress_deny: str = egress.DEFAULT_DENY
