@@ -142,6 +142,7 @@ class Config:
     dtmf_digits_per_second: int = not_negative(10)
     max_viewers_per_stream: int = not_negative(100)
     max_viewers_per_connection: int = not_negative(10)
+    max_apps: int = not_negative(100)
     # SIP over TCP
     sip_max_tcp_connections: int = not_negative(1000)
     sip_tcp_idle_timeout: int = not_negative(300)

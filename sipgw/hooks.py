@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from .egress import EgressDenied, EgressPolicy
 from .loglimit import LogLimiter, held_back
+from .quotas import check
 
 log = Logger(namespace="sipgw.hooks")
 
@@ -125,7 +126,8 @@ class Hooks:
     Deferred firing with the HTTP status code (``AgentClient`` in the daemon)."""
 
     def __init__(self, reactor, client, *, timeout: float = 5, max_connections: int = 20,
-                 queue_size: int = 1000, queue_bytes: int = 16 << 20, failure_allows: bool = False,
+                 queue_size: int = 1000, queue_bytes: int = 16 << 20, max_apps: int = 100,
+                 failure_allows: bool = False,
                  egress: EgressPolicy | None = None, apps=()) -> None:
         self.reactor = reactor
         self.client = client
@@ -133,6 +135,7 @@ class Hooks:
         self.max_connections = max(1, max_connections)
         self.queue_size = queue_size
         self.queue_bytes = queue_bytes
+        self.max_apps = max_apps
         self.failure_allows = failure_allows
         self.egress = egress or EgressPolicy()
         self.apps: dict[str, App] = {app.app_key: app for app in apps}
@@ -149,12 +152,16 @@ class Hooks:
         return cls(reactor, client, timeout=config.rest_request_timeout,
                    max_connections=config.rest_max_connections,
                    queue_size=config.rest_queue_size, queue_bytes=config.rest_queue_bytes,
+                   max_apps=config.max_apps,
                    failure_allows=config.rest_hook_failure_allows, egress=egress,
                    apps=parse_apps(config.rest_apps, egress))
 
     # -- apps (/app/add, /app/find_all, /app/remove) ------------------------------------
     def add(self, app: App) -> None:
+        """Adds or replaces; a new appKey beyond ``max_apps`` is refused (429)."""
         check_url(app.url, self.egress)
+        if app.app_key not in self.apps:
+            check(len(self.apps), self.max_apps, "apps", "max_apps", "appKey")
         self.apps[app.app_key] = app
 
     def remove(self, app_key: str) -> App | None:
