@@ -75,6 +75,9 @@ class Config:
     wss_private_key: str = ""
     ws_auth_tokens: str = ""
     ws_connection_timeout: int = not_negative(10)
+    ws_max_connections: int = not_negative(2000)
+    ws_max_connections_per_address: int = not_negative(100)
+    ws_messages_per_second: int = not_negative(50)
     keep_alive_server_interval: int = not_negative(5000)
     keep_alive_probes: int = not_negative(10)
     webrtc_ice_address: str = ""
