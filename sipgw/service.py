@@ -87,7 +87,8 @@ class _Daemon(service.MultiService):
         """(1) Close the REST and websocket listeners and take no new call; (2) end every
         call and unregister every account while SIP stays open, finalize recordings and
         close pushes, all within ``shutdown_timeout``; (3) close the SIP sockets and the
-        hooks' connections; then log one summary line."""
+        hooks' connections, after the open websockets are closed (1001); then log one summary
+        line."""
         service.Service.stopService(self)
         return defer.ensureDeferred(self._stop())
 
@@ -107,6 +108,9 @@ class _Daemon(service.MultiService):
                 counts.update(result)
             else:
                 log.failure("shutdown step failed", result)
+        signalling = getattr(self, "signalling", None)
+        if signalling is not None:  # players were told STOPPED with their streams: close
+            await signalling.close_all()
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in late])
         log.info("stopped in {seconds:.2f} s: {calls} call(s) ended ({answered} answered, "
                  "the rest at the deadline), {unregistered} registration(s) removed "

@@ -440,6 +440,8 @@ class SignallingFactory(WebSocketServerFactory):
                                 autoPingTimeout=30)
         self._watchers: dict[str, set] = {}  # stream mediaSessionId -> {(proto, viewer id)}
         self.clients: dict[str, int] = {}  # open connections per client address
+        self.sessions: set = set()  # the open (admitted) protocols
+        self._closed: list = []  # (protocol set, Deferred) of close_all() calls still waiting
         self._refusals = LogLimiter(reactor)
 
     # -- limits: connections in all and per address, messages per second per connection --
@@ -459,11 +461,17 @@ class SignallingFactory(WebSocketServerFactory):
                              limit=limit, held=held_back(held))
                 raise ConnectionDeny(503, f"too many websocket connections ({setting}={limit})")
         self.clients[host] = mine + 1
+        self.sessions.add(proto)
         proto._counted_host = host
         rate = config.ws_messages_per_second
         proto._rate = TokenBuckets(rate, 2 * rate, clock=self.reactor, max_keys=1)
 
     def release(self, proto) -> None:
+        self.sessions.discard(proto)
+        for waiting, d in list(self._closed):
+            waiting.discard(proto)
+            if not waiting and not d.called:
+                d.callback(None)
         host, proto._counted_host = proto._counted_host, None
         if host is not None:
             left = self.clients.get(host, 1) - 1
@@ -471,6 +479,25 @@ class SignallingFactory(WebSocketServerFactory):
                 self.clients[host] = left
             else:
                 self.clients.pop(host, None)
+
+    def close_all(self, timeout: float = 2.0) -> defer.Deferred:
+        """At shutdown: every open websocket closed with 1001 "going away" (their DISCONNECTED
+        hooks go out); fires when all have closed, or after ``timeout`` seconds."""
+        waiting = set(self.sessions)
+        d = defer.Deferred()
+        if not waiting:
+            d.callback(None)
+            return d
+        entry = (waiting, d)
+        self._closed.append(entry)
+        timer = self.reactor.callLater(timeout, lambda: d.called or d.callback(None))
+        d.addBoth(lambda r: (timer.active() and timer.cancel(), self._closed.remove(entry), r)[2])
+        for proto in list(waiting):
+            if proto.state == WebSocketServerProtocol.STATE_OPEN:
+                proto.sendClose(1001, "sipgw is shutting down")
+            else:
+                proto.dropConnection(abort=True)
+        return d
 
     def within_rate(self, proto) -> bool:
         """False (the message is dropped, the client told once every 10 s) beyond

@@ -366,3 +366,28 @@ def test_messages_beyond_the_rate_are_dropped_and_the_client_told():
     for _ in range(60):
         _say(protocol, "availableStream", {"name": "x"})
     assert len([m for m in sent if m["message"] == "availableStream"]) == 50
+
+
+def test_close_all_closes_every_open_websocket_and_fires_when_they_are_gone():
+    """At shutdown every open websocket gets a 1001 close; the Deferred fires when the last
+    has closed (or after the timeout when a client never answers)."""
+    first, _, _ = open_session()
+    factory = first.factory
+    peer = IPv4Address("TCP", "127.0.0.1", 50002)
+    second = factory.buildProtocol(peer)
+    second.makeConnection(TcpLikeTransport(peerAddress=peer))
+    second.dataReceived(UPGRADE)
+    closes = []
+    for proto in (first, second):
+        proto.sendClose = lambda code=None, reason=None, p=proto: closes.append((p, code))
+    done = factory.close_all(timeout=2)
+    assert sorted(code for _, code in closes) == [1001, 1001] and not done.called
+    first.connectionLost(Failure(ConnectionDone()))
+    assert not done.called
+    second.connectionLost(Failure(ConnectionDone()))
+    assert done.called and factory.sessions == set() and factory.clients == {}
+    third, _, _ = open_session()  # a client that never answers: the timeout ends the wait
+    third.sendClose = lambda *a, **kw: None
+    late = third.factory.close_all(timeout=2)
+    third.factory.reactor.advance(2)
+    assert late.called and third.factory._closed == []
