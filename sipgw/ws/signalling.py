@@ -443,6 +443,7 @@ class SignallingFactory(WebSocketServerFactory):
         self.sessions: set = set()  # the open (admitted) protocols
         self._closed: list = []  # (protocol set, Deferred) of close_all() calls still waiting
         self._refusals = LogLimiter(reactor)
+        registry.listeners.append(self._stream_event)
 
     # -- limits: connections in all and per address, messages per second per connection --
     def admit(self, proto, host: str) -> None:
@@ -508,7 +509,6 @@ class SignallingFactory(WebSocketServerFactory):
             proto.fail("unknown", "too many messages: at most ws_messages_per_second="
                        f"{self.config.ws_messages_per_second}; this one was dropped")
         return False
-        registry.listeners.append(self._stream_event)
 
     def watch(self, stream, proto, media_session_id) -> None:
         self._watchers.setdefault(stream.media_session_id, set()).add((proto, media_session_id))
