@@ -147,7 +147,9 @@ def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaSe
     from .media.hls import HlsManager
     hls = HlsManager(reactor, registry, target=config.hls_target_duration,
                      count=config.hls_segments, max_bytes=config.hls_max_bytes,
-                     idle=config.hls_idle_timeout, keyframes=keyframes)
+                     idle=config.hls_idle_timeout, keyframes=keyframes,
+                     part=config.hls_part_duration, max_held=config.hls_max_blocked_requests,
+                     block_timeout=config.hls_blocking_timeout)
     return _MediaService(pushes, recorders, timeout=config.shutdown_timeout, hls=hls)
 
 
