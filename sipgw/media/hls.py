@@ -415,6 +415,7 @@ class HlsJob(MediaJob):
         options, enough = self._options()
         init, pending, fragment = b"", [], None
         length = 0.0  # of the open segment
+        frame = 0.04  # a video frame's duration, as last seen
         written = flushed = 0  # video samples given to the muxer, and in its fragments
         keys: collections.deque[int] = collections.deque()  # the keyframes' sample numbers
         cut = None  # when to ask for a keyframe (the source's own may come later)
@@ -446,22 +447,24 @@ class HlsJob(MediaJob):
                     init += box  # ftyp, moov: the init section
                 if kind == b"moof":
                     tracks = fragment_tracks(box)
-                    if out.video is not None:
-                        video = tracks.get(1)
-                        if video is not None:
-                            flushed += video[2]
+                    video = tracks.get(1) if out.video is not None else None
+                    audio = tracks.get(1 if out.video is None else 2)
+                    # the video's span; the audio's when it has none (the last, or a stall)
+                    if video is not None and video[1]:
+                        seconds = video[1] / 90000
+                        frame = seconds / video[2]
+                    elif video is not None:  # the last fragment: its frame has no duration
+                        seconds = video[2] * frame
+                    else:
+                        seconds = audio[1] / out.audio.rate if audio and out.audio else 0.0
+                    if out.video is None:  # AAC only: every frame is a key
+                        fragment = (seconds, True, True)
+                    else:
+                        flushed += video[2] if video is not None else 0
                         while keys and keys[0] < flushed:
                             keys.popleft()
-                        followed = bool(keys) and keys[0] == flushed
-                        if video is None:  # no video frame in this fragment: audio only
-                            start, span, _, _ = tracks.get(2, (0, 0, 0, False))
-                            fragment = (span / out.audio.rate if out.audio else 0.0, False,
-                                        followed)
-                        else:
-                            fragment = (video[1] / 90000, video[3], followed)
-                    else:
-                        span = next(iter(tracks.values()))[1] if tracks else 0
-                        fragment = (span / out.audio.rate, True, True)
+                        fragment = (seconds, video is not None and video[3],
+                                    bool(keys) and keys[0] == flushed)
                 # a fragment is complete once its mdat is out: a part
                 if kind == b"mdat" and fragment is not None:
                     duration, independent, followed = fragment
@@ -705,6 +708,7 @@ class HlsManager:
         if live is not None and kind == "part" and number == live.store.hint:
             store = live.store
             if not await self._hold(live, lambda: store.hint != number, self.block_timeout):
+                self.requests[kind] += 1
                 raise Unavailable(f"part {number} did not come within "
                                   f"{self.block_timeout:g} s")
         return self.part(name, file, client)
