@@ -297,6 +297,7 @@ def make_service(config, reactor) -> service.MultiService:
     site.resource.putChild(b"whep", whep)  # WHEP players, counted with the websocket's
     viewers["websocket"] = lambda: top.signalling.viewer_count() - len(whep.sessions)
     viewers["whep"] = lambda: len(whep.sessions)
+    viewers["hls"] = media.hls.players  # client addresses asking within hls_idle_timeout
     from .rest.hls import HlsResource
     # RestSite as on the REST port: a body is refused unread, no access-log line per segment
     hls_site = RestSite(HlsResource(media.hls, access), max_body=config.rest_max_body)
