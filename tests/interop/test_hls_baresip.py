@@ -58,13 +58,14 @@ PAGE = """<!doctype html><html><body>
 <script>
 const status = document.getElementById("status"), video = document.getElementById("video");
 if (!Hls.isSupported()) { status.textContent = "hls.js unsupported"; }
-const hls = new Hls({lowLatencyMode: true});
+const params = new URLSearchParams(location.search);
+const hls = new Hls({lowLatencyMode: params.get("ll") !== "0"});
 window.hls = hls;
 window.loaded = {parts: 0, fragments: 0};
 hls.on(Hls.Events.FRAG_LOADED, (e, d) => { if (d.part) loaded.parts++; else loaded.fragments++; });
 hls.on(Hls.Events.ERROR, (e, d) => { if (d.fatal) status.textContent = "error " + d.details; });
 video.addEventListener("playing", () => { status.textContent = "playing"; });
-hls.loadSource(new URLSearchParams(location.search).get("src"));
+hls.loadSource(params.get("src"));
 hls.attachMedia(video);
 </script></body></html>
 """
@@ -74,7 +75,8 @@ def test_hls_js_in_chromium_plays_a_real_call(daemon, kamailio, baresip, chromiu
     """hls.js (npm) in headless Chromium, on a page of another origin (CORS), plays the
     call's HLS in low-latency mode: 320x240, its clock advancing by 3 s, from parts
     (EXT-X-PART) it learns of by blocking playlist reloads (_HLS_msn/_HLS_part); /metrics
-    counts the player, the parts and the reloads."""
+    counts the player, the parts and the reloads.  Baseline in the same run: hls.js without
+    low-latency mode plays the same stream from segments, further behind the live edge."""
     import shutil
     from peers import PeerMissing, StaticSite, hlsjs_dir
     try:
@@ -108,7 +110,7 @@ def test_hls_js_in_chromium_plays_a_real_call(daemon, kamailio, baresip, chromiu
         loaded = script("return window.loaded")
         assert loaded["parts"] > 0, loaded
         latency = script("return hls.latency")
-        print(f"hls.js low-latency mode: latency {latency:.2f} s, target "
+        print(f"\nhls.js low-latency mode: latency {latency:.2f} s, target "
               f"{script('return hls.targetLatency'):.2f} s, loaded {loaded}")
         from test_whep_metrics import scrape  # the /metrics reader of the WHEP test
         samples = scrape(daemon)
@@ -116,5 +118,15 @@ def test_hls_js_in_chromium_plays_a_real_call(daemon, kamailio, baresip, chromiu
         assert samples["sipgw_hls_requests_total", (("kind", "part"),)] > 0
         assert samples["sipgw_viewers", (("kind", "hls"),)] == 1
         assert samples["sipgw_hls_streams", ()] == 1
+        chromium.open(f"http://127.0.0.1:{site.port}/hls.html?ll=0&src={src}")
+        chromium.wait_text("status", "playing", timeout=30)
+        start = script("return document.getElementById('video').currentTime")
+        chromium.wait(lambda: script("return document.getElementById('video').currentTime")
+                      > start + 3, 20, "the segments-only player's clock to advance 3 s")
+        plain = script("return hls.latency")
+        print(f"hls.js without low-latency mode (baseline): latency {plain:.2f} s, "
+              f"loaded {script('return window.loaded')}")
+        assert script("return window.loaded.parts") == 0
+        assert latency < plain
     finally:
         site.stop()
