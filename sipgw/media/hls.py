@@ -1,12 +1,16 @@
-"""HLS of a stream (RFC 8216): fMP4 (CMAF) segments kept in memory, muxed on demand.
+"""HLS of a stream (RFC 8216): fMP4 (CMAF) segments kept in memory, muxed on demand, with
+the low-latency parts of RFC 8216bis.
 
-``SegmentStore`` (reactor thread, no I/O) holds one stream's init sections and its last
-segments, bounded in count and bytes, and renders the media playlist.  ``HlsJob`` is a
+``SegmentStore`` (reactor thread, no I/O) holds one stream's init sections, its last segments
+(bounded in count and bytes) and the parts of the segment being made, renders the media
+playlist and says when a blocking playlist reload can be answered.  ``HlsJob`` is a
 ``MediaJob``: on its worker thread the stream's frames go through the same ``Pipeline``
-(H.264 passed through, audio to AAC) and the same fragmented-MP4 writer as recordings;
-the bytes are cut at top-level boxes, and fragments (one per keyframe) are grouped into
-segments of at least ``target`` seconds.  ``HlsManager`` starts a job when a player
-first asks for a stream's playlist and stops it after ``idle`` seconds without a request.
+(H.264 passed through, audio to AAC) and the same fragmented-MP4 writer as recordings; the
+bytes are cut at top-level boxes; each fragment (at every keyframe, and every part duration)
+is a part, and parts are grouped into segments of at least ``target`` seconds that start at a
+keyframe.  ``HeldRequests`` holds blocking reloads, hinted parts and first playlists until the
+store has them, bounded in number and time.  ``HlsManager`` starts a job when a player first
+asks for a stream's playlist and stops it after ``idle`` seconds without a request.
 """
 from __future__ import annotations
 
