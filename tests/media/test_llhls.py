@@ -7,17 +7,11 @@ import av
 import pytest
 from twisted.internet import defer, task
 
-from synthetic import ClockedCalls, FakeClock, ThreadCalls, ffprobe, frames, publish
-from sipgw.media.hls import (Busy, HeldRequests, HlsJob, HlsManager, SegmentStore, TooFar,
-                             Unavailable, fragment_tracks)
+from synthetic import ClockedCalls, ffprobe, frames, publish
+from sipgw.media.hls import (Busy, HeldRequests, HlsManager, SegmentStore, TooFar, Unavailable,
+                             fragment_tracks)
 from sipgw.streams.registry import StreamRegistry
-from sipgw.streams.stream import Stream
-
-
-def _stream(name="s1", **kw):
-    stream = Stream(name, **kw)
-    stream.audio_codec, stream.video_codec, stream.width, stream.height = "PCMU", "H264", 320, 240
-    return stream
+from test_hls import _started_job, _stream
 
 
 def _store(count=10, max_bytes=1 << 20, target=2.0, part=0.5) -> SegmentStore:
@@ -293,12 +287,8 @@ def test_held_requests_keep_the_stream_muxed():
 
 
 def _mux(store: SegmentStore, timed, stream=None):
-    calls = ThreadCalls()
-    stream = stream or _stream()
-    job = HlsJob(calls, stream, store, queue_frames=5000)
-    job.clock = FakeClock()
-    job.start()
-    publish(stream, timed, job.clock, calls=calls)
+    calls, stream, job, clock = _started_job(store, stream)
+    publish(stream, timed, clock, calls=calls)
     stream.end()
     calls.run_until(lambda: job.finished, what="the HLS job to end")
     store.end()
