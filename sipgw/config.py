@@ -132,6 +132,9 @@ class Config:
     hls_segments: int = positive(6)
     hls_max_bytes: int = positive(33554432)
     hls_idle_timeout: int = positive(20)
+    hls_part_duration: float = not_negative(0.5)
+    hls_max_blocked_requests: int = positive(1000)
+    hls_blocking_timeout: int = not_negative(0)
     # egress policy and quotas
     sip_egress_allow: str = ""
     sip_egress_deny: str = egress.DEFAULT_DENY
@@ -254,6 +257,14 @@ def _convert(key: str, raw: str):
             return int(raw)
         except ValueError:
             raise ConfigError(f"{key}={raw!r}: expected an integer") from None
+    if kind == "float":
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}={raw!r}: expected a number")
+        return value
     return raw
 
 

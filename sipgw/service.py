@@ -151,7 +151,9 @@ def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaSe
     from .media.hls import HlsManager
     hls = HlsManager(reactor, registry, target=config.hls_target_duration,
                      count=config.hls_segments, max_bytes=config.hls_max_bytes,
-                     idle=config.hls_idle_timeout, keyframes=keyframes)
+                     idle=config.hls_idle_timeout, keyframes=keyframes,
+                     part=config.hls_part_duration, max_held=config.hls_max_blocked_requests,
+                     block_timeout=config.hls_blocking_timeout)
     return _MediaService(pushes, recorders, timeout=config.shutdown_timeout, hls=hls)
 
 
@@ -299,6 +301,7 @@ def make_service(config, reactor) -> service.MultiService:
     site.resource.putChild(b"whep", whep)  # WHEP players, counted with the websocket's
     viewers["websocket"] = lambda: top.signalling.viewer_count() - len(whep.sessions)
     viewers["whep"] = lambda: len(whep.sessions)
+    viewers["hls"] = media.hls.players  # client addresses asking within hls_idle_timeout
     from .rest.hls import HlsResource
     # RestSite as on the REST port: a body is refused unread, no access-log line per segment
     hls_site = RestSite(HlsResource(media.hls, access), max_body=config.rest_max_body)
