@@ -149,6 +149,7 @@ class Config:
     max_viewers_per_stream: int = not_negative(100)
     max_viewers_per_connection: int = not_negative(10)
     max_apps: int = not_negative(100)
+    whep_max_trickle_candidates: int = not_negative(32)
     # SIP over TCP
     sip_max_tcp_connections: int = not_negative(1000)
     sip_tcp_idle_timeout: int = not_negative(300)
