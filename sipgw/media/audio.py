@@ -170,6 +170,11 @@ class SoundLoop:
         self.loop = loop
         self._at = 0
 
+    @property
+    def played(self) -> bool:
+        """Played through once, not looped: ``take`` gives only silence from now on."""
+        return not self.loop and self._at >= len(self.samples)
+
     def take(self, n: int) -> numpy.ndarray:
         out = numpy.zeros(n, dtype=numpy.float32)
         filled = 0

@@ -99,6 +99,8 @@ class Endpoint:
         self.ts = secrets.randbits(32)
         self.sent_packets = 0
         self.sent_octets = 0
+        self.last_sent: float | None = None  # clock time of our last RTP packet
+        self.injecting = False  # media is injected (sipgw/rtp/sender.py): no silence meanwhile
         self.srtp = None  # an SrtpContext once SDES keys are agreed (sipgw/rtp/srtp.py)
 
     def listen(self, reactor, address: str) -> None:
@@ -361,6 +363,7 @@ class Endpoint:
             return
         self.sent_packets += 1
         self.sent_octets += len(payload)
+        self.last_sent = self.session.clock.seconds()
 
 
 class MediaSession:
@@ -569,7 +572,7 @@ class MediaSession:
     # -- sending ---------------------------------------------------------------
     def _silence(self) -> None:
         audio = self.endpoints["audio"]
-        if audio.media is None:
+        if audio.media is None or audio.injecting:
             return
         codec = audio.media.codec
         payload = SILENCE.get(codec.name)
