@@ -80,7 +80,8 @@ class AudioSender:
             self.stop()
             return
         now = self.clock.seconds()
-        due = int((now - self._start) / FRAME_SECONDS) + 1
+        # the slots due by now (a hair of tolerance: the next tick is then strictly later)
+        due = int((now - self._start) / FRAME_SECONDS + 1e-6) + 1
         behind = due - self._slots
         if behind > MAX_CATCH_UP:  # the reactor stalled: keep the timeline, drop the slots
             skip = behind - 1
@@ -92,7 +93,7 @@ class AudioSender:
             self._send_one()
         if self.running:
             delay = self._start + self._slots * FRAME_SECONDS - now
-            self._timer = self.clock.callLater(max(0.0, delay), self._tick)
+            self._timer = self.clock.callLater(delay, self._tick)
 
     def _send_one(self) -> None:
         endpoint = self.endpoint
