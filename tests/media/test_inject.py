@@ -4,65 +4,17 @@ the real worker thread: a sound file played once (FINISHED) or looped, a stream 
 the call's codec until the stream ends (UNPUBLISHED), stop() (STOPPED), video passed through."""
 from __future__ import annotations
 
-import time
 
-import numpy
 import pytest
 
-from fakes import UDPMemoryReactor
+from fakes import CALLEE, CALLEE_VIDEO, answered_session
+from fakes import ThreadedUDPReactor as Reactor
 from sipgw.media.inject import (FINISHED, INJECTING, STOPPED, UNPUBLISHED, AudioDecoder,
                                 Injection, PayloadEncoder, PayloadQueue)
 from sipgw.rtp.packet import RtpPacket
-from sipgw.rtp.ports import PortPool
-from sipgw.rtp.session import MediaSession
-from sipgw.sip.sdp import SessionDescription, make_offer, negotiate
 from sipgw.streams.stream import MediaFrame, Stream
-from synthetic import ThreadCalls, h264_access_units
+from synthetic import h264_access_units
 from tones import decode, dominant_hz, tone_payloads, tone_wav
-
-CALLEE = ("127.0.0.1", 30000)
-CALLEE_VIDEO = ("127.0.0.1", 30002)
-
-
-class Reactor(UDPMemoryReactor):
-    """A fake clock + UDP reactor whose callFromThread queues for the test thread."""
-
-    def __init__(self):
-        super().__init__()
-        self.from_threads = ThreadCalls()
-        self.callFromThread = self.from_threads.callFromThread
-
-    def run(self, until, timeout=20.0, step=0.02):
-        """Advance 20 ms at a time (letting the worker run) until ``until()``."""
-        deadline = time.monotonic() + timeout
-        while not until():
-            assert time.monotonic() < deadline, "condition not met in time"
-            self.from_threads.run_pending()
-            self.advance(step)
-            time.sleep(0.003)
-        self.from_threads.run_pending()
-
-
-def call_session(reactor, codec="PCMU", video=False):
-    """An established MediaSession whose callee answered ``codec`` (and H264 pm=1)."""
-    stream = Stream("call-stream", has_audio=True, has_video=video, call_id="c1")
-    kinds = ["audio", "video"] if video else ["audio"]
-    session = MediaSession(reactor, call_id="c1", stream=stream, bind_address="127.0.0.1",
-                           ports=PortPool(46000, 46099, "127.0.0.1"), kinds=kinds)
-    ports = session.open()
-    pt, rtpmap = {"PCMU": (0, "PCMU/8000"), "PCMA": (8, "PCMA/8000"),
-                  "opus": (111, "opus/48000/2")}[codec]
-    lines = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
-             f"m=audio {CALLEE[1]} RTP/AVP {pt}", f"a=rtpmap:{pt} {rtpmap}", "a=sendrecv"]
-    if video:
-        lines += [f"m=video {CALLEE_VIDEO[1]} RTP/AVP 102", "a=rtpmap:102 H264/90000",
-                  "a=fmtp:102 profile-level-id=42e01f;packetization-mode=1", "a=sendrecv"]
-    offer = make_offer("127.0.0.1", audio_port=ports["audio"], video_port=ports.get("video"),
-                       session_id=1)
-    session.negotiate(negotiate(offer, SessionDescription.parse("\r\n".join(lines) + "\r\n")))
-    session.established()
-    return session, ports
-
 
 def received(reactor, port, to=CALLEE):
     return [RtpPacket.parse(d) for d, a in reactor.udp_ports[port].written if a == to]
@@ -111,7 +63,7 @@ def test_sound_file_played_once_into_a_pcmu_call(tmp_path):
     """inject_sound: a 0.5 s 1 kHz WAV reaches the callee as PCMU from the call's RTP port,
     1 kHz, about 25 packets of it; the injection ends FINISHED and silence stops with it."""
     reactor = Reactor()
-    session, ports = call_session(reactor)
+    session, ports = answered_session(reactor)
     path = tone_wav(tmp_path / "tone.wav", 1000, 0.5)
     injection = Injection(reactor, session, call_id="c1", sound=(str(path), "tone.wav", False))
     states = []
@@ -137,7 +89,7 @@ def test_sound_file_looped_until_stopped_into_an_opus_call(tmp_path):
     """loop: a 0.2 s tone keeps playing (well past its length) into an opus call until
     stop(): STOPPED, and the sender stops."""
     reactor = Reactor()
-    session, ports = call_session(reactor, "opus")
+    session, ports = answered_session(reactor, "opus")
     path = tone_wav(tmp_path / "tone.wav", 1000, 0.2)
     injection = Injection(reactor, session, call_id="c1", sound=(str(path), "tone.wav", True))
     injection.start()
@@ -155,7 +107,7 @@ def test_sound_file_looped_until_stopped_into_an_opus_call(tmp_path):
 def test_an_unusable_sound_file_fails_the_injection(tmp_path):
     """A file PyAV cannot read: FAILED naming the file, nothing injected but silence."""
     reactor = Reactor()
-    session, _ = call_session(reactor)
+    session, _ = answered_session(reactor)
     (tmp_path / "bad.wav").write_bytes(b"RIFF nothing")
     injection = Injection(reactor, session, call_id="c1",
                           sound=(str(tmp_path / "bad.wav"), "bad.wav", False)).start()
@@ -167,7 +119,7 @@ def test_stream_audio_transcoded_until_the_stream_ends():
     """inject_stream: another stream's PCMU 440 Hz, published as a call would, reaches a
     PCMA call as PCMA 440 Hz; the stream's end ends the injection UNPUBLISHED."""
     reactor = Reactor()
-    session, ports = call_session(reactor, "PCMA")
+    session, ports = answered_session(reactor, "PCMA")
     source = Stream("other", has_audio=True, has_video=False, call_id="c2")
     injection = Injection(reactor, session, call_id="c1", source=source).start()
     payloads = tone_payloads("PCMU", 440, 1.0)
@@ -194,7 +146,7 @@ def test_stream_video_passed_through_from_a_keyframe():
     """A call with H264 gets the stream's access units (RTP payloads of aiortc's packetizer,
     marker on each last one), from the first keyframe on; the audio goes on meanwhile."""
     reactor = Reactor()
-    session, ports = call_session(reactor, "PCMU", video=True)
+    session, ports = answered_session(reactor, "PCMU", video=True)
     source = Stream("other", has_audio=True, has_video=True, call_id="c2")
     injection = Injection(reactor, session, call_id="c1", source=source).start()
     assert injection.to_json()["video"] is True
