@@ -10,6 +10,9 @@ sees exactly what sipgw sends (and sends the callee's own media back).
   callee's own media keeps flowing into its stream; with rtp_session_init_always the packets
   are silence -> injection -> silence on one SSRC and one sequence; ending the second call
   ends the injection (UNPUBLISHED, with a log line).
+- inject_stream of a baresip call (ausine 440 Hz, H264) into a call answered with PCMU and
+  H264 (packetization-mode 1 and 0): the video the callee gets rebuilds into access units that
+  decode at 320x240, the audio is 440 Hz.
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ import socket
 import threading
 import time
 
+import av
 import pytest
 
 from peers import wait_for
+from sipgw.rtp.h264 import FU_A, STAP_A, H264Depacketizer
 from sipgw.rtp.packet import RtpPacket
 from sipgw_daemon import Sipgw
 from tones import decode, dominant_hz, tone_payloads, tone_wav
@@ -200,3 +205,45 @@ def test_inject_stream_of_another_call_transcoded_while_the_callee_still_publish
     assert abs(dominant_hz(samples, rate) - 440) < 10
     gw.rest("/call/terminate", {"callId": "injA"})
     gw.wait_status("injA", "FINISH")
+
+
+@pytest.mark.parametrize("mode", [1, 0])
+def test_inject_stream_of_a_baresip_call_with_video(gw, kamailio, baresip, sipp_factory,
+                                                    callees, mode):
+    """baresip's stream (ausine 440 Hz, H264 320x240) injected into a SIPp callee's call
+    answered with PCMU and H264 packetization-mode ``mode``: the callee's RTP rebuilds to
+    access units that decode at 320x240 (mode 0: single NAL unit packets only), and the audio
+    is 440 Hz; terminate stops it."""
+    gw.call_bob(kamailio.port, "bob1")
+    wait_for(lambda: (s := gw.stream("stream-bob1")) and s["width"] and s, 30,
+             "baresip's video in stream-bob1", log=gw.log)
+    audio = callees(reply=tone_payloads("PCMU", 1000, 1.0), pt=0)
+    video = callees()
+    sipp = sipp_factory("uas_200_av_media_to.xml", variables={
+        "rtp_port": str(audio.port), "video_port": str(video.port),
+        "vpt": "102" if mode else "103", "mode": str(mode)})
+    gw.start_call_to_sipp(sipp.port, "v2", hasVideo="true")
+    gw.wait_status("v2", "ESTABLISHED")
+    gw.rest("/call/inject_stream/startup", {"callId": "v2", "streamName": "stream-bob1"})
+    wait_for(lambda: (injection(gw, "v2") or {}).get("sent", {}).get("video", 0) >= 50, 30,
+             "50 video frames injected", log=gw.log)
+    assert injection(gw, "v2")["video"] is True
+    gw.rest("/call/inject_stream/terminate", {"callId": "v2"})
+    wait_for(lambda: (injection(gw, "v2") or {}).get("status") == "STOPPED", 20,
+             "the injection to stop", log=gw.log)
+    packets = [p for p, _ in video.rtp()]
+    assert {p.payload_type for p in packets} == {102 if mode else 103}
+    seqs = [p.sequence_number for p in packets]
+    assert len({p.ssrc for p in packets}) == 1
+    assert all(b == (a + 1) & 0xFFFF for a, b in zip(seqs, seqs[1:]))
+    if mode == 0:
+        assert not {p.payload[0] & 0x1F for p in packets} & {STAP_A, FU_A}
+    depacketizer = H264Depacketizer()
+    units = [unit for packet in packets for unit in depacketizer.push(packet)]
+    assert units[0].keyframe and len(units) >= 50
+    decoder = av.CodecContext.create("h264", "r")
+    frames = [f for unit in units for f in decoder.decode(av.Packet(unit.data))]
+    assert len(frames) >= 45 and {(f.width, f.height) for f in frames} == {(320, 240)}
+    tone = [p.payload for p, _ in audio.rtp() if p.payload not in SILENCE]
+    samples, rate = decode("PCMU", tone)
+    assert len(tone) >= 50 and abs(dominant_hz(samples, rate) - 440) < 10
