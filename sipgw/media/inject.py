@@ -15,6 +15,7 @@ An ``Injection`` is a ``MediaJob``: its worker thread does the PyAV work, the re
   on the reactor as they arrive (no transcoding: RTP packetization only), from a keyframe
   on: aiortc's packetizer for packetization-mode 1 (the payloads are made once per frame,
   shared with the WebRTC players), single NAL unit packets for mode 0 (RFC 6184 §6.2).
+  The callee's keyframe requests (RTCP PLI, FIR) go to the stream's own callee.
 
 The injection ends on ``stop()`` (STOPPED: /terminate, a new injection, the call's end),
 when its stream ends (UNPUBLISHED), when a sound played once is through (FINISHED), or
@@ -236,6 +237,7 @@ class Injection(MediaJob):
                                             SILENCE.get(self.codec.name)).start()
         if self.video is not None:
             self.video_sender = VideoSender(self.reactor, self.video)
+            self.video.keyframe_wanted = self.stream.request_keyframe  # the callee's PLI/FIR
         self.done.addCallback(self._ended)
         super().start()
         return self
@@ -250,6 +252,8 @@ class Injection(MediaJob):
     def _stop_senders(self) -> None:
         if self.audio_sender is not None:
             self.audio_sender.stop()
+        if self.video is not None and self.video.keyframe_wanted == self.stream.request_keyframe:
+            self.video.keyframe_wanted = None
 
     def _ended(self, _):
         self._stop_senders()

@@ -11,7 +11,7 @@ from fakes import CALLEE, CALLEE_VIDEO, answered_session
 from fakes import ThreadedUDPReactor as Reactor
 from sipgw.media.inject import (FINISHED, INJECTING, STOPPED, UNPUBLISHED, AudioDecoder,
                                 Injection, PayloadEncoder, PayloadQueue)
-from sipgw.rtp.packet import RtpPacket
+from sipgw.rtp.packet import FullIntraRequest, PictureLossIndication, RtpPacket
 from sipgw.streams.stream import MediaFrame, Stream
 from synthetic import h264_access_units
 from tones import decode, dominant_hz, tone_payloads, tone_wav
@@ -144,7 +144,8 @@ def test_stream_audio_transcoded_until_the_stream_ends():
 
 def test_stream_video_passed_through_from_a_keyframe():
     """A call with H264 gets the stream's access units (RTP payloads of aiortc's packetizer,
-    marker on each last one), from the first keyframe on; the audio goes on meanwhile."""
+    marker on each last one), from the first keyframe on; the callee's PLI or FIR for our
+    SSRC asks the stream's callee for a keyframe while it runs."""
     reactor = Reactor()
     session, ports = answered_session(reactor, "PCMU", video=True)
     source = Stream("other", has_audio=True, has_video=True, call_id="c2")
@@ -159,5 +160,13 @@ def test_stream_video_passed_through_from_a_keyframe():
     assert {p.payload_type for p in packets} == {102}
     stamps = sorted({p.timestamp for p in packets})
     assert all(b - a == 3600 for a, b in zip(stamps, stamps[1:]))
+    ours = session.endpoints["video"].local_ssrc
+    asked = source.keyframe_requests
+    rtcp = reactor.udp_ports[ports["video"] + 1].proto
+    rtcp.datagramReceived(bytes(PictureLossIndication(0x5EED, ours)), CALLEE_VIDEO)
+    rtcp.datagramReceived(bytes(FullIntraRequest(0x5EED, [(ours, 1)])), CALLEE_VIDEO)
+    rtcp.datagramReceived(bytes(PictureLossIndication(0x5EED, ours ^ 1)), CALLEE_VIDEO)
+    assert source.keyframe_requests == asked + 2  # the callee's PLI and FIR, for our SSRC
     injection.stop()
     reactor.run(lambda: injection.finished)
+    assert session.endpoints["video"].keyframe_wanted is None
