@@ -23,6 +23,17 @@ def output_rate(codec: str, clock_rate: int) -> int:
     return 16000 if clock_rate <= 16000 else 48000
 
 
+def payload_decoder(codec: str, clock_rate: int) -> av.CodecContext:
+    """A PyAV decoder of RTP payloads of ``codec`` (one of DECODERS) at ``clock_rate``."""
+    name = DECODERS[codec]
+    if name == "libopus" and name not in av.codecs_available:
+        name = "opus"
+    decoder = av.CodecContext.create(name, "r")
+    decoder.sample_rate = clock_rate
+    decoder.layout = "stereo" if codec == "opus" else "mono"
+    return decoder
+
+
 class AacEncoder:
     """RTP audio payloads in, (pts in 1/rate, raw AAC frame) out."""
 
@@ -36,12 +47,7 @@ class AacEncoder:
         self.max_fill = max_fill
         self.filled = 0  # seconds of silence inserted for lost packets
         self.dropped = 0
-        name = DECODERS[codec]
-        if name == "libopus" and name not in av.codecs_available:
-            name = "opus"
-        self._decoder = av.CodecContext.create(name, "r")
-        self._decoder.sample_rate = clock_rate
-        self._decoder.layout = "stereo" if codec == "opus" else "mono"
+        self._decoder = payload_decoder(codec, clock_rate)
         self._encoder = av.CodecContext.create("aac", "w")
         self._encoder.sample_rate = self.rate
         self._encoder.layout = "mono"

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 
 from ..rtp.sender import AudioSender, VideoSender
 from ..rtp.session import SILENCE
-from .audio import DECODERS, SoundLoop
+from .audio import DECODERS, SoundLoop, payload_decoder
 from .avc import split_annexb
 from .worker import FrameQueue, MediaJob
 
@@ -108,12 +108,7 @@ class AudioDecoder:
     def __init__(self, codec: str, clock: int, rate: int):
         if codec not in DECODERS:
             raise ValueError(f"no decoder for {codec!r}")
-        name = DECODERS[codec]
-        if name == "libopus" and name not in av.codecs_available:
-            name = "opus"
-        self._decoder = av.CodecContext.create(name, "r")
-        self._decoder.sample_rate = clock
-        self._decoder.layout = "stereo" if codec == "opus" else "mono"
+        self._decoder = payload_decoder(codec, clock)
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         self.bad = 0
 
