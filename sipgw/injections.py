@@ -116,7 +116,9 @@ class InjectionManager:
         return injection.to_json() if injection is not None else None
 
     def call_changed(self, call) -> None:
-        """The user agent's call observer: a call that ended stops its injection."""
+        """The user agent's call observer: a call that ended stops its injection (and those
+        of calls forgotten since are dropped)."""
+        self._forget()
         if call.status.ended:
             injection = self.injections.get(call.request.call_id)
             if injection is not None and not injection.finished:

@@ -12,6 +12,7 @@ DTMF, an injection, the next injection) and SRTP when the call agreed SDES keys.
   endpoint's: after an idle gap it advances by the time that gap lasted (RFC 3550 §5.1),
   and the first packet after a gap or a switch carries the marker bit (RFC 3551 §4.1).
   While it runs, the session's own silence (``rtp_session_init_always``) pauses.
+  Nothing is sent while the callee holds the call (our side recvonly or inactive).
 * ``VideoSender`` sends each access unit's payloads as they come (the source stream is
   paced by its own sender), moved onto the endpoint's timeline: the source's timestamp
   differences are kept, a jump of the source (backwards, or more than 5 s ahead) is
@@ -25,6 +26,12 @@ MASK = 0xFFFFFFFF
 VIDEO_CLOCK = 90000
 MAX_VIDEO_JUMP = 5 * VIDEO_CLOCK
 VIDEO_STEP = VIDEO_CLOCK // 25  # what a re-anchored video frame advances by
+
+
+def may_send(endpoint) -> bool:
+    """Our direction lets us send (RFC 3264 §6.1: not while the callee holds the call,
+    recvonly or inactive on our side); the timeline goes on meanwhile."""
+    return endpoint.media.direction in ("sendrecv", "sendonly")
 
 
 class AudioSender:
@@ -103,7 +110,9 @@ class AudioSender:
             self.silent += 1
         else:
             self.sent += 1
-        if payload is not None:
+        if not may_send(endpoint):
+            self._marker = True  # the first packet after the hold starts a talkspurt
+        elif payload is not None:
             endpoint.send_rtp(self.payload_type, payload, marker=self._marker,
                               timestamp=endpoint.ts)
             self._marker = False
@@ -140,11 +149,12 @@ class VideoSender:
                 self._anchor(source_ts, endpoint.ts + VIDEO_STEP)
         self._last_source = source_ts
         ts = (source_ts + self._offset) & MASK
-        last = len(payloads) - 1
-        for i, payload in enumerate(payloads):
-            endpoint.send_rtp(self.payload_type, payload, marker=i == last, timestamp=ts)
+        if may_send(endpoint):
+            last = len(payloads) - 1
+            for i, payload in enumerate(payloads):
+                endpoint.send_rtp(self.payload_type, payload, marker=i == last, timestamp=ts)
+            self.frames += 1
         endpoint.ts = ts
-        self.frames += 1
 
     def _anchor(self, source_ts: int, ts: int) -> None:
         self._offset = (ts - source_ts) & MASK

@@ -143,3 +143,23 @@ def test_video_keeps_the_source_timing_on_the_endpoint_timeline(clock, pool):
     assert sender.jumps == 1 and sender.frames == 3
     seqs = [p.sequence_number for p in packets]
     assert all(b == (a + 1) & 0xFFFF for a, b in zip(seqs, seqs[1:]))
+
+
+def test_nothing_is_sent_while_the_callee_holds_the_call(clock, pool):
+    """A re-INVITE putting us on hold (our side recvonly): the sender goes on with the
+    timeline but writes nothing; taken off hold it sends again, the timestamp moved on."""
+    from test_session import answer
+    session, _, ports, _ = start(clock, pool, kinds=("audio",))
+    audio_sender(session, lambda: PAYLOAD).start()
+    clock.pump([0.02] * 4)
+    before = sent(clock, ports["audio"])
+    session.negotiate(answer(ports, direction="sendonly"))  # the callee holds: we only receive
+    clock.pump([0.02] * 10)
+    assert len(sent(clock, ports["audio"])) == len(before)
+    session.negotiate(answer(ports))
+    clock.pump([0.02] * 2)
+    after = sent(clock, ports["audio"])[len(before):]
+    moved = (after[0].timestamp - before[-1].timestamp) & 0xFFFFFFFF
+    assert moved in (10 * 160, 11 * 160)  # the ~0.2 s on hold (the fake clock's float steps)
+    assert after[0].sequence_number == (before[-1].sequence_number + 1) & 0xFFFF
+    assert after[0].marker and not after[1].marker  # a new talkspurt
