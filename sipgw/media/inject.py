@@ -33,7 +33,6 @@ import numpy
 from twisted.logger import Logger
 
 from ..rtp.sender import AudioSender, VideoSender
-from ..rtp.session import SILENCE
 from .audio import DECODERS, SoundLoop, payload_decoder
 from .avc import split_annexb
 from .worker import FrameQueue, MediaJob
@@ -67,17 +66,18 @@ class PayloadEncoder:
     """Mono float samples (-1..1) at ``rate`` in, one RTP payload per 20 ms out, in the
     call's codec.  Worker thread."""
 
-    def __init__(self, codec: str, clock: int):
-        if codec not in ENCODERS:
-            raise ValueError(f"no encoder for {codec!r}")
-        self.rate = 48000 if codec == "opus" else clock  # RFC 7587: opus is 48 kHz on RTP
+    def __init__(self, codec):
+        if codec.name not in ENCODERS:
+            raise ValueError(f"no encoder for {codec.name!r}")
+        self.codec = codec  # the negotiated Codec (sipgw.sip.sdp)
+        self.rate = 48000 if codec.name == "opus" else codec.clock  # RFC 7587: opus is 48 kHz
         self.frame = self.rate // 50
-        encoder = av.CodecContext.create(ENCODERS[codec], "w")
+        encoder = av.CodecContext.create(ENCODERS[codec.name], "w")
         encoder.sample_rate = self.rate
         encoder.layout = "mono"
         encoder.format = "s16"
         encoder.time_base = Fraction(1, self.rate)
-        if codec == "opus":
+        if codec.name == "opus":
             encoder.bit_rate = OPUS_BIT_RATE
         encoder.open()
         self._encoder = encoder
@@ -124,8 +124,8 @@ class AudioDecoder:
 
 
 class PayloadQueue:
-    """Encoded payloads between one worker (``put``) and the reactor's sender (``take``,
-    never blocks).  At most ``maxlen``: ``put`` then drops the oldest (counted)."""
+    """Encoded payloads (any item) between one worker (``put``) and the reactor's sender
+    (``take``, never blocks).  At most ``maxlen``: ``put`` then drops the oldest (counted)."""
 
     def __init__(self, maxlen: int):
         if maxlen < 1:
@@ -136,7 +136,7 @@ class PayloadQueue:
         self._items: collections.deque = collections.deque()
         self._cond = threading.Condition()
 
-    def put(self, payload: bytes) -> None:
+    def put(self, payload) -> None:
         with self._cond:
             if self.closed:
                 return
@@ -145,7 +145,7 @@ class PayloadQueue:
                 self.dropped += 1
             self._items.append(payload)
 
-    def take(self) -> bytes | None:
+    def take(self):
         with self._cond:
             if not self._items:
                 return None
@@ -228,8 +228,8 @@ class Injection(MediaJob):
     # -- reactor thread ------------------------------------------------------------
     def start(self) -> "Injection":
         if self.audio is not None:
-            self.audio_sender = AudioSender(self.reactor, self.audio, self.payloads.take,
-                                            SILENCE.get(self.codec.name)).start()
+            self.audio_sender = AudioSender(self.reactor, self.audio, self._take,
+                                            on_codec=self._codec_changed).start()
         if self.video is not None:
             self.video_sender = VideoSender(self.reactor, self.video)
             self.video.keyframe_wanted = self.stream.request_keyframe  # the callee's PLI/FIR
@@ -254,6 +254,21 @@ class Injection(MediaJob):
         self._stop_senders()
         self.payloads.close()
         return self
+
+    def _take(self) -> bytes | None:
+        """The sender's next payload: one encoded for the call's codec of now."""
+        while True:
+            item = self.payloads.take()
+            if item is None or item[0] == self.codec:
+                return item and item[1]
+
+    def _codec_changed(self, codec) -> None:
+        """A re-INVITE changed the call's codec: the worker encodes to the new one (a sound
+        file in a new sample rate starts again), or the injection stops."""
+        if codec.name not in ENCODERS:
+            self.stop(f"the call's audio is now {codec.name}, which cannot be injected")
+            return
+        self.codec = codec
 
     def _arrived(self, frame) -> bool:
         if frame is not None and frame.kind == "video":
@@ -286,19 +301,27 @@ class Injection(MediaJob):
                 "dropped": self.payloads.dropped + self.queue.dropped}
 
     # -- worker thread --------------------------------------------------------------
+    def _encoder(self, encoder: PayloadEncoder | None) -> PayloadEncoder | None:
+        """``encoder``, or a new one when the call's codec changed (worker thread)."""
+        codec = self.codec
+        if codec is None or (encoder is not None and encoder.codec == codec):
+            return encoder
+        return PayloadEncoder(codec)
+
     def work(self) -> tuple[str, str]:
-        encoder = PayloadEncoder(self.codec.name, self.codec.clock) if self.codec else None
         if self.sound is not None:
-            return self._play(encoder)
+            return self._play()
+        encoder = None
         decoders: dict = {}
         while True:
             item = self.next_frame()
             if item is None:
                 return self._final
             frame = item[0]
+            encoder = self._encoder(encoder)
             if encoder is None:
                 continue
-            key = (frame.codec, frame.clock_rate)
+            key = (frame.codec, frame.clock_rate, encoder.rate)
             decoder = decoders.get(key)
             if decoder is None:
                 try:
@@ -307,25 +330,29 @@ class Injection(MediaJob):
                 except ValueError:
                     self.bad_payloads += 1
                     continue
-            self._queue(encoder.encode(decoder.decode(frame.data)))
+            self._queue(encoder, encoder.encode(decoder.decode(frame.data)))
 
-    def _play(self, encoder: PayloadEncoder | None) -> tuple[str, str]:
+    def _play(self) -> tuple[str, str]:
         path, name, loop = self.sound
-        if encoder is None:
-            return FAILED, "the call has no audio to play the sound file into"
-        try:
-            sound = SoundLoop(path, encoder.rate, loop=loop)
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            return FAILED, f"sound file {name} unusable: {exc}"
-        while not self.queue.closed and not sound.played:
+        encoder = sound = None
+        while not self.queue.closed and not (sound is not None and sound.played):
+            new = self._encoder(encoder)
+            if new is None:
+                return FAILED, "the call has no audio to play the sound file into"
+            if sound is None or new.rate != encoder.rate:
+                try:
+                    sound = SoundLoop(path, new.rate, loop=loop)
+                except (av.FFmpegError, OSError, ValueError) as exc:
+                    return FAILED, f"sound file {name} unusable: {exc}"
+            encoder = new
             if self.payloads.wait_room(0.1):
-                self._queue(encoder.encode(sound.take(encoder.frame)))
+                self._queue(encoder, encoder.encode(sound.take(encoder.frame)))
         while not self.queue.closed and not self.payloads.wait_empty(0.1):
             pass  # what is queued plays out before the injection ends
         return self._final
 
-    def _queue(self, payloads: list[bytes]) -> None:
+    def _queue(self, encoder: PayloadEncoder, payloads: list[bytes]) -> None:
         for payload in payloads:
-            self.payloads.put(payload)
+            self.payloads.put((encoder.codec, payload))
         if payloads and self.state == STARTING:
             self.report(INJECTING, "")

@@ -8,7 +8,8 @@ DTMF, an injection, the next injection) and SRTP when the call agreed SDES keys.
 * ``AudioSender`` paces one payload every 20 ms on the reactor clock, drift-free (the
   schedule is counted from its start, not from the last tick).  It asks ``take()`` for each
   payload; nothing ready (the worker behind, the source silent) sends the codec's silence,
-  so the callee's jitter buffer never sees a hole.  The RTP timestamp continues the
+  so the callee's jitter buffer never sees a hole.  A re-INVITE changing the call's codec
+  is followed at the next packet (``on_codec`` tells the encoder's owner).  The RTP timestamp continues the
   endpoint's: after an idle gap it advances by the time that gap lasted (RFC 3550 §5.1),
   and the first packet after a gap or a switch carries the marker bit (RFC 3551 §4.1).
   While it runs, the session's own silence (``rtp_session_init_always``) pauses.
@@ -19,6 +20,8 @@ DTMF, an injection, the next injection) and SRTP when the call agreed SDES keys.
   smoothed over.
 """
 from __future__ import annotations
+
+from .session import SILENCE
 
 FRAME_SECONDS = 0.02  # ptime of every injected audio packet
 MAX_CATCH_UP = 5  # packets sent at once after a late tick; a longer stall is skipped over
@@ -37,14 +40,12 @@ def may_send(endpoint) -> bool:
 class AudioSender:
     """20 ms audio payloads from ``take()`` (None: nothing ready) onto ``endpoint``."""
 
-    def __init__(self, clock, endpoint, take, silence: bytes | None):
+    def __init__(self, clock, endpoint, take, on_codec=None):
         self.clock = clock
         self.endpoint = endpoint
         self.take = take
-        self.silence = silence
-        codec = endpoint.media.codec
-        self.payload_type = codec.pt
-        self.step = codec.clock // 50  # timestamp units per packet
+        self.on_codec = on_codec  # callable(codec): a re-INVITE changed the call's codec
+        self._use(endpoint.media.codec)
         self.sent = 0  # payloads from take()
         self.silent = 0  # silence sent for want of a payload
         self.skipped = 0  # packet slots skipped after a reactor stall
@@ -53,6 +54,12 @@ class AudioSender:
         self._slots = 0
         self._marker = True
         self._timer = None
+
+    def _use(self, codec) -> None:
+        self.codec = codec
+        self.payload_type = codec.pt
+        self.step = codec.clock // 50  # timestamp units per packet
+        self.silence = SILENCE.get(codec.name)
 
     def start(self) -> "AudioSender":
         endpoint = self.endpoint
@@ -86,6 +93,14 @@ class AudioSender:
         if self.endpoint.session.closed:
             self.stop()
             return
+        codec = self.endpoint.media.codec
+        if codec != self.codec:  # the callee's re-INVITE changed it: go on in the new one
+            self._use(codec)
+            self._marker = True
+            if self.on_codec is not None:
+                self.on_codec(codec)
+            if not self.running:
+                return
         now = self.clock.seconds()
         # the slots due by now (a hair of tolerance: the next tick is then strictly later)
         due = int((now - self._start) / FRAME_SECONDS + 1e-6) + 1

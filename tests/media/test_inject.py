@@ -4,6 +4,8 @@ the real worker thread: a sound file played once (FINISHED) or looped, a stream 
 the call's codec until the stream ends (UNPUBLISHED), stop() (STOPPED), video passed through."""
 from __future__ import annotations
 
+import dataclasses
+
 
 import pytest
 
@@ -12,6 +14,7 @@ from fakes import ThreadedUDPReactor as Reactor
 from sipgw.media.inject import (FINISHED, INJECTING, STOPPED, UNPUBLISHED, AudioDecoder,
                                 Injection, PayloadEncoder, PayloadQueue)
 from sipgw.rtp.packet import FullIntraRequest, PictureLossIndication, RtpPacket
+from sipgw.sip.sdp import Codec
 from sipgw.streams.stream import MediaFrame, Stream
 from synthetic import h264_access_units
 from tones import decode, dominant_hz, tone_payloads, tone_wav
@@ -25,7 +28,7 @@ def received(reactor, port, to=CALLEE):
 def test_transcoder_keeps_the_tone(source, target):
     """A 440 Hz sine in ``source`` payloads, decoded and encoded to ``target``, is 20 ms
     payloads (160 bytes for G.711) that decode to 440 Hz."""
-    encoder = PayloadEncoder(target, 48000 if target == "opus" else 8000)
+    encoder = PayloadEncoder(Codec(96, target, 48000 if target == "opus" else 8000))
     decoder = AudioDecoder(source, 48000 if source == "opus" else 8000, encoder.rate)
     out = []
     for payload in tone_payloads(source, 440, 1.0):
@@ -170,3 +173,38 @@ def test_stream_video_passed_through_from_a_keyframe():
     injection.stop()
     reactor.run(lambda: injection.finished)
     assert session.endpoints["video"].keyframe_wanted is None
+
+
+def test_a_reinvite_changing_the_codec_is_followed(tmp_path):
+    """The callee's re-INVITE moves the call from PCMU to PCMA mid-injection: the packets go
+    on in PCMA (payload type 8, the tone intact) on the same sequence; a change to a codec
+    that cannot be injected stops the injection."""
+    from fakes import CALLEE as ADDRESS
+    from sipgw.sip.sdp import SessionDescription, make_offer, negotiate
+    reactor = Reactor()
+    session, ports = answered_session(reactor, "PCMU")
+    path = tone_wav(tmp_path / "tone.wav", 1000, 0.2)
+    injection = Injection(reactor, session, call_id="c1", sound=(str(path), "t", True)).start()
+    reactor.run(lambda: injection.to_json()["sent"]["audio"] >= 20)
+
+    def answer(pt, rtpmap):
+        offer = make_offer("127.0.0.1", audio_port=ports["audio"], video_port=None,
+                           session_id=1)
+        sdp = ("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+               f"m=audio {ADDRESS[1]} RTP/AVP {pt}\r\na=rtpmap:{pt} {rtpmap}\r\n")
+        return negotiate(offer, SessionDescription.parse(sdp))
+    count = len(received(reactor, ports["audio"]))
+    session.negotiate(answer(8, "PCMA/8000"))
+    reactor.run(lambda: len(received(reactor, ports["audio"])) >= count + 40)
+    packets = received(reactor, ports["audio"])
+    seqs = [p.sequence_number for p in packets]
+    assert all(b == (a + 1) & 0xFFFF for a, b in zip(seqs, seqs[1:]))
+    after = packets[count:]
+    assert {p.payload_type for p in after} == {8} and injection.codec.name == "PCMA"
+    samples, rate = decode("PCMA", [p.payload for p in after[5:]])
+    assert abs(dominant_hz(samples, rate) - 1000) < 10
+    pcma = answer(8, "PCMA/8000")
+    g722 = dataclasses.replace(pcma["audio"], codec=Codec(9, "G722", 8000))  # not offered
+    session.negotiate({"audio": g722})
+    reactor.run(lambda: injection.finished)
+    assert injection.state == STOPPED and "G722" in injection.info

@@ -24,8 +24,8 @@ def feeder(count):
     return lambda: items.popleft() if items else None
 
 
-def audio_sender(session, take, silence=b"\xff" * 160):
-    return AudioSender(session.clock, session.endpoints["audio"], take, silence)
+def audio_sender(session, take):
+    return AudioSender(session.clock, session.endpoints["audio"], take)
 
 
 def test_one_packet_every_20_ms_from_the_call_socket_silence_when_nothing_is_ready(clock, pool):
