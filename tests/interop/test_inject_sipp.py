@@ -9,7 +9,7 @@ sees exactly what sipgw sends (and sends the callee's own media back).
   a first call answered with PCMA: 440 Hz arrives as PCMA, transcoded, while the first
   callee's own media keeps flowing into its stream; with rtp_session_init_always the packets
   are silence -> injection -> silence on one SSRC and one sequence; ending the second call
-  ends the injection (UNPUBLISHED, with a log line).
+  ends the injection (UNPUBLISHED, with a log line); ending the first call stops its next one.
 - inject_stream of a baresip call (ausine 440 Hz, H264) into a call answered with PCMU and
   H264 (packetization-mode 1 and 0): the video the callee gets rebuilds into access units that
   decode at 320x240, the audio is 440 Hz.
@@ -124,13 +124,14 @@ def injection(gw: Sipgw, call_id: str) -> dict | None:
 
 def check_one_sequence(packets: list[RtpPacket], step: int) -> None:
     """One SSRC, each sequence number the previous + 1, timestamps moving on by ``step`` a
-    packet (a switch may move them by the time between two packets, never backwards)."""
+    packet (a switch, or a stall of the daemon's loop, may move them by the time between two
+    packets, never backwards)."""
     assert len({p.ssrc for p in packets}) == 1
     steps = []
     for a, b in zip(packets, packets[1:]):
         assert b.sequence_number == (a.sequence_number + 1) & 0xFFFF
         delta = (b.timestamp - a.timestamp) & 0xFFFFFFFF
-        assert delta % step == 0 and 0 < delta <= 10 * step, delta
+        assert delta % step == 0 and 0 < delta <= 50 * step, delta
         steps.append(delta)
     assert steps.count(step) >= 0.95 * len(steps)
 
@@ -203,8 +204,14 @@ def test_inject_stream_of_another_call_transcoded_while_the_callee_still_publish
     assert len(tone) >= 90
     samples, rate = decode("PCMA", tone)
     assert abs(dominant_hz(samples, rate) - 440) < 10
+    gw.rest("/call/inject_sound", {"callId": "injA", "soundFile": "tone.wav", "loop": True})
+    wait_for(lambda: (injection(gw, "injA") or {}).get("status") == "INJECTING", 10,
+             "the sound injection", log=gw.log)
     gw.rest("/call/terminate", {"callId": "injA"})
     gw.wait_status("injA", "FINISH")
+    shown = wait_for(lambda: (i := injection(gw, "injA")) and i["status"] == "STOPPED" and i,
+                     10, "the call's end to stop its injection", log=gw.log)
+    assert shown["info"] == "Stopped: the call ended" and shown["type"] == "sound"
 
 
 @pytest.mark.parametrize("mode", [1, 0])
