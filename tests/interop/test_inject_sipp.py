@@ -10,13 +10,16 @@ sees exactly what sipgw sends (and sends the callee's own media back).
   callee's own media keeps flowing into its stream; with rtp_session_init_always the packets
   are silence -> injection -> silence on one SSRC and one sequence; ending the second call
   ends the injection (UNPUBLISHED, with a log line); ending the first call stops its next one.
+- inject_sound into a call that agreed SDES keys: SRTP the callee unprotects, the tone inside.
 - inject_stream of a baresip call (ausine 440 Hz, H264) into a call answered with PCMU and
   H264 (packetization-mode 1 and 0): the video the callee gets rebuilds into access units that
   decode at 320x240, the audio is 440 Hz.
 """
 from __future__ import annotations
 
+import base64
 import re
+import secrets
 import socket
 import threading
 import time
@@ -27,6 +30,8 @@ import pytest
 from peers import wait_for
 from sipgw.rtp.h264 import FU_A, STAP_A, H264Depacketizer
 from sipgw.rtp.packet import RtpPacket
+from sipgw.rtp.srtp import SrtpContext
+from sipgw.sip.sdes import Crypto
 from sipgw_daemon import Sipgw
 from tones import decode, dominant_hz, tone_payloads, tone_wav
 
@@ -254,3 +259,31 @@ def test_inject_stream_of_a_baresip_call_with_video(gw, kamailio, baresip, sipp_
     tone = [p.payload for p, _ in audio.rtp() if p.payload not in SILENCE]
     samples, rate = decode("PCMU", tone)
     assert len(tone) >= 50 and abs(dominant_hz(samples, rate) - 440) < 10
+
+
+def test_inject_sound_into_an_srtp_call(gw, sipp_factory, callees):
+    """A call that agreed SDES keys (sipSrtp optional, the callee's a=crypto): the injected
+    packets are SRTP the callee unprotects with sipgw's offered key, and the tone is there."""
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    callee_key = secrets.token_bytes(30)
+    callee = callees()
+    sipp = sipp_factory("uas_200_srtp_media_to.xml", variables={
+        "rtp_port": str(callee.port), "key": base64.b64encode(callee_key).decode()})
+    gw.start_call_to_sipp(sipp.port, "srtp1", sipSrtp="optional")
+    gw.wait_status("srtp1", "ESTABLISHED")
+    gw.rest("/call/inject_sound", {"callId": "srtp1", "soundFile": "tone.wav"})
+    wait_for(lambda: (injection(gw, "srtp1") or {}).get("status") == "FINISHED", 20,
+             "the injection to finish", log=gw.log)
+    offer = sipp.messages_path.read_text(errors="replace")
+    line = re.search(r"a=crypto:(\d+ AES_CM_128_HMAC_SHA1_80 inline:\S+)", offer).group(1)
+    sipgw_key = Crypto.parse(line).key
+    plain = [SrtpContext(suite, callee_key, sipgw_key).unprotect(d)
+             for d, _ in list(callee.received) if not _rtcp(d)]
+    assert plain and all(p is not None for p in plain)
+    tone = [RtpPacket.parse(p).payload for p in plain]
+    tone = [p for p in tone if p not in SILENCE]
+    assert 45 <= len(tone) <= 55
+    samples, rate = decode("PCMU", tone)
+    assert abs(dominant_hz(samples, rate) - 1000) < 10
+    raw = [RtpPacket.parse(d).payload for d, _ in list(callee.received) if not _rtcp(d)]
+    assert not {r[:160] for r in raw} & set(tone)  # encrypted on the wire
