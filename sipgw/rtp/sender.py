@@ -11,7 +11,8 @@ DTMF, an injection, the next injection) and SRTP when the call agreed SDES keys.
   so the callee's jitter buffer never sees a hole.  A re-INVITE changing the call's codec
   is followed at the next packet (``on_codec`` tells the encoder's owner).  The RTP timestamp continues the
   endpoint's: after an idle gap it advances by the time that gap lasted (RFC 3550 §5.1),
-  and the first packet after a gap or a switch carries the marker bit (RFC 3551 §4.1).
+  and the first packet after a gap, a switch or DTMF events (RFC 4733, which move the
+  endpoint's timeline on) carries the marker bit (RFC 3551 §4.1).
   While it runs, the session's own silence (``rtp_session_init_always``) pauses.
   Nothing is sent while the callee holds the call (our side recvonly or inactive).
 * ``VideoSender`` sends each access unit's payloads as they come (the source stream is
@@ -53,6 +54,7 @@ class AudioSender:
         self._start = 0.0
         self._slots = 0
         self._marker = True
+        self._next_ts = 0  # the endpoint's timestamp our next packet expects
         self._timer = None
 
     def _use(self, codec) -> None:
@@ -74,6 +76,7 @@ class AudioSender:
         self._start = now
         self._slots = 0
         self._marker = True
+        self._next_ts = endpoint.ts
         self._tick()
         return self
 
@@ -107,7 +110,7 @@ class AudioSender:
         behind = due - self._slots
         if behind > MAX_CATCH_UP:  # the reactor stalled: keep the timeline, drop the slots
             skip = behind - 1
-            self.endpoint.ts = (self.endpoint.ts + skip * self.step) & MASK
+            self.endpoint.ts = self._next_ts = (self.endpoint.ts + skip * self.step) & MASK
             self._slots += skip
             self.skipped += skip
             self._marker = True
@@ -119,6 +122,8 @@ class AudioSender:
 
     def _send_one(self) -> None:
         endpoint = self.endpoint
+        if endpoint.ts != self._next_ts:  # another sender moved the timeline (DTMF events)
+            self._marker = True
         payload = self.take()
         if payload is None:
             payload = self.silence
@@ -131,7 +136,7 @@ class AudioSender:
             endpoint.send_rtp(self.payload_type, payload, marker=self._marker,
                               timestamp=endpoint.ts)
             self._marker = False
-        endpoint.ts = (endpoint.ts + self.step) & MASK
+        endpoint.ts = self._next_ts = (endpoint.ts + self.step) & MASK
         self._slots += 1
 
 

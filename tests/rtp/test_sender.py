@@ -163,3 +163,20 @@ def test_nothing_is_sent_while_the_callee_holds_the_call(clock, pool):
     assert moved in (10 * 160, 11 * 160)  # the ~0.2 s on hold (the fake clock's float steps)
     assert after[0].sequence_number == (before[-1].sequence_number + 1) & 0xFFFF
     assert after[0].marker and not after[1].marker  # a new talkspurt
+
+
+def test_dtmf_during_an_injection_marks_the_next_audio_packet(clock, pool):
+    """RFC 4733 digits sent meanwhile move the endpoint's timeline past the event: the next
+    injected packet continues there, on the same sequence, with the marker bit."""
+    session, _, ports, _ = start(clock, pool, kinds=("audio",))
+    audio_sender(session, lambda: PAYLOAD).start()
+    clock.pump([0.02] * 3)
+    session.send_dtmf("5")
+    moved = session.endpoints["audio"].ts
+    clock.pump([0.02] * 20)
+    audio = [p for p in sent(clock, ports["audio"]) if p.payload == PAYLOAD]
+    resumed = next(p for p in audio if p.timestamp == moved)
+    assert resumed.marker and sum(p.marker for p in audio) == 2  # the start, after the digit
+    packets = sent(clock, ports["audio"])
+    seqs = [p.sequence_number for p in packets]
+    assert all(b == (a + 1) & 0xFFFF for a, b in zip(seqs, seqs[1:]))
