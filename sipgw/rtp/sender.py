@@ -8,13 +8,13 @@ DTMF, an injection, the next injection) and SRTP when the call agreed SDES keys.
 * ``AudioSender`` paces one payload every 20 ms on the reactor clock, drift-free (the
   schedule is counted from its start, not from the last tick).  It asks ``take()`` for each
   payload; nothing ready (the worker behind, the source silent) sends the codec's silence,
-  so the callee's jitter buffer never sees a hole.  A re-INVITE changing the call's codec
-  is followed at the next packet (``on_codec`` tells the encoder's owner).  The RTP timestamp continues the
+  so the callee's jitter buffer never sees a hole.  The RTP timestamp continues the
   endpoint's: after an idle gap it advances by the time that gap lasted (RFC 3550 §5.1),
   and the first packet after a gap, a switch or DTMF events (RFC 4733, which move the
-  endpoint's timeline on) carries the marker bit (RFC 3551 §4.1).
-  While it runs, the session's own silence (``rtp_session_init_always``) pauses.
-  Nothing is sent while the callee holds the call (our side recvonly or inactive).
+  endpoint's timeline on) carries the marker bit (RFC 3551 §4.1).  A re-INVITE changing
+  the call's codec is followed at the next packet (``on_codec`` tells the encoder's owner).
+  While it runs, the session's own silence (``rtp_session_init_always``) pauses.  Nothing
+  is sent while the callee holds the call (our side recvonly or inactive).
 * ``VideoSender`` sends each access unit's payloads as they come (the source stream is
   paced by its own sender), moved onto the endpoint's timeline: the source's timestamp
   differences are kept, a jump of the source (backwards, or more than 5 s ahead) is
