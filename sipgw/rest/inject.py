@@ -23,7 +23,8 @@ _NAME_MAX = 128
 
 
 class InjectApi:
-    """``/call/inject_stream/startup``, ``/call/inject_stream/terminate``, ``/call/inject_sound``."""
+    """``/call/inject_stream/startup``, ``/call/inject_stream/terminate``,
+    ``/call/inject_sound``."""
 
     router = Router()
 
