@@ -123,6 +123,9 @@ class Config:
     rtmp_reconnect_max_delay: int = not_negative(30)
     rtmp_timeout: int = not_negative(10)
     sound_dir: str = "/var/lib/sipgw/media"
+    # media injected into calls (/call/inject_stream, /call/inject_sound)
+    inject_queue_frames: int = positive(100)
+    inject_buffer_ms: int = positive(200)
     periodic_fir_request: bool = True
     periodic_fir_request_interval: int = positive(5000)
     # HLS (sipgw/media/hls.py)
@@ -144,6 +147,7 @@ class Config:
     max_calls_per_account: int = not_negative(50)
     max_pushes: int = not_negative(20)
     max_recordings: int = not_negative(50)
+    max_injections: int = not_negative(20)
     dtmf_max_digits: int = positive(32)
     dtmf_digits_per_second: int = not_negative(10)
     max_viewers_per_stream: int = not_negative(100)

@@ -6,9 +6,11 @@ Each app has a URL; WCS POSTs ``URL/<method>`` with a JSON body.  Two kinds of m
   refuses with its status (``403 Forbidden``); a timeout, a connection error or a refused
   destination refuses too, unless ``rest_hook_failure_allows=true``.
 - events (``ConnectionStatusEvent``, ``StreamStatusEvent``, ``CallStatusEvent``,
-  ``PushStatusEvent``, ``RecordingStatusEvent``): fire and forget, through a queue per app
-  of ``rest_queue_size`` events and ``rest_queue_bytes`` bytes (events are serialized when
-  queued, so a client's large ``connection`` object costs its size once, and is bounded).  Events of one call or session are sent one after the other,
+  ``PushStatusEvent``, ``RecordingStatusEvent``, ``TransferStatusEvent``,
+  ``InjectionStatusEvent``): fire and forget, through a queue per app of ``rest_queue_size``
+  events and ``rest_queue_bytes`` bytes (events are serialized when queued, so a client's
+  large ``connection`` object costs its size once, and is bounded).  Events of one call or
+  session are sent one after the other,
   in order; at most ``rest_max_connections`` requests per app are in flight.  A full queue
   drops the new event: counted (``dropped``) and logged at most once a minute.
 
@@ -37,7 +39,7 @@ log = Logger(namespace="sipgw.hooks")
 
 QUERIES = ("connect", "playStream")
 EVENTS = ("ConnectionStatusEvent", "StreamStatusEvent", "CallStatusEvent", "PushStatusEvent",
-          "RecordingStatusEvent", "TransferStatusEvent")
+          "RecordingStatusEvent", "TransferStatusEvent", "InjectionStatusEvent")
 METHODS = QUERIES + EVENTS
 DEFAULT_APP = "defaultApp"  # WCS's appKey when a client sends none
 UNREACHABLE = "The application could not be asked (the reason is in sipgw's log)"
@@ -476,7 +478,8 @@ def _resolve(reactor, host: str) -> defer.Deferred:
 # -- what is reported: the call layer's and the stream registry's changes -------------------
 def watch(hooks: Hooks, ua, media=None) -> None:
     """CallStatusEvent on every status change of a call (the UA's observer hook),
-    TransferStatusEvent on each step of a /call/transfer,
+    TransferStatusEvent on each step of a /call/transfer, InjectionStatusEvent on each
+    state change of a /call/inject_stream or /call/inject_sound,
     StreamStatusEvent when a call's stream is published and when it ends, and with ``media``
     (pushes and recorders) PushStatusEvent and RecordingStatusEvent on their state changes."""
     def call_changed(call) -> None:
@@ -512,6 +515,15 @@ def watch(hooks: Hooks, ua, media=None) -> None:
                 "sipStatus": sip_status, "info": reason}
         hooks.event(call.request.app_key, "TransferStatusEvent", body, key=call.request.call_id)
 
+    def injection_changed(injection) -> None:
+        call = ua.calls.get(injection.call_id)
+        app_key = call.request.app_key if call is not None else ""
+        if hooks.app_for(app_key, "InjectionStatusEvent") is None:
+            return
+        body = {**injection.to_json(), "callId": injection.call_id,
+                "appKey": app_key or DEFAULT_APP}
+        hooks.event(app_key, "InjectionStatusEvent", body, key=injection.call_id)
+
     ua.call_observers.append(_safe(call_changed))
     ua.transfer_observers.append(_safe(transfer_changed))
     ua.streams.listeners.append(_safe(stream_changed))
@@ -519,6 +531,9 @@ def watch(hooks: Hooks, ua, media=None) -> None:
         media.pushes.observers.append(_safe(lambda push: job_changed("PushStatusEvent", push)))
         media.recorders.observers.append(
             _safe(lambda recording: job_changed("RecordingStatusEvent", recording)))
+        injections = getattr(media, "injections", None)
+        if injections is not None:
+            injections.observers.append(_safe(injection_changed))
 
 
 def _safe(observer):

@@ -122,6 +122,13 @@ class _Collector:
                 pushes.add_metric([state], count)
         yield pushes
         yield recordings
+        injections = GaugeMetricFamily("sipgw_injections", "Injections into calls running "
+                                       "(/call/inject_*), by status", labels=["status"])
+        if media is not None and getattr(media, "injections", None) is not None:
+            states = collections.Counter(i.state for i in media.injections.running())
+            for state, count in sorted(states.items()):
+                injections.add_metric([state], count)
+        yield injections
         hls = getattr(media, "hls", None)
         if hls is not None:
             yield from _hls(hls)

@@ -60,9 +60,10 @@ class _MediaService(service.Service):
 
     name = "media"
 
-    def __init__(self, pushes, recorders, timeout: float = 10.0, hls=None):
+    def __init__(self, pushes, recorders, timeout: float = 10.0, hls=None, injections=None):
         self.pushes = pushes
         self.recorders = recorders
+        self.injections = injections  # InjectionManager: /call/inject_*
         self.hls = hls  # HlsManager: its muxing jobs stop with the rest, nothing to finalize
         self.timeout = timeout
 
@@ -70,6 +71,8 @@ class _MediaService(service.Service):
         super().stopService()
         if self.hls is not None:
             self.hls.close(self.timeout)
+        if self.injections is not None:
+            self.injections.close(self.timeout)
         d = defer.gatherResults([self.recorders.close(self.timeout),
                                  self.pushes.close(self.timeout)], consumeErrors=True)
         return d.addCallback(lambda r: {"finalized": r[0][0], "not_finalized": r[0][1],
@@ -154,7 +157,13 @@ def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaSe
                      idle=config.hls_idle_timeout, keyframes=keyframes,
                      part=config.hls_part_duration, max_held=config.hls_max_blocked_requests,
                      block_timeout=config.hls_blocking_timeout)
-    return _MediaService(pushes, recorders, timeout=config.shutdown_timeout, hls=hls)
+    from .injections import InjectionManager
+    injections = InjectionManager(reactor, calls if calls is not None else {}, registry,
+                                  max_injections=config.max_injections,
+                                  queue_frames=config.inject_queue_frames,
+                                  buffer_frames=max(1, config.inject_buffer_ms // 20))
+    return _MediaService(pushes, recorders, timeout=config.shutdown_timeout, hls=hls,
+                         injections=injections)
 
 
 def _owner(call) -> dict:
@@ -195,8 +204,13 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None, hooks=N
     from .rest.metrics import HealthResource, MetricsResource
     from .rest.streams import StreamApi
     from .rest.openapi import OpenApi
-    apis = [CallApi(ua, config, ua.reactor, pushes=media.pushes if media else None),
+    injections = media.injections if media is not None else None
+    apis = [CallApi(ua, config, ua.reactor, pushes=media.pushes if media else None,
+                    injections=injections),
             StreamApi(ua.streams), OpenApi()]
+    if injections is not None:
+        from .rest.inject import InjectApi
+        apis.append(InjectApi(injections, config))
     if hooks is not None:
         from .rest.apps import AppApi
         apis.append(AppApi(hooks))
@@ -271,6 +285,7 @@ def make_service(config, reactor) -> service.MultiService:
     _UserAgentService(ua).setServiceParent(top)
     media = make_media(config, reactor, ua.streams, ua.calls)
     media.setServiceParent(top)  # added after the UA: stopped before it
+    ua.call_observers.append(media.injections.call_changed)  # a call's end stops its injection
     hooks = make_hooks(config, reactor, ua, media)
     hooks.setServiceParent(top)
     from .metrics import Health, HealthService, LagMonitor, Metrics

@@ -323,3 +323,31 @@ def test_a_failing_hook_never_breaks_the_call_layer():
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert any(e.get("log_failure") for e in events) and client.posts == []
+
+
+def test_watch_reports_injection_changes_as_injection_status_events():
+    """watch(): each state change of a call's injection (/call/inject_*) is an
+    InjectionStatusEvent to the call's app: the injection as /call/find shows it, with callId
+    and appKey."""
+    from types import SimpleNamespace
+
+    from sipgw.calls import CallRequest
+    from sipgw.hooks import watch
+    from sipgw.streams.registry import StreamRegistry
+
+    _, client, hooks = make("shop=http://127.0.0.1:9/shop", timeout=0)
+    call = SimpleNamespace(request=CallRequest("c1", "bob", "alice", "example.org",
+                                               app_key="shop"))
+    ua = SimpleNamespace(calls={"c1": call}, call_observers=[], transfer_observers=[],
+                         streams=StreamRegistry())
+    injections = SimpleNamespace(observers=[])
+    media = SimpleNamespace(pushes=SimpleNamespace(observers=[]),
+                            recorders=SimpleNamespace(observers=[]), injections=injections)
+    watch(hooks, ua, media)
+    injection = SimpleNamespace(call_id="c1", to_json=lambda: {"type": "sound",
+                                                               "status": "INJECTING"})
+    for observer in injections.observers:  # what MediaJob._set_state does
+        observer(injection)
+    url, body, _ = client.posts[0]
+    assert url == "http://127.0.0.1:9/shop/InjectionStatusEvent"
+    assert body == {"type": "sound", "status": "INJECTING", "callId": "c1", "appKey": "shop"}

@@ -83,7 +83,7 @@ class CallApi:
     router = Router()
 
     def __init__(self, manager: CallManager, config: Config | None = None, clock=None,
-                 pushes=None) -> None:
+                 pushes=None, injections=None) -> None:
         self._manager = manager
         self._config = config = config or Config()
         self._egress = EgressPolicy.from_config(config, "sip")
@@ -91,6 +91,7 @@ class CallApi:
         self._digits = DigitBuckets(config.dtmf_digits_per_second, config.dtmf_max_digits, clock)
         self._pushes = pushes  # sipgw.media.push.PushManager, for SIP as RTMP
         self._rtmp: dict[str, tuple] = {}  # callId -> (rtmpStream, its RtmpPush)
+        self._injections = injections  # sipgw.injections.InjectionManager: /call/inject_*
 
     @router.route("/call/startup")
     def startup(self, request: Any, body: dict) -> None:
@@ -135,13 +136,15 @@ class CallApi:
 
     def _shown(self, calls: list[dict]) -> list[dict]:
         """``_found`` plus each SIP-as-RTMP call's push: rtmpUrl (credentials hidden),
-        rtmpStream, rtmpStreamStatus."""
+        rtmpStream, rtmpStreamStatus; and its ``injection``."""
         found = _found(calls)
         for call in found:
             rtmp_stream, push = self._rtmp.get(call.get("callId"), (None, None))
             if push is not None:
                 call.update(rtmpUrl=push.shown_url, rtmpStream=rtmp_stream,
                             rtmpStreamStatus=push.state)
+            if self._injections is not None:  # what /call/inject_* sends into it, or null
+                call["injection"] = self._injections.status(call.get("callId"))
         return found
 
     @router.route("/call/find")

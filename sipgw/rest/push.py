@@ -85,16 +85,8 @@ class PushApi:
         return shown(push)
 
     def _sound(self, body: dict, field: str) -> tuple[str, bool]:
-        """(path, loop) of ``soundFile``: a file name in sound_dir or a built-in sound (404
-        when neither has it)."""
-        name = string_field(body, "soundFile", required=True, max_len=_NAME_MAX)
-        try:
-            path = find_sound(self._config.sound_dir, name)
-        except ValueError as exc:
-            raise BadRequest(f"soundFile {exc}", field) from None
-        if path is None:
-            raise NotFound("Sound file not found", field)
-        return path, boolean_field(body, "loop", True)
+        """(path, loop) of ``soundFile``: a file name in sound_dir or a built-in sound."""
+        return sound_path(body, self._config.sound_dir, field), boolean_field(body, "loop", True)
 
     @router.route("/push/find")
     def find(self, request: Any, body: dict) -> list[dict]:
@@ -117,6 +109,20 @@ class PushApi:
         except PushError as exc:
             raise ApiError(exc.code, str(exc), exc.field) from None
         return None
+
+
+def sound_path(body: dict, sound_dir: str, field: str = "soundFile",
+               name_field: str = "soundFile") -> str:
+    """The path of ``body[name_field]``: a plain file name in ``sound_dir`` or a built-in
+    sound (400 naming ``field`` otherwise, 404 when neither has it)."""
+    name = string_field(body, name_field, required=True, max_len=_NAME_MAX)
+    try:
+        path = find_sound(sound_dir, name)
+    except ValueError as exc:
+        raise BadRequest(f"{name_field} {exc}", field) from None
+    if path is None:
+        raise NotFound("Sound file not found", field)
+    return path
 
 
 def admit(egress: EgressPolicy, manager: PushManager, config: Config, rtmp_url: str) -> None:

@@ -12,6 +12,7 @@ from twisted.internet.testing import StringTransport
 from sipgw.config import Config
 from sipgw.policy import AccessPolicy, parse_networks, parse_tokens, route_scope
 from sipgw.rest.calls import CallApi
+from sipgw.rest.inject import InjectApi
 from sipgw.rest.openapi import OpenApi
 from sipgw.rest.push import PushApi
 from sipgw.rest.recorder import RecorderApi
@@ -24,7 +25,8 @@ GOOD = "good-token-0123456789abcdef"
 CALLS_ONLY = "calls-token-0123456789abcd"
 BAD = "bad-token-0123456789abcdefg"
 EVERY_ROUTE = sorted({*CallApi.router.paths, *StreamApi.router.paths, *PushApi.router.paths,
-                      *RecorderApi.router.paths, *OpenApi.router.paths})
+                      *RecorderApi.router.paths, *OpenApi.router.paths,
+                      *InjectApi.router.paths})
 
 
 @pytest.fixture

@@ -181,8 +181,26 @@ def test_pushes_and_recordings_running_are_gauges(daemon, http_get):
     assert not [key for key in samples if key[0] == "sipgw_pushes"]
 
 
+def test_injections_running_are_a_gauge_by_status(daemon, http_get):
+    """Injections into calls (/call/inject_*) running, by status, read at each scrape; an
+    ended one (still shown in /call/find) is not counted."""
+    injections = daemon.media.injections.injections
+    ended = _Job("FINISHED")
+    ended.finished = True
+    injections.update({"c1": _Job("INJECTING"), "c2": _Job("STARTING"), "c3": ended})
+    samples = scrape(http_get, daemon)
+    assert samples["sipgw_injections", (("status", "INJECTING"),)] == 1
+    assert samples["sipgw_injections", (("status", "STARTING"),)] == 1
+    assert ("sipgw_injections", (("status", "FINISHED"),)) not in samples
+    injections.clear()
+    assert not [key for key in scrape(http_get, daemon) if key[0] == "sipgw_injections"]
+
+
 class _Job:
-    """A push or recording as the managers hold it: only its state is read."""
+    """A push, recording or injection as the managers hold it: only its state is read (and
+    whether it is over)."""
+
+    finished = False
 
     def __init__(self, state):
         self.state = state
