@@ -1,7 +1,7 @@
 """Fixtures of the SIP layer tests (the fakes themselves live in tests/fakes.py)."""
 import pytest
 
-from fakes import RecordingSender, UDPMemoryReactor
+from fakes import RecordingSender, UDPMemoryReactor, gateway_on
 from sipgw.config import Config
 
 
@@ -17,7 +17,7 @@ def sender():
 
 @pytest.fixture
 def make_ua(clock, sender):
-    """A UserAgent on a Clock whose bytes go to the RecordingSender."""
+    """A SIP UserAgent on a Clock whose bytes go to the RecordingSender."""
     from sipgw.sip.ua import UserAgent
 
     def make(**settings):
@@ -26,3 +26,9 @@ def make_ua(clock, sender):
         ua.transactions.sender = sender
         return ua
     return make
+
+
+@pytest.fixture
+def make_gateway(clock, sender):
+    """A CallManager on a Clock (calls through the SIP layer) whose bytes go to the sender."""
+    return lambda **settings: gateway_on(clock, sender, **settings)

@@ -5,7 +5,7 @@ import base64
 from fakes import PEER
 from sipgw.sip.message import make_response
 from sipgw.sip.sdp import SessionDescription
-from test_ua import _call, _reply
+from fakes import call_request as _call, reply as _reply
 
 KEY = base64.b64encode(bytes(range(30))).decode()
 
@@ -30,43 +30,43 @@ def _offer(sender):
     return invite, SessionDescription.parse(invite.body)
 
 
-def test_mandatory_offers_savp_and_an_answer_with_keys_secures_both_streams(make_ua, sender):
+def test_mandatory_offers_savp_and_an_answer_with_keys_secures_both_streams(make_gateway, sender):
     """sipSrtp=mandatory: RTP/SAVP with two a=crypto per stream; the answer's keys secure the
     media session; /call/find's sdp shows the answer with its key masked."""
-    ua = make_ua()
-    ua.startup(_call(sip_srtp="mandatory"))
+    gw = make_gateway()
+    gw.startup(_call(sip_srtp="mandatory"))
     invite, offer = _offer(sender)
     assert [m.proto for m in offer.media] == ["RTP/SAVP", "RTP/SAVP"]
     assert all(sum(n == "crypto" for n, _ in m.attributes) == 2 for m in offer.media)
-    ua.transactions.receive(_reply(invite, 200, body=_answer(offer, "RTP/SAVP")), PEER)
-    call, = ua.find("call1")
+    gw.sip.transactions.receive(_reply(invite, 200, body=_answer(offer, "RTP/SAVP")), PEER)
+    call, = gw.find("call1")
     assert call["status"] == "ESTABLISHED"
     assert KEY not in call["sdp"] and "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:..." in call["sdp"]
-    session = ua.calls["call1"].media_session
+    session = gw.calls["call1"].media_session
     assert all(ep.srtp is not None for ep in session.endpoints.values())
 
 
-def test_mandatory_fails_the_call_on_an_answer_without_keys(make_ua, sender):
+def test_mandatory_fails_the_call_on_an_answer_without_keys(make_gateway, sender):
     """An RTP/AVP answer without a=crypto to a mandatory offer: BYE, FAILED with the reason."""
-    ua = make_ua()
-    ua.startup(_call(sip_srtp="mandatory"))
+    gw = make_gateway()
+    gw.startup(_call(sip_srtp="mandatory"))
     invite, offer = _offer(sender)
-    ua.transactions.receive(_reply(invite, 200, body=_answer(offer, "RTP/AVP", crypto=False)), PEER)
-    call, = ua.find("call1")
+    gw.sip.transactions.receive(_reply(invite, 200, body=_answer(offer, "RTP/AVP", crypto=False)), PEER)
+    call, = gw.find("call1")
     assert call["status"] == "FAILED"
     assert call["info"] == "SRTP required but the audio answer has no usable a=crypto (RTP/AVP)"
     assert sender.requests("BYE")
 
 
-def test_optional_setting_offers_avp_with_keys_and_accepts_plain_rtp(make_ua, sender):
+def test_optional_setting_offers_avp_with_keys_and_accepts_plain_rtp(make_gateway, sender):
     """sip_srtp=optional (no sipSrtp): RTP/AVP with a=crypto; an answer without keys is
     plain RTP; sipSrtp=off overrides the setting: no a=crypto at all."""
-    ua = make_ua(sip_srtp="optional")
-    ua.startup(_call())
+    gw = make_gateway(sip_srtp="optional")
+    gw.startup(_call())
     invite, offer = _offer(sender)
     assert [m.proto for m in offer.media] == ["RTP/AVP", "RTP/AVP"] and b"a=crypto:" in invite.body
-    ua.transactions.receive(_reply(invite, 200, body=_answer(offer, "RTP/AVP", crypto=False)), PEER)
-    assert ua.find("call1")[0]["status"] == "ESTABLISHED"
-    assert all(ep.srtp is None for ep in ua.calls["call1"].media_session.endpoints.values())
-    ua.startup(_call(call_id="call2", sip_srtp="off"))
+    gw.sip.transactions.receive(_reply(invite, 200, body=_answer(offer, "RTP/AVP", crypto=False)), PEER)
+    assert gw.find("call1")[0]["status"] == "ESTABLISHED"
+    assert all(ep.srtp is None for ep in gw.calls["call1"].media_session.endpoints.values())
+    gw.startup(_call(call_id="call2", sip_srtp="off"))
     assert b"a=crypto" not in sender.requests("INVITE")[-1].body
