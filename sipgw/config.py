@@ -164,7 +164,8 @@ class Config:
     # what the keep-alive is: options (an OPTIONS request), crlf (RFC 5626 §4.4: double
     # CRLF on TCP/TLS, a STUN Binding request on UDP), off
     sip_nat_keepalive: str = "options"
-    # Contact of an account's later REGISTERs and calls from the REGISTER 200's received/rport
+    # Contact and Via sent-by of an account's later REGISTERs and calls from the REGISTER
+    # 200's received/rport
     sip_nat_rewrite_contact: bool = False
     # REST hooks: the application server of each appKey (sipgw/hooks.py)
     rest_apps: str = ""

@@ -74,6 +74,7 @@ class Call:
         self.offer: sdplib.SessionDescription | None = None
         self.srtp_mode = "off"
         self.srtp_offered: dict[str, list[sdes.Crypto]] = {}  # our SDES keys per kind
+        self.srtp_keys: dict[str, tuple] = {}  # (ours, the peer's) Crypto in use per kind
         self.remote_sdp: bytes = b""
         self.media: dict = {}
         self.answer_error = ""  # why the SDP answer was refused, the call's FAILED reason
@@ -211,24 +212,39 @@ class Call:
         self.media = media
         self.remote_sdp = body
         if self.media_session is not None:
-            if keys:
-                log.info("call {call_id}: SRTP ({suites}) on {kinds}", call_id=self.request.call_id,
-                         suites=", ".join(sorted({k[0].suite for k in keys.values()})),
-                         kinds=", ".join(sorted(keys)))
-                self.media_session.secure(keys)
+            self._secure(keys)
             self.media_session.negotiate(self.media)
+
+    def _secure(self, keys: dict) -> None:
+        """SRTP with ``keys`` (kind -> (our Crypto, the peer's)) from now on; a kind whose keys
+        did not change keeps its SRTP contexts (rollover counter, replay window)."""
+        changed = {kind: pair for kind, pair in keys.items() if self.srtp_keys.get(kind) != pair}
+        if not changed:
+            return
+        log.info("call {call_id}: SRTP ({suites}) on {kinds}", call_id=self.request.call_id,
+                 suites=", ".join(sorted({k[0].suite for k in changed.values()})),
+                 kinds=", ".join(sorted(changed)))
+        self.srtp_keys.update(changed)
+        if self.media_session is not None:
+            self.media_session.secure(changed)
 
     def answer_offer(self, request: Request) -> bytes:
         """Our answer to the peer's offer (RFC 3264 §6), applied to the media; raises SDPError."""
         offer = sdplib.SessionDescription.parse(sdp_of(request))
+        try:  # RFC 4568 §7.1.4: the keys of an SRTP call answered, kept or re-keyed
+            keys = sdes.answer_keys(self.srtp_mode, offer, self.srtp_keys)
+        except sdes.CryptoError as exc:
+            raise sdplib.SDPError(str(exc)) from None
         ours = self.offer
         answer, media = sdplib.make_answer(
             offer, address=ours.media_address(ours.media[0]),
             audio_port=self._our_port("audio"), video_port=self._our_port("video"),
-            session_id=ours.origin.sess_id, version=self.manager.next_version())
+            session_id=ours.origin.sess_id, version=self.manager.next_version(),
+            crypto={kind: pair[0] for kind, pair in keys.items()})
         if self.held:  # held from the app: the answer keeps us not receiving (RFC 3264 §6.1)
             answer, media = _held_answer(answer, media, self.manager.config.sip_hold_direction)
         self.remote_media = media
+        self._secure(keys)
         if self.media_session is not None:
             self.media_session.negotiate(media)
         self.remote_sdp = sdp_of(request)
@@ -255,7 +271,12 @@ class Call:
         """The answer in the ACK to ``offer``: media moves to its address and codec."""
         answer = sdplib.SessionDescription.parse(body)
         media = sdplib.negotiate(offer, answer)
+        try:
+            keys = sdes.agree(self.srtp_mode, self.srtp_offered, answer)
+        except sdes.CryptoError as exc:
+            raise sdplib.SDPError(str(exc)) from None
         self.remote_media, self.remote_sdp = media, body
+        self._secure(keys)
         if self.media_session is not None:
             self.media_session.negotiate(media)
         self.set_status(CallStatus.HOLD if sdplib.is_hold(answer) else CallStatus.ESTABLISHED)

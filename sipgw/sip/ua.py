@@ -107,11 +107,17 @@ class UserAgent:
 
     # -- addressing --------------------------------------------------------
     def via(self, dest: Destination, branch: str | None = None) -> str:
-        host = bracket(self.transport.sent_by(dest.host))
+        """Our Via for a request to ``dest``; its sent-by is the public address learned from
+        that peer's received/rport (sip_nat_rewrite_contact, RFC 3581 §4), as in Contact."""
+        transport = self.transport
+        if self.config.sip_nat_rewrite_contact:
+            host, port = transport.contact_address(dest.transport, dest.host, dest.port)
+        else:
+            host, port = transport.sent_by(dest.host), transport.port
         # TLS: no listener here, so ask the server to send back over this connection
         # (RFC 5923 alias; Kamailio: tcp_accept_aliases).
         alias = ";alias" if dest.transport == "TLS" else ""
-        return (f"SIP/2.0/{dest.transport} {host}:{self.transport.port};"
+        return (f"SIP/2.0/{dest.transport} {bracket(host)}:{port};"
                 f"branch={branch or new_branch()};rport{alias}")
 
     def contact(self, user: str, dest: Destination) -> str:

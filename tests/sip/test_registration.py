@@ -46,15 +46,18 @@ def test_nat_keepalive_off_sends_nothing(make_gateway, sender, clock):
 def test_contact_rewritten_from_received_and_rport_behind_a_nat(make_gateway, sender, clock):
     """sip_nat_rewrite_contact: a REGISTER 200 whose Via shows another address
     (received/rport) makes the account register again at once with that public address in
-    its Contact, and its call's INVITE carries it too."""
+    its Contact and Via sent-by, and its call's INVITE carries it in both too."""
     gw = make_gateway(sip_nat_rewrite_contact=True, sip_ring_timeout=0, rtp_activity_timeout=0)
     _registered(gw, sender, ";received=203.0.113.5;rport=40000")
     invite = sender.requests("INVITE")[0]
     assert str(invite.contacts[0].uri) == "sip:alice@203.0.113.5:40000"
+    assert (invite.top_via.host, invite.top_via.port) == ("203.0.113.5", 40000)
     clock.advance(0.01)
     first, again = sender.requests("REGISTER")
     assert str(first.contacts[0].uri) == "sip:alice@127.0.0.1:5070"
+    assert (first.top_via.host, first.top_via.port) == ("127.0.0.1", 5070)
     assert str(again.contacts[0].uri) == "sip:alice@203.0.113.5:40000"
+    assert (again.top_via.host, again.top_via.port) == ("203.0.113.5", 40000)
     assert again.call_id == first.call_id and again.cseq.seq == first.cseq.seq + 1
     # its 200 shows the same public address: no further REGISTER until the refresh
     ok = make_response(again, 200, to_tag="r", extra=[("Expires", "600")])
@@ -66,9 +69,11 @@ def test_contact_rewritten_from_received_and_rport_behind_a_nat(make_gateway, se
 
 
 def test_contact_not_rewritten_by_default(make_gateway, sender, clock):
-    """sip_nat_rewrite_contact=false (default): the local address stays in Contact."""
+    """sip_nat_rewrite_contact=false (default): the local address stays in Contact and Via."""
     gw = make_gateway(sip_ring_timeout=0, rtp_activity_timeout=0)
     _registered(gw, sender, ";received=203.0.113.5;rport=40000")
     clock.advance(0.01)
     assert len(sender.requests("REGISTER")) == 1
-    assert str(sender.requests("INVITE")[0].contacts[0].uri) == "sip:alice@127.0.0.1:5070"
+    invite = sender.requests("INVITE")[0]
+    assert str(invite.contacts[0].uri) == "sip:alice@127.0.0.1:5070"
+    assert (invite.top_via.host, invite.top_via.port) == ("127.0.0.1", 5070)
