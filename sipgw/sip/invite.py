@@ -147,6 +147,7 @@ class InviteSession:
         self._info_out = False
         self.transfer_status: str | None = None  # our REFER's progress (see refer())
         self.transfer_target: str | None = None
+        self._transfer_timer = None
 
     # -- life ----------------------------------------------------------------
     def later(self, delay: float, fn, *args):
@@ -538,6 +539,9 @@ class InviteSession:
             return
         if response.status < 300:
             self._set_transfer("ACCEPTED", response.status)
+            timeout = self.ua.config.sip_transfer_timeout
+            if timeout:
+                self._transfer_timer = self.later(timeout, self._transfer_timed_out)
         else:
             self._set_transfer("FAILED", response.status, response.reason)
             self._dialog_gone(response)
@@ -557,6 +561,12 @@ class InviteSession:
         if status == "COMPLETED":
             self.bye(TRANSFERRED)  # RFC 5589 §6: the transferor ends the call
 
+    def _transfer_timed_out(self) -> None:
+        """No final NOTIFY within sip_transfer_timeout: the transfer failed, the call
+        stays up (RFC 3515 §2.4.5 leaves the subscription's end to the notifier)."""
+        if self.transfer_status in TRANSFER_LIVE and not self.ended:
+            self._set_transfer("FAILED", 0, "Timeout")
+
     def _notify_status(self, request: Request) -> int:
         if self.transfer_status is None:
             return 481  # RFC 6665 §4.1.3: no such subscription
@@ -569,6 +579,10 @@ class InviteSession:
 
     def _set_transfer(self, status: str, sip_status: int = 0, reason: str = "") -> None:
         self.transfer_status = status
+        if status not in TRANSFER_LIVE and self._transfer_timer is not None:
+            if self._transfer_timer.active():
+                self._transfer_timer.cancel()
+            self._transfer_timer = None
         log.info("call {call_id} transfer to {target} {status} {code} {reason}",
                  call_id=self.name, target=self.transfer_target, status=status,
                  code=sip_status or "", reason=reason)

@@ -1554,6 +1554,33 @@ def test_transfer_sends_refer_and_follows_the_sipfrag_notifies(make_gateway, sen
         "FINISH", "Transferred", "COMPLETED")
 
 
+def test_a_transfer_without_a_final_notify_fails_by_timeout_and_the_call_stays(
+        make_gateway, sender, clock):
+    """sip_transfer_timeout after the 202 with no final NOTIFY: the transfer is FAILED
+    "Timeout" (reported), the call stays ESTABLISHED with no BYE, and a new transfer may
+    start; a final NOTIFY in time stops the timer."""
+    gw = make_gateway(sip_transfer_timeout=20, rtp_activity_timeout=0)
+    seen = []
+    gw.transfer_observers.append(lambda call, code, reason: seen.append(
+        (call.transfer_status, code, reason)))
+    invite = _established(gw, sender)
+    gw.transfer("call1", "carol")
+    gw.sip.transactions.receive(make_response(sender.requests("REFER")[0], 202), PEER)
+    gw.sip.transactions.receive(_notify(invite, 1, b"SIP/2.0 100 Trying\r\n"), PEER)
+    clock.advance(19.9)
+    assert gw.find("call1")[0]["transferStatus"] == "TRYING"
+    clock.advance(0.2)
+    found = gw.find("call1")[0]
+    assert (found["status"], found["transferStatus"]) == ("ESTABLISHED", "FAILED")
+    assert seen[-1] == ("FAILED", 0, "Timeout") and sender.requests("BYE") == []
+    gw.transfer("call1", "dave")  # no Conflict: the failed transfer is over
+    gw.sip.transactions.receive(make_response(sender.requests("REFER")[1], 202), PEER)
+    gw.sip.transactions.receive(_notify(invite, 2, b"SIP/2.0 200 OK\r\n"), PEER)
+    clock.advance(30)
+    assert gw.find("call1")[0]["transferStatus"] == "COMPLETED"
+    assert [s[0] for s in seen].count("FAILED") == 1
+
+
 def test_transfer_refused_or_failing_keeps_the_call(make_gateway, sender):
     """A 603 to the REFER, or a NOTIFY saying 486, is FAILED and the call stays up; a NOTIFY
     with no transfer is 481, one of another event 489; not established is Conflict."""
