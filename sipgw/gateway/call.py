@@ -60,6 +60,113 @@ def parse_target(target: str, domain: str) -> URI:
         raise CallError(f"target is not a SIP URI: {exc}") from None
 
 
+class _Quiet:
+    """An InviteUser that takes no part in the call: every event is ignored."""
+
+    def prepare_offer(self) -> bool:
+        return False
+
+    def offer_body(self) -> bytes:
+        return b""
+
+    def provisional(self, response: Response) -> None:
+        pass
+
+    def answered(self, response: Response) -> str:
+        return "Not in the call any more"
+
+    def established(self, response: Response) -> None:
+        pass
+
+    def refreshed(self, response: Response) -> None:
+        pass
+
+    def answer_offer(self, request: Request) -> bytes:
+        raise sdplib.SDPError("not in the call any more")
+
+    def reoffer(self):
+        return None
+
+    def ack_answer(self, offer, body: bytes) -> None:
+        pass
+
+    def transfer_changed(self, status: str, sip_status: int, reason: str) -> None:
+        pass
+
+    def refer_refusal(self, target: URI) -> str:
+        return "Not in the call any more"
+
+    def referred(self, target: URI) -> None:
+        pass
+
+    def session_ended(self, kind: str, reason: str) -> None:
+        pass
+
+
+class _Retired(_Quiet):
+    """The InviteUser of a dialog the call left (the callee transferred it, or the call
+    ended while the transfer target was called): once it ends, it is closed and forgotten."""
+
+    def __init__(self, session, sip):
+        self.session, self.sip = session, sip
+
+    def session_ended(self, kind: str, reason: str) -> None:
+        self.session.close()
+        self.sip.forget(self.session)
+
+
+class _ReferredLeg(_Quiet):
+    """The InviteUser of the INVITE a callee's REFER asked for (RFC 3515 §2.4.2), till it
+    is answered: its own offer from the call's RTP ports, its progress NOTIFYed in the old
+    dialog; answered, it becomes the call's session (``Call.take_leg``)."""
+
+    def __init__(self, call: "Call", target: URI):
+        self.call = call
+        self.target = target
+        self.offer: sdplib.SessionDescription | None = None
+        self.srtp_offered: dict = {}
+        self.media: dict = {}
+        self.keys: dict = {}
+        self.remote_sdp = b""
+        self.session = call.manager.sip.session(call.request, self)
+
+    def prepare_offer(self) -> bool:
+        call, manager = self.call, self.call.manager
+        ours = call.offer
+        if call.srtp_mode != "off":  # new keys for a new dialog
+            self.srtp_offered = {m.kind: sdes.offer_keys() for m in ours.media}
+        proto = "RTP/SAVP" if call.srtp_mode == "mandatory" else "RTP/AVP"
+        self.offer = sdplib.make_offer(ours.media_address(ours.media[0]),
+                                       audio_port=call._our_port("audio"),
+                                       video_port=call._our_port("video"),
+                                       session_id=manager.next_version(),
+                                       crypto=self.srtp_offered, proto=proto)
+        return True
+
+    def offer_body(self) -> bytes:
+        return bytes(self.offer)
+
+    def provisional(self, response: Response) -> None:
+        if response.status > 100:
+            self.call.session.notify_refer(response.status, response.reason)
+
+    def answered(self, response: Response) -> str:
+        try:
+            answer = sdplib.SessionDescription.parse(sdp_of(response))
+            self.media = sdplib.negotiate(self.offer, answer)
+            self.keys = sdes.agree(self.call.srtp_mode, self.srtp_offered, answer)
+        except (sdplib.SDPError, sdes.CryptoError) as exc:
+            return str(exc)
+        self.remote_sdp = sdp_of(response)
+        return ""
+
+    def established(self, response: Response) -> None:
+        self.call.take_leg(self)
+
+    def session_ended(self, kind: str, reason: str) -> None:
+        self.call.leg_failed(self, kind, _WCS_REASONS.get(reason, reason))
+
+
 class Call:
     """One outgoing call: its INVITE session, its media and stream, its WCS status."""
 
@@ -83,6 +190,7 @@ class Call:
         self.media_session = None
         self._holding: sdplib.SessionDescription | None = None  # our hold re-INVITE's old offer
         self.held = False  # on hold from the app (/call/hold answered)
+        self.leg: _ReferredLeg | None = None  # the INVITE a callee's REFER asked for
         self.session = manager.sip.session(request, self)
 
     # -- what the session holds, under the names the rest of sipgw reads ------------
@@ -290,15 +398,92 @@ class Call:
                             call_id=self.request.call_id)
 
     def session_ended(self, kind: str, reason: str) -> None:
+        if self.leg is not None and not self.status.ended:
+            # The transferor hung up while the transfer target is called (RFC 5589 §6
+            # allows it): the call lives on in the new INVITE.
+            log.info("call {call_id}: transferor gone ({reason}), the transfer goes on",
+                     call_id=self.request.call_id, reason=reason)
+            self.session.close()
+            self.manager.sip.forget(self.session)
+            return
         self.set_status(CallStatus(kind), _WCS_REASONS.get(reason, reason))
 
+    # -- the callee's transfer (sip_accept_refer, RFC 3515) --------------------------------
+    def refer_refusal(self, target: URI) -> str:
+        if self.status not in (CallStatus.ESTABLISHED, CallStatus.HOLD) or self.leg is not None:
+            return f"call is {self.status.value}"
+        if self.transfer_status in invite.TRANSFER_LIVE:
+            return "a transfer of ours is in progress"
+        return ""
+
+    def referred(self, target: URI) -> None:
+        log.info("call {call_id}: the callee transfers it to {target}",
+                 call_id=self.request.call_id, target=str(target))
+        self.leg = _ReferredLeg(self, target)
+        self.leg.session.start_to(target, self.session.registration)
+
+    def take_leg(self, leg: _ReferredLeg) -> None:
+        """The transfer target answered: its dialog is the call's from now on, its media
+        feeds the same stream; the old dialog gets the final NOTIFY and a BYE."""
+        old, self.session, self.leg = self.session, leg.session, None
+        leg.session.user = self
+        if not old.ended:
+            old.notify_refer(200, "OK")
+            old.user = _Retired(old, self.manager.sip)
+            old.bye(invite.TRANSFERRED)
+        self.offer, self.srtp_offered, self.media = leg.offer, leg.srtp_offered, leg.media
+        self.remote_sdp, self.held = leg.remote_sdp, False
+        if self.media_session is not None:
+            self._secure(leg.keys)
+            self.media_session.negotiate(self.media)
+        log.info("call {call_id}: transferred to {target}", call_id=self.request.call_id,
+                 target=str(leg.target))
+        self.set_status(CallStatus.ESTABLISHED)
+
+    def leg_failed(self, leg: _ReferredLeg, kind: str, reason: str) -> None:
+        """The INVITE to the transfer target failed: the old dialog is told (a final
+        NOTIFY) and the call goes on there; with the transferor gone the call ends."""
+        if self.leg is not leg:
+            return
+        self.leg = None
+        leg.session.close()
+        self.manager.sip.forget(leg.session)
+        log.info("call {call_id}: transfer by the callee failed: {reason}",
+                 call_id=self.request.call_id, reason=reason)
+        if self.session.ended:
+            self.set_status(CallStatus(kind), reason)
+            return
+        status = leg.session.sip_status
+        if status >= 300:  # the target's final response, else no SIP answer at all
+            self.session.notify_refer(status, reason.removeprefix(f"{status} "))
+        else:
+            self.session.notify_refer(503, "Service Unavailable")
+
+    def close(self) -> None:
+        """The call ended: its sessions stop (a transfer target still called is hung up)."""
+        leg, self.leg = self.leg, None
+        if leg is not None:
+            leg.session.user = _Retired(leg.session, self.manager.sip)
+            leg.session.terminate(self.reason or TERMINATED_BY_REST)
+            leg.session.close()
+            self.manager.sip.forget(leg.session)
+        self.session.close()
+
     # -- operations (REST, websocket, media) --------------------------------------
+    @property
+    def live_session(self):
+        """The session that carries the call: the transfer target's while the transferor
+        that left is gone, else the call's."""
+        if self.session.ended and self.leg is not None:
+            return self.leg.session
+        return self.session
+
     def terminate(self, reason: str = TERMINATED_BY_REST) -> None:
         """``/call/terminate``: CANCEL before the answer, BYE after (§9, §15)."""
-        self.session.terminate(reason)
+        self.live_session.terminate(reason)
 
     def fail(self, reason: str) -> None:
-        self.session.fail(reason)
+        self.live_session.fail(reason)
 
     def hold(self, held: bool) -> None:
         """RFC 3264 §8.4: re-INVITE with our offer ``sip_hold_direction`` (held) or sendrecv;
@@ -308,6 +493,8 @@ class Call:
         if self.status != wanted or self.dialog is None:
             raise Conflict(f"call {self.request.call_id} is {self.status.value}, "
                            f"not {wanted.value}")
+        if self.leg is not None:
+            raise Conflict(f"call {self.request.call_id}: the callee is transferring it")
         if self._holding is not None or self.session.reinviting:  # §14.1: one at a time
             raise Conflict(f"call {self.request.call_id}: a re-INVITE is in progress")
         direction = self.manager.config.sip_hold_direction if held else "sendrecv"
@@ -336,7 +523,7 @@ class Call:
     def transfer(self, target: URI) -> None:
         """Blind transfer (RFC 3515): REFER to ``target``; see InviteSession.refer."""
         if (self.status not in (CallStatus.ESTABLISHED, CallStatus.HOLD) or self.dialog is None
-                or self.transfer_status in invite.TRANSFER_LIVE):
+                or self.transfer_status in invite.TRANSFER_LIVE or self.leg is not None):
             raise Conflict(f"call {self.request.call_id} is {self.status.value}"
                            + (f", transfer {self.transfer_status}" if self.transfer_status else ""))
         self.session.refer(target)
@@ -357,7 +544,7 @@ class Call:
 
     def rtp_timed_out(self) -> None:
         """No RTP for rtp_activity_timeout: hang up and fail (WCS 'Failed by RTP activity')."""
-        self.session.bye(RTP_ACTIVITY, invite.FAILED, wait=False)
+        self.live_session.fail(RTP_ACTIVITY)
 
     def request_picture_update(self) -> None:
         """SIP INFO picture_fast_update for callees that ignore RTCP PLI/FIR; one waiting in

@@ -153,7 +153,7 @@ class CallManager:
         """Release everything the call holds; each step runs whatever the previous ones raised
         (a half-done teardown would keep the call, its stream name and its ports for ever)."""
         call.ended_at = self.reactor.seconds()
-        steps = [call.session.close, lambda: self._end_media(call),
+        steps = [call.close, lambda: self._end_media(call),
                  lambda: self._end_stream(call), lambda: self._retain(call)]
         for step in steps:
             try:
@@ -196,4 +196,4 @@ class CallManager:
     def _forget(self, call: Call) -> None:
         if self.calls.get(call.request.call_id) is call:
             del self.calls[call.request.call_id]
-        self.sip.forget(call.session)
+        self.sip.forget(call.session)  # (a dialog the call left forgot itself when it ended)

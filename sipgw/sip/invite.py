@@ -25,7 +25,7 @@ from . import sdp as sdplib
 from .auth import ChallengeAnswerer, DigestClient
 from .body import sdp_of
 from .dialog import Dialog
-from .headers import HeaderError, URI
+from .headers import Address, HeaderError, URI
 from .message import Request, Response, make_response
 from .prack import ReliableProvisionals
 from .registration import Registration, RegistrationFailed, account_key, new_tag
@@ -36,6 +36,12 @@ from .transaction import T1, T2, new_branch
 log = Logger(namespace="sipgw.sip.invite")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, PRACK, UPDATE, NOTIFY"
+
+
+def allow(config) -> str:
+    """Our Allow header: REFER too when the peer's transfers are accepted (sip_accept_refer)."""
+    return ALLOW + ", REFER" if config.sip_accept_refer else ALLOW
+
 CREDENTIALS = ("Authorization", "Proxy-Authorization")
 # Reasons of a session's end that the SIP layer names; the gateway shows its own words for
 # the first two (WCS's 'Normal call clearing', 'Failed by request timeout').
@@ -83,6 +89,13 @@ class InviteUser(Protocol):
 
     def transfer_changed(self, status: str, sip_status: int, reason: str) -> None:
         """Our REFER's progress moved (``InviteSession.transfer_status``)."""
+
+    def refer_refusal(self, target: URI) -> str:
+        """Why the peer's REFER to ``target`` cannot be carried out now; "" if it can."""
+
+    def referred(self, target: URI) -> None:
+        """The peer's REFER to ``target`` was accepted (sip_accept_refer): place the new
+        INVITE; its progress goes back with ``notify_refer``."""
 
     def session_ended(self, kind: str, reason: str) -> None:
         """The session is over: ``kind`` FINISH, FAILED or BUSY, ``reason`` why."""
@@ -148,6 +161,7 @@ class InviteSession:
         self.transfer_status: str | None = None  # our REFER's progress (see refer())
         self.transfer_target: str | None = None
         self._transfer_timer = None
+        self.refer_in: Request | None = None  # the peer's REFER we are carrying out
 
     # -- life ----------------------------------------------------------------
     def later(self, delay: float, fn, *args):
@@ -177,6 +191,42 @@ class InviteSession:
     def start(self) -> None:
         """Locate the first hop, register when asked, have the offer made, send the INVITE."""
         defer.ensureDeferred(self._place()).addErrback(self._place_failed)
+
+    def start_to(self, target: URI, registration: Registration | None = None) -> None:
+        """Place the INVITE to ``target`` (a REFER's Refer-To, RFC 3515 §2.4.2): to its host
+        (RFC 3263), or through the outbound proxy when there is one; sip_egress checked;
+        ``registration`` (the referring call's) used too."""
+        self.target = target
+        if registration is not None:
+            registration.users += 1
+            self.registration = registration
+        defer.ensureDeferred(self._place_to(target)).addErrback(self._place_failed)
+
+    async def _place_to(self, target: URI) -> None:
+        ua = self.ua
+        if self.params.sip_outbound_proxy:
+            transport, host, port = ua.first_hop(self.params)
+        else:
+            transport, host, port = uri_transport(target), target.host.strip("[]"), target.port
+        try:
+            dest = await ua.resolve(transport, host, port)
+        except Exception as exc:
+            self._end(FAILED, f"Cannot resolve {host}: {exc.__class__.__name__}")
+            return
+        allowed = ua.allowed(host, dest)
+        if allowed is None:
+            self._end(FAILED, f"Transfer to {host} denied by sip_egress")
+            return
+        self.dest = allowed
+        self._invite_with_offer()
+
+    def _invite_with_offer(self) -> None:
+        """The first INVITE, once the user made its offer; the ring timeout from then."""
+        if self.ended or not self.user.prepare_offer() or self.ended:
+            return
+        self.send_invite()
+        if self.ua.config.sip_ring_timeout:
+            self.later(self.ua.config.sip_ring_timeout, self._ring_timeout)
 
     async def _place(self) -> None:
         ua, r = self.ua, self.params
@@ -208,11 +258,7 @@ class InviteSession:
                 self._end(FAILED, str(exc))
                 return
             self.dest = registration.dest  # the target that answered (RFC 3263 §4.3)
-        if self.ended or not self.user.prepare_offer() or self.ended:
-            return
-        self.send_invite()
-        if ua.config.sip_ring_timeout:
-            self.later(ua.config.sip_ring_timeout, self._ring_timeout)
+        self._invite_with_offer()
 
     def _place_failed(self, failure) -> None:
         log.failure("placing call {call_id} failed", failure, call_id=self.name)
@@ -252,7 +298,7 @@ class InviteSession:
         headers = [("Via", ua.via(self.dest)), ("Max-Forwards", "70"),
                    ("From", f"{display}<{aor}>;tag={self.local_tag}"), ("To", f"<{target}>"),
                    ("Call-ID", self.sip_call_id), ("CSeq", f"{self.cseq} INVITE"),
-                   ("Contact", self.contact()), ("Allow", ALLOW),
+                   ("Contact", self.contact()), ("Allow", allow(ua.config)),
                    ("Accept", "application/sdp"),
                    ("User-Agent", ua.config.sip_user_agent), ("Content-Type", "application/sdp")]
         headers += self.extension_headers() + list(auth_headers)
@@ -740,10 +786,59 @@ class InviteSession:
             tx.respond(make_response(request, 200))
         elif method == "NOTIFY":
             self._notified(request, tx)
-        elif method == "REFER":  # sipgw places no call on the callee's behalf (RFC 3515 §2.4.2)
-            tx.respond(make_response(request, 403, "Transfer not accepted"))
+        elif method == "REFER":
+            self._refer_received(request, tx)
         else:
-            tx.respond(make_response(request, 501, extra=[("Allow", ALLOW)]))
+            tx.respond(make_response(request, 501, extra=[("Allow", allow(self.ua.config))]))
+
+    def _refer_received(self, request: Request, tx) -> None:
+        """The peer transfers the call (RFC 3515 §2.4.2): refused (403) unless
+        sip_accept_refer; else 202, a NOTIFY 'SIP/2.0 100 Trying' at once (§2.4.4), and the
+        user places the new INVITE. Blind transfer only: a Refer-To with headers (Replaces)
+        or another method is refused."""
+        if not self.ua.config.sip_accept_refer:
+            tx.respond(make_response(request, 403, "Transfer not accepted"))
+            return
+        try:
+            target = Address.parse(request.get("Refer-To") or "").uri
+        except HeaderError:
+            tx.respond(make_response(request, 400, "Bad Refer-To"))
+            return
+        if target.scheme not in ("sip", "sips"):
+            tx.respond(make_response(request, 416))
+            return
+        if target.headers or (target.params.get("method") or "INVITE").upper() != "INVITE":
+            tx.respond(make_response(request, 403, "Only blind transfer is accepted"))
+            return
+        if self.refer_in is not None or self.ended:
+            tx.respond(make_response(request, 491))  # one transfer at a time
+            return
+        refusal = self.user.refer_refusal(target)
+        if refusal:
+            tx.respond(make_response(request, 403, refusal))
+            return
+        self.refer_in = request
+        tx.respond(make_response(request, 202, extra=[("Contact", self.contact())]))
+        self.notify_refer(100, "Trying")
+        self.user.referred(target)
+
+    def notify_refer(self, status: int, reason: str) -> None:
+        """NOTIFY of the peer's REFER (RFC 3515 §2.4.4): the new INVITE's status as a
+        sipfrag; a final one ends the implicit subscription."""
+        refer = self.refer_in
+        if refer is None or self.ended or self.dialog is None:
+            return
+        final = status >= 200
+        if final:
+            self.refer_in = None
+        notify = self.dialog.create_request(
+            "NOTIFY", via=self.ua.via(self.dest_for_dialog()), contact=self.contact(),
+            headers=[("Event", f"refer;id={refer.cseq.seq}"),
+                     ("Subscription-State",
+                      "terminated;reason=noresource" if final else "active;expires=60"),
+                     ("Content-Type", "message/sipfrag;version=2.0")],
+            body=f"SIP/2.0 {status} {reason}\r\n".encode())
+        self.send_request(notify)
 
     def _reinvite(self, request: Request, tx) -> None:
         """A re-INVITE from the peer (§14.2): answer its offer, or offer in the 200."""
@@ -784,7 +879,8 @@ class InviteSession:
             return None
 
     def _ok(self, request: Request, body: bytes) -> Response:
-        return make_response(request, 200, extra=[("Contact", self.contact()), ("Allow", ALLOW)]
+        return make_response(request, 200, extra=[("Contact", self.contact()),
+                                                  ("Allow", allow(self.ua.config))]
                              + self.timer_headers(request)
                              + ([("Content-Type", "application/sdp")] if body else []),
                              body=body)

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from ..egress import EgressDenied, EgressPolicy
 from .dialog import Dialog
 from .headers import URI, bracket
-from .invite import ALLOW, InviteSession, uri_transport
+from .invite import InviteSession, allow, uri_transport
 from .message import Request, Response, make_response
 from .transaction import TransactionLayer, new_branch
 from .registration import Registration, RegistrationIds, new_tag
@@ -249,7 +249,7 @@ class UserAgent:
         # sip_answer_unsolicited=false): never retransmitted, no state left behind.
         if method == "OPTIONS":
             tx.respond_once(make_response(request, 200, to_tag=new_tag(), extra=[
-                ("Allow", ALLOW), ("Accept", "application/sdp"), *self.supported(),
+                ("Allow", allow(self.config)), ("Accept", "application/sdp"), *self.supported(),
                 ("User-Agent", self.config.sip_user_agent)]))
             return
         if method == "CANCEL":
