@@ -1,5 +1,6 @@
-"""The real daemon with sip_accept_refer=true: a SIPp callee transfers the call (blind
-REFER, RFC 3515) to a second SIPp, whose answer carries the same stream on."""
+"""The real daemon with sip_accept_refer=true against SIPp callees that do mid-call what
+this gateway learnt late: a callee transfers the call (blind REFER, RFC 3515) to a second
+SIPp, whose answer carries the same stream on; an SRTP callee re-INVITEs over RTP/SAVP."""
 import pytest
 
 from peers import wait_for
@@ -33,3 +34,19 @@ def test_a_callee_transfer_moves_the_call_to_the_target_with_the_same_stream(dae
     daemon.rest("/call/terminate", {"callId": "t1"})
     daemon.wait_status("t1", "FINISH")
     assert carol.wait(15) == 0, carol.errors()
+
+
+def test_an_srtp_callee_reinviting_over_savp_gets_our_crypto_back(daemon, sipp_factory):
+    """sipSrtp=mandatory to a SIPp callee that re-INVITEs over RTP/SAVP with its key
+    unchanged: the 200 answers over RTP/SAVP with a=crypto:1 (its scenario checks), no 488,
+    and the call stays ESTABLISHED until /call/terminate."""
+    callee = sipp_factory("uas_srtp_reinvite.xml")
+    daemon.start_call_to_sipp(callee.port, "s1", sipSrtp="mandatory")
+    daemon.wait_status("s1", "ESTABLISHED")
+    wait_for(lambda: len(callee.received(200)) >= 1, 10, "the 200 to the re-INVITE",
+             log=callee.errors)
+    assert daemon.call("s1")["status"] == "ESTABLISHED"
+    assert not callee.received(488)
+    daemon.rest("/call/terminate", {"callId": "s1"})
+    daemon.wait_status("s1", "FINISH")
+    assert callee.wait(15) == 0, callee.errors()
