@@ -48,6 +48,17 @@ def _held_answer(answer, media: dict, hold: str):
              for kind, m in media.items()})
 
 
+def _offer(manager, address: str, ports: dict, srtp_mode: str):
+    """(our SDP offer from the RTP ``ports`` by kind, its SDES keys by kind): fresh keys
+    unless ``srtp_mode`` is off, over RTP/SAVP when it is mandatory."""
+    keys = {kind: sdes.offer_keys() for kind in ports} if srtp_mode != "off" else {}
+    proto = "RTP/SAVP" if srtp_mode == "mandatory" else "RTP/AVP"
+    offer = sdplib.make_offer(address, audio_port=ports.get("audio"),
+                              video_port=ports.get("video"), session_id=manager.next_version(),
+                              crypto=keys, proto=proto)
+    return offer, keys
+
+
 def parse_target(target: str, domain: str) -> URI:
     """A transfer target: a SIP URI, user@host, or a user at ``domain``."""
     try:
@@ -131,16 +142,11 @@ class _ReferredLeg(_Quiet):
         self.session = call.manager.sip.session(call.request, self)
 
     def prepare_offer(self) -> bool:
-        call, manager = self.call, self.call.manager
-        ours = call.offer
-        if call.srtp_mode != "off":  # new keys for a new dialog
-            self.srtp_offered = {m.kind: sdes.offer_keys() for m in ours.media}
-        proto = "RTP/SAVP" if call.srtp_mode == "mandatory" else "RTP/AVP"
-        self.offer = sdplib.make_offer(ours.media_address(ours.media[0]),
-                                       audio_port=call._our_port("audio"),
-                                       video_port=call._our_port("video"),
-                                       session_id=manager.next_version(),
-                                       crypto=self.srtp_offered, proto=proto)
+        call = self.call
+        ours = call.offer  # the same address and ports, new SDES keys for a new dialog
+        ports = {m.kind: m.port for m in ours.media}
+        self.offer, self.srtp_offered = _offer(call.manager, ours.media_address(ours.media[0]),
+                                               ports, call.srtp_mode)
         return True
 
     def offer_body(self) -> bytes:
@@ -270,13 +276,7 @@ class Call:
         self.stream.counters_source = session.counters
         address = config.media_address or manager.sip.transport.sent_by(self.session.dest.host)
         self.srtp_mode = r.sip_srtp or config.sip_srtp
-        if self.srtp_mode != "off":
-            self.srtp_offered = {kind: sdes.offer_keys() for kind in ports}
-        proto = "RTP/SAVP" if self.srtp_mode == "mandatory" else "RTP/AVP"
-        self.offer = sdplib.make_offer(address, audio_port=ports.get("audio"),
-                                       video_port=ports.get("video"),
-                                       session_id=manager.next_version(),
-                                       crypto=self.srtp_offered, proto=proto)
+        self.offer, self.srtp_offered = _offer(manager, address, ports, self.srtp_mode)
         return True
 
     def offer_body(self) -> bytes:

@@ -128,18 +128,8 @@ def agree(mode: str, offered: dict[str, list[Crypto]], answer) -> dict[str, tupl
         if m.port == 0 or m.kind not in offered or m.kind in agreed:
             continue
         ours = {c.tag: c for c in offered[m.kind]}
-        pair = None
-        for name, value in m.attributes:
-            if name != "crypto" or value is None:
-                continue
-            try:
-                theirs = Crypto.parse(value)
-            except CryptoError:
-                continue
-            mine = ours.get(theirs.tag)
-            if mine is not None and mine.suite == theirs.suite:
-                pair = (mine, theirs)
-                break
+        pair = next(((ours[theirs.tag], theirs) for theirs in _usable(m)
+                     if theirs.tag in ours and ours[theirs.tag].suite == theirs.suite), None)
         if pair is not None:
             agreed[m.kind] = pair
         elif mode == "mandatory" or m.proto in SECURE_PROTOS:

@@ -27,7 +27,6 @@ log = Logger(namespace="sipgw.sip.ua")
 # In-dialog next hops named by host name, located and kept per session: the peer's target
 # refreshes (re-INVITE Contact) may name a new host each time.
 HOPS_KEPT = 8
-_uri_transport = uri_transport  # the name other modules and tests used
 
 
 def _tls_settings(config) -> TLSClientSettings | None:

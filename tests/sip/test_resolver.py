@@ -6,8 +6,7 @@ from twisted.internet import defer
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 
-from fakes import PEER
-from sipgw.calls import CallRequest
+from fakes import PEER, call_request
 from sipgw.sip.message import make_response
 from sipgw.sip.resolver import (Destination, Locator, Naptr, Srv, naptr_services, order_srv,
                                 parse_servers)
@@ -273,10 +272,7 @@ def _ua(make_gateway, clock, **settings):
 
 
 def _call(**fields):
-    values = dict(call_id="call1", callee="bob", sip_login="alice", sip_domain="example.test",
-                  sip_password="s3cret-pw", sip_port=5060)
-    values.update(fields)
-    return CallRequest(**values)
+    return call_request(**{"sip_domain": "example.test", **fields})
 
 
 def _dests(sender, method):
