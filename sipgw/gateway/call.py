@@ -459,31 +459,34 @@ class Call:
         else:
             self.session.notify_refer(503, "Service Unavailable")
 
-    def close(self) -> None:
-        """The call ended: its sessions stop (a transfer target still called is hung up)."""
+    def _drop_leg(self, reason: str) -> None:
+        """A transfer target still called is hung up (CANCEL or BYE) and left alone."""
         leg, self.leg = self.leg, None
         if leg is not None:
             leg.session.user = _Retired(leg.session, self.manager.sip)
-            leg.session.terminate(self.reason or TERMINATED_BY_REST)
-            leg.session.close()
-            self.manager.sip.forget(leg.session)
+            leg.session.terminate(reason)
+
+    def close(self) -> None:
+        """The call ended: its sessions stop."""
+        self._drop_leg(self.reason or TERMINATED_BY_REST)
         self.session.close()
 
     # -- operations (REST, websocket, media) --------------------------------------
-    @property
-    def live_session(self):
-        """The session that carries the call: the transfer target's while the transferor
-        that left is gone, else the call's."""
-        if self.session.ended and self.leg is not None:
-            return self.leg.session
-        return self.session
-
     def terminate(self, reason: str = TERMINATED_BY_REST) -> None:
-        """``/call/terminate``: CANCEL before the answer, BYE after (§9, §15)."""
-        self.live_session.terminate(reason)
+        """``/call/terminate``: CANCEL before the answer, BYE after (§9, §15); a transfer
+        target being called is hung up too."""
+        self._drop_leg(reason)
+        if self.session.ended:  # the transferor left already: nothing else carries the call
+            self.set_status(CallStatus.FINISH, reason)
+        else:
+            self.session.terminate(reason)
 
     def fail(self, reason: str) -> None:
-        self.live_session.fail(reason)
+        self._drop_leg(reason)
+        if self.session.ended:
+            self.set_status(CallStatus.FAILED, reason)
+        else:
+            self.session.fail(reason)
 
     def hold(self, held: bool) -> None:
         """RFC 3264 §8.4: re-INVITE with our offer ``sip_hold_direction`` (held) or sendrecv;
@@ -544,7 +547,7 @@ class Call:
 
     def rtp_timed_out(self) -> None:
         """No RTP for rtp_activity_timeout: hang up and fail (WCS 'Failed by RTP activity')."""
-        self.live_session.fail(RTP_ACTIVITY)
+        self.fail(RTP_ACTIVITY)
 
     def request_picture_update(self) -> None:
         """SIP INFO picture_fast_update for callees that ignore RTCP PLI/FIR; one waiting in

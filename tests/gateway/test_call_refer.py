@@ -130,3 +130,25 @@ def test_a_refer_with_replaces_or_while_one_is_carried_out_is_refused(make_gatew
     gw2_invite = _established(off, sender)
     off.sip.transactions.receive(_refer(gw2_invite, 1), PEER)
     assert sender.responses()[-1].status == 403
+
+
+def test_terminate_while_the_target_rings_hangs_up_both_and_ends_the_call(make_gateway, sender):
+    """/call/terminate while the transfer target rings: CANCEL to the target, BYE to the
+    callee, and the call ends FINISH once the BYE is answered (the transfer does not keep
+    it alive)."""
+    gw = make_gateway(sip_accept_refer=True)
+    invite = _established(gw, sender)
+    gw.sip.transactions.receive(_refer(invite), PEER)
+    second = sender.requests("INVITE")[-1]
+    gw.sip.transactions.receive(_reply(second, 180, tag="c1"), PEER)
+    gw.terminate("call1")
+    cancel, = sender.requests("CANCEL")
+    bye, = sender.requests("BYE")
+    assert (cancel.call_id, bye.call_id) == (second.call_id, invite.call_id)
+    gw.sip.transactions.receive(make_response(bye, 200), PEER)
+    found = gw.find("call1")[0]
+    assert (found["status"], found["info"]) == ("FINISH", "Stopped by rest /terminate")
+    gw.sip.transactions.receive(make_response(cancel, 200), PEER)
+    gw.sip.transactions.receive(_reply(second, 487, tag="c1"), PEER)
+    assert gw.find("call1")[0]["status"] == "FINISH" and gw.sip.sessions.keys() <= {
+        invite.call_id}
