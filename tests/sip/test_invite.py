@@ -53,6 +53,12 @@ class RecordingUser:
     def transfer_changed(self, status, sip_status, reason):
         self.events.append(("transfer", status, sip_status))
 
+    def refer_refusal(self, target):
+        return ""
+
+    def referred(self, target):
+        self.events.append(("referred", str(target)))
+
     def session_ended(self, kind, reason):
         self.events.append(("ended", kind, reason))
 
@@ -83,8 +89,8 @@ def _in_dialog(invite_request, method, cseq, body=b"", content_type="application
     return Request(method, invite_request.get("Contact").strip("<>"), headers, body)
 
 
-def _established(make_ua, sender, clock, user):
-    ua, session = _start(make_ua, clock, user)
+def _established(make_ua, sender, clock, user, **settings):
+    ua, session = _start(make_ua, clock, user, **settings)
     sent = sender.requests("INVITE")[0]
     ua.transactions.receive(reply(sent, 200, body=ANSWER), PEER)
     return ua, session, sent
@@ -151,3 +157,27 @@ def test_a_busy_callee_ends_the_session_busy(make_ua, sender, clock):
     _start(make_ua, clock, other)
     clock.advance(64 * 0.5 + 0.1)
     assert other.events[-1] == ("ended", "FAILED", invite.NO_RESPONSE)
+
+
+def test_an_accepted_refer_gets_202_a_trying_notify_and_reaches_the_user(make_ua, sender, clock):
+    """sip_accept_refer: the peer's REFER is answered 202, NOTIFY 'SIP/2.0 100 Trying'
+    (Event refer;id=CSeq, subscription active) goes at once, then referred(target); a final
+    notify_refer ends the subscription; REFER is in Allow."""
+    user = RecordingUser()
+    ua, session, sent = _established(make_ua, sender, clock, user, sip_accept_refer=True)
+    assert "REFER" in sent.get("Allow")
+    refer = _in_dialog(sent, "REFER", 4)
+    refer.add("Refer-To", "<sip:carol@127.0.0.3>")
+    ua.transactions.receive(refer, PEER)
+    assert sender.responses()[-1].status == 202
+    notify, = sender.requests("NOTIFY")
+    assert (notify.get("Event"), notify.get("Subscription-State")) == ("refer;id=4",
+                                                                       "active;expires=60")
+    assert notify.body == b"SIP/2.0 100 Trying\r\n"
+    assert user.events[-1] == ("referred", "sip:carol@127.0.0.3")
+    session.notify_refer(486, "Busy Here")
+    last = sender.requests("NOTIFY")[-1]
+    assert last.body == b"SIP/2.0 486 Busy Here\r\n"
+    assert last.get("Subscription-State") == "terminated;reason=noresource"
+    session.notify_refer(200, "OK")  # the subscription is over: nothing more
+    assert len(sender.requests("NOTIFY")) == 2
