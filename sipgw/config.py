@@ -75,6 +75,9 @@ class Config:
     wss_private_key: str = ""
     ws_auth_tokens: str = ""
     ws_connection_timeout: int = not_negative(10)
+    ws_max_connections: int = not_negative(2000)
+    ws_max_connections_per_address: int = not_negative(100)
+    ws_messages_per_second: int = not_negative(50)
     keep_alive_server_interval: int = not_negative(5000)
     keep_alive_probes: int = not_negative(10)
     webrtc_ice_address: str = ""
@@ -129,6 +132,9 @@ class Config:
     hls_segments: int = positive(6)
     hls_max_bytes: int = positive(33554432)
     hls_idle_timeout: int = positive(20)
+    hls_part_duration: float = not_negative(0.5)
+    hls_max_blocked_requests: int = positive(1000)
+    hls_blocking_timeout: int = not_negative(0)
     # egress policy and quotas
     sip_egress_allow: str = ""
     sip_egress_deny: str = egress.DEFAULT_DENY
@@ -142,6 +148,8 @@ class Config:
     dtmf_digits_per_second: int = not_negative(10)
     max_viewers_per_stream: int = not_negative(100)
     max_viewers_per_connection: int = not_negative(10)
+    max_apps: int = not_negative(100)
+    whep_max_trickle_candidates: int = not_negative(32)
     # SIP over TCP
     sip_max_tcp_connections: int = not_negative(1000)
     sip_tcp_idle_timeout: int = not_negative(300)
@@ -176,6 +184,7 @@ class Config:
     rest_request_timeout: int = not_negative(5)
     rest_max_connections: int = positive(20)
     rest_queue_size: int = positive(1000)
+    rest_queue_bytes: int = positive(16 << 20)
     rest_hook_failure_allows: bool = False
     rest_egress_allow: str = ""
     rest_egress_deny: str = egress.DEFAULT_DENY
@@ -254,6 +263,14 @@ def _convert(key: str, raw: str):
             return int(raw)
         except ValueError:
             raise ConfigError(f"{key}={raw!r}: expected an integer") from None
+    if kind == "float":
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}={raw!r}: expected a number")
+        return value
     return raw
 
 

@@ -5,7 +5,8 @@ in one process, as in the tests, count apart. What the daemon already counts is 
 scrape time by one collector: calls by status, SIP messages in and out (the transport's
 counters), retransmissions (the transaction layer's), RTP packets, bytes, loss and jitter
 (each stream's counters: nothing is added to the per-packet path), viewers, pushes and
-recordings. Only what happens once per call is counted as it happens: the setup time, the
+recordings, HLS (streams muxed, requests, held and blocking reloads: the HLS manager's own
+counters). Only what happens once per call is counted as it happens: the setup time, the
 calls ended by final status, and the reactor's lag (one timer a second).
 """
 from __future__ import annotations
@@ -121,6 +122,9 @@ class _Collector:
                 pushes.add_metric([state], count)
         yield pushes
         yield recordings
+        hls = getattr(media, "hls", None)
+        if hls is not None:
+            yield from _hls(hls)
 
     def _rtp(self, streams):
         totals = {kind: collections.Counter(c) for kind, c in self.m.retired.items()}
@@ -145,6 +149,30 @@ class _Collector:
                 family.add_metric([kind], totals[kind][name])
             yield family
         yield jitter
+
+
+HLS_KINDS = ("playlist", "init", "segment", "part", "unknown")
+HLS_RELOADS = ("answered", "timed_out", "too_far", "refused")
+
+
+def _hls(hls):
+    """The HLS manager's figures (sipgw.media.hls.HlsManager)."""
+    yield GaugeMetricFamily("sipgw_hls_streams", "Streams muxed to HLS now",
+                            value=hls.streams_muxed())
+    requests = CounterMetricFamily("sipgw_hls_requests", "HLS requests, by resource (a "
+                                   "playlist, an init section, a segment, a part)",
+                                   labels=["kind"])
+    for kind in HLS_KINDS:
+        requests.add_metric([kind], hls.requests[kind])
+    yield requests
+    yield GaugeMetricFamily("sipgw_hls_held_requests", "HLS requests held now (blocking "
+                            "playlist reloads, hinted parts, first playlists)",
+                            value=hls.held.count)
+    reloads = CounterMetricFamily("sipgw_hls_blocking_reloads", "Blocking playlist reloads "
+                                  "(_HLS_msn), by outcome", labels=["result"])
+    for result in HLS_RELOADS:
+        reloads.add_metric([result], hls.reloads[result])
+    yield reloads
 
 
 class LagMonitor(service.Service):

@@ -89,7 +89,8 @@ class _Daemon(service.MultiService):
         """(1) Close the REST and websocket listeners and take no new call; (2) end every
         call and unregister every account while SIP stays open, finalize recordings and
         close pushes, all within ``shutdown_timeout``; (3) close the SIP sockets and the
-        hooks' connections; then log one summary line."""
+        hooks' connections, after the open websockets are closed (1001); then log one summary
+        line."""
         service.Service.stopService(self)
         return defer.ensureDeferred(self._stop())
 
@@ -109,6 +110,9 @@ class _Daemon(service.MultiService):
                 counts.update(result)
             else:
                 log.failure("shutdown step failed", result)
+        signalling = getattr(self, "signalling", None)
+        if signalling is not None:  # players were told STOPPED with their streams: close
+            await signalling.close_all()
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in late])
         log.info("stopped in {seconds:.2f} s: {calls} call(s) ended ({answered} answered, "
                  "the rest at the deadline), {unregistered} registration(s) removed "
@@ -149,7 +153,9 @@ def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaSe
     from .media.hls import HlsManager
     hls = HlsManager(reactor, registry, target=config.hls_target_duration,
                      count=config.hls_segments, max_bytes=config.hls_max_bytes,
-                     idle=config.hls_idle_timeout, keyframes=keyframes)
+                     idle=config.hls_idle_timeout, keyframes=keyframes,
+                     part=config.hls_part_duration, max_held=config.hls_max_blocked_requests,
+                     block_timeout=config.hls_blocking_timeout)
     return _MediaService(pushes, recorders, timeout=config.shutdown_timeout, hls=hls)
 
 
@@ -297,6 +303,7 @@ def make_service(config, reactor) -> service.MultiService:
     site.resource.putChild(b"whep", whep)  # WHEP players, counted with the websocket's
     viewers["websocket"] = lambda: top.signalling.viewer_count() - len(whep.sessions)
     viewers["whep"] = lambda: len(whep.sessions)
+    viewers["hls"] = media.hls.players  # client addresses asking within hls_idle_timeout
     from .rest.hls import HlsResource
     # RestSite as on the REST port: a body is refused unread, no access-log line per segment
     hls_site = RestSite(HlsResource(media.hls, access), max_body=config.rest_max_body)

@@ -97,6 +97,22 @@ def test_dead_app_server_costs_dropped_events_not_memory():
     assert hooks._queues == {}  # nothing left held
 
 
+def test_large_events_are_bounded_by_bytes_too():
+    """Events are held as JSON: rest_queue_bytes bounds a queue of large ConnectionStatusEvents
+    (a client's 'connection' object can be large) however few they are."""
+    _, client, hooks = make(timeout=0, max_connections=1, queue_size=1000, queue_bytes=100_000)
+    big = {"custom": {"blob": "x" * 30_000}}
+    for n in range(10):
+        hooks.event("app1", "ConnectionStatusEvent", big, key=f"s{n}")
+    assert len(client.posts) == 1  # one in flight, three fit in 100 kB, six dropped
+    assert hooks.queued("app1") == 3 and hooks.dropped == {"app1": 6}
+    assert hooks._queues["app1"].bytes <= 100_000
+    for _ in range(4):
+        client.answer(len(client.posts) - 1)
+    assert len(client.posts) == 4 and hooks.queued("app1") == 0
+    assert client.posts[-1][1] == big
+
+
 def test_dropped_events_are_logged_once_a_minute():
     """Drops are logged at most once a minute per app, with the count held back."""
     from twisted.logger import globalLogPublisher

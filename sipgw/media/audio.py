@@ -36,12 +36,8 @@ class AacEncoder:
         self.max_fill = max_fill
         self.filled = 0  # seconds of silence inserted for lost packets
         self.dropped = 0
-        name = DECODERS[codec]
-        if name == "libopus" and name not in av.codecs_available:
-            name = "opus"
-        self._decoder = av.CodecContext.create(name, "r")
-        self._decoder.sample_rate = clock_rate
-        self._decoder.layout = "stereo" if codec == "opus" else "mono"
+        self.switches = 0  # input codec changes (the callee switched codec mid-call)
+        self._decoder = _decoder(codec, clock_rate)
         self._encoder = av.CodecContext.create("aac", "w")
         self._encoder.sample_rate = self.rate
         self._encoder.layout = "mono"
@@ -57,6 +53,18 @@ class AacEncoder:
         # substitute(n, rate): n mono float samples to encode instead of the source's, or
         # None for the source's (a push muted or playing a sound file)
         self.substitute = None
+
+    def switch(self, codec: str, clock_rate: int) -> None:
+        """Decode ``codec`` at ``clock_rate`` from now on; the AAC output (rate, timeline)
+        goes on unchanged.  What the old resampler held (less than one AAC frame) is let go:
+        a short frame in mid-stream is refused by the encoder."""
+        self._decoder = _decoder(codec, clock_rate)
+        self._resampler = av.AudioResampler(format="fltp", layout="mono", rate=self.rate,
+                                            frame_size=self.frame_size)
+        if self._next is not None:
+            self._next = round(self._next * clock_rate / self.in_rate)
+        self.codec, self.in_rate, self._in_tb = codec, clock_rate, Fraction(1, clock_rate)
+        self.switches += 1
 
     @property
     def extradata(self) -> bytes:
@@ -129,11 +137,39 @@ class AacEncoder:
         return out
 
 
+def _decoder(codec: str, clock_rate: int):
+    if codec not in DECODERS:
+        raise ValueError(f"no AAC transcoding from {codec!r}")
+    name = DECODERS[codec]
+    if name == "libopus" and name not in av.codecs_available:
+        name = "opus"
+    decoder = av.CodecContext.create(name, "r")
+    decoder.sample_rate = clock_rate
+    decoder.layout = "stereo" if codec == "opus" else "mono"
+    return decoder
+
+
 def _mono(samples: numpy.ndarray, like: av.AudioFrame, rate: int) -> av.AudioFrame:
     """A fltp mono frame of ``samples`` in the place (pts, time base) of ``like``."""
     frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="fltp", layout="mono")
     frame.sample_rate, frame.pts, frame.time_base = rate, like.pts, like.time_base
     return frame
+
+
+BUILTIN_SOUNDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sounds")
+
+
+def find_sound(sound_dir: str, name: str) -> str | None:
+    """The path of sound file ``name`` (a plain file name): in ``sound_dir`` first, else
+    among the built-in sounds (``sample.wav``, which the WCS SIP-as-RTMP pages ask for);
+    None when neither has it.  ValueError for a name that is not a plain file name."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise ValueError("must be a file name in sound_dir")
+    for folder in (sound_dir, BUILTIN_SOUNDS):
+        path = os.path.join(folder, name)
+        if folder and os.path.isfile(path):
+            return path
+    return None
 
 
 SOUND_FILE_MAX_BYTES = 64 << 20  # a bigger file would hold the push's worker demuxing it

@@ -5,12 +5,12 @@ answers show it with user, password and query values replaced by ``***``.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
 from sipgw.config import Config
 from sipgw.egress import EgressPolicy
+from sipgw.media.audio import find_sound
 from sipgw.media.push import RECONNECTING, PushError, PushManager
 from sipgw.quotas import check
 from sipgw.rest.fields import NOT_IN_STREAM_NAME, boolean_field, string_field
@@ -85,12 +85,14 @@ class PushApi:
         return shown(push)
 
     def _sound(self, body: dict, field: str) -> tuple[str, bool]:
-        """(path, loop) of ``soundFile``: a file name in sound_dir (404 when it is not there)."""
+        """(path, loop) of ``soundFile``: a file name in sound_dir or a built-in sound (404
+        when neither has it)."""
         name = string_field(body, "soundFile", required=True, max_len=_NAME_MAX)
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise BadRequest("soundFile must be a file name in sound_dir", field)
-        path = os.path.join(self._config.sound_dir, name)
-        if not os.path.isfile(path):
+        try:
+            path = find_sound(self._config.sound_dir, name)
+        except ValueError as exc:
+            raise BadRequest(f"soundFile {exc}", field) from None
+        if path is None:
             raise NotFound("Sound file not found", field)
         return path, boolean_field(body, "loop", True)
 

@@ -32,8 +32,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from ..hooks import DEFAULT_APP, HookRefused
+from ..loglimit import LogLimiter, held_back
 from ..policy import AccessPolicy, token_matches
-from ..quotas import QuotaExceeded, check
+from ..quotas import QuotaExceeded, TokenBuckets, check
 from ..webrtc.viewer import NoCommonCodecs, Viewer
 
 log = Logger(namespace="sipgw.ws")
@@ -84,6 +85,8 @@ class SignallingProtocol(WebSocketServerProtocol):
         self._connect_timer = None
         self._keep_alive = None
         self._missed = 0  # pings sent since the client last answered
+        self._counted_host = None  # the address counted in factory.clients while open
+        self._rate = None  # this connection's message bucket (ws_messages_per_second)
 
     # -- websocket events --------------------------------------------------------
     def onConnect(self, request):
@@ -92,6 +95,7 @@ class SignallingProtocol(WebSocketServerProtocol):
         if not self.factory.auth_tokens and not self.factory.access.trusts(host):
             log.info("ws {peer}: refused, not in trusted_networks", peer=self.peer)
             raise ConnectionDeny(403, "not in trusted_networks and no token configured")
+        self.factory.admit(self, host)
         return None
 
     def onOpen(self):
@@ -106,6 +110,8 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.sendClose(4000, "no connection message")
 
     def onMessage(self, payload: bytes, isBinary: bool):
+        if not self.factory.within_rate(self):
+            return
         if isBinary:
             self.fail("binary", "binary frames are not supported")
             return
@@ -135,6 +141,7 @@ class SignallingProtocol(WebSocketServerProtocol):
         handler(self, obj)
 
     def onClose(self, wasClean, code, reason):
+        self.factory.release(self)
         if self.established:
             self._connection_event("DISCONNECTED")
         if self._connect_timer is not None and self._connect_timer.active():
@@ -432,7 +439,76 @@ class SignallingFactory(WebSocketServerFactory):
                                 autoPingInterval=30,
                                 autoPingTimeout=30)
         self._watchers: dict[str, set] = {}  # stream mediaSessionId -> {(proto, viewer id)}
+        self.clients: dict[str, int] = {}  # open connections per client address
+        self.sessions: set = set()  # the open (admitted) protocols
+        self._closed: list = []  # (protocol set, Deferred) of close_all() calls still waiting
+        self._refusals = LogLimiter(reactor)
         registry.listeners.append(self._stream_event)
+
+    # -- limits: connections in all and per address, messages per second per connection --
+    def admit(self, proto, host: str) -> None:
+        """Counts ``proto``'s connection, or refuses it (503) beyond ws_max_connections or
+        ws_max_connections_per_address."""
+        config = self.config
+        total, mine = sum(self.clients.values()), self.clients.get(host, 0)
+        for count, limit, setting in ((total, config.ws_max_connections, "ws_max_connections"),
+                                      (mine, config.ws_max_connections_per_address,
+                                       "ws_max_connections_per_address")):
+            if limit and count >= limit:
+                held = self._refusals.allow(setting)
+                if held is not None:
+                    log.warn("ws {peer}: refused, {count} connections reach {setting}={limit}"
+                             "{held}", peer=proto.peer, count=count, setting=setting,
+                             limit=limit, held=held_back(held))
+                raise ConnectionDeny(503, f"too many websocket connections ({setting}={limit})")
+        self.clients[host] = mine + 1
+        self.sessions.add(proto)
+        proto._counted_host = host
+        rate = config.ws_messages_per_second
+        proto._rate = TokenBuckets(rate, 2 * rate, clock=self.reactor, max_keys=1)
+
+    def release(self, proto) -> None:
+        self.sessions.discard(proto)
+        for waiting, d in list(self._closed):
+            waiting.discard(proto)
+            if not waiting and not d.called:
+                d.callback(None)
+        host, proto._counted_host = proto._counted_host, None
+        if host is not None:
+            left = self.clients.get(host, 1) - 1
+            if left > 0:
+                self.clients[host] = left
+            else:
+                self.clients.pop(host, None)
+
+    def close_all(self, timeout: float = 2.0) -> defer.Deferred:
+        """At shutdown: every open websocket closed with 1001 "going away" (their DISCONNECTED
+        hooks go out); fires when all have closed, or after ``timeout`` seconds."""
+        waiting = set(self.sessions)
+        d = defer.Deferred()
+        if not waiting:
+            d.callback(None)
+            return d
+        entry = (waiting, d)
+        self._closed.append(entry)
+        timer = self.reactor.callLater(timeout, lambda: d.called or d.callback(None))
+        d.addBoth(lambda r: (timer.active() and timer.cancel(), self._closed.remove(entry), r)[2])
+        for proto in list(waiting):
+            if proto.state == WebSocketServerProtocol.STATE_OPEN:
+                proto.sendClose(1001, "sipgw is shutting down")
+            else:
+                proto.dropConnection(abort=True)
+        return d
+
+    def within_rate(self, proto) -> bool:
+        """False (the message is dropped, the client told once every 10 s) beyond
+        ws_messages_per_second, after a burst of twice as many."""
+        if proto._rate is None or proto._rate.allow(None):
+            return True
+        if self._refusals.allow(("rate", id(proto))) is not None:
+            proto.fail("unknown", "too many messages: at most ws_messages_per_second="
+                       f"{self.config.ws_messages_per_second}; this one was dropped")
+        return False
 
     def watch(self, stream, proto, media_session_id) -> None:
         self._watchers.setdefault(stream.media_session_id, set()).add((proto, media_session_id))

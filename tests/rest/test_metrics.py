@@ -204,3 +204,24 @@ def test_sip_counters_stay_bounded_whatever_methods_arrive(daemon, http_get):
                          (("code", ""), ("method", "other"))): 500}
     sent = {k for k in samples if k[0] == "sipgw_sip_messages_sent_total"}
     assert {dict(labels)["method"] for _, labels in sent} <= {"other"}
+
+
+def test_hls_players_streams_requests_and_blocking_reloads_are_counted(daemon, http_get):
+    """The HLS manager's figures at each scrape: streams muxed, players (client addresses
+    asking within hls_idle_timeout: tests/media/test_llhls.py counts them), requests by kind,
+    held requests, blocking reloads by outcome."""
+    hls = daemon.media.hls
+    samples = scrape(http_get, daemon)
+    assert samples["sipgw_hls_streams", ()] == 0
+    assert samples["sipgw_viewers", (("kind", "hls"),)] == 0
+    assert samples["sipgw_hls_held_requests", ()] == 0
+    assert samples["sipgw_hls_requests_total", (("kind", "playlist"),)] == 0
+    hls.part("nope", "seg-1.m4s", client="192.0.2.1")
+    hls.part("nope", "index.html")
+    hls.reloads.update({"answered": 3, "too_far": 1})
+    samples = scrape(http_get, daemon)
+    assert samples["sipgw_hls_requests_total", (("kind", "segment"),)] == 1
+    assert samples["sipgw_hls_requests_total", (("kind", "unknown"),)] == 1
+    assert samples["sipgw_hls_blocking_reloads_total", (("result", "answered"),)] == 3
+    assert samples["sipgw_hls_blocking_reloads_total", (("result", "too_far"),)] == 1
+    assert samples["sipgw_hls_blocking_reloads_total", (("result", "timed_out"),)] == 0
