@@ -433,8 +433,11 @@ class Call:
             old.bye(invite.TRANSFERRED)
         self.offer, self.srtp_offered, self.media = leg.offer, leg.srtp_offered, leg.media
         self.remote_sdp, self.held = leg.remote_sdp, False
+        plain = {kind: None for kind in self.srtp_keys if kind not in leg.keys}
+        self.srtp_keys = {}  # the new dialog's keys, or plain RTP (sip_srtp=optional)
+        self._secure(leg.keys)
         if self.media_session is not None:
-            self._secure(leg.keys)
+            self.media_session.secure(plain)
             self.media_session.negotiate(self.media)
         log.info("call {call_id}: transferred to {target}", call_id=self.request.call_id,
                  target=str(leg.target))

@@ -152,3 +152,31 @@ def test_terminate_while_the_target_rings_hangs_up_both_and_ends_the_call(make_g
     gw.sip.transactions.receive(_reply(second, 487, tag="c1"), PEER)
     assert gw.find("call1")[0]["status"] == "FINISH" and gw.sip.sessions.keys() <= {
         invite.call_id}
+
+
+def test_the_target_gets_new_srtp_keys_and_a_plain_answer_ends_srtp(make_gateway, sender):
+    """sip_srtp=optional, the callee answered with keys: the INVITE to the transfer target
+    offers new keys (a new dialog), and the target's answer without a=crypto makes the
+    call's media plain RTP from then on."""
+    import base64
+    gw = make_gateway(sip_accept_refer=True, sip_srtp="optional")
+    gw.startup(_call())
+    invite = sender.requests("INVITE")[-1]
+    key = base64.b64encode(bytes(range(30))).decode()
+    tags = [v.split()[0] for m in SessionDescription.parse(invite.body).media
+            for n, v in m.attributes if n == "crypto" and "_80" in v]
+    keyed = BOB.replace(b"a=rtcp:6001", f"a=crypto:{tags[0]} AES_CM_128_HMAC_SHA1_80 "
+                        f"inline:{key}\r\na=rtcp:6001".encode())
+    gw.sip.transactions.receive(_reply(invite, 200, body=keyed), PEER)
+    session = gw.calls["call1"].media_session
+    assert session.endpoints["audio"].srtp is not None
+    gw.sip.transactions.receive(_refer(invite), PEER)
+    second = sender.requests("INVITE")[-1]
+
+    def keys(body):
+        return {v.split()[2] for m in SessionDescription.parse(body).media
+                for n, v in m.attributes if n == "crypto"}
+    assert keys(second.body) and not keys(second.body) & keys(invite.body)
+    gw.sip.transactions.receive(_reply(second, 200, tag="c1", body=CAROL), PEER)
+    assert gw.find("call1")[0]["status"] == "ESTABLISHED"
+    assert session.endpoints["audio"].srtp is None
