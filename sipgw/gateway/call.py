@@ -196,6 +196,7 @@ class Call:
         self.media_session = None
         self._holding: sdplib.SessionDescription | None = None  # our hold re-INVITE's old offer
         self.held = False  # on hold from the app (/call/hold answered)
+        self.hold_for_transfer = False  # held by /call/hold with holdForTransfer
         self.leg: _ReferredLeg | None = None  # the INVITE a callee's REFER asked for
         self.session = manager.sip.session(request, self)
 
@@ -251,7 +252,7 @@ class Call:
                 "sessionId": self.sip_call_id, "visibleName": r.visible_name,
                 "sdp": sdes.mask(self.remote_sdp.decode("utf-8", "replace")),
                 "target": self.transfer_target, "transferStatus": self.transfer_status,
-                "history": list(self.history)}
+                "holdForTransfer": self.hold_for_transfer, "history": list(self.history)}
 
     # -- the InviteUser interface (sipgw/sip/invite.py) -----------------------------
     def prepare_offer(self) -> bool:
@@ -432,7 +433,7 @@ class Call:
             old.user = _Retired(old, self.manager.sip)
             old.bye(invite.TRANSFERRED)
         self.offer, self.srtp_offered, self.media = leg.offer, leg.srtp_offered, leg.media
-        self.remote_sdp, self.held = leg.remote_sdp, False
+        self.remote_sdp, self.held, self.hold_for_transfer = leg.remote_sdp, False, False
         plain = {kind: None for kind in self.srtp_keys if kind not in leg.keys}
         self.srtp_keys = {}  # the new dialog's keys, or plain RTP (sip_srtp=optional)
         self._secure(leg.keys)
@@ -491,7 +492,7 @@ class Call:
         else:
             self.session.fail(reason)
 
-    def hold(self, held: bool) -> None:
+    def hold(self, held: bool, for_transfer: bool = False) -> None:
         """RFC 3264 §8.4: re-INVITE with our offer ``sip_hold_direction`` (held) or sendrecv;
         HOLD or ESTABLISHED once answered.  Conflict unless ESTABLISHED (hold) / HOLD (unhold)
         with no re-INVITE in flight."""
@@ -512,9 +513,10 @@ class Call:
                 (direction, None) if k in _DIRECTIONS else (k, v) for k, v in m.attributes])
                 for m in offer.media])
         self._holding = offer  # the offer to go back to if the peer refuses
-        self.session.reinvite(bytes(self.offer), lambda response: self._held(response, held))
+        self.session.reinvite(bytes(self.offer),
+                              lambda response: self._held(response, held, for_transfer))
 
-    def _held(self, response: Response, held: bool) -> None:
+    def _held(self, response: Response, held: bool, for_transfer: bool = False) -> None:
         previous, self._holding = self._holding, None
         if response.status >= 300:
             self.offer = previous
@@ -523,7 +525,7 @@ class Call:
             return
         if response.body:
             self.take_answer(response)
-        self.held = held
+        self.held, self.hold_for_transfer = held, held and for_transfer
         self.set_status(CallStatus.HOLD if held else CallStatus.ESTABLISHED)
 
     def transfer(self, target: URI) -> None:

@@ -133,9 +133,9 @@ class CallManager:
     def terminate(self, call_id: str) -> None:
         self._call(call_id).terminate()
 
-    def hold(self, call_id: str, held: bool = True) -> None:
-        """``/call/hold`` (``held``) and ``/call/unhold``."""
-        self._call(call_id).hold(held)
+    def hold(self, call_id: str, held: bool = True, for_transfer: bool = False) -> None:
+        """``/call/hold`` (``held``; ``for_transfer``: holdForTransfer) and ``/call/unhold``."""
+        self._call(call_id).hold(held, for_transfer)
 
     def transfer(self, call_id: str, target: str) -> None:
         """``/call/transfer``: ``target`` a SIP URI, user@host, or a user at the call's domain."""

@@ -1491,6 +1491,25 @@ def test_hold_and_unhold_from_the_app_reinvite_with_our_directions(make_gateway,
     assert gw.find("call1")[0]["history"][-2:] == ["HOLD", "ESTABLISHED"]
 
 
+def test_hold_for_transfer_is_shown_while_held_and_a_transfer_may_follow(make_gateway, sender):
+    """/call/hold with holdForTransfer: the same sendonly re-INVITE; /call/find shows
+    holdForTransfer true once HOLD (false before it is answered), a REFER may go from HOLD,
+    and /call/unhold clears it."""
+    gw = make_gateway()
+    invite = _established(gw, sender)
+    gw.hold("call1", True, True)
+    reinvite = sender.requests("INVITE")[-1]
+    assert gw.find("call1")[0]["holdForTransfer"] is False
+    gw.sip.transactions.receive(_reply(reinvite, 200, body=_answer_with("recvonly")), PEER)
+    assert (_status(gw), gw.find("call1")[0]["holdForTransfer"]) == ("HOLD", True)
+    gw.transfer("call1", "carol")
+    gw.sip.transactions.receive(make_response(sender.requests("REFER")[-1], 603), PEER)
+    gw.hold("call1", False)
+    gw.sip.transactions.receive(_reply(sender.requests("INVITE")[-1], 200, body=ANSWER), PEER)
+    assert (_status(gw), gw.find("call1")[0]["holdForTransfer"]) == ("ESTABLISHED", False)
+    assert invite.call_id == reinvite.call_id
+
+
 def test_hold_refused_by_the_peer_keeps_the_call_established(make_gateway, sender):
     """A 488 to the hold re-INVITE leaves the call ESTABLISHED, our offer as before; a call
     not established cannot be held (Conflict), an unknown one is NotFound."""
