@@ -1,18 +1,7 @@
-"""Fixtures of the SIP layer tests (the fakes themselves live in tests/fakes.py)."""
+"""Fixtures of the SIP layer tests (clock, sender and make_gateway: tests/conftest.py)."""
 import pytest
 
-from fakes import RecordingSender, UDPMemoryReactor, gateway_on
 from sipgw.config import Config
-
-
-@pytest.fixture
-def clock():
-    return UDPMemoryReactor()
-
-
-@pytest.fixture
-def sender():
-    return RecordingSender()
 
 
 @pytest.fixture
@@ -26,9 +15,3 @@ def make_ua(clock, sender):
         ua.transactions.sender = sender
         return ua
     return make
-
-
-@pytest.fixture
-def make_gateway(clock, sender):
-    """A CallManager on a Clock (calls through the SIP layer) whose bytes go to the sender."""
-    return lambda **settings: gateway_on(clock, sender, **settings)

@@ -1,4 +1,4 @@
-"""Fixtures of the gateway tests: calls placed through the SIP layer on one Clock."""
+"""Fixtures shared by the SIP and gateway tests (the fakes themselves live in tests/fakes.py)."""
 import pytest
 
 from fakes import RecordingSender, UDPMemoryReactor, gateway_on
@@ -16,5 +16,5 @@ def sender():
 
 @pytest.fixture
 def make_gateway(clock, sender):
-    """A CallManager on a Clock whose SIP bytes go to the RecordingSender."""
+    """A CallManager on a Clock (calls through the SIP layer) whose bytes go to the sender."""
     return lambda **settings: gateway_on(clock, sender, **settings)
