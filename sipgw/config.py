@@ -171,12 +171,17 @@ class Config:
     sip_min_se: int = 90
     # 3xx redirects followed per call (RFC 3261 §8.1.3.4); 0: none
     sip_max_redirects: int = not_negative(5)
+    # seconds a transfer (our REFER, RFC 3515) waits for its final NOTIFY; 0: for ever
+    sip_transfer_timeout: int = not_negative(32)
+    # the callee's REFER: accepted (a new INVITE to Refer-To feeds the same stream) or 403
+    sip_accept_refer: bool = False
     # NAT keep-alive: seconds between keep-alives to the registrar while registered; 0: none
     sip_keepalive_interval: int = not_negative(0)
     # what the keep-alive is: options (an OPTIONS request), crlf (RFC 5626 §4.4: double
     # CRLF on TCP/TLS, a STUN Binding request on UDP), off
     sip_nat_keepalive: str = "options"
-    # Contact of an account's later REGISTERs and calls from the REGISTER 200's received/rport
+    # Contact and Via sent-by of an account's later REGISTERs and calls from the REGISTER
+    # 200's received/rport
     sip_nat_rewrite_contact: bool = False
     # REST hooks: the application server of each appKey (sipgw/hooks.py)
     rest_apps: str = ""

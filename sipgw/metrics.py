@@ -26,7 +26,7 @@ RTP_TOTALS = ("packets", "bytes", "lost", "srtp_auth_failures")
 
 
 class Metrics:
-    """The metrics of one user agent (``ua``), its media workers and its players."""
+    """The metrics of the calls (``ua``: the CallManager), its media workers and its players."""
 
     def __init__(self, ua, media=None, viewers=None) -> None:
         self.ua = ua
@@ -88,7 +88,7 @@ class _Collector:
         for status in CallStatus:
             calls.add_metric([status.value], by_status[status.value])
         yield calls
-        transport = ua.transport
+        transport = ua.sip.transport
         for direction in ("received", "sent"):
             family = CounterMetricFamily(f"sipgw_sip_messages_{direction}",
                                          f"SIP messages {direction}, by method and status code "
@@ -100,7 +100,7 @@ class _Collector:
             "sipgw_sip_retransmissions", "SIP messages sent again (Timers A, E, G; a response "
             "resent for a retransmitted request; a 2xx resent until its ACK), by method",
             labels=["method"])
-        for method, count in sorted(ua.transactions.retransmissions.items()):
+        for method, count in sorted(ua.sip.transactions.retransmissions.items()):
             retransmissions.add_metric([method], count)
         yield retransmissions
         yield from self._rtp(ua.streams.all())

@@ -10,7 +10,7 @@ from twisted.web import resource, static
 
 from .rtp.ports import PortPool
 from .sip.transport import PEM_CERTIFICATE
-from .sip.ua import UserAgent
+from .gateway.manager import CallManager
 
 
 log = Logger(namespace="sipgw.service")
@@ -38,20 +38,22 @@ def _filter_log_observers(predicate) -> None:
             observers[i] = FilteringLogObserver(observer, [predicate])
 
 
-class _UserAgentService(service.Service):
+class _CallsService(service.Service):
+    """The calls and their SIP user agent."""
+
     name = "sip"
 
-    def __init__(self, ua: UserAgent):
-        self.ua = ua
+    def __init__(self, calls: CallManager):
+        self.calls = calls
 
     def startService(self):
         super().startService()
         _filter_log_observers(_drop_udp_port_chatter)
-        self.ua.start()
+        self.calls.start()
 
     def stopService(self):
         super().stopService()
-        return self.ua.stop()  # fires with its counts once the sockets are closed
+        return self.calls.stop()  # fires with its counts once the sockets are closed
 
 
 class _MediaService(service.Service):
@@ -99,7 +101,7 @@ class _Daemon(service.MultiService):
         started = self.reactor.seconds()
         sip, media = self.getServiceNamed("sip"), self.getServiceNamed("media")
         late = [s for s in self if s.name == "hooks"]  # the calls' last events still go out
-        sip.ua.accepting = False
+        sip.calls.accepting = False
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self
                                   if s not in (sip, media, *late)])
         results = await defer.DeferredList([defer.maybeDeferred(sip.stopService),
@@ -127,7 +129,7 @@ class _Daemon(service.MultiService):
 
 def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaService:
     """/push/* and recording (sip_record_stream): PyAV work on worker threads; ``calls``
-    (the UA's, by callId) give recordings their call's {login} and {sessionId}."""
+    (the call manager's, by callId) give recordings their call's {login} and {sessionId}."""
     from .config import ConfigError
     from .egress import EgressPolicy
     from .media.keyframes import PeriodicKeyframes
@@ -187,7 +189,7 @@ class _HooksService(service.Service):
         return close() if close is not None else None
 
 
-def make_hooks(config, reactor, ua: UserAgent, media=None) -> _HooksService:
+def make_hooks(config, reactor, ua: CallManager, media=None) -> _HooksService:
     """The apps of rest_apps, told of every call's, stream's, push's and recording's
     status changes."""
     from .hooks import Hooks, watch
@@ -196,7 +198,7 @@ def make_hooks(config, reactor, ua: UserAgent, media=None) -> _HooksService:
     return _HooksService(hooks)
 
 
-def make_root(config, ua: UserAgent, media: _MediaService | None = None, hooks=None,
+def make_root(config, ua: CallManager, media: _MediaService | None = None, hooks=None,
               metrics=None, health=None) -> resource.Resource:
     """The REST port's tree: pages, /rest-api/, and /metrics and /health when given."""
     from .policy import AccessPolicy
@@ -256,7 +258,7 @@ def wss_options(certificate: str, private_key: str):
     return options
 
 
-def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService,
+def make_signalling(config, ua: CallManager, reactor, parent: service.MultiService,
                     hooks=None, tls=None) -> None:
     """Websocket signalling for players: ws on ws_port, wss when a certificate is set
     (``tls``: its ``wss_options``, when the caller has them already)."""
@@ -281,8 +283,8 @@ def make_service(config, reactor) -> service.MultiService:
     top = _Daemon(reactor)
     ports = PortPool(config.media_port_from, config.media_port_to,
                      config.sip_bind_address)
-    ua = UserAgent(reactor, config, ports=ports)
-    _UserAgentService(ua).setServiceParent(top)
+    ua = CallManager(reactor, config, ports=ports)  # the calls, and their SIP user agent
+    _CallsService(ua).setServiceParent(top)
     media = make_media(config, reactor, ua.streams, ua.calls)
     media.setServiceParent(top)  # added after the UA: stopped before it
     ua.call_observers.append(media.injections.call_changed)  # a call's end stops its injection
@@ -300,7 +302,7 @@ def make_service(config, reactor) -> service.MultiService:
                               reactor=reactor)
     rest.setName("rest")
     rest.setServiceParent(top)
-    health.parts.update(sip=lambda: ua.transport.listening, rest=lambda: rest.running)
+    health.parts.update(sip=lambda: ua.sip.transport.listening, rest=lambda: rest.running)
     tls = None
     if config.wss_certificate:  # https REST (WCS https.port) with the wss certificate
         tls = wss_options(config.wss_certificate, config.wss_private_key)  # read once, for both
@@ -325,7 +327,8 @@ def make_service(config, reactor) -> service.MultiService:
     hls.setName("hls")
     hls.setServiceParent(top)  # a listener: closed in the first step of _stop
     HealthService(health).setServiceParent(top)  # added last: stopped first
-    top.ua = ua
+    top.calls = ua
+    top.ua = ua.sip
     top.hooks = hooks.hooks
     top.media = media
     top.metrics = metrics

@@ -191,3 +191,32 @@ def answered_session(reactor, codec="PCMU", video=False, call_id="c1", port_from
     session.negotiate(negotiate(offer, SessionDescription.parse("\r\n".join(lines) + "\r\n")))
     session.established()
     return session, ports
+
+
+def gateway_on(clock, sender, **settings):
+    """A CallManager (and its UserAgent) on ``clock`` whose SIP bytes go to ``sender``."""
+    from sipgw.config import Config
+    from sipgw.gateway.manager import CallManager
+    gateway = CallManager(clock, Config(**settings))
+    gateway.sip.transport = sender
+    gateway.sip.transactions.sender = sender
+    return gateway
+
+
+def call_request(**fields):
+    """A /call/startup request: call1 from alice to bob at 127.0.0.1, ``fields`` changed."""
+    from sipgw.calls import CallRequest
+    values = dict(call_id="call1", callee="bob", sip_login="alice", sip_domain="127.0.0.1",
+                  sip_password="s3cret-pw", sip_port=5060)
+    values.update(fields)
+    return CallRequest(**values)
+
+
+def reply(invite, status, *, tag="b1", body=b"", extra=()):
+    """The callee's ``status`` response to ``invite`` (its Contact, SDP when ``body``)."""
+    from sipgw.sip.message import make_response
+    headers = [("Contact", "<sip:bob@127.0.0.1:5060>")] + list(extra)
+    if body:
+        headers.append(("Content-Type", "application/sdp"))
+    return make_response(invite, status, to_tag=tag if status > 100 else None, body=body,
+                         extra=headers)

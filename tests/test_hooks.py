@@ -244,7 +244,7 @@ def test_watch_reports_each_transfer_step_as_a_transfer_status_event():
     ua = SimpleNamespace(calls={"c1": call}, call_observers=[], transfer_observers=[],
                          streams=StreamRegistry())
     watch(hooks, ua)
-    for observer in ua.transfer_observers:  # what Call.set_transfer does
+    for observer in ua.transfer_observers:  # what Call.transfer_changed does
         observer(call, 100, "Trying")
     url, body, _ = client.posts[0]
     assert url == "http://127.0.0.1:9/shop/TransferStatusEvent"

@@ -61,7 +61,7 @@ class CallManager(Protocol):
 
     def send_dtmf(self, call_id: str, dtmf: str, kind: str) -> None: ...
 
-    def hold(self, call_id: str, held: bool = True) -> None: ...
+    def hold(self, call_id: str, held: bool = True, for_transfer: bool = False) -> None: ...
 
     def transfer(self, call_id: str, target: str) -> None: ...
 
@@ -166,8 +166,11 @@ class CallApi:
 
     @router.route("/call/hold")
     def hold(self, request: Any, body: dict) -> None:
-        """Re-INVITE with our SDP sendonly (``sip_hold_direction``); 409 unless ESTABLISHED."""
-        self._manager.hold(_call_id(body), True)
+        """Re-INVITE with our SDP sendonly (``sip_hold_direction``); 409 unless ESTABLISHED.
+        ``holdForTransfer`` (WebSDK ``Call.holdForTransfer()``): the same, the call then shows
+        ``holdForTransfer: true`` till it is unheld."""
+        self._manager.hold(_call_id(body), True,
+                           boolean_field(body, "holdForTransfer", False))
         return None
 
     @router.route("/call/unhold")

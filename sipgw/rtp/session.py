@@ -456,10 +456,12 @@ class MediaSession:
         self.paused = paused
 
     def secure(self, keys: dict) -> None:
-        """SRTP from now on for each kind in ``keys``: (our Crypto, the peer's Crypto)."""
-        for kind, (ours, theirs) in keys.items():
+        """SRTP from now on for each kind in ``keys``: (our Crypto, the peer's Crypto); plain
+        RTP for a kind whose value is None."""
+        for kind, pair in keys.items():
             if kind in self.endpoints:
-                self.endpoints[kind].srtp = SrtpContext(ours.suite, ours.key, theirs.key)
+                self.endpoints[kind].srtp = (SrtpContext(pair[0].suite, pair[0].key, pair[1].key)
+                                             if pair is not None else None)
 
     def established(self) -> None:
         self.established_at = self.clock.seconds()

@@ -33,11 +33,11 @@ EVERY_ROUTE = sorted({*CallApi.router.paths, *StreamApi.router.paths, *PushApi.r
 def rest(tmp_path):
     """The daemon's real REST resource (service.make_root), on a Clock, with two tokens."""
     from sipgw.service import make_media, make_root
-    from sipgw.sip.ua import UserAgent
+    from sipgw.gateway.manager import CallManager
     clock = Clock()
     config = Config(rest_auth_tokens=f"{GOOD},{CALLS_ONLY}:calls", record_dir=str(tmp_path))
-    ua = UserAgent(clock, config)
-    root = make_root(config, ua, make_media(config, clock, ua.streams))
+    calls = CallManager(clock, config)
+    root = make_root(config, calls, make_media(config, clock, calls.streams))
     return root.children[b"rest-api"]
 
 

@@ -23,7 +23,7 @@ def daemon(tmp_path):
     hls = top.getServiceNamed("hls")
     assert (hls.args[0], hls.kwargs["interface"]) == (8082, "127.0.0.1")
     top.site = hls.args[1]
-    top.ua.streams.add(Stream("s1", has_video=False))
+    top.calls.streams.add(Stream("s1", has_video=False))
     return top
 
 

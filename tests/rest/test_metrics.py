@@ -65,7 +65,7 @@ def place_call(daemon, http_get) -> None:
     ok = make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
         ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp")])
     sip.proto.datagramReceived(bytes(ok), CALLEE)
-    audio_port = daemon.ua.calls["c1"].media_session.endpoints["audio"].port
+    audio_port = daemon.calls.calls["c1"].media_session.endpoints["audio"].port
     rtp = daemon.clock.udp_ports[audio_port]
     for seq in range(50):
         packet = RtpPacket(payload_type=0, sequence_number=seq, timestamp=160 * seq,
@@ -96,7 +96,7 @@ def test_a_call_shows_in_the_scrape(daemon, http_get):
     assert after["sipgw_rtp_srtp_auth_failures_total", (("kind", "audio"),)] == 0
     assert ("sipgw_rtp_jitter", (("kind", "audio"), ("stream", "s1"))) in after
     assert after["sipgw_streams", ()] == 1
-    daemon.ua.terminate("c1")
+    daemon.calls.terminate("c1")
     sip = daemon.clock.udp_ports[daemon.ua.transport.port]
     bye = parse(sip.written[-1][0])
     sip.proto.datagramReceived(bytes(make_response(bye, 200)), CALLEE)
@@ -112,7 +112,7 @@ def test_retransmissions_and_reactor_lag_are_counted(daemon, http_get):
     second) fired 0.5 s late at 1.5 s and 1 s late at 3.5 s."""
     place_call_body = {"callId": "c2", "callee": "bob", "sipLogin": "alice",
                        "sipDomain": "127.0.0.1", "toStream": "s2"}
-    daemon.ua.startup(_request(place_call_body))
+    daemon.calls.startup(_request(place_call_body))
     daemon.clock.pump([0.5, 1.0, 2.0])  # Timer A: 0.5, 1.5, 3.5 s
     samples = scrape(http_get, daemon)
     assert samples["sipgw_sip_retransmissions_total", (("method", "INVITE"),)] == 3

@@ -35,7 +35,7 @@ def daemon(tmp_path, monkeypatch):
     top.whep = top.site.resource.children[b"whep"]
     top.stream = Stream("s1", has_video=False)
     top.stream.audio_codec = "PCMU"
-    top.ua.streams.add(top.stream)
+    top.calls.streams.add(top.stream)
     return top
 
 
@@ -107,7 +107,7 @@ def test_the_stream_ending_ends_the_whep_session(daemon, http_exchange):
         pc, _ = await play(daemon, http_exchange)
         assert len(daemon.whep.sessions) == 1
         daemon.stream.end()
-        daemon.ua.streams.remove(daemon.stream)
+        daemon.calls.streams.remove(daemon.stream)
         await pc.close()
         await asyncio.sleep(0.1)
 
