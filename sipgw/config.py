@@ -77,6 +77,7 @@ class Config:
     ws_connection_timeout: int = not_negative(10)
     keep_alive_server_interval: int = not_negative(5000)
     keep_alive_probes: int = not_negative(10)
+    mse_send_queue_bytes: int = positive(2097152)
     webrtc_ice_address: str = ""
     webrtc_ice_servers: str = ""
     # SIP user agent
