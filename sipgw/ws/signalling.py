@@ -34,7 +34,9 @@ import secrets
 from autobahn.twisted.websocket import (ConnectionDeny, WebSocketServerFactory,
                                        WebSocketServerProtocol)
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..hooks import DEFAULT_APP, HookRefused
 from ..policy import AccessPolicy, token_matches
@@ -483,8 +485,15 @@ class SignallingProtocol(WebSocketServerProtocol):
                    for name in ("hold", "unhold", "transfer")}}
 
 
+@implementer(IProtocolNegotiationFactory)
 class SignallingFactory(WebSocketServerFactory):
     protocol = SignallingProtocol
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN for wss: http/1.1. Without an ALPN choice the OpenSSL that pyOpenSSL bundles
+        (4.0) fails Chromium's TLS handshake ("internal error", ERR_SSL_PROTOCOL_ERROR in the
+        browser); with one it completes, as the https REST listener's (twisted.web) does."""
+        return [b"http/1.1"]
 
     def __init__(self, config, registry, reactor, url: str | None = None, hooks=None):
         super().__init__(url, reactor=reactor)
