@@ -9,6 +9,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from sipgw import sounds
 from sipgw.config import Config
 from sipgw.egress import EgressPolicy
 from sipgw.media.push import RECONNECTING, PushError, PushManager
@@ -85,12 +86,15 @@ class PushApi:
         return shown(push)
 
     def _sound(self, body: dict, field: str) -> tuple[str, bool]:
-        """(path, loop) of ``soundFile``: a file name in sound_dir (404 when it is not there)."""
+        """(path, loop) of ``soundFile``: a file name in sound_dir, else one sipgw ships
+        (sipgw/sounds: the pages' ``sample.wav``); 404 when neither has it."""
         name = string_field(body, "soundFile", required=True, max_len=_NAME_MAX)
         if "/" in name or "\\" in name or name.startswith("."):
             raise BadRequest("soundFile must be a file name in sound_dir", field)
         path = os.path.join(self._config.sound_dir, name)
         if not os.path.isfile(path):
+            path = sounds.builtin(name)
+        if path is None:
             raise NotFound("Sound file not found", field)
         return path, boolean_field(body, "loop", True)
 
