@@ -1008,10 +1008,12 @@ class NginxRtmp(_Peer):
     program = "nginx"
     term_wait = 5.0
 
-    def __init__(self, tmpdir: str | os.PathLike, *, port: int, record: bool = False) -> None:
+    def __init__(self, tmpdir: str | os.PathLike, *, port: int, record: bool = False,
+                 stat_port: int | None = None) -> None:
         super().__init__(Path(tmpdir) / f"nginx-{port}")
         self.port = port
         self.record = record
+        self.stat_port = stat_port  # HTTP: /stat is the RTMP module's XML statistics
         self.record_dir = self.tmpdir / "records"
         self.conf_path = self.tmpdir / "nginx.conf"
 
@@ -1034,7 +1036,9 @@ class NginxRtmp(_Peer):
             f"pid {self.tmpdir}/nginx.pid;\n"
             f"error_log {self.tmpdir}/error.log info;\n"
             "events { worker_connections 64; }\n"
-            "rtmp {\n"
+            + (f"http {{ access_log off; server {{ listen {HOST}:{self.stat_port}; "
+               "location /stat { rtmp_stat all; } } }\n" if self.stat_port else "")
+            + "rtmp {\n"
             "    server {\n"
             f"        listen {HOST}:{self.port};\n"
             "        chunk_size 4096;\n"
@@ -1061,6 +1065,12 @@ class NginxRtmp(_Peer):
         wait_for(self._listening, timeout, f"nginx-rtmp to listen on {HOST}:{self.port}",
                  process=self.process, log=self.error_log)
         return self
+
+    def stat(self) -> str:
+        """The /stat page (XML) of a server started with ``stat_port``."""
+        import urllib.request
+        with urllib.request.urlopen(f"http://{HOST}:{self.stat_port}/stat", timeout=5) as page:
+            return page.read().decode()
 
     def error_log(self) -> str:
         path = self.tmpdir / "error.log"
