@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import collections
 
-from twisted.logger import Logger
-from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from ..media.audio import DECODERS
 from ..media.mse import MseJob
-
-log = Logger(namespace="sipgw.ws.mse")
 
 MEDIA_TRANSPORT_CLOSED = "Media transport closed"
 NO_MEDIA_TRANSPORT = "No media transport connected"
@@ -155,7 +152,14 @@ class MseViewer:
         socket.registerProducer(self.queue, True)
         self.job = MseJob(self.reactor, self.stream, self._deliver, audio=self.audio,
                           video=self.video)
+        self.job.done.addCallback(self._job_done)
         self.job.start()
+
+    def _job_done(self, job) -> None:
+        """The media job ended by itself (a bug, or the stream ended: then the signalling's
+        stream_ended has already stopped this viewer)."""
+        if not self.closed and job.state == "FAILED":
+            self.on_state("FAILED", job.info)
 
     def _deliver(self, chunk: bytes, keyframe: bool) -> None:
         if self.closed or self.queue is None:

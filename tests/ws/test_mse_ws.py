@@ -4,10 +4,8 @@ saying connectMediaTransport with the session's authToken and getting binary tag
 bounded send queue dropping to the next keyframe, and WSPlayer refused in a way the WebSDK
 handles."""
 import json
-import queue
 
-from twisted.internet.task import Clock
-
+from media.synthetic import ClockedCalls, frames
 from sipgw.config import Config
 from sipgw.media.mse import TAG_VIDEO, parse_tags
 from sipgw.streams.registry import StreamRegistry
@@ -15,7 +13,7 @@ from sipgw.streams.stream import Stream
 from sipgw.ws.mse import MEDIA_TRANSPORT_CLOSED, NO_MEDIA_TRANSPORT, SendQueue, answer_sdp
 from sipgw.ws.signalling import SignallingFactory
 
-from test_signalling import LOCAL, UPGRADE, TcpLikeTransport, client_frame
+from test_signalling import LOCAL, UPGRADE, TcpLikeTransport
 
 WEBSDK_MSE_OFFER = ("v=0\r\no=- 1988962254 1988962254 IN IP4 0.0.0.0\r\nc=IN IP4 0.0.0.0\r\n"
                     "t=0 0\r\nm=video 0 RTP/AVP 112\r\na=rtpmap:112 H264/90000\r\na=recvonly\r\n"
@@ -61,29 +59,6 @@ def test_the_answer_turns_off_the_kinds_the_stream_lacks():
 
 
 # -- the websocket flow -------------------------------------------------------------------
-class ThreadedClock(Clock):
-    """task.Clock plus callFromThread (queued; the test runs them): the reactor a media job
-    reports to."""
-
-    def __init__(self):
-        super().__init__()
-        self.from_threads = queue.Queue()
-
-    def callFromThread(self, fn, *args, **kwargs):
-        self.from_threads.put((fn, args, kwargs))
-
-    def run_until(self, condition, timeout=20.0):
-        import time
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, "not within the timeout"
-            try:
-                fn, args, kwargs = self.from_threads.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            fn(*args, **kwargs)
-
-
 def _socket(factory):
     protocol = factory.buildProtocol(LOCAL)
     transport = TcpLikeTransport(peerAddress=LOCAL)
@@ -101,7 +76,7 @@ def _say(protocol, message, obj):
 
 
 def _session(**settings):
-    factory = SignallingFactory(Config(**settings), StreamRegistry(), ThreadedClock())
+    factory = SignallingFactory(Config(**settings), StreamRegistry(), ClockedCalls())
     stream = factory.registry.add(Stream("s1"))
     stream.audio_codec, stream.video_codec = "PCMU", "H264"
     signalling, _, sent, _ = _socket(factory)
@@ -126,7 +101,6 @@ def test_an_mse_player_gets_tags_on_its_media_socket_then_stopped():
     socket says connectMediaTransport with the authToken and gets binary tags starting with a
     keyframe (its AVC sequence header first); PLAYING then; stopStream gives STOPPED and
     closes the media socket."""
-    from media.synthetic import frames
     factory, stream, signalling, sent, token = _session()
     _play_mse(signalling)
     (answer,) = [m for m in sent if m["message"] == "setRemoteSDP"]
@@ -140,7 +114,7 @@ def test_an_mse_player_gets_tags_on_its_media_socket_then_stopped():
     assert media.media_viewer is signalling.viewers["m1"]
     for _, frame in frames(2.0):
         stream.publish(frame)
-    factory.reactor.run_until(lambda: len(media_sent) > 20)
+    factory.reactor.run_until(lambda: len(media_sent) > 20, what="tags on the media socket")
     first = parse_tags(media_sent[0])
     assert (first[0][0], first[0][2][:2]) == (TAG_VIDEO, b"\x17\x00")
     assert _statuses(sent) == [("PLAYING", "")]
