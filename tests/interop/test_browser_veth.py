@@ -11,6 +11,7 @@ WebSDK Player page:
 """
 import base64
 import hashlib
+import time
 
 import pytest
 from cryptography import x509
@@ -92,7 +93,12 @@ def _play(chromium, page_url, ws_url, stream_name):
         field.clear()
         field.send_keys(text)
     driver.find_element(By.ID, "playBtn").click()
+    started = time.monotonic()
     chromium.wait_text("status", "PLAYING", timeout=30)
+    chromium.wait(lambda: chromium.video_size("#remoteVideo video")[0] > 0, 30,
+                  "a first decoded picture")
+    print(f"{stream_name}: Start to first picture {time.monotonic() - started:.2f} s "
+          f"(polled every 0.1 s)")
     return driver
 
 
