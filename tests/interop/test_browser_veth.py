@@ -168,3 +168,29 @@ def test_http_player_across_a_veth_plays_over_mse(daemon, kamailio, baresip, far
         far_chromium.wait_text("status", "STOPPED", timeout=15)
     finally:
         site.stop()
+
+
+def test_wsplayer_is_refused_and_the_player_page_shows_why(daemon, kamailio, baresip,
+                                                           far_chromium):
+    """The Player page told to use WSPlayer (``?mediaProvider=WSPlayer``): FAILED with the
+    reason in its info line; the page stays usable (Start again)."""
+    daemon.call_bob(kamailio.port, "veth3")
+    site = _site()
+    try:
+        far_chromium.open(site.url(PLAYER_PAGE + "?mediaProvider=WSPlayer"))
+        driver = far_chromium.driver
+        far_chromium.wait(lambda: driver.find_element(By.ID, "playBtn").text == "Start", 15,
+                          "the Player page to initialise")
+        assert _provider(driver) == "WSPlayer"
+        for element_id, text in (("url", f"ws://{NEAR}:{daemon.settings['ws_port']}"),
+                                 ("streamName", "stream-veth3")):
+            field = driver.find_element(By.ID, element_id)
+            field.clear()
+            field.send_keys(text)
+        driver.find_element(By.ID, "playBtn").click()
+        far_chromium.wait_text("status", "FAILED", timeout=20)
+        assert "WSPlayer is not supported by sipgw" in far_chromium.text("info")
+        far_chromium.wait(lambda: driver.find_element(By.ID, "playBtn").text == "Start", 10,
+                          "Start to come back")
+    finally:
+        site.stop()
