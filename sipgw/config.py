@@ -80,6 +80,7 @@ class Config:
     ws_messages_per_second: int = not_negative(50)
     keep_alive_server_interval: int = not_negative(5000)
     keep_alive_probes: int = not_negative(10)
+    mse_send_queue_bytes: int = positive(2097152)
     webrtc_ice_address: str = ""
     webrtc_ice_servers: str = ""
     # SIP user agent

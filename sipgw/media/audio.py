@@ -155,22 +155,6 @@ def _mono(samples: numpy.ndarray, like: av.AudioFrame, rate: int) -> av.AudioFra
     return frame
 
 
-BUILTIN_SOUNDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sounds")
-
-
-def find_sound(sound_dir: str, name: str) -> str | None:
-    """The path of sound file ``name`` (a plain file name): in ``sound_dir`` first, else
-    among the built-in sounds (``sample.wav``, which the WCS SIP-as-RTMP pages ask for);
-    None when neither has it.  ValueError for a name that is not a plain file name."""
-    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
-        raise ValueError("must be a file name in sound_dir")
-    for folder in (sound_dir, BUILTIN_SOUNDS):
-        path = os.path.join(folder, name)
-        if folder and os.path.isfile(path):
-            return path
-    return None
-
-
 SOUND_FILE_MAX_BYTES = 64 << 20  # a bigger file would hold the push's worker demuxing it
 
 

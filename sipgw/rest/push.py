@@ -5,12 +5,13 @@ answers show it with user, password and query values replaced by ``***``.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from sipgw import sounds
 from sipgw.config import Config
 from sipgw.egress import EgressPolicy
-from sipgw.media.audio import find_sound
 from sipgw.media.push import RECONNECTING, PushError, PushManager
 from sipgw.quotas import check
 from sipgw.rest.fields import NOT_IN_STREAM_NAME, boolean_field, string_field
@@ -113,13 +114,15 @@ class PushApi:
 
 def sound_path(body: dict, sound_dir: str, field: str = "soundFile",
                name_field: str = "soundFile") -> str:
-    """The path of ``body[name_field]``: a plain file name in ``sound_dir`` or a built-in
-    sound (400 naming ``field`` otherwise, 404 when neither has it)."""
+    """The path of ``body[name_field]``: a plain file name in ``sound_dir``, else one sipgw
+    ships (sipgw/sounds: the pages' ``sample.wav``); 400 naming ``field`` for a name that is
+    not a plain file name, 404 when neither has it."""
     name = string_field(body, name_field, required=True, max_len=_NAME_MAX)
-    try:
-        path = find_sound(sound_dir, name)
-    except ValueError as exc:
-        raise BadRequest(f"{name_field} {exc}", field) from None
+    if "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise BadRequest(f"{name_field} must be a file name in sound_dir", field)
+    path = os.path.join(sound_dir, name)
+    if not os.path.isfile(path):
+        path = sounds.builtin(name)
     if path is None:
         raise NotFound("Sound file not found", field)
     return path

@@ -11,6 +11,11 @@ Keep-alive as WCS: once established, the server sends a JSON ``ping`` every
 the client's ``pong`` resets the count, and after ``keep_alive.probes`` pings unanswered
 the connection is closed.
 
+MSE players (``mediaProvider: "MSE"``, the WebSDK's choice on a page that is not a secure
+context) are served as WCS serves them (``sipgw/ws/mse.py``): the provider's second websocket to
+the same URL says ``connectMediaTransport`` with the session's authToken and gets the media as
+binary tags. Other providers (``WSPlayer``, ``Flash``) get FAILED saying so.
+
 Every other message ``flashphoner-core.js`` sends gets the reply its handler there
 expects, so the page's state stays sane: ``availableStream`` is answered in kind,
 ``snapshot`` with a ``snapshotFailed`` stream event, ``publishStream`` with FAILED,
@@ -29,13 +34,16 @@ import secrets
 from autobahn.twisted.websocket import (ConnectionDeny, WebSocketServerFactory,
                                        WebSocketServerProtocol)
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..hooks import DEFAULT_APP, HookRefused
 from ..loglimit import LogLimiter, held_back
 from ..policy import AccessPolicy, token_matches
 from ..quotas import QuotaExceeded, TokenBuckets, check
 from ..webrtc.viewer import NoCommonCodecs, Viewer
+from .mse import MseViewer, plays_audio
 
 log = Logger(namespace="sipgw.ws")
 
@@ -45,12 +53,14 @@ STOPPED_BY_PUBLISHER_STOP = "Stopped by publisher stop"
 STOPPED_BY_USER = "Stopped by user"
 MEDIASESSION_ID_IN_USE = "MediaSessionId is already in use"
 MAX_MESSAGE = 256 * 1024
+PROVIDERS = ("WebRTC", "MSE")  # the WebSDK media providers sipgw plays with
 
 
 # The fields sipgw reads from each message's object, and their JSON type (null = absent).
 FIELDS = {"connection": {"appKey": str, "authToken": str},
           "playStream": {"mediaSessionId": str, "name": str, "sdp": str},
-          "stopStream": {"mediaSessionId": str}}
+          "stopStream": {"mediaSessionId": str},
+          "connectMediaTransport": {"authToken": str}}
 _JSON_TYPES = {str: "a string"}
 
 
@@ -77,7 +87,8 @@ class SignallingProtocol(WebSocketServerProtocol):
     def __init__(self):
         super().__init__()
         self.established = False
-        self.viewers: dict[str, Viewer] = {}
+        self.viewers: dict[str, Viewer | MseViewer] = {}
+        self.media_viewer: MseViewer | None = None  # this socket is an MSE media transport
         self.session_id = secrets.token_hex(8)
         self.app_key = DEFAULT_APP
         self._asking: set = set()  # "connection" and mediaSessionIds whose hook is asked
@@ -105,7 +116,7 @@ class SignallingProtocol(WebSocketServerProtocol):
 
     def _no_connection(self):
         self._connect_timer = None
-        if not self.established:
+        if not self.established and self.media_viewer is None:
             log.info("ws {peer}: no 'connection' within the timeout, closing", peer=self.peer)
             self.sendClose(4000, "no connection message")
 
@@ -131,7 +142,8 @@ class SignallingProtocol(WebSocketServerProtocol):
         if handler is None:
             self.fail(name, f"{name} is not supported by sipgw", media_session_id)
             return
-        if name not in ("connection", "ping", "pong") and not self.established:
+        if (name not in ("connection", "ping", "pong", "connectMediaTransport")
+                and not self.established):
             self.fail(name, "send 'connection' first", media_session_id)
             return
         problem = _check_fields(name, data)
@@ -144,6 +156,11 @@ class SignallingProtocol(WebSocketServerProtocol):
         self.factory.release(self)
         if self.established:
             self._connection_event("DISCONNECTED")
+            if self.factory.sessions.get(self.session_id) is self:
+                del self.factory.sessions[self.session_id]
+        if self.media_viewer is not None:
+            viewer, self.media_viewer = self.media_viewer, None
+            viewer.socket_closed()
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
         self._stop_keep_alive()
@@ -226,10 +243,11 @@ class SignallingProtocol(WebSocketServerProtocol):
     def _established(self) -> None:
         first = not self.established
         self.established = True
+        self.factory.sessions[self.session_id] = self
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
         self.send("getUserData", {"authToken": self.session_id, "sessionId": self.session_id,
-                                  "status": "ESTABLISHED", "mediaProviders": ["WebRTC"]})
+                                  "status": "ESTABLISHED", "mediaProviders": list(PROVIDERS)})
         self._start_keep_alive()
         if first:
             self._connection_event("ESTABLISHED")
@@ -278,11 +296,12 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.status(media_session_id, name, "FAILED", MEDIASESSION_ID_IN_USE)
             return
         asked = {k: v for k, v in obj.items() if k != "sdp"}
+        provider = obj.get("mediaProvider") or "WebRTC"
         self._ask(media_session_id, "playStream", asked,
-                  lambda: self._play(media_session_id, name, sdp),
+                  lambda: self._play(media_session_id, name, sdp, provider),
                   lambda info: self.status(media_session_id, name, "FAILED", info))
 
-    def _play(self, media_session_id: str, name: str, sdp) -> None:
+    def _play(self, media_session_id: str, name: str, sdp, provider="WebRTC") -> None:
         if media_session_id in self.viewers:
             self.status(media_session_id, name, "FAILED", MEDIASESSION_ID_IN_USE)
             return
@@ -290,7 +309,12 @@ class SignallingProtocol(WebSocketServerProtocol):
         if stream is None or stream.ended:
             self.status(media_session_id, name, "FAILED", STREAM_NOT_FOUND)
             return
-        if not isinstance(sdp, str) or "v=0" not in sdp:
+        if provider not in PROVIDERS:
+            shown = provider if isinstance(provider, str) else "this media provider"
+            self.status(media_session_id, name, "FAILED",
+                        f"{shown[:32]} is not supported by sipgw: play with WebRTC or MSE")
+            return
+        if provider != "MSE" and (not isinstance(sdp, str) or "v=0" not in sdp):
             self.status(media_session_id, name, "FAILED", "playStream needs the offer SDP")
             return
         config = self.factory.config
@@ -301,6 +325,9 @@ class SignallingProtocol(WebSocketServerProtocol):
                   f"viewers of {name}", "max_viewers_per_stream")
         except QuotaExceeded as exc:
             self.status(media_session_id, name, "FAILED", exc.message)
+            return
+        if provider == "MSE":
+            self._play_mse(media_session_id, stream)
             return
         viewer = Viewer(stream, media_session_id=media_session_id,
                         ice_servers=self.factory.ice_servers,
@@ -313,6 +340,45 @@ class SignallingProtocol(WebSocketServerProtocol):
         d = defer.Deferred.fromFuture(future)
         d.addCallbacks(lambda answer: self._answered(media_session_id, name, answer),
                        lambda failure: self._answer_failed(media_session_id, name, failure))
+
+    def _play_mse(self, media_session_id: str, stream) -> None:
+        """An MSE player: answered now, its media go to the websocket that says
+        connectMediaTransport with this session's authToken."""
+        name = stream.name
+        if not stream.has_video and not plays_audio(stream):
+            self.status(media_session_id, name, "FAILED", "No common codecs")
+            return
+        config = self.factory.config
+        viewer = MseViewer(self.factory.reactor, stream, media_session_id,
+                           on_state=lambda status, info: self._viewer_state(
+                               media_session_id, name, status, info),
+                           queue_bytes=config.mse_send_queue_bytes,
+                           transport_timeout=config.ws_connection_timeout)
+        self.viewers[media_session_id] = viewer
+        self.factory.watch(stream, self, media_session_id)
+        log.info("ws {peer}: play {name} as {id} over MSE", peer=self.peer, name=name,
+                 id=media_session_id)
+        self.send("setRemoteSDP", media_session_id, viewer.answer())
+
+    def on_connect_media_transport(self, obj: dict) -> None:
+        """The MSE provider's media websocket: bound to the oldest MSE player of the session
+        whose authToken it gives that has no media socket yet."""
+        owner = self.factory.sessions.get(obj.get("authToken") or "")
+        viewer = None
+        if owner is not None and owner is not self and self.media_viewer is None:
+            viewer = next((v for v in owner.viewers.values()
+                           if isinstance(v, MseViewer) and not v.attached and not v.closed),
+                          None)
+        if viewer is None:
+            log.info("ws {peer}: connectMediaTransport for no waiting MSE player", peer=self.peer)
+            self.fail("connectMediaTransport", "no MSE player waiting for this authToken")
+            self.sendClose(4003, "no MSE player waiting")
+            return
+        if self._connect_timer is not None and self._connect_timer.active():
+            self._connect_timer.cancel()
+        self.media_viewer = viewer
+        viewer.attach(self)
+        self._start_keep_alive()
 
     def _answered(self, media_session_id: str, name: str, answer: str) -> None:
         if media_session_id in self.viewers:
@@ -410,7 +476,10 @@ class SignallingProtocol(WebSocketServerProtocol):
         viewer = self.viewers.pop(media_session_id, None)
         if viewer is not None:
             self.factory.unwatch(viewer.stream, self, media_session_id)
-            defer.Deferred.fromFuture(asyncio.ensure_future(viewer.close()))
+            if isinstance(viewer, MseViewer):
+                viewer.close_now()
+            else:
+                defer.Deferred.fromFuture(asyncio.ensure_future(viewer.close()))
 
     HANDLERS = {"connection": on_connection, "ping": on_ping, "pong": on_pong,
                 "playStream": on_play_stream, "stopStream": on_stop_stream,
@@ -418,12 +487,20 @@ class SignallingProtocol(WebSocketServerProtocol):
                 "sendStreamEvent": on_stream_event, "publishStream": on_publish_stream,
                 "unPublishStream": on_unpublish_stream, "sendData": on_send_data,
                 "call": on_call, "answer": on_call,
+                "connectMediaTransport": on_connect_media_transport,
                 **{name: (lambda self, obj, name=name: self.on_call_control(obj, name))
                    for name in ("hold", "unhold", "transfer")}}
 
 
+@implementer(IProtocolNegotiationFactory)
 class SignallingFactory(WebSocketServerFactory):
     protocol = SignallingProtocol
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN for wss: http/1.1. Without an ALPN choice the OpenSSL that pyOpenSSL bundles
+        (4.0) fails Chromium's TLS handshake ("internal error", ERR_SSL_PROTOCOL_ERROR in the
+        browser); with one it completes, as the https REST listener's (twisted.web) does."""
+        return [b"http/1.1"]
 
     def __init__(self, config, registry, reactor, url: str | None = None, hooks=None):
         super().__init__(url, reactor=reactor)
@@ -440,9 +517,10 @@ class SignallingFactory(WebSocketServerFactory):
                                 autoPingTimeout=30)
         self._watchers: dict[str, set] = {}  # stream mediaSessionId -> {(proto, viewer id)}
         self.clients: dict[str, int] = {}  # open connections per client address
-        self.sessions: set = set()  # the open (admitted) protocols
+        self.open_sockets: set = set()  # the open (admitted) protocols
         self._closed: list = []  # (protocol set, Deferred) of close_all() calls still waiting
         self._refusals = LogLimiter(reactor)
+        self.sessions: dict[str, SignallingProtocol] = {}  # authToken -> established session
         registry.listeners.append(self._stream_event)
 
     # -- limits: connections in all and per address, messages per second per connection --
@@ -462,13 +540,13 @@ class SignallingFactory(WebSocketServerFactory):
                              limit=limit, held=held_back(held))
                 raise ConnectionDeny(503, f"too many websocket connections ({setting}={limit})")
         self.clients[host] = mine + 1
-        self.sessions.add(proto)
+        self.open_sockets.add(proto)
         proto._counted_host = host
         rate = config.ws_messages_per_second
         proto._rate = TokenBuckets(rate, 2 * rate, clock=self.reactor, max_keys=1)
 
     def release(self, proto) -> None:
-        self.sessions.discard(proto)
+        self.open_sockets.discard(proto)
         for waiting, d in list(self._closed):
             waiting.discard(proto)
             if not waiting and not d.called:
@@ -484,7 +562,7 @@ class SignallingFactory(WebSocketServerFactory):
     def close_all(self, timeout: float = 2.0) -> defer.Deferred:
         """At shutdown: every open websocket closed with 1001 "going away" (their DISCONNECTED
         hooks go out); fires when all have closed, or after ``timeout`` seconds."""
-        waiting = set(self.sessions)
+        waiting = set(self.open_sockets)
         d = defer.Deferred()
         if not waiting:
             d.callback(None)

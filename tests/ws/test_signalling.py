@@ -385,7 +385,7 @@ def test_close_all_closes_every_open_websocket_and_fires_when_they_are_gone():
     first.connectionLost(Failure(ConnectionDone()))
     assert not done.called
     second.connectionLost(Failure(ConnectionDone()))
-    assert done.called and factory.sessions == set() and factory.clients == {}
+    assert done.called and factory.open_sockets == set() and factory.clients == {}
     third, _, _ = open_session()  # a client that never answers: the timeout ends the wait
     third.sendClose = lambda *a, **kw: None
     late = third.factory.close_all(timeout=2)
