@@ -479,12 +479,19 @@ class InviteSession:
         self.ua.send_in_dialog(self, ack)
 
     def _ack_and_bye_fork(self, response: Response) -> None:
-        fork = Dialog.from_uac(self.invite, response)
-        dest, ua = self.dest, self.ua
-        ack = fork.create_request("ACK", via=ua.via(dest), cseq=self.invite.cseq.seq)
-        ua.transport.send(ack, dest.transport, dest.host, dest.port)
-        bye = fork.create_request("BYE", via=ua.via(dest))
-        ua.transactions.send_request(bye, dest.transport, dest.host, dest.port, lambda r: None)
+        """A second fork's dialog, ACKed and hung up like any other: its own route set and
+        remote target, named hops resolved, sip_egress checked (§12.2.1.1)."""
+        try:
+            fork = Dialog.from_uac(self.invite, response)
+        except (ValueError, HeaderError):
+            return
+        via = self.ua.via(self.dest_for_dialog(fork))
+        ack = fork.create_request("ACK", via=via, cseq=self.invite.cseq.seq,
+                                  headers=[(k, v) for k, v in self.invite.headers
+                                           if k in CREDENTIALS])
+        self.ua.send_in_dialog(self, ack, dialog=fork)
+        self.send_request(fork.create_request("BYE", via=self.ua.via(self.dest_for_dialog(fork))),
+                          lambda r: None, dialog=fork)
 
     def stray_2xx(self, response: Response) -> None:
         """A 2xx retransmission of the INVITE after its transaction ended: ACK again."""

@@ -1655,3 +1655,25 @@ def test_hold_from_the_app_pauses_the_rtp_timeout_and_unhold_restarts_it(make_ga
     assert _status(gw) == "ESTABLISHED"
     clock.pump([1] * 31)
     assert gw.find("call1")[0]["info"] == "Failed by RTP activity"
+
+
+def test_a_second_fork_is_acked_and_hung_up_along_its_own_route(make_gateway, sender):
+    """A 2xx from a second fork (§13.2.2.4) is ACKed and sent a BYE in its own dialog: its
+    Record-Route is followed (Route header, next hop) and the BYE is a transaction; a fork
+    whose route names a denied address gets nothing."""
+    gw = make_gateway()
+    invite = _established(gw, sender)
+    fork = _reply(invite, 200, tag="fork2", body=ANSWER,
+                  extra=[("Record-Route", "<sip:127.0.0.7:5070;lr>")])
+    gw.sip.transactions.receive(fork, PEER)
+    to_fork = [(m, host, port) for m, _, host, port in sender.sent
+               if getattr(m, "method", "") in ("ACK", "BYE") and m.to.tag == "fork2"]
+    assert sorted(m.method for m, _, _ in to_fork) == ["ACK", "BYE"]
+    for message, host, port in to_fork:
+        assert (host, port) == ("127.0.0.7", 5070)
+        assert [str(r) for r in message.routes] == ["<sip:127.0.0.7:5070;lr>"]
+    assert _status(gw) == "ESTABLISHED"
+    before = len(sender.sent)
+    gw.sip.transactions.receive(_reply(invite, 200, tag="fork3", body=ANSWER, extra=[
+        ("Record-Route", "<sip:169.254.169.254:5060;lr>")]), PEER)
+    assert [s for s in sender.sent[before:] if s[2] == "169.254.169.254"] == []
