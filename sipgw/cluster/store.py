@@ -1,0 +1,198 @@
+"""The cluster's shared state on Redis, through redis-py's asyncio API.
+
+Every method is a coroutine run on the asyncio loop the Twisted reactor drives; callers on
+the reactor side wrap them with ``deferred(...)``.  The URL (it may hold the Redis password)
+is never logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from twisted.internet import defer
+
+from .records import (EVENTS, LOST_CALLS, MEDIA_SESSIONS, NODES, ROUND_ROBIN, STREAM_INFO, STREAMS,
+                      NodeRecord, key, lost_call)
+
+# Delete a key only while it still holds the value given (the owner's own claim).
+_DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_HDEL_IF = ("if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
+            "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0")
+
+
+def deferred(coroutine) -> defer.Deferred:
+    """Run ``coroutine`` on the asyncio loop; a Deferred of its result."""
+    return defer.Deferred.fromFuture(asyncio.ensure_future(coroutine))
+
+
+class RedisStore:
+    """Node records, call and stream ownership, and the events channel."""
+
+    def __init__(self, url: str, client=None) -> None:
+        if client is None:
+            import redis.asyncio
+            client = redis.asyncio.from_url(url, decode_responses=True,
+                                            socket_connect_timeout=5, socket_timeout=5)
+        self.redis = client
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- nodes -------------------------------------------------------------------------
+    async def heartbeat(self, node: NodeRecord, ttl: int) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(key("node", node.id), node.encode(), ex=ttl)
+            pipe.sadd(NODES, node.id)
+            await pipe.execute()
+
+    async def nodes(self) -> tuple[dict[str, NodeRecord], set[str]]:
+        """(live nodes by id, ids of registered nodes whose heartbeat expired)."""
+        ids = sorted(await self.redis.smembers(NODES))
+        if not ids:
+            return {}, set()
+        raws = await self.redis.mget([key("node", i) for i in ids])
+        live = {i: NodeRecord.decode(raw) for i, raw in zip(ids, raws) if raw}
+        return live, set(ids) - set(live)
+
+    async def leave(self, node_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(key("node", node_id))
+            pipe.srem(NODES, node_id)
+            await pipe.execute()
+
+    async def next_turn(self) -> int:
+        return int(await self.redis.incr(ROUND_ROBIN))
+
+    # -- calls ---------------------------------------------------------------------------
+    async def claim_call(self, call_id: str, node: NodeRecord, stream: str) -> str:
+        """Claim ``call_id`` and its stream name for ``node``: '' when both were free, else
+        the field that is taken ("callId" or "toStream"); nothing stays claimed then."""
+        record = json.dumps({"node": node.id, "incarnation": node.incarnation, "call": None})
+        if not await self.redis.set(key("call", call_id), record, nx=True):
+            return "callId"
+        if not await self.redis.hsetnx(STREAMS, stream, node.id):
+            await self.redis.delete(key("call", call_id))
+            return "toStream"
+        await self.redis.sadd(key("node-calls", node.id), call_id)
+        return ""
+
+    async def release_claim(self, call_id: str, node_id: str, stream: str) -> None:
+        """Undo ``claim_call`` (the call was refused after all)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(key("call", call_id))
+            pipe.eval(_HDEL_IF, 1, STREAMS, stream, node_id)
+            pipe.srem(key("node-calls", node_id), call_id)
+            await pipe.execute()
+
+    async def put_call(self, node: NodeRecord, call: dict, retention: int | None) -> None:
+        """The call as /call/find shows it; ``retention``: seconds it stays once ended."""
+        call_id = call["callId"]
+        record = json.dumps({"node": node.id, "incarnation": node.incarnation, "call": call})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if retention is None:
+                pipe.set(key("call", call_id), record)
+                pipe.sadd(key("node-calls", node.id), call_id)
+            else:
+                pipe.set(key("call", call_id), record, ex=max(1, retention))
+                pipe.srem(key("node-calls", node.id), call_id)
+            await pipe.execute()
+
+    async def call(self, call_id: str) -> dict | None:
+        raw = await self.redis.get(key("call", call_id))
+        return json.loads(raw) if raw else None
+
+    async def lost_calls(self) -> list[dict]:
+        """The calls of lost nodes still kept (FAILED "Node lost")."""
+        ids = sorted(await self.redis.smembers(LOST_CALLS))
+        if not ids:
+            return []
+        raws = await self.redis.mget([key("call", i) for i in ids])
+        gone = [i for i, raw in zip(ids, raws) if not raw]
+        if gone:
+            await self.redis.srem(LOST_CALLS, *gone)
+        return [json.loads(raw)["call"] for raw in raws if raw and json.loads(raw)["call"]]
+
+    # -- streams ---------------------------------------------------------------------------
+    async def put_stream(self, node_id: str, name: str, media_session_id: str,
+                         info: dict) -> None:
+        """The stream is this node's (published, or its codec now known: ``info``)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(STREAMS, name, node_id)
+            pipe.hset(MEDIA_SESSIONS, media_session_id, node_id)
+            pipe.hset(STREAM_INFO, name, json.dumps(info))
+            pipe.publish(EVENTS, json.dumps({"event": "stream-published", "name": name,
+                                             "node": node_id, "info": info}))
+            await pipe.execute()
+
+    async def drop_stream(self, node_id: str, name: str, media_session_id: str,
+                          status: str, info: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_HDEL_IF, 1, STREAMS, name, node_id)
+            pipe.eval(_HDEL_IF, 1, MEDIA_SESSIONS, media_session_id, node_id)
+            pipe.hdel(STREAM_INFO, name)
+            pipe.publish(EVENTS, json.dumps({"event": "stream-ended", "name": name,
+                                             "node": node_id, "status": status, "info": info}))
+            await pipe.execute()
+
+    async def streams(self) -> dict[str, str]:
+        """Every stream name of the cluster -> its node."""
+        return await self.redis.hgetall(STREAMS)
+
+    async def stream_info(self) -> dict[str, dict]:
+        return {name: json.loads(raw) for name, raw in (await self.redis.hgetall(STREAM_INFO)).items()}
+
+    async def media_session_owner(self, media_session_id: str) -> str | None:
+        return await self.redis.hget(MEDIA_SESSIONS, media_session_id)
+
+    # -- a lost node ----------------------------------------------------------------------
+    async def sweep(self, node_id: str, incarnation: str | None, ttl: int,
+                    retention: int) -> list[str]:
+        """Mark the calls of a lost node (of ``incarnation``, or of any but the live one
+        when it came back: None = every one) FAILED "Node lost", free its stream names and
+        tell every node. One node sweeps (a lock for ``ttl`` s). The callIds swept."""
+        if not await self.redis.set(key("sweep", node_id), "1", nx=True, ex=ttl):
+            return []
+        swept = []
+        for call_id in sorted(await self.redis.smembers(key("node-calls", node_id))):
+            raw = await self.redis.get(key("call", call_id))
+            record = json.loads(raw) if raw else None
+            if record is None or record.get("node") != node_id:
+                await self.redis.srem(key("node-calls", node_id), call_id)
+                continue
+            if incarnation is not None and record.get("incarnation") == incarnation:
+                continue  # the node's present life: not lost
+            record = lost_call(record)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key("call", call_id), json.dumps(record), ex=max(1, retention))
+                pipe.sadd(LOST_CALLS, call_id)
+                pipe.srem(key("node-calls", node_id), call_id)
+                await pipe.execute()
+            swept.append(call_id)
+        for table in (STREAMS, MEDIA_SESSIONS):
+            owned = [k for k, v in (await self.redis.hgetall(table)).items() if v == node_id]
+            if owned:  # a restarted node sweeps before it publishes anything
+                await self.redis.hdel(table, *owned)
+                if table == STREAMS:
+                    await self.redis.hdel(STREAM_INFO, *owned)
+        await self.redis.publish(EVENTS, json.dumps({"event": "node-lost", "node": node_id,
+                                                     "calls": swept}))
+        if incarnation is None:
+            await self.redis.srem(NODES, node_id)
+        return swept
+
+    async def events(self, handle) -> None:
+        """Call ``handle(event dict)`` for every event published, until cancelled."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(EVENTS)
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                try:
+                    event = json.loads(message["data"])
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    handle(event)
+        finally:
+            await pubsub.aclose()
