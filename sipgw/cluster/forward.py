@@ -167,9 +167,9 @@ class ClusterRest(resource.Resource):
             live[self.node.id] = self.node.record()
         turn = 0
         if self.config.cluster_placement == "round-robin":
-            turn = await self.node.store.next_turn()
+            turn = await deferred(self.node.store.next_turn())
         target = choose(list(live.values()), self.config.cluster_placement, self.node.id, turn)
-        taken = await self.node.store.claim_call(call.call_id, target, call.stream_name)
+        taken = await deferred(self.node.store.claim_call(call.call_id, target, call.stream_name))
         if taken == "callId":
             raise Conflict(f"callId {call.call_id} is already in use", "callId")
         if taken:
@@ -188,11 +188,11 @@ class ClusterRest(resource.Resource):
             answer_code = answer.code
             self._answer(request, "/call/startup", answer)
         if answer_code != 200:
-            await self.node.store.release_claim(call.call_id, target.id, call.stream_name)
+            await deferred(self.node.store.release_claim(call.call_id, target.id, call.stream_name))
 
     async def _by_call(self, request, path: str, body: dict) -> None:
         call_id = body.get("callId")
-        record = await self.node.store.call(call_id) if isinstance(call_id, str) and call_id \
+        record = await deferred(self.node.store.call(call_id)) if isinstance(call_id, str) and call_id \
             else None
         owner = record and record.get("node")
         if not owner or owner == self.node.id and \
@@ -223,7 +223,7 @@ class ClusterRest(resource.Resource):
                 return self.node.stream_nodes.get(value)
         value = body.get("mediaSessionId")
         if isinstance(value, str) and value:
-            return await self.node.store.media_session_owner(value)
+            return await deferred(self.node.store.media_session_owner(value))
         return None
 
     # -- asking the nodes ------------------------------------------------------------------
@@ -257,7 +257,7 @@ class ClusterRest(resource.Resource):
             return first_error
         if path.startswith("/call/"):
             status = body.get("status")
-            lost = [c for c in await self.node.store.lost_calls()
+            lost = [c for c in await deferred(self.node.store.lost_calls())
                     if not isinstance(status, str) or not status
                     or c.get("status") == status.upper()]
             if lost:
