@@ -200,7 +200,10 @@ class ClusterRest(resource.Resource):
             return self._local(request)
         live = self.node.live.get(owner)
         if live is not None and live.incarnation == record.get("incarnation"):
-            return self._answer(request, path, await self._ask(owner, path, body))
+            answer = await self._ask(owner, path, body)
+            if answer.code == 503 and path == "/call/find" and record.get("call"):
+                answer = Answer(200, _found([record["call"]]))  # its last known state
+            return self._answer(request, path, answer)
         # its node is lost (or restarted since): the call is FAILED "Node lost"
         call = lost_call(record)["call"]
         if not call:
