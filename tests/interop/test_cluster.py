@@ -21,6 +21,7 @@ import pytest
 import peers
 from peers import wait_for
 from sipgw_daemon import RestError, Sipgw
+from ws_viewer import WcsSession
 
 TOKEN = "cluster-test-token-0123456789"
 TTL = 3  # cluster_node_ttl: a killed node is lost within TTL + one heartbeat
@@ -153,3 +154,58 @@ def test_the_owner_killed_its_calls_are_failed_node_lost_everywhere(cluster, red
             assert gw.call("lost1")["status"] == "FAILED"
     finally:
         again.stop()
+
+
+def whep_viewers(gw: Sipgw) -> int:
+    """sipgw_viewers{kind="whep"} of ``gw``'s /metrics (an edge pulls as a WHEP viewer)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.rest_port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith('sipgw_viewers{kind="whep"}'):
+                return int(float(line.split()[-1]))
+    raise AssertionError("no sipgw_viewers{kind=whep} in /metrics")
+
+
+def test_a_stream_plays_through_a_node_that_does_not_own_it(cluster, kamailio, baresip):
+    """Players on C of A's call (baresip's H264 + audio): C pulls it once from A, both of C's
+    players decode 320x240 video and audio; the pull goes when they have left; a new pull's
+    player gets FAILED "Node lost" when A is SIGKILLed."""
+    a, b, c = cluster
+    a.call_bob(kamailio.port, "e1")
+    assert owner(cluster, "e1") is a
+    url = f"ws://127.0.0.1:{c.settings['ws_port']}"
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        session = WcsSession(url)
+        assert (await session.connect())["message"] == "getUserData"
+        players = [await session.play("stream-e1"), await session.play("stream-e1")]
+        deadline = loop.time() + 30
+        while not all(p.frames["video"] >= 10 and p.frames["audio"] >= 10 for p in players):
+            assert loop.time() < deadline, [p.frames for p in players]
+            await asyncio.sleep(0.2)
+        ttff = [p.first_frame_at - p.started_at for p in players]
+        sizes = {p.size for p in players}
+        pulls = await loop.run_in_executor(None, whep_viewers, a)
+        edge = await loop.run_in_executor(None, local, c, "/stream/find", {"name": "stream-e1"})
+        for player in players:
+            session.send("stopStream", {"mediaSessionId": player.id})
+            await session.status(player.id, "STOPPED")
+            await player.close()
+        await loop.run_in_executor(None, lambda: wait_for(
+            lambda: whep_viewers(a) == 0 and not local(c, "/stream/find", {"name": "stream-e1"}),
+            10, "the pull released"))
+        again = await session.play("stream-e1")
+        await loop.run_in_executor(None, lambda: wait_for(lambda: whep_viewers(a) == 1, 10,
+                                                          "a new pull"))
+        a.proc.send_signal(signal.SIGKILL)
+        failed = await session.status(again.id, "FAILED", timeout=TTL + 5)
+        await again.close()
+        session.close()
+        return ttff, sizes, pulls, edge, failed
+
+    ttff, sizes, pulls, edge, failed = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert sizes == {(320, 240)}
+    assert pulls == 1  # one pull for both players
+    assert edge and edge[0]["name"] == "stream-e1" and edge[0]["status"] == "PUBLISHING"
+    assert failed["info"] == "Node lost"
+    print(f"time to first frame through the edge: {[round(t, 3) for t in ttff]} s")
