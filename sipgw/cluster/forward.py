@@ -20,7 +20,7 @@ from twisted.web import resource, server
 from sipgw.policy import Denied, route_scope
 from sipgw.rest.admission import admit, cors
 from sipgw.rest.calls import _found, parse_call_request
-from sipgw.rest.errors import ApiError, BadRequest, Conflict, error_response
+from sipgw.rest.errors import ApiError, Conflict, error_response
 from sipgw.rest.router import ALLOW_HEADERS, ALLOW_METHODS, parse_body
 
 from .records import NODE_LOST, choose, lost_call
@@ -105,9 +105,11 @@ class ClusterRest(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, inner, node, client: NodeClient, access, config) -> None:
+    def __init__(self, inner, node, client: NodeClient, access, config, run=deferred) -> None:
         super().__init__()
         self.inner = inner
+        self.max_body = inner.max_body
+        self.run = run  # runs a store coroutine: on the asyncio loop (tests: in place)
         self.node = node  # ClusterNode: live nodes, stream owners, the store
         self.client = client
         self.access = access
@@ -167,9 +169,10 @@ class ClusterRest(resource.Resource):
             live[self.node.id] = self.node.record()
         turn = 0
         if self.config.cluster_placement == "round-robin":
-            turn = await deferred(self.node.store.next_turn())
+            turn = await self.run(self.node.store.next_turn())
         target = choose(list(live.values()), self.config.cluster_placement, self.node.id, turn)
-        taken = await deferred(self.node.store.claim_call(call.call_id, target, call.stream_name))
+        taken = await self.run(self.node.store.claim_call(call.call_id, target,
+                                                          call.stream_name))
         if taken == "callId":
             raise Conflict(f"callId {call.call_id} is already in use", "callId")
         if taken:
@@ -188,12 +191,14 @@ class ClusterRest(resource.Resource):
             answer_code = answer.code
             self._answer(request, "/call/startup", answer)
         if answer_code != 200:
-            await deferred(self.node.store.release_claim(call.call_id, target.id, call.stream_name))
+            await self.run(self.node.store.release_claim(call.call_id, target.id,
+                                                         call.stream_name))
 
     async def _by_call(self, request, path: str, body: dict) -> None:
         call_id = body.get("callId")
-        record = await deferred(self.node.store.call(call_id)) if isinstance(call_id, str) and call_id \
-            else None
+        record = None
+        if isinstance(call_id, str) and call_id:
+            record = await self.run(self.node.store.call(call_id))
         owner = record and record.get("node")
         if not owner or owner == self.node.id and \
                 record.get("incarnation") == self.node.incarnation:
@@ -226,7 +231,7 @@ class ClusterRest(resource.Resource):
                 return self.node.stream_nodes.get(value)
         value = body.get("mediaSessionId")
         if isinstance(value, str) and value:
-            return await deferred(self.node.store.media_session_owner(value))
+            return await self.run(self.node.store.media_session_owner(value))
         return None
 
     # -- asking the nodes ------------------------------------------------------------------
@@ -260,7 +265,7 @@ class ClusterRest(resource.Resource):
             return first_error
         if path.startswith("/call/"):
             status = body.get("status")
-            lost = [c for c in await deferred(self.node.store.lost_calls())
+            lost = [c for c in await self.run(self.node.store.lost_calls())
                     if not isinstance(status, str) or not status
                     or c.get("status") == status.upper()]
             if lost:
@@ -315,5 +320,3 @@ class ClusterRest(resource.Resource):
             log.failure("cluster: {path} failed", failure, path=path)
         self._answer(request, path, Answer(code, body))
 
-
-__all__ = ["ClusterRest", "NodeClient", "HOP_HEADER", "BadRequest"]

@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from .records import NODE_LOST, CpuMeter, NodeRecord
+from .records import CpuMeter, NodeRecord
 from .store import RedisStore, deferred
 
 log = Logger(namespace="sipgw.cluster")
@@ -201,5 +201,3 @@ class ClusterNode(service.Service):
         finally:
             self._writing = False
 
-
-__all__ = ["ClusterNode", "NODE_LOST"]

@@ -11,11 +11,10 @@ import json
 
 from twisted.internet import defer
 
-from .records import (EVENTS, LOST_CALLS, MEDIA_SESSIONS, NODES, ROUND_ROBIN, STREAM_INFO, STREAMS,
-                      NodeRecord, key, lost_call)
+from .records import (EVENTS, LOST_CALLS, MEDIA_SESSIONS, NODES, ROUND_ROBIN, STREAM_INFO,
+                      STREAMS, NodeRecord, key, lost_call)
 
-# Delete a key only while it still holds the value given (the owner's own claim).
-_DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# Delete a hash field only while it still names the node given (the owner's own claim).
 _HDEL_IF = ("if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
             "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0")
 
@@ -139,7 +138,8 @@ class RedisStore:
         return await self.redis.hgetall(STREAMS)
 
     async def stream_info(self) -> dict[str, dict]:
-        return {name: json.loads(raw) for name, raw in (await self.redis.hgetall(STREAM_INFO)).items()}
+        table = await self.redis.hgetall(STREAM_INFO)
+        return {name: json.loads(raw) for name, raw in table.items()}
 
     async def media_session_owner(self, media_session_id: str) -> str | None:
         return await self.redis.hget(MEDIA_SESSIONS, media_session_id)
