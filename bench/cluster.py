@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/cluster.py [--quick] [--keep] [--placement round-robin|least-loaded|local]
 
-For each cluster size N (1, 2, 3): a loopback redis-server and N sipgw nodes
+First one node in single-node mode (no Redis: the baseline of the same run), then for each
+cluster size N (1, 2, 3): a loopback redis-server and N sipgw nodes
 (``cluster_redis_url``, ``cluster_placement``, as bench/call_setup.py's daemon otherwise),
 and a load driver posting ``/call/startup`` at a rising rate, its keep-alive connections
 spread over the N nodes' REST ports as an HTTP load balancer would; each node places the
@@ -70,12 +71,12 @@ def step(nodes: list[Sipgw], redis, workdir: Path, rate: int, step_s: float):
         watch = cs.FailureWatch(nodes[0].rest_port, prefix)  # any node lists every call
         watch.start()
         cpu0 = [cs.cpu_ms(gw.proc.pid) for gw in nodes]
-        redis0, wall0 = cs.cpu_ms(redis.pid), time.monotonic()
+        redis0, wall0 = cs.cpu_ms(redis.pid) if redis else 0.0, time.monotonic()
         load = cs.drive([gw.rest_port for gw in nodes], "/call/startup",
                         cs.startup_body(prefix, uas.port), calls, rate)
         wall1 = time.monotonic()
         cpu1 = [cs.cpu_ms(gw.proc.pid) if gw.proc.poll() is None else math.nan for gw in nodes]
-        redis1 = cs.cpu_ms(redis.pid)
+        redis1 = cs.cpu_ms(redis.pid) if redis else 0.0
         grace = cs.HOLD_MS / 1000 + (40 if load.ok == calls else 5)
         rc = cs.wait_exit(uas, time.monotonic() + grace, alive)
         watch.finish()
@@ -120,6 +121,18 @@ def row(result, node_pct: list[float], redis_pct: float) -> str:
             f"{cs.fmt(result.p99_ms):>11}  [{nodes}] {cs.fmt(redis_pct, '.0f'):>6}  {verdict}")
 
 
+def single(workdir: Path, daemons: list[Sipgw]) -> list[Sipgw]:
+    """The baseline: one node in single-node mode (no Redis)."""
+    node_dir = workdir / "single"
+    node_dir.mkdir(parents=True)
+    gw = Sipgw(str(node_dir), **cs.daemon_settings(node_dir))
+    daemons.append(gw)
+    return [gw.start()]
+
+
+SIZES = {0: "1 node, no Redis (baseline)", 1: "1 node", 2: "2 nodes", 3: "3 nodes"}
+
+
 def bench(args, workdir: Path, daemons: list[Sipgw]) -> int:
     rates, step_s = (QUICK_RATES, QUICK_STEP_S) if args.quick else (RATES, STEP_S)
     peers.require_program("sipp")
@@ -127,14 +140,19 @@ def bench(args, workdir: Path, daemons: list[Sipgw]) -> int:
     cs.say(f"cluster scale-out bench: placement {args.placement}, {step_s} s steps, SIPp UAS "
            f"hangs up after {cs.HOLD_MS} ms; {os.cpu_count()} CPUs shared by the nodes, "
            f"Redis, SIPp and the driver")
+    before = cs.idle_load()
+    if before > cs.BUSY_PCT:
+        cs.say(f"warning: before the run, other processes use {before:.0f}% of a core; "
+               "the figures below will be low")
     best = {}
-    for n in (1, 2, 3):
+    for n in SIZES:
         size_dir = workdir / f"n{n}"
         size_dir.mkdir()
-        redis = peers.Redis(size_dir, port=free_port("tcp")).start()
+        redis = peers.Redis(size_dir, port=free_port("tcp")).start() if n else None
         try:
-            nodes = start_cluster(size_dir, n, redis, args.placement, daemons)
-            cs.say(f"\n== {n} node(s) ==")
+            nodes = start_cluster(size_dir, n, redis, args.placement, daemons) if n \
+                else single(size_dir, daemons)
+            cs.say(f"\n== {SIZES[n]} ==")
             cs.say(f"{'rate':>6} {'sent/s':>7} {'calls':>6} {'done':>6} {'failed':>6} "
                    f"{'retr%':>6} {'REST p99 ms':>11}  [node cpu% each] {'redis%':>6}  result")
             for rate in rates:
@@ -146,16 +164,17 @@ def bench(args, workdir: Path, daemons: list[Sipgw]) -> int:
             for gw in nodes:
                 gw.stop()
         finally:
-            redis.stop()
+            if redis is not None:
+                redis.stop()
     cs.say()
-    for n in (1, 2, 3):
+    for n, label in SIZES.items():
         rate, node_pct = best.get(n, (0, []))
         per_node = ", ".join(f"{p:.0f}%" for p in node_pct) or "-"
-        cs.say(f"{n} node(s): held {rate} calls/s for {step_s} s with 0 failed "
+        cs.say(f"{label}: held {rate} calls/s for {step_s} s with 0 failed "
                f"(node CPU {per_node})")
-    if best.get(1):
-        factors = [f"{n}: x{best.get(n, (0,))[0] / best[1][0]:.2f}" for n in (2, 3)]
-        cs.say(f"scaling over 1 node: {', '.join(factors)}")
+    if best.get(0):
+        factors = [f"{SIZES[n]} x{best.get(n, (0,))[0] / best[0][0]:.2f}" for n in (1, 2, 3)]
+        cs.say(f"over the single-node baseline: {', '.join(factors)}")
     return 0
 
 

@@ -18,6 +18,17 @@ from .records import (EVENTS, LOST_CALLS, MEDIA_SESSIONS, NODES, ROUND_ROBIN, ST
 _HDEL_IF = ("if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
             "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0")
 
+# callId and stream name claimed together, or neither (KEYS: call record, streams hash, the
+# node's call set; ARGV: record, stream name, node id, callId).
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'callId' end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 'toStream' end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+return ''
+"""
+
 
 def deferred(coroutine) -> defer.Deferred:
     """Run ``coroutine`` on the asyncio loop; a Deferred of its result."""
@@ -64,16 +75,14 @@ class RedisStore:
 
     # -- calls ---------------------------------------------------------------------------
     async def claim_call(self, call_id: str, node: NodeRecord, stream: str) -> str:
-        """Claim ``call_id`` and its stream name for ``node``: '' when both were free, else
-        the field that is taken ("callId" or "toStream"); nothing stays claimed then."""
+        """Claim ``call_id`` and its stream name for ``node`` in one atomic step: '' when
+        both were free, else the field that is taken ("callId" or "toStream"); nothing is
+        claimed then."""
         record = json.dumps({"node": node.id, "incarnation": node.incarnation, "call": None})
-        if not await self.redis.set(key("call", call_id), record, nx=True):
-            return "callId"
-        if not await self.redis.hsetnx(STREAMS, stream, node.id):
-            await self.redis.delete(key("call", call_id))
-            return "toStream"
-        await self.redis.sadd(key("node-calls", node.id), call_id)
-        return ""
+        taken = await self.redis.eval(_CLAIM, 3, key("call", call_id), STREAMS,
+                                      key("node-calls", node.id), record, stream, node.id,
+                                      call_id)
+        return taken if isinstance(taken, str) else taken.decode()
 
     async def release_claim(self, call_id: str, node_id: str, stream: str) -> None:
         """Undo ``claim_call`` (the call was refused after all)."""
