@@ -31,6 +31,7 @@ from .records import NODE_LOST
 log = Logger(namespace="sipgw.cluster")
 
 ORIGIN_GONE = "Origin connection lost"
+ORIGIN_GRACE = 1.0  # seconds
 AUDIO_MIME = {"PCMU": "audio/PCMU", "PCMA": "audio/PCMA", "opus": "audio/opus"}
 
 
@@ -62,7 +63,10 @@ class EdgePull:
         @self.pc.on("connectionstatechange")
         def _state():
             if self.pc.connectionState in ("failed", "closed") and not self.closed:
-                edges.end(self, StreamStatus.FAILED, ORIGIN_GONE)
+                # the origin's own word (stream-ended, node-lost) usually comes first: wait
+                # for it a moment, so the players learn why
+                edges.reactor.callLater(ORIGIN_GRACE, edges.end, self, StreamStatus.FAILED,
+                                        ORIGIN_GONE)
 
     async def start(self) -> None:
         stream = self.stream

@@ -315,6 +315,12 @@ class ClusterRest(resource.Resource):
         request.finish()
 
     def _fail(self, request, path: str, failure) -> None:
+        if type(failure.value).__module__.startswith("redis.") or failure.check(OSError):
+            log.warn("cluster: {path}: Redis unreachable ({error})", path=path,
+                     error=type(failure.value).__name__)
+            self._answer(request, path, Answer(503, {
+                "error": "the cluster's shared state (Redis) cannot be reached", "field": None}))
+            return
         code, body = error_response(failure.value)
         if code >= 500:
             log.failure("cluster: {path} failed", failure, path=path)

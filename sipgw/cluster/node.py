@@ -3,7 +3,6 @@ published with their owner, lost nodes swept, and the events of the others heard
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import secrets
 
@@ -17,6 +16,7 @@ from .store import RedisStore, deferred
 log = Logger(namespace="sipgw.cluster")
 
 MAX_PENDING_WRITES = 10000
+WRITE_BATCH = 500  # writes per pipeline (one round trip)
 
 
 class ClusterNode(service.Service):
@@ -40,7 +40,7 @@ class ClusterNode(service.Service):
         self.joined = False
         self._cpu = CpuMeter()
         self._load = (0, 0, 0.0)
-        self._writes: collections.deque = collections.deque()
+        self._writes: dict = {}  # key -> staged write, in order
         self._writing = False
         self._beat = None
         self._events = None
@@ -122,6 +122,16 @@ class ClusterNode(service.Service):
         config = self.config
         await self.store.heartbeat(self.record(), config.cluster_node_ttl)
         self.live, expired = await self.store.nodes()
+        # what the events said, read again (an event missed while Redis was away)
+        owners, info = await self.store.streams(), await self.store.stream_info()
+        for stream in self.ua.streams.all():
+            if not getattr(stream, "origin_node", None):
+                owners[stream.name] = self.id
+                info.setdefault(stream.name, self.stream_info.get(stream.name, {}))
+        self.stream_nodes, self.stream_info = owners, info
+        if self._events is not None and self._events.done():
+            log.warn("cluster: the events channel was lost; subscribing again")
+            self._events = asyncio.ensure_future(self.store.events(self._event))
         for node_id in sorted(expired):
             swept = await self.store.sweep(node_id, None, config.cluster_node_ttl,
                                            config.call_retention)
@@ -156,11 +166,14 @@ class ClusterNode(service.Service):
             if self.edges is not None and node != self.id:
                 self.edges.node_lost(node)
 
-    # -- this node's calls and streams, written in order ---------------------------------------
+    # -- this node's calls and streams, written in order, in batches ---------------------------
     def _call_changed(self, call) -> None:
         body = call.to_json()
         retention = self.config.call_retention if call.status.ended else None
-        self._write(lambda: self.store.put_call(self.record(), body, retention))
+        record = self.record()
+        # a call's earlier status still queued is replaced: only its latest is written
+        self._write(lambda pipe: self.store.stage_call(pipe, record, body, retention),
+                    key=("call", body["callId"]))
         stream = call.stream
         if stream is not None and call.status.value == "ESTABLISHED" and not stream.ended:
             self._stream_changed(stream, "published")  # its audio codec is known now
@@ -173,19 +186,26 @@ class ClusterNode(service.Service):
             info = {"hasAudio": stream.has_audio, "hasVideo": stream.has_video,
                     "audioCodec": stream.audio_codec, "callId": stream.call_id}
             self.stream_info[stream.name] = info
-            self._write(lambda: self.store.put_stream(self.id, stream.name,
-                                                      stream.media_session_id, info))
+            self._write(lambda pipe: self.store.stage_stream(
+                pipe, self.id, stream.name, stream.media_session_id, info))
         elif event == "ended":
             if self.stream_nodes.get(stream.name) == self.id:
                 del self.stream_nodes[stream.name]
-            self._write(lambda: self.store.drop_stream(
-                self.id, stream.name, stream.media_session_id, stream.status.value, stream.info))
+            status, info = stream.status.value, stream.info
+            self._write(lambda pipe: self.store.stage_drop_stream(
+                pipe, self.id, stream.name, stream.media_session_id, status, info))
 
-    def _write(self, operation) -> None:
-        if len(self._writes) >= MAX_PENDING_WRITES:
-            self._writes.popleft()
-            log.warn("cluster: Redis too slow, a state update was dropped")
-        self._writes.append(operation)
+    def _write(self, stage, key=None) -> None:
+        """Queue ``stage`` (a callable of a Redis pipeline); with ``key``, in place of the
+        one of the same key still queued."""
+        key = key or object()
+        if key in self._writes:
+            self._writes[key] = stage  # keeps its place in the order
+        else:
+            if len(self._writes) >= MAX_PENDING_WRITES:
+                self._writes.pop(next(iter(self._writes)))
+                log.warn("cluster: Redis too slow, a state update was dropped")
+            self._writes[key] = stage
         if not self._writing:
             self._writing = True
             deferred(self._drain())
@@ -193,11 +213,13 @@ class ClusterNode(service.Service):
     async def _drain(self) -> None:
         try:
             while self._writes:
-                operation = self._writes.popleft()
+                batch = list(self._writes.values())[:WRITE_BATCH]
+                for key in list(self._writes)[:WRITE_BATCH]:
+                    del self._writes[key]
                 try:
-                    await operation()
+                    await self.store.write(batch)
                 except Exception as exc:  # Redis down: logged, the node goes on alone
-                    log.warn("cluster: state update failed: {error}", error=repr(exc)[:200])
+                    log.warn("cluster: {n} state update(s) failed: {error}", n=len(batch),
+                             error=repr(exc)[:200])
         finally:
             self._writing = False
-

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 PREFIX = "sipgw:"
 NODE_LOST = "Node lost"
 PLACEMENTS = ("least-loaded", "local", "round-robin")
+BUSY_CPU = 80.0  # % of one core: a node this busy takes new calls only when all are
 
 
 def key(*parts: str) -> str:
@@ -66,8 +67,9 @@ def choose(nodes: list[NodeRecord], policy: str, local: str, turn: int = 0) -> N
 
     - ``local``: the node asked (``local``), whatever its load;
     - ``round-robin``: the ``turn``-th of the nodes sorted by id;
-    - ``least-loaded``: fewest calls, then fewest viewers, then least CPU; on a tie the node
-      asked (no hop), then the smallest id."""
+    - ``least-loaded``: fewest calls, then fewest viewers; a node at ``BUSY_CPU`` % of a core
+      or more only when every node is; on a tie the node asked (no hop), then the smallest
+      id. (CPU below that only jitters between idle nodes: it does not decide.)"""
     if not nodes:
         raise ValueError("no live node")
     if policy not in PLACEMENTS:
@@ -77,7 +79,8 @@ def choose(nodes: list[NodeRecord], policy: str, local: str, turn: int = 0) -> N
         return next((n for n in by_id if n.id == local), by_id[0])
     if policy == "round-robin":
         return by_id[turn % len(by_id)]
-    return min(by_id, key=lambda n: (n.calls, n.viewers, round(n.cpu), n.id != local, n.id))
+    return min(by_id, key=lambda n: (n.cpu >= BUSY_CPU, n.calls, n.viewers, n.id != local,
+                                     n.id))
 
 
 class CpuMeter:

@@ -92,18 +92,18 @@ class RedisStore:
             pipe.srem(key("node-calls", node_id), call_id)
             await pipe.execute()
 
-    async def put_call(self, node: NodeRecord, call: dict, retention: int | None) -> None:
-        """The call as /call/find shows it; ``retention``: seconds it stays once ended."""
+    @staticmethod
+    def stage_call(pipe, node: NodeRecord, call: dict, retention: int | None) -> None:
+        """Queue on ``pipe``: the call as /call/find shows it; ``retention``: seconds it stays
+        once ended."""
         call_id = call["callId"]
         record = json.dumps({"node": node.id, "incarnation": node.incarnation, "call": call})
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if retention is None:
-                pipe.set(key("call", call_id), record)
-                pipe.sadd(key("node-calls", node.id), call_id)
-            else:
-                pipe.set(key("call", call_id), record, ex=max(1, retention))
-                pipe.srem(key("node-calls", node.id), call_id)
-            await pipe.execute()
+        if retention is None:
+            pipe.set(key("call", call_id), record)
+            pipe.sadd(key("node-calls", node.id), call_id)
+        else:
+            pipe.set(key("call", call_id), record, ex=max(1, retention))
+            pipe.srem(key("node-calls", node.id), call_id)
 
     async def call(self, call_id: str) -> dict | None:
         raw = await self.redis.get(key("call", call_id))
@@ -121,25 +121,30 @@ class RedisStore:
         return [json.loads(raw)["call"] for raw in raws if raw and json.loads(raw)["call"]]
 
     # -- streams ---------------------------------------------------------------------------
-    async def put_stream(self, node_id: str, name: str, media_session_id: str,
-                         info: dict) -> None:
-        """The stream is this node's (published, or its codec now known: ``info``)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(STREAMS, name, node_id)
-            pipe.hset(MEDIA_SESSIONS, media_session_id, node_id)
-            pipe.hset(STREAM_INFO, name, json.dumps(info))
-            pipe.publish(EVENTS, json.dumps({"event": "stream-published", "name": name,
-                                             "node": node_id, "info": info}))
-            await pipe.execute()
+    @staticmethod
+    def stage_stream(pipe, node_id: str, name: str, media_session_id: str, info: dict) -> None:
+        """Queue on ``pipe``: the stream is this node's (published, or its codec now known)."""
+        pipe.hset(STREAMS, name, node_id)
+        pipe.hset(MEDIA_SESSIONS, media_session_id, node_id)
+        pipe.hset(STREAM_INFO, name, json.dumps(info))
+        pipe.publish(EVENTS, json.dumps({"event": "stream-published", "name": name,
+                                         "node": node_id, "info": info}))
 
-    async def drop_stream(self, node_id: str, name: str, media_session_id: str,
-                          status: str, info: str) -> None:
+    @staticmethod
+    def stage_drop_stream(pipe, node_id: str, name: str, media_session_id: str, status: str,
+                          info: str) -> None:
+        """Queue on ``pipe``: the stream has ended; tell the edges playing it."""
+        pipe.eval(_HDEL_IF, 1, STREAMS, name, node_id)
+        pipe.eval(_HDEL_IF, 1, MEDIA_SESSIONS, media_session_id, node_id)
+        pipe.hdel(STREAM_INFO, name)
+        pipe.publish(EVENTS, json.dumps({"event": "stream-ended", "name": name,
+                                         "node": node_id, "status": status, "info": info}))
+
+    async def write(self, stages) -> None:
+        """Run the queued writes ``stages`` (callables of a pipeline) in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.eval(_HDEL_IF, 1, STREAMS, name, node_id)
-            pipe.eval(_HDEL_IF, 1, MEDIA_SESSIONS, media_session_id, node_id)
-            pipe.hdel(STREAM_INFO, name)
-            pipe.publish(EVENTS, json.dumps({"event": "stream-ended", "name": name,
-                                             "node": node_id, "status": status, "info": info}))
+            for stage in stages:
+                stage(pipe)
             await pipe.execute()
 
     async def streams(self) -> dict[str, str]:

@@ -16,10 +16,15 @@ def test_a_node_record_survives_the_trip_through_redis():
     assert key("node", "a") == "sipgw:node:a"
 
 
-def test_least_loaded_takes_fewest_calls_then_viewers_then_cpu():
-    """Calls first, viewers next, CPU (rounded) last."""
-    nodes = [node("a", 2), node("b", 1, 5), node("c", 1, 2, 90.0), node("d", 1, 2, 10.0)]
-    assert choose(nodes, "least-loaded", "a").id == "d"
+def test_least_loaded_takes_fewest_calls_then_viewers_and_avoids_a_busy_cpu():
+    """Calls first, viewers next; a node at BUSY_CPU or more only when all are; CPU under
+    that does not decide."""
+    nodes = [node("a", 2), node("b", 1, 5), node("c", 1, 2, 10.0), node("d", 1, 2, 30.0)]
+    assert choose(nodes, "least-loaded", "d").id == "d"
+    assert choose(nodes, "least-loaded", "a").id == "c"
+    busy = [node("a", 0, 0, 95.0), node("b", 3, 9, 20.0)]
+    assert choose(busy, "least-loaded", "a").id == "b"
+    assert choose([node("a", 1, 0, 99.0), node("b", 0, 0, 85.0)], "least-loaded", "a").id == "b"
 
 
 def test_least_loaded_keeps_a_tie_on_the_node_asked_else_the_smallest_id():
