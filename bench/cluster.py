@@ -40,6 +40,9 @@ RATES = [50, 100, 200, 300, 400, 600, 800, 1000]
 QUICK_RATES = [100, 200, 300, 400, 600]
 STEP_S, QUICK_STEP_S = 15, 5
 TOKEN = "bench-cluster-token-0123456789"
+# keep-alive REST connections of the driver: one per 20 calls/s (call_setup.py: 50), as a hop
+# to another node adds latency and the driver's requests on one connection go one at a time
+cs.RATE_PER_CONN = 20
 
 
 def start_cluster(workdir: Path, n: int, redis, placement: str,

@@ -171,8 +171,12 @@ class ClusterRest(resource.Resource):
         if self.config.cluster_placement == "round-robin":
             turn = await self.run(self.node.store.next_turn())
         target = choose(list(live.values()), self.config.cluster_placement, self.node.id, turn)
+        known = {"callId": call.call_id, "status": "NEW", "info": "", "sipStatus": 0,
+                 "caller": call.sip_login, "callee": call.callee, "incoming": False,
+                 "hasAudio": call.has_audio, "hasVideo": call.has_video,
+                 "streamName": call.stream_name, "appKey": call.app_key, "history": ["NEW"]}
         taken = await self.run(self.node.store.claim_call(call.call_id, target,
-                                                          call.stream_name))
+                                                          call.stream_name, known))
         if taken == "callId":
             raise Conflict(f"callId {call.call_id} is already in use", "callId")
         if taken:
@@ -180,8 +184,8 @@ class ClusterRest(resource.Resource):
                            "toStream" if body.get("toStream") else "rtmpStream")
         self.node.count_call(target.id)
         body = {**body, "callId": call.call_id}
-        log.info("cluster: call {call_id} placed on {node}", call_id=call.call_id,
-                 node=target.id)
+        log.debug("cluster: call {call_id} placed on {node}", call_id=call.call_id,
+                  node=target.id)
         if target.id == self.node.id:
             request.content = BytesIO(json.dumps(body).encode("utf-8"))
             self._local(request)

@@ -17,6 +17,7 @@ log = Logger(namespace="sipgw.cluster")
 
 MAX_PENDING_WRITES = 10000
 WRITE_BATCH = 500  # writes per pipeline (one round trip)
+WRITE_DELAY = 0.05  # seconds a write waits for the ones that follow it
 
 
 class ClusterNode(service.Service):
@@ -207,8 +208,8 @@ class ClusterNode(service.Service):
                 log.warn("cluster: Redis too slow, a state update was dropped")
             self._writes[key] = stage
         if not self._writing:
-            self._writing = True
-            deferred(self._drain())
+            self._writing = True  # a call's quick steps (PENDING, TRYING, ...) go in one write
+            self.reactor.callLater(WRITE_DELAY, lambda: deferred(self._drain()))
 
     async def _drain(self) -> None:
         try:

@@ -74,11 +74,12 @@ class RedisStore:
         return int(await self.redis.incr(ROUND_ROBIN))
 
     # -- calls ---------------------------------------------------------------------------
-    async def claim_call(self, call_id: str, node: NodeRecord, stream: str) -> str:
+    async def claim_call(self, call_id: str, node: NodeRecord, stream: str,
+                         call: dict | None = None) -> str:
         """Claim ``call_id`` and its stream name for ``node`` in one atomic step: '' when
         both were free, else the field that is taken ("callId" or "toStream"); nothing is
-        claimed then."""
-        record = json.dumps({"node": node.id, "incarnation": node.incarnation, "call": None})
+        claimed then. ``call``: what is known of the call before its node reports it."""
+        record = json.dumps({"node": node.id, "incarnation": node.incarnation, "call": call})
         taken = await self.redis.eval(_CLAIM, 3, key("call", call_id), STREAMS,
                                       key("node-calls", node.id), record, stream, node.id,
                                       call_id)

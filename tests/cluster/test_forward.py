@@ -41,12 +41,12 @@ class MemoryStore:
         self.turns += 1
         return self.turns
 
-    async def claim_call(self, call_id, target, stream):
+    async def claim_call(self, call_id, target, stream, call=None):
         if call_id in self.calls:
             return "callId"
         if stream in self.streams:
             return "toStream"
-        self.calls[call_id] = {"node": target.id, "incarnation": target.incarnation, "call": None}
+        self.calls[call_id] = {"node": target.id, "incarnation": target.incarnation, "call": call}
         self.streams[stream] = target.id
         return ""
 
@@ -141,6 +141,9 @@ def test_a_call_goes_to_the_least_loaded_node_claimed_first(parts):
     assert (url, path) == ("http://b.test:8081", "/call/startup")
     assert sent["callId"] and sent["sipPassword"] == "pw-secret"
     assert me.store.calls[sent["callId"]]["node"] == "b" and me.store.streams["s1"] == "b"
+    known = me.store.calls[sent["callId"]]["call"]  # shown until b reports the call
+    assert (known["status"], known["streamName"]) == ("NEW", "s1")
+    assert "pw-secret" not in json.dumps(me.store.calls)
     assert me.counted == ["b"] and router.served == []
 
 
