@@ -175,8 +175,9 @@ class ClusterRest(resource.Resource):
                  "caller": call.sip_login, "callee": call.callee, "incoming": False,
                  "hasAudio": call.has_audio, "hasVideo": call.has_video,
                  "streamName": call.stream_name, "appKey": call.app_key, "history": ["NEW"]}
-        taken = await self.run(self.node.store.claim_call(call.call_id, target,
-                                                          call.stream_name, known))
+        taken = await self.run(self.node.store.claim_call(
+            call.call_id, target, call.stream_name, known,
+            self.config.cluster_request_timeout + self.config.cluster_node_ttl))
         if taken == "callId":
             raise Conflict(f"callId {call.call_id} is already in use", "callId")
         if taken:

@@ -19,11 +19,12 @@ _HDEL_IF = ("if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
             "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0")
 
 # callId and stream name claimed together, or neither (KEYS: call record, streams hash, the
-# node's call set; ARGV: record, stream name, node id, callId).
+# node's call set; ARGV: record, stream name, node id, callId, seconds the claim lasts unless
+# the node reports the call: its first report writes the record without expiry).
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'callId' end
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 'toStream' end
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[5])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[4])
 return ''
@@ -75,14 +76,16 @@ class RedisStore:
 
     # -- calls ---------------------------------------------------------------------------
     async def claim_call(self, call_id: str, node: NodeRecord, stream: str,
-                         call: dict | None = None) -> str:
+                         call: dict | None = None, ttl: int = 60) -> str:
         """Claim ``call_id`` and its stream name for ``node`` in one atomic step: '' when
         both were free, else the field that is taken ("callId" or "toStream"); nothing is
-        claimed then. ``call``: what is known of the call before its node reports it."""
+        claimed then. ``call``: what is known of the call before its node reports it; the
+        call's claim lasts ``ttl`` seconds unless the node reports it (an entry node that
+        died between the claim and the forward)."""
         record = json.dumps({"node": node.id, "incarnation": node.incarnation, "call": call})
         taken = await self.redis.eval(_CLAIM, 3, key("call", call_id), STREAMS,
                                       key("node-calls", node.id), record, stream, node.id,
-                                      call_id)
+                                      call_id, ttl)
         return taken if isinstance(taken, str) else taken.decode()
 
     async def release_claim(self, call_id: str, node_id: str, stream: str) -> None:

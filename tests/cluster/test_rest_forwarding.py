@@ -41,7 +41,8 @@ class MemoryStore:
         self.turns += 1
         return self.turns
 
-    async def claim_call(self, call_id, target, stream, call=None):
+    async def claim_call(self, call_id, target, stream, call=None, ttl=None):
+        self.claim_ttl = ttl
         if call_id in self.calls:
             return "callId"
         if stream in self.streams:
@@ -143,6 +144,7 @@ def test_a_call_goes_to_the_least_loaded_node_claimed_first(parts):
     assert me.store.calls[sent["callId"]]["node"] == "b" and me.store.streams["s1"] == "b"
     known = me.store.calls[sent["callId"]]["call"]  # shown until b reports the call
     assert (known["status"], known["streamName"]) == ("NEW", "s1")
+    assert me.store.claim_ttl == 5 + 5  # cluster_request_timeout + cluster_node_ttl
     assert "pw-secret" not in json.dumps(me.store.calls)
     assert me.counted == ["b"] and router.served == []
 
