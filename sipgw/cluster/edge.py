@@ -20,6 +20,7 @@ from urllib.parse import quote
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sipgw.rtp.h264 import H264Depacketizer
 from sipgw.rtp.packet import RtpPacket
@@ -31,8 +32,11 @@ from .records import NODE_LOST
 log = Logger(namespace="sipgw.cluster")
 
 ORIGIN_GONE = "Origin connection lost"
-ORIGIN_GRACE = 1.0  # seconds
 AUDIO_MIME = {"PCMU": "audio/PCMU", "PCMA": "audio/PCMA", "opus": "audio/opus"}
+
+
+class OriginRefused(Exception):
+    """The origin answered the pull's offer with an error (the stream is gone, a quota)."""
 
 
 class EdgePull:
@@ -63,10 +67,16 @@ class EdgePull:
         @self.pc.on("connectionstatechange")
         def _state():
             if self.pc.connectionState in ("failed", "closed") and not self.closed:
-                # the origin's own word (stream-ended, node-lost) usually comes first: wait
-                # for it a moment, so the players learn why
-                edges.reactor.callLater(ORIGIN_GRACE, edges.end, self, StreamStatus.FAILED,
-                                        ORIGIN_GONE)
+                self.connection_lost()
+
+    def connection_lost(self) -> None:
+        """Wait for the origin's own word, so the players learn why: stream-ended, or
+        node-lost once its heartbeat has expired (a killed origin's socket is refused at
+        once, long before its TTL); then end as the connection did."""
+        config = self.edges.config
+        grace = config.cluster_node_ttl + config.cluster_heartbeat_interval
+        self.edges.reactor.callLater(grace, self.edges.end, self, StreamStatus.FAILED,
+                                     ORIGIN_GONE)
 
     async def start(self) -> None:
         stream = self.stream
@@ -84,7 +94,7 @@ class EdgePull:
         url = f"{self.origin.url.rstrip('/')}/whep/{quote(stream.name, safe='')}"
         code, headers, sdp = await self.edges.post_offer(url, self.pc.localDescription.sdp)
         if code != 201:
-            raise RuntimeError(f"the origin answered {code}")
+            raise OriginRefused(f"the origin answered {code}")
         location = headers.getRawHeaders(b"location", [b""])[0].decode("ascii", "replace")
         self.location = location
         if self.closed:
@@ -155,6 +165,11 @@ class EdgePulls:
         self.ice_servers = [u.strip() for u in config.webrtc_ice_servers.split(",")
                             if u.strip()]
         self.pulls: dict[str, EdgePull] = {}
+        # a fresh connection per WHEP request (one offer and one DELETE per pull): a kept-alive
+        # one the origin closed meanwhile would fail the offer
+        from twisted.web.client import Agent, HTTPConnectionPool
+        self.agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False),
+                           connectTimeout=client.timeout)
         self._idle = task.LoopingCall(self._release_idle)
         self._idle.clock = reactor
 
@@ -187,7 +202,12 @@ class EdgePulls:
     def _failed(self, pull: EdgePull, failure) -> None:
         log.warn("cluster: pulling {name} from {node} failed: {error}", name=pull.stream.name,
                  node=pull.origin.id, error=failure.getErrorMessage()[:200])
-        self.end(pull, StreamStatus.FAILED, ORIGIN_GONE)
+        if failure.check(OriginRefused):
+            self.end(pull, StreamStatus.FAILED, ORIGIN_GONE)
+            return
+        pull.connection_lost()  # no answer at all: the origin may be dying
+
+
 
     async def post_offer(self, url: str, sdp: str):
         """POST the offer to the origin's WHEP endpoint: (code, headers, answer SDP)."""
@@ -198,8 +218,8 @@ class EdgePulls:
         headers = Headers({b"Content-Type": [b"application/sdp"], b"User-Agent": [b"sipgw"],
                            b"Authorization": [b"Bearer " + self.client._token.encode("ascii")]})
         loop = asyncio.get_running_loop()
-        d = self.client.agent.request(b"POST", url.encode("ascii"), headers,
-                                      FileBodyProducer(BytesIO(sdp.encode("utf-8"))))
+        d = self.agent.request(b"POST", url.encode("ascii"), headers,
+                               FileBodyProducer(BytesIO(sdp.encode("utf-8"))))
         timer = self.reactor.callLater(self.client.timeout, d.cancel)
         try:
             response = await d.asFuture(loop)
@@ -216,9 +236,18 @@ class EdgePulls:
         from twisted.web.http_headers import Headers
         url = pull.origin.url.rstrip("/") + pull.location
         headers = Headers({b"Authorization": [b"Bearer " + self.client._token.encode("ascii")]})
-        d = self.client.agent.request(b"DELETE", url.encode("ascii"), headers)
+        from twisted.web.client import readBody
+        d = self.agent.request(b"DELETE", url.encode("ascii"), headers).addCallback(readBody)
         timer = self.reactor.callLater(self.client.timeout, d.cancel)
-        d.addBoth(lambda r: timer.active() and timer.cancel())
+
+        def done(result):
+            if timer.active():
+                timer.cancel()
+            if isinstance(result, Failure):
+                log.info("cluster: DELETE of the pull of {name} at {node} failed: {error}",
+                         name=pull.stream.name, node=pull.origin.id,
+                         error=result.getErrorMessage()[:200])
+        d.addBoth(done)
 
     # -- the end of a pull ------------------------------------------------------------------
     def end(self, pull: EdgePull, status: StreamStatus, info: str) -> None:

@@ -206,6 +206,7 @@ def test_a_stream_plays_through_a_node_that_does_not_own_it(cluster, kamailio, b
             lambda: whep_viewers(a) == 0 and not local(c, "/stream/find", {"name": "stream-e1"}),
             10, "the pull released"))
         again = await session.play("stream-e1")
+        await session.status(again.id, "PLAYING")
         await loop.run_in_executor(None, lambda: wait_for(lambda: whep_viewers(a) == 1, 10,
                                                           "a new pull"))
         a.proc.send_signal(signal.SIGKILL)
