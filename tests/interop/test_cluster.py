@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import urllib.error
 import urllib.request
 
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 import peers
 from peers import wait_for
@@ -165,9 +167,36 @@ def whep_viewers(gw: Sipgw) -> int:
     raise AssertionError("no sipgw_viewers{kind=whep} in /metrics")
 
 
+async def whep_play(gw: Sipgw, name: str):
+    """A WHEP client (aiortc) playing ``name`` from ``gw``: its peer connection once 10 video
+    frames have been decoded."""
+    loop = asyncio.get_running_loop()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    frames = []
+
+    async def consume(track):
+        while True:
+            frames.append(await track.recv())
+    pc.on("track", lambda track: asyncio.ensure_future(consume(track)))
+    await pc.setLocalDescription(await pc.createOffer())
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gw.rest_port}/whep/{name}", data=pc.localDescription.sdp.encode(),
+        method="POST", headers={"Content-Type": "application/sdp"})
+    answer = await loop.run_in_executor(None, lambda: urllib.request.urlopen(request, timeout=10))
+    assert answer.status == 201
+    await pc.setRemoteDescription(RTCSessionDescription(answer.read().decode(), "answer"))
+    deadline = loop.time() + 20
+    while sum(getattr(f, "width", 0) == 320 for f in frames) < 10:
+        assert loop.time() < deadline, len(frames)
+        await asyncio.sleep(0.1)
+    return pc
+
+
 def test_a_stream_plays_through_a_node_that_does_not_own_it(cluster, kamailio, baresip):
-    """Players on C of A's call (baresip's H264 + audio): C pulls it once from A, both of C's
-    players decode 320x240 video and audio, their first frame within twice the time a player
+    """Players on C of A's call (baresip's H264 + audio): C pulls it once from A for both of
+    its websocket players and a WHEP player; they decode 320x240 video and audio, their first frame within twice the time a player
     on A takes; the pull goes when they have left; a new pull's player gets FAILED "Node
     lost" when A is SIGKILLed."""
     a, b, c = cluster
@@ -196,7 +225,9 @@ def test_a_stream_plays_through_a_node_that_does_not_own_it(cluster, kamailio, b
             await asyncio.sleep(0.2)
         ttff = [p.first_frame_at - p.started_at for p in players]
         sizes = {p.size for p in players}
+        whep = await whep_play(c, "stream-e1")  # a WHEP player on C shares the pull too
         pulls = await loop.run_in_executor(None, whep_viewers, a)
+        await whep.close()
         edge = await loop.run_in_executor(None, local, c, "/stream/find", {"name": "stream-e1"})
         for player in players:
             session.send("stopStream", {"mediaSessionId": player.id})
