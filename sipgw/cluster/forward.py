@@ -93,9 +93,6 @@ class NodeClient:
             return result
         return d.addBoth(done)
 
-    def get(self, url: str, headers: dict) -> defer.Deferred:
-        return self.agent.request(b"GET", url.encode("ascii"), headers)
-
     def close(self) -> defer.Deferred:
         return self.pool.closeCachedConnections()
 
