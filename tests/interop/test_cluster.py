@@ -22,6 +22,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 import peers
 from peers import wait_for
+from conftest import require
 from sipgw_daemon import RestError, Sipgw
 from ws_viewer import WcsSession
 
@@ -31,7 +32,6 @@ TTL = 3  # cluster_node_ttl: a killed node is lost within TTL + one heartbeat
 
 @pytest.fixture
 def redis(tmp_path):
-    from conftest import require
     require("redis-server")
     server = peers.Redis(tmp_path, port=peers.free_port("tcp"))
     try:
