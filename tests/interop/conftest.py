@@ -15,13 +15,7 @@ import peers
 from sipgw_daemon import Sipgw
 
 
-def require(*programs: str) -> None:
-    """Fail the current test unless every program is installed."""
-    for program in programs:
-        try:
-            peers.require_program(program)
-        except peers.PeerMissing as missing:
-            pytest.fail(str(missing), pytrace=False)
+require = peers.require  # the fixtures below use it; test modules import it from peers
 
 
 @pytest.fixture(scope="session", autouse=True)

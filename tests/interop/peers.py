@@ -57,6 +57,16 @@ def require_program(name: str) -> str:
     return path
 
 
+def require(*programs: str) -> None:
+    """Fail the current test unless every program is installed."""
+    import pytest
+    for program in programs:
+        try:
+            require_program(program)
+        except PeerMissing as missing:
+            pytest.fail(str(missing), pytrace=False)
+
+
 # --------------------------------------------------------------------------
 # ports
 

@@ -10,7 +10,7 @@ import av
 import pytest
 
 import peers
-from conftest import require
+from peers import require
 from peers import wait_for
 from sipgw_daemon import Sipgw
 

@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By
 
 import peers
 from certs import TestCA
-from conftest import require
+from peers import require
 from sipgw_daemon import Sipgw
 
 PLAYER_PAGE = "examples/demo/streaming/player/player.html"

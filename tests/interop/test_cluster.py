@@ -22,7 +22,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 import peers
 from peers import wait_for
-from conftest import require
+from peers import require
 from sipgw_daemon import RestError, Sipgw
 from ws_viewer import WcsSession
 
