@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Scale-out of a sipgw cluster: call setup rate across 1, 2 and 3 nodes on one Redis.
+"""Scale-out of a sipgw cluster: call setup rate and viewers per second across 1, 2 and 3
+nodes on one Redis.
 
     .venv/bin/python bench/cluster.py [--quick] [--keep] [--placement round-robin|least-loaded|local]
 
@@ -15,12 +16,20 @@ the ladder stops at the first failing step.  Each step prints every node's CPU (
 core) and Redis's, so how far a node scales on this machine shows: with 2 cores shared by
 the nodes, SIPp, Redis and the driver, the cores cap it long before the nodes do.
 
+Then, per cluster size, viewers: one call (a SIPp UAS holding it) publishes a stream on the
+first node, and WHEP players (aiortc, in this process) join at a rising rate, spread over the
+nodes in turn (players on other nodes go through that node's one edge pull of the stream); a
+player counts once its peer connection is connected (ICE + DTLS with the node it asked); a step
+passes when every player of it connected within VIEWER_DEADLINE_S of joining.  The players of
+a step are closed before the next.
+
 Exit status 0 whether or not scaling is seen; 2 on a harness error.  Everything binds
 127.0.0.1 and every process started is stopped.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -37,6 +46,10 @@ from peers import free_port  # noqa: E402
 from sipgw_daemon import Sipgw  # noqa: E402
 
 RATES = [50, 100, 200, 300, 400, 600, 800, 1000]
+VIEWER_RATES = [5, 10, 20, 40, 80]
+QUICK_VIEWER_RATES = [5, 10, 20, 40]
+VIEWER_STEP_S, VIEWER_DEADLINE_S = 4, 5.0
+VIEWER_SETTINGS = {"max_viewers_per_stream": 0}  # the ladder, not the quota, ends the run
 QUICK_RATES = [100, 200, 300, 400, 600]
 STEP_S, QUICK_STEP_S = 15, 5
 TOKEN = "bench-cluster-token-0123456789"
@@ -51,7 +64,7 @@ def start_cluster(workdir: Path, n: int, redis, placement: str,
     for i in range(n):
         node_dir = workdir / f"node{i}"
         node_dir.mkdir(parents=True)
-        gw = Sipgw(str(node_dir), **cs.daemon_settings(node_dir),
+        gw = Sipgw(str(node_dir), **cs.daemon_settings(node_dir), **VIEWER_SETTINGS,
                    cluster_redis_url=redis.url, cluster_node_id=f"n{i}",
                    cluster_token=TOKEN, cluster_placement=placement)
         gw.settings["cluster_node_url"] = f"http://127.0.0.1:{gw.rest_port}"
@@ -116,6 +129,90 @@ def step(nodes: list[Sipgw], redis, workdir: Path, rate: int, step_s: float):
         uas.stop()
 
 
+async def _join(port: int, name: str) -> tuple[object, float]:
+    """A WHEP player of ``name`` on the node at ``port``: (its peer connection, seconds from
+    its offer to connected)."""
+    import asyncio
+    import urllib.request
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    connected = asyncio.Event()
+    pc.on("connectionstatechange",
+          lambda: connected.set() if pc.connectionState == "connected" else None)
+    pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/whep/{name}", data=pc.localDescription.sdp.encode(),
+        method="POST", headers={"Content-Type": "application/sdp"})
+    try:
+        answer = await loop.run_in_executor(
+            None, lambda: urllib.request.urlopen(request, timeout=VIEWER_DEADLINE_S).read())
+        await pc.setRemoteDescription(RTCSessionDescription(answer.decode(), "answer"))
+        await asyncio.wait_for(connected.wait(), VIEWER_DEADLINE_S - (loop.time() - started))
+    except BaseException:
+        await pc.close()
+        raise
+    return pc, loop.time() - started
+
+
+def viewers_step(nodes: list[Sipgw], name: str, rate: int, step_s: float) -> tuple:
+    """``rate`` players a second for ``step_s`` seconds, node by node in turn: (joined, asked,
+    p50 and max seconds to connected, each node's CPU %)."""
+    import asyncio
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        count = round(rate * step_s)
+        t0 = loop.time()
+        tasks = []
+        for i in range(count):
+            await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
+            tasks.append(asyncio.ensure_future(_join(nodes[i % len(nodes)].rest_port, name)))
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        joined = [r for r in results if not isinstance(r, BaseException)]
+        errors = [f"{type(r).__name__}: {r}"[:160] for r in results if isinstance(r, BaseException)]
+        for pc, _ in joined:
+            await pc.close()
+        return count, sorted(t for _, t in joined), errors
+
+    cpu0, wall0 = [cs.cpu_ms(gw.proc.pid) for gw in nodes], time.monotonic()
+    asked, times, errors = asyncio.run(run())
+    span_ms = (time.monotonic() - wall0) * 1000
+    node_pct = [100 * (cs.cpu_ms(gw.proc.pid) - a) / span_ms for a, gw in zip(cpu0, nodes)]
+    p50 = times[len(times) // 2] if times else math.nan
+    return len(times), asked, p50, times[-1] if times else math.nan, node_pct, errors
+
+
+def viewers(nodes: list[Sipgw], workdir: Path, rates: list[int]) -> int:
+    """The viewers ladder on one stream of the first node: the best rate where every player
+    connected."""
+    import aioice.ice
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # loopback only
+    uas = cs.sipp_uas(workdir / "viewers-uas", cs.UAS_HOLD, 1, hold_ms=0, timeout_s=600).start()
+    best = 0
+    try:
+        body = json.loads(cs.startup_body("viewers-", uas.port)(0))
+        nodes[0].rest("/call/startup", body)
+        nodes[0].wait_status(body["callId"], "ESTABLISHED", timeout=20)
+        cs.say(f"{'viewers/s':>9} {'joined':>7} {'p50 s':>6} {'max s':>6}  [node cpu% each]  result")
+        for rate in rates:
+            joined, asked, p50, worst, node_pct, errors = viewers_step(
+                nodes, body["toStream"], rate, VIEWER_STEP_S)
+            ok = joined == asked
+            cs.say(f"{rate:>9} {joined:>3}/{asked:<3} {cs.fmt(p50, '.2f'):>6} "
+                   f"{cs.fmt(worst, '.2f'):>6}  [{' '.join(f'{p:>4.0f}' for p in node_pct)}]  "
+                   f"{'pass' if ok else 'FAIL: ' + errors[0]}")
+            if not ok:
+                break
+            best = rate
+        nodes[0].rest("/call/terminate", {"callId": body["callId"]})
+    finally:
+        uas.stop()
+    return best
+
+
 def row(result, node_pct: list[float], redis_pct: float) -> str:
     nodes = " ".join(f"{cs.fmt(p, '.0f'):>4}" for p in node_pct)
     verdict = "pass" if result.passed else "FAIL: " + "; ".join(result.problems)
@@ -128,7 +225,7 @@ def single(workdir: Path, daemons: list[Sipgw]) -> list[Sipgw]:
     """The baseline: one node in single-node mode (no Redis)."""
     node_dir = workdir / "single"
     node_dir.mkdir(parents=True)
-    gw = Sipgw(str(node_dir), **cs.daemon_settings(node_dir))
+    gw = Sipgw(str(node_dir), **cs.daemon_settings(node_dir), **VIEWER_SETTINGS)
     daemons.append(gw)
     return [gw.start()]
 
@@ -147,7 +244,7 @@ def bench(args, workdir: Path, daemons: list[Sipgw]) -> int:
     if before > cs.BUSY_PCT:
         cs.say(f"warning: before the run, other processes use {before:.0f}% of a core; "
                "the figures below will be low")
-    best = {}
+    best, best_viewers = {}, {}
     for n in SIZES:
         size_dir = workdir / f"n{n}"
         size_dir.mkdir()
@@ -164,6 +261,10 @@ def bench(args, workdir: Path, daemons: list[Sipgw]) -> int:
                 if not result.passed:
                     break
                 best[n] = (rate, node_pct)
+            if args.viewers:
+                cs.say(f"-- viewers ({SIZES[n]}) --")
+                best_viewers[n] = viewers(nodes, size_dir, QUICK_VIEWER_RATES if args.quick
+                                          else VIEWER_RATES)
             for gw in nodes:
                 gw.stop()
         finally:
@@ -178,6 +279,10 @@ def bench(args, workdir: Path, daemons: list[Sipgw]) -> int:
     if best.get(0):
         factors = [f"{SIZES[n]} x{best.get(n, (0,))[0] / best[0][0]:.2f}" for n in (1, 2, 3)]
         cs.say(f"over the single-node baseline: {', '.join(factors)}")
+    for n, label in SIZES.items():
+        if n in best_viewers:
+            cs.say(f"{label}: {best_viewers[n]} viewers/s joined, every one connected within "
+                   f"{VIEWER_DEADLINE_S:g} s")
     return 0
 
 
@@ -185,6 +290,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEP_S} s steps, fewer rates")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--no-viewers", dest="viewers", action="store_false",
+                        help="calls only: no viewers ladder")
     parser.add_argument("--placement", default="round-robin",
                         choices=["round-robin", "least-loaded", "local"])
     args = parser.parse_args()
