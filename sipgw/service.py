@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.logger import FilteringLogObserver, Logger, PredicateResult, globalLogPublisher
 from twisted.web import resource, static
 
+from .logtext import speed_up_text_observers
 from .rtp.ports import PortPool
 from .sip.transport import PEM_CERTIFICATE
 from .sip.ua import UserAgent
@@ -47,6 +48,7 @@ class _UserAgentService(service.Service):
     def startService(self):
         super().startService()
         _filter_log_observers(_drop_udp_port_chatter)
+        speed_up_text_observers(globalLogPublisher._observers)
         self.ua.start()
 
     def stopService(self):
