@@ -59,6 +59,9 @@ def is_token(text: str) -> bool:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, respecting quotes and <...>."""
+    if "," not in value and '"' not in value:  # one item, e.g. a Contact or a To
+        value = value.strip()
+        return [value] if value else []
     if '"' not in value and "<" not in value:  # the common case, e.g. a Via list
         return [item for item in (part.strip() for part in value.split(",")) if item]
     items, buf, quoted, angle, escape = [], [], False, False, False
@@ -88,6 +91,8 @@ def split_list(value: str) -> list[str]:
 
 def _split_params(text: str) -> list[str]:
     """Split ';'-separated parameters, respecting quoted strings."""
+    if '"' not in text:  # the common case: nothing quoted
+        return text.split(";")
     parts, buf, quoted, escape = [], [], False, False
     for ch in text:
         if escape:  # quoted-pair (RFC 3261 §25.1): '\"' does not end the quoted string
