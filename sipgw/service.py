@@ -1,6 +1,7 @@
 """The one place that wires the layers into a MultiService."""
 from __future__ import annotations
 
+import gc
 import os
 
 from twisted.application import internet, service
@@ -39,6 +40,19 @@ def _filter_log_observers(predicate) -> None:
             observers[i] = FilteringLogObserver(observer, [predicate])
 
 
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """What the imports and the wiring made lives as long as the daemon: out of the cyclic
+    collector's way (each full collection walked its ~70,000 objects again: 18 ms). Once per
+    process."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
+
+
 class _UserAgentService(service.Service):
     name = "sip"
 
@@ -49,6 +63,7 @@ class _UserAgentService(service.Service):
         super().startService()
         _filter_log_observers(_drop_udp_port_chatter)
         speed_up_text_observers(globalLogPublisher._observers)
+        _freeze_startup_objects()
         self.ua.start()
 
     def stopService(self):
