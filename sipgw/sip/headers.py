@@ -149,6 +149,10 @@ def bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+\-.]*$")
+_FORBIDDEN_IN_URI = re.compile(r"[ \t<>\r\n]")
+
+
 @dataclass
 class URI:
     """A sip:/sips:/tel: URI (RFC 3261 §19.1)."""
@@ -168,10 +172,10 @@ class URI:
     def parse(cls, text: str) -> "URI":
         text = text.strip()
         scheme, sep, rest = text.partition(":")
-        if not sep or not re.match(r"^[A-Za-z][A-Za-z0-9+\-.]*$", scheme):
+        if not sep or not _SCHEME.match(scheme):
             raise HeaderError(f"bad URI {text!r}: no scheme")
         scheme = scheme.lower()
-        if any(c in rest for c in " \t<>\r\n"):
+        if _FORBIDDEN_IN_URI.search(rest):
             raise HeaderError(f"bad URI {text!r}: forbidden character")
         if scheme not in ("sip", "sips"):
             # Other schemes (tel:, http:, urn:) are kept opaque.

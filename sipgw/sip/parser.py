@@ -187,7 +187,8 @@ def _validate(message: Message) -> None:
         message.from_
         message.to
         # Responses too: the dialog layer reads Contact and Record-Route of a 2xx (§12.1.2).
-        for name in ("Contact", "Record-Route", "Route"):
+        message.contacts  # noqa: B018 - parsed once here, kept for the dialog layer
+        for name in ("Record-Route", "Route"):
             for value in message.get_all(name):
                 Address.parse(value)
         if isinstance(message, Request):
