@@ -7,7 +7,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["sipgw", "sipgw.*"]) + ["twisted.plugins"],
-    package_data={"sipgw": ["web/*", "rest/openapi.json"]},
+    package_data={"sipgw": ["web/*", "rest/openapi.json", "sounds/*.wav"]},
     install_requires=[
         "twisted>=23.10",
         "autobahn>=23.1",

@@ -104,7 +104,7 @@ class Harness:
                                                 "sipgw-call-cost"))
         self.top = make_service(config, self.reactor)
         self.top.startService()
-        self.ua = self.top.ua
+        self.ua = self.top.calls  # the call manager (its SIP user agent is .sip)
         self.sip = self.reactor.udp_ports[5070]
         site = next(factory for port, factory, *_ in self.reactor.tcpServers
                     if port == config.rest_port)

@@ -233,7 +233,7 @@ def run_server() -> None:
                                  packetization_mode=1, recv_pt=VIDEO_PT,
                                  port=SOURCE_PORTS["video"], rtcp_port=SOURCE_PORTS["video"] + 1,
                                  **source)})
-    stream._on_keyframe_request = session.request_keyframe  # as sipgw/sip/ua.py wires it
+    stream._on_keyframe_request = session.request_keyframe  # as sipgw/gateway/call.py wires it
     stream.counters_source = session.counters
     session.established()
     factory = SignallingFactory(config, registry, reactor)

@@ -1,6 +1,6 @@
 """Calls as WCS clients see them: the request that starts one, its status, its JSON.
 
-Pure data and errors; the user agent (``sipgw.sip.ua``) drives the state.
+Pure data and errors; the gateway's calls (``sipgw.gateway``) drive the state.
 """
 from __future__ import annotations
 

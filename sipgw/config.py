@@ -75,8 +75,12 @@ class Config:
     wss_private_key: str = ""
     ws_auth_tokens: str = ""
     ws_connection_timeout: int = not_negative(10)
+    ws_max_connections: int = not_negative(2000)
+    ws_max_connections_per_address: int = not_negative(100)
+    ws_messages_per_second: int = not_negative(50)
     keep_alive_server_interval: int = not_negative(5000)
     keep_alive_probes: int = not_negative(10)
+    mse_send_queue_bytes: int = positive(2097152)
     webrtc_ice_address: str = ""
     webrtc_ice_servers: str = ""
     # SIP user agent
@@ -120,6 +124,9 @@ class Config:
     rtmp_reconnect_max_delay: int = not_negative(30)
     rtmp_timeout: int = not_negative(10)
     sound_dir: str = "/var/lib/sipgw/media"
+    # media injected into calls (/call/inject_stream, /call/inject_sound)
+    inject_queue_frames: int = positive(100)
+    inject_buffer_ms: int = positive(200)
     periodic_fir_request: bool = True
     periodic_fir_request_interval: int = positive(5000)
     # HLS (sipgw/media/hls.py)
@@ -129,6 +136,9 @@ class Config:
     hls_segments: int = positive(6)
     hls_max_bytes: int = positive(33554432)
     hls_idle_timeout: int = positive(20)
+    hls_part_duration: float = not_negative(0.5)
+    hls_max_blocked_requests: int = positive(1000)
+    hls_blocking_timeout: int = not_negative(0)
     # egress policy and quotas
     sip_egress_allow: str = ""
     sip_egress_deny: str = egress.DEFAULT_DENY
@@ -138,10 +148,13 @@ class Config:
     max_calls_per_account: int = not_negative(50)
     max_pushes: int = not_negative(20)
     max_recordings: int = not_negative(50)
+    max_injections: int = not_negative(20)
     dtmf_max_digits: int = positive(32)
     dtmf_digits_per_second: int = not_negative(10)
     max_viewers_per_stream: int = not_negative(100)
     max_viewers_per_connection: int = not_negative(10)
+    max_apps: int = not_negative(100)
+    whep_max_trickle_candidates: int = not_negative(32)
     # SIP over TCP
     sip_max_tcp_connections: int = not_negative(1000)
     sip_tcp_idle_timeout: int = not_negative(300)
@@ -159,18 +172,24 @@ class Config:
     sip_min_se: int = 90
     # 3xx redirects followed per call (RFC 3261 §8.1.3.4); 0: none
     sip_max_redirects: int = not_negative(5)
+    # seconds a transfer (our REFER, RFC 3515) waits for its final NOTIFY; 0: for ever
+    sip_transfer_timeout: int = not_negative(32)
+    # the callee's REFER: accepted (a new INVITE to Refer-To feeds the same stream) or 403
+    sip_accept_refer: bool = False
     # NAT keep-alive: seconds between keep-alives to the registrar while registered; 0: none
     sip_keepalive_interval: int = not_negative(0)
     # what the keep-alive is: options (an OPTIONS request), crlf (RFC 5626 §4.4: double
     # CRLF on TCP/TLS, a STUN Binding request on UDP), off
     sip_nat_keepalive: str = "options"
-    # Contact of an account's later REGISTERs and calls from the REGISTER 200's received/rport
+    # Contact and Via sent-by of an account's later REGISTERs and calls from the REGISTER
+    # 200's received/rport
     sip_nat_rewrite_contact: bool = False
     # REST hooks: the application server of each appKey (sipgw/hooks.py)
     rest_apps: str = ""
     rest_request_timeout: int = not_negative(5)
     rest_max_connections: int = positive(20)
     rest_queue_size: int = positive(1000)
+    rest_queue_bytes: int = positive(16 << 20)
     rest_hook_failure_allows: bool = False
     rest_egress_allow: str = ""
     rest_egress_deny: str = egress.DEFAULT_DENY
@@ -249,6 +268,14 @@ def _convert(key: str, raw: str):
             return int(raw)
         except ValueError:
             raise ConfigError(f"{key}={raw!r}: expected an integer") from None
+    if kind == "float":
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}={raw!r}: expected a number")
+        return value
     return raw
 
 

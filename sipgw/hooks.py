@@ -6,8 +6,11 @@ Each app has a URL; WCS POSTs ``URL/<method>`` with a JSON body.  Two kinds of m
   refuses with its status (``403 Forbidden``); a timeout, a connection error or a refused
   destination refuses too, unless ``rest_hook_failure_allows=true``.
 - events (``ConnectionStatusEvent``, ``StreamStatusEvent``, ``CallStatusEvent``,
-  ``PushStatusEvent``, ``RecordingStatusEvent``): fire and forget, through a queue per app
-  of ``rest_queue_size`` events.  Events of one call or session are sent one after the other,
+  ``PushStatusEvent``, ``RecordingStatusEvent``, ``TransferStatusEvent``,
+  ``InjectionStatusEvent``): fire and forget, through a queue per app of ``rest_queue_size``
+  events and ``rest_queue_bytes`` bytes (events are serialized when queued, so a client's
+  large ``connection`` object costs its size once, and is bounded).  Events of one call or
+  session are sent one after the other,
   in order; at most ``rest_max_connections`` requests per app are in flight.  A full queue
   drops the new event: counted (``dropped``) and logged at most once a minute.
 
@@ -30,12 +33,13 @@ from twisted.logger import Logger
 
 from .egress import EgressDenied, EgressPolicy
 from .loglimit import LogLimiter, held_back
+from .quotas import check
 
 log = Logger(namespace="sipgw.hooks")
 
 QUERIES = ("connect", "playStream")
 EVENTS = ("ConnectionStatusEvent", "StreamStatusEvent", "CallStatusEvent", "PushStatusEvent",
-          "RecordingStatusEvent", "TransferStatusEvent")
+          "RecordingStatusEvent", "TransferStatusEvent", "InjectionStatusEvent")
 METHODS = QUERIES + EVENTS
 DEFAULT_APP = "defaultApp"  # WCS's appKey when a client sends none
 UNREACHABLE = "The application could not be asked (the reason is in sipgw's log)"
@@ -110,10 +114,11 @@ def parse_apps(text: str, egress: EgressPolicy | None = None) -> list[App]:
 class _Queue:
     """The events waiting for one app: per key (a call or session) in order."""
 
-    pending: dict = field(default_factory=dict)  # key -> deque of (method, body)
+    pending: dict = field(default_factory=dict)  # key -> deque of (method, JSON bytes)
     ready: deque = field(default_factory=deque)  # keys with pending events, none in flight
     busy: set = field(default_factory=set)  # keys with an event in flight
     size: int = 0
+    bytes: int = 0
     in_flight: int = 0
     pumping: bool = False  # events that settle at once are sent by the loop, not recursion
 
@@ -123,13 +128,16 @@ class Hooks:
     Deferred firing with the HTTP status code (``AgentClient`` in the daemon)."""
 
     def __init__(self, reactor, client, *, timeout: float = 5, max_connections: int = 20,
-                 queue_size: int = 1000, failure_allows: bool = False,
+                 queue_size: int = 1000, queue_bytes: int = 16 << 20, max_apps: int = 100,
+                 failure_allows: bool = False,
                  egress: EgressPolicy | None = None, apps=()) -> None:
         self.reactor = reactor
         self.client = client
         self.timeout = timeout
         self.max_connections = max(1, max_connections)
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
+        self.max_apps = max_apps
         self.failure_allows = failure_allows
         self.egress = egress or EgressPolicy()
         self.apps: dict[str, App] = {app.app_key: app for app in apps}
@@ -145,13 +153,17 @@ class Hooks:
             client = AgentClient(reactor, egress, config.rest_max_connections)
         return cls(reactor, client, timeout=config.rest_request_timeout,
                    max_connections=config.rest_max_connections,
-                   queue_size=config.rest_queue_size,
+                   queue_size=config.rest_queue_size, queue_bytes=config.rest_queue_bytes,
+                   max_apps=config.max_apps,
                    failure_allows=config.rest_hook_failure_allows, egress=egress,
                    apps=parse_apps(config.rest_apps, egress))
 
     # -- apps (/app/add, /app/find_all, /app/remove) ------------------------------------
     def add(self, app: App) -> None:
+        """Adds or replaces; a new appKey beyond ``max_apps`` is refused (429)."""
         check_url(app.url, self.egress)
+        if app.app_key not in self.apps:
+            check(len(self.apps), self.max_apps, "apps", "max_apps", "appKey")
         self.apps[app.app_key] = app
 
     def remove(self, app_key: str) -> App | None:
@@ -167,7 +179,7 @@ class Hooks:
         app = self.app_for(app_key, method)
         if app is None:
             return defer.succeed(None)
-        d = self._post(app, method, body)
+        d = self._post(app, method, _json(body))
 
         def answered(code):
             if 200 <= code < 300:
@@ -194,20 +206,23 @@ class Hooks:
         if app is None:
             return
         queue = self._queues.setdefault(app.app_key, _Queue())
-        if queue.size >= self.queue_size:
+        data = _json(body) if queue.size < self.queue_size else b""
+        if queue.size >= self.queue_size or queue.bytes + len(data) > self.queue_bytes:
             count = self.dropped[app.app_key] = self.dropped.get(app.app_key, 0) + 1
             held = self._log_limit.allow(("dropped", app.app_key))
             if held is not None:
-                log.warn("hooks of {app}: queue full ({size}), event dropped ({count} in all)"
-                         "{held}", app=app.app_key, size=self.queue_size, count=count,
+                log.warn("hooks of {app}: queue full ({size} events, {bytes} bytes), event dropped "
+                         "({count} in all){held}", app=app.app_key, size=queue.size,
+                         bytes=queue.bytes, count=count,
                          held=held_back(held))
             return
         if key not in queue.pending:
             queue.pending[key] = deque()
             if key not in queue.busy:
                 queue.ready.append(key)
-        queue.pending[key].append((method, body))
+        queue.pending[key].append((method, data))
         queue.size += 1
+        queue.bytes += len(data)
         self._pump(app.app_key, queue)
 
     def queued(self, app_key: str) -> int:
@@ -232,14 +247,15 @@ class Hooks:
         while queue.ready and queue.in_flight < self.max_connections:
             key = queue.ready.popleft()
             events = queue.pending[key]
-            method, body = events.popleft()
+            method, data = events.popleft()
             if not events:
                 del queue.pending[key]
             queue.size -= 1
+            queue.bytes -= len(data)
             queue.busy.add(key)
             queue.in_flight += 1
             app = self.apps.get(app_key)
-            d = self._post(app, method, body) if app is not None else defer.succeed(200)
+            d = self._post(app, method, data) if app is not None else defer.succeed(200)
             d.addCallbacks(lambda code, m=method: self._sent(app_key, m, code),
                            lambda failure, m=method: self._sent(app_key, m, failure))
             d.addBoth(lambda _, k=key: self._done(app_key, queue, k))
@@ -264,10 +280,9 @@ class Hooks:
         self._pump(app_key, queue)
 
     # -- one request ----------------------------------------------------------------------
-    def _post(self, app: App, method: str, body: dict) -> defer.Deferred:
+    def _post(self, app: App, method: str, data: bytes) -> defer.Deferred:
         url = app.url.rstrip("/") + "/" + method
         try:
-            data = json.dumps(body, default=str).encode("utf-8")
             inner = self.client.post(url, data)
         except Exception:  # noqa: BLE001 - a hook never breaks the caller
             return defer.fail()
@@ -290,6 +305,10 @@ class Hooks:
                 outer.callback(result)
         inner.addBoth(settle)
         return outer
+
+
+def _json(body: dict) -> bytes:
+    return json.dumps(body, default=str).encode("utf-8")
 
 
 def _reason(code: int) -> str:
@@ -459,7 +478,8 @@ def _resolve(reactor, host: str) -> defer.Deferred:
 # -- what is reported: the call layer's and the stream registry's changes -------------------
 def watch(hooks: Hooks, ua, media=None) -> None:
     """CallStatusEvent on every status change of a call (the UA's observer hook),
-    TransferStatusEvent on each step of a /call/transfer,
+    TransferStatusEvent on each step of a /call/transfer, InjectionStatusEvent on each
+    state change of a /call/inject_stream or /call/inject_sound,
     StreamStatusEvent when a call's stream is published and when it ends, and with ``media``
     (pushes and recorders) PushStatusEvent and RecordingStatusEvent on their state changes."""
     def call_changed(call) -> None:
@@ -495,6 +515,15 @@ def watch(hooks: Hooks, ua, media=None) -> None:
                 "sipStatus": sip_status, "info": reason}
         hooks.event(call.request.app_key, "TransferStatusEvent", body, key=call.request.call_id)
 
+    def injection_changed(injection) -> None:
+        call = ua.calls.get(injection.call_id)
+        app_key = call.request.app_key if call is not None else ""
+        if hooks.app_for(app_key, "InjectionStatusEvent") is None:
+            return
+        body = {**injection.to_json(), "callId": injection.call_id,
+                "appKey": app_key or DEFAULT_APP}
+        hooks.event(app_key, "InjectionStatusEvent", body, key=injection.call_id)
+
     ua.call_observers.append(_safe(call_changed))
     ua.transfer_observers.append(_safe(transfer_changed))
     ua.streams.listeners.append(_safe(stream_changed))
@@ -502,6 +531,9 @@ def watch(hooks: Hooks, ua, media=None) -> None:
         media.pushes.observers.append(_safe(lambda push: job_changed("PushStatusEvent", push)))
         media.recorders.observers.append(
             _safe(lambda recording: job_changed("RecordingStatusEvent", recording)))
+        injections = getattr(media, "injections", None)
+        if injections is not None:
+            injections.observers.append(_safe(injection_changed))
 
 
 def _safe(observer):

@@ -5,7 +5,8 @@ in one process, as in the tests, count apart. What the daemon already counts is 
 scrape time by one collector: calls by status, SIP messages in and out (the transport's
 counters), retransmissions (the transaction layer's), RTP packets, bytes, loss and jitter
 (each stream's counters: nothing is added to the per-packet path), viewers, pushes and
-recordings. Only what happens once per call is counted as it happens: the setup time, the
+recordings, HLS (streams muxed, requests, held and blocking reloads: the HLS manager's own
+counters). Only what happens once per call is counted as it happens: the setup time, the
 calls ended by final status, and the reactor's lag (one timer a second).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ RTP_TOTALS = ("packets", "bytes", "lost", "srtp_auth_failures")
 
 
 class Metrics:
-    """The metrics of one user agent (``ua``), its media workers and its players."""
+    """The metrics of the calls (``ua``: the CallManager), its media workers and its players."""
 
     def __init__(self, ua, media=None, viewers=None) -> None:
         self.ua = ua
@@ -87,7 +88,7 @@ class _Collector:
         for status in CallStatus:
             calls.add_metric([status.value], by_status[status.value])
         yield calls
-        transport = ua.transport
+        transport = ua.sip.transport
         for direction in ("received", "sent"):
             family = CounterMetricFamily(f"sipgw_sip_messages_{direction}",
                                          f"SIP messages {direction}, by method and status code "
@@ -99,7 +100,7 @@ class _Collector:
             "sipgw_sip_retransmissions", "SIP messages sent again (Timers A, E, G; a response "
             "resent for a retransmitted request; a 2xx resent until its ACK), by method",
             labels=["method"])
-        for method, count in sorted(ua.transactions.retransmissions.items()):
+        for method, count in sorted(ua.sip.transactions.retransmissions.items()):
             retransmissions.add_metric([method], count)
         yield retransmissions
         yield from self._rtp(ua.streams.all())
@@ -121,6 +122,16 @@ class _Collector:
                 pushes.add_metric([state], count)
         yield pushes
         yield recordings
+        injections = GaugeMetricFamily("sipgw_injections", "Injections into calls running "
+                                       "(/call/inject_*), by status", labels=["status"])
+        if media is not None and getattr(media, "injections", None) is not None:
+            states = collections.Counter(i.state for i in media.injections.running())
+            for state, count in sorted(states.items()):
+                injections.add_metric([state], count)
+        yield injections
+        hls = getattr(media, "hls", None)
+        if hls is not None:
+            yield from _hls(hls)
 
     def _rtp(self, streams):
         totals = {kind: collections.Counter(c) for kind, c in self.m.retired.items()}
@@ -145,6 +156,30 @@ class _Collector:
                 family.add_metric([kind], totals[kind][name])
             yield family
         yield jitter
+
+
+HLS_KINDS = ("playlist", "init", "segment", "part", "unknown")
+HLS_RELOADS = ("answered", "timed_out", "too_far", "refused")
+
+
+def _hls(hls):
+    """The HLS manager's figures (sipgw.media.hls.HlsManager)."""
+    yield GaugeMetricFamily("sipgw_hls_streams", "Streams muxed to HLS now",
+                            value=hls.streams_muxed())
+    requests = CounterMetricFamily("sipgw_hls_requests", "HLS requests, by resource (a "
+                                   "playlist, an init section, a segment, a part)",
+                                   labels=["kind"])
+    for kind in HLS_KINDS:
+        requests.add_metric([kind], hls.requests[kind])
+    yield requests
+    yield GaugeMetricFamily("sipgw_hls_held_requests", "HLS requests held now (blocking "
+                            "playlist reloads, hinted parts, first playlists)",
+                            value=hls.held.count)
+    reloads = CounterMetricFamily("sipgw_hls_blocking_reloads", "Blocking playlist reloads "
+                                  "(_HLS_msn), by outcome", labels=["result"])
+    for result in HLS_RELOADS:
+        reloads.add_metric([result], hls.reloads[result])
+    yield reloads
 
 
 class LagMonitor(service.Service):

@@ -12,7 +12,7 @@ from twisted.web import resource, static
 from .logtext import speed_up_text_observers
 from .rtp.ports import PortPool
 from .sip.transport import PEM_CERTIFICATE
-from .sip.ua import UserAgent
+from .gateway.manager import CallManager
 
 
 log = Logger(namespace="sipgw.service")
@@ -53,22 +53,24 @@ def _freeze_startup_objects() -> None:
         gc.freeze()
 
 
-class _UserAgentService(service.Service):
+class _CallsService(service.Service):
+    """The calls and their SIP user agent."""
+
     name = "sip"
 
-    def __init__(self, ua: UserAgent):
-        self.ua = ua
+    def __init__(self, calls: CallManager):
+        self.calls = calls
 
     def startService(self):
         super().startService()
         _filter_log_observers(_drop_udp_port_chatter)
         speed_up_text_observers(globalLogPublisher._observers)
         _freeze_startup_objects()
-        self.ua.start()
+        self.calls.start()
 
     def stopService(self):
         super().stopService()
-        return self.ua.stop()  # fires with its counts once the sockets are closed
+        return self.calls.stop()  # fires with its counts once the sockets are closed
 
 
 class _MediaService(service.Service):
@@ -77,9 +79,10 @@ class _MediaService(service.Service):
 
     name = "media"
 
-    def __init__(self, pushes, recorders, timeout: float = 10.0, hls=None):
+    def __init__(self, pushes, recorders, timeout: float = 10.0, hls=None, injections=None):
         self.pushes = pushes
         self.recorders = recorders
+        self.injections = injections  # InjectionManager: /call/inject_*
         self.hls = hls  # HlsManager: its muxing jobs stop with the rest, nothing to finalize
         self.timeout = timeout
 
@@ -87,6 +90,8 @@ class _MediaService(service.Service):
         super().stopService()
         if self.hls is not None:
             self.hls.close(self.timeout)
+        if self.injections is not None:
+            self.injections.close(self.timeout)
         d = defer.gatherResults([self.recorders.close(self.timeout),
                                  self.pushes.close(self.timeout)], consumeErrors=True)
         return d.addCallback(lambda r: {"finalized": r[0][0], "not_finalized": r[0][1],
@@ -104,7 +109,8 @@ class _Daemon(service.MultiService):
         """(1) Close the REST and websocket listeners and take no new call; (2) end every
         call and unregister every account while SIP stays open, finalize recordings and
         close pushes, all within ``shutdown_timeout``; (3) close the SIP sockets and the
-        hooks' connections; then log one summary line."""
+        hooks' connections, after the open websockets are closed (1001); then log one summary
+        line."""
         service.Service.stopService(self)
         return defer.ensureDeferred(self._stop())
 
@@ -112,7 +118,7 @@ class _Daemon(service.MultiService):
         started = self.reactor.seconds()
         sip, media = self.getServiceNamed("sip"), self.getServiceNamed("media")
         late = [s for s in self if s.name == "hooks"]  # the calls' last events still go out
-        sip.ua.accepting = False
+        sip.calls.accepting = False
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in self
                                   if s not in (sip, media, *late)])
         results = await defer.DeferredList([defer.maybeDeferred(sip.stopService),
@@ -124,6 +130,9 @@ class _Daemon(service.MultiService):
                 counts.update(result)
             else:
                 log.failure("shutdown step failed", result)
+        signalling = getattr(self, "signalling", None)
+        if signalling is not None:  # players were told STOPPED with their streams: close
+            await signalling.close_all()
         await defer.DeferredList([defer.maybeDeferred(s.stopService) for s in late])
         log.info("stopped in {seconds:.2f} s: {calls} call(s) ended ({answered} answered, "
                  "the rest at the deadline), {unregistered} registration(s) removed "
@@ -137,7 +146,7 @@ class _Daemon(service.MultiService):
 
 def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaService:
     """/push/* and recording (sip_record_stream): PyAV work on worker threads; ``calls``
-    (the UA's, by callId) give recordings their call's {login} and {sessionId}."""
+    (the call manager's, by callId) give recordings their call's {login} and {sessionId}."""
     from .config import ConfigError
     from .egress import EgressPolicy
     from .media.keyframes import PeriodicKeyframes
@@ -164,8 +173,16 @@ def make_media(config, reactor, registry, calls: dict | None = None) -> _MediaSe
     from .media.hls import HlsManager
     hls = HlsManager(reactor, registry, target=config.hls_target_duration,
                      count=config.hls_segments, max_bytes=config.hls_max_bytes,
-                     idle=config.hls_idle_timeout, keyframes=keyframes)
-    return _MediaService(pushes, recorders, timeout=config.shutdown_timeout, hls=hls)
+                     idle=config.hls_idle_timeout, keyframes=keyframes,
+                     part=config.hls_part_duration, max_held=config.hls_max_blocked_requests,
+                     block_timeout=config.hls_blocking_timeout)
+    from .injections import InjectionManager
+    injections = InjectionManager(reactor, calls if calls is not None else {}, registry,
+                                  max_injections=config.max_injections,
+                                  queue_frames=config.inject_queue_frames,
+                                  buffer_frames=max(1, config.inject_buffer_ms // 20))
+    return _MediaService(pushes, recorders, timeout=config.shutdown_timeout, hls=hls,
+                         injections=injections)
 
 
 def _owner(call) -> dict:
@@ -189,7 +206,7 @@ class _HooksService(service.Service):
         return close() if close is not None else None
 
 
-def make_hooks(config, reactor, ua: UserAgent, media=None) -> _HooksService:
+def make_hooks(config, reactor, ua: CallManager, media=None) -> _HooksService:
     """The apps of rest_apps, told of every call's, stream's, push's and recording's
     status changes."""
     from .hooks import Hooks, watch
@@ -198,7 +215,7 @@ def make_hooks(config, reactor, ua: UserAgent, media=None) -> _HooksService:
     return _HooksService(hooks)
 
 
-def make_root(config, ua: UserAgent, media: _MediaService | None = None, hooks=None,
+def make_root(config, ua: CallManager, media: _MediaService | None = None, hooks=None,
               metrics=None, health=None) -> resource.Resource:
     """The REST port's tree: pages, /rest-api/, and /metrics and /health when given."""
     from .policy import AccessPolicy
@@ -206,8 +223,13 @@ def make_root(config, ua: UserAgent, media: _MediaService | None = None, hooks=N
     from .rest.metrics import HealthResource, MetricsResource
     from .rest.streams import StreamApi
     from .rest.openapi import OpenApi
-    apis = [CallApi(ua, config, ua.reactor, pushes=media.pushes if media else None),
+    injections = media.injections if media is not None else None
+    apis = [CallApi(ua, config, ua.reactor, pushes=media.pushes if media else None,
+                    injections=injections),
             StreamApi(ua.streams), OpenApi()]
+    if injections is not None:
+        from .rest.inject import InjectApi
+        apis.append(InjectApi(injections, config))
     if hooks is not None:
         from .rest.apps import AppApi
         apis.append(AppApi(hooks))
@@ -253,7 +275,7 @@ def wss_options(certificate: str, private_key: str):
     return options
 
 
-def make_signalling(config, ua: UserAgent, reactor, parent: service.MultiService,
+def make_signalling(config, ua: CallManager, reactor, parent: service.MultiService,
                     hooks=None, tls=None) -> None:
     """Websocket signalling for players: ws on ws_port, wss when a certificate is set
     (``tls``: its ``wss_options``, when the caller has them already)."""
@@ -278,10 +300,11 @@ def make_service(config, reactor) -> service.MultiService:
     top = _Daemon(reactor)
     ports = PortPool(config.media_port_from, config.media_port_to,
                      config.sip_bind_address)
-    ua = UserAgent(reactor, config, ports=ports)
-    _UserAgentService(ua).setServiceParent(top)
+    ua = CallManager(reactor, config, ports=ports)  # the calls, and their SIP user agent
+    _CallsService(ua).setServiceParent(top)
     media = make_media(config, reactor, ua.streams, ua.calls)
     media.setServiceParent(top)  # added after the UA: stopped before it
+    ua.call_observers.append(media.injections.call_changed)  # a call's end stops its injection
     hooks = make_hooks(config, reactor, ua, media)
     hooks.setServiceParent(top)
     from .metrics import Health, HealthService, LagMonitor, Metrics
@@ -296,7 +319,7 @@ def make_service(config, reactor) -> service.MultiService:
                               reactor=reactor)
     rest.setName("rest")
     rest.setServiceParent(top)
-    health.parts.update(sip=lambda: ua.transport.listening, rest=lambda: rest.running)
+    health.parts.update(sip=lambda: ua.sip.transport.listening, rest=lambda: rest.running)
     tls = None
     if config.wss_certificate:  # https REST (WCS https.port) with the wss certificate
         tls = wss_options(config.wss_certificate, config.wss_private_key)  # read once, for both
@@ -312,6 +335,7 @@ def make_service(config, reactor) -> service.MultiService:
     site.resource.putChild(b"whep", whep)  # WHEP players, counted with the websocket's
     viewers["websocket"] = lambda: top.signalling.viewer_count() - len(whep.sessions)
     viewers["whep"] = lambda: len(whep.sessions)
+    viewers["hls"] = media.hls.players  # client addresses asking within hls_idle_timeout
     from .rest.hls import HlsResource
     # RestSite as on the REST port: a body is refused unread, no access-log line per segment
     hls_site = RestSite(HlsResource(media.hls, access), max_body=config.rest_max_body)
@@ -320,7 +344,8 @@ def make_service(config, reactor) -> service.MultiService:
     hls.setName("hls")
     hls.setServiceParent(top)  # a listener: closed in the first step of _stop
     HealthService(health).setServiceParent(top)  # added last: stopped first
-    top.ua = ua
+    top.calls = ua
+    top.ua = ua.sip
     top.hooks = hooks.hooks
     top.media = media
     top.metrics = metrics

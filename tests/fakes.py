@@ -1,7 +1,9 @@
 """Fakes shared by the SIP and RTP tests: a UDP-capable fake reactor and a sender that
 records what would go on the wire."""
 import json
+import queue
 import socket
+import time
 
 from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -130,3 +132,91 @@ class AnsweringHttpClient:
     def post(self, url, data):
         self.count += 1
         return defer.succeed(self.code)
+
+
+class ThreadedUDPReactor(UDPMemoryReactor):
+    """UDPMemoryReactor whose callFromThread queues (media worker threads) for the test
+    thread, which runs them in ``run``."""
+
+    def __init__(self):
+        super().__init__()
+        self.from_threads = queue.Queue()
+
+    def callFromThread(self, fn, *args, **kwargs):
+        self.from_threads.put((fn, args, kwargs))
+
+    def run_pending(self) -> None:
+        while True:
+            try:
+                fn, args, kwargs = self.from_threads.get_nowait()
+            except queue.Empty:
+                return
+            fn(*args, **kwargs)
+
+    def run(self, until, timeout=20.0, step=0.02):
+        """Advance ``step`` at a time (the worker threads running meanwhile) until ``until()``."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, "condition not met in time"
+            self.run_pending()
+            self.advance(step)
+            time.sleep(0.003)
+        self.run_pending()
+
+
+CALLEE = ("127.0.0.1", 30000)  # where answered_session's callee takes audio, and video
+CALLEE_VIDEO = ("127.0.0.1", 30002)
+
+
+def answered_session(reactor, codec="PCMU", video=False, call_id="c1", port_from=46000):
+    """An established MediaSession whose callee answered ``codec`` (and H264 pm=1)."""
+    from sipgw.rtp.ports import PortPool
+    from sipgw.rtp.session import MediaSession
+    from sipgw.sip.sdp import SessionDescription, make_offer, negotiate
+    from sipgw.streams.stream import Stream
+    stream = Stream(f"stream-{call_id}", has_audio=True, has_video=video, call_id=call_id)
+    kinds = ["audio", "video"] if video else ["audio"]
+    session = MediaSession(reactor, call_id=call_id, stream=stream, bind_address="127.0.0.1",
+                           ports=PortPool(port_from, port_from + 99, "127.0.0.1"), kinds=kinds)
+    ports = session.open()
+    pt, rtpmap = {"PCMU": (0, "PCMU/8000"), "PCMA": (8, "PCMA/8000"),
+                  "opus": (111, "opus/48000/2")}[codec]
+    lines = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
+             f"m=audio {CALLEE[1]} RTP/AVP {pt}", f"a=rtpmap:{pt} {rtpmap}", "a=sendrecv"]
+    if video:
+        lines += [f"m=video {CALLEE_VIDEO[1]} RTP/AVP 102", "a=rtpmap:102 H264/90000",
+                  "a=fmtp:102 profile-level-id=42e01f;packetization-mode=1", "a=sendrecv"]
+    offer = make_offer("127.0.0.1", audio_port=ports["audio"], video_port=ports.get("video"),
+                       session_id=1)
+    session.negotiate(negotiate(offer, SessionDescription.parse("\r\n".join(lines) + "\r\n")))
+    session.established()
+    return session, ports
+
+
+def gateway_on(clock, sender, **settings):
+    """A CallManager (and its UserAgent) on ``clock`` whose SIP bytes go to ``sender``."""
+    from sipgw.config import Config
+    from sipgw.gateway.manager import CallManager
+    gateway = CallManager(clock, Config(**settings))
+    gateway.sip.transport = sender
+    gateway.sip.transactions.sender = sender
+    return gateway
+
+
+def call_request(**fields):
+    """A /call/startup request: call1 from alice to bob at 127.0.0.1, ``fields`` changed."""
+    from sipgw.calls import CallRequest
+    values = dict(call_id="call1", callee="bob", sip_login="alice", sip_domain="127.0.0.1",
+                  sip_password="s3cret-pw", sip_port=5060)
+    values.update(fields)
+    return CallRequest(**values)
+
+
+def reply(invite, status, *, tag="b1", body=b"", extra=()):
+    """The callee's ``status`` response to ``invite`` (its Contact, SDP when ``body``)."""
+    from sipgw.sip.message import make_response
+    headers = [("Contact", "<sip:bob@127.0.0.1:5060>")] + list(extra)
+    if body:
+        headers.append(("Content-Type", "application/sdp"))
+    return make_response(invite, status, to_tag=tag if status > 100 else None, body=body,
+                         extra=headers)

@@ -76,8 +76,10 @@ def test_a_typo_of_a_setting_is_an_error_naming_it(tmp_path, line, nearest):
 
 def test_overrides_are_typed():
     """--set values are converted to the field's type."""
-    loaded = config.load(overrides={"rest_port": "9081", "sip_use_tcp_transport": "true"})
+    loaded = config.load(overrides={"rest_port": "9081", "sip_use_tcp_transport": "true",
+                                    "hls_part_duration": "0.33"})
     assert loaded.rest_port == 9081 and loaded.sip_use_tcp_transport is True
+    assert loaded.hls_part_duration == 0.33
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -98,6 +100,10 @@ def test_overrides_are_typed():
     ({"rest_max_body": "0"}, "rest_max_body must be positive"),
     ({"hls_segments": "0"}, "hls_segments must be positive"),
     ({"hls_port": "70000"}, "hls_port=70000: a port must be between 0 and 65535"),
+    ({"hls_part_duration": "inf"}, "hls_part_duration='inf': expected a number"),
+    ({"hls_part_duration": "half"}, "hls_part_duration='half': expected a number"),
+    ({"hls_part_duration": "-0.5"}, "hls_part_duration must not be negative"),
+    ({"hls_max_blocked_requests": "0"}, "hls_max_blocked_requests must be positive"),
 ])
 def test_bad_values_name_the_setting(overrides, message):
     """Every unusable setting raises ConfigError naming the key."""

@@ -97,6 +97,22 @@ def test_dead_app_server_costs_dropped_events_not_memory():
     assert hooks._queues == {}  # nothing left held
 
 
+def test_large_events_are_bounded_by_bytes_too():
+    """Events are held as JSON: rest_queue_bytes bounds a queue of large ConnectionStatusEvents
+    (a client's 'connection' object can be large) however few they are."""
+    _, client, hooks = make(timeout=0, max_connections=1, queue_size=1000, queue_bytes=100_000)
+    big = {"custom": {"blob": "x" * 30_000}}
+    for n in range(10):
+        hooks.event("app1", "ConnectionStatusEvent", big, key=f"s{n}")
+    assert len(client.posts) == 1  # one in flight, three fit in 100 kB, six dropped
+    assert hooks.queued("app1") == 3 and hooks.dropped == {"app1": 6}
+    assert hooks._queues["app1"].bytes <= 100_000
+    for _ in range(4):
+        client.answer(len(client.posts) - 1)
+    assert len(client.posts) == 4 and hooks.queued("app1") == 0
+    assert client.posts[-1][1] == big
+
+
 def test_dropped_events_are_logged_once_a_minute():
     """Drops are logged at most once a minute per app, with the count held back."""
     from twisted.logger import globalLogPublisher
@@ -228,7 +244,7 @@ def test_watch_reports_each_transfer_step_as_a_transfer_status_event():
     ua = SimpleNamespace(calls={"c1": call}, call_observers=[], transfer_observers=[],
                          streams=StreamRegistry())
     watch(hooks, ua)
-    for observer in ua.transfer_observers:  # what Call.set_transfer does
+    for observer in ua.transfer_observers:  # what Call.transfer_changed does
         observer(call, 100, "Trying")
     url, body, _ = client.posts[0]
     assert url == "http://127.0.0.1:9/shop/TransferStatusEvent"
@@ -307,3 +323,31 @@ def test_a_failing_hook_never_breaks_the_call_layer():
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert any(e.get("log_failure") for e in events) and client.posts == []
+
+
+def test_watch_reports_injection_changes_as_injection_status_events():
+    """watch(): each state change of a call's injection (/call/inject_*) is an
+    InjectionStatusEvent to the call's app: the injection as /call/find shows it, with callId
+    and appKey."""
+    from types import SimpleNamespace
+
+    from sipgw.calls import CallRequest
+    from sipgw.hooks import watch
+    from sipgw.streams.registry import StreamRegistry
+
+    _, client, hooks = make("shop=http://127.0.0.1:9/shop", timeout=0)
+    call = SimpleNamespace(request=CallRequest("c1", "bob", "alice", "example.org",
+                                               app_key="shop"))
+    ua = SimpleNamespace(calls={"c1": call}, call_observers=[], transfer_observers=[],
+                         streams=StreamRegistry())
+    injections = SimpleNamespace(observers=[])
+    media = SimpleNamespace(pushes=SimpleNamespace(observers=[]),
+                            recorders=SimpleNamespace(observers=[]), injections=injections)
+    watch(hooks, ua, media)
+    injection = SimpleNamespace(call_id="c1", to_json=lambda: {"type": "sound",
+                                                               "status": "INJECTING"})
+    for observer in injections.observers:  # what MediaJob._set_state does
+        observer(injection)
+    url, body, _ = client.posts[0]
+    assert url == "http://127.0.0.1:9/shop/InjectionStatusEvent"
+    assert body == {"type": "sound", "status": "INJECTING", "callId": "c1", "appKey": "shop"}

@@ -25,9 +25,9 @@ def test_stop_closes_listeners_ends_calls_then_logs_one_summary(tmp_path):
     config = Config(sip_local_port=0, sip_bind_address="127.0.0.1", record_dir=str(tmp_path))
     top = make_service(config, reactor)
     top.startService()
-    ua = top.ua
+    ua, calls = top.ua, top.calls
     sip_port = ua.transport.port
-    ua.startup(CallRequest(call_id="c1", callee="bob", sip_login="alice",
+    calls.startup(CallRequest(call_id="c1", callee="bob", sip_login="alice",
                            sip_domain="127.0.0.1", sip_port=5060))
     invite, = _sent(reactor, sip_port, "INVITE")
     ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[

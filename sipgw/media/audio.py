@@ -23,6 +23,17 @@ def output_rate(codec: str, clock_rate: int) -> int:
     return 16000 if clock_rate <= 16000 else 48000
 
 
+def payload_decoder(codec: str, clock_rate: int) -> av.CodecContext:
+    """A PyAV decoder of RTP payloads of ``codec`` (one of DECODERS) at ``clock_rate``."""
+    name = DECODERS[codec]
+    if name == "libopus" and name not in av.codecs_available:
+        name = "opus"
+    decoder = av.CodecContext.create(name, "r")
+    decoder.sample_rate = clock_rate
+    decoder.layout = "stereo" if codec == "opus" else "mono"
+    return decoder
+
+
 class AacEncoder:
     """RTP audio payloads in, (pts in 1/rate, raw AAC frame) out."""
 
@@ -36,12 +47,8 @@ class AacEncoder:
         self.max_fill = max_fill
         self.filled = 0  # seconds of silence inserted for lost packets
         self.dropped = 0
-        name = DECODERS[codec]
-        if name == "libopus" and name not in av.codecs_available:
-            name = "opus"
-        self._decoder = av.CodecContext.create(name, "r")
-        self._decoder.sample_rate = clock_rate
-        self._decoder.layout = "stereo" if codec == "opus" else "mono"
+        self.switches = 0  # input codec changes (the callee switched codec mid-call)
+        self._decoder = payload_decoder(codec, clock_rate)
         self._encoder = av.CodecContext.create("aac", "w")
         self._encoder.sample_rate = self.rate
         self._encoder.layout = "mono"
@@ -57,6 +64,18 @@ class AacEncoder:
         # substitute(n, rate): n mono float samples to encode instead of the source's, or
         # None for the source's (a push muted or playing a sound file)
         self.substitute = None
+
+    def switch(self, codec: str, clock_rate: int) -> None:
+        """Decode ``codec`` at ``clock_rate`` from now on; the AAC output (rate, timeline)
+        goes on unchanged.  What the old resampler held (less than one AAC frame) is let go:
+        a short frame in mid-stream is refused by the encoder."""
+        self._decoder = payload_decoder(codec, clock_rate)
+        self._resampler = av.AudioResampler(format="fltp", layout="mono", rate=self.rate,
+                                            frame_size=self.frame_size)
+        if self._next is not None:
+            self._next = round(self._next * clock_rate / self.in_rate)
+        self.codec, self.in_rate, self._in_tb = codec, clock_rate, Fraction(1, clock_rate)
+        self.switches += 1
 
     @property
     def extradata(self) -> bytes:
@@ -169,6 +188,11 @@ class SoundLoop:
         self.samples = samples.astype(numpy.float32)
         self.loop = loop
         self._at = 0
+
+    @property
+    def played(self) -> bool:
+        """Played through once, not looped: ``take`` gives only silence from now on."""
+        return not self.loop and self._at >= len(self.samples)
 
     def take(self, n: int) -> numpy.ndarray:
         out = numpy.zeros(n, dtype=numpy.float32)

@@ -81,6 +81,11 @@ class Pipeline:
                 return []
             self.aac = AacEncoder(frame.codec, frame.clock_rate)
             self.aac.substitute = self.substitute
+        elif frame.codec != self.aac.codec or frame.clock_rate != self.aac.in_rate:
+            if frame.codec not in DECODERS:  # a switch to a codec we cannot decode: skip it
+                self.skipped += 1
+                return []
+            self.aac.switch(frame.codec, frame.clock_rate)  # the callee changed codec mid-call
         return [("audio", pts, raw) for pts, raw in self.aac.push(frame.data, position)]
 
     def flush(self) -> list[tuple]:

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from . import flv
 from .audio import SoundLoop
 from .avc import length_prefixed
+from .interleave import Interleaver
 from .pipeline import Pipeline
 from .rtmp import RtmpError, RtmpPublisher, RtmpTarget, redact
 from .worker import MediaJob, wait_done
@@ -173,33 +174,50 @@ class RtmpPush(MediaJob):
             width=stream.width, height=stream.height, has_video=stream.has_video,
             has_audio=stream.has_audio, audio_rate=audio_rate, with_set_data_frame=True))
         audio_header = video_header = False
+        order = Interleaver(stream.has_audio)  # video waits for the AAC encoder's audio
         while True:
-            item = self.next_frame()
+            try:  # held video goes out after max_hold without any frame (a paused stream)
+                item = self.next_frame(order.max_hold if order.pending else None)
+            except TimeoutError:
+                self._send_tags(publisher, order.flush())
+                continue
             events = pipe.feed(*item) if item is not None else pipe.flush()
+            ready = []
             for event in events:
                 if event[0] == "video":
                     _, position, nals, keyframe, changed = event
                     ms = round(position * 1000)
+                    tags = []
                     if changed or not video_header:
-                        publisher.send(flv.TAG_VIDEO, ms,
-                                       flv.avc_sequence_header(pipe.params.record()))
+                        tags.append((flv.TAG_VIDEO, ms,
+                                     flv.avc_sequence_header(pipe.params.record())))
                         video_header = True
-                    body = flv.avc_nalus(length_prefixed(nals), keyframe)
-                    publisher.send(flv.TAG_VIDEO, ms, body)
-                    self.sent["video"] += 1
+                    tags.append((flv.TAG_VIDEO, ms,
+                                 flv.avc_nalus(length_prefixed(nals), keyframe)))
+                    ready += order.video(position, ("video", tags))
                 else:
                     _, pts, raw = event
                     ms = max(0, round(pts * 1000 / pipe.aac.rate))
+                    tags = []
                     if not audio_header:
-                        publisher.send(flv.TAG_AUDIO, ms,
-                                       flv.aac_sequence_header(pipe.aac.extradata))
+                        tags.append((flv.TAG_AUDIO, ms,
+                                     flv.aac_sequence_header(pipe.aac.extradata)))
                         audio_header = True
-                    body = flv.aac_frame(raw)
-                    publisher.send(flv.TAG_AUDIO, ms, body)
-                    self.sent["audio"] += 1
-                self.sent["bytes"] += len(body)
+                    tags.append((flv.TAG_AUDIO, ms, flv.aac_frame(raw)))
+                    ready += order.audio(pts / pipe.aac.rate, ("audio", tags))
+            if item is None or pipe.audio_problem:
+                ready += order.flush()
+                order.has_audio = not pipe.audio_problem
+            self._send_tags(publisher, ready)
             if item is None:
                 return True
+
+    def _send_tags(self, publisher: RtmpPublisher, ready: list) -> None:
+        for kind, tags in ready:
+            for tag_kind, ms, body in tags:
+                publisher.send(tag_kind, ms, body)
+            self.sent[kind] += 1
+            self.sent["bytes"] += len(tags[-1][2])
 
 
 

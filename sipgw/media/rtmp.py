@@ -55,7 +55,7 @@ class RtmpTarget:
     app: str
     stream: str
     tc_url: str
-    redacted: str  # the full URL for logs, credentials replaced by ***
+    redacted: str  # for logs: credentials, query values and the stream key masked
 
     def __str__(self) -> str:
         return self.redacted
@@ -75,6 +75,13 @@ def redact(url: str) -> str:
         query = "&".join(f"{p.partition('=')[0]}=***" if "=" in p else "***"
                          for p in query.split("&"))
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def mask_key(stream: str) -> str:
+    """A stream name as logs show it: for RTMP services the name is the secret stream key,
+    so only its first two characters and its length are shown."""
+    stream = stream.partition("?")[0]
+    return f"{stream[:2]}***({len(stream)})" if len(stream) > 4 else "***"
 
 
 def target(rtmp_url: str, stream_name: str = "", full_url: bool = False) -> RtmpTarget:
@@ -114,8 +121,15 @@ def target(rtmp_url: str, stream_name: str = "", full_url: bool = False) -> Rtmp
             raise ValueError("no stream name to publish")
     host_part = f"[{host}]" if ":" in host else host
     tc_url = f"rtmp://{host_part}:{port}/{app}{app_query}"
+    shown = redact(rtmp_url)
+    if full_url:
+        shown_path = urllib.parse.urlsplit(shown)
+        head, _, key = shown_path.path.rpartition("/")
+        shown = urllib.parse.urlunsplit(shown_path._replace(path=f"{head}/{mask_key(key)}"))
+    else:
+        shown += f" ({mask_key(stream_name)})"
     return RtmpTarget(host=host, port=port, app=app + app_query, stream=stream, tc_url=tc_url,
-                      redacted=redact(rtmp_url) + ("" if full_url else f" ({stream_name})"))
+                      redacted=shown)
 
 
 class _ChunkReader:

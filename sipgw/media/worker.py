@@ -110,31 +110,38 @@ class MediaJob:
 
     Subclasses implement ``work()`` (worker thread: loop on ``next_frame()`` until it
     returns None, then finalize) and may override ``on_state`` hooks.  ``done`` fires on
-    the reactor thread once the worker has returned.
+    the reactor thread once the worker has returned.  ``stream`` None: a job fed by no
+    stream (a sound file played into a call), named by ``label``.
     """
 
     kind = "job"
+    kinds = ("audio", "video")  # what the job takes of its stream
 
-    def __init__(self, reactor, stream, *, queue_frames: int = DEFAULT_QUEUE_FRAMES):
+    def __init__(self, reactor, stream, *, queue_frames: int = DEFAULT_QUEUE_FRAMES,
+                 label: str = ""):
         self.reactor = reactor
         self.stream = stream
+        self.label = label or stream.name
         self.state = "STARTING"
         self.info = ""
         self.done = defer.Deferred()
         self.finished = False
-        self.queue = FrameQueue(queue_frames, stream.has_video)
+        self.queue = FrameQueue(queue_frames, stream is not None and stream.has_video)
         self._sink = None
         self._stopping = False
         self.clock = time.monotonic  # arrival stamps (tests put a fake clock here)
         self.observers: list = []  # callables(job) on every state change (REST hooks)
         self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"sipgw-{self.kind}-{stream.name}")
+                                        name=f"sipgw-{self.kind}-{self.label}")
 
     # -- reactor thread ------------------------------------------------------------
     def start(self) -> "MediaJob":
-        self._sink = self.stream.subscribe(maxlen=64, name=self.kind, burst=False)
+        if self.stream is not None:
+            self._sink = self.stream.subscribe(maxlen=64, name=self.kind, burst=False,
+                                               kinds=self.kinds)
         self._thread.start()
-        self._pump()
+        if self._sink is not None:
+            self._pump()
         return self
 
     def stop(self, info: str = "", discard: bool = False) -> defer.Deferred:
@@ -213,7 +220,7 @@ class MediaJob:
             info = f"internal error: {exc.__class__.__name__}"
             failure = Failure()
             self.call(lambda: log.failure("{kind} of {name} failed", failure, kind=self.kind,
-                                          name=self.stream.name))
+                                          name=self.label))
         finally:
             self.reactor.callFromThread(self._done, state, info)
 

@@ -61,7 +61,7 @@ class CallManager(Protocol):
 
     def send_dtmf(self, call_id: str, dtmf: str, kind: str) -> None: ...
 
-    def hold(self, call_id: str, held: bool = True) -> None: ...
+    def hold(self, call_id: str, held: bool = True, for_transfer: bool = False) -> None: ...
 
     def transfer(self, call_id: str, target: str) -> None: ...
 
@@ -83,7 +83,7 @@ class CallApi:
     router = Router()
 
     def __init__(self, manager: CallManager, config: Config | None = None, clock=None,
-                 pushes=None) -> None:
+                 pushes=None, injections=None) -> None:
         self._manager = manager
         self._config = config = config or Config()
         self._egress = EgressPolicy.from_config(config, "sip")
@@ -91,8 +91,10 @@ class CallApi:
         self._digits = DigitBuckets(config.dtmf_digits_per_second, config.dtmf_max_digits, clock)
         self._pushes = pushes  # sipgw.media.push.PushManager, for SIP as RTMP
         self._rtmp: dict[str, tuple] = {}  # callId -> (rtmpStream, its RtmpPush)
+        self._injections = injections  # sipgw.injections.InjectionManager: /call/inject_*
         # The quotas' counts, kept up to date by the manager's status observer when it has
-        # one (the user agent), instead of a scan of every call (retained ones too) per startup.
+        # one (the call manager), instead of a scan of every call (retained ones too) per
+        # startup.
         self._active: ActiveCalls | None = None
         observers = getattr(manager, "call_observers", None)
         if observers is not None:
@@ -152,13 +154,15 @@ class CallApi:
 
     def _shown(self, calls: list[dict]) -> list[dict]:
         """``_found`` plus each SIP-as-RTMP call's push: rtmpUrl (credentials hidden),
-        rtmpStream, rtmpStreamStatus."""
+        rtmpStream, rtmpStreamStatus; and its ``injection``."""
         found = _found(calls)
         for call in found:
             rtmp_stream, push = self._rtmp.get(call.get("callId"), (None, None))
             if push is not None:
                 call.update(rtmpUrl=push.shown_url, rtmpStream=rtmp_stream,
                             rtmpStreamStatus=push.state)
+            if self._injections is not None:  # what /call/inject_* sends into it, or null
+                call["injection"] = self._injections.status(call.get("callId"))
         return found
 
     @router.route("/call/find")
@@ -180,8 +184,11 @@ class CallApi:
 
     @router.route("/call/hold")
     def hold(self, request: Any, body: dict) -> None:
-        """Re-INVITE with our SDP sendonly (``sip_hold_direction``); 409 unless ESTABLISHED."""
-        self._manager.hold(_call_id(body), True)
+        """Re-INVITE with our SDP sendonly (``sip_hold_direction``); 409 unless ESTABLISHED.
+        ``holdForTransfer`` (WebSDK ``Call.holdForTransfer()``): the same, the call then shows
+        ``holdForTransfer: true`` till it is unheld."""
+        self._manager.hold(_call_id(body), True,
+                           boolean_field(body, "holdForTransfer", False))
         return None
 
     @router.route("/call/unhold")

@@ -1,7 +1,8 @@
-"""HLS on its own port (``hls_port``): ``/NAME/index.m3u8``, ``/NAME/init-N.mp4`` and
-``/NAME/seg-N.m4s``, admitted as REST is (a trusted network, or a bearer token with the
-``streams`` scope).  The first playlist request of a stream starts its muxing job
-(``HlsManager``) and is answered once the first segment exists."""
+"""HLS on its own port (``hls_port``): ``/NAME/index.m3u8``, ``/NAME/init-N.mp4``,
+``/NAME/seg-N.m4s`` and ``/NAME/part-N.m4s``, admitted as REST is (a trusted network, or a
+bearer token with the ``streams`` scope).  The first playlist request of a stream starts its
+muxing job (``HlsManager``) and is answered once the first segment exists; ``_HLS_msn`` and
+``_HLS_part`` make a blocking playlist reload (RFC 8216bis §6.2.5.2)."""
 from __future__ import annotations
 
 from urllib.parse import unquote
@@ -11,7 +12,8 @@ from twisted.web import resource, server
 
 from sipgw.policy import AccessPolicy, Denied
 from sipgw.rest.admission import admit, cors
-from sipgw.rest.errors import NotFound, write_error
+from sipgw.media.hls import TooFar, Unavailable
+from sipgw.rest.errors import ApiError, BadRequest, NotFound, write_error
 
 SCOPE = "streams"
 PLAYLIST = "index.m3u8"
@@ -42,15 +44,35 @@ class HlsResource(resource.Resource):
             if len(segments) != 2 or not segments[0]:
                 raise NotFound("use /<streamName>/index.m3u8")
             name, file = segments
-            if file != PLAYLIST:
-                return self._send(request, file, self._manager.part(name, file))
-        except (Denied, NotFound) as exc:
+            client = getattr(request.getClientAddress(), "host", None)
+            if file == PLAYLIST:
+                msn, part = _directive(request, "_HLS_msn"), _directive(request, "_HLS_part")
+                if part is not None and msn is None:
+                    raise BadRequest("_HLS_part needs _HLS_msn", "_HLS_part")
+                answer = self._manager.playlist(name, msn, part, client=client)
+            else:
+                answer = self._manager.fetch(name, file, client=client)
+        except (Denied, ApiError) as exc:
             return write_error(request, exc)
+        d = defer.ensureDeferred(answer)
         gone: list = []
-        request.notifyFinish().addBoth(gone.append)
-        d = defer.ensureDeferred(self._manager.playlist(name))
-        d.addCallback(lambda text: self._send(request, file, text and text.encode("ascii")))
+        request.notifyFinish().addBoth(lambda reason: (gone.append(reason), d.cancel()))
+
+        def send(body):
+            if isinstance(body, str):
+                body = body.encode("ascii")
+            return self._send(request, file, body)
+
+        def refuse(failure):
+            if failure.check(TooFar):
+                return write_error(request, BadRequest(str(failure.value), failure.value.field))
+            failure.trap(Unavailable)
+            request.setHeader(b"Retry-After", b"1")
+            return write_error(request, ApiError(503, str(failure.value)))
+
+        d.addCallbacks(send, refuse)
         d.addCallback(lambda body: gone or (request.write(body), request.finish()))
+        d.addErrback(lambda failure: failure.trap(defer.CancelledError) if gone else failure)
         return server.NOT_DONE_YET
 
     @staticmethod
@@ -61,3 +83,16 @@ class HlsResource(resource.Resource):
         request.setHeader(b"Cache-Control", b"no-cache" if file == PLAYLIST else b"max-age=60")
         request.setHeader(b"Content-Length", b"%d" % len(body))
         return body
+
+
+def _directive(request, name: str) -> int | None:
+    """The decimal-integer value of the query parameter ``name`` (RFC 8216bis §6.2.5), None
+    when absent; a clear 400 naming it when malformed or repeated."""
+    values = request.args.get(name.encode("ascii"))
+    if values is None:
+        return None
+    raw = values[0].decode("ascii", "replace") if len(values) == 1 else ""
+    # ASCII digits only: int() takes "²", "+1", " 1" and "1_0"
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
+        raise BadRequest(f"{name} must be one decimal integer", name)
+    return int(raw)

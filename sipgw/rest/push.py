@@ -9,6 +9,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from sipgw import sounds
 from sipgw.config import Config
 from sipgw.egress import EgressPolicy
 from sipgw.media.push import RECONNECTING, PushError, PushManager
@@ -85,14 +86,8 @@ class PushApi:
         return shown(push)
 
     def _sound(self, body: dict, field: str) -> tuple[str, bool]:
-        """(path, loop) of ``soundFile``: a file name in sound_dir (404 when it is not there)."""
-        name = string_field(body, "soundFile", required=True, max_len=_NAME_MAX)
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise BadRequest("soundFile must be a file name in sound_dir", field)
-        path = os.path.join(self._config.sound_dir, name)
-        if not os.path.isfile(path):
-            raise NotFound("Sound file not found", field)
-        return path, boolean_field(body, "loop", True)
+        """(path, loop) of ``soundFile``: a file name in sound_dir or a built-in sound."""
+        return sound_path(body, self._config.sound_dir, field), boolean_field(body, "loop", True)
 
     @router.route("/push/find")
     def find(self, request: Any, body: dict) -> list[dict]:
@@ -115,6 +110,22 @@ class PushApi:
         except PushError as exc:
             raise ApiError(exc.code, str(exc), exc.field) from None
         return None
+
+
+def sound_path(body: dict, sound_dir: str, field: str = "soundFile",
+               name_field: str = "soundFile") -> str:
+    """The path of ``body[name_field]``: a plain file name in ``sound_dir``, else one sipgw
+    ships (sipgw/sounds: the pages' ``sample.wav``); 400 naming ``field`` for a name that is
+    not a plain file name, 404 when neither has it."""
+    name = string_field(body, name_field, required=True, max_len=_NAME_MAX)
+    if "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise BadRequest(f"{name_field} must be a file name in sound_dir", field)
+    path = os.path.join(sound_dir, name)
+    if not os.path.isfile(path):
+        path = sounds.builtin(name)
+    if path is None:
+        raise NotFound("Sound file not found", field)
+    return path
 
 
 def admit(egress: EgressPolicy, manager: PushManager, config: Config, rtmp_url: str) -> None:

@@ -4,8 +4,11 @@ port, beside the WCS websocket players and sharing their viewer code and limits:
 - ``POST /whep/<streamName>`` with an ``application/sdp`` offer: ``201 Created``, the answer
   (every ICE candidate in it), ``Location: /whep/<streamName>/<sessionId>`` and an ``ETag``.
 - ``DELETE /whep/<streamName>/<sessionId>``: stop; ``200``.
-- ``PATCH`` (trickle ICE, ICE restart): not supported, ``405`` (RFC 9725 §4.3.1 says so
-  for a server that supports neither); the answer already carries every candidate.
+- ``PATCH /whep/<streamName>/<sessionId>`` with an ``application/trickle-ice-sdpfrag``
+  (RFC 8840): the player's trickled candidates (and ``a=end-of-candidates``), ``204``; the
+  ``If-Match`` ETag must be the session's (``412``); an ICE restart (another ufrag/pwd) is
+  not supported: ``422`` (RFC 9725 §4.3.1); at most ``whep_max_trickle_candidates`` a
+  session. The answer always carries every candidate of ours: nothing trickles back.
 - ``OPTIONS``: CORS preflight, with ``Accept-Post: application/sdp``.
 
 Each session is a ``sipgw.webrtc.viewer.Viewer`` counted with the websocket players of the
@@ -33,11 +36,46 @@ SDP_TYPE = b"application/sdp"
 SCOPE = "streams"
 STREAM_NOT_FOUND = "Stream not found"
 SESSION_NOT_FOUND = "WHEP session not found"
-NO_PATCH = ("trickle ICE and ICE restarts are not supported: the answer carries every "
-            "candidate; send the offer once its candidates are gathered")
+TRICKLE_TYPE = b"application/trickle-ice-sdpfrag"
+NO_RESTART = "ICE restarts are not supported: start a new session (POST)"
 _MAX_NAME = 128
 
 log = Logger(namespace="sipgw.whep")
+
+
+class SdpFragment:
+    """What an application/trickle-ice-sdpfrag (RFC 8840 §9) carries for us."""
+
+    def __init__(self) -> None:
+        self.ufrag = self.pwd = ""
+        self.candidates: list[tuple[str, str | None]] = []  # (candidate value, mid)
+        self.end = False
+
+
+def parse_sdpfrag(text: str, max_lines: int = 200) -> SdpFragment:
+    """The ufrag/pwd, candidates (with the mid of their m= section) and end-of-candidates;
+    ValueError for anything that is not SDP lines."""
+    fragment = SdpFragment()
+    mid = None
+    lines = [line.strip() for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
+    if len(lines) > max_lines:
+        raise ValueError(f"more than {max_lines} lines")
+    for line in lines:
+        if len(line) < 2 or line[1] != "=":
+            raise ValueError(f"not an SDP line: {line[:40]!r}")
+        if line.startswith("m="):
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line[6:]
+        elif line.startswith("a=ice-ufrag:"):
+            fragment.ufrag = line[12:]
+        elif line.startswith("a=ice-pwd:"):
+            fragment.pwd = line[10:]
+        elif line.startswith("a=candidate:"):
+            fragment.candidates.append((line[12:], mid))
+        elif line == "a=end-of-candidates":
+            fragment.end = True
+    return fragment
 
 
 class WhepResource(resource.Resource):
@@ -65,7 +103,7 @@ class WhepResource(resource.Resource):
             if not 1 <= len(segments) <= 2 or not segments[0] or len(segments[0]) > _MAX_NAME:
                 raise NotFound("unknown WHEP resource: use /whep/<streamName>")
             allowed = (b"POST", b"OPTIONS") if len(segments) == 1 else \
-                (b"DELETE", b"OPTIONS")
+                (b"PATCH", b"DELETE", b"OPTIONS")
             if method == b"OPTIONS":
                 return self._preflight(request, allowed)
             admit(request, self._access, SCOPE)
@@ -73,9 +111,9 @@ class WhepResource(resource.Resource):
                 return self._offer(request, segments[0])
             if len(segments) == 2 and method == b"DELETE":
                 return self._stop(request, *segments)
+            if len(segments) == 2 and method == b"PATCH":
+                return self._trickle(request, *segments)
             request.setHeader(b"Allow", b", ".join(allowed))
-            if method == b"PATCH" and len(segments) == 2:
-                raise ApiError(405, NO_PATCH)
             raise ApiError(405, f"{method.decode('ascii', 'replace')} not allowed: this WHEP "
                                 f"resource takes {' or '.join(m.decode() for m in allowed)}")
         except (ApiError, Denied) as exc:
@@ -145,6 +183,50 @@ class WhepResource(resource.Resource):
         request.setHeader(b"Content-Length", b"0")
         request.defaultContentType = None
         return b""
+
+    def _trickle(self, request, name: str, session_id: str):
+        """RFC 8840 candidates from the player for its session (RFC 9725 §4.3.1)."""
+        viewer = self.sessions.get(session_id)
+        if viewer is None or viewer.stream.name != name:
+            raise NotFound(SESSION_NOT_FOUND)
+        declared = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if declared != TRICKLE_TYPE:
+            raise ApiError(415, "Content-Type must be application/trickle-ice-sdpfrag")
+        match = (request.getHeader(b"if-match") or b"").decode("latin-1").strip()
+        if match and match != "*" and match != f'"{session_id}"':
+            raise ApiError(412, "If-Match does not match the session's ETag")
+        request.content.seek(0)
+        try:
+            fragment = parse_sdpfrag(request.content.read().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadRequest(f"bad trickle-ice-sdpfrag: {exc}"[:200]) from None
+        remote = viewer.remote_ice()
+        if (fragment.ufrag and fragment.ufrag != remote[0]) or \
+                (fragment.pwd and fragment.pwd != remote[1]):
+            raise ApiError(422, NO_RESTART)
+        limit = self._config.whep_max_trickle_candidates
+        if limit and viewer.trickled + len(fragment.candidates) > limit:
+            raise ApiError(429, f"too many trickled candidates: at most "
+                                f"whep_max_trickle_candidates={limit} a session")
+        try:
+            parsed = viewer.parse_candidates(fragment.candidates)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        viewer.trickled += len(parsed)
+        added = defer.Deferred.fromFuture(asyncio.ensure_future(
+            viewer.add_remote_candidates(parsed, fragment.end)))
+
+        def done(_):
+            request.setResponseCode(204)
+            request.defaultContentType = None
+            request.finish()
+
+        def failed(failure):
+            request.write(write_error(request, BadRequest(
+                f"candidate refused: {failure.getErrorMessage()}"[:200])))
+            request.finish()
+        added.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
 
     # -- the session's end ----------------------------------------------------------------
     def _state(self, session_id: str, status: str) -> None:

@@ -99,6 +99,9 @@ class Endpoint:
         self.ts = secrets.randbits(32)
         self.sent_packets = 0
         self.sent_octets = 0
+        self.last_sent: float | None = None  # clock time of our last RTP packet
+        self.injecting = False  # media is injected (sipgw/rtp/sender.py): no silence meanwhile
+        self.keyframe_wanted = None  # callable: the peer asks for a keyframe of what we send
         self.srtp = None  # an SrtpContext once SDES keys are agreed (sipgw/rtp/srtp.py)
 
     def listen(self, reactor, address: str) -> None:
@@ -301,6 +304,13 @@ class Endpoint:
             if isinstance(packet, SenderReport):
                 self.last_sr = ((packet.ntp_timestamp >> 16) & 0xFFFFFFFF,
                                 self.session.clock.seconds())
+            elif isinstance(packet, PictureLossIndication):  # RFC 4585 §6.3.1
+                if packet.media_ssrc == self.local_ssrc and self.keyframe_wanted is not None:
+                    self.keyframe_wanted()
+            elif isinstance(packet, FullIntraRequest):  # RFC 5104 §4.3.1
+                ours = any(ssrc == self.local_ssrc for ssrc, _ in packet.entries)
+                if ours and self.keyframe_wanted is not None:
+                    self.keyframe_wanted()
             elif isinstance(packet, Bye):
                 held = self.session.log_limiter.allow("bye")
                 if held is not None:
@@ -361,6 +371,7 @@ class Endpoint:
             return
         self.sent_packets += 1
         self.sent_octets += len(payload)
+        self.last_sent = self.session.clock.seconds()
 
 
 class MediaSession:
@@ -445,10 +456,12 @@ class MediaSession:
         self.paused = paused
 
     def secure(self, keys: dict) -> None:
-        """SRTP from now on for each kind in ``keys``: (our Crypto, the peer's Crypto)."""
-        for kind, (ours, theirs) in keys.items():
+        """SRTP from now on for each kind in ``keys``: (our Crypto, the peer's Crypto); plain
+        RTP for a kind whose value is None."""
+        for kind, pair in keys.items():
             if kind in self.endpoints:
-                self.endpoints[kind].srtp = SrtpContext(ours.suite, ours.key, theirs.key)
+                self.endpoints[kind].srtp = (SrtpContext(pair[0].suite, pair[0].key, pair[1].key)
+                                             if pair is not None else None)
 
     def established(self) -> None:
         self.established_at = self.clock.seconds()
@@ -569,7 +582,7 @@ class MediaSession:
     # -- sending ---------------------------------------------------------------
     def _silence(self) -> None:
         audio = self.endpoints["audio"]
-        if audio.media is None:
+        if audio.media is None or audio.injecting:
             return
         codec = audio.media.codec
         payload = SILENCE.get(codec.name)

@@ -9,13 +9,16 @@ import secrets
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ..calls import CallError, CallRequest
 from .auth import ChallengeAnswerer, DigestClient
 from .headers import Address, URI
 from .message import Request, Response
 from .resolver import Destination, fails_over
 
-log = Logger(namespace="sipgw.sip.ua")
+log = Logger(namespace="sipgw.sip.registration")
+
+
+class RegistrationFailed(Exception):
+    """The registrar refused the binding a call needs (the message says how)."""
 
 
 def new_tag() -> str:
@@ -42,7 +45,7 @@ class RegistrationIds:
 class Registration:
     """One account's binding at its registrar (RFC 3261 §10), refreshed before expiry."""
 
-    def __init__(self, ua, request: CallRequest, dest: Destination):
+    def __init__(self, ua, request, dest: Destination):
         self.ua = ua
         self.key = account_key(request)
         self.aor = URI("sip", request.sip_domain, user=request.sip_login)
@@ -136,7 +139,7 @@ class Registration:
         log.warn("REGISTER {aor} failed: {reason}", aor=str(self.aor), reason=reason)
         waiters, self.waiters = self.waiters, []
         for d in waiters:
-            d.errback(CallError(f"Registration failed: {reason}"))
+            d.errback(RegistrationFailed(f"Registration failed: {reason}"))
         if expires:
             self.ua.registrations.pop(self.key, None)
         if self.users <= 0:  # released already: nothing more will be sent
@@ -227,7 +230,7 @@ def _binding(uri: URI) -> tuple:
             (uri.params.get("transport") or "udp").lower())
 
 
-def account_key(r: CallRequest) -> tuple:
+def account_key(r) -> tuple:
     """Calls of the same account share one registration: the same login, authentication
     name and password (a call with a wrong password must not ride on another call's binding)
     toward the same registrar. The password is held as a digest, never as text."""

@@ -73,6 +73,50 @@ def offer_keys() -> list[Crypto]:
     return [Crypto.new(tag, suite) for tag, suite in enumerate(SUITES, 1)]
 
 
+def _usable(m) -> list[Crypto]:
+    """The a=crypto values of media section ``m`` we can use: a suite of ours, a key we read."""
+    usable = []
+    for name, value in m.attributes:
+        if name != "crypto" or value is None:
+            continue
+        try:
+            crypto = Crypto.parse(value)
+        except CryptoError:
+            continue
+        if crypto.suite in SUITES:
+            usable.append(crypto)
+    return usable
+
+
+def answer_keys(mode: str, offer, current: dict[str, tuple[Crypto, Crypto]]
+                ) -> dict[str, tuple[Crypto, Crypto]]:
+    """(our crypto, the peer's) per stream of a peer's in-dialog ``offer`` (a
+    SessionDescription), answering its first a=crypto of a suite we support (RFC 4568 §7.1.2,
+    §7.1.4): the keys in use (``current``) are kept while the peer keeps its own (same tag,
+    suite and key); a new key from the peer re-keys both directions with a fresh key of
+    ours. No usable a=crypto: plain RTP in ``optional`` mode, unless the stream says
+    RTP/SAVP, is in ``mandatory`` mode, or is SRTP already (no downgrade): CryptoError."""
+    agreed: dict[str, tuple[Crypto, Crypto]] = {}
+    if mode == "off":
+        return agreed
+    for m in offer.media:
+        if m.port == 0 or m.kind in agreed:
+            continue
+        usable = _usable(m)
+        if not usable:
+            if mode == "mandatory" or m.proto in SECURE_PROTOS or m.kind in current:
+                raise CryptoError(f"SRTP required but the {m.kind} offer has no usable a=crypto "
+                                  f"({m.proto})")
+            continue
+        theirs = usable[0]
+        ours, before = current.get(m.kind, (None, None))
+        if before is None or (before.tag, before.suite, before.key) != (
+                theirs.tag, theirs.suite, theirs.key):
+            ours = Crypto.new(theirs.tag, theirs.suite)  # §7.1.4: re-keyed, or new
+        agreed[m.kind] = (ours, theirs)
+    return agreed
+
+
 def agree(mode: str, offered: dict[str, list[Crypto]], answer) -> dict[str, tuple[Crypto, Crypto]]:
     """(our crypto, the peer's) per accepted stream of ``answer`` (a SessionDescription) whose
     a=crypto has a tag and suite we offered (§7.1.3). A stream without one is plain RTP in
@@ -84,18 +128,8 @@ def agree(mode: str, offered: dict[str, list[Crypto]], answer) -> dict[str, tupl
         if m.port == 0 or m.kind not in offered or m.kind in agreed:
             continue
         ours = {c.tag: c for c in offered[m.kind]}
-        pair = None
-        for name, value in m.attributes:
-            if name != "crypto" or value is None:
-                continue
-            try:
-                theirs = Crypto.parse(value)
-            except CryptoError:
-                continue
-            mine = ours.get(theirs.tag)
-            if mine is not None and mine.suite == theirs.suite:
-                pair = (mine, theirs)
-                break
+        pair = next(((ours[theirs.tag], theirs) for theirs in _usable(m)
+                     if theirs.tag in ours and ours[theirs.tag].suite == theirs.suite), None)
         if pair is not None:
             agreed[m.kind] = pair
         elif mode == "mandatory" or m.proto in SECURE_PROTOS:

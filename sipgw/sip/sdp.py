@@ -35,6 +35,7 @@ _STATIC = {0: ("PCMU", 8000), 3: ("GSM", 8000), 8: ("PCMA", 8000), 9: ("G722", 8
 # Formats that ride beside the real codec and are never chosen as "the" codec.
 _AUXILIARY = {"telephone-event", "cn", "red", "rtx", "ulpfec", "flexfec"}
 _RTP_PROTOS = {"RTP/AVP", "RTP/AVPF"}
+_SRTP_PROTOS = {"RTP/SAVP", "RTP/SAVPF"}  # with SDES keys (sdes.py)
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -492,8 +493,12 @@ def _answer_codecs(kind: str, offered: list[Codec]) -> list[Codec]:
 
 def make_answer(offer: SessionDescription, *, address: str, audio_port: int | None,
                 video_port: int | None, session_id: int, version: int,
+                crypto: dict | None = None,
                 ) -> tuple[SessionDescription, dict[str, NegotiatedMedia]]:
-    """Answer the peer's offer (RFC 3264 §6): one m= line per offered one, port 0 for refused."""
+    """Answer the peer's offer (RFC 3264 §6): one m= line per offered one, port 0 for refused.
+    ``crypto`` (kind -> our a=crypto value, RFC 4568 §7.1.2) makes that kind's stream
+    answerable over RTP/SAVP(F) too, with our crypto line in it."""
+    crypto = crypto or {}
     _check_port("audio_port", audio_port)
     _check_port("video_port", video_port)
     ports = {"audio": audio_port, "video": video_port}
@@ -501,7 +506,8 @@ def make_answer(offer: SessionDescription, *, address: str, audio_port: int | No
     result: dict[str, NegotiatedMedia] = {}
     for m in offer.media:
         port = ports.get(m.kind)
-        usable = port is not None and m.port != 0 and m.proto in _RTP_PROTOS and m.kind not in result
+        protos = _RTP_PROTOS | (_SRTP_PROTOS if m.kind in crypto else set())
+        usable = port is not None and m.port != 0 and m.proto in protos and m.kind not in result
         codecs = _answer_codecs(m.kind, m.codecs) if usable else []
         pick = _pick(codecs, m.codecs)
         if port is None or pick is None:
@@ -512,7 +518,9 @@ def make_answer(offer: SessionDescription, *, address: str, audio_port: int | No
         agreed = _agreed(m.kind, offer, m, offer_codec, answer_codec, offer_dtmf, answer_dtmf,
                          _receivable(codecs, m.codecs))
         result[m.kind] = agreed
-        media.append(_media_section(m.kind, port, codecs, agreed.direction, proto=m.proto))
+        extra = [("crypto", str(crypto[m.kind]))] if m.kind in crypto else []
+        media.append(_media_section(m.kind, port, codecs, agreed.direction, proto=m.proto,
+                                    extra=extra))
     if not result:
         raise SDPError("No common codecs")
     origin = Origin("-", session_id, version, "IN", _addrtype(address), address)

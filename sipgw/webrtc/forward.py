@@ -52,6 +52,7 @@ class SendParameters:
         media = next(m for m in SessionDescription.parse(sdp).media if m.rtp.muxId == mid)
         codec = media.rtp.codecs[0]
         self.mid = mid
+        self.codec = codec.mimeType.partition("/")[2]  # "H264", "PCMU", "opus"...
         self.payload_type = codec.payloadType
         self.clock_rate = codec.clockRate
         self.rtx_payload_type = next(
@@ -128,6 +129,10 @@ class RtpForwarder:
         self.sent = 0
         self.retransmitted = 0
         self.failed = False  # a send failed (logged once)
+        # frames of another codec than the viewer's (the callee switched codec mid-call):
+        # skipped, never sent under the viewer's payload type (noise in the browser)
+        self.codec = params.codec.lower()
+        self.other_codec = 0
         # The header after its first 4 bytes (timestamp, SSRC, extensions), made once by
         # aiortc's serializer with the viewer's extension ids; per frame only the timestamp
         # and the abs-send-time bytes (found by serializing two values) change.
@@ -145,6 +150,9 @@ class RtpForwarder:
         return packet.serialize(p.extensions)
 
     def forward(self, frame) -> bool:
+        if frame.codec.lower() != self.codec:
+            self.other_codec += 1
+            return True
         if self.egress.backlog() > self.max_backlog:
             return False
         payloads = frame.payloads or frame_payloads(frame)

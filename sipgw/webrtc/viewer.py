@@ -18,6 +18,7 @@ import av
 from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender,
                     RTCSessionDescription)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
 from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,
                         RtcpRtpfbPacket)
 from twisted.logger import Logger
@@ -168,6 +169,7 @@ class Viewer:
         self.forwarders: dict[str, RtpForwarder] = {}
         self.playing = False
         self.closed = False
+        self.trickled = 0  # remote candidates added after the offer (WHEP PATCH)
 
         @self.pc.on("connectionstatechange")
         def _state():
@@ -315,6 +317,40 @@ class Viewer:
                     return
             await handle(packet)
         sender._handle_rtcp_packet = handle_rtcp
+
+    def remote_ice(self) -> tuple[str, str]:
+        """The player's ICE ufrag and pwd, from its offer."""
+        ufrag = pwd = ""
+        description = self.pc.remoteDescription
+        for line in (description.sdp if description else "").splitlines():
+            if line.startswith("a=ice-ufrag:") and not ufrag:
+                ufrag = line[12:].strip()
+            elif line.startswith("a=ice-pwd:") and not pwd:
+                pwd = line[10:].strip()
+        return ufrag, pwd
+
+    def parse_candidates(self, candidates) -> list:
+        """Trickled candidates of the player (``(sdp value, mid)``; a missing mid means the
+        first m= section, which every other one is bundled with) as aiortc's; ValueError for
+        one that does not parse."""
+        first = next((t.mid for t in self.pc.getTransceivers() if t.mid is not None), None)
+        parsed = []
+        for value, mid in candidates:
+            try:
+                candidate = candidate_from_sdp(value)
+            except Exception as exc:  # noqa: BLE001 - aiortc asserts, indexes, converts
+                raise ValueError(f"a=candidate:{value[:60]} does not parse "
+                                 f"({type(exc).__name__})") from None
+            candidate.sdpMid = mid if mid is not None else first
+            parsed.append(candidate)
+        return parsed
+
+    async def add_remote_candidates(self, parsed: list, end: bool = False) -> None:
+        """``parse_candidates``' result added to ICE; ``end``: no more come."""
+        for candidate in parsed:
+            await self.pc.addIceCandidate(candidate)
+        if end:
+            await self.pc.addIceCandidate(None)
 
     async def close(self) -> None:
         if self.closed:

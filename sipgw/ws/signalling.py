@@ -11,6 +11,11 @@ Keep-alive as WCS: once established, the server sends a JSON ``ping`` every
 the client's ``pong`` resets the count, and after ``keep_alive.probes`` pings unanswered
 the connection is closed.
 
+MSE players (``mediaProvider: "MSE"``, the WebSDK's choice on a page that is not a secure
+context) are served as WCS serves them (``sipgw/ws/mse.py``): the provider's second websocket to
+the same URL says ``connectMediaTransport`` with the session's authToken and gets the media as
+binary tags. Other providers (``WSPlayer``, ``Flash``) get FAILED saying so.
+
 Every other message ``flashphoner-core.js`` sends gets the reply its handler there
 expects, so the page's state stays sane: ``availableStream`` is answered in kind,
 ``snapshot`` with a ``snapshotFailed`` stream event, ``publishStream`` with FAILED,
@@ -29,12 +34,16 @@ import secrets
 from autobahn.twisted.websocket import (ConnectionDeny, WebSocketServerFactory,
                                        WebSocketServerProtocol)
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..hooks import DEFAULT_APP, HookRefused
+from ..loglimit import LogLimiter, held_back
 from ..policy import AccessPolicy, token_matches
-from ..quotas import QuotaExceeded, check
+from ..quotas import QuotaExceeded, TokenBuckets, check
 from ..webrtc.viewer import NoCommonCodecs, Viewer
+from .mse import MseViewer, plays_audio
 
 log = Logger(namespace="sipgw.ws")
 
@@ -44,12 +53,14 @@ STOPPED_BY_PUBLISHER_STOP = "Stopped by publisher stop"
 STOPPED_BY_USER = "Stopped by user"
 MEDIASESSION_ID_IN_USE = "MediaSessionId is already in use"
 MAX_MESSAGE = 256 * 1024
+PROVIDERS = ("WebRTC", "MSE")  # the WebSDK media providers sipgw plays with
 
 
 # The fields sipgw reads from each message's object, and their JSON type (null = absent).
 FIELDS = {"connection": {"appKey": str, "authToken": str},
           "playStream": {"mediaSessionId": str, "name": str, "sdp": str},
-          "stopStream": {"mediaSessionId": str}}
+          "stopStream": {"mediaSessionId": str},
+          "connectMediaTransport": {"authToken": str}}
 _JSON_TYPES = {str: "a string"}
 
 
@@ -76,7 +87,8 @@ class SignallingProtocol(WebSocketServerProtocol):
     def __init__(self):
         super().__init__()
         self.established = False
-        self.viewers: dict[str, Viewer] = {}
+        self.viewers: dict[str, Viewer | MseViewer] = {}
+        self.media_viewer: MseViewer | None = None  # this socket is an MSE media transport
         self.session_id = secrets.token_hex(8)
         self.app_key = DEFAULT_APP
         self._asking: set = set()  # "connection" and mediaSessionIds whose hook is asked
@@ -84,6 +96,8 @@ class SignallingProtocol(WebSocketServerProtocol):
         self._connect_timer = None
         self._keep_alive = None
         self._missed = 0  # pings sent since the client last answered
+        self._counted_host = None  # the address counted in factory.clients while open
+        self._rate = None  # this connection's message bucket (ws_messages_per_second)
 
     # -- websocket events --------------------------------------------------------
     def onConnect(self, request):
@@ -92,6 +106,7 @@ class SignallingProtocol(WebSocketServerProtocol):
         if not self.factory.auth_tokens and not self.factory.access.trusts(host):
             log.info("ws {peer}: refused, not in trusted_networks", peer=self.peer)
             raise ConnectionDeny(403, "not in trusted_networks and no token configured")
+        self.factory.admit(self, host)
         return None
 
     def onOpen(self):
@@ -101,11 +116,13 @@ class SignallingProtocol(WebSocketServerProtocol):
 
     def _no_connection(self):
         self._connect_timer = None
-        if not self.established:
+        if not self.established and self.media_viewer is None:
             log.info("ws {peer}: no 'connection' within the timeout, closing", peer=self.peer)
             self.sendClose(4000, "no connection message")
 
     def onMessage(self, payload: bytes, isBinary: bool):
+        if not self.factory.within_rate(self):
+            return
         if isBinary:
             self.fail("binary", "binary frames are not supported")
             return
@@ -125,7 +142,8 @@ class SignallingProtocol(WebSocketServerProtocol):
         if handler is None:
             self.fail(name, f"{name} is not supported by sipgw", media_session_id)
             return
-        if name not in ("connection", "ping", "pong") and not self.established:
+        if (name not in ("connection", "ping", "pong", "connectMediaTransport")
+                and not self.established):
             self.fail(name, "send 'connection' first", media_session_id)
             return
         problem = _check_fields(name, data)
@@ -135,8 +153,14 @@ class SignallingProtocol(WebSocketServerProtocol):
         handler(self, obj)
 
     def onClose(self, wasClean, code, reason):
+        self.factory.release(self)
         if self.established:
             self._connection_event("DISCONNECTED")
+            if self.factory.sessions.get(self.session_id) is self:
+                del self.factory.sessions[self.session_id]
+        if self.media_viewer is not None:
+            viewer, self.media_viewer = self.media_viewer, None
+            viewer.socket_closed()
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
         self._stop_keep_alive()
@@ -219,10 +243,11 @@ class SignallingProtocol(WebSocketServerProtocol):
     def _established(self) -> None:
         first = not self.established
         self.established = True
+        self.factory.sessions[self.session_id] = self
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
         self.send("getUserData", {"authToken": self.session_id, "sessionId": self.session_id,
-                                  "status": "ESTABLISHED", "mediaProviders": ["WebRTC"]})
+                                  "status": "ESTABLISHED", "mediaProviders": list(PROVIDERS)})
         self._start_keep_alive()
         if first:
             self._connection_event("ESTABLISHED")
@@ -271,11 +296,12 @@ class SignallingProtocol(WebSocketServerProtocol):
             self.status(media_session_id, name, "FAILED", MEDIASESSION_ID_IN_USE)
             return
         asked = {k: v for k, v in obj.items() if k != "sdp"}
+        provider = obj.get("mediaProvider") or "WebRTC"
         self._ask(media_session_id, "playStream", asked,
-                  lambda: self._play(media_session_id, name, sdp),
+                  lambda: self._play(media_session_id, name, sdp, provider),
                   lambda info: self.status(media_session_id, name, "FAILED", info))
 
-    def _play(self, media_session_id: str, name: str, sdp) -> None:
+    def _play(self, media_session_id: str, name: str, sdp, provider="WebRTC") -> None:
         if media_session_id in self.viewers:
             self.status(media_session_id, name, "FAILED", MEDIASESSION_ID_IN_USE)
             return
@@ -283,7 +309,12 @@ class SignallingProtocol(WebSocketServerProtocol):
         if stream is None or stream.ended:
             self.status(media_session_id, name, "FAILED", STREAM_NOT_FOUND)
             return
-        if not isinstance(sdp, str) or "v=0" not in sdp:
+        if provider not in PROVIDERS:
+            shown = provider if isinstance(provider, str) else "this media provider"
+            self.status(media_session_id, name, "FAILED",
+                        f"{shown[:32]} is not supported by sipgw: play with WebRTC or MSE")
+            return
+        if provider != "MSE" and (not isinstance(sdp, str) or "v=0" not in sdp):
             self.status(media_session_id, name, "FAILED", "playStream needs the offer SDP")
             return
         config = self.factory.config
@@ -294,6 +325,9 @@ class SignallingProtocol(WebSocketServerProtocol):
                   f"viewers of {name}", "max_viewers_per_stream")
         except QuotaExceeded as exc:
             self.status(media_session_id, name, "FAILED", exc.message)
+            return
+        if provider == "MSE":
+            self._play_mse(media_session_id, stream)
             return
         viewer = Viewer(stream, media_session_id=media_session_id,
                         ice_servers=self.factory.ice_servers,
@@ -306,6 +340,45 @@ class SignallingProtocol(WebSocketServerProtocol):
         d = defer.Deferred.fromFuture(future)
         d.addCallbacks(lambda answer: self._answered(media_session_id, name, answer),
                        lambda failure: self._answer_failed(media_session_id, name, failure))
+
+    def _play_mse(self, media_session_id: str, stream) -> None:
+        """An MSE player: answered now, its media go to the websocket that says
+        connectMediaTransport with this session's authToken."""
+        name = stream.name
+        if not stream.has_video and not plays_audio(stream):
+            self.status(media_session_id, name, "FAILED", "No common codecs")
+            return
+        config = self.factory.config
+        viewer = MseViewer(self.factory.reactor, stream, media_session_id,
+                           on_state=lambda status, info: self._viewer_state(
+                               media_session_id, name, status, info),
+                           queue_bytes=config.mse_send_queue_bytes,
+                           transport_timeout=config.ws_connection_timeout)
+        self.viewers[media_session_id] = viewer
+        self.factory.watch(stream, self, media_session_id)
+        log.info("ws {peer}: play {name} as {id} over MSE", peer=self.peer, name=name,
+                 id=media_session_id)
+        self.send("setRemoteSDP", media_session_id, viewer.answer())
+
+    def on_connect_media_transport(self, obj: dict) -> None:
+        """The MSE provider's media websocket: bound to the oldest MSE player of the session
+        whose authToken it gives that has no media socket yet."""
+        owner = self.factory.sessions.get(obj.get("authToken") or "")
+        viewer = None
+        if owner is not None and owner is not self and self.media_viewer is None:
+            viewer = next((v for v in owner.viewers.values()
+                           if isinstance(v, MseViewer) and not v.attached and not v.closed),
+                          None)
+        if viewer is None:
+            log.info("ws {peer}: connectMediaTransport for no waiting MSE player", peer=self.peer)
+            self.fail("connectMediaTransport", "no MSE player waiting for this authToken")
+            self.sendClose(4003, "no MSE player waiting")
+            return
+        if self._connect_timer is not None and self._connect_timer.active():
+            self._connect_timer.cancel()
+        self.media_viewer = viewer
+        viewer.attach(self)
+        self._start_keep_alive()
 
     def _answered(self, media_session_id: str, name: str, answer: str) -> None:
         if media_session_id in self.viewers:
@@ -403,7 +476,10 @@ class SignallingProtocol(WebSocketServerProtocol):
         viewer = self.viewers.pop(media_session_id, None)
         if viewer is not None:
             self.factory.unwatch(viewer.stream, self, media_session_id)
-            defer.Deferred.fromFuture(asyncio.ensure_future(viewer.close()))
+            if isinstance(viewer, MseViewer):
+                viewer.close_now()
+            else:
+                defer.Deferred.fromFuture(asyncio.ensure_future(viewer.close()))
 
     HANDLERS = {"connection": on_connection, "ping": on_ping, "pong": on_pong,
                 "playStream": on_play_stream, "stopStream": on_stop_stream,
@@ -411,12 +487,20 @@ class SignallingProtocol(WebSocketServerProtocol):
                 "sendStreamEvent": on_stream_event, "publishStream": on_publish_stream,
                 "unPublishStream": on_unpublish_stream, "sendData": on_send_data,
                 "call": on_call, "answer": on_call,
+                "connectMediaTransport": on_connect_media_transport,
                 **{name: (lambda self, obj, name=name: self.on_call_control(obj, name))
                    for name in ("hold", "unhold", "transfer")}}
 
 
+@implementer(IProtocolNegotiationFactory)
 class SignallingFactory(WebSocketServerFactory):
     protocol = SignallingProtocol
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN for wss: http/1.1. Without an ALPN choice the OpenSSL that pyOpenSSL bundles
+        (4.0) fails Chromium's TLS handshake ("internal error", ERR_SSL_PROTOCOL_ERROR in the
+        browser); with one it completes, as the https REST listener's (twisted.web) does."""
+        return [b"http/1.1"]
 
     def __init__(self, config, registry, reactor, url: str | None = None, hooks=None):
         super().__init__(url, reactor=reactor)
@@ -432,7 +516,77 @@ class SignallingFactory(WebSocketServerFactory):
                                 autoPingInterval=30,
                                 autoPingTimeout=30)
         self._watchers: dict[str, set] = {}  # stream mediaSessionId -> {(proto, viewer id)}
+        self.clients: dict[str, int] = {}  # open connections per client address
+        self.open_sockets: set = set()  # the open (admitted) protocols
+        self._closed: list = []  # (protocol set, Deferred) of close_all() calls still waiting
+        self._refusals = LogLimiter(reactor)
+        self.sessions: dict[str, SignallingProtocol] = {}  # authToken -> established session
         registry.listeners.append(self._stream_event)
+
+    # -- limits: connections in all and per address, messages per second per connection --
+    def admit(self, proto, host: str) -> None:
+        """Counts ``proto``'s connection, or refuses it (503) beyond ws_max_connections or
+        ws_max_connections_per_address."""
+        config = self.config
+        total, mine = sum(self.clients.values()), self.clients.get(host, 0)
+        for count, limit, setting in ((total, config.ws_max_connections, "ws_max_connections"),
+                                      (mine, config.ws_max_connections_per_address,
+                                       "ws_max_connections_per_address")):
+            if limit and count >= limit:
+                held = self._refusals.allow(setting)
+                if held is not None:
+                    log.warn("ws {peer}: refused, {count} connections reach {setting}={limit}"
+                             "{held}", peer=proto.peer, count=count, setting=setting,
+                             limit=limit, held=held_back(held))
+                raise ConnectionDeny(503, f"too many websocket connections ({setting}={limit})")
+        self.clients[host] = mine + 1
+        self.open_sockets.add(proto)
+        proto._counted_host = host
+        rate = config.ws_messages_per_second
+        proto._rate = TokenBuckets(rate, 2 * rate, clock=self.reactor, max_keys=1)
+
+    def release(self, proto) -> None:
+        self.open_sockets.discard(proto)
+        for waiting, d in list(self._closed):
+            waiting.discard(proto)
+            if not waiting and not d.called:
+                d.callback(None)
+        host, proto._counted_host = proto._counted_host, None
+        if host is not None:
+            left = self.clients.get(host, 1) - 1
+            if left > 0:
+                self.clients[host] = left
+            else:
+                self.clients.pop(host, None)
+
+    def close_all(self, timeout: float = 2.0) -> defer.Deferred:
+        """At shutdown: every open websocket closed with 1001 "going away" (their DISCONNECTED
+        hooks go out); fires when all have closed, or after ``timeout`` seconds."""
+        waiting = set(self.open_sockets)
+        d = defer.Deferred()
+        if not waiting:
+            d.callback(None)
+            return d
+        entry = (waiting, d)
+        self._closed.append(entry)
+        timer = self.reactor.callLater(timeout, lambda: d.called or d.callback(None))
+        d.addBoth(lambda r: (timer.active() and timer.cancel(), self._closed.remove(entry), r)[2])
+        for proto in list(waiting):
+            if proto.state == WebSocketServerProtocol.STATE_OPEN:
+                proto.sendClose(1001, "sipgw is shutting down")
+            else:
+                proto.dropConnection(abort=True)
+        return d
+
+    def within_rate(self, proto) -> bool:
+        """False (the message is dropped, the client told once every 10 s) beyond
+        ws_messages_per_second, after a burst of twice as many."""
+        if proto._rate is None or proto._rate.allow(None):
+            return True
+        if self._refusals.allow(("rate", id(proto))) is not None:
+            proto.fail("unknown", "too many messages: at most ws_messages_per_second="
+                       f"{self.config.ws_messages_per_second}; this one was dropped")
+        return False
 
     def watch(self, stream, proto, media_session_id) -> None:
         self._watchers.setdefault(stream.media_session_id, set()).add((proto, media_session_id))

@@ -74,17 +74,17 @@ class FuzzReactor(UDPMemoryReactor):
 
 
 class _CallHarness:
-    """A UserAgent on a FuzzReactor with one established call at a time (remade when the
+    """A CallManager on a FuzzReactor with one established call at a time (remade when the
     fuzzing ended it), and the checks that nothing is left once every call is over."""
 
     def setup(self):
-        from sipgw.sip.ua import UserAgent
+        from sipgw.gateway.manager import CallManager
         self.clock = FuzzReactor()
-        self.ua = UserAgent(self.clock, Config(sip_bind_address="127.0.0.1", sip_local_port=0,
-                                               call_retention=1, media_port_from=47000,
-                                               media_port_to=47999))
+        self.ua = CallManager(self.clock, Config(sip_bind_address="127.0.0.1", sip_local_port=0,
+                                                call_retention=1, media_port_from=47000,
+                                                media_port_to=47999))
         self.ua.start()
-        self.sip_port = self.ua.transport.port
+        self.sip_port = self.ua.sip.transport.port
         self.port = self.clock.udp_ports[self.sip_port]
         self.calls = 0
         self.fed = 0
@@ -141,7 +141,7 @@ class _CallHarness:
         for _ in range(200):
             self.clock.advance(1)
         ua, problems = self.ua, []
-        if ua.calls or ua.by_sip_call_id:
+        if ua.calls or ua.sip.sessions:
             problems.append(f"{len(ua.calls)} calls left")
         if ua.ports.in_use:
             problems.append(f"{len(ua.ports.in_use)} media ports left")
@@ -149,9 +149,9 @@ class _CallHarness:
             problems.append(f"{len(self.clock.udp_ports) - 1} UDP sockets left")
         if ua.streams.all():
             problems.append(f"{len(ua.streams.all())} streams left")
-        if ua.transactions.server or ua.transactions.client:
+        if ua.sip.transactions.server or ua.sip.transactions.client:
             problems.append("transactions left")
-        if ua.registrations:
+        if ua.sip.registrations:
             problems.append("registrations left")
         return problems
 

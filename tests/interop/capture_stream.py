@@ -15,12 +15,12 @@ from twisted.internet import defer, reactor  # noqa: E402
 
 from sipgw.calls import CallRequest  # noqa: E402
 from sipgw.config import Config  # noqa: E402
-from sipgw.sip.ua import UserAgent  # noqa: E402
+from sipgw.gateway.manager import CallManager  # noqa: E402
 
 
 async def capture(port: int, path: str, wanted: int, srtp: str = "") -> dict:
-    ua = UserAgent(reactor, Config(sip_bind_address="127.0.0.1", sip_local_port=0,
-                                   media_port_from=39000, media_port_to=39199))
+    ua = CallManager(reactor, Config(sip_bind_address="127.0.0.1", sip_local_port=0,
+                                     media_port_from=39000, media_port_to=39199))
     ua.start()
     ua.startup(CallRequest(call_id="capture", callee="bob", sip_login="alice",
                            sip_password="alicepw", sip_domain="127.0.0.1", sip_port=port,

@@ -1008,10 +1008,12 @@ class NginxRtmp(_Peer):
     program = "nginx"
     term_wait = 5.0
 
-    def __init__(self, tmpdir: str | os.PathLike, *, port: int, record: bool = False) -> None:
+    def __init__(self, tmpdir: str | os.PathLike, *, port: int, record: bool = False,
+                 stat_port: int | None = None) -> None:
         super().__init__(Path(tmpdir) / f"nginx-{port}")
         self.port = port
         self.record = record
+        self.stat_port = stat_port  # HTTP: /stat is the RTMP module's XML statistics
         self.record_dir = self.tmpdir / "records"
         self.conf_path = self.tmpdir / "nginx.conf"
 
@@ -1034,7 +1036,9 @@ class NginxRtmp(_Peer):
             f"pid {self.tmpdir}/nginx.pid;\n"
             f"error_log {self.tmpdir}/error.log info;\n"
             "events { worker_connections 64; }\n"
-            "rtmp {\n"
+            + (f"http {{ access_log off; server {{ listen {HOST}:{self.stat_port}; "
+               "location /stat { rtmp_stat all; } } }\n" if self.stat_port else "")
+            + "rtmp {\n"
             "    server {\n"
             f"        listen {HOST}:{self.port};\n"
             "        chunk_size 4096;\n"
@@ -1061,6 +1065,12 @@ class NginxRtmp(_Peer):
         wait_for(self._listening, timeout, f"nginx-rtmp to listen on {HOST}:{self.port}",
                  process=self.process, log=self.error_log)
         return self
+
+    def stat(self) -> str:
+        """The /stat page (XML) of a server started with ``stat_port``."""
+        import urllib.request
+        with urllib.request.urlopen(f"http://{HOST}:{self.stat_port}/stat", timeout=5) as page:
+            return page.read().decode()
 
     def error_log(self) -> str:
         path = self.tmpdir / "error.log"
@@ -1217,10 +1227,13 @@ def hlsjs_dir() -> Path:
 
 
 class StaticSite:
-    """Files of ``root`` over HTTP on 127.0.0.1, unchanged, from a thread of the test process."""
+    """Files of ``root`` over HTTP on 127.0.0.1 (or ``host``), unchanged, from a thread of the
+    test process; over HTTPS with ``tls=(certificate, key)`` (PEM files)."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, host: str = HOST, tls=None) -> None:
         self.root = Path(root)
+        self.host = host
+        self.tls = tls
         self.port: int | None = None
         self._server = None
         self._thread = None
@@ -1235,8 +1248,13 @@ class StaticSite:
                 pass
 
         handler = functools.partial(Quiet, directory=str(self.root))
-        self._server = http.server.ThreadingHTTPServer((HOST, 0), handler)
+        self._server = http.server.ThreadingHTTPServer((self.host, 0), handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="static-site",
                                         daemon=True)
@@ -1244,7 +1262,8 @@ class StaticSite:
         return self
 
     def url(self, path: str) -> str:
-        return f"http://{HOST}:{self.port}/{path.lstrip('/')}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}/{path.lstrip('/')}"
 
     def stop(self) -> None:
         if self._server is not None:
@@ -1252,6 +1271,73 @@ class StaticSite:
             self._server.server_close()
             self._thread.join(5)
             self._server = None
+
+
+class VethNamespace:
+    """A second network namespace joined to the test's by a veth pair: ``near`` (here) and
+    ``far`` (there), a /30 of the test's own making, loopback up on both sides.
+
+    A process holds the namespace (``unshare -n sleep``); programs enter it with
+    ``nsenter --net=/proc/<pid>/ns/net`` (``wrapper``).  ``stop()`` deletes the pair and ends
+    the holder, which frees the namespace: nothing stays behind.  Works as root, inside the
+    ``unshare -n`` tools/test.sh runs the tests in too (no named netns, no mount needed).
+    """
+
+    def __init__(self, near: str = "10.77.0.1", far: str = "10.77.0.2", prefix: int = 30) -> None:
+        self.near, self.far, self.prefix = near, far, prefix
+        suffix = f"{os.getpid() % 100000}"
+        self.near_dev, self.far_dev = f"sgva{suffix}", f"sgvb{suffix}"
+        self.holder: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.holder.pid if self.holder is not None else None
+
+    def _ip(self, *args: str, inside: bool = False) -> None:
+        argv = ["ip", *args]
+        if inside:
+            argv = ["nsenter", f"--net=/proc/{self.pid}/ns/net", *argv]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        if result.returncode != 0:
+            raise PeerError(f"{' '.join(argv)}: {result.stderr.strip()}")
+
+    def start(self) -> "VethNamespace":
+        for program in ("unshare", "nsenter", "ip"):
+            require_program(program)
+        self.holder = subprocess.Popen(["unshare", "-n", "--", "sleep", "3600"],
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        _started_groups.add(self.holder.pid)
+        here = os.readlink("/proc/self/ns/net")
+        try:
+            wait_for(lambda: os.readlink(f"/proc/{self.pid}/ns/net") != here, timeout=5,
+                     what="the namespace holder to unshare")
+            self._ip("link", "add", self.near_dev, "type", "veth", "peer", "name", self.far_dev,
+                     "netns", str(self.pid))
+            self._ip("addr", "add", f"{self.near}/{self.prefix}", "dev", self.near_dev)
+            self._ip("link", "set", self.near_dev, "up")
+            self._ip("link", "set", "lo", "up", inside=True)
+            self._ip("addr", "add", f"{self.far}/{self.prefix}", "dev", self.far_dev, inside=True)
+            self._ip("link", "set", self.far_dev, "up", inside=True)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def wrapper(self, program: str, directory: Path) -> Path:
+        """An executable that runs ``program`` (with its arguments) in the namespace."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{Path(program).name}-in-netns"
+        path.write_text(f'#!/bin/sh\nexec nsenter --net=/proc/{self.pid}/ns/net {program} "$@"\n')
+        path.chmod(0o755)
+        return path
+
+    def stop(self) -> None:
+        subprocess.run(["ip", "link", "del", self.near_dev], capture_output=True, timeout=10)
+        if self.holder is not None:
+            if self.holder.poll() is None:
+                self.holder.kill()
+            self.holder.wait(5)
+            self.holder = None
 
 
 class Chromium:
@@ -1265,9 +1351,11 @@ class Chromium:
 
     program = "chromium"
 
-    def __init__(self, tmpdir: str | os.PathLike, *, flags: Sequence[str] = CHROMIUM_FLAGS) -> None:
+    def __init__(self, tmpdir: str | os.PathLike, *, flags: Sequence[str] = CHROMIUM_FLAGS,
+                 netns: "VethNamespace | None" = None) -> None:
         self.tmpdir = Path(tmpdir) / "chromium"
         self.flags = tuple(flags)
+        self.netns = netns  # run the browser (not chromedriver) in that network namespace
         self.driver = None
         self.service = None
         self.log_path = self.tmpdir / "chromedriver.log"
@@ -1289,6 +1377,11 @@ class Chromium:
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         options = webdriver.ChromeOptions()
         options.binary_location = binary
+        if self.netns is not None:
+            # chromedriver stays here and drives the browser over a pipe, not over TCP
+            # (the browser's loopback is another one)
+            options.binary_location = str(self.netns.wrapper(binary, self.tmpdir))
+            options.add_argument("--remote-debugging-pipe")
         for flag in self.flags:
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={self.tmpdir / 'profile'}")

@@ -1,6 +1,7 @@
 """A real baresip call (through Kamailio) played over HLS from the daemon's own port:
 ffprobe reads http://127.0.0.1:PORT/NAME/index.m3u8 as h264 320x240 + aac, and the live
-playlist moves on while the call lasts."""
+playlist moves on while the call lasts; hls.js in Chromium plays it in low-latency mode
+(parts, blocking playlist reloads)."""
 import json
 import re
 import subprocess
@@ -57,10 +58,14 @@ PAGE = """<!doctype html><html><body>
 <script>
 const status = document.getElementById("status"), video = document.getElementById("video");
 if (!Hls.isSupported()) { status.textContent = "hls.js unsupported"; }
-const hls = new Hls();
+const params = new URLSearchParams(location.search);
+const hls = new Hls({lowLatencyMode: params.get("ll") !== "0"});
+window.hls = hls;
+window.loaded = {parts: 0, fragments: 0};
+hls.on(Hls.Events.FRAG_LOADED, (e, d) => { if (d.part) loaded.parts++; else loaded.fragments++; });
 hls.on(Hls.Events.ERROR, (e, d) => { if (d.fatal) status.textContent = "error " + d.details; });
 video.addEventListener("playing", () => { status.textContent = "playing"; });
-hls.loadSource(new URLSearchParams(location.search).get("src"));
+hls.loadSource(params.get("src"));
 hls.attachMedia(video);
 </script></body></html>
 """
@@ -68,7 +73,10 @@ hls.attachMedia(video);
 
 def test_hls_js_in_chromium_plays_a_real_call(daemon, kamailio, baresip, chromium, tmp_path):
     """hls.js (npm) in headless Chromium, on a page of another origin (CORS), plays the
-    call's HLS: 320x240, its clock advancing by 3 s."""
+    call's HLS in low-latency mode: 320x240, its clock advancing by 3 s, from parts
+    (EXT-X-PART) it learns of by blocking playlist reloads (_HLS_msn/_HLS_part); /metrics
+    counts the player, the parts and the reloads.  Baseline in the same run: hls.js without
+    low-latency mode plays the same stream from segments, further behind the live edge."""
     import shutil
     from peers import PeerMissing, StaticSite, hlsjs_dir
     try:
@@ -93,5 +101,32 @@ def test_hls_js_in_chromium_plays_a_real_call(daemon, kamailio, baresip, chromiu
             "return document.getElementById('video').currentTime") > start + 3, 20,
             "the video clock to advance 3 s")
         assert chromium.text("status") == "playing"
+        script = chromium.driver.execute_script
+        details = script("const d = hls.levels[hls.currentLevel].details;"
+                         "return {block: d.canBlockReload, parts: d.partList ? d.partList.length"
+                         " : 0, partTarget: d.partTarget, live: d.live}")
+        assert details["block"] is True and details["parts"] > 0 and details["live"], details
+        assert details["partTarget"] == pytest.approx(0.5, abs=0.06), details
+        loaded = script("return window.loaded")
+        assert loaded["parts"] > 0, loaded
+        latency = script("return hls.latency")
+        print(f"\nhls.js low-latency mode: latency {latency:.2f} s, target "
+              f"{script('return hls.targetLatency'):.2f} s, loaded {loaded}")
+        from test_whep_metrics import scrape  # the /metrics reader of the WHEP test
+        samples = scrape(daemon)
+        assert samples["sipgw_hls_blocking_reloads_total", (("result", "answered"),)] > 0
+        assert samples["sipgw_hls_requests_total", (("kind", "part"),)] > 0
+        assert samples["sipgw_viewers", (("kind", "hls"),)] == 1
+        assert samples["sipgw_hls_streams", ()] == 1
+        chromium.open(f"http://127.0.0.1:{site.port}/hls.html?ll=0&src={src}")
+        chromium.wait_text("status", "playing", timeout=30)
+        start = script("return document.getElementById('video').currentTime")
+        chromium.wait(lambda: script("return document.getElementById('video').currentTime")
+                      > start + 3, 20, "the segments-only player's clock to advance 3 s")
+        plain = script("return hls.latency")
+        print(f"hls.js without low-latency mode (baseline): latency {plain:.2f} s, "
+              f"loaded {script('return window.loaded')}")
+        assert script("return window.loaded.parts") == 0
+        assert latency < plain
     finally:
         site.stop()

@@ -53,6 +53,18 @@ def test_redact_hides_user_password_and_query_values():
     assert "hunter2" not in target("rtmp://bob:hunter2@h/live", "s").redacted
 
 
+def test_logged_target_masks_the_stream_key():
+    """The stream name is an RTMP service's secret key: logs show two characters and its length."""
+    key = "abcd-1234-efgh-5678"
+    full = target(f"rtmp://bob:pw@a.rtmp.example.com/live2/{key}?t=1", full_url=True)
+    assert key not in full.redacted and "pw" not in full.redacted
+    assert full.redacted == "rtmp://***@a.rtmp.example.com/live2/ab***(19)?t=***"
+    assert full.stream == f"{key}?t=1"
+    split = target("rtmp://h/live", key)
+    assert key not in split.redacted and split.redacted == "rtmp://h/live (ab***(19))"
+    assert target("rtmp://h/live", "abc").redacted == "rtmp://h/live (***)"
+
+
 def test_chunk_reader_reassembles_messages_split_in_chunks_and_bytes():
     """A message larger than the chunk size, fed one byte at a time, comes out whole."""
     payload = bytes(range(256)) * 3

@@ -12,6 +12,7 @@ from twisted.internet.testing import StringTransport
 from sipgw.config import Config
 from sipgw.policy import AccessPolicy, parse_networks, parse_tokens, route_scope
 from sipgw.rest.calls import CallApi
+from sipgw.rest.inject import InjectApi
 from sipgw.rest.openapi import OpenApi
 from sipgw.rest.push import PushApi
 from sipgw.rest.recorder import RecorderApi
@@ -24,18 +25,19 @@ GOOD = "good-token-0123456789abcdef"
 CALLS_ONLY = "calls-token-0123456789abcd"
 BAD = "bad-token-0123456789abcdefg"
 EVERY_ROUTE = sorted({*CallApi.router.paths, *StreamApi.router.paths, *PushApi.router.paths,
-                      *RecorderApi.router.paths, *OpenApi.router.paths})
+                      *RecorderApi.router.paths, *OpenApi.router.paths,
+                      *InjectApi.router.paths})
 
 
 @pytest.fixture
 def rest(tmp_path):
     """The daemon's real REST resource (service.make_root), on a Clock, with two tokens."""
     from sipgw.service import make_media, make_root
-    from sipgw.sip.ua import UserAgent
+    from sipgw.gateway.manager import CallManager
     clock = Clock()
     config = Config(rest_auth_tokens=f"{GOOD},{CALLS_ONLY}:calls", record_dir=str(tmp_path))
-    ua = UserAgent(clock, config)
-    root = make_root(config, ua, make_media(config, clock, ua.streams))
+    calls = CallManager(clock, config)
+    root = make_root(config, calls, make_media(config, clock, calls.streams))
     return root.children[b"rest-api"]
 
 

@@ -32,6 +32,18 @@ def test_add_find_all_remove(client_for):
     assert "shop" not in hooks.apps
 
 
+def test_apps_are_limited_by_max_apps(client_for):
+    """A new appKey beyond max_apps is a 429 naming the setting; replacing one still works."""
+    hooks = Hooks(Clock(), HeldHttpClient(), max_apps=2,
+                  apps=parse_apps("defaultApp=http://127.0.0.1:9/d"))
+    post = client_for(RestResource(AppApi(hooks))).post
+    assert post("/app/add", {"appKey": "a", "url": "http://127.0.0.1:9/a"}).code == 200
+    refused = post("/app/add", {"appKey": "b", "url": "http://127.0.0.1:9/b"})
+    assert refused.code == 429 and "max_apps=2" in refused.json()["error"]
+    assert refused.json()["field"] == "appKey" and "b" not in hooks.apps
+    assert post("/app/add", {"appKey": "a", "url": "http://127.0.0.1:9/a2"}).code == 200
+
+
 def test_bad_and_denied_urls(client_for):
     """A non-http URL is a 400 naming url; a link-local one (cloud metadata) is a 403."""
     post = client_for(RestResource(AppApi(_hooks()))).post

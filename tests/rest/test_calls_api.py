@@ -71,13 +71,13 @@ class RecordingCallManager:
             raise NotFound(CALL_NOT_FOUND)
         self.dtmf.append((call_id, dtmf, kind))
 
-    def hold(self, call_id: str, held: bool = True) -> None:
+    def hold(self, call_id: str, held: bool = True, for_transfer: bool = False) -> None:
         if call_id not in self.calls:
             raise NotFound(CALL_NOT_FOUND)
         wanted, now = ("ESTABLISHED", "HOLD") if held else ("HOLD", "ESTABLISHED")
         if self.calls[call_id]["status"] != wanted:
             raise Conflict(f"call {call_id} is not {wanted}")
-        self.calls[call_id]["status"] = now
+        self.calls[call_id].update(status=now, holdForTransfer=held and for_transfer)
 
     def transfer(self, call_id: str, target: str) -> None:
         if call_id not in self.calls:
@@ -584,6 +584,18 @@ def test_hold_then_unhold(client, manager):
     response = client.post("/call/unhold", {"callId": "c1"})
     assert (response.code, response.body) == (200, b"")
     assert manager.calls["c1"]["status"] == "ESTABLISHED"
+
+
+def test_hold_for_transfer_is_shown_until_unhold(client, manager):
+    """/call/hold with holdForTransfer true (WebSDK holdForTransfer) shows it in /call/find
+    till /call/unhold; a value other than true or false is a 400 naming it."""
+    manager.add_call("c1")
+    bad = client.post("/call/hold", {"callId": "c1", "holdForTransfer": "maybe"})
+    assert (bad.code, bad.json()["field"]) == (400, "holdForTransfer")
+    assert client.post("/call/hold", {"callId": "c1", "holdForTransfer": True}).code == 200
+    assert client.post("/call/find", {"callId": "c1"}).json()[0]["holdForTransfer"] is True
+    assert client.post("/call/unhold", {"callId": "c1"}).code == 200
+    assert client.post("/call/find", {"callId": "c1"}).json()[0]["holdForTransfer"] is False
 
 
 @pytest.mark.parametrize("path", ["/call/hold", "/call/unhold"])

@@ -98,27 +98,25 @@ def test_dtmf_rate_per_call_is_refused(client_for):
     assert [d[1] for d in manager.dtmf] == ["12345678", "1", "12"]
 
 
-def test_quotas_follow_the_user_agents_calls_without_scanning_them(client_for):
-    """With the real user agent the quotas count the calls its status observer saw start and
-    not end yet: a call refused by the callee frees its place, ended calls kept findable
+def test_quotas_follow_the_call_managers_calls_without_scanning_them(client_for):
+    """With the real call manager the quotas count the calls its status observer saw start
+    and not end yet: a call refused by the callee frees its place, ended calls kept findable
     for call_retention do not count."""
-    from fakes import PEER, RecordingSender, UDPMemoryReactor
-    from sipgw.sip.message import make_response
-    from sipgw.sip.ua import UserAgent
+    from fakes import PEER, RecordingSender, UDPMemoryReactor, gateway_on, reply
 
     clock = UDPMemoryReactor()
-    ua = UserAgent(clock, Config(max_calls=2, max_calls_per_account=2))
-    ua.transport = ua.transactions.sender = sender = RecordingSender()
-    ua.active_calls = None  # never asked: the counts come from the observer
-    client = client_for(RestResource(CallApi(ua, ua.config, clock)))
+    sender = RecordingSender()
+    gw = gateway_on(clock, sender, max_calls=2, max_calls_per_account=2)
+    gw.active_calls = None  # never asked: the counts come from the observer
+    client = client_for(RestResource(CallApi(gw, gw.config, clock)))
     body = {**MINIMAL_BODY, "sipDomain": "127.0.0.1"}
     assert client.post("/call/startup", {**body, "callId": "a1", "toStream": "a1"}).code == 200
     assert client.post("/call/startup", {**body, "callId": "a2", "toStream": "a2"}).code == 200
     full = client.post("/call/startup", {**body, "callId": "a3", "toStream": "a3"})
     assert full.code == 429 and full.json()["error"] == "too many calls: 2 of max_calls=2"
     invite = sender.requests("INVITE")[0]
-    ua.transactions.receive(make_response(invite, 486, to_tag="x"), PEER)
-    assert ua.find("a1")[0]["status"] == "BUSY"  # ended, still findable
+    gw.sip.transactions.receive(reply(invite, 486), PEER)
+    assert gw.find("a1")[0]["status"] == "BUSY"  # ended, still findable
     assert client.post("/call/startup", {**body, "callId": "a3", "toStream": "a3",
                                          "sipLogin": "bob"}).code == 200
     again = client.post("/call/startup", {**body, "callId": "a4", "toStream": "a4"})

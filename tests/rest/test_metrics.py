@@ -65,7 +65,7 @@ def place_call(daemon, http_get) -> None:
     ok = make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
         ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp")])
     sip.proto.datagramReceived(bytes(ok), CALLEE)
-    audio_port = daemon.ua.calls["c1"].media_session.endpoints["audio"].port
+    audio_port = daemon.calls.calls["c1"].media_session.endpoints["audio"].port
     rtp = daemon.clock.udp_ports[audio_port]
     for seq in range(50):
         packet = RtpPacket(payload_type=0, sequence_number=seq, timestamp=160 * seq,
@@ -96,7 +96,7 @@ def test_a_call_shows_in_the_scrape(daemon, http_get):
     assert after["sipgw_rtp_srtp_auth_failures_total", (("kind", "audio"),)] == 0
     assert ("sipgw_rtp_jitter", (("kind", "audio"), ("stream", "s1"))) in after
     assert after["sipgw_streams", ()] == 1
-    daemon.ua.terminate("c1")
+    daemon.calls.terminate("c1")
     sip = daemon.clock.udp_ports[daemon.ua.transport.port]
     bye = parse(sip.written[-1][0])
     sip.proto.datagramReceived(bytes(make_response(bye, 200)), CALLEE)
@@ -112,7 +112,7 @@ def test_retransmissions_and_reactor_lag_are_counted(daemon, http_get):
     second) fired 0.5 s late at 1.5 s and 1 s late at 3.5 s."""
     place_call_body = {"callId": "c2", "callee": "bob", "sipLogin": "alice",
                        "sipDomain": "127.0.0.1", "toStream": "s2"}
-    daemon.ua.startup(_request(place_call_body))
+    daemon.calls.startup(_request(place_call_body))
     daemon.clock.pump([0.5, 1.0, 2.0])  # Timer A: 0.5, 1.5, 3.5 s
     samples = scrape(http_get, daemon)
     assert samples["sipgw_sip_retransmissions_total", (("method", "INVITE"),)] == 3
@@ -181,8 +181,26 @@ def test_pushes_and_recordings_running_are_gauges(daemon, http_get):
     assert not [key for key in samples if key[0] == "sipgw_pushes"]
 
 
+def test_injections_running_are_a_gauge_by_status(daemon, http_get):
+    """Injections into calls (/call/inject_*) running, by status, read at each scrape; an
+    ended one (still shown in /call/find) is not counted."""
+    injections = daemon.media.injections.injections
+    ended = _Job("FINISHED")
+    ended.finished = True
+    injections.update({"c1": _Job("INJECTING"), "c2": _Job("STARTING"), "c3": ended})
+    samples = scrape(http_get, daemon)
+    assert samples["sipgw_injections", (("status", "INJECTING"),)] == 1
+    assert samples["sipgw_injections", (("status", "STARTING"),)] == 1
+    assert ("sipgw_injections", (("status", "FINISHED"),)) not in samples
+    injections.clear()
+    assert not [key for key in scrape(http_get, daemon) if key[0] == "sipgw_injections"]
+
+
 class _Job:
-    """A push or recording as the managers hold it: only its state is read."""
+    """A push, recording or injection as the managers hold it: only its state is read (and
+    whether it is over)."""
+
+    finished = False
 
     def __init__(self, state):
         self.state = state
@@ -204,3 +222,24 @@ def test_sip_counters_stay_bounded_whatever_methods_arrive(daemon, http_get):
                          (("code", ""), ("method", "other"))): 500}
     sent = {k for k in samples if k[0] == "sipgw_sip_messages_sent_total"}
     assert {dict(labels)["method"] for _, labels in sent} <= {"other"}
+
+
+def test_hls_players_streams_requests_and_blocking_reloads_are_counted(daemon, http_get):
+    """The HLS manager's figures at each scrape: streams muxed, players (client addresses
+    asking within hls_idle_timeout: tests/media/test_llhls.py counts them), requests by kind,
+    held requests, blocking reloads by outcome."""
+    hls = daemon.media.hls
+    samples = scrape(http_get, daemon)
+    assert samples["sipgw_hls_streams", ()] == 0
+    assert samples["sipgw_viewers", (("kind", "hls"),)] == 0
+    assert samples["sipgw_hls_held_requests", ()] == 0
+    assert samples["sipgw_hls_requests_total", (("kind", "playlist"),)] == 0
+    hls.part("nope", "seg-1.m4s", client="192.0.2.1")
+    hls.part("nope", "index.html")
+    hls.reloads.update({"answered": 3, "too_far": 1})
+    samples = scrape(http_get, daemon)
+    assert samples["sipgw_hls_requests_total", (("kind", "segment"),)] == 1
+    assert samples["sipgw_hls_requests_total", (("kind", "unknown"),)] == 1
+    assert samples["sipgw_hls_blocking_reloads_total", (("result", "answered"),)] == 3
+    assert samples["sipgw_hls_blocking_reloads_total", (("result", "too_far"),)] == 1
+    assert samples["sipgw_hls_blocking_reloads_total", (("result", "timed_out"),)] == 0

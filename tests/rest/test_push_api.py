@@ -196,3 +196,25 @@ def test_push_audio_options_and_methods(client_for, tmp_path):
     assert bad.code == 400 and bad.json()["field"] == "options"
     closing = manager.close(timeout=0)
     calls.run_until(lambda: closing.called)
+
+
+def test_sound_on_sample_wav_plays_the_shipped_chord_when_sound_dir_lacks_it(client_for,
+                                                                            tmp_path):
+    """The pages' Music box asks for sample.wav: with none in sound_dir the one sipgw ships
+    plays; a name neither has is still 404."""
+    from sipgw import sounds
+    from sipgw.config import Config
+    calls = ThreadCalls()
+    registry = StreamRegistry()
+    registry.add(Stream("call1"))
+    manager = PushManager(calls, registry, reconnect_min=5, reconnect_max=5, timeout=1)
+    client = client_for(RestResource(PushApi(manager, Config(sound_dir=str(tmp_path)))))
+    push = client.post("/push/startup", {"streamName": "call1", "rtmpUrl": URL, "options": {
+        "action": "sound_on", "soundFile": "sample.wav"}}).json()
+    assert manager.pushes[push["mediaSessionId"]].audio_action == (
+        "sound", sounds.builtin("sample.wav"), True)
+    missing = client.post("/push/sound_on", {"mediaSessionId": push["mediaSessionId"],
+                                             "soundFile": "nope.wav"})
+    assert missing.code == 404
+    for one in list(manager.pushes.values()):
+        one.stop()

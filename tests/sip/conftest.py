@@ -1,23 +1,12 @@
-"""Fixtures of the SIP layer tests (the fakes themselves live in tests/fakes.py)."""
+"""Fixtures of the SIP layer tests (clock, sender and make_gateway: tests/conftest.py)."""
 import pytest
 
-from fakes import RecordingSender, UDPMemoryReactor
 from sipgw.config import Config
 
 
 @pytest.fixture
-def clock():
-    return UDPMemoryReactor()
-
-
-@pytest.fixture
-def sender():
-    return RecordingSender()
-
-
-@pytest.fixture
 def make_ua(clock, sender):
-    """A UserAgent on a Clock whose bytes go to the RecordingSender."""
+    """A SIP UserAgent on a Clock whose bytes go to the RecordingSender."""
     from sipgw.sip.ua import UserAgent
 
     def make(**settings):

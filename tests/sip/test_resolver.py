@@ -6,8 +6,7 @@ from twisted.internet import defer
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 
-from fakes import PEER
-from sipgw.calls import CallRequest
+from fakes import PEER, call_request
 from sipgw.sip.message import make_response
 from sipgw.sip.resolver import (Destination, Locator, Naptr, Srv, naptr_services, order_srv,
                                 parse_servers)
@@ -266,102 +265,101 @@ def test_dns_servers_setting():
 
 
 # -- the user agent's failover (RFC 3263 §4.3) ----------------------------------------------
-def _ua(make_ua, clock, **settings):
-    ua = make_ua(**settings)
-    ua.locator = Locator(clock, FakeDNS(clock, ZONE))
-    return ua
+def _ua(make_gateway, clock, **settings):
+    gw = make_gateway(**settings)
+    gw.sip.locator = Locator(clock, FakeDNS(clock, ZONE))
+    return gw
 
 
 def _call(**fields):
-    values = dict(call_id="call1", callee="bob", sip_login="alice", sip_domain="example.test",
-                  sip_password="s3cret-pw", sip_port=5060)
-    values.update(fields)
-    return CallRequest(**values)
+    return call_request(**{"sip_domain": "example.test", **fields})
 
 
 def _dests(sender, method):
     return [(t, h, p) for m, t, h, p in sender.sent if getattr(m, "method", "") == method]
 
 
-def test_invite_moves_to_the_next_target_on_timeout_and_503(make_ua, sender, clock):
+def test_invite_moves_to_the_next_target_on_timeout_and_503(make_gateway, sender, clock):
     """The INVITE goes to the first SRV target; Timer B sends it to the next in a new
     transaction, a 503 from that one to the one after."""
-    ua = _ua(make_ua, clock)
-    ua.startup(_call())
+    gw = _ua(make_gateway, clock)
+    gw.startup(_call())
     _run(clock)
     assert _dests(sender, "INVITE") == [("TCP", "127.0.0.2", 5070)]
     clock.advance(64 * T1)
     assert _dests(sender, "INVITE")[-1] == ("TCP", "127.0.0.3", 5080)
     second = sender.requests("INVITE")[-1]
     assert second.top_via.branch != sender.requests("INVITE")[0].top_via.branch
-    ua.transactions.receive(make_response(second, 503), PEER)
+    gw.sip.transactions.receive(make_response(second, 503), PEER)
     assert _dests(sender, "INVITE")[-1] == ("TCP", "127.0.0.4", 5080)
-    assert ua.find("call1")[0]["status"] == "PENDING"
+    assert gw.find("call1")[0]["status"] == "PENDING"
 
 
-def test_register_fails_over_on_a_transport_error_and_the_invite_follows(make_ua, sender, clock):
+def test_register_fails_over_on_a_transport_error_and_the_invite_follows(make_gateway, sender,
+                                                                        clock):
     """REGISTER to a dead first target (TCP refused) goes to the next; once registered there,
     the INVITE goes there too, not to the dead one."""
-    ua = _ua(make_ua, clock)
-    ua.startup(_call(sip_register_required=True))
+    gw = _ua(make_gateway, clock)
+    gw.startup(_call(sip_register_required=True))
     _run(clock)
     assert _dests(sender, "REGISTER") == [("TCP", "127.0.0.2", 5070)]
-    ua.transactions.transport_error(("127.0.0.2", 5070), "Connection refused")
+    gw.sip.transactions.transport_error(("127.0.0.2", 5070), "Connection refused")
     assert _dests(sender, "REGISTER")[-1] == ("TCP", "127.0.0.3", 5080)
     register = sender.requests("REGISTER")[-1]
-    ua.transactions.receive(make_response(register, 200, to_tag="r1"), PEER)
+    gw.sip.transactions.receive(make_response(register, 200, to_tag="r1"), PEER)
     _run(clock)
     assert _dests(sender, "INVITE") == [("TCP", "127.0.0.3", 5080)]
 
 
-def _answer_through_proxy_test(ua, sender, clock, host="proxy.test"):
+def _answer_through_proxy_test(gw, sender, clock, host="proxy.test"):
     """A call to 127.0.0.1 answered 200 with Record-Route <sip:HOST:5077;lr>."""
-    ua.startup(_call(sip_domain="127.0.0.1"))
+    gw.startup(_call(sip_domain="127.0.0.1"))
     invite = sender.requests("INVITE")[-1]
-    ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
+    gw.sip.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
         ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp"),
         ("Record-Route", f"<sip:{host}:5077;lr>")]), PEER)
     _run(clock)
 
 
-def test_in_dialog_requests_go_to_a_named_record_route_host(make_ua, sender, clock):
+def test_in_dialog_requests_go_to_a_named_record_route_host(make_gateway, sender, clock):
     """A Record-Route naming a host: the ACK and BYE go to that host's address (RFC 3263
     §4), not to the INVITE's first hop."""
-    ua = _ua(make_ua, clock)
-    _answer_through_proxy_test(ua, sender, clock)
-    ua.terminate("call1")
+    gw = _ua(make_gateway, clock)
+    _answer_through_proxy_test(gw, sender, clock)
+    gw.terminate("call1")
     assert _dests(sender, "ACK") == [("UDP", "127.0.0.6", 5077)]
     assert _dests(sender, "BYE") == [("UDP", "127.0.0.6", 5077)]
 
 
-def test_named_in_dialog_hops_kept_per_call_are_bounded(make_ua, sender, clock):
+def test_named_in_dialog_hops_kept_per_call_are_bounded(make_gateway, sender, clock):
     """A peer whose target refreshes name a new host each time: each is located and used,
     and the call keeps at most HOPS_KEPT of them."""
     from sipgw.sip.headers import URI
     from sipgw.sip.ua import HOPS_KEPT
-    ua = make_ua()
-    ua.locator = Locator(clock, FakeDNS(clock, {(dns.A, f"h{n}.test"): [_a("127.0.0.7")]
+    gw = make_gateway()
+    gw.sip.locator = Locator(clock, FakeDNS(clock, {(dns.A, f"h{n}.test"): [_a("127.0.0.7")]
                                                 for n in range(HOPS_KEPT + 4)}))
-    ua.startup(_call(sip_domain="127.0.0.1"))
+    gw.startup(_call(sip_domain="127.0.0.1"))
     invite = sender.requests("INVITE")[-1]
-    ua.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
+    gw.sip.transactions.receive(make_response(invite, 200, to_tag="b1", body=ANSWER, extra=[
         ("Contact", "<sip:bob@127.0.0.1:5060>"), ("Content-Type", "application/sdp")]), PEER)
-    call = ua.calls["call1"]
+    call = gw.calls["call1"]
     for n in range(HOPS_KEPT + 4):
         call.dialog.remote_target = URI("sip", f"h{n}.test", user="bob", port=5077)
-        ua.send_in_dialog(call, call.dialog.create_request("OPTIONS", via=ua.via(call.dest)))
+        gw.sip.send_in_dialog(call.session, call.dialog.create_request(
+            "OPTIONS", via=gw.sip.via(call.session.dest)))
         _run(clock)
     assert set(_dests(sender, "OPTIONS")) == {("UDP", "127.0.0.7", 5077)}
     assert len({r.cseq.seq for r in sender.requests("OPTIONS")}) == HOPS_KEPT + 4
-    assert len(call.hops) == HOPS_KEPT
+    assert len(call.session.hops) == HOPS_KEPT
 
 
-def test_a_domain_that_does_not_resolve_fails_the_call(make_ua, sender, clock):
+def test_a_domain_that_does_not_resolve_fails_the_call(make_gateway, sender, clock):
     """No NAPTR, SRV or A: the call fails saying it cannot resolve the domain; nothing sent."""
-    ua = _ua(make_ua, clock)
-    ua.startup(_call(sip_domain="nowhere.test"))
+    gw = _ua(make_gateway, clock)
+    gw.startup(_call(sip_domain="nowhere.test"))
     _run(clock)
-    call = ua.find("call1")[0]
+    call = gw.find("call1")[0]
     assert call["status"] == "FAILED" and "Cannot resolve nowhere.test" in call["info"]
     assert sender.sent == []
 
@@ -373,37 +371,37 @@ def test_destination_chain():
     assert dest.next().next() is None
 
 
-def test_a_denied_record_route_name_gets_nothing(make_ua, sender, clock):
+def test_a_denied_record_route_name_gets_nothing(make_gateway, sender, clock):
     """sip_egress_deny names a host: a Record-Route naming it gets no ACK or BYE, even
     though its address is allowed; the call still ends."""
-    ua = _ua(make_ua, clock, sip_egress_deny="proxy.test")
-    _answer_through_proxy_test(ua, sender, clock)
-    ua.terminate("call1")
+    gw = _ua(make_gateway, clock, sip_egress_deny="proxy.test")
+    _answer_through_proxy_test(gw, sender, clock)
+    gw.terminate("call1")
     _run(clock)
     assert _dests(sender, "ACK") == [] and _dests(sender, "BYE") == []
-    assert ua.find("call1")[0]["status"] == "FINISH"
+    assert gw.find("call1")[0]["status"] == "FINISH"
 
 
-def test_an_in_dialog_request_fails_over_between_the_named_hosts_addresses(make_ua, sender,
+def test_an_in_dialog_request_fails_over_between_the_named_hosts_addresses(make_gateway, sender,
                                                                           clock):
     """A Record-Route naming a host with two addresses: a BYE answered 503 by the first goes
     to the second in a new transaction, and the call ends when that one answers."""
-    ua = _ua(make_ua, clock)
-    _answer_through_proxy_test(ua, sender, clock, "live.example.test")
-    ua.terminate("call1")
+    gw = _ua(make_gateway, clock)
+    _answer_through_proxy_test(gw, sender, clock, "live.example.test")
+    gw.terminate("call1")
     first = sender.requests("BYE")[0]
-    ua.transactions.receive(make_response(first, 503), PEER)
+    gw.sip.transactions.receive(make_response(first, 503), PEER)
     assert _dests(sender, "BYE") == [("UDP", "127.0.0.3", 5077), ("UDP", "127.0.0.4", 5077)]
     second = sender.requests("BYE")[1]
     assert second.top_via.branch != first.top_via.branch
-    assert ua.find("call1")[0]["status"] != "FINISH"
-    ua.transactions.receive(make_response(second, 200), PEER)
-    assert ua.find("call1")[0]["status"] == "FINISH"
+    assert gw.find("call1")[0]["status"] != "FINISH"
+    gw.sip.transactions.receive(make_response(second, 200), PEER)
+    assert gw.find("call1")[0]["status"] == "FINISH"
 
 
-def test_targets_denied_by_egress_are_skipped(make_ua, sender, clock):
+def test_targets_denied_by_egress_are_skipped(make_gateway, sender, clock):
     """sip_egress_deny holds the first SRV target's address: the INVITE goes to the next."""
-    ua = _ua(make_ua, clock, sip_egress_deny="127.0.0.2")
-    ua.startup(_call())
+    gw = _ua(make_gateway, clock, sip_egress_deny="127.0.0.2")
+    gw.startup(_call())
     _run(clock)
     assert _dests(sender, "INVITE") == [("TCP", "127.0.0.3", 5080)]

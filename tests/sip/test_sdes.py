@@ -82,3 +82,40 @@ def test_optional_falls_back_to_rtp_mandatory_fails_without_usable_crypto():
         with pytest.raises(CryptoError, match="SRTP required but the audio answer"):
             agree(mode, offered, answer)
     assert sdes.MODES == ("off", "optional", "mandatory")
+
+
+def test_a_peers_offer_keeps_our_key_while_it_keeps_its_own_and_rekeys_otherwise():
+    """answer_keys (RFC 4568 §7.1.4): a first offer gets a fresh key of ours for the peer's
+    first supported crypto (an unknown suite skipped); the same crypto again keeps ours; a
+    new peer key gets a new key of ours, same tag and suite."""
+    other = base64.b64encode(bytes(range(1, 31))).decode()
+    offer = _answer("RTP/SAVP", [f"7 F8_128_HMAC_SHA1_80 inline:{KEY}",
+                                 f"2 AES_CM_128_HMAC_SHA1_32 inline:{KEY}"])
+    first = sdes.answer_keys("optional", offer, {})
+    ours, theirs = first["audio"]
+    assert (ours.tag, ours.suite, theirs.key) == (2, "AES_CM_128_HMAC_SHA1_32", bytes(range(30)))
+    assert sdes.answer_keys("optional", offer, first) == first
+    rekeyed = _answer("RTP/SAVP", [f"2 AES_CM_128_HMAC_SHA1_32 inline:{other}"])
+    new_ours, new_theirs = sdes.answer_keys("optional", rekeyed, first)["audio"]
+    assert (new_ours.tag, new_ours.suite) == (2, ours.suite) and new_ours.key != ours.key
+    assert new_theirs.key == bytes(range(1, 31))
+
+
+@pytest.mark.parametrize("mode, proto, current, refused", [
+    ("optional", "RTP/AVP", False, False),  # plain RTP stays plain
+    ("optional", "RTP/SAVP", False, True),  # SAVP without keys
+    ("mandatory", "RTP/AVP", False, True),
+    ("optional", "RTP/AVP", True, True),  # no downgrade of an SRTP stream
+])
+def test_an_offer_without_usable_crypto_is_plain_rtp_only_where_allowed(mode, proto, current,
+                                                                         refused):
+    """No usable a=crypto: plain RTP in optional mode for an RTP/AVP stream that was not
+    SRTP; CryptoError when the stream says SAVP, the mode is mandatory, or it was SRTP."""
+    pair = (Crypto.new(1, sdes.SUITES[0]), Crypto.new(1, sdes.SUITES[0]))
+    offer = _answer(proto)
+    if refused:
+        with pytest.raises(CryptoError, match="no usable a=crypto"):
+            sdes.answer_keys(mode, offer, {"audio": pair} if current else {})
+    else:
+        assert sdes.answer_keys(mode, offer, {}) == {}
+    assert sdes.answer_keys("off", offer, {}) == {}

@@ -48,7 +48,7 @@ class CollectingEgress:
 
 
 class Params:
-    mid, payload_type, clock_rate, ssrc = "0", 102, 90000, 0x11223344
+    mid, codec, payload_type, clock_rate, ssrc = "0", "H264", 102, 90000, 0x11223344
     rtx_payload_type, rtx_ssrc = 103, 0x55667788
 
     def __init__(self):
@@ -93,6 +93,18 @@ def test_packets_carry_the_viewers_header_and_the_shared_payloads():
     assert all(p.extensions.abs_send_time is not None for p in parsed)
     assert sender._RTCRtpSender__packet_count == len(parsed)
     assert sender._RTCRtpSender__rtp_timestamp == 4600
+
+
+def test_frames_of_another_codec_are_skipped_not_sent_under_the_viewers_type():
+    """A callee that switches codec mid-call: frames not of the viewer's negotiated codec are
+    counted and skipped (noise in the browser otherwise); the viewer's own still go out."""
+    egress = CollectingEgress()
+    forwarder, _ = _forwarder(egress)
+    assert forwarder.forward(MediaFrame("audio", "PCMA", 8000, 0, b"\xd5" * 160, False))
+    assert egress.packets == [] and forwarder.other_codec == 1
+    data, key = h264_access_units(1)[0]
+    assert forwarder.forward(MediaFrame("video", "H264", 90000, 0, data, key))
+    assert egress.packets and forwarder.other_codec == 1
 
 
 def test_nack_resends_over_rtx_and_a_full_socket_refuses_the_frame():

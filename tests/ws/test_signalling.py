@@ -3,8 +3,10 @@ import json
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from sipgw.config import Config
 from sipgw.streams.registry import StreamRegistry
@@ -320,3 +322,72 @@ def test_a_websdk_session_with_receive_probes_stays_up_ten_minutes():
             missing += 1
         assert missing < 3, "the WebSDK would declare the session FAILED"
     assert closed == []
+
+
+def test_connections_are_limited_in_all_and_per_address():
+    """Beyond ws_max_connections_per_address from one address, or ws_max_connections in all,
+    the upgrade is refused with 503; a closed connection frees its place."""
+    factory = SignallingFactory(Config(ws_max_connections=3, ws_max_connections_per_address=2),
+                                StreamRegistry(), Clock())
+
+    def open_from(host, port):
+        peer = IPv4Address("TCP", host, port)
+        protocol = factory.buildProtocol(peer)
+        transport = TcpLikeTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(UPGRADE)
+        return protocol, transport
+
+    first = open_from("127.0.0.1", 1)
+    assert status(first[1]) == 101 and status(open_from("127.0.0.1", 2)[1]) == 101
+    refused = open_from("127.0.0.1", 3)[1]
+    assert status(refused) == 503 and b"ws_max_connections_per_address=2" in refused.value()
+    assert status(open_from("127.0.0.2", 4)[1]) == 101
+    assert status(open_from("127.0.0.3", 5)[1]) == 503  # three open in all
+    first[0].connectionLost(Failure(ConnectionDone()))
+    assert status(open_from("127.0.0.3", 6)[1]) == 101
+    assert factory.clients == {"127.0.0.1": 1, "127.0.0.2": 1, "127.0.0.3": 1}
+
+
+def test_messages_beyond_the_rate_are_dropped_and_the_client_told():
+    """ws_messages_per_second (50, burst 100): the 101st message at once is dropped with one
+    'fail' saying so; a second later 50 more are answered."""
+    protocol, transport, sent = open_session()
+    sent.clear()
+    for _ in range(150):
+        _say(protocol, "availableStream", {"name": "x"})
+    answers = [m for m in sent if m["message"] == "availableStream"]
+    fails = [m for m in sent if m["message"] == "fail"]
+    assert len(answers) == 99  # the burst of 100, 'connection' included
+    assert len(fails) == 1 and "ws_messages_per_second=50" in fails[0]["data"][0]["info"]
+    assert protocol.state == protocol.STATE_OPEN
+    sent.clear()
+    protocol.factory.reactor.advance(1)
+    for _ in range(60):
+        _say(protocol, "availableStream", {"name": "x"})
+    assert len([m for m in sent if m["message"] == "availableStream"]) == 50
+
+
+def test_close_all_closes_every_open_websocket_and_fires_when_they_are_gone():
+    """At shutdown every open websocket gets a 1001 close; the Deferred fires when the last
+    has closed (or after the timeout when a client never answers)."""
+    first, _, _ = open_session()
+    factory = first.factory
+    peer = IPv4Address("TCP", "127.0.0.1", 50002)
+    second = factory.buildProtocol(peer)
+    second.makeConnection(TcpLikeTransport(peerAddress=peer))
+    second.dataReceived(UPGRADE)
+    closes = []
+    for proto in (first, second):
+        proto.sendClose = lambda code=None, reason=None, p=proto: closes.append((p, code))
+    done = factory.close_all(timeout=2)
+    assert sorted(code for _, code in closes) == [1001, 1001] and not done.called
+    first.connectionLost(Failure(ConnectionDone()))
+    assert not done.called
+    second.connectionLost(Failure(ConnectionDone()))
+    assert done.called and factory.open_sockets == set() and factory.clients == {}
+    third, _, _ = open_session()  # a client that never answers: the timeout ends the wait
+    third.sendClose = lambda *a, **kw: None
+    late = third.factory.close_all(timeout=2)
+    third.factory.reactor.advance(2)
+    assert late.called and third.factory._closed == []

@@ -69,3 +69,17 @@ def test_a_key_that_does_not_match_or_a_file_without_certificates_is_a_config_er
         wss_options(str(folder / "privkey.pem"), str(folder / "privkey.pem"))
     with pytest.raises(ConfigError, match="missing.pem"):
         wss_options(str(folder / "missing.pem"), str(folder / "privkey.pem"))
+
+
+def test_the_websocket_factory_chooses_alpn_http_1_1():
+    """wss chooses ALPN http/1.1: without an ALPN choice the bundled OpenSSL fails Chromium's
+    handshake (interop: tests/interop/test_browser_veth.py plays over wss)."""
+    from twisted.internet.interfaces import IProtocolNegotiationFactory
+    from twisted.internet.task import Clock
+
+    from sipgw.config import Config
+    from sipgw.streams.registry import StreamRegistry
+    from sipgw.ws.signalling import SignallingFactory
+    factory = SignallingFactory(Config(), StreamRegistry(), Clock())
+    assert IProtocolNegotiationFactory.providedBy(factory)
+    assert factory.acceptableProtocols() == [b"http/1.1"]
