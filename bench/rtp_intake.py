@@ -7,9 +7,10 @@
    calls (each its own socket; the stream goes to every socket in turn, so a
    wake-up finds about one packet per socket). The rate rises until loss passes
    0.1 % or the receiver falls behind (more than 2 % of the step's packets still
-   queued in its socket buffers when the sender stops); the highest clean rate of each is printed with their ratio, and the
-   receiver's CPU per packet (utime + stime / packets) at the highest rate both
-   passed, which depends much less on what else the machine runs. The sender is
+   queued in its socket buffers when the sender stops); the highest clean rate
+   of each is printed with their ratio, and the receiver's CPU per packet
+   (utime + stime / packets) at the highest rate both passed, which depends
+   much less on what else the machine runs. The sender is
    a C program (sendmmsg, 64 packets a call) the bench builds with gcc into a
    temporary directory, so the bare figure is the receiver's capacity, not the
    sender's; without gcc, Python sender processes stand in and the figures say so.
@@ -18,7 +19,7 @@
    (N = 50, 100, 200), receiver CPU over the window -> % of a core per call.
    Target <= 1 %. Memory per call: RSS slope over those sessions.
 
-    .venv/bin/python bench/rtp_intake.py [--quick]
+    .venv/bin/python bench/rtp_intake.py [--quick] [--regime hot|many|both] [--no-g711]
 
 Everything runs on 127.0.0.1; each receiver is its own process (one core), the
 sender another. The machine has 2 cores: the sender shares them.
@@ -41,7 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 TICKS = os.sysconf("SC_CLK_TCK")
-MAX_BEHIND = 0.02  # a step passes with at most this share still queued when the sender stops
+MAX_LOSS = 0.001  # a step passes with at most this share of the packets lost
+MAX_BEHIND = 0.02  # and at most this share still queued when the sender stops
 SENDER_PORT = 47090  # the sender's source port, which the sessions' SDP names (strict source)
 
 
@@ -369,8 +371,8 @@ def send_at(ports: list[int], packets: list[bytes], rate: float, seconds: float,
 
 def intake(sender: Sender, kind: str, rates: list[int], seconds: float,
            sessions: int = 1) -> list[tuple]:
-    """Rows (rate, sent, received, loss, packets/s sent, receiver us per packet) up to the
-    first rate with more than 0.1 % loss."""
+    """Rows (rate, sent, received, clean, packets/s sent, receiver us per packet) up to the
+    first step that is not clean (more than 0.1 % lost, or the receiver fell behind)."""
     rows = []
     base = 47000 if kind == "bare" else 47100 + 4  # clear of the sender's 47090-47095
     base = base if sessions == 1 else 49000
@@ -396,26 +398,26 @@ def intake(sender: Sender, kind: str, rates: list[int], seconds: float,
             loss = max(0.0, 1 - got / sent) if sent else 1.0
             behind = max(0.0, 1 - at_end / sent) if sent else 1.0
             us = cpu / got * 1e6 if got else float("nan")
-            rows.append((rate, sent, got, max(loss, behind - MAX_BEHIND + 0.001 if behind > MAX_BEHIND else 0.0),
-                         sent / took, us))
+            clean = loss <= MAX_LOSS and behind <= MAX_BEHIND
+            rows.append((rate, sent, got, clean, sent / took, us))
             print(f"  {label:18s} rate {rate:7d}/s sent {sent / took:9.0f}/s received {got:8d} "
                   f"loss {loss * 100:6.3f} %  behind {behind * 100:5.1f} %  receiver {us:5.2f} "
                   "us/packet", flush=True)
         finally:
             receiver.stop()
-        if rows[-1][3] > 0.001 or sent / took < 0.9 * rate:
+        if not rows[-1][3] or sent / took < 0.9 * rate:
             break
     return rows
 
 
 def best(rows) -> float:
-    clean = [actual for rate, sent, got, loss, actual, us in rows if loss <= 0.001]
+    clean = [actual for rate, sent, got, ok, actual, us in rows if ok]
     return max(clean) if clean else 0.0
 
 
 def us_at_common_rate(bare_rows, ours_rows) -> tuple[int, float, float]:
     """(rate, bare us/packet, sipgw us/packet) at the highest rate both passed clean."""
-    clean = lambda rows: {r[0]: r[5] for r in rows if r[3] <= 0.001}  # noqa: E731
+    clean = lambda rows: {r[0]: r[5] for r in rows if r[3]}  # noqa: E731
     bare, ours = clean(bare_rows), clean(ours_rows)
     common = sorted(set(bare) & set(ours))
     if not common:
@@ -475,7 +477,7 @@ def main():
             ours_rows = intake(sender, "sipgw-video", rates, seconds, n)
             bare, ours = best(bare_rows), best(ours_rows)
             for name, rows in (("bare Twisted", bare_rows), ("sipgw", ours_rows)):
-                if rows and rows[-1][3] <= 0.001:
+                if rows and rows[-1][3]:
                     print(f"  note: {name} never lost packets up to the top rate or the sender's "
                           "limit: its figure is a floor, not its capacity", flush=True)
             rate, bare_us, ours_us = us_at_common_rate(bare_rows, ours_rows)
