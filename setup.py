@@ -22,6 +22,7 @@ setup(
         "numpy>=1.24",  # audio sample conversion (sipgw/media/audio.py)
         "prometheus-client>=0.20",  # /metrics (sipgw/metrics.py)
         "pylibsrtp>=0.10",  # SRTP/SRTCP of SDES calls (sipgw/rtp/srtp.py); aiortc's own too
+        "redis>=5.0",  # several nodes on Redis (sipgw/cluster/store.py; imported only then)
     ],
     extras_require={
         # selenium drives Debian's chromium via /usr/bin/chromedriver; setuptools builds

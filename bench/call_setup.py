@@ -203,21 +203,23 @@ class Drive:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def drive(port: int, path: str, body_for, count: int, rate: float) -> Drive:
+def drive(port: int | list[int], path: str, body_for, count: int, rate: float) -> Drive:
     """POST ``body_for(i)`` for i < count at ``rate`` per second on a few keep-alive
     connections; request i is due at t0 + i/rate (a monotonic schedule: a late request
     goes out at once, and lateness does not shift the ones after it).  Gives up on
-    requests still unsent at 1.5x the planned duration + 10 s."""
+    requests still unsent at 1.5x the planned duration + 10 s.  Several ports (the nodes
+    of a cluster): the connections go to them in turn."""
+    ports = port if isinstance(port, list) else [port]
     result = Drive(count, rate)
     if count == 0:
         return result
-    conns = min(MAX_CONNS, max(2, math.ceil(rate / RATE_PER_CONN)))
+    conns = min(MAX_CONNS, max(2, len(ports), math.ceil(rate / RATE_PER_CONN)))
     t0 = time.monotonic() + 0.05
     give_up = t0 + 1.5 * count / rate + 10
     per_thread = [Drive(0, rate) for _ in range(conns)]
 
     def worker(j: int) -> None:
-        mine, rest = per_thread[j], Rest(port)
+        mine, rest = per_thread[j], Rest(ports[j % len(ports)])
         try:
             for i in range(j, count, conns):
                 due = t0 + i / rate

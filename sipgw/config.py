@@ -16,6 +16,7 @@ taken for a typo of it and refused, naming the setting. ``--set`` of an unknown 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from twisted.logger import Logger
@@ -193,6 +194,15 @@ class Config:
     rest_hook_failure_allows: bool = False
     rest_egress_allow: str = ""
     rest_egress_deny: str = egress.DEFAULT_DENY
+    # several nodes as one service on Redis (sipgw/cluster/); empty redis URL: one node alone
+    cluster_redis_url: str = ""
+    cluster_node_id: str = ""
+    cluster_node_url: str = ""
+    cluster_heartbeat_interval: int = positive(1)
+    cluster_node_ttl: int = positive(5)
+    cluster_token: str = ""
+    cluster_placement: str = "least-loaded"
+    cluster_request_timeout: int = positive(5)
 
     def __post_init__(self):
         self._check_bounds("port")
@@ -233,6 +243,35 @@ class Config:
             parse_servers(self.sip_dns_servers)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        """The cluster settings matter only with cluster_redis_url; messages never quote the
+        token or the URL (it may hold the Redis password)."""
+        if self.cluster_placement not in ("least-loaded", "local", "round-robin"):
+            raise ConfigError("cluster_placement must be least-loaded, local or round-robin")
+        if self.cluster_token:
+            try:
+                policy.parse_tokens(self.cluster_token, "cluster_token")
+            except policy.PolicyError as exc:
+                raise ConfigError(str(exc)) from None
+            if ":" in self.cluster_token or "," in self.cluster_token:
+                raise ConfigError("cluster_token: one token, without scopes")
+        if not self.cluster_redis_url:
+            return
+        if not self.cluster_redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("cluster_redis_url must be a redis://, rediss:// or unix:// URL")
+        if not self.cluster_node_id or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}",
+                                                         self.cluster_node_id):
+            raise ConfigError("cluster_node_id: 1 to 64 of A-Z a-z 0-9 _ . - (needed with "
+                              "cluster_redis_url)")
+        if not self.cluster_node_url.startswith(("http://", "https://")):
+            raise ConfigError("cluster_node_url must be this node's REST base URL "
+                              "(http://HOST:PORT), needed with cluster_redis_url")
+        if not self.cluster_token:
+            raise ConfigError("cluster_token is needed with cluster_redis_url")
+        if self.cluster_node_ttl <= self.cluster_heartbeat_interval:
+            raise ConfigError("cluster_node_ttl must be above cluster_heartbeat_interval")
 
 
     def _check_bounds(self, kind: str) -> None:

@@ -94,8 +94,17 @@ class AccessPolicy:
 
     @classmethod
     def from_config(cls, config) -> "AccessPolicy":
-        return cls(parse_networks(config.trusted_networks), parse_tokens(config.rest_auth_tokens),
-                   config.rest_cors_origin)
+        tokens = parse_tokens(config.rest_auth_tokens)
+        cluster = getattr(config, "cluster_token", "")
+        if cluster and getattr(config, "cluster_redis_url", ""):  # the other nodes: every scope
+            tokens[cluster.encode("ascii")] = frozenset({"admin"})
+        return cls(parse_networks(config.trusted_networks), tokens, config.rest_cors_origin)
+
+    def is_token(self, authorization: bytes | None, token: str) -> bool:
+        """Does ``authorization`` carry exactly ``token`` as its bearer (constant time)?"""
+        scheme, _, credential = (authorization or b"").strip().partition(b" ")
+        return (bool(token) and scheme.lower() == b"bearer"
+                and hmac.compare_digest(credential.strip(), token.encode("ascii")))
 
     def trusts(self, host: str) -> bool:
         """Is ``host`` (a client address) inside a trusted network?"""

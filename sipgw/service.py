@@ -336,6 +336,9 @@ def make_service(config, reactor) -> service.MultiService:
     viewers["websocket"] = lambda: top.signalling.viewer_count() - len(whep.sessions)
     viewers["whep"] = lambda: len(whep.sessions)
     viewers["hls"] = media.hls.players  # client addresses asking within hls_idle_timeout
+    if config.cluster_redis_url:  # several nodes as one service on Redis (sipgw/cluster/)
+        from .cluster import attach
+        attach(top, config, reactor, ua, site.resource, health)
     from .rest.hls import HlsResource
     # RestSite as on the REST port: a body is refused unread, no access-log line per segment
     hls_site = RestSite(HlsResource(media.hls, access), max_body=config.rest_max_body)

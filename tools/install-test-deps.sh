@@ -20,6 +20,7 @@ PACKAGES=(
     chromium          # headless browser playing streams over WebRTC
     chromium-driver   # /usr/bin/chromedriver for selenium (nothing downloaded)
     dnsmasq-base      # local DNS server (NAPTR/SRV/A/AAAA) for the RFC 3263 tests
+    redis-server      # shared state of several sipgw nodes (tests/interop/test_cluster.py)
 )
 if ! command -v npm >/dev/null 2>&1; then
     PACKAGES+=(npm)   # installs the WebSDK below (Debian's npm brings nodejs)

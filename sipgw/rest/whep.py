@@ -124,7 +124,7 @@ class WhepResource(resource.Resource):
         declared = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if declared != SDP_TYPE:
             raise ApiError(415, "Content-Type must be application/sdp")
-        stream = self._registry.get(name=name)
+        stream = self._registry.playable(name)
         if stream is None or stream.ended:
             raise NotFound(STREAM_NOT_FOUND)
         request.content.seek(0)

@@ -17,6 +17,7 @@ class StreamRegistry:
         self._by_name: dict[str, Stream] = {}
         self._by_id: dict[str, Stream] = {}
         self.listeners: list = []  # callables(stream, event) for "published"/"ended"
+        self.remote = None  # callable(name) -> Stream | None: another node's (sipgw/cluster)
 
     def add(self, stream: Stream) -> Stream:
         if stream.name in self._by_name:
@@ -43,6 +44,14 @@ class StreamRegistry:
         if media_session_id is not None:
             return self._by_id.get(media_session_id)
         return None
+
+    def playable(self, name: str) -> Stream | None:
+        """The stream a player asks for: this node's, else in a cluster this node's pull of
+        the node that publishes it."""
+        stream = self._by_name.get(name)
+        if stream is None and self.remote is not None:
+            stream = self.remote(name)
+        return stream
 
     def all(self) -> list[Stream]:
         return list(self._by_name.values())

@@ -305,7 +305,7 @@ class SignallingProtocol(WebSocketServerProtocol):
         if media_session_id in self.viewers:
             self.status(media_session_id, name, "FAILED", MEDIASESSION_ID_IN_USE)
             return
-        stream = self.factory.registry.get(name=name)
+        stream = self.factory.registry.playable(name)
         if stream is None or stream.ended:
             self.status(media_session_id, name, "FAILED", STREAM_NOT_FOUND)
             return

@@ -1531,3 +1531,42 @@ class Chromium:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# --------------------------------------------------------------------------
+# Redis (the shared state of several sipgw nodes)
+
+class Redis(_Peer):
+    """redis-server on 127.0.0.1:``port``, in the foreground, nothing saved to disk; its
+    working directory is ``tmpdir``."""
+
+    program = "redis-server"
+
+    def __init__(self, tmpdir: str | os.PathLike, *, port: int) -> None:
+        super().__init__(Path(tmpdir) / f"redis-{port}")
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def command(self, *words: str) -> str:
+        """One command in the inline protocol; the first line of the reply."""
+        with socket.create_connection((HOST, self.port), timeout=2) as s:
+            s.sendall(" ".join(words).encode() + b"\r\n")
+            return s.makefile("rb").readline().decode().rstrip("\r\n")
+
+    def start(self, timeout: float = 10) -> "Redis":
+        server = require_program("redis-server")
+        self._spawn([server, "--port", str(self.port), "--bind", HOST, "--save", "",
+                     "--appendonly", "no", "--dir", str(self.tmpdir), "--daemonize", "no",
+                     "--protected-mode", "yes"], "redis.log")
+
+        def pong() -> bool:
+            try:
+                return self.command("PING") == "+PONG"
+            except OSError:
+                return False
+        wait_for(pong, timeout, "redis-server answering PING", process=self.process,
+                 log=self.log)
+        return self
