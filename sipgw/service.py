@@ -45,12 +45,16 @@ _frozen = False
 
 def _freeze_startup_objects() -> None:
     """What the imports and the wiring made lives as long as the daemon: out of the cyclic
-    collector's way (each full collection walked its ~70,000 objects again: 18 ms). Once per
-    process."""
+    collector's way (each full collection walked its ~70,000 objects again: 18 ms). And the
+    youngest generation collected every 10,000 allocations instead of 700: at 400 calls/s a
+    full collection ran every 2 s and walked every retained call (40-200 ms, the REST answers
+    waiting behind it: p99 167-181 ms), now 14 times less often (p99 51-57 ms; the same CPU
+    per call). Once per process."""
     global _frozen
     if not _frozen:
         _frozen = True
         gc.freeze()
+        gc.set_threshold(10000, 10, 10)
 
 
 class _CallsService(service.Service):
