@@ -15,6 +15,7 @@ multicast, unspecified and broadcast addresses.  Pure: no Twisted import.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -109,6 +110,7 @@ class EgressPolicy:
         return True
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and its answers are immutable: parsed once per host
 def _address(text: str):
     """The IP address in ``text`` (IPv4-mapped IPv6 unwrapped), or None for a name."""
     try:

@@ -92,6 +92,14 @@ class CallApi:
         self._pushes = pushes  # sipgw.media.push.PushManager, for SIP as RTMP
         self._rtmp: dict[str, tuple] = {}  # callId -> (rtmpStream, its RtmpPush)
         self._injections = injections  # sipgw.injections.InjectionManager: /call/inject_*
+        # The quotas' counts, kept up to date by the manager's status observer when it has
+        # one (the call manager), instead of a scan of every call (retained ones too) per
+        # startup.
+        self._active: ActiveCalls | None = None
+        observers = getattr(manager, "call_observers", None)
+        if observers is not None:
+            self._active = ActiveCalls()
+            observers.append(self._active.observe)
 
     @router.route("/call/startup")
     def startup(self, request: Any, body: dict) -> None:
@@ -99,11 +107,7 @@ class CallApi:
         call = parse_call_request(body)
         for host, name in destinations(call):
             self._egress.check(host, name)
-        active = self._manager.active_calls()
-        check(len(active), self._config.max_calls, "calls", "max_calls")
-        account = _account(call)
-        check(sum(_account(c) == account for c in active), self._config.max_calls_per_account,
-              f"calls of the account {account}", "max_calls_per_account", "sipLogin")
+        self._check_quotas(call)
         if call.rtmp_url:
             self._check_rtmp(call)
         self._manager.startup(call)
@@ -113,6 +117,20 @@ class CallApi:
                 call.stream_name, call.rtmp_url, published_name=_published(call),
                 wait_for_media=True))
         return None
+
+    def _check_quotas(self, call: CallRequest) -> None:
+        max_calls, per_account = self._config.max_calls, self._config.max_calls_per_account
+        if not (max_calls or per_account):
+            return
+        account = _account(call)
+        if self._active is not None:
+            total, mine = len(self._active), self._active.of(account)
+        else:
+            active = self._manager.active_calls()
+            total, mine = len(active), sum(_account(c) == account for c in active)
+        check(total, max_calls, "calls", "max_calls")
+        check(mine, per_account, f"calls of the account {account}", "max_calls_per_account",
+              "sipLogin")
 
     def _check_rtmp(self, call: CallRequest) -> None:
         from sipgw.media.push import PushError
@@ -230,6 +248,35 @@ def _host_of(text: str) -> str:
 
 def _account(call: CallRequest) -> str:
     return f"{call.sip_login}@{call.sip_domain}"
+
+
+class ActiveCalls:
+    """The calls not ended yet, and how many per account, as a call manager's status observer
+    sees them (every call is observed from its first status on: PENDING)."""
+
+    def __init__(self) -> None:
+        self._accounts: dict[object, str] = {}  # call -> account, while not ended
+        self._per_account: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._accounts)
+
+    def of(self, account: str) -> int:
+        return self._per_account.get(account, 0)
+
+    def observe(self, call) -> None:
+        """A status change of ``call`` (an object with ``status`` and ``request``)."""
+        if call.status.ended:
+            account = self._accounts.pop(call, None)
+            if account is not None:
+                left = self._per_account[account] - 1
+                if left:
+                    self._per_account[account] = left
+                else:
+                    del self._per_account[account]
+        elif call not in self._accounts:
+            account = self._accounts[call] = _account(call.request)
+            self._per_account[account] = self._per_account.get(account, 0) + 1
 
 
 def _without_scheme(value: str) -> str:

@@ -25,6 +25,7 @@ _unpack_rtp = _RTP_HEADER.unpack_from
 _pack_rtp = _RTP_HEADER.pack
 _HH = struct.Struct("!HH")
 _I = struct.Struct("!I")
+_new = object.__new__
 
 
 class RtpPacket:
@@ -55,6 +56,20 @@ class RtpPacket:
         if n < 12:
             raise PacketError("RTP packet is shorter than 12 bytes")
         b0, b1, seq, ts, ssrc = _unpack_rtp(data)
+        if b0 == 0x80:  # version 2 without padding, extension or CSRCs: nearly every packet
+            packet = _new(cls)
+            packet.version = 2
+            packet.marker = b1 > 0x7F
+            packet.payload_type = b1 & 0x7F
+            packet.sequence_number = seq
+            packet.timestamp = ts
+            packet.ssrc = ssrc
+            payload = data[12:]
+            packet.payload = payload if type(payload) is bytes else bytes(payload)
+            packet.csrc = []
+            packet.extension = None
+            packet.padding_size = 0
+            return packet
         if b0 >> 6 != 2:
             raise PacketError(f"RTP version {b0 >> 6} is not 2")
         pos = 12

@@ -59,6 +59,9 @@ def is_token(text: str) -> bool:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, respecting quotes and <...>."""
+    if "," not in value and '"' not in value:  # one item, e.g. a Contact or a To
+        value = value.strip()
+        return [value] if value else []
     if '"' not in value and "<" not in value:  # the common case, e.g. a Via list
         return [item for item in (part.strip() for part in value.split(",")) if item]
     items, buf, quoted, angle, escape = [], [], False, False, False
@@ -88,6 +91,8 @@ def split_list(value: str) -> list[str]:
 
 def _split_params(text: str) -> list[str]:
     """Split ';'-separated parameters, respecting quoted strings."""
+    if '"' not in text:  # the common case: nothing quoted
+        return text.split(";")
     parts, buf, quoted, escape = [], [], False, False
     for ch in text:
         if escape:  # quoted-pair (RFC 3261 §25.1): '\"' does not end the quoted string
@@ -144,6 +149,10 @@ def bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+\-.]*$")
+_FORBIDDEN_IN_URI = re.compile(r"[ \t<>\r\n]")
+
+
 @dataclass
 class URI:
     """A sip:/sips:/tel: URI (RFC 3261 §19.1)."""
@@ -163,10 +172,10 @@ class URI:
     def parse(cls, text: str) -> "URI":
         text = text.strip()
         scheme, sep, rest = text.partition(":")
-        if not sep or not re.match(r"^[A-Za-z][A-Za-z0-9+\-.]*$", scheme):
+        if not sep or not _SCHEME.match(scheme):
             raise HeaderError(f"bad URI {text!r}: no scheme")
         scheme = scheme.lower()
-        if any(c in rest for c in " \t<>\r\n"):
+        if _FORBIDDEN_IN_URI.search(rest):
             raise HeaderError(f"bad URI {text!r}: forbidden character")
         if scheme not in ("sip", "sips"):
             # Other schemes (tel:, http:, urn:) are kept opaque.

@@ -86,6 +86,9 @@ class Message:
 
     @property
     def top_via(self) -> Via:
+        vias = self._typed.get("vias")  # the parser's check parsed them all already
+        if vias:
+            return vias[0]
         return self._parsed("top_via", lambda: Via.parse(self.get_all("Via")[0]))
 
     @property

@@ -13,6 +13,8 @@ from .message import Message, Request, Response
 
 MAX_MESSAGE_SIZE = 65535  # bytes; larger messages are refused (RFC 3261 §18.1.1 UDP limit)
 REQUIRED = ("To", "From", "CSeq", "Call-ID", "Via")  # RFC 3261 §8.1.1
+_SINGLE = ("To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Type")  # at most once
+_LINES = re.compile(r"\r?\n")
 # re.ASCII: DIGIT is 0-9 only (RFC 5234); a bare \d would also match '٢' and int() would take it.
 _REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) SIP/(\d+\.\d+)$", re.ASCII)
 _STATUS_LINE = re.compile(r"^SIP/(\d+\.\d+) (\d{3})(?: (.*))?$", re.ASCII)  # reason may be empty
@@ -83,7 +85,7 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
 def _unfold(head: str) -> list[str]:
     """Split the head into lines, joining folded continuation lines (RFC 3261 §7.3.1)."""
     lines: list[str] = []
-    for line in re.split(r"\r?\n", head):
+    for line in _LINES.split(head):
         if line[:1] in (" ", "\t") and lines:
             lines[-1] += " " + line.strip()
         else:
@@ -174,11 +176,14 @@ def _answerable(message: Message) -> Request | None:
 def _validate(message: Message) -> None:
     """Check the headers every message needs (RFC 3261 §8.1.1, §20)."""
     request = _answerable(message)
+    counts: dict[str, int] = {}
+    for name, _ in message.headers:
+        counts[name] = counts.get(name, 0) + 1
     for name in REQUIRED:
-        if message.get(name) is None:
+        if name not in counts:
             raise ParseError(f"missing {name} header", request)
-    for name in ("To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Type"):
-        if len([1 for k, _ in message.headers if k == name]) > 1:
+    for name in _SINGLE:
+        if counts.get(name, 0) > 1:
             raise ParseError(f"more than one {name} header", request)
     try:
         if not message.vias:
@@ -187,7 +192,8 @@ def _validate(message: Message) -> None:
         message.from_
         message.to
         # Responses too: the dialog layer reads Contact and Record-Route of a 2xx (§12.1.2).
-        for name in ("Contact", "Record-Route", "Route"):
+        message.contacts  # noqa: B018 - parsed once here, kept for the dialog layer
+        for name in ("Record-Route", "Route"):
             for value in message.get_all(name):
                 Address.parse(value)
         if isinstance(message, Request):

@@ -302,6 +302,11 @@ class Locator:
                default_transport: str = "UDP") -> defer.Deferred:
         """A Deferred Destination chain for a SIP URI's host, port and transport parameter
         (None: not in the URI)."""
+        if is_ip(host):  # §4.1/§4.2: a numeric host needs no lookup: answered at once
+            chosen = transport or default_transport
+            return defer.succeed(Destination.chain(
+                [(chosen, host.strip("[]"), port or default_port(chosen))]))
+
         async def run():
             targets = await self._targets(host, port, transport, default_transport)
             if not targets:

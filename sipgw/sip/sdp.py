@@ -473,11 +473,13 @@ def negotiate(offer: SessionDescription, answer: SessionDescription) -> dict[str
             raise SDPError(f"answer m= line {index} is {a.kind!r} but the offer's is {o.kind!r}")
         if a.port == 0 or o.port == 0 or a.kind in result:
             continue  # RFC 3264 §6: port 0 rejects the stream
-        pick = _pick(a.codecs, o.codecs)
+        answer_codecs, offer_codecs = a.codecs, o.codecs  # each parsed from its lines once
+        pick = _pick(answer_codecs, offer_codecs)
         if pick is not None:
             answer_codec, offer_codec, answer_dtmf, offer_dtmf = pick
             result[a.kind] = _agreed(a.kind, answer, a, answer_codec, offer_codec,
-                                     answer_dtmf, offer_dtmf, _receivable(a.codecs, o.codecs))
+                                     answer_dtmf, offer_dtmf,
+                                     _receivable(answer_codecs, offer_codecs))
     if not result:
         raise SDPError("No common codecs")
     return result

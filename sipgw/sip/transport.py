@@ -118,6 +118,7 @@ def unmapped(host: str) -> str:
     return host[7:] if host.lower().startswith("::ffff:") and "." in host else host
 
 
+@functools.lru_cache(maxsize=1024)  # pure: a host text is an address or not, for ever
 def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))

@@ -96,3 +96,28 @@ def test_dtmf_rate_per_call_is_refused(client_for):
     assert client.post("/call/send_dtmf", {"callId": "c1", "dtmf": "12"}).body == b""
     assert "error" in client.post("/call/send_dtmf", {"callId": "c1", "dtmf": "1"}).json()[0]
     assert [d[1] for d in manager.dtmf] == ["12345678", "1", "12"]
+
+
+def test_quotas_follow_the_call_managers_calls_without_scanning_them(client_for):
+    """With the real call manager the quotas count the calls its status observer saw start
+    and not end yet: a call refused by the callee frees its place, ended calls kept findable
+    for call_retention do not count."""
+    from fakes import PEER, RecordingSender, UDPMemoryReactor, gateway_on, reply
+
+    clock = UDPMemoryReactor()
+    sender = RecordingSender()
+    gw = gateway_on(clock, sender, max_calls=2, max_calls_per_account=2)
+    gw.active_calls = None  # never asked: the counts come from the observer
+    client = client_for(RestResource(CallApi(gw, gw.config, clock)))
+    body = {**MINIMAL_BODY, "sipDomain": "127.0.0.1"}
+    assert client.post("/call/startup", {**body, "callId": "a1", "toStream": "a1"}).code == 200
+    assert client.post("/call/startup", {**body, "callId": "a2", "toStream": "a2"}).code == 200
+    full = client.post("/call/startup", {**body, "callId": "a3", "toStream": "a3"})
+    assert full.code == 429 and full.json()["error"] == "too many calls: 2 of max_calls=2"
+    invite = sender.requests("INVITE")[0]
+    gw.sip.transactions.receive(reply(invite, 486), PEER)
+    assert gw.find("a1")[0]["status"] == "BUSY"  # ended, still findable
+    assert client.post("/call/startup", {**body, "callId": "a3", "toStream": "a3",
+                                         "sipLogin": "bob"}).code == 200
+    again = client.post("/call/startup", {**body, "callId": "a4", "toStream": "a4"})
+    assert again.code == 429

@@ -121,6 +121,18 @@ def test_handler_sees_the_request(client, api):
     assert api.requests[0].getHeader(b"x-trace") == b"t-1"
 
 
+def test_a_post_body_is_never_parsed_as_a_form(client, api, monkeypatch):
+    """A POST body is JSON only: Twisted's form parsing (the Content-Type through the email
+    package's header parser, on every POST) never runs."""
+    from twisted.web import http
+    parsed = []
+    monkeypatch.setattr(http, "_parseContentType", lambda line: parsed.append(line) or b"")
+    assert client.post("/do", {"a": "b"}).json() == {"got": {"a": "b"}}
+    assert client.post("/do", raw=b"a=b", headers={
+        "Content-Type": "application/x-www-form-urlencoded"}).code == 415
+    assert parsed == [] and api.requests[0].args == {}
+
+
 @pytest.mark.parametrize("path", ["/do/", "/do?x=1"])
 def test_trailing_slash_and_query_are_ignored(client, path):
     """A trailing slash or a query string still reaches the route."""

@@ -61,6 +61,23 @@ def test_rtp_parse_known_bytes():
     assert bytes(packet) == data
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_rtp_plain_header_fast_path_gives_the_same_packet(kind):
+    """A version 2 header without padding, extension or CSRCs (the common case, parsed on a
+    shorter path) gives the fields, a bytes payload and the same bytes back, whatever buffer
+    type it came in."""
+    data = bytes.fromhex("8060 fffe 01020304 0a0b0c0d") + b"payload"
+    packet = RtpPacket.parse(kind(data))
+    assert (packet.version, packet.marker, packet.payload_type) == (2, False, 96)
+    assert (packet.sequence_number, packet.timestamp, packet.ssrc) == (0xFFFE, 0x01020304,
+                                                                        0x0A0B0C0D)
+    assert type(packet.payload) is bytes and packet.payload == b"payload"
+    assert (packet.csrc, packet.extension, packet.padding_size) == ([], None, 0)
+    assert bytes(packet) == data
+    assert packet == RtpPacket(96, False, 0xFFFE, 0x01020304, 0x0A0B0C0D, b"payload")
+    assert RtpPacket.parse(data[:12]).payload == b""
+
+
 def test_rtp_too_short():
     """Fewer than 12 bytes is not an RTP packet."""
     with pytest.raises(PacketError, match="^RTP packet is shorter than 12 bytes$"):

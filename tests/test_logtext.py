@@ -1,0 +1,90 @@
+"""The daemon's fast log text is the text twistd's own observer writes."""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from twisted.logger import (FilteringLogObserver, Logger, LogLevel, LogPublisher,
+                            formatEventAsClassicLogText, formatTime, textFileLogObserver,
+                            timeFormatRFC3339)
+from twisted.python import failure, log as legacy
+
+from sipgw.logtext import ClassicText, speed_up_text_observers
+
+
+class Thing:
+    name = "thing"
+
+    def __repr__(self):
+        return "<Thing>"
+
+
+def _events():
+    """Events as Logger, the legacy log and odd callers make them."""
+    collected = []
+    publisher = LogPublisher(collected.append)
+    logger = Logger(namespace="sipgw.test", observer=publisher)
+    logger.info("call {call_id} {status}{reason}", call_id="c1", status="FINISH",
+                reason=" (Normal call clearing)")
+    logger.warn("thing {t!r} {t.name} {n:>5} {d[k]}", t=Thing(), n=42, d={"k": "v"})
+    logger.info("a call {f()} here", f=lambda: "made")
+    logger.info("missing {nothing}")
+    logger.info("two\nlines {x}", x="and\nthree")
+    logger.info("")
+    logger.debug("{{braces}} {x}", x="é ünïcode")
+    logger.info("bad {x:d}", x="not a number")
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        logger.failure("it failed {x}", failure.Failure(), x=1)
+    collected.append({"log_format": "system {x}", "x": 1, "log_system": "custom-system",
+                      "log_time": time.time(), "log_level": LogLevel.info})
+    collected.append({"log_format": "no time {x}", "x": 2, "log_time": None})
+    collected.append({"log_format": b"bytes {x}", "x": 3, "log_time": time.time()})
+    collected.append({"log_format": "old {x}", "x": 4, "log_time": 86400.999,
+                      "log_namespace": "ns"})
+    collected.append({"log_format": "negative {x}", "x": 5, "log_time": -3.5})
+    legacy_events = []
+    legacy.addObserver(legacy_events.append)
+    try:
+        legacy.msg("legacy %s", "message")
+        legacy.msg(format="legacy format %(a)s", a=1)
+    finally:
+        legacy.removeObserver(legacy_events.append)
+    from twisted.logger._legacy import publishToNewObserver
+    for event in legacy_events:
+        publishToNewObserver(collected.append, dict(event), lambda e: "text")
+    return collected
+
+
+@pytest.mark.parametrize("time_format", [timeFormatRFC3339, None, "%Y/%W", "%H:%M:%S.%f"])
+def test_every_event_reads_as_twistd_writes_it(time_format):
+    """Same text as formatEventAsClassicLogText for plain, odd, failed and legacy events."""
+    fast = ClassicText(time_format)
+    for event in _events():
+        slow = formatEventAsClassicLogText(event, formatTime=lambda w: formatTime(w, time_format))
+        assert fast(event) == slow, event
+
+
+def test_the_time_stamp_changes_with_the_second():
+    """One stamp per second, recomputed when the second changes."""
+    fast = ClassicText()
+    base = 1_700_000_000.25
+    for when in (base, base + 0.5, base + 1.0, base + 1.7, base - 10):
+        event = {"log_format": "x", "log_time": when, "log_namespace": "n",
+                 "log_level": LogLevel.info}
+        assert fast(event) == formatEventAsClassicLogText(event)
+
+
+def test_twistd_text_observers_get_the_fast_formatter_and_others_are_left():
+    """A textFileLogObserver (bare or filtered) is changed; another observer is not."""
+    out = io.StringIO()
+    bare, inner = textFileLogObserver(out), textFileLogObserver(io.StringIO(), timeFormat=None)
+    other = []
+    observers = [bare, FilteringLogObserver(inner, []), other.append]
+    assert speed_up_text_observers(observers) == 2
+    assert isinstance(bare.formatEvent, ClassicText) and bare.formatEvent.time_format == timeFormatRFC3339
+    assert inner.formatEvent.time_format is None
+    Logger(namespace="n", observer=bare).info("hello {who}", who="you")
+    assert out.getvalue().endswith(" [n#info] hello you\n")
