@@ -185,6 +185,28 @@ def viewers_step(nodes: list[Sipgw], name: str, rate: int, step_s: float) -> tup
     return len(times), asked, p50, times[-1] if times else math.nan, node_pct, errors
 
 
+def _wait_playable(nodes: list[Sipgw], name: str, timeout: float = 10.0) -> None:
+    """Until one player on every node connects: the other nodes learn of a new stream from
+    Redis (its event, or the next heartbeat's re-read) some tens of ms after it starts, and
+    answer 404 till then."""
+    import asyncio
+
+    async def probe():
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for gw in nodes:
+            while True:
+                try:
+                    pc, _ = await _join(gw.rest_port, name)
+                    await pc.close()
+                    break
+                except Exception:
+                    if loop.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+    asyncio.run(probe())
+
+
 def viewers(nodes: list[Sipgw], workdir: Path, rates: list[int]) -> int:
     """The viewers ladder on one stream of the first node: the best rate where every player
     connected."""
@@ -196,6 +218,7 @@ def viewers(nodes: list[Sipgw], workdir: Path, rates: list[int]) -> int:
         body = json.loads(cs.startup_body("viewers-", uas.port)(0))
         nodes[0].rest("/call/startup", body)
         nodes[0].wait_status(body["callId"], "ESTABLISHED", timeout=20)
+        _wait_playable(nodes, body["toStream"])
         cs.say(f"{'viewers/s':>9} {'joined':>7} {'p50 s':>6} {'max s':>6}  [node cpu% each]  result")
         for rate in rates:
             joined, asked, p50, worst, node_pct, errors = viewers_step(
