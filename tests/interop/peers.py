@@ -105,6 +105,13 @@ def free_port(kind: str = "udp", count: int = 1) -> int:
         if all(_can_bind(p) for p in block):
             _handed_out.update(block)
             return port
+    # Wide blocks: the ports handed out over a long session are spread over the kernel's
+    # ephemeral range, so a random start rarely has room; look below it, start by start.
+    for port in range(10000, 65535 - count, count if count > 1 else 1):
+        block = range(port, port + count)
+        if not any(p in _handed_out for p in block) and all(_can_bind(p) for p in block):
+            _handed_out.update(block)
+            return port
     raise PeerError(f"found no block of {count} free port(s) on {HOST}")
 
 

@@ -203,3 +203,14 @@ def test_baresip_answers_h264_call_through_kamailio(baresip, kamailio, sipp_fact
     assert "H264/90000" in sdp
     assert "m=audio" in sdp and "PCMU/8000" in sdp
     assert "Call established" in baresip.log()
+
+
+def test_a_wide_port_block_is_found_when_the_ephemeral_range_is_fragmented(monkeypatch):
+    """free_port(count=400) still finds a block when the ports handed out earlier in the
+    session leave no 400-wide gap in the kernel's ephemeral range (it failed in a whole-suite
+    run)."""
+    fragmented = set(peers._handed_out) | set(range(30000, 65535, 300))
+    monkeypatch.setattr(peers, "_handed_out", fragmented)
+    port = peers.free_port("udp", count=400)
+    block = set(range(port, port + 400))
+    assert not block & set(range(30000, 65535, 300)) and block <= peers._handed_out
