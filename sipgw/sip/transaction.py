@@ -354,7 +354,7 @@ class TransactionLayer:
         if message.method == "ACK":
             self.tu.ack(message, source)
             return
-        if len(self.server) >= self.max_server:
+        if len(self.server) >= self.max_server and not self._evict_completed():
             self._overloaded(message, source)
             return
         tx = ServerTransaction(self, message, source)
@@ -369,6 +369,21 @@ class TransactionLayer:
             log.warn("{host} sends more than {rate:g} SIP requests a second: {method} dropped{more}",
                      host=source.host, rate=self._per_source.rate, method=request.method,
                      more=held_back(held))
+
+    def _evict_completed(self, look: int = 16) -> bool:
+        """Room for one more: the oldest non-INVITE transaction that is only waiting out Timer
+        J to absorb retransmissions (§17.2.2) goes early; among the ``look`` oldest, so a
+        table full of unanswered requests costs no scan. A retransmission of its request
+        would then reach the TU again, which answers it from the dialog's state (481 once
+        the call is gone): at a high call rate one peer's BYEs alone pass the limit
+        (64*T1 = 32 s each)."""
+        for n, tx in enumerate(self.server.values()):
+            if n >= look:
+                return False
+            if not tx.invite and tx.state == "completed":
+                tx._terminate()
+                return True
+        return False
 
     def _overloaded(self, request: Request, source) -> None:
         """Over sip_max_server_transactions: a stateless 503 (RFC 3261 §21.5.4), no new state."""

@@ -253,6 +253,23 @@ def test_server_transactions_are_capped(clock, sender):
     assert len(layer.tu.requests) == 2 and len(sender.responses()) == 1
 
 
+def test_at_the_cap_a_transaction_waiting_out_timer_j_makes_room(clock, sender):
+    """At max_server, the oldest answered non-INVITE transaction (only absorbing
+    retransmissions till Timer J) is dropped for a new request instead of a 503: one peer's
+    BYEs at a high call rate fill the table with those."""
+    layer = TransactionLayer(clock, RecordingTU(), sender, max_server=2)
+    first, second, third = _request("BYE"), _request("BYE"), _request("BYE")
+    layer.receive(first, PEER)
+    layer.receive(second, PEER)
+    layer.tu.requests[0][1].respond(make_response(first, 200))
+    layer.receive(third, PEER)
+    assert len(layer.tu.requests) == 3 and len(layer.server) == 2
+    assert [r.status for r in sender.responses()] == [200]  # no 503
+    assert layer.find_server(first) is None and layer.find_server(third) is not None
+    layer.receive(_request("BYE"), PEER)  # the two left are unanswered: 503, as before
+    assert [r.status for r in sender.responses()] == [200, 503]
+
+
 def test_requests_from_one_source_are_rate_limited(clock, sender):
     """Beyond requests_per_source new requests a second from one host are dropped unanswered
     and make no state; retransmissions of known ones still get their answer; the next second
