@@ -14,25 +14,31 @@ def _type(driver, element_id, text):
     field.send_keys(text)
 
 
-def test_websdk_player_plays_a_call_then_shows_stopped(daemon, kamailio, baresip, chromium,
-                                                       websdk_site):
-    """The unchanged WebSDK Player shows PLAYING with 320x240 video and audio arriving, and
-    STOPPED once the call is terminated over REST."""
-    daemon.call_bob(kamailio.port, "sdk1")
-
+def play_with_player_page(chromium, websdk_site, ws_port: int, stream: str):
+    """The unchanged Player page pointed at ``ws_port`` plays ``stream``: PLAYING, 320x240
+    video and audio flowing (asserted); returns the driver."""
     chromium.open(websdk_site.url(PLAYER_PAGE))
     driver = chromium.driver
     chromium.wait(lambda: driver.find_element(By.ID, "playBtn").text == "Start", 10,
                   "the Player page to initialise")
-    _type(driver, "url", f"ws://127.0.0.1:{daemon.settings['ws_port']}")
-    _type(driver, "streamName", "stream-sdk1")
+    _type(driver, "url", f"ws://127.0.0.1:{ws_port}")
+    _type(driver, "streamName", stream)
     driver.find_element(By.ID, "playBtn").click()
-
     chromium.wait_text("status", "PLAYING", timeout=20)
     assert chromium.wait(lambda: chromium.video_size("#remoteVideo video") == (320, 240), 10,
                          "the video to be 320x240")
     rows = chromium.wait_media_flowing(timeout=20, frames=25, packets=25)
     assert len(rows) == 1 and rows[0]["video"]["frameWidth"] == 320, rows
+    return driver
+
+
+def test_websdk_player_plays_a_call_then_shows_stopped(daemon, kamailio, baresip, chromium,
+                                                       websdk_site):
+    """The unchanged WebSDK Player shows PLAYING with 320x240 video and audio arriving, and
+    STOPPED once the call is terminated over REST."""
+    daemon.call_bob(kamailio.port, "sdk1")
+    driver = play_with_player_page(chromium, websdk_site, daemon.settings["ws_port"],
+                                   "stream-sdk1")
     assert driver.find_element(By.ID, "playBtn").text == "Stop"
 
     daemon.rest("/call/terminate", {"callId": "sdk1"})

@@ -263,24 +263,12 @@ def test_the_websdk_player_plays_through_another_node_until_the_call_ends(
     """The unchanged WebSDK Player page, pointed at node C's websocket, plays A's call
     (320x240 video and audio flowing) and shows STOPPED when the call is terminated through
     B: the origin's end reaches the edge's players as on one node."""
-    from selenium.webdriver.common.by import By
-    from test_browser_websdk import PLAYER_PAGE, _type
+    from test_browser_websdk import play_with_player_page
 
     a, b, c = cluster
     a.call_bob(kamailio.port, "w1")
     assert owner(cluster, "w1") is a
-    chromium.open(websdk_site.url(PLAYER_PAGE))
-    driver = chromium.driver
-    chromium.wait(lambda: driver.find_element(By.ID, "playBtn").text == "Start", 10,
-                  "the Player page to initialise")
-    _type(driver, "url", f"ws://127.0.0.1:{c.settings['ws_port']}")
-    _type(driver, "streamName", "stream-w1")
-    driver.find_element(By.ID, "playBtn").click()
-    chromium.wait_text("status", "PLAYING", timeout=20)
-    assert chromium.wait(lambda: chromium.video_size("#remoteVideo video") == (320, 240), 10,
-                         "the video to be 320x240")
-    rows = chromium.wait_media_flowing(timeout=20, frames=25, packets=25)
-    assert len(rows) == 1 and rows[0]["video"]["frameWidth"] == 320, rows
+    play_with_player_page(chromium, websdk_site, c.settings["ws_port"], "stream-w1")
     assert whep_viewers(a) == 1  # C's pull
     b.rest("/call/terminate", {"callId": "w1"})
     chromium.wait_text("status", "STOPPED", timeout=10)
