@@ -13,6 +13,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from .media.inject import Injection, injectable_audio, injectable_video
+from .media.push import PushError
 from .media.worker import wait_done
 from .quotas import check
 
@@ -21,13 +22,9 @@ log = Logger(namespace="sipgw.injections")
 INJECTABLE = ("ESTABLISHED", "HOLD")
 
 
-class InjectError(Exception):
-    """An injection that cannot start; ``code`` is the REST status (400, 404, 409)."""
-
-    def __init__(self, code: int, message: str, field: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.field = field
+class InjectError(PushError):
+    """An injection that cannot start; ``code`` is the REST status (400, 404, 409), as a
+    push's refusal carries it."""
 
 
 class InjectionManager:
