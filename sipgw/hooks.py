@@ -377,31 +377,51 @@ class AgentClient:
         return self.pool.closeCachedConnections()
 
 
-def _discard_body(response) -> defer.Deferred:
-    """Read (and drop) the answer so the connection goes back to the pool; fires the code."""
+class AnswerTooLarge(Exception):
+    """An HTTP answer longer than its reader's limit (the connection was cut)."""
+
+
+def read_body(response, limit: int = MAX_ANSWER, keep: bool = True) -> defer.Deferred:
+    """The answer's body, read up to ``limit`` bytes (beyond, the connection is cut and it
+    fails with AnswerTooLarge); ``keep=False`` drops it as it comes (a hook's answer) and
+    fires the code instead, however long it was."""
     from twisted.internet.protocol import Protocol
     from twisted.web.client import ResponseDone, PotentialDataLoss
-    class Discard(Protocol):
+
+    class Reader(Protocol):
         size = 0
 
         def dataReceived(self, data):
             self.size += len(data)
-            if self.size > MAX_ANSWER:
+            if self.size > limit:
                 self.transport.stopProducing()
+            elif keep:
+                chunks.append(data)
 
         def connectionLost(self, reason):
             if done.called:  # cancelled
                 return
-            if reason.check(ResponseDone, PotentialDataLoss) or self.size > MAX_ANSWER:
-                done.callback(response.code)
+            if self.size > limit:
+                if keep:
+                    done.errback(AnswerTooLarge(f"answer over {limit} bytes"))
+                else:
+                    done.callback(response.code)
+            elif reason.check(ResponseDone, PotentialDataLoss):
+                done.callback(b"".join(chunks) if keep else response.code)
             else:
                 done.errback(reason)
 
-    discard = Discard()
-    # cancelled (rest_request_timeout) while the body trickles: the connection is cut
-    done = defer.Deferred(lambda _: discard.transport and discard.transport.stopProducing())
-    response.deliverBody(discard)
+    chunks: list = []
+    reader = Reader()
+    # cancelled (a timeout) while the body trickles: the connection is cut
+    done = defer.Deferred(lambda _: reader.transport and reader.transport.stopProducing())
+    response.deliverBody(reader)
     return done
+
+
+def _discard_body(response) -> defer.Deferred:
+    """Read (and drop) the answer so the connection goes back to the pool; fires the code."""
+    return read_body(response, MAX_ANSWER, keep=False)
 
 
 class _EgressEndpoints:

@@ -24,10 +24,13 @@ from twisted.python.failure import Failure
 
 from sipgw.rtp.h264 import H264Depacketizer
 from sipgw.rtp.packet import RtpPacket
+from sipgw.rtp.session import KEYFRAME_MIN_INTERVAL
 from sipgw.streams.stream import MediaFrame, Stream, StreamStatus
 from sipgw.webrtc.viewer import ice_configuration
 
 from .records import NODE_LOST
+
+MAX_SDP = 65536  # bytes of the origin's WHEP answer read; beyond, the pull fails
 
 log = Logger(namespace="sipgw.cluster")
 
@@ -43,6 +46,8 @@ class EdgePull:
     """One stream played from its origin into a local Stream."""
 
     def __init__(self, edges: "EdgePulls", name: str, origin, info: dict) -> None:
+        self._last_keyframe_request = float("-inf")
+        self._keyframe_pending = False
         self.edges = edges
         self.origin = origin  # NodeRecord
         config = edges.config
@@ -143,8 +148,22 @@ class EdgePull:
             self.request_keyframe()
 
     def request_keyframe(self) -> None:
-        """A viewer of the edge needs a keyframe: RTCP PLI to the origin."""
+        """A viewer of the edge (or its depacketizer, on every packet till an IDR) needs a
+        keyframe: RTCP PLI to the origin, many requests within KEYFRAME_MIN_INTERVAL one, as
+        MediaSession.request_keyframe does for a callee."""
+        if self._keyframe_pending or self.closed:
+            return
+        wait = self._last_keyframe_request + KEYFRAME_MIN_INTERVAL - self.edges.reactor.seconds()
+        if wait > 0:
+            self._keyframe_pending = True
+            self.edges.reactor.callLater(wait, self._send_pli)
+            return
+        self._send_pli()
+
+    def _send_pli(self) -> None:
+        self._keyframe_pending = False
         if self.video_receiver is not None and self.video_ssrc is not None and not self.closed:
+            self._last_keyframe_request = self.edges.reactor.seconds()
             asyncio.ensure_future(self.video_receiver._send_rtcp_pli(self.video_ssrc))
 
     async def close(self) -> None:
@@ -213,8 +232,10 @@ class EdgePulls:
         """POST the offer to the origin's WHEP endpoint: (code, headers, answer SDP)."""
         from io import BytesIO
 
-        from twisted.web.client import FileBodyProducer, readBody
+        from twisted.web.client import FileBodyProducer
         from twisted.web.http_headers import Headers
+
+        from sipgw.hooks import read_body
         headers = Headers({b"Content-Type": [b"application/sdp"], b"User-Agent": [b"sipgw"],
                            b"Authorization": [b"Bearer " + self.client._token.encode("ascii")]})
         loop = asyncio.get_running_loop()
@@ -223,7 +244,7 @@ class EdgePulls:
         timer = self.reactor.callLater(self.client.timeout, d.cancel)
         try:
             response = await d.asFuture(loop)
-            body = await readBody(response).asFuture(loop)
+            body = await read_body(response, MAX_SDP).asFuture(loop)
         finally:
             if timer.active():
                 timer.cancel()
@@ -236,8 +257,9 @@ class EdgePulls:
         from twisted.web.http_headers import Headers
         url = pull.origin.url.rstrip("/") + pull.location
         headers = Headers({b"Authorization": [b"Bearer " + self.client._token.encode("ascii")]})
-        from twisted.web.client import readBody
-        d = self.agent.request(b"DELETE", url.encode("ascii"), headers).addCallback(readBody)
+        from sipgw.hooks import read_body
+        d = self.agent.request(b"DELETE", url.encode("ascii"), headers).addCallback(
+            lambda response: read_body(response, MAX_SDP, keep=False))
         timer = self.reactor.callLater(self.client.timeout, d.cancel)
 
         def done(result):

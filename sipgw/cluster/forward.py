@@ -17,7 +17,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from sipgw.loglimit import LogLimiter, held_back
 from sipgw.policy import Denied, route_scope
+from sipgw.quotas import _MonotonicClock
 from sipgw.rest.admission import admit, cors
 from sipgw.rest.calls import _found, parse_call_request
 from sipgw.rest.errors import ApiError, Conflict, error_response
@@ -72,8 +74,10 @@ class NodeClient:
         self.timeout = timeout
 
     def post(self, base_url: str, path: str, body: dict) -> defer.Deferred:
-        from twisted.web.client import FileBodyProducer, readBody
+        from twisted.web.client import FileBodyProducer
         from twisted.web.http_headers import Headers
+
+        from sipgw.hooks import read_body
         headers = Headers({b"Content-Type": [b"application/json"], b"User-Agent": [b"sipgw"],
                            b"Authorization": [b"Bearer " + self._token.encode("ascii")],
                            HOP_HEADER: [self.node_id.encode("ascii")]})
@@ -82,7 +86,7 @@ class NodeClient:
         d = self.agent.request(b"POST", url, headers, FileBodyProducer(BytesIO(data)))
 
         def read(response):
-            return readBody(response).addCallback(
+            return read_body(response, MAX_ANSWER).addCallback(
                 lambda raw: Answer(response.code, json.loads(raw) if raw.strip() else None))
         d.addCallback(read)
         timer = self.reactor.callLater(self.timeout, d.cancel)
@@ -111,6 +115,7 @@ class ClusterRest(resource.Resource):
         self.client = client
         self.access = access
         self.config = config
+        self._log_limit = LogLimiter(_MonotonicClock())  # a peer node's failures, per path
 
     def render(self, request: server.Request):
         path = "/" + "/".join(s.decode("utf-8", "replace") for s in request.postpath)
@@ -244,8 +249,10 @@ class ClusterRest(resource.Resource):
         try:
             return await self.client.post(node.url, path, body)
         except Exception as exc:
-            log.warn("cluster: {path} to node {node} failed: {error}", path=path,
-                     node=node_id, error=type(exc).__name__)
+            held = self._log_limit.allow((node_id, path))
+            if held is not None:
+                log.warn("cluster: {path} to node {node} failed: {error}{more}", path=path,
+                         node=node_id, error=type(exc).__name__, more=held_back(held))
             return Answer(503, {"error": f"node {node_id} did not answer", "field": None})
 
     async def _ask_all(self, path: str, body: dict) -> list[tuple[str, Answer]]:
