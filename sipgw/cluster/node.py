@@ -10,6 +10,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from ..loglimit import LogLimiter, held_back
 from .records import CpuMeter, NodeRecord
 from .store import RedisStore, deferred
 
@@ -29,6 +30,7 @@ class ClusterNode(service.Service):
     def __init__(self, config, reactor, ua, store: RedisStore, viewers=lambda: 0) -> None:
         self.config = config
         self.reactor = reactor
+        self._log_limit = LogLimiter(reactor)
         self.ua = ua
         self.store = store
         self.viewers = viewers
@@ -205,7 +207,10 @@ class ClusterNode(service.Service):
         else:
             if len(self._writes) >= MAX_PENDING_WRITES:
                 self._writes.pop(next(iter(self._writes)))
-                log.warn("cluster: Redis too slow, a state update was dropped")
+                held = self._log_limit.allow("dropped")
+                if held is not None:
+                    log.warn("cluster: Redis too slow, a state update was dropped{more}",
+                             more=held_back(held))
             self._writes[key] = stage
         if not self._writing:
             self._writing = True  # a call's quick steps (PENDING, TRYING, ...) go in one write
