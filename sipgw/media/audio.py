@@ -23,12 +23,18 @@ def output_rate(codec: str, clock_rate: int) -> int:
     return 16000 if clock_rate <= 16000 else 48000
 
 
-def payload_decoder(codec: str, clock_rate: int) -> av.CodecContext:
-    """A PyAV decoder of RTP payloads of ``codec`` (one of DECODERS) at ``clock_rate``."""
+def ffmpeg_codec(codec: str) -> str:
+    """FFmpeg's codec for RTP's ``codec`` (one of DECODERS): FFmpeg's own opus when this
+    PyAV build has no libopus."""
     name = DECODERS[codec]
     if name == "libopus" and name not in av.codecs_available:
         name = "opus"
-    decoder = av.CodecContext.create(name, "r")
+    return name
+
+
+def payload_decoder(codec: str, clock_rate: int) -> av.CodecContext:
+    """A PyAV decoder of RTP payloads of ``codec`` (one of DECODERS) at ``clock_rate``."""
+    decoder = av.CodecContext.create(ffmpeg_codec(codec), "r")
     decoder.sample_rate = clock_rate
     decoder.layout = "stereo" if codec == "opus" else "mono"
     return decoder

@@ -33,13 +33,13 @@ import numpy
 from twisted.logger import Logger
 
 from ..rtp.sender import AudioSender, VideoSender
-from .audio import DECODERS, SoundLoop, payload_decoder
+from .audio import DECODERS, SoundLoop, ffmpeg_codec, payload_decoder
 from .avc import split_annexb
 from .worker import FrameQueue, MediaJob
 
 log = Logger(namespace="sipgw.media.inject")
 
-ENCODERS = {"PCMU": "pcm_mulaw", "PCMA": "pcm_alaw", "opus": "libopus"}
+ENCODERS = DECODERS  # the same RTP codecs both ways (ffmpeg_codec names FFmpeg's)
 OPUS_BIT_RATE = 32000
 
 STARTING = "STARTING"
@@ -72,7 +72,7 @@ class PayloadEncoder:
         self.codec = codec  # the negotiated Codec (sipgw.sip.sdp)
         self.rate = 48000 if codec.name == "opus" else codec.clock  # RFC 7587: opus is 48 kHz
         self.frame = self.rate // 50
-        encoder = av.CodecContext.create(ENCODERS[codec.name], "w")
+        encoder = av.CodecContext.create(ffmpeg_codec(codec.name), "w")
         encoder.sample_rate = self.rate
         encoder.layout = "mono"
         encoder.format = "s16"
