@@ -65,6 +65,8 @@ class TooFar(ValueError):
         self.field = field
 
 
+OPEN_SEGMENT_TARGETS = 3  # an open segment is closed past this many target durations
+
 class SegmentStore:
     """One stream's playlist: at most ``count`` segments and ``max_bytes`` bytes, and the parts
     of the segment being made when ``part_target`` (seconds) is set (low-latency HLS)."""
@@ -108,6 +110,10 @@ class SegmentStore:
         self._next_part += 1
         self.parts.append(part)
         self.longest_part = max(self.longest_part, duration)
+        if sum(p.duration for p in self.parts) > OPEN_SEGMENT_TARGETS * self.target:
+            # no keyframe for that long (a callee that ignores keyframe requests): a segment
+            # that does not start with one, rather than parts piling up past hls_max_bytes
+            self.close_segment()
         self._trim()
         self._changed()
         return part

@@ -106,6 +106,16 @@ def test_without_a_part_target_the_playlist_has_no_low_latency_tag():
     assert playlist.splitlines()[-1] == "seg-0.m4s"
 
 
+def test_parts_without_a_keyframe_are_bounded():
+    """A source that never sends another keyframe: the open segment is closed past 3 target
+    durations, so parts cannot grow past hls_max_bytes (they are trimmed as segments)."""
+    store = _store(count=100, max_bytes=2000, target=1.0)
+    for n in range(200):  # 100 s of 0.5 s parts, only the first independent
+        store.add_part(0.5, b"x" * 100, n == 0)
+    assert len(store.parts) < 6
+    assert store.size <= 2000 + 100 * 6
+
+
 def test_a_part_longer_than_the_target_raises_part_target():
     """PART-TARGET is never below a part listed (and PART-HOLD-BACK three times it)."""
     store = _store()
