@@ -31,14 +31,16 @@ NO_MEDIA_TRANSPORT = "No media transport connected"
 class SendQueue:
     """Chunks for one media websocket: sent at once while its transport takes them, queued
     while it is paused, at most ``max_bytes`` queued; past that everything queued is dropped
-    and so is every chunk up to the next keyframe (``on_drop()`` asks for one)."""
+    and so is every chunk up to the next keyframe (``on_drop()`` asks for one); without
+    video (``keyframes=False``: no chunk is one) it goes on with the next chunk instead."""
 
-    def __init__(self, send, max_bytes: int, on_drop=None):
+    def __init__(self, send, max_bytes: int, on_drop=None, keyframes: bool = True):
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
         self._send = send
         self.max_bytes = max_bytes
         self.on_drop = on_drop
+        self.keyframes = keyframes
         self.items: collections.deque[bytes] = collections.deque()
         self.queued_bytes = 0
         self.paused = False
@@ -63,7 +65,7 @@ class SendQueue:
             self.dropped += len(self.items)
             self.items.clear()
             self.queued_bytes = 0
-            if not keyframe:
+            if not keyframe and self.keyframes:
                 self.dropped += 1
                 self.waiting_keyframe = True
                 if self.on_drop is not None:
@@ -148,7 +150,8 @@ class MseViewer:
         self._cancel_timer()
         self.socket = socket
         self.queue = SendQueue(lambda chunk: socket.sendMessage(chunk, isBinary=True),
-                               self.queue_bytes, on_drop=self.stream.request_keyframe)
+                               self.queue_bytes, on_drop=self.stream.request_keyframe,
+                               keyframes=self.video)
         socket.registerProducer(self.queue, True)
         self.job = MseJob(self.reactor, self.stream, self._deliver, audio=self.audio,
                           video=self.video)

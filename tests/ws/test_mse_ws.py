@@ -52,6 +52,19 @@ def test_a_slow_socket_drops_to_the_next_keyframe_and_asks_for_one():
     assert (q.dropped, q.overflows) == (4, 1)
 
 
+def test_an_audio_only_queue_goes_on_after_an_overflow():
+    """Without video no chunk is a keyframe: an overflow drops what is queued and the queue
+    takes the next chunk (waiting for a keyframe would silence the player for good)."""
+    sent = []
+    q = SendQueue(sent.append, max_bytes=25, keyframes=False)
+    q.pauseProducing()
+    for chunk in (b"a" * 10, b"b" * 10, b"c" * 10):
+        q.offer(chunk, False)
+    q.offer(b"d" * 10, False)
+    q.resumeProducing()
+    assert not q.waiting_keyframe and sent == [b"c" * 10, b"d" * 10]
+
+
 def test_the_answer_turns_off_the_kinds_the_stream_lacks():
     """The WebSDK's demuxer takes a kind whose m-line has port 0 as absent."""
     assert "m=video 1 " in answer_sdp(True, True) and "m=audio 1 " in answer_sdp(True, True)
