@@ -295,6 +295,13 @@ class SignallingProtocol(WebSocketServerProtocol):
         if media_session_id in self.viewers or media_session_id in self._asking:
             self.status(media_session_id, name, "FAILED", MEDIASESSION_ID_IN_USE)
             return
+        try:  # players asked about count too: each holds a hook query (and its message)
+            check(len(self.viewers) + len(self._asking),
+                  self.factory.config.max_viewers_per_connection,
+                  "streams played on this connection", "max_viewers_per_connection")
+        except QuotaExceeded as exc:
+            self.status(media_session_id, name, "FAILED", exc.message)
+            return
         asked = {k: v for k, v in obj.items() if k != "sdp"}
         provider = obj.get("mediaProvider") or "WebRTC"
         self._ask(media_session_id, "playStream", asked,

@@ -78,3 +78,18 @@ def test_the_ws_auth_token_is_not_told_to_the_app():
     assert protocol.established and len(client.posts) == 2
     for url, body, _ in client.posts:
         assert "authToken" not in body and body["custom"] == {"room": "7"}
+
+
+def test_players_waiting_for_the_app_count_toward_max_viewers_per_connection():
+    """playStream queries the app has not answered count as players: beyond
+    max_viewers_per_connection the next one is FAILED at once, nothing more is asked (a
+    client could otherwise pile up queries, each holding its message)."""
+    protocol, client, sent = _session(max_viewers_per_connection=2)
+    protocol.on_connection({"appKey": "app1"})
+    client.answer(0, 200)
+    for n in range(3):
+        protocol.on_play_stream({"mediaSessionId": f"m{n}", "name": "s1", "sdp": "v=0"})
+    assert [p for p in _posted(client) if p[0] == "playStream"] == [("playStream", None)] * 2
+    event = sent[-1]["data"][0]
+    assert (event["mediaSessionId"], event["status"]) == ("m2", "FAILED")
+    assert "max_viewers_per_connection=2" in event["info"]
