@@ -67,18 +67,42 @@ class H264Depacketizer:
         self._last_seq: int | None = None
         self._gap = True  # the stream's start is a discontinuity too
         self._ts: int | None = None  # timestamp of the open access unit, None when closed
-        self._buf = bytearray()  # the open access unit, Annex-B
+        # The open access unit, Annex-B, as the pieces joined once when it is complete
+        # (start codes, NAL units, FU-A fragments: slices of the packets, not copies).
+        self._parts: list = []
+        self._size = 0  # bytes in _parts
         self._types: list[int] = []
-        self._fu_start: int | None = None  # offset in _buf of the FU-A being reassembled
+        self._fu_start: int | None = None  # index in _parts of the FU-A being reassembled
+        self._fu_size = 0  # its NAL unit's bytes so far
         self._broken = False
         self._touched = False  # the open access unit got some payload
 
     # -- intake ---------------------------------------------------------------------------------
 
     def push(self, packet: RtpPacket) -> list[AccessUnit]:
+        return self.push_payload(packet.payload, packet.sequence_number, packet.timestamp,
+                                 packet.marker)
+
+    def push_payload(self, payload, seq: int, ts: int, marker: bool) -> list[AccessUnit]:
+        """``push`` from a packet's fields; ``payload`` may be a memoryview of the datagram
+        (what the access unit needs of it is copied once, when the unit is complete)."""
+        if (ts == self._ts and self._fu_start is not None and not marker and not self._gap
+                and seq == (self._last_seq + 1) & 0xFFFF and len(payload) > 2
+                and payload[0] & 0x9F == FU_A and not payload[1] & 0xC0):
+            # Most packets of a picture: an FU-A fragment between the start and the end of
+            # the NAL unit in progress, next in sequence. What the path below does for it.
+            self.packets += 1
+            self._last_seq = seq
+            fragment = payload[2:]
+            self._parts.append(fragment)
+            n = len(fragment)
+            self._fu_size += n
+            self._size += n
+            if self._fu_size > self.max_nal_size or self._size > self.max_au_size:
+                self.oversized += 1
+                self._loss()
+            return []
         self.packets += 1
-        payload = packet.payload
-        seq = packet.sequence_number
         gap = self._gap or (self._last_seq is not None and seq != (self._last_seq + 1) & 0xFFFF)
         self._last_seq = seq
         if not payload:  # e.g. a padding-only probe: carries nothing, loses nothing
@@ -87,7 +111,6 @@ class H264Depacketizer:
             return []
         self._gap = False
         out: list[AccessUnit] = []
-        ts = packet.timestamp
         if ts != self._ts:
             if self._ts is not None:
                 if gap:
@@ -119,7 +142,7 @@ class H264Depacketizer:
         else:
             self.unsupported += 1
 
-        if packet.marker:
+        if marker:
             self._finish(out)
         return out
 
@@ -129,31 +152,35 @@ class H264Depacketizer:
             self._bad()
             return
         fu_header = payload[1]
-        buf = self._buf
+        parts = self._parts
         if fu_header & 0x80:  # start
             if self._fu_start is not None:
                 self._loss()
-            self._fu_start = len(buf)
-            buf += START_CODE
-            buf.append((payload[0] & 0xE0) | (fu_header & 0x1F))
-            buf += memoryview(payload)[2:]
+                parts = self._parts
+            self._fu_start = len(parts)
+            parts.append(START_CODE)
+            parts.append(bytes(((payload[0] & 0xE0) | (fu_header & 0x1F),)))
+            self._fu_size = 1
+            self._size += 5
         elif self._fu_start is None:
             self._loss()  # a continuation without its start: the start was lost
             return
-        else:
-            buf += memoryview(payload)[2:]
-        size = len(buf) - self._fu_start - 4
-        if size > self.max_nal_size or len(buf) > self.max_au_size:
+        fragment = payload[2:]
+        parts.append(fragment)
+        n = len(fragment)
+        self._fu_size += n
+        self._size += n
+        if self._fu_size > self.max_nal_size or self._size > self.max_au_size:
             self.oversized += 1
             self._loss()
             return
         if fu_header & 0x40:  # end
-            start = self._fu_start + 4
+            start = self._fu_start + 1
             self._fu_start = None
             nal_type = fu_header & 0x1F
             self._types.append(nal_type)
             if nal_type == NAL_SPS or nal_type == NAL_PPS:
-                self._parameter_set(nal_type, bytes(buf[start:]))
+                self._parameter_set(nal_type, b"".join(parts[start:]))
 
     def _stap_a(self, payload: bytes) -> None:
         """RFC 6184 §5.7.1: 16-bit size, NAL unit, repeated; all checked before any is used."""
@@ -179,8 +206,9 @@ class H264Depacketizer:
         for start, end in spans:
             self._add_nal(payload[start:end])
 
-    def _add_nal(self, nal: bytes) -> None:
-        if len(nal) > self.max_nal_size or len(self._buf) + 4 + len(nal) > self.max_au_size:
+    def _add_nal(self, nal) -> None:
+        n = len(nal)
+        if n > self.max_nal_size or self._size + 4 + n > self.max_au_size:
             self.oversized += 1
             self._loss()
             return
@@ -188,8 +216,9 @@ class H264Depacketizer:
         if nal_type == NAL_SPS or nal_type == NAL_PPS:
             self._parameter_set(nal_type, bytes(nal))
         if not self._broken:
-            self._buf += START_CODE
-            self._buf += nal
+            self._parts.append(START_CODE)
+            self._parts.append(nal)
+            self._size += 4 + n
             self._types.append(nal_type)
 
     def _parameter_set(self, nal_type: int, nal: bytes) -> None:
@@ -215,8 +244,9 @@ class H264Depacketizer:
         self._broken = True
         self.needs_keyframe = True
         self._fu_start = None
-        self._buf.clear()
-        self._types.clear()
+        self._parts = []
+        self._size = 0
+        self._types = []
 
     def _finish(self, out: list[AccessUnit]) -> None:
         """Close the open access unit: emit it, or drop it if broken or no keyframe yet."""
@@ -232,11 +262,13 @@ class H264Depacketizer:
                 self.frames += 1
                 if keyframe:
                     self.keyframes += 1
-                out.append(AccessUnit(self._ts, bytes(self._buf), keyframe, tuple(self._types)))
+                out.append(AccessUnit(self._ts, b"".join(self._parts), keyframe,
+                                      tuple(self._types)))
             else:
                 self.dropped_frames += 1
         self._ts = None
-        self._buf = bytearray()
+        self._parts = []
+        self._size = 0
         self._types = []
         self._broken = False
         self._touched = False

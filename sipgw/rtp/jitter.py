@@ -43,6 +43,16 @@ class ReorderBuffer:
         self._bad_seq: int | None = None
         self._bad_packet: RtpPacket | None = None
 
+    def take_next(self, seq: int) -> bool:
+        """``push``'s common case without a packet object: ``seq`` is the one expected and
+        nothing is held back. Then the buffer moves on and True says the caller delivers the
+        packet at once; False: hand it to ``push``."""
+        if seq != self._next or self._held:
+            return False
+        self._next = (seq + 1) & 0xFFFF
+        self._history = ((self._history << 1) | 1) & 0xFFFFFFFFFFFFFFFF
+        return True
+
     def push(self, packet: RtpPacket) -> list[RtpPacket]:
         seq = packet.sequence_number
         expected = self._next
@@ -150,7 +160,10 @@ class ReceptionStats:
         self._received_prior = 0
 
     def update(self, packet: RtpPacket, arrival: float) -> None:
-        seq = packet.sequence_number
+        self.record(packet.sequence_number, packet.timestamp, arrival)
+
+    def record(self, seq: int, timestamp: int, arrival: float) -> None:
+        """``update`` from a packet's sequence number and timestamp."""
         if self.base_seq is None:
             self._init_seq(seq)
         else:
@@ -169,7 +182,7 @@ class ReceptionStats:
         self.received += 1
         # RFC 3550 A.8: J += (|D(i-1,i)| - J) / 16, D in timestamp units; the RTP timestamp
         # difference is taken modulo 2^32 so a wrap does not look like a huge transit change.
-        transit = arrival * self.clock_rate - packet.timestamp
+        transit = arrival * self.clock_rate - timestamp
         if self._transit is not None:
             d = transit - self._transit
             if d > 0x80000000:

@@ -27,10 +27,13 @@ from .jitter import ReceptionStats, ReorderBuffer
 from .packet import (Bye, FullIntraRequest, PacketError, PictureLossIndication, ReceiverReport,
                      RtpPacket, SenderReport, SourceDescription, ntp_time,
                      parse_rtcp)
+from .port import listen_udp
 from .ports import PortsExhausted
 from .srtp import SrtpContext
 
 log = Logger(namespace="sipgw.rtp")
+
+_FIXED_HEADER = struct.Struct("!BHII").unpack_from  # RTP after its first byte: M+PT, seq, ts, SSRC
 
 RTCP_INTERVAL = 5.0  # seconds between receiver reports (RFC 3550 §6.2 minimum)
 SDP_SOURCE_FIRST = 1.0  # seconds after the SDP names an address in which only it can latch
@@ -105,10 +108,9 @@ class Endpoint:
         self.srtp = None  # an SrtpContext once SDES keys are agreed (sipgw/rtp/srtp.py)
 
     def listen(self, reactor, address: str) -> None:
-        self.rtp_port = reactor.listenUDP(self.port, _Socket(self, False), interface=address)
+        self.rtp_port = listen_udp(reactor, self.port, _Socket(self, False), address)
         try:
-            self.rtcp_port = reactor.listenUDP(self.port + 1, _Socket(self, True),
-                                               interface=address)
+            self.rtcp_port = listen_udp(reactor, self.port + 1, _Socket(self, True), address)
         except error.CannotListenError:
             self.rtp_port.stopListening()
             raise
@@ -222,6 +224,27 @@ class Endpoint:
             if data is None:
                 counters["srtp_auth_failures"] += 1
                 return
+        # Nearly every packet: a plain 12-byte header (no CSRC, extension or padding) of the
+        # followed SSRC from the latched source, a stream payload type, the next sequence
+        # number with nothing held back. It goes through without an RtpPacket or a copy of
+        # its payload; the same state changes as below.
+        if len(data) > 12 and data[0] == 0x80 and self.latched and addr == self.remote_rtp:
+            b1, seq, ts, ssrc = _FIXED_HEADER(data, 1)
+            pt = b1 & 0x7F
+            if ssrc == self.ssrc and pt in self.accepted_pts and self.reorder.take_next(seq):
+                now = self.session.clock.seconds()
+                self.last_rtp = now
+                counters["packets"] += 1
+                counters["bytes"] += len(data)
+                self.stats.record(seq, ts, now)
+                dep = self.depacketizer
+                if dep is None:
+                    self._deliver_audio(pt, ts, data[12:])
+                else:
+                    units = dep.push_payload(memoryview(data)[12:], seq, ts, b1 > 0x7F)
+                    if units or dep.needs_keyframe:
+                        self._publish_units(units)
+                return
         try:
             packet = RtpPacket.parse(data)
         except PacketError:
@@ -251,19 +274,29 @@ class Endpoint:
     def _deliver(self, packet: RtpPacket) -> None:
         if packet.payload_type not in self.accepted_pts:
             return  # telephone-event (or a stray payload type): not part of the stream
-        stream = self.session.stream
-        codec = self.media.recv_codecs.get(packet.payload_type, self.media.codec)
         if self.depacketizer is None:
-            if codec.name != stream.audio_codec:  # the peer switched codec (RFC 3264 §5.1)
-                if stream.audio_codec:
-                    self.counters["codec_changes"] += 1
-                stream.audio_codec = codec.name
-            self.counters["frames"] += 1
-            stream.publish(MediaFrame("audio", codec.name, codec.clock, packet.timestamp,
-                                      packet.payload))
-            return
+            self._deliver_audio(packet.payload_type, packet.timestamp, packet.payload)
+        else:
+            self._deliver_video(packet.payload, packet.sequence_number, packet.timestamp,
+                                packet.marker)
+
+    def _deliver_audio(self, pt: int, timestamp: int, payload: bytes) -> None:
+        stream = self.session.stream
+        codec = self.media.recv_codecs.get(pt, self.media.codec)
+        if codec.name != stream.audio_codec:  # the peer switched codec (RFC 3264 §5.1)
+            if stream.audio_codec:
+                self.counters["codec_changes"] += 1
+            stream.audio_codec = codec.name
+        self.counters["frames"] += 1
+        stream.publish(MediaFrame("audio", codec.name, codec.clock, timestamp, payload))
+
+    def _deliver_video(self, payload, seq: int, timestamp: int, marker: bool) -> None:
+        self._publish_units(self.depacketizer.push_payload(payload, seq, timestamp, marker))
+
+    def _publish_units(self, units) -> None:
         dep = self.depacketizer
-        for unit in dep.push(packet):
+        stream = self.session.stream
+        for unit in units:
             self._note_timestamp(unit.timestamp, 90000)
             stream.publish(MediaFrame("video", "H264", 90000, unit.timestamp, unit.data,
                                       unit.keyframe))
