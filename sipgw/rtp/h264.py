@@ -86,21 +86,21 @@ class H264Depacketizer:
     def push_payload(self, payload, seq: int, ts: int, marker: bool) -> list[AccessUnit]:
         """``push`` from a packet's fields; ``payload`` may be a memoryview of the datagram
         (what the access unit needs of it is copied once, when the unit is complete)."""
-        if (ts == self._ts and self._fu_start is not None and not marker and not self._gap
-                and seq == (self._last_seq + 1) & 0xFFFF and len(payload) > 2
-                and payload[0] & 0x9F == FU_A and not payload[1] & 0xC0):
-            # Most packets of a picture: an FU-A fragment between the start and the end of
-            # the NAL unit in progress, next in sequence. What the path below does for it.
+        if (not self._gap and seq == (self._last_seq + 1) & 0xFFFF
+                and (ts == self._ts or self._ts is None) and len(payload) > 2
+                and payload[0] & 0x9F == FU_A):
+            # Most packets: an FU-A fragment, next in sequence, of the open access unit or
+            # starting the next one. What the general path below does for it, without its
+            # gap and boundary checks.
             self.packets += 1
             self._last_seq = seq
-            fragment = payload[2:]
-            self._parts.append(fragment)
-            n = len(fragment)
-            self._fu_size += n
-            self._size += n
-            if self._fu_size > self.max_nal_size or self._size > self.max_au_size:
-                self.oversized += 1
-                self._loss()
+            self._ts = ts
+            self._touched = True
+            self._fu_a(payload)
+            if marker:
+                out: list[AccessUnit] = []
+                self._finish(out)
+                return out
             return []
         self.packets += 1
         gap = self._gap or (self._last_seq is not None and seq != (self._last_seq + 1) & 0xFFFF)

@@ -72,32 +72,48 @@ class RtpPort(udp.Port):
             log.failure("UDP port {port}: reading failed", port=self._realPortNumber)
 
     def doRead(self) -> None:
-        """Up to ``maxThroughput`` bytes of datagrams, each to the protocol; or one, on a
-        socket that has one a wake-up (see the module's doc)."""
+        """Up to ``maxThroughput`` bytes of datagrams, to the protocol's
+        ``datagramsReceived`` as one list if it has one, else each to
+        ``datagramReceived``; or one datagram, on a socket that has one a wake-up (see the
+        module's doc)."""
         if self._single:
             self._single += 1
             if self._single <= PROBE_EVERY:
                 self._read_one()
                 return
         recvfrom = self.socket.recvfrom
-        received = self.protocol.datagramReceived
         size = self.maxPacketSize
         v6 = self.addressFamily == socket.AF_INET6
-        read = count = 0
-        while read < self.maxThroughput:
+        batch = []
+        read = 0
+        try:
+            while read < self.maxThroughput:
+                try:
+                    data, addr = recvfrom(size)
+                except OSError as e:
+                    if e.errno in _IGNORED:
+                        self._single = len(batch) == 1
+                        return
+                    raise
+                read += len(data)
+                # without flow info and scope id, as udp.Port gives it
+                batch.append((data, addr[:2] if v6 else addr))
+        finally:
+            if batch:
+                self._deliver(batch)
+
+    def _deliver(self, batch) -> None:
+        many = getattr(self.protocol, "datagramsReceived", None)
+        if many is not None:
             try:
-                data, addr = recvfrom(size)
-            except OSError as e:
-                if e.errno in _IGNORED:
-                    self._single = count == 1
-                    return
-                raise
-            read += len(data)
-            count += 1
-            if v6:
-                addr = addr[:2]  # without flow info and scope id, as udp.Port gives it
+                many(batch)
+            except Exception:
+                log.failure("UDP port {port}: the datagrams' handler failed",
+                            port=self._realPortNumber)
+            return
+        for data, addr in batch:
             try:
-                received(data, addr)
+                self.protocol.datagramReceived(data, addr)
             except Exception:
                 log.failure("UDP port {port}: a datagram's handler failed",
                             port=self._realPortNumber)

@@ -115,8 +115,28 @@ def frames(sink):
     return [(f.kind, f.codec, f.timestamp, bytes(f.data), f.keyframe) for f in sink.queue]
 
 
+def feed(clock, rng, packets, fast_port, slow_port, source, batched, steps):
+    """Each packet to both sessions at the same clock time; with ``batched``, the fast
+    session takes them in wake-up batches (``datagramsReceived``, as RtpPort gives them)."""
+    i = 0
+    while i < len(packets):
+        n = rng.randrange(1, 40) if batched else 1
+        chunk = packets[i:i + n]
+        i += n
+        clock.advance(rng.choice(steps))
+        if batched:
+            clock.udp_ports[fast_port].proto.datagramsReceived([(d, source) for d in chunk])
+        else:
+            for data in chunk:
+                receive(clock, fast_port, data, source)
+        for data in chunk:
+            receive(clock, slow_port, with_csrc(data), source)
+
+
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_video_fast_path_publishes_and_counts_what_the_general_path_does(clock, pool, seed):
+def test_video_fast_path_publishes_and_counts_what_the_general_path_does(clock, pool, seed,
+                                                                         batched):
     rng = random.Random(seed)
     (fast, fast_stream, fast_ports, fast_sink), (slow, slow_stream, slow_ports, slow_sink) = pair(
         clock, pool, ["video"], max_packets_per_second=10 ** 6)
@@ -125,12 +145,9 @@ def test_video_fast_path_publishes_and_counts_what_the_general_path_does(clock, 
     first = video_stream(rng, 0x71DE0, rng.randrange(1 << 16), 60)
     second = video_stream(rng, 0x5EC0D, rng.randrange(1 << 16), 40)  # the callee restarts
     packets = perturb(rng, first) + perturb(rng, second)
-    sizes = 0
-    for data in packets:
-        clock.advance(rng.choice([0.0, 0.001, 0.004, 0.03]))
-        receive(clock, fast_ports["video"], data, VIDEO_SRC)
-        receive(clock, slow_ports["video"], with_csrc(data), VIDEO_SRC)
-        sizes += len(data)
+    feed(clock, rng, packets, fast_ports["video"], slow_ports["video"], VIDEO_SRC, batched,
+         [0.0, 0.001, 0.004, 0.03])
+    sizes = sum(map(len, packets))
     assert frames(fast_sink) == frames(slow_sink)
     assert len(frames(fast_sink)) > 20
     assert state(fast, "video") == state(slow, "video")
@@ -141,8 +158,10 @@ def test_video_fast_path_publishes_and_counts_what_the_general_path_does(clock, 
     assert fast_ep.depacketizer.oversized > 0 and fast_ep.reorder.duplicates > 0
 
 
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_audio_fast_path_publishes_and_counts_what_the_general_path_does(clock, pool, seed):
+def test_audio_fast_path_publishes_and_counts_what_the_general_path_does(clock, pool, seed,
+                                                                         batched):
     rng = random.Random(seed)
     (fast, _, fast_ports, fast_sink), (slow, _, slow_ports, slow_sink) = pair(
         clock, pool, ["audio"], max_packets_per_second=10 ** 6)
@@ -152,10 +171,26 @@ def test_audio_fast_path_publishes_and_counts_what_the_general_path_does(clock, 
         pt = 96 if n % 50 == 7 else 0  # a telephone-event now and then: in order, not published
         packets.append(bytes(RtpPacket(pt, n == 0, (seq + n) & 0xFFFF, (ts + 160 * n) & 0xFFFFFFFF,
                                        0xA0D10, rng.randbytes(160))))
-    for data in perturb(rng, packets):
-        clock.advance(rng.choice([0.015, 0.02, 0.025]))
-        receive(clock, fast_ports["audio"], data, AUDIO_SRC)
-        receive(clock, slow_ports["audio"], with_csrc(data), AUDIO_SRC)
+    feed(clock, rng, perturb(rng, packets), fast_ports["audio"], slow_ports["audio"], AUDIO_SRC,
+         batched, [0.015, 0.02, 0.025])
     assert frames(fast_sink) == frames(slow_sink) and len(frames(fast_sink)) > 300
     assert state(fast, "audio") == state(slow, "audio")
     assert all(type(f.data) is bytes for f in fast_sink.queue)  # audio frames own their bytes
+
+
+@pytest.mark.parametrize("limit", [7, 50])
+def test_a_batch_over_the_rate_limit_is_cut_where_single_packets_are(clock, pool, limit):
+    """The call's packet limit applies inside a batch at the same packet as one by one."""
+    (fast, _, fast_ports, fast_sink), (slow, _, slow_ports, slow_sink) = pair(
+        clock, pool, ["audio"], max_packets_per_second=limit)
+    packets = [bytes(RtpPacket(0, False, n, 160 * n, 0xA0D10, bytes([n]) * 160))
+               for n in range(120)]
+    for start in range(0, 120, 30):  # four batches of 30 in the same second
+        clock.advance(0.01)
+        clock.udp_ports[fast_ports["audio"]].proto.datagramsReceived(
+            [(d, AUDIO_SRC) for d in packets[start:start + 30]])
+        for data in packets[start:start + 30]:
+            receive(clock, slow_ports["audio"], with_csrc(data), AUDIO_SRC)
+    assert frames(fast_sink) == frames(slow_sink)
+    assert state(fast, "audio") == state(slow, "audio")
+    assert fast.endpoints["audio"].counters["rate_limited"] == 120 - limit

@@ -149,6 +149,34 @@ def test_a_handler_error_is_logged_and_reading_goes_on(reactor, loop, logged):
         port.stopListening()
 
 
+class BatchRecorder(Recorder):
+    """A protocol taking a wake-up's datagrams at once (as sipgw's RTP sockets do)."""
+
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.batches = []
+
+    def datagramsReceived(self, batch):
+        self.batches.append(len(batch))
+        for data, addr in batch:
+            self.datagramReceived(data, addr)
+
+
+def test_a_wake_up_reads_everything_queued_as_one_batch(reactor, loop):
+    proto = BatchRecorder(loop)
+    port = listen_udp(reactor, 0, proto, "127.0.0.1")
+    tx = sender()
+    try:
+        for i in range(50):  # queued before the loop runs: one wake-up finds them all
+            tx.sendto(b"%d" % i, ("127.0.0.1", port.getHost().port))
+        proto.wait_for(50)
+        assert [d for d, _ in proto.got] == [b"%d" % i for i in range(50)]
+        assert proto.batches == [50] and not port._single
+    finally:
+        tx.close()
+        port.stopListening()
+
+
 def test_stop_listening_closes_the_socket_and_stops_reading(reactor, loop):
     proto = Recorder(loop)
     port = listen_udp(reactor, 0, proto, "127.0.0.1")
