@@ -83,12 +83,13 @@ class H264Depacketizer:
         return self.push_payload(packet.payload, packet.sequence_number, packet.timestamp,
                                  packet.marker)
 
-    def push_payload(self, payload, seq: int, ts: int, marker: bool) -> list[AccessUnit]:
-        """``push`` from a packet's fields; ``payload`` may be a memoryview of the datagram
-        (what the access unit needs of it is copied once, when the unit is complete)."""
+    def push_payload(self, payload: bytes, seq: int, ts: int, marker: bool,
+                     offset: int = 0) -> list[AccessUnit]:
+        """``push`` from a packet's fields: the payload is ``payload[offset:]`` (the datagram
+        and 12 from the RTP intake, so that an FU-A fragment is cut out of it in one copy)."""
         if (not self._gap and seq == (self._last_seq + 1) & 0xFFFF
-                and (ts == self._ts or self._ts is None) and len(payload) > 2
-                and payload[0] & 0x9F == FU_A):
+                and (ts == self._ts or self._ts is None) and len(payload) > offset + 2
+                and payload[offset] & 0x9F == FU_A):
             # Most packets: an FU-A fragment, next in sequence, of the open access unit or
             # starting the next one. What the general path below does for it, without its
             # gap and boundary checks.
@@ -96,12 +97,24 @@ class H264Depacketizer:
             self._last_seq = seq
             self._ts = ts
             self._touched = True
-            self._fu_a(payload)
+            if payload[offset + 1] & 0xC0 or self._fu_start is None:
+                self._fu_a(payload, offset)
+            else:  # a middle fragment: _fu_a's continuation, inlined
+                fragment = payload[offset + 2:]
+                self._parts.append(fragment)
+                n = len(fragment)
+                self._fu_size += n
+                self._size += n
+                if self._fu_size > self.max_nal_size or self._size > self.max_au_size:
+                    self.oversized += 1
+                    self._loss()
             if marker:
                 out: list[AccessUnit] = []
                 self._finish(out)
                 return out
             return []
+        if offset:
+            payload = payload[offset:]
         self.packets += 1
         gap = self._gap or (self._last_seq is not None and seq != (self._last_seq + 1) & 0xFFFF)
         self._last_seq = seq
@@ -146,12 +159,13 @@ class H264Depacketizer:
             self._finish(out)
         return out
 
-    def _fu_a(self, payload: bytes) -> None:
-        """RFC 6184 §5.8: FU indicator, FU header (S, E, R, type), fragment."""
-        if len(payload) < 2:
+    def _fu_a(self, payload: bytes, offset: int = 0) -> None:
+        """RFC 6184 §5.8: FU indicator, FU header (S, E, R, type), fragment; the FU indicator
+        at ``payload[offset]``."""
+        if len(payload) - offset < 2:
             self._bad()
             return
-        fu_header = payload[1]
+        fu_header = payload[offset + 1]
         parts = self._parts
         if fu_header & 0x80:  # start
             if self._fu_start is not None:
@@ -159,13 +173,13 @@ class H264Depacketizer:
                 parts = self._parts
             self._fu_start = len(parts)
             parts.append(START_CODE)
-            parts.append(bytes(((payload[0] & 0xE0) | (fu_header & 0x1F),)))
+            parts.append(bytes(((payload[offset] & 0xE0) | (fu_header & 0x1F),)))
             self._fu_size = 1
             self._size += 5
         elif self._fu_start is None:
             self._loss()  # a continuation without its start: the start was lost
             return
-        fragment = payload[2:]
+        fragment = payload[offset + 2:]
         parts.append(fragment)
         n = len(fragment)
         self._fu_size += n

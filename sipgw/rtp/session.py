@@ -243,22 +243,23 @@ class Endpoint:
         take_next = self.reorder.take_next
         record = self.stats.record
         dep = self.depacketizer
+        header = _FIXED_HEADER
         room = session.max_packets_per_second - session.window_packets
+        source = self.remote_rtp if self.latched else None  # only datagram() changes these
+        followed = self.ssrc
         taken = octets = 0
         for data, addr in batch:
-            if (taken < room and len(data) > 12 and data[0] == 0x80 and self.latched
-                    and addr == self.remote_rtp):
-                b1, seq, ts, ssrc = _FIXED_HEADER(data, 1)
+            if taken < room and addr == source and len(data) > 12 and data[0] == 0x80:
+                b1, seq, ts, ssrc = header(data, 1)
                 pt = b1 & 0x7F
-                if (ssrc == self.ssrc and pt in pts and not 192 <= b1 <= 223
-                        and take_next(seq)):
+                if ssrc == followed and pt in pts and not 192 <= b1 <= 223 and take_next(seq):
                     taken += 1
                     octets += len(data)
                     record(seq, ts, now)
                     if dep is None:
                         self._deliver_audio(pt, ts, data[12:])
                     else:
-                        units = dep.push_payload(memoryview(data)[12:], seq, ts, b1 > 0x7F)
+                        units = dep.push_payload(data, seq, ts, b1 > 0x7F, 12)
                         if units or dep.needs_keyframe:
                             self._publish_units(units)
                     continue
@@ -267,6 +268,8 @@ class Endpoint:
                 taken = octets = 0
             self.datagram(data, addr)
             room = session.max_packets_per_second - session.window_packets
+            source = self.remote_rtp if self.latched else None
+            followed = self.ssrc
         if taken:
             self._taken(taken, octets, now)
 
@@ -304,7 +307,7 @@ class Endpoint:
                 if dep is None:
                     self._deliver_audio(pt, ts, data[12:])
                 else:
-                    units = dep.push_payload(memoryview(data)[12:], seq, ts, b1 > 0x7F)
+                    units = dep.push_payload(data, seq, ts, b1 > 0x7F, 12)
                     if units or dep.needs_keyframe:
                         self._publish_units(units)
                 return
