@@ -302,6 +302,8 @@ def _receiver(kind: str, port: int, ready, results, sessions: int = 1, profile: 
             ep.rtp_port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             all_sessions.append((session, sink))
         ports = [s.endpoints[media_kind].port for s, _ in all_sessions]
+        from sipgw.service import freeze_startup_objects
+        freeze_startup_objects()  # the garbage collector as the daemon sets it up
         total = lambda: sum(s.endpoints[media_kind].counters["packets"]  # noqa: E731
                             for s, _ in all_sessions)
     ready.put(ports)

@@ -43,7 +43,7 @@ def _filter_log_observers(predicate) -> None:
 _frozen = False
 
 
-def _freeze_startup_objects() -> None:
+def freeze_startup_objects() -> None:
     """What the imports and the wiring made lives as long as the daemon: out of the cyclic
     collector's way (each full collection walked its ~70,000 objects again: 18 ms). And the
     youngest generation collected every 10,000 allocations instead of 700: at 400 calls/s a
@@ -69,7 +69,7 @@ class _CallsService(service.Service):
         super().startService()
         _filter_log_observers(_drop_udp_port_chatter)
         speed_up_text_observers(globalLogPublisher._observers)
-        _freeze_startup_objects()
+        freeze_startup_objects()
         self.calls.start()
 
     def stopService(self):
