@@ -26,6 +26,10 @@ class StreamStatus(str, enum.Enum):
     FAILED = "FAILED"
 
 
+_PUBLISHING, _UNPUBLISHED, _FAILED = (StreamStatus.PUBLISHING, StreamStatus.UNPUBLISHED,
+                                      StreamStatus.FAILED)
+
+
 class MediaFrame:
     """One access unit (video, Annex-B) or one audio frame, with its RTP timestamp."""
 
@@ -182,10 +186,13 @@ class Stream:
 
     # -- producer side (the call's RTP) ---------------------------------------
     def publish(self, frame: MediaFrame) -> None:
-        if self.status in (StreamStatus.UNPUBLISHED, StreamStatus.FAILED):
-            return
-        if self.status != StreamStatus.PUBLISHING:
-            self.status = StreamStatus.PUBLISHING
+        # every frame of every stream: the status compared by identity (an Enum attribute
+        # lookup and its comparison cost more than the rest of this)
+        status = self.status
+        if status is not _PUBLISHING:
+            if status is _UNPUBLISHED or status is _FAILED:
+                return
+            self.status = _PUBLISHING
         if frame.kind == "video" and (frame.keyframe or self.gop):
             if frame.keyframe:
                 self.gop = []
