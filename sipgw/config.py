@@ -108,6 +108,7 @@ class Config:
     rtp_activity_timeout: int = not_negative(60)
     rtp_probation_packets: int = positive(3)
     rtp_max_packets_per_second: int = positive(2000)
+    rtp_receive_buffer_bytes: int = not_negative(1048576)
     stream_gop_cache_max_bytes: int = positive(8388608)
     sink_queue_max_bytes: int = positive(4194304)
     rtp_session_init_always: bool = False

@@ -266,7 +266,8 @@ class Call:
             send_silence=config.rtp_session_init_always, on_timeout=self.rtp_timed_out,
             on_keyframe_info=self.request_picture_update,
             probation_packets=config.rtp_probation_packets,
-            max_packets_per_second=config.rtp_max_packets_per_second)
+            max_packets_per_second=config.rtp_max_packets_per_second,
+            receive_buffer=config.rtp_receive_buffer_bytes)
         try:
             ports = session.open()
         except PortsExhausted as exc:

@@ -109,10 +109,12 @@ class Endpoint:
         self.keyframe_wanted = None  # callable: the peer asks for a keyframe of what we send
         self.srtp = None  # an SrtpContext once SDES keys are agreed (sipgw/rtp/srtp.py)
 
-    def listen(self, reactor, address: str) -> None:
-        self.rtp_port = listen_udp(reactor, self.port, _Socket(self, False), address)
+    def listen(self, reactor, address: str, receive_buffer: int = 0) -> None:
+        self.rtp_port = listen_udp(reactor, self.port, _Socket(self, False), address,
+                                   receive_buffer)
         try:
-            self.rtcp_port = listen_udp(reactor, self.port + 1, _Socket(self, True), address)
+            self.rtcp_port = listen_udp(reactor, self.port + 1, _Socket(self, True), address,
+                                        receive_buffer)
         except error.CannotListenError:
             self.rtp_port.stopListening()
             raise
@@ -487,8 +489,10 @@ class MediaSession:
                  kinds: list[str], rtp_timeout: float = 0, send_silence: bool = False,
                  on_timeout=None, on_keyframe_info=None,
                  probation_packets: int = Config.rtp_probation_packets,
-                 max_packets_per_second: int = Config.rtp_max_packets_per_second):
+                 max_packets_per_second: int = Config.rtp_max_packets_per_second,
+                 receive_buffer: int = 0):
         self.reactor = self.clock = reactor
+        self.receive_buffer = receive_buffer  # SO_RCVBUF of each socket; 0: the system's
         self.call_id = call_id
         self.stream = stream
         self.bind_address = bind_address
@@ -529,7 +533,7 @@ class MediaSession:
                         raise
                     endpoint = Endpoint(self, kind, port)
                     try:
-                        endpoint.listen(self.reactor, self.bind_address)
+                        endpoint.listen(self.reactor, self.bind_address, self.receive_buffer)
                     except error.CannotListenError:
                         unbindable.append(port)
                         if len(unbindable) > 20:

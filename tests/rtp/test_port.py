@@ -8,6 +8,7 @@ import pytest
 from twisted.internet import asyncioreactor, protocol
 from twisted.logger import globalLogPublisher
 
+from sipgw.rtp import port as rtp_port
 from sipgw.rtp.port import PROBE_EVERY, RtpPort, listen_udp
 
 
@@ -222,3 +223,43 @@ def test_other_reactors_listen_through_twisted(clock):
     proto = Recorder(None)
     port = listen_udp(clock, 40000, proto, "127.0.0.1")
     assert not isinstance(port, RtpPort) and clock.udp_ports[40000].proto is proto
+
+
+def rmem_max() -> int:
+    with open("/proc/sys/net/core/rmem_max") as f:
+        return int(f.read())
+
+
+def test_the_receive_buffer_is_set_and_a_cap_is_logged_once(reactor, loop, logged, monkeypatch):
+    monkeypatch.setattr(rtp_port, "_capped_logged", False)
+    cap = rmem_max()
+    asked = min(cap, 300_000)
+    port = listen_udp(reactor, 0, Recorder(loop), "127.0.0.1", receive_buffer=asked)
+    try:
+        assert port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * asked
+    finally:
+        port.stopListening()
+    assert not [e for e in logged if "rmem_max" in e.get("log_format", "")]
+    if cap > 1 << 30:
+        return  # no cap worth the name to run into
+    ports = [listen_udp(reactor, 0, Recorder(loop), "127.0.0.1", receive_buffer=cap + 4096)
+             for _ in range(2)]
+    try:
+        for port in ports:  # the kernel's cap, not the request
+            assert port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * cap
+    finally:
+        for port in ports:
+            port.stopListening()
+    capped = [e for e in logged if "rmem_max" in e.get("log_format", "")]
+    assert len(capped) == 1 and capped[0]["got"] == cap and capped[0]["size"] == cap + 4096
+
+
+def test_no_receive_buffer_keeps_the_system_default(reactor, loop):
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    port = listen_udp(reactor, 0, Recorder(loop), "127.0.0.1", receive_buffer=0)
+    try:
+        assert (port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                == plain.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    finally:
+        plain.close()
+        port.stopListening()
