@@ -115,13 +115,15 @@ def _split_params(text: str) -> list[str]:
 def parse_params(text: str) -> dict[str, str | None]:
     """Parse ``;a=b;c`` into an ordered dict with lower-case names."""
     params: dict[str, str | None] = {}
-    for part in _split_params(text):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, val = part.partition("=")
+    if not text:  # most URIs and many headers have none
+        return params
+    token = _TOKEN_RE.match
+    for part in text.split(";") if '"' not in text else _split_params(text):
+        name, sep, val = part.partition("=")  # LWS around SEMI and EQUAL: stripped below
         name = name.strip()
-        if not is_token(name):
+        if not sep and not name:
+            continue  # an empty part (the one before the first ';', or ';;')
+        if not token(name):
             raise HeaderError(f"bad parameter name {name!r}")
         params[name.lower()] = val.strip() if sep else None
     return params

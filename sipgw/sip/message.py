@@ -22,6 +22,9 @@ REASONS = {
 }
 
 
+_UNSET = object()
+
+
 class Message:
     """Headers and body shared by requests and responses."""
 
@@ -33,11 +36,10 @@ class Message:
     def _parsed(self, key: str, build):
         """Parse a header value once; set/add/remove forget it (headers parsed once at the
         boundary, not in every layer)."""
-        try:
-            return self._typed[key]
-        except KeyError:
+        value = self._typed.get(key, _UNSET)  # not try/except: the first access is the
+        if value is _UNSET:                   # common one, and a raised KeyError costs ~1 us
             value = self._typed[key] = build()
-            return value
+        return value
 
     # -- raw header access ------------------------------------------------
     def get(self, name: str, default: str | None = None) -> str | None:
