@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from .message import Request, Response, make_response
 from ..loglimit import LogLimiter, held_back
 from ..quotas import TokenBuckets
+from ..timerqueue import TimerQueues
 from .transport import COUNTED_METHODS, set_top_via
 
 log = Logger(namespace="sipgw.sip.transaction")
@@ -45,7 +46,8 @@ class _Transaction:
 
     def _start_timer(self, name: str, delay: float, fn) -> None:
         self._cancel_timer(name)
-        self._timers[name] = self.clock.callLater(delay, self._fire, name, fn)
+        # Timers A-K have a few fixed lengths: one reactor timer per length (timerqueue.py)
+        self._timers[name] = self.layer.timers.callLater(delay, self._fire, name, fn)
 
     def _fire(self, name: str, fn) -> None:
         self._timers.pop(name, None)
@@ -281,6 +283,7 @@ class TransactionLayer:
     def __init__(self, clock, tu=None, sender=None, max_server: int = 10000,
                  requests_per_source: float = 0):
         self.clock = clock
+        self.timers = TimerQueues(clock)
         self.tu = tu
         self.sender = sender
         self.max_server = max_server
