@@ -41,6 +41,11 @@ class Message:
             value = self._typed[key] = build()
         return value
 
+    def forget_parsed(self) -> None:
+        """Let go of the parsed header values (the raw ones stay and are parsed again on
+        access): for a message kept long only for its bytes."""
+        self._typed = {}
+
     # -- raw header access ------------------------------------------------
     def get(self, name: str, default: str | None = None) -> str | None:
         name = canonical_name(name)
