@@ -11,13 +11,14 @@ Timers of one delay set at a clock that does not go back come due in the order t
 set, so ``TimerQueues`` keeps them per delay in a FIFO and runs one reactor timer per delay,
 for the head of its queue: setting, cancelling and running one is O(1). Each fires at the
 time a ``callLater`` would have fired it (same clock, same arithmetic); timers due at the
-same moment run in the order they were set. A cancelled timer lets go of its function and
-arguments at once; when the last live timer of a delay is cancelled its reactor timer is
-cancelled too, so nothing is left pending (``getDelayedCalls()`` is empty) when nothing is.
+same moment run in the order they were set. A cancelled timer leaves its queue at once (an
+``OrderedDict``: O(1) removal anywhere), so neither it nor what it names stays for the cyclic
+GC to walk; when the last timer of a delay is cancelled its reactor timer is cancelled too,
+so nothing is left pending (``getDelayedCalls()`` is empty) when nothing is.
 """
 from __future__ import annotations
 
-import collections
+from collections import OrderedDict
 
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.logger import Logger
@@ -49,32 +50,28 @@ class Timer:
             raise AlreadyCalled
         self.cancelled = True
         self.func = self.args = None  # the transaction or call it names is free at once
-        self.queue.cancelled()
+        self.queue.remove(self)
 
 
 class _Queue:
     def __init__(self, clock, delay: float):
         self.clock, self.delay = clock, delay
-        self.timers: collections.deque[Timer] = collections.deque()
-        self.live = 0
+        self.timers: OrderedDict[Timer, None] = OrderedDict()  # in the order due
         self.call = None  # the reactor timer for the first live timer
         self.running = False
 
     def add(self, func, args: tuple) -> Timer:
         timer = Timer(self.clock.seconds() + self.delay, func, args, self)
-        self.timers.append(timer)
-        self.live += 1
+        self.timers[timer] = None
         if self.call is None and not self.running:
             self.call = self.clock.callLater(self.delay, self._run)
         return timer
 
-    def cancelled(self) -> None:
-        self.live -= 1
-        if self.live == 0:  # nothing left to run: no reactor timer either
-            self.timers.clear()
-            if self.call is not None:
-                self.call.cancel()
-                self.call = None
+    def remove(self, timer: Timer) -> None:
+        del self.timers[timer]
+        if not self.timers and self.call is not None:  # nothing left: no reactor timer
+            self.call.cancel()
+            self.call = None
 
     def _run(self) -> None:
         self.call = None
@@ -83,24 +80,18 @@ class _Queue:
             self._run_due()
         finally:
             self.running = False
-        timers = self.timers
-        while timers and timers[0].cancelled:
-            timers.popleft()
-        if timers:  # the next one due (possibly set by a timer run just now)
-            self.call = self.clock.callLater(max(0.0, timers[0].time - self.clock.seconds()),
+        if self.timers:  # the next one due (possibly set by a timer run just now)
+            head = next(iter(self.timers))
+            self.call = self.clock.callLater(max(0.0, head.time - self.clock.seconds()),
                                              self._run)
 
     def _run_due(self) -> None:
         timers = self.timers
         while timers:
-            timer = timers[0]
-            if timer.cancelled:
-                timers.popleft()
-                continue
+            timer = next(iter(timers))
             if timer.time > self.clock.seconds() + _EPSILON:
                 break
-            timers.popleft()
-            self.live -= 1
+            del timers[timer]
             timer.called = True
             func, args = timer.func, timer.args
             timer.func = timer.args = None

@@ -47,15 +47,11 @@ class _Transaction:
     def _start_timer(self, name: str, delay: float, fn) -> None:
         self._cancel_timer(name)
         # Timers A-K have a few fixed lengths: one reactor timer per length (timerqueue.py)
-        self._timers[name] = self.layer.timers.callLater(delay, self._fire, name, fn)
-
-    def _fire(self, name: str, fn) -> None:
-        self._timers.pop(name, None)
-        fn()
+        self._timers[name] = self.layer.timers.callLater(delay, fn)
 
     def _cancel_timer(self, name: str) -> None:
         call = self._timers.pop(name, None)
-        if call is not None and call.active():
+        if call is not None and call.active():  # (a timer that fired stays till replaced)
             call.cancel()
 
     def _terminate(self) -> None:
