@@ -193,6 +193,11 @@ class InviteSession:
         registration, self.registration = self.registration, None
         if registration is not None:
             registration.release()
+        # Kept for call_retention and late retransmissions only: the headers parsed from our
+        # INVITE and ACK are let go (parsed again if read), less for the cyclic GC to walk.
+        for message in (self.invite, self.ack):
+            if message is not None:
+                message.forget_parsed()
 
     # -- placing the INVITE ------------------------------------------------------
     def start(self) -> None:
