@@ -170,9 +170,24 @@ class URI:
     # §25.1 hostnames have no '_', but peers' do (and the REST layer takes them): liberal.
     _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(?::(\d{1,5}))?$", re.ASCII)
 
+    # The usual sip: URI, read in one match: a lower-case scheme, an optional user (no ':'
+    # password, '@', ';', '?'), a host name or IPv4 address, a port, parameters, nothing
+    # quoted or escaped that the general path below would read otherwise. Anything else
+    # (sips with upper case, IPv6, passwords, headers...) goes the general way.
+    _PLAIN = re.compile(r"(sips?):(?:([^:@;?<>\s\"\[\]]+)@)?([A-Za-z0-9\-._]+)(?::(\d{1,5}))?"
+                        r"((?:;[^?@<>\s\"]*)?)", re.ASCII)
+
     @classmethod
     def parse(cls, text: str) -> "URI":
         text = text.strip()
+        plain = cls._PLAIN.fullmatch(text)
+        if plain is not None:
+            scheme, user, host, port, paramtext = plain.groups()
+            if port is not None:
+                port = int(port)
+                if not 0 < port < 65536:
+                    raise HeaderError(f"bad URI {text!r}: port out of range")
+            return cls(scheme, host, user, None, port, parse_params(paramtext), None)
         scheme, sep, rest = text.partition(":")
         if not sep or not _SCHEME.match(scheme):
             raise HeaderError(f"bad URI {text!r}: no scheme")
