@@ -79,12 +79,50 @@ def heap_reactor():
     return HeapReactor()
 
 
+def twisted_heap_reactor():
+    """tests/fakes.py's UDPMemoryReactor with Twisted's own timer code (``ReactorBase``: a heap
+    of ``DelayedCall``, compared by their Python ``__lt__``, cancelled ones left in it until
+    compaction), as the daemon's asyncio reactor runs it (its ``callLater`` also inserts at
+    once, through ``timeout()``). Only the asyncio ``call_at`` re-arming is left out."""
+    from fakes import UDPMemoryReactor
+    from twisted.internet.base import ReactorBase
+
+    class TwistedHeapReactor(UDPMemoryReactor):
+        _moveCallLaterSooner = ReactorBase._moveCallLaterSooner
+        _cancelCallLater = ReactorBase._cancelCallLater
+        _insertNewDelayedCalls = ReactorBase._insertNewDelayedCalls
+        getDelayedCalls = ReactorBase.getDelayedCalls
+        timeout = ReactorBase.timeout
+
+        def __init__(self):
+            super().__init__()
+            self._pendingTimedCalls: list = []
+            self._newTimedCalls: list = []
+            self._cancellations = 0
+            self.threadCallQueue: list = []
+            self._justStopped = False
+
+        def seconds(self):
+            return self.rightNow
+
+        def callLater(self, delay, f, *args, **kw):
+            dc = ReactorBase.callLater(self, delay, f, *args, **kw)
+            self.timeout()  # AsyncioSelectorReactor.callLater does this on every call
+            return dc
+
+        def advance(self, amount):
+            self.rightNow += amount
+            ReactorBase.runUntilCurrent(self)
+
+    return TwistedHeapReactor()
+
+
 def _headers(data: bytes) -> dict[bytes, bytes]:
     return {name.lower(): value.rstrip(b"\r") for name, value in _HEADER.findall(data)}
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, timers: str = "heap") -> None:
         from twisted.logger import globalLogBeginner, textFileLogObserver
         from twisted.internet.testing import StringTransport
         from twisted.internet.address import IPv4Address
@@ -96,7 +134,7 @@ class Harness:
         self._log = open(os.devnull, "w")
         globalLogBeginner.beginLoggingTo([textFileLogObserver(self._log)],
                                          discardBuffer=True, redirectStandardIO=False)
-        self.reactor = heap_reactor()
+        self.reactor = heap_reactor() if timers == "heap" else twisted_heap_reactor()
         config = Config(sip_bind_address="127.0.0.1", sip_local_port=5070,
                         rest_bind_address="127.0.0.1", call_retention=5, max_calls=0,
                         max_calls_per_account=0, media_port_from=20000, media_port_to=60000,
@@ -165,8 +203,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=300.0,
                         help="calls per second of the simulated clock (timers, retention)")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--timers", choices=("heap", "twisted"), default="heap",
+                        help="the in-memory reactor's timers: a heap of tuples (cheap "
+                             "comparisons in C), or Twisted's own DelayedCall heap as the "
+                             "daemon's reactor runs it")
     args = parser.parse_args()
-    harness = Harness()
+    harness = Harness(args.timers)
     harness.run(0, args.warmup, args.rate)
     first, results = args.warmup, []
     for r in range(args.rounds):

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 
 from .policy import Denied, PolicyError, parse_networks
 
+_UNSEEN = object()
+_VERDICTS_KEPT = 1024  # destinations remembered (then forgotten all at once)
+
 DEFAULT_DENY = ("169.254.0.0/16,fe80::/10,224.0.0.0/4,ff00::/8,0.0.0.0/8,::/128,"
                 "255.255.255.255/32")
 
@@ -74,6 +77,9 @@ class EgressPolicy:
     allow: Rules = field(default_factory=Rules)
     deny: Rules = field(default_factory=lambda: Rules.parse(DEFAULT_DENY, "egress_deny"))
     setting: str = "egress"  # the settings' prefix, named in refusals
+    # (host, field, resolved) -> refusal or None: a pure function of the frozen rules above,
+    # so never stale; worked out once per destination, not three times a call over the list
+    _verdicts: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config, kind: str) -> "EgressPolicy":
@@ -86,21 +92,31 @@ class EgressPolicy:
         """Raise EgressDenied unless ``host`` (a name or an address) may be sent to.  With
         ``resolved`` (the address the name resolved to) both are checked; for a name without
         it, only what the name alone decides (an allow list of networks waits for the address)."""
+        key = (host, field_name, resolved)
+        verdicts = self._verdicts
+        refusal = verdicts.get(key, _UNSEEN)
+        if refusal is _UNSEEN:
+            if len(verdicts) >= _VERDICTS_KEPT:
+                verdicts.clear()
+            refusal = verdicts[key] = self._refusal(host, field_name, resolved)
+        if refusal is not None:
+            raise EgressDenied(refusal, field_name)
+
+    def _refusal(self, host: str, field_name: str | None, resolved: str | None) -> str | None:
         host = host.strip("[]")
         address = _address(resolved or host)
         name = None if _address(host) is not None else host
         what = f"{field_name} " if field_name else ""
         shown = host if resolved is None or resolved == host else f"{host} ({resolved})"
         if (name and self.deny.match_name(name)) or (address and self.deny.match_address(address)):
-            raise EgressDenied(f"{what}destination {shown} is denied by {self.setting}_deny",
-                               field_name)
+            return f"{what}destination {shown} is denied by {self.setting}_deny"
         if not self.allow:
-            return
+            return None
         if (name and self.allow.match_name(name)) or (address and self.allow.match_address(address)):
-            return
+            return None
         if address is None and self.allow.networks:
-            return  # the resolved address decides
-        raise EgressDenied(f"{what}destination {shown} is not in {self.setting}_allow", field_name)
+            return None  # the resolved address decides
+        return f"{what}destination {shown} is not in {self.setting}_allow"
 
     def allows(self, host: str, resolved: str | None = None) -> bool:
         try:
@@ -120,3 +136,4 @@ def _address(text: str):
     if address.version == 6 and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+

@@ -84,6 +84,9 @@ def route_scope(path: str) -> str:
     return _ROUTE_SCOPES.get("/" + path.split("/")[1], "admin")
 
 
+_ADDRESSES_KEPT = 1024  # client addresses remembered (then forgotten all at once)
+
+
 @dataclass(frozen=True)
 class AccessPolicy:
     """The control plane's admission rules; the default admits loopback clients only."""
@@ -91,6 +94,9 @@ class AccessPolicy:
     networks: tuple = field(default_factory=lambda: parse_networks(LOOPBACK_NETWORKS))
     tokens: dict = field(default_factory=dict)
     origins: str = LOOPBACK
+    # client address -> trusted: a pure function of the frozen networks above, never stale;
+    # parsed once per client, not on every request
+    _trusted: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config) -> "AccessPolicy":
@@ -108,13 +114,12 @@ class AccessPolicy:
 
     def trusts(self, host: str) -> bool:
         """Is ``host`` (a client address) inside a trusted network?"""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
+        trusted = self._trusted.get(host)
+        if trusted is None:
+            if len(self._trusted) >= _ADDRESSES_KEPT:
+                self._trusted.clear()
+            trusted = self._trusted[host] = _trusted(self.networks, host)
+        return trusted
 
     def check(self, host: str, authorization: bytes | None, scope: str) -> None:
         """Admit a REST request or raise Denied: a trusted address, or a bearer token with ``scope``."""
@@ -185,3 +190,13 @@ def _is_loopback_origin(origin: str) -> bool:
 
 def _items(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _trusted(networks: tuple, host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)

@@ -65,3 +65,24 @@ def test_rtmp_connects_only_to_an_allowed_resolved_address():
     with pytest.raises(RtmpError) as info:
         publisher.open()
     assert str(info.value) == "the RTMP server's address is denied by rtmp_egress"
+
+
+def test_verdicts_are_remembered_per_destination_and_field_and_bounded():
+    """A destination's verdict is worked out once and given again (the same refusal for the
+    same field, its own for another field); the memory of verdicts stays bounded."""
+    from sipgw import egress as egress_module
+
+    policy = EgressPolicy()
+    for _ in range(2):
+        with pytest.raises(EgressDenied) as denied:
+            policy.check("169.254.169.254", "sipDomain")
+        assert str(denied.value) == "sipDomain destination 169.254.169.254 is denied by egress_deny"
+        assert denied.value.field == "sipDomain"
+    with pytest.raises(EgressDenied, match="^destination 169.254.169.254 is denied"):
+        policy.check("169.254.169.254")
+    assert policy.allows("pbx.example.org", resolved="192.0.2.7")
+    assert not policy.allows("pbx.example.org", resolved="169.254.1.1")
+    for i in range(egress_module._VERDICTS_KEPT + 10):
+        policy.allows(f"host{i}.example.org")
+    assert len(policy._verdicts) <= egress_module._VERDICTS_KEPT
+    assert EgressPolicy() == policy  # the remembered verdicts are not part of the rules

@@ -88,3 +88,21 @@ def test_twistd_text_observers_get_the_fast_formatter_and_others_are_left():
     assert inner.formatEvent.time_format is None
     Logger(namespace="n", observer=bare).info("hello {who}", who="you")
     assert out.getvalue().endswith(" [n#info] hello you\n")
+
+
+def test_lean_logger_emits_what_twisteds_logger_emits():
+    """sipgw.logtext.Logger gives observers the same event as twisted.logger.Logger (only the
+    time stamp and the logger object differ), and reports a bad level as Twisted does."""
+    from twisted.logger import LogLevel
+    from twisted.logger import Logger as TwistedLogger
+
+    from sipgw.logtext import Logger
+
+    ours, theirs = [], []
+    Logger(namespace="sipgw.x", observer=ours.append).info("call {a} {b}", a=1, b="x")
+    TwistedLogger(namespace="sipgw.x", observer=theirs.append).info("call {a} {b}", a=1, b="x")
+    strip = lambda e: {k: v for k, v in e.items() if k not in ("log_time", "log_logger")}  # noqa: E731
+    assert strip(ours[0]) == strip(theirs[0])
+    assert ours[0]["log_level"] is LogLevel.info and isinstance(ours[0]["log_time"], float)
+    Logger(namespace="sipgw.x", observer=ours.append).emit("loud", "nope")
+    assert ours[-1]["log_level"] is LogLevel.critical and "invalid log level" in ours[-1]["log_format"]

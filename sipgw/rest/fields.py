@@ -37,9 +37,11 @@ def string_field(
         raise BadRequest(f"{name} must be at most {max_len} characters", name)
     if not value.isprintable():
         raise BadRequest(f"{name} must not contain control characters (CR, LF, ...)", name)
-    if not spaces and any(c.isspace() for c in value):
+    # isprintable() let no other white space through than " " (every other one is a
+    # separator or a control character): one search, not a generator over the characters
+    if not spaces and " " in value:
         raise BadRequest(f"{name} must not contain spaces", name)
-    bad = sorted(set(value) & forbidden - {" "})
+    bad = () if forbidden.isdisjoint(value) else sorted(set(value) & forbidden - {" "})
     if bad:
         listed = " ".join(bad)
         raise BadRequest(f"{name} must not contain any of {listed}", name)

@@ -30,10 +30,10 @@ import json
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
+from sipgw.logtext import Logger  # the lean emit: a line per request
 from sipgw.policy import AccessPolicy, Denied, route_scope
 from sipgw.rest.admission import admit, cors
 from sipgw.rest.errors import ApiError, BadRequest, error_body, error_response

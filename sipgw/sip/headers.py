@@ -115,13 +115,15 @@ def _split_params(text: str) -> list[str]:
 def parse_params(text: str) -> dict[str, str | None]:
     """Parse ``;a=b;c`` into an ordered dict with lower-case names."""
     params: dict[str, str | None] = {}
-    for part in _split_params(text):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, val = part.partition("=")
+    if not text:  # most URIs and many headers have none
+        return params
+    token = _TOKEN_RE.match
+    for part in text.split(";") if '"' not in text else _split_params(text):
+        name, sep, val = part.partition("=")  # LWS around SEMI and EQUAL: stripped below
         name = name.strip()
-        if not is_token(name):
+        if not sep and not name:
+            continue  # an empty part (the one before the first ';', or ';;')
+        if not token(name):
             raise HeaderError(f"bad parameter name {name!r}")
         params[name.lower()] = val.strip() if sep else None
     return params
@@ -168,9 +170,24 @@ class URI:
     # §25.1 hostnames have no '_', but peers' do (and the REST layer takes them): liberal.
     _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(?::(\d{1,5}))?$", re.ASCII)
 
+    # The usual sip: URI, read in one match: a lower-case scheme, an optional user (no ':'
+    # password, '@', ';', '?'), a host name or IPv4 address, a port, parameters, nothing
+    # quoted or escaped that the general path below would read otherwise. Anything else
+    # (sips with upper case, IPv6, passwords, headers...) goes the general way.
+    _PLAIN = re.compile(r"(sips?):(?:([^:@;?<>\s\"\[\]]+)@)?([A-Za-z0-9\-._]+)(?::(\d{1,5}))?"
+                        r"((?:;[^?@<>\s\"]*)?)", re.ASCII)
+
     @classmethod
     def parse(cls, text: str) -> "URI":
         text = text.strip()
+        plain = cls._PLAIN.fullmatch(text)
+        if plain is not None:
+            scheme, user, host, port, paramtext = plain.groups()
+            if port is not None:
+                port = int(port)
+                if not 0 < port < 65536:
+                    raise HeaderError(f"bad URI {text!r}: port out of range")
+            return cls(scheme, host, user, None, port, parse_params(paramtext), None)
         scheme, sep, rest = text.partition(":")
         if not sep or not _SCHEME.match(scheme):
             raise HeaderError(f"bad URI {text!r}: no scheme")

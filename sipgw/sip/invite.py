@@ -169,6 +169,13 @@ class InviteSession:
         self._timers.append(call)
         return call
 
+    def later_fixed(self, delay: float, fn, *args):
+        """``later`` for a delay that is a constant or a setting, never a value a peer
+        chose: one reactor timer per such length for all sessions (``timerqueue.py``)."""
+        call = self.ua.timers.callLater(delay, fn, *args)
+        self._timers.append(call)
+        return call
+
     def _end(self, kind: str, reason: str) -> None:
         if not self.ended:
             self.user.session_ended(kind, reason)
@@ -186,6 +193,11 @@ class InviteSession:
         registration, self.registration = self.registration, None
         if registration is not None:
             registration.release()
+        # Kept for call_retention and late retransmissions only: the headers parsed from our
+        # INVITE and ACK are let go (parsed again if read), less for the cyclic GC to walk.
+        for message in (self.invite, self.ack):
+            if message is not None:
+                message.forget_parsed()
 
     # -- placing the INVITE ------------------------------------------------------
     def start(self) -> None:
@@ -226,7 +238,7 @@ class InviteSession:
             return
         self.send_invite()
         if self.ua.config.sip_ring_timeout:
-            self.later(self.ua.config.sip_ring_timeout, self._ring_timeout)
+            self.later_fixed(self.ua.config.sip_ring_timeout, self._ring_timeout)
 
     async def _place(self) -> None:
         ua, r = self.ua, self.params
@@ -689,7 +701,7 @@ class InviteSession:
         self.ua.transactions.send_request(cancel, self.invite_tx.transport, self.dest.host,
                                           self.dest.port, lambda r: None)
         # If no final response arrives, the INVITE is as good as cancelled (§9.1).
-        self.later(64 * T1, self._end, FINISH, self.cancel_reason)
+        self.later_fixed(64 * T1, self._end, FINISH, self.cancel_reason)
 
     def bye(self, reason: str, kind: str = FINISH, wait: bool = True) -> None:
         """BYE (§15.1.1); the session ends when it is answered, or at once unless ``wait``."""

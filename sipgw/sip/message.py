@@ -22,6 +22,9 @@ REASONS = {
 }
 
 
+_UNSET = object()
+
+
 class Message:
     """Headers and body shared by requests and responses."""
 
@@ -33,11 +36,15 @@ class Message:
     def _parsed(self, key: str, build):
         """Parse a header value once; set/add/remove forget it (headers parsed once at the
         boundary, not in every layer)."""
-        try:
-            return self._typed[key]
-        except KeyError:
+        value = self._typed.get(key, _UNSET)  # not try/except: the first access is the
+        if value is _UNSET:                   # common one, and a raised KeyError costs ~1 us
             value = self._typed[key] = build()
-            return value
+        return value
+
+    def forget_parsed(self) -> None:
+        """Let go of the parsed header values (the raw ones stay and are parsed again on
+        access): for a message kept long only for its bytes."""
+        self._typed = {}
 
     # -- raw header access ------------------------------------------------
     def get(self, name: str, default: str | None = None) -> str | None:

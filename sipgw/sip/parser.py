@@ -84,6 +84,8 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
 
 def _unfold(head: str) -> list[str]:
     """Split the head into lines, joining folded continuation lines (RFC 3261 §7.3.1)."""
+    if "\n " not in head and "\n\t" not in head:  # nothing folded: the common case
+        return _LINES.split(head)
     lines: list[str] = []
     for line in _LINES.split(head):
         if line[:1] in (" ", "\t") and lines:
@@ -119,7 +121,8 @@ def _parse_head(head: bytes) -> tuple[Message, int | None]:
         status = int(match.group(2))
         if not 100 <= status <= 699:
             raise ParseError(f"status code out of range: {status}")
-        message: Message = Response(status, match.group(3) or "", headers)
+        message: Message = Response(status, match.group(3) or "")
+        message.headers = headers  # canonical names already (not through Message's check again)
     else:
         match = _REQUEST_LINE.match(first)
         if not match:
@@ -128,7 +131,8 @@ def _parse_head(head: bytes) -> tuple[Message, int | None]:
             uri = URI.parse(match.group(2))
         except HeaderError as exc:
             raise ParseError(f"bad Request-URI: {exc}", _opaque_request(first, headers)) from None
-        message = Request(match.group(1), uri, headers)
+        message = Request(match.group(1), uri)
+        message.headers = headers
         if match.group(3) != "2.0":
             raise ParseError(f"unsupported SIP version {match.group(3)}", _answerable(message), 505)
         if uri.headers:  # RFC 3261 §19.1.1 table 1: no headers in a Request-URI
@@ -162,6 +166,10 @@ def _answerable(message: Message) -> Request | None:
     answer copies CSeq as it is, so only Via must parse (the answer is routed by it)."""
     if not isinstance(message, Request):
         return None
+    try:
+        message.vias  # noqa: B018 - all of them parsed once, kept for _validate
+    except HeaderError:
+        pass  # a bad Via further down: only the top one must parse here
     try:
         message.top_via  # noqa: B018 - parse to check
     except (HeaderError, IndexError):

@@ -9,6 +9,7 @@ payload type the peer puts on the packets it sends us).
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -441,14 +442,21 @@ def _receivable(answer: list[Codec], offer: list[Codec]) -> dict[int, Codec]:
     return {pt: a for a, o in found if o is not None for pt in (o.pt, a.pt)}
 
 
+@functools.lru_cache(maxsize=1024)  # pure: a peer's few media addresses, parsed once each
+def _is_ip_literal(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
 def _agreed(kind: str, remote: SessionDescription, remote_m: MediaDescription,
             remote_codec: Codec, local_codec: Codec,
             remote_dtmf: Codec | None, local_dtmf: Codec | None,
             receivable: dict[int, Codec]) -> NegotiatedMedia:
     address = remote.media_address(remote_m)
-    try:  # RTP goes to this address: an IP literal, never a name to resolve (or to fail on)
-        ipaddress.ip_address(address)
-    except ValueError:
+    if not _is_ip_literal(address):  # RTP goes there: never a name to resolve (or fail on)
         raise SDPError(f"c= address {address!r} of the {kind} stream is not an IP address") from None
     direction = _MIRROR[remote.media_direction(remote_m)]
     if address == _NULL_ADDRESS:  # RFC 3264 §8.4: "do not send to me"

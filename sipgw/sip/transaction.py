@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from .message import Request, Response, make_response
 from ..loglimit import LogLimiter, held_back
 from ..quotas import TokenBuckets
+from ..timerqueue import TimerQueues
 from .transport import COUNTED_METHODS, set_top_via
 
 log = Logger(namespace="sipgw.sip.transaction")
@@ -45,15 +46,12 @@ class _Transaction:
 
     def _start_timer(self, name: str, delay: float, fn) -> None:
         self._cancel_timer(name)
-        self._timers[name] = self.clock.callLater(delay, self._fire, name, fn)
-
-    def _fire(self, name: str, fn) -> None:
-        self._timers.pop(name, None)
-        fn()
+        # Timers A-K have a few fixed lengths: one reactor timer per length (timerqueue.py)
+        self._timers[name] = self.layer.timers.callLater(delay, fn)
 
     def _cancel_timer(self, name: str) -> None:
         call = self._timers.pop(name, None)
-        if call is not None and call.active():
+        if call is not None and call.active():  # (a timer that fired stays till replaced)
             call.cancel()
 
     def _terminate(self) -> None:
@@ -203,6 +201,7 @@ class ServerTransaction(_Transaction):
         self.state = "proceeding" if self.invite else "trying"
         self._interval = T1
         self.on_ack = None  # callback for the ACK of a non-2xx final (INVITE only)
+        self.key: tuple | None = None  # set by the layer, which files it under this key
 
     def respond(self, response: Response) -> None:
         if self.state in ("completed", "confirmed", "accepted", "terminated"):
@@ -228,6 +227,12 @@ class ServerTransaction(_Transaction):
         else:
             self.state = "completed"
             self._start_timer("J", 0 if self.reliable else 64 * T1, self._terminate)
+            # Only absorbing retransmissions for 64*T1 now (its key is kept): the headers
+            # parsed from the request and the response are let go (parsed again from the
+            # raw values if anything reads them). At a few hundred calls a second these
+            # transactions are most of what the cyclic GC walks (a BYE's each, for 32 s).
+            self.request.forget_parsed()
+            response.forget_parsed()
 
     def respond_once(self, response: Response) -> None:
         """Answer statelessly (§8.2.7): one response to the request's source, no Timer G
@@ -281,6 +286,7 @@ class TransactionLayer:
     def __init__(self, clock, tu=None, sender=None, max_server: int = 10000,
                  requests_per_source: float = 0):
         self.clock = clock
+        self.timers = TimerQueues(clock)
         self.tu = tu
         self.sender = sender
         self.max_server = max_server
@@ -320,10 +326,8 @@ class TransactionLayer:
         if isinstance(tx, ClientTransaction):
             if self.client.get(tx.key) is tx:
                 del self.client[tx.key]
-        else:
-            key = self._server_key(tx.request)
-            if self.server.get(key) is tx:
-                del self.server[key]
+        elif self.server.get(tx.key) is tx:
+            del self.server[tx.key]
 
     def find_server(self, request: Request) -> ServerTransaction | None:
         return self.server.get(self._server_key(request))
@@ -358,7 +362,8 @@ class TransactionLayer:
             self._overloaded(message, source)
             return
         tx = ServerTransaction(self, message, source)
-        self.server[self._server_key(message)] = tx
+        tx.key = self._server_key(message)
+        self.server[tx.key] = tx
         self.tu.request(message, tx)
 
     def _flooded(self, request: Request, source) -> None:

@@ -61,6 +61,7 @@ class UserAgent:
                                         tcp_message_timeout=config.sip_tcp_message_timeout,
                                         tls=_tls_settings(config))
         self.transactions.sender = self.transport
+        self.timers = self.transactions.timers  # fixed-length timers, one reactor timer each
         self.sessions: dict[str, InviteSession] = {}  # by SIP Call-ID
         self.registrations: dict[tuple, Registration] = {}
         self.register_ids = RegistrationIds()  # one Call-ID per account per boot (§10.2)

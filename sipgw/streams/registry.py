@@ -1,8 +1,7 @@
 """Stream name -> Stream: the one shared mutable state of the daemon's media."""
 from __future__ import annotations
 
-from twisted.logger import Logger
-
+from ..logtext import Logger  # the lean emit: two lines per call
 from .stream import Stream
 
 log = Logger(namespace="sipgw.streams")

@@ -527,6 +527,29 @@ def test_a_domain_resolving_to_a_denied_address_fails_before_any_packet(make_gat
     assert sender.sent == []
 
 
+@pytest.mark.parametrize("register", [False, True])
+def test_a_bug_while_placing_the_call_fails_it_and_is_logged(make_gateway, sender, register):
+    """An exception while locating the first hop (with or without a registration to wait
+    for) is logged as a failure and fails the call with "Internal error"; nothing is sent."""
+    gw = make_gateway()
+
+    def broken(params):
+        raise RuntimeError("bug")
+
+    gw.sip.first_hop = broken
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gw.startup(_call(sip_register_required=register))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    call = gw.find("call1")[0]
+    assert call["status"] == "FAILED" and call["info"] == "Internal error"
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1 and failures[0]["log_failure"].check(RuntimeError)
+    assert sender.sent == []
+
+
 def test_in_dialog_requests_never_go_to_a_denied_contact(make_gateway, sender, clock):
     """A callee whose 2xx Contact names a denied address gets no ACK, INFO or BYE there; the
     BYE fails locally and the call still ends."""

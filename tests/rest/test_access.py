@@ -253,3 +253,17 @@ def test_token_parsing_names_the_setting_never_the_token():
     with pytest.raises(ValueError, match="unknown scope"):
         parse_tokens(f"{GOOD}:calls+everything")
     assert parse_tokens(f"{GOOD}:calls+push")[GOOD.encode()] == {"calls", "push"}
+
+
+def test_trusted_addresses_are_remembered_and_the_answers_stay_the_same():
+    """trusts() answers the same on every request of a client (worked out once per address),
+    IPv4-mapped IPv6 and names included, with a bounded memory."""
+    from sipgw import policy as policy_module
+
+    access = AccessPolicy(networks=parse_networks("10.0.0.0/8"))
+    for _ in range(2):
+        assert access.trusts("10.1.2.3") and access.trusts("::ffff:10.1.2.3")
+        assert not access.trusts("192.0.2.1") and not access.trusts("not-an-address")
+    for i in range(policy_module._ADDRESSES_KEPT + 10):
+        access.trusts(f"192.0.{i // 256 % 256}.{i % 256}")
+    assert len(access._trusted) <= policy_module._ADDRESSES_KEPT
