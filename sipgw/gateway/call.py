@@ -267,7 +267,7 @@ class Call:
             on_keyframe_info=self.request_picture_update,
             probation_packets=config.rtp_probation_packets,
             max_packets_per_second=config.rtp_max_packets_per_second,
-            receive_buffer=config.rtp_receive_buffer_bytes)
+            receive_buffer=config.rtp_receive_buffer_bytes, timers=manager.sip.timers)
         try:
             ports = session.open()
         except PortsExhausted as exc:

@@ -490,8 +490,13 @@ class MediaSession:
                  on_timeout=None, on_keyframe_info=None,
                  probation_packets: int = Config.rtp_probation_packets,
                  max_packets_per_second: int = Config.rtp_max_packets_per_second,
-                 receive_buffer: int = 0):
+                 receive_buffer: int = 0, timers=None):
         self.reactor = self.clock = reactor
+        # callLater for the timers of fixed length (RTCP reports, the first RTP inactivity
+        # check, silence): the caller's sipgw.timerqueue.TimerQueues, one reactor timer per
+        # length for every call (not a DelayedCall per call on the reactor's heap, mostly
+        # cancelled); the reactor itself by default
+        self.timers = timers if timers is not None else reactor
         self.receive_buffer = receive_buffer  # SO_RCVBUF of each socket; 0: the system's
         self.call_id = call_id
         self.stream = stream
@@ -579,7 +584,7 @@ class MediaSession:
             endpoint.last_rtp = self.established_at
         self._every("rtcp", RTCP_INTERVAL, self._report)
         if self.rtp_timeout:
-            self._timers["timeout"] = self.clock.callLater(self.rtp_timeout, self._check_activity)
+            self._timers["timeout"] = self.timers.callLater(self.rtp_timeout, self._check_activity)
         if self.send_silence and "audio" in self.endpoints:
             self._every("silence", 0.02, self._silence)
         if self.stream.has_video and "video" in self.endpoints:
@@ -612,8 +617,8 @@ class MediaSession:
                 return
             fn()
             if not self.closed:
-                self._timers[name] = self.clock.callLater(interval, tick)
-        self._timers[name] = self.clock.callLater(interval, tick)
+                self._timers[name] = self.timers.callLater(interval, tick)
+        self._timers[name] = self.timers.callLater(interval, tick)
 
     def counters(self) -> dict:
         """Live counters per kind; lost and jitter come straight from the statistics."""

@@ -623,6 +623,31 @@ def test_rtp_timeout_calls_on_timeout(clock, pool):
     assert clock.getDelayedCalls() == []
 
 
+def test_fixed_length_timers_on_shared_timer_queues_fire_as_call_later(clock, pool):
+    """With the gateway's TimerQueues (one reactor timer per length for every call) the RTCP
+    reports, silence and the inactivity timeout come when the reactor's own timers bring
+    them, and a closed session leaves nothing pending."""
+    from sipgw.timerqueue import TimerQueues
+    queues = TimerQueues(clock)
+    timeouts = {"queues": [], "reactor": []}
+    sessions = {}
+    for name, timers in (("queues", queues), ("reactor", None)):
+        sessions[name] = start(clock, pool, kinds=("audio",), rtp_timeout=12, send_silence=True,
+                               timers=timers,
+                               on_timeout=lambda name=name: timeouts[name].append(clock.seconds()))
+    sent = [(written(clock, ports["audio"] + 1), written(clock, ports["audio"]))  # RTCP, RTP
+            for _, _, ports, _ in sessions.values()]  # (kept: a closed port leaves the fake)
+    seen = []
+    for t in (0.5, 4.99, 5.0, 9.99, 10.0, 11.99, 12.0, 30.0):
+        run_until(clock, t)
+        seen.append([(len(rtcp), len(rtp)) for rtcp, rtp in sent])
+    assert all(a == b for a, b in seen), seen
+    assert seen[1][0][0] == 0 and seen[2][0][0] == 1 and seen[4][0][0] == 2  # RTCP at 5, 10 s
+    assert seen[0][0][1] in (24, 25)  # silence every 20 ms (the 25th due at 0.5 s, give or take a float)
+    assert timeouts == {"queues": [12.0], "reactor": [12.0]}
+    assert clock.getDelayedCalls() == []
+
+
 def test_no_rtp_timeout_while_paused(clock, pool):
     """With the media inactive (hold) no timeout fires; once resumed, silence times out again."""
     timeouts = []
