@@ -92,6 +92,7 @@ class Config:
     sip_register_expires: int = positive(3600)
     sip_ring_timeout: int = not_negative(120)
     sip_max_message_size: int = positive(65535)
+    sip_udp_receive_buffer_bytes: int = not_negative(4194304)
     sip_user_agent: str = "sipgw/0.1"
     sip_answer_unsolicited: bool = True
     sip_hold_direction: str = "sendonly"

@@ -27,7 +27,9 @@ import socket
 from twisted.internet import base, error, udp
 from twisted.logger import Logger
 
-__all__ = ["RtpPort", "listen_udp", "set_receive_buffer"]
+from ..sockbuf import set_receive_buffer
+
+__all__ = ["RtpPort", "listen_udp"]
 
 log = Logger(namespace="sipgw.rtp")
 
@@ -153,22 +155,5 @@ def listen_udp(reactor, port: int, proto, interface: str, receive_buffer: int = 
     p = RtpPort(port, proto, interface, reactor)
     p.startListening()
     if receive_buffer:
-        set_receive_buffer(p.socket, receive_buffer)
+        set_receive_buffer(p.socket, receive_buffer, "rtp_receive_buffer_bytes")
     return p
-
-
-_capped_logged = False
-
-
-def set_receive_buffer(sock, size: int) -> int:
-    """SO_RCVBUF ``size``; returns what the kernel gave (it doubles the request for its own
-    bookkeeping and caps it at net.core.rmem_max). Capped: one log line per process."""
-    global _capped_logged
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-    if got < size and not _capped_logged:
-        _capped_logged = True
-        log.warn("RTP sockets get {got} bytes of receive buffer, not the {size} of "
-                 "rtp_receive_buffer_bytes: net.core.rmem_max caps it (raise it with sysctl "
-                 "so that video bursts are not dropped)", got=got, size=size)
-    return got

@@ -28,6 +28,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from ..loglimit import LogLimiter, held_back
+from ..sockbuf import set_receive_buffer
 from .headers import Via
 from .message import Request, Response, make_response
 from .parser import MAX_MESSAGE_SIZE, ParseError, StreamParser, parse
@@ -354,8 +355,10 @@ class TransportLayer:
     def __init__(self, reactor, controller, *, bind_address: str = "0.0.0.0", port: int = 5070,
                  advertised_address: str = "", max_size: int = MAX_MESSAGE_SIZE,
                  max_tcp_connections: int = 0, tcp_idle_timeout: float = 0,
-                 tcp_message_timeout: float = 0, tls: TLSClientSettings | None = None):
+                 tcp_message_timeout: float = 0, tls: TLSClientSettings | None = None,
+                 receive_buffer: int = 0):
         self.reactor = reactor
+        self.receive_buffer = receive_buffer  # the UDP socket's SO_RCVBUF; 0: the system's
         self.controller = controller
         self.bind_address = bind_address
         self.port = port
@@ -394,6 +397,9 @@ class TransportLayer:
                                                interface=self.bind_address,
                                                maxPacketSize=self.max_size + 1)
             port = self._udp.getHost().port
+            if self.receive_buffer and getattr(self._udp, "socket", None) is not None:
+                set_receive_buffer(self._udp.socket, self.receive_buffer,
+                                   "sip_udp_receive_buffer_bytes")
             try:
                 self._tcp = self.reactor.listenTCP(port, self.factory, interface=self.bind_address)
             except CannotListenError:

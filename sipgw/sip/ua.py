@@ -56,6 +56,7 @@ class UserAgent:
                                         port=config.sip_local_port,
                                         advertised_address=config.sip_address,
                                         max_size=config.sip_max_message_size,
+                                        receive_buffer=config.sip_udp_receive_buffer_bytes,
                                         max_tcp_connections=config.sip_max_tcp_connections,
                                         tcp_idle_timeout=config.sip_tcp_idle_timeout,
                                         tcp_message_timeout=config.sip_tcp_message_timeout,

@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import asyncioreactor, protocol
 from twisted.logger import globalLogPublisher
 
-from sipgw.rtp import port as rtp_port
+from sipgw import sockbuf
 from sipgw.rtp.port import PROBE_EVERY, RtpPort, listen_udp
 
 
@@ -231,7 +231,7 @@ def rmem_max() -> int:
 
 
 def test_the_receive_buffer_is_set_and_a_cap_is_logged_once(reactor, loop, logged, monkeypatch):
-    monkeypatch.setattr(rtp_port, "_capped_logged", False)
+    monkeypatch.setattr(sockbuf, "_capped", set())
     cap = rmem_max()
     asked = min(cap, 300_000)
     port = listen_udp(reactor, 0, Recorder(loop), "127.0.0.1", receive_buffer=asked)
@@ -252,6 +252,7 @@ def test_the_receive_buffer_is_set_and_a_cap_is_logged_once(reactor, loop, logge
             port.stopListening()
     capped = [e for e in logged if "rmem_max" in e.get("log_format", "")]
     assert len(capped) == 1 and capped[0]["got"] == cap and capped[0]["size"] == cap + 4096
+    assert capped[0]["setting"] == "rtp_receive_buffer_bytes"
 
 
 def test_no_receive_buffer_keeps_the_system_default(reactor, loop):
