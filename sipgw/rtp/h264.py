@@ -97,17 +97,7 @@ class H264Depacketizer:
             self._last_seq = seq
             self._ts = ts
             self._touched = True
-            if payload[offset + 1] & 0xC0 or self._fu_start is None:
-                self._fu_a(payload, offset)
-            else:  # a middle fragment: _fu_a's continuation, inlined
-                fragment = payload[offset + 2:]
-                self._parts.append(fragment)
-                n = len(fragment)
-                self._fu_size += n
-                self._size += n
-                if self._fu_size > self.max_nal_size or self._size > self.max_au_size:
-                    self.oversized += 1
-                    self._loss()
+            self._fu_a(payload, offset)
             if marker:
                 out: list[AccessUnit] = []
                 self._finish(out)

@@ -246,7 +246,7 @@ class Endpoint:
         pts = self.accepted_pts
         take_next = self.reorder.take_next
         record = self.stats.record
-        dep = self.depacketizer
+        take = self._take
         header = _FIXED_HEADER
         room = session.max_packets_per_second - session.window_packets
         source = self.remote_rtp if self.latched else None  # only datagram() changes these
@@ -260,12 +260,7 @@ class Endpoint:
                     taken += 1
                     octets += len(data)
                     record(seq, ts, now)
-                    if dep is None:
-                        self._deliver_audio(pt, ts, data[12:])
-                    else:
-                        units = dep.push_payload(data, seq, ts, b1 > 0x7F, 12)
-                        if units or dep.needs_keyframe:
-                            self._publish_units(units)
+                    take(data, b1, seq, ts)
                     continue
             if taken:
                 self._taken(taken, octets, now)
@@ -276,6 +271,17 @@ class Endpoint:
             followed = self.ssrc
         if taken:
             self._taken(taken, octets, now)
+
+    def _take(self, data: bytes, b1: int, seq: int, ts: int) -> None:
+        """The common packet's payload (see rtp_received), in order, to the stream: audio as
+        it is, video through the depacketizer, cut from the datagram at once."""
+        dep = self.depacketizer
+        if dep is None:
+            self._deliver_audio(b1 & 0x7F, ts, data[12:])
+        else:
+            units = dep.push_payload(data, seq, ts, b1 > 0x7F, 12)
+            if units or dep.needs_keyframe:
+                self._publish_units(units)
 
     def _taken(self, packets: int, octets: int, now: float) -> None:
         """Account packets rtp_batch took (before anything else sees the counts)."""
@@ -307,13 +313,7 @@ class Endpoint:
                 counters["packets"] += 1
                 counters["bytes"] += len(data)
                 self.stats.record(seq, ts, now)
-                dep = self.depacketizer
-                if dep is None:
-                    self._deliver_audio(pt, ts, data[12:])
-                else:
-                    units = dep.push_payload(data, seq, ts, b1 > 0x7F, 12)
-                    if units or dep.needs_keyframe:
-                        self._publish_units(units)
+                self._take(data, b1, seq, ts)
                 return
         try:
             packet = RtpPacket.parse(data)
