@@ -1,7 +1,7 @@
 """RTP/RTCP port pairs from the configured range (RFC 3550 §11: RTP even, RTCP odd)."""
 from __future__ import annotations
 
-import secrets
+from .. import entropy
 
 
 class PortsExhausted(RuntimeError):
@@ -25,7 +25,7 @@ class PortPool:
         """Return a free even RTP port (its RTCP port is the next one), chosen at random."""
         if len(self.in_use) < self.pairs:
             for _ in range(8):  # a few random draws find a free pair unless the range is full
-                port = self.first + 2 * secrets.randbelow(self.pairs)
+                port = self.first + 2 * entropy.randbelow(self.pairs)
                 if port not in self.in_use:
                     break
             else:  # nearly full: walk on from the last random draw to the next free pair

@@ -12,13 +12,13 @@ into the reactor.
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 import time
 
 from twisted.internet import error, protocol
 from twisted.logger import Logger
 
+from .. import entropy
 from ..config import Config
 from ..loglimit import LogLimiter, held_back
 from ..streams.stream import MediaFrame
@@ -99,9 +99,9 @@ class Endpoint:
         self.last_sr: tuple[int, float] | None = None  # (middle 32 bits of NTP, arrival)
         self.rtp_port = self.rtcp_port = None
         # our own sending state (silence, DTMF)
-        self.local_ssrc = secrets.randbits(32)
-        self.seq = secrets.randbits(16)
-        self.ts = secrets.randbits(32)
+        self.local_ssrc = entropy.randbits(32)
+        self.seq = entropy.randbits(16)
+        self.ts = entropy.randbits(32)
         self.sent_packets = 0
         self.sent_octets = 0
         self.last_sent: float | None = None  # clock time of our last RTP packet

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import collections
 import random
-import secrets
 from typing import Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .. import entropy
 from . import redirect
 from . import sdp as sdplib
 from .auth import ChallengeAnswerer, DigestClient
@@ -120,7 +120,7 @@ class InviteSession:
         self.params = params
         self.user = user
         self.name = params.call_id  # how the log names this session
-        self.sip_call_id = f"{secrets.token_hex(12)}@sipgw"
+        self.sip_call_id = f"{entropy.token_hex(12)}@sipgw"
         self.local_tag = new_tag()
         self.cseq = 0
         self.sip_status = 0  # the last status the INVITE got

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import secrets
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .. import entropy
 from .auth import ChallengeAnswerer, DigestClient
 from .headers import Address, URI
 from .message import Request, Response
@@ -22,7 +22,7 @@ class RegistrationFailed(Exception):
 
 
 def new_tag() -> str:
-    return secrets.token_hex(6)
+    return entropy.token_hex(6)
 
 
 class RegistrationIds:
@@ -35,7 +35,7 @@ class RegistrationIds:
 
     def entry(self, key: tuple) -> list:
         """[Call-ID, last CSeq] of the account, shared by its Registration objects."""
-        entry = self._ids.pop(key, None) or [f"{secrets.token_hex(10)}@sipgw", 0]
+        entry = self._ids.pop(key, None) or [f"{entropy.token_hex(10)}@sipgw", 0]
         self._ids[key] = entry
         while len(self._ids) > self.limit:
             self._ids.popitem(last=False)
@@ -185,7 +185,7 @@ class Registration:
             return
         headers = [("Via", ua.via(self.dest)), ("Max-Forwards", "70"),
                    ("From", f"<{self.aor}>;tag={self.tag}"), ("To", f"<{self.registrar}>"),
-                   ("Call-ID", f"{secrets.token_hex(10)}@sipgw"), ("CSeq", "1 OPTIONS"),
+                   ("Call-ID", f"{entropy.token_hex(10)}@sipgw"), ("CSeq", "1 OPTIONS"),
                    ("User-Agent", ua.config.sip_user_agent)]
         ua.transactions.send_request(Request("OPTIONS", self.registrar, headers),
                                      self.dest.transport, self.dest.host, self.dest.port,

@@ -7,10 +7,10 @@ on ``twisted.internet.task.Clock``. Bytes go through a ``sender`` object with
 from __future__ import annotations
 
 import collections
-import secrets
 
 from twisted.logger import Logger
 
+from .. import entropy
 from .message import Request, Response, make_response
 from ..loglimit import LogLimiter, held_back
 from ..quotas import TokenBuckets
@@ -24,7 +24,7 @@ BRANCH_MAGIC = "z9hG4bK"  # §8.1.1.7
 
 
 def new_branch() -> str:
-    return BRANCH_MAGIC + secrets.token_hex(8)
+    return BRANCH_MAGIC + entropy.token_hex(8)
 
 
 def local_response(request: Request, status: int, reason: str) -> Response:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import collections
 import enum
-import secrets
 
 from twisted.internet import defer
 
+from .. import entropy
 from ..config import Config
 
 BURST_MAX_SECONDS = 2.0
@@ -160,7 +160,7 @@ class Stream:
                  gop_max_bytes: int = Config.stream_gop_cache_max_bytes,
                  sink_max_bytes: int = Config.sink_queue_max_bytes):
         self.name = name
-        self.media_session_id = secrets.token_hex(16)
+        self.media_session_id = entropy.token_hex(16)
         self.call_id = call_id
         self.has_audio = has_audio
         self.has_video = has_video
