@@ -68,7 +68,7 @@ class _CallsService(service.Service):
     def startService(self):
         super().startService()
         _filter_log_observers(_drop_udp_port_chatter)
-        speed_up_text_observers(globalLogPublisher._observers)
+        speed_up_text_observers(globalLogPublisher._observers, self.calls.reactor)
         freeze_startup_objects()
         self.calls.start()
 

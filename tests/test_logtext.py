@@ -106,3 +106,108 @@ def test_lean_logger_emits_what_twisteds_logger_emits():
     assert ours[0]["log_level"] is LogLevel.info and isinstance(ours[0]["log_time"], float)
     Logger(namespace="sipgw.x", observer=ours.append).emit("loud", "nope")
     assert ours[-1]["log_level"] is LogLevel.critical and "invalid log level" in ours[-1]["log_format"]
+
+
+class _Turns:
+    """A reactor's call_soon and shutdown triggers, run when the test says."""
+
+    def __init__(self):
+        self.soon, self.triggers = [], []
+
+    def callLater(self, delay, f):
+        assert delay == 0
+        self.soon.append(f)
+
+    def addSystemEventTrigger(self, phase, event, f):
+        self.triggers.append((phase, event, f))
+
+    def end_turn(self):
+        soon, self.soon = self.soon, []
+        for f in soon:
+            f()
+
+
+class _CountingFile(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        return super().write(text)
+
+
+def _turn_writer():
+    from sipgw.logtext import TurnWriter
+
+    out, turns = _CountingFile(), _Turns()
+    observers = [FilteringLogObserver(textFileLogObserver(out, timeFormat=None), [])]
+    assert speed_up_text_observers(observers, turns) == 1
+    writer = observers[0]._observer
+    assert isinstance(writer, TurnWriter) and isinstance(writer.format_event, ClassicText)
+    return out, turns, observers, Logger(namespace="n", observer=observers[0])
+
+
+def test_the_lines_of_one_turn_go_out_in_one_write_in_order():
+    out, turns, _, log = _turn_writer()
+    for i in range(5):
+        log.info("call {i}", i=i)
+    assert out.getvalue() == "" and len(turns.soon) == 1  # one flush asked for the turn
+    turns.end_turn()
+    assert out.writes == 1
+    assert out.getvalue() == "".join(f"- [n#info] call {i}\n" for i in range(5))
+    log.info("next turn")
+    turns.end_turn()
+    assert out.writes == 2 and out.getvalue().endswith("- [n#info] next turn\n")
+
+
+def test_warnings_failures_and_other_threads_write_at_once_after_what_was_held():
+    import threading
+
+    out, turns, _, log = _turn_writer()
+    log.info("held")
+    log.warn("warned")
+    assert out.getvalue() == "- [n#info] held\n- [n#warn] warned\n"
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.failure("failed")
+    assert "ZeroDivisionError" in out.getvalue()
+    log.info("held again")
+    thread = threading.Thread(target=lambda: log.info("from a thread"))
+    thread.start()
+    thread.join()
+    assert out.getvalue().endswith("- [n#info] held again\n- [n#info] from a thread\n")
+    turns.end_turn()  # the flush asked for earlier finds nothing left
+    assert out.getvalue().count("held again") == 1
+
+
+def test_held_lines_are_bounded():
+    from sipgw.logtext import MAX_HELD_LINES
+
+    out, turns, _, log = _turn_writer()
+    for i in range(MAX_HELD_LINES + 1):
+        log.info("line {i}", i=i)
+    assert out.writes == 1 and out.getvalue().count("\n") == MAX_HELD_LINES
+
+
+def test_shutdown_flushes_and_puts_twistds_observer_back():
+    out, turns, observers, log = _turn_writer()
+    log.info("last words")
+    [(phase, event, restore)] = turns.triggers
+    assert (phase, event) == ("after", "shutdown")
+    restore()
+    assert out.getvalue() == "- [n#info] last words\n"
+    assert type(observers[0]._observer).__name__ == "FileLogObserver"
+    log.info("after the reactor")  # written at once again
+    assert out.getvalue().endswith("- [n#info] after the reactor\n")
+
+
+def test_a_bytes_file_gets_utf8():
+    from sipgw.logtext import TurnWriter
+
+    out, soon = io.BytesIO(), []
+    writer = TurnWriter(out, ClassicText(None), soon.append)
+    Logger(namespace="n", observer=writer).info("é {x}", x="ü")
+    soon.pop()()
+    assert out.getvalue() == "- [n#info] é ü\n".encode()
