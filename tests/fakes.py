@@ -87,7 +87,10 @@ class FakeUDPPort:
         return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
 
     def stopListening(self):
-        self.reactor.udp_ports.pop(self.port, None)
+        """As udp.Port's: the protocol is stopped (``doStop``: its transport is None)."""
+        if self.reactor.udp_ports.get(self.port) is self:
+            del self.reactor.udp_ports[self.port]
+            self.proto.doStop()
 
 
 class UDPMemoryReactor(MemoryReactorClock):

@@ -610,15 +610,21 @@ class MediaSession:
                     self.pool.release(endpoint.port)
         self.stream.counters = self.counters()  # the final figures stay readable
         self.stream.counters_source = None
+        # Closed for good: no endpoint, no callback to the call. The endpoints and the call's
+        # methods refer back to this session; kept, they would leave the whole call to the
+        # cyclic collector (13 % of the daemon's CPU at 500 calls/s).
+        self.endpoints = {}
+        self.on_timeout = self.on_keyframe_info = None
 
     def _every(self, name: str, interval: float, fn) -> None:
-        def tick():
-            if self.closed:
-                return
-            fn()
-            if not self.closed:
-                self._timers[name] = self.timers.callLater(interval, tick)
-        self._timers[name] = self.timers.callLater(interval, tick)
+        self._timers[name] = self.timers.callLater(interval, self._tick, name, interval, fn)
+
+    def _tick(self, name: str, interval: float, fn) -> None:
+        if self.closed:
+            return
+        fn()
+        if not self.closed:
+            self._timers[name] = self.timers.callLater(interval, self._tick, name, interval, fn)
 
     def counters(self) -> dict:
         """Live counters per kind; lost and jitter come straight from the statistics."""
@@ -653,9 +659,10 @@ class MediaSession:
         last = max(ep.last_rtp for ep in self.endpoints.values())
         if now - last >= self.rtp_timeout:
             log.warn("call {call}: no RTP for {t} s", call=self.call_id, t=self.rtp_timeout)
-            self.close()
-            if self.on_timeout is not None:
-                self.on_timeout()
+            on_timeout = self.on_timeout
+            self.close()  # (which lets go of the callback)
+            if on_timeout is not None:
+                on_timeout()
             return
         self._timers["timeout"] = self.clock.callLater(last + self.rtp_timeout - now,
                                                        self._check_activity)

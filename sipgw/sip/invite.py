@@ -13,6 +13,7 @@ so do the session's progress and its end.
 from __future__ import annotations
 
 import collections
+import functools
 import random
 from typing import Protocol
 
@@ -190,6 +191,8 @@ class InviteSession:
         self._timers = []
         if self.timer is not None:
             self.timer.stop()
+            self.timer = None  # it holds our methods: no cycle left for the cyclic collector
+        self.invite_tx = None  # (the same: its on_response is ours)
         registration, self.registration = self.registration, None
         if registration is not None:
             registration.release()
@@ -725,19 +728,25 @@ class InviteSession:
         """An in-dialog request (of ``dialog``: an early one, else the session's). A 401/407
         to it is answered (§22.2): the request goes again with a new CSeq and branch and
         credentials for every realm known (§22.3)."""
-        answerer = self._auth.chain()
-
-        def handle(response: Response) -> None:
-            if response.status in (401, 407):
-                credentials = answerer.headers_for(response, request.method, str(request.uri),
-                                                   request.body)
-                if credentials is not None:
-                    retry = self._resubmit(request, credentials, dialog or self.dialog)
-                    self.ua.send_in_dialog(self, retry, handle, dialog)
-                    return
-            if on_response is not None:
-                on_response(response)
+        handle = functools.partial(self._in_dialog_answer, request, on_response, dialog,
+                                   self._auth.chain())
         self.ua.send_in_dialog(self, request, handle, dialog)
+
+    def _in_dialog_answer(self, request: Request, on_response, dialog: Dialog | None,
+                          answerer, response: Response) -> None:
+        """``send_request``'s: a challenge answered by the request again (a partial, not a
+        closure calling itself: that would be a reference cycle holding the session)."""
+        if response.status in (401, 407):
+            credentials = answerer.headers_for(response, request.method, str(request.uri),
+                                               request.body)
+            if credentials is not None:
+                retry = self._resubmit(request, credentials, dialog or self.dialog)
+                handle = functools.partial(self._in_dialog_answer, request, on_response, dialog,
+                                           answerer)
+                self.ua.send_in_dialog(self, retry, handle, dialog)
+                return
+        if on_response is not None:
+            on_response(response)
 
     def _resubmit(self, request: Request, credentials, dialog: Dialog) -> Request:
         dialog.local_seq += 1

@@ -89,8 +89,11 @@ class UserAgent:
         return session
 
     def forget(self, session: InviteSession) -> None:
+        """The session is over for good: no request reaches it any more, and it lets go of
+        its user (the call), which holds it: freed at once, not by the cyclic collector."""
         if self.sessions.get(session.sip_call_id) is session:
             del self.sessions[session.sip_call_id]
+        session.user = None
 
     def registration_left(self, registration: Registration, removed: bool) -> None:
         """A released registration is done: unregistered (``removed``), or it never was."""

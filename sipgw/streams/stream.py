@@ -212,6 +212,8 @@ class Stream:
         self.status = status
         self.info = info
         self.gop = []
+        # the call's callbacks: an ended stream calls nobody (and holds no reference cycle)
+        self._on_terminate = self._on_keyframe_request = None
         for sink in list(self.sinks):
             sink.close()
 

@@ -120,9 +120,10 @@ def test_stops_with_the_session(clock, pool):
     """A closed session (the call ended) stops the sender: nothing more is written."""
     session, _, ports, _ = start(clock, pool, kinds=("audio",))
     sender = audio_sender(session, lambda: PAYLOAD).start()
+    audio = session.endpoints["audio"]
     session.close()
     clock.pump([0.02] * 5)
-    assert not sender.running and not session.endpoints["audio"].injecting
+    assert not sender.running and not audio.injecting
 
 
 def test_video_keeps_the_source_timing_on_the_endpoint_timeline(clock, pool):

@@ -773,12 +773,14 @@ def test_close_releases_ports_and_sends_rtcp_bye(clock, pool):
     rtcp_ports = {kind: clock.udp_ports[port + 1] for kind, port in ports.items()}
     for port in rtcp_ports.values():
         port.written.clear()
+    endpoints = dict(session.endpoints)
     session.close()
+    assert session.endpoints == {}  # closed: none left (nor their references back to it)
     for kind, port in rtcp_ports.items():
         [(data, addr)] = port.written
         assert addr == (PEER, (AUDIO_PORT if kind == "audio" else VIDEO_PORT) + 1)
         packets = parse_rtcp(data)
-        local = session.endpoints[kind].local_ssrc
+        local = endpoints[kind].local_ssrc
         assert isinstance(packets[0], ReceiverReport)  # RFC 3550 §6.1: a compound packet
         assert isinstance(packets[1], SourceDescription)
         assert packets[-1] == Bye([local])
