@@ -472,9 +472,12 @@ class Call:
             leg.session.terminate(reason)
 
     def close(self) -> None:
-        """The call ended: its sessions stop."""
+        """The call ended: its sessions stop, and what only a live call uses (our offers, the
+        negotiated media, the SDES keys) is let go: /call/find shows none of it."""
         self._drop_leg(self.reason or TERMINATED_BY_REST)
         self.session.close()
+        self.offer = self._holding = None
+        self.media, self.remote_media, self.srtp_offered, self.srtp_keys = {}, {}, {}, {}
 
     # -- operations (REST, websocket, media) --------------------------------------
     def terminate(self, reason: str = TERMINATED_BY_REST) -> None:

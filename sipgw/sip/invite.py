@@ -803,6 +803,11 @@ class InviteSession:
             tx.respond(make_response(request, 500, "CSeq out of order"))
             return
         method = request.method
+        if self.ended and method in ("INVITE", "UPDATE"):
+            # The session is over (its BYE went or came): no offer is answered in it any
+            # more (RFC 5057 §5.2: the invite usage is gone), whatever the call still keeps.
+            tx.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
+            return
         if method == "BYE":
             tx.respond(make_response(request, 200))
             self._end(FINISH, HUNG_UP)

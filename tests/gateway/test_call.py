@@ -1760,3 +1760,38 @@ def test_a_forgotten_call_leaves_no_cyclic_garbage(make_gateway, sender, clock, 
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+@pytest.mark.parametrize("method", ["INVITE", "UPDATE"])
+def test_an_offer_in_the_dialog_after_its_bye_gets_481(make_gateway, sender, method):
+    """After the BYE the invite usage is gone (RFC 5057 §5.2): a re-INVITE or UPDATE with an
+    offer in the old dialog, while the call is still retained for /call/find, is answered
+    481 and touches nothing of the ended call (whose media is released)."""
+    gw = make_gateway()
+    invite = _established(gw, sender)
+    gw.sip.transactions.receive(_in_dialog(invite, "BYE", 1), PEER)
+    offer = make_offer("127.0.0.1", audio_port=7000, video_port=7002, session_id=9, version=2)
+    gw.sip.transactions.receive(_sdp_offer(invite, 2, offer, method=method), PEER)
+    assert [(r.status, r.cseq.method) for r in sender.responses()] == [(200, "BYE"), (481, method)]
+    assert gw.find("call1")[0]["status"] == "FINISH"
+
+
+def test_a_retained_call_lets_go_of_its_media_and_stream_when_it_ends(make_gateway, sender):
+    """While an ended call is kept for /call/find, its media session, endpoints and stream
+    are already freed (by reference counting, the cyclic GC off): a retained call holds only
+    what /call/find shows."""
+    import gc
+    import weakref
+
+    gw = make_gateway(call_retention=30)
+    invite = _established(gw, sender)
+    call = gw.calls["call1"]
+    held = [weakref.ref(o) for o in (call.media_session, call.stream, call.offer,
+                                     *call.media_session.endpoints.values())]
+    gc.disable()
+    try:
+        gw.sip.transactions.receive(_in_dialog(invite, "BYE", 1), PEER)
+        assert [ref() for ref in held] == [None] * len(held)
+    finally:
+        gc.enable()
+    assert gw.find("call1")[0]["status"] == "FINISH"
