@@ -16,15 +16,20 @@ __all__ = ["set_receive_buffer"]
 
 log = Logger(namespace="sipgw.sockbuf")
 
-_capped: set[str] = set()  # settings whose cap was logged
+_granted: dict[tuple[str, int], int] = {}  # what the kernel gave each (setting, size) once
 
 
 def set_receive_buffer(sock, size: int, setting: str) -> int:
-    """SO_RCVBUF ``size`` (bytes, > 0) on ``sock``; returns what the kernel gave."""
+    """SO_RCVBUF ``size`` (bytes, > 0) on ``sock``; returns what the kernel gave (read back on
+    the first socket of each setting and size: the cap is the machine's, not the socket's)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    got = _granted.get((setting, size))
+    if got is not None:
+        return got
     got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-    if got < size and setting not in _capped:
-        _capped.add(setting)
+    if len(_granted) < 64:
+        _granted[(setting, size)] = got
+    if got < size:
         log.warn("UDP sockets get {got} bytes of receive buffer, not the {size} of {setting}: "
                  "net.core.rmem_max caps it (raise it with sysctl so that bursts are not "
                  "dropped)", got=got, size=size, setting=setting)

@@ -231,7 +231,7 @@ def rmem_max() -> int:
 
 
 def test_the_receive_buffer_is_set_and_a_cap_is_logged_once(reactor, loop, logged, monkeypatch):
-    monkeypatch.setattr(sockbuf, "_capped", set())
+    monkeypatch.setattr(sockbuf, "_granted", {})
     cap = rmem_max()
     asked = min(cap, 300_000)
     port = listen_udp(reactor, 0, Recorder(loop), "127.0.0.1", receive_buffer=asked)

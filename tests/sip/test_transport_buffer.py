@@ -21,7 +21,7 @@ def rcvbuf(layer) -> int:
 
 
 def test_the_sip_udp_socket_gets_its_receive_buffer(reactor, monkeypatch):
-    monkeypatch.setattr(sockbuf, "_capped", set())
+    monkeypatch.setattr(sockbuf, "_granted", {})
     with open("/proc/sys/net/core/rmem_max") as f:
         asked = min(int(f.read()), 300_000)
     layer = TransportLayer(reactor, None, bind_address="127.0.0.1", port=0,
