@@ -136,4 +136,3 @@ def _address(text: str):
     if address.version == 6 and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 
-
 from ..calls import (NORMAL_CLEARING, NO_COMMON_CODECS, REQUEST_TIMEOUT, RTP_ACTIVITY,
                      TERMINATED_BY_REST, CallError, CallRequest, CallStatus, Conflict)
 from ..logtext import Logger  # the lean emit: three lines per call

@@ -367,12 +367,7 @@ class Endpoint:
         dep = self.depacketizer
         stream = self.session.stream
         for unit in units:
-            timestamp = unit.timestamp
-            if self.last_frame_ts is not None:  # _note_timestamp, inlined (every picture)
-                delta = (timestamp - self.last_frame_ts) & 0xFFFFFFFF
-                if delta > 0x7FFFFFFF or delta > 450000:
-                    self.counters["timestamp_jumps"] += 1
-            self.last_frame_ts = timestamp
+            self._note_timestamp(unit.timestamp, 90000)
             stream.publish(MediaFrame("video", "H264", 90000, unit.timestamp, unit.data,
                                       unit.keyframe))
             if unit.keyframe:

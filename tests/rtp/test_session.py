@@ -839,3 +839,16 @@ def test_every_codec_of_the_answer_is_received_and_a_switch_is_counted(clock, po
     counters = session.counters()["audio"]
     assert counters["wrong_payload_type"] == 0 and counters["codec_changes"] == 2
     assert stream.audio_codec == "PCMA"
+
+
+def test_video_timestamp_jumps_are_counted(clock, pool):
+    """A picture whose RTP timestamp goes backwards or more than 5 s ahead of the last one
+    counts as a jump (consumers smooth it over; operators see it); a normal step does not."""
+    session, _, ports, _ = start(clock, pool, kinds=("video",))
+    video = session.endpoints["video"]
+    send_video(clock, ports, keyframe_packets(0, 90000))
+    send_video(clock, ports, keyframe_packets(3, 93000))  # 1/30 s later: no jump
+    assert video.counters["timestamp_jumps"] == 0
+    send_video(clock, ports, keyframe_packets(6, 93000 + 6 * 90000))  # 6 s ahead
+    send_video(clock, ports, keyframe_packets(9, 1000))  # backwards
+    assert video.counters["timestamp_jumps"] == 2
